@@ -1,0 +1,81 @@
+"""The `cnntools` command: one Typer app that only registers the subcommands.
+
+Each subcommand lives in its own module under `cnntools/commands/`; those modules import
+nothing heavy at module level, so `--help` and shell completion stay fast.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Annotated, Optional
+
+import typer
+
+from cnntools import __version__
+from cnntools.commands import (
+    confusion,
+    conv_calc,
+    dataset_stats,
+    eval as eval_cmd,
+    featmaps,
+    filters,
+    rf_calc,
+    saliency,
+    train,
+    tsne,
+)
+from cnntools.output import handle_errors
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+app = typer.Typer(
+    name="cnntools",
+    help="Small Unix-style tools to build, train and inspect convolutional neural networks.",
+    epilog="Run 'cnntools COMMAND --help' for a command's options and an example.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    add_completion=True,
+    context_settings=CONTEXT,
+)
+
+# Order here is the order of `cnntools --help`: the workflow from data to interpretation.
+COMMANDS = [
+    ("dataset-stats", dataset_stats.main),
+    ("tsne", tsne.main),
+    ("conv-calc", conv_calc.main),
+    ("rf-calc", rf_calc.main),
+    ("train", train.main),
+    ("eval", eval_cmd.main),
+    ("confusion", confusion.main),
+    ("saliency", saliency.main),
+    ("featmaps", featmaps.main),
+    ("filters", filters.main),
+]
+
+for _name, _func in COMMANDS:
+    app.command(_name, context_settings=CONTEXT)(handle_errors(_func))
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cnntools {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        Optional[bool],
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = None,
+) -> None:
+    """Small Unix-style tools to build, train and inspect convolutional neural networks."""
+
+
+def main() -> None:
+    """Console-script entry point."""
+    # Die quietly on a closed pipe (`cnntools ... | head`), like any Unix filter.
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    app(prog_name="cnntools")

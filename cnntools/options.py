@@ -1,0 +1,52 @@
+"""Options shared by every command, defined once as `Annotated` aliases.
+
+A command declares `fmt: options.Format = "table"` and gets the same flag, help and
+validation as every other command.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Optional
+
+import typer
+
+FormatChoice = Literal["table", "json", "csv"]
+DeviceSpec = str
+PrecisionChoice = Literal["auto", "fp32", "bf16", "fp16"]
+SplitChoice = Literal["train", "val", "test"]
+
+Format = Annotated[
+    FormatChoice,
+    typer.Option("--format", help="Output: table for people, json (one document) or csv on stdout."),
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Silence progress and notes on stderr.")]
+Debug = Annotated[
+    bool, typer.Option("--debug", help="Show the full traceback on errors (also CNNTOOLS_DEBUG=1).")
+]
+Device = Annotated[
+    DeviceSpec,
+    typer.Option("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."),
+]
+Precision = Annotated[
+    PrecisionChoice,
+    typer.Option(
+        "--precision",
+        help="auto: mixed precision only where the hardware runs it natively; or force fp32, bf16, fp16.",
+    ),
+]
+Seed = Annotated[int, typer.Option("--seed", help="Seed for Python, NumPy and torch (same seed, same device: same numbers).")]
+Output = Annotated[
+    Optional[str], typer.Option("--output", "-o", help="Write the figure or result here (PNG, SVG or PDF by extension; - for stdout).")
+]
+Data = Annotated[
+    str,
+    typer.Option(
+        "--data",
+        help="Dataset: digits (embedded), cifar10, cifar100, mnist, fashion-mnist, fake, fake-patch, or a folder path.",
+    ),
+]
+DataDir = Annotated[
+    Optional[str], typer.Option("--data-dir", help="Where the dataset's files are (default ./data).")
+]
+Split = Annotated[SplitChoice, typer.Option("--split", help="Which split: train, val or test.")]
+Download = Annotated[bool, typer.Option("--download", help="Fetch a torchvision dataset that is not on disk yet.")]

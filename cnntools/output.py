@@ -1,0 +1,295 @@
+"""The one emitter: data to stdout (table, JSON, CSV), messages to stderr, errors and exit codes.
+
+Every command hands its result here. Stdout carries data only; everything a person reads
+while a command runs (progress, warnings, notes) goes to stderr and is silenced by
+`-q/--quiet`. When a file argument is `-`, that file owns stdout and the command's table
+or summary moves to stderr (`claim_stdout`).
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import math
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class CnnError(Exception):
+    """A known problem, reported as one `Error: ...` line and exit status 1."""
+
+
+class _State:
+    quiet = False
+    debug = False
+    stdout_claimed = False
+
+
+_state = _State()
+
+
+def configure(quiet: bool = False, debug: bool = False) -> None:
+    """Set the per-invocation switches shared by every command."""
+    _state.quiet = quiet
+    _state.debug = debug
+    _state.stdout_claimed = False
+
+
+def is_quiet() -> bool:
+    return _state.quiet
+
+
+def debug_enabled() -> bool:
+    return _state.debug or os.environ.get("CNNTOOLS_DEBUG", "") not in ("", "0")
+
+
+def claim_stdout() -> None:
+    """Mark stdout as taken by a file argument `-`; tables and summaries go to stderr."""
+    _state.stdout_claimed = True
+
+
+def data_stream():
+    """Where tables and JSON documents go: stdout unless a `-` file argument owns it."""
+    return sys.stderr if _state.stdout_claimed else sys.stdout
+
+
+def use_color(stream) -> bool:
+    """Colour only for a terminal, never with NO_COLOR set (no-color.org) or TERM=dumb."""
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    return hasattr(stream, "isatty") and stream.isatty()
+
+
+# ---------------------------------------------------------------------------- messages
+
+
+def info(message: str) -> None:
+    """A progress note for people, on stderr; silent under --quiet."""
+    if not _state.quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def warn(message: str) -> None:
+    """A warning on stderr; silent under --quiet."""
+    if not _state.quiet:
+        print(f"Warning: {message}", file=sys.stderr, flush=True)
+
+
+def err_console():
+    """A rich Console on stderr for progress bars (None under --quiet)."""
+    if _state.quiet:
+        return None
+    from rich.console import Console
+
+    return Console(stderr=True, no_color=not use_color(sys.stderr), highlight=False)
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def to_jsonable(value: Any) -> Any:
+    """Plain JSON types from numpy/torch scalars, tuples and non-finite floats (-> null)."""
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if hasattr(value, "tolist"):  # numpy arrays and scalars, torch tensors
+        return to_jsonable(value.tolist())
+    if hasattr(value, "item"):
+        return to_jsonable(value.item())
+    return str(value)
+
+
+def format_cell(value: Any, digits: int = 4) -> str:
+    """A table cell: floats to `digits` significant decimals, None as blank."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        if value != 0 and (abs(value) >= 1e6 or abs(value) < 10**-digits):
+            return f"{value:.{digits}g}"
+        return f"{value:.{digits}f}"
+    if isinstance(value, (list, tuple)):
+        return " ".join(format_cell(v, digits) for v in value)
+    return str(value)
+
+
+def _columns_of(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None) -> list[str]:
+    if columns is not None:
+        return list(columns)
+    seen: dict[str, None] = {}
+    for row in rows:
+        for key in row:
+            seen.setdefault(key, None)
+    return list(seen)
+
+
+def print_table(
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[str] | None = None,
+    title: str | None = None,
+    stream=None,
+    headers: Mapping[str, str] | None = None,
+) -> None:
+    """Rows as a table: rich on a terminal, plain aligned text when redirected."""
+    stream = stream or data_stream()
+    cols = _columns_of(rows, columns)
+    headers = headers or {}
+    names = [headers.get(c, c) for c in cols]
+    cells = [[format_cell(row.get(c)) for c in cols] for row in rows]
+    numeric = [
+        all(isinstance(row.get(c), (int, float)) and not isinstance(row.get(c), bool) for row in rows if row.get(c) is not None)
+        for c in cols
+    ]
+    if use_color(stream):
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=title, title_justify="left", header_style="bold")
+        for name, is_num in zip(names, numeric):
+            table.add_column(name, justify="right" if is_num else "left")
+        for line in cells:
+            table.add_row(*line)
+        Console(file=stream, highlight=False).print(table)
+        return
+    widths = [max([len(n)] + [len(line[i]) for line in cells]) for i, n in enumerate(names)]
+
+    def fmt(values: Sequence[str]) -> str:
+        parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)]
+        return "  ".join(parts).rstrip()
+
+    out = []
+    if title:
+        out.append(title)
+    out.append(fmt(names))
+    out.extend(fmt(line) for line in cells)
+    stream.write("\n".join(out) + "\n")
+    stream.flush()
+
+
+def print_json(doc: Any, stream=None) -> None:
+    """One JSON document (non-finite floats become null)."""
+    stream = stream or data_stream()
+    stream.write(json.dumps(to_jsonable(doc), indent=2, allow_nan=False) + "\n")
+    stream.flush()
+
+
+def print_jsonl(record: Mapping[str, Any], stream=None) -> None:
+    """One JSON object on one line (streams such as `train --format jsonl`)."""
+    stream = stream or data_stream()
+    stream.write(json.dumps(to_jsonable(record), allow_nan=False) + "\n")
+    stream.flush()
+
+
+def csv_text(rows: Iterable[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """Rows as CSV text with a header line."""
+    rows = list(rows)
+    cols = _columns_of(rows, columns)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(cols)
+    for row in rows:
+        writer.writerow(["" if row.get(c) is None else to_jsonable(row.get(c)) for c in cols])
+    return buffer.getvalue()
+
+
+def print_csv(rows: Iterable[Mapping[str, Any]], columns: Sequence[str] | None = None, stream=None) -> None:
+    stream = stream or data_stream()
+    stream.write(csv_text(rows, columns))
+    stream.flush()
+
+
+def emit(
+    doc: Any,
+    fmt: str,
+    *,
+    rows: Sequence[Mapping[str, Any]] | None = None,
+    columns: Sequence[str] | None = None,
+    title: str | None = None,
+    render_table: Callable[[], None] | None = None,
+) -> None:
+    """Write a command's result in the chosen format.
+
+    `doc` is the JSON document; `rows`/`columns` the table (and CSV) view of it;
+    `render_table` replaces the default table rendering when a command shows more than
+    one table.
+    """
+    if fmt == "json":
+        print_json(doc)
+    elif fmt == "csv":
+        if rows is None:
+            raise CnnError("this command's result is not a table; use --format json or table")
+        print_csv(rows, columns)
+    elif render_table is not None:
+        render_table()
+    elif rows is not None:
+        print_table(rows, columns, title=title)
+    else:
+        print_json(doc)
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+def handle_errors(func: Callable) -> Callable:
+    """Wrap a command: known errors as one line (exit 1), Ctrl-C as 130, quiet broken pipes.
+
+    Any other exception is a bug: one line too, unless --debug/CNNTOOLS_DEBUG asks for
+    the traceback.
+    """
+    import typer
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except CnnError as error:
+            if debug_enabled():
+                traceback.print_exc()
+            print(f"Error: {error}", file=sys.stderr)
+            raise typer.Exit(EXIT_ERROR) from None
+        except KeyboardInterrupt:
+            print("Interrupted.", file=sys.stderr)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except BrokenPipeError:
+            _silence_broken_pipe()
+            raise typer.Exit(EXIT_ERROR) from None
+        except Exception as error:  # noqa: BLE001 - the last line of defence
+            if debug_enabled():
+                traceback.print_exc()
+            message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            print(
+                f"Error: unexpected {type(error).__name__}: {message} (run with --debug for the traceback)",
+                file=sys.stderr,
+            )
+            raise typer.Exit(EXIT_ERROR) from None
+
+    return wrapper
+
+
+def _silence_broken_pipe() -> None:
+    # Python flushes stdout at exit and would complain again; point it at devnull.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass

@@ -1,0 +1,87 @@
+"""Devices, precision and seeds. Imports torch, so only commands that run models use it."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+
+from cnntools.output import CnnError
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def resolve_device(spec: str = "auto"):
+    """`auto` picks cuda, then mps, then cpu; an unavailable device is a clear error."""
+    import torch
+
+    spec = spec.strip().lower()
+    if not _DEVICE_RE.match(spec):
+        raise CnnError(f"unknown device '{spec}': use auto, cpu, cuda, cuda:N or mps")
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise CnnError(f"device '{spec}' asked for but CUDA is not available here; use --device cpu or auto")
+        index = int(spec.split(":")[1]) if ":" in spec else 0
+        if index >= torch.cuda.device_count():
+            raise CnnError(f"device '{spec}' does not exist: {torch.cuda.device_count()} CUDA device(s) found")
+    if spec == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise CnnError("device 'mps' asked for but Apple MPS is not available here; use --device cpu or auto")
+    return torch.device(spec)
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU has AMX or AVX512-BF16: elsewhere bf16 is several times slower than fp32."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            flags = handle.read()
+    except OSError:
+        return False
+    return bool(re.search(r"\b(amx_bf16|avx512_bf16)\b", flags))
+
+
+def resolve_precision(precision: str, device) -> str:
+    """The precision to run at: `fp32`, `bf16` or `fp16`.
+
+    `auto` chooses mixed precision only where the hardware runs it natively: fp16 AMP on
+    CUDA (bf16 where the GPU supports it), bf16 on CPUs with AMX/AVX512-BF16, fp32 otherwise.
+    """
+    import torch
+
+    if precision != "auto":
+        if precision == "fp16" and device.type == "cpu":
+            raise CnnError("--precision fp16 is not supported on CPU; use bf16 or fp32")
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return "bf16"
+    return "fp32"
+
+
+def autocast(device, precision: str):
+    """The autocast context for a resolved precision (a no-op context for fp32)."""
+    import contextlib
+
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and every CUDA device)."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
