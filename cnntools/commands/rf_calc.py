@@ -1,8 +1,168 @@
-"""PLACEHOLDER — being written; replace this whole module."""
+"""`cnntools rf-calc`: receptive fields of layer stacks and of real models."""
 
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from cnntools import options, output
 from cnntools.output import CnnError
 
 
-def main() -> None:
-    """Not written yet."""
-    raise CnnError("not written yet")
+def main(
+    kernel: Annotated[
+        Optional[str], typer.Option("--kernel", "-k", metavar="K[,K...]", help="Kernel size, or a comma list (one per layer).")
+    ] = None,
+    stride: Annotated[
+        Optional[str], typer.Option("--stride", "-s", metavar="S[,S...]", help="Stride or comma list (default 1; pools: the kernel).")
+    ] = None,
+    padding: Annotated[Optional[str], typer.Option("--padding", "-p", metavar="P[,P...]", help="Padding or comma list (default 0).")] = None,
+    dilation: Annotated[
+        Optional[str], typer.Option("--dilation", "-d", metavar="D[,D...]", help="Dilation or comma list (default 1).")
+    ] = None,
+    num_layers: Annotated[
+        Optional[int], typer.Option("--num-layers", "-n", metavar="N", help="Repeat single values this many times.")
+    ] = None,
+    types: Annotated[
+        Optional[str], typer.Option("--type", "-t", metavar="TYPE[,TYPE...]", help="Layer kinds: conv or pool, or a comma list (default conv).")
+    ] = None,
+    layers: Annotated[
+        Optional[str],
+        typer.Option("--layers", "-l", metavar="SPEC", help="A chain in conv-calc's syntax, e.g. 'conv3-p1,maxpool2,conv3-s2'."),
+    ] = None,
+    arch: Annotated[
+        Optional[str],
+        typer.Option("--arch", metavar="NAME", help="Every conv/pool layer of a registered architecture, or torchvision:NAME."),
+    ] = None,
+    input_size: Annotated[
+        Optional[int],
+        typer.Option("--input-size", metavar="N", help="Input side in pixels: adds feature-map sizes (--arch default: the architecture's usual size; torchvision: 224)."),
+    ] = None,
+    in_channels: Annotated[int, typer.Option("--in-channels", metavar="N", help="--arch: input channels.")] = 3,
+    fmt: options.Format = "table",
+    quiet: options.Quiet = False,
+    debug: options.Debug = False,
+) -> None:
+    """Receptive field, jump and start, layer by layer.
+
+    Follows Araujo et al., "Computing Receptive Fields of Convolutional Neural Networks"
+    (Distill 2019). -k, -s, -p and -d take one value (repeated -n times) or a comma list with
+    one value per layer; --type says which layers are conv and which pool (pools default to
+    stride = kernel). receptive_field is in input pixels; jump is the distance in input pixels
+    between neighbouring units; start is the input coordinate of the first unit's
+    receptive-field edge (negative: it reaches into the padding), center its centre.
+    --arch NAME reads the layers of a registered architecture (or torchvision:NAME) from the
+    model's own graph; where residual branches meet, the larger field counts.
+
+    \b
+    Examples:
+      cnntools rf-calc -k 3 -s 1 -n 3            # three 3x3 convs: 7
+      cnntools rf-calc -k 4 -s 2 -n 2 -q         # 10
+      cnntools rf-calc -k 3,2,3,2 -p 1,0,1,0 --type conv,pool,conv,pool --input-size 32
+      cnntools rf-calc -k 3 -d 1,2,4 --format json
+      cnntools rf-calc --layers "conv5,maxpool2,conv5,maxpool2"
+      cnntools rf-calc --arch resnet18 --input-size 32
+    """
+    output.configure(quiet=quiet, debug=debug)
+    from cnntools.calc import rf
+
+    chosen = [name for name, value in (("-k", kernel), ("--layers", layers), ("--arch", arch)) if value is not None]
+    if len(chosen) != 1:
+        raise CnnError(
+            "give the layers one way: -k (with -s/-p/-d/-n), --layers or --arch"
+            + (f" (got {' and '.join(chosen)})" if chosen else "")
+        )
+    if input_size is not None and input_size < 1:
+        raise CnnError(f"--input-size must be positive (got {input_size})")
+    if arch is not None:
+        _reject_stack_options(stride, padding, dilation, num_layers, types)
+        rows, input_size = _arch_rows(arch, input_size, in_channels)
+    elif layers is not None:
+        _reject_stack_options(stride, padding, dilation, num_layers, types)
+        rows = rf.receptive_fields(_layers_from_spec(layers), input_size)
+    else:
+        rows = rf.receptive_fields(rf.expand_layers(kernel, stride, padding, dilation, types, num_layers), input_size)
+
+    if arch:
+        # A global pool sees the whole input by construction; the answer people want is the
+        # largest field of the conv/pool layers themselves.
+        local = [row for row in rows if row["type"] != "adaptivepool"] or rows
+        final = max(row["receptive_field"] for row in local)
+    else:
+        final = rows[-1]["receptive_field"]
+    if quiet and fmt == "table":
+        print(final, file=output.data_stream())
+        return
+    columns = ["layer"] + (["name"] if arch else []) + ["type", "kernel", "stride", "padding", "dilation"]
+    if any(row.get("size") is not None for row in rows):
+        columns.append("size")
+    columns += ["receptive_field", "jump", "start", "center"]
+    doc = {"receptive_field": final, "input_size": input_size, "layers": rows}
+    if arch:
+        doc = {"arch": arch, **doc}
+    output.emit(
+        doc, fmt, rows=rows, columns=columns,
+        render_table=lambda: output.print_table(
+            [{**row, "center": _number_text(row["center"])} for row in rows],
+            columns,
+            headers={"receptive_field": "rf", "dilation": "dil", "padding": "pad"},
+        ),
+    )
+
+
+def _number_text(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _reject_stack_options(*values) -> None:
+    if any(v is not None for v in values):
+        raise CnnError("-s, -p, -d, -n and --type go with -k; --layers and --arch carry their own")
+
+
+def _layers_from_spec(spec: str) -> list[dict]:
+    from cnntools.calc import conv
+
+    result = []
+    for layer in conv.parse_layers(spec):
+        if layer.kind == "convtranspose":
+            raise CnnError("rf-calc follows conv and pool layers; a transposed conv has no receptive field here")
+        result.append(
+            {"type": "conv" if layer.kind == "conv" else "pool", "kernel": layer.kernel, "stride": layer.stride,
+             "padding": layer.padding, "dilation": layer.dilation}
+        )
+    return result
+
+
+def _arch_rows(arch: str, input_size: int | None, in_channels: int) -> tuple[list[dict], int]:
+    from cnntools.calc.rf_graph import model_receptive_fields
+
+    if arch.startswith("torchvision:"):
+        import torchvision
+
+        name = arch.split(":", 1)[1]
+        try:
+            model = torchvision.models.get_model(name, weights=None)
+        except ValueError:
+            raise CnnError(f"torchvision has no model '{name}' (e.g. torchvision:resnet18, torchvision:vgg16)") from None
+        size = input_size or 224
+        if in_channels != 3:
+            raise CnnError("torchvision models take 3 input channels")
+    else:
+        from cnntools.models import create_model, get_architecture
+
+        entry = get_architecture(arch)  # one-line error naming the known ones
+        size = input_size or entry.default_size
+        try:
+            model = create_model(arch, in_channels=in_channels, image_size=size, num_classes=10)
+        except CnnError:
+            raise
+        except Exception as error:  # noqa: BLE001 - a size the architecture cannot take
+            raise CnnError(f"cannot build {arch} for {in_channels}x{size}x{size} input ({error})") from None
+    try:
+        return model_receptive_fields(model, size, in_channels), size
+    except CnnError as error:
+        raise CnnError(f"{arch}: {error}") from None
+    except RuntimeError as error:
+        message = str(error).strip().splitlines()[0]
+        raise CnnError(f"{arch} cannot run on a {size}x{size} input ({message}); try a larger --input-size") from None

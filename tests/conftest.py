@@ -1,0 +1,53 @@
+"""Shared fixtures. Keep this small; add fixtures additively."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from cnntools.cli import app
+
+
+class Result:
+    """What a CLI run produced: exit code, stdout, stderr (and stdout parsed as JSON)."""
+
+    def __init__(self, exit_code: int, stdout: str, stderr: str, exception=None):
+        self.exit_code = exit_code
+        self.stdout = stdout
+        self.stderr = stderr
+        self.exception = exception
+
+    def json(self):
+        return json.loads(self.stdout)
+
+
+@pytest.fixture
+def cli():
+    """Run `cnntools ARGS` in-process through Typer's CliRunner: cli("rf-calc", "-k", "3")."""
+
+    def invoke(*args: str, input: str | None = None, env: dict | None = None) -> Result:
+        runner = CliRunner(env={"NO_COLOR": "1", "CNNTOOLS_DEBUG": "", **(env or {})})
+        result = runner.invoke(app, [str(a) for a in args], input=input, prog_name="cnntools")
+        return Result(result.exit_code, result.stdout, result.stderr, result.exception)
+
+    return invoke
+
+
+@pytest.fixture
+def run_cnntools():
+    """Run `python -m cnntools ARGS` in a subprocess (real streams, signals, start-up)."""
+
+    def run(*args: str, input: str | None = None, env: dict | None = None, timeout: float = 120) -> Result:
+        full_env = {**os.environ, "NO_COLOR": "1", "CNNTOOLS_DEBUG": "", **(env or {})}
+        proc = subprocess.run(
+            [sys.executable, "-m", "cnntools", *map(str, args)],
+            input=input, capture_output=True, text=True, env=full_env, timeout=timeout,
+        )
+        return Result(proc.returncode, proc.stdout, proc.stderr)
+
+    return run
