@@ -1,0 +1,239 @@
+"""Batched data augmentation on the training device: whole batches, tensor ops, no PIL.
+
+Each op draws its parameters per sample from a torch.Generator and applies them to the
+whole batch at once (masks, one gather, one affine grid), which is what keeps augmentation
+from starving a small model. The functional ops take explicit parameters and match
+torchvision.transforms.v2.functional on the same parameters (see tests/test_data_augment.py).
+Images are float N×C×H×W in 0..1.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from cnntools.output import CnnError
+
+# torchvision's rgb_to_grayscale weights, so contrast/saturation match it.
+_GRAY = (0.2989, 0.587, 0.114)
+
+# name → (default parameter, what the parameter is)
+OPS = {
+    "flip": (0.5, "probability of a horizontal flip"),
+    "vflip": (0.5, "probability of a vertical flip"),
+    "crop": (4.0, "zero padding in pixels before a random crop back to the original size"),
+    "jitter": (0.4, "brightness/contrast/saturation factors drawn from [1-J, 1+J]"),
+    "rotate": (15.0, "rotation angle drawn from [-D, D] degrees (bilinear, zero fill)"),
+    "rrc": (0.08, "random resized crop: smallest area fraction (aspect 3/4..4/3)"),
+}
+
+
+# ---------------------------------------------------------------------------- functional ops
+
+
+def hflip(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Flip the images where `mask` (bool N) is true."""
+    return torch.where(mask.view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+def vflip(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return torch.where(mask.view(-1, 1, 1, 1), x.flip(-2), x)
+
+
+def crop_with_padding(x: torch.Tensor, padding: int, top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
+    """Zero-pad by `padding` and crop each image back to H×W at its own (top, left) in the padded image."""
+    n, c, h, w = x.shape
+    padded = F.pad(x, (padding, padding, padding, padding))
+    wp = w + 2 * padding
+    rows = top.view(n, 1, 1) + torch.arange(h, device=x.device).view(1, h, 1)
+    cols = left.view(n, 1, 1) + torch.arange(w, device=x.device).view(1, 1, w)
+    flat = (rows * wp + cols).view(n, 1, h * w).expand(n, c, h * w)
+    return padded.flatten(2).gather(2, flat).view(n, c, h, w)
+
+
+def crop_with_padding_and_flip(
+    x: torch.Tensor, padding: int, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor
+) -> torch.Tensor:
+    """`crop_with_padding`, then a horizontal flip where `flip` is true — in one gather."""
+    n, c, h, w = x.shape
+    padded = F.pad(x, (padding, padding, padding, padding)) if padding else x
+    wp = w + 2 * padding
+    j = torch.arange(w, device=x.device)
+    cols = torch.where(flip.view(n, 1), (w - 1 - j).view(1, w), j.view(1, w)) + left.view(n, 1)
+    rows = top.view(n, 1) + torch.arange(h, device=x.device).view(1, h)
+    flat = (rows.view(n, h, 1) * wp + cols.view(n, 1, w)).view(n, 1, h * w).expand(n, c, h * w)
+    return padded.flatten(2).gather(2, flat).view(n, c, h, w)
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    if x.shape[1] == 1:
+        return x
+    r, g, b = x.unbind(1)
+    return (_GRAY[0] * r + _GRAY[1] * g + _GRAY[2] * b).unsqueeze(1)
+
+
+def adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return (x * factor.view(-1, 1, 1, 1)).clamp_(0, 1)
+
+
+def adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    mean = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
+    f = factor.view(-1, 1, 1, 1)
+    return (f * x + (1 - f) * mean).clamp_(0, 1)
+
+
+def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    if x.shape[1] == 1:
+        return x
+    f = factor.view(-1, 1, 1, 1)
+    return (f * x + (1 - f) * _gray(x)).clamp_(0, 1)
+
+
+def rotate(x: torch.Tensor, angle_deg: torch.Tensor) -> torch.Tensor:
+    """Rotate each image counter-clockwise by its angle about the centre (bilinear, zero fill)."""
+    n, _, h, w = x.shape
+    a = angle_deg.to(x.dtype) * (math.pi / 180)
+    cos, sin = torch.cos(a), torch.sin(a)
+    zero = torch.zeros_like(a)
+    # Output → input map in normalised coordinates; the aspect terms keep it a rotation in pixels.
+    theta = torch.stack(
+        [torch.stack([cos, -sin * h / w, zero], 1), torch.stack([sin * w / h, cos, zero], 1)], 1
+    )
+    grid = F.affine_grid(theta, [n, x.shape[1], h, w], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def resized_crop(
+    x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, height: torch.Tensor, width: torch.Tensor, size=None
+) -> torch.Tensor:
+    """Crop box (top, left, height, width) of each image resized to `size` (default H×W), bilinear."""
+    n, c, h, w = x.shape
+    out_h, out_w = (h, w) if size is None else ((size, size) if isinstance(size, int) else size)
+    t, l, bh, bw = (v.to(x.dtype) for v in (top, left, height, width))
+    zero = torch.zeros_like(t)
+    # Output pixel j samples input pixel left + (j + 0.5)·width/out_w − 0.5, as interpolate does.
+    theta = torch.stack(
+        [torch.stack([bw / w, zero, (2 * l + bw) / w - 1], 1), torch.stack([zero, bh / h, (2 * t + bh) / h - 1], 1)], 1
+    )
+    grid = F.affine_grid(theta, [n, c, out_h, out_w], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def sample_resized_crop_boxes(
+    n: int, h: int, w: int, min_scale: float, generator, device, ratio=(3 / 4, 4 / 3), attempts: int = 10
+):
+    """torchvision's RandomResizedCrop.get_params for a whole batch: (top, left, height, width) int64 N."""
+    area = h * w
+    scale = torch.empty(n, attempts, device=device).uniform_(min_scale, 1.0, generator=generator)
+    log_ratio = torch.empty(n, attempts, device=device).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    aspect = torch.exp(log_ratio)
+    bw = torch.sqrt(area * scale * aspect).round().long()
+    bh = torch.sqrt(area * scale / aspect).round().long()
+    ok = (bw > 0) & (bw <= w) & (bh > 0) & (bh <= h)
+    # First valid attempt per sample; none valid → the whole image.
+    first = torch.where(ok.any(1), ok.float().argmax(1), torch.zeros(n, dtype=torch.long, device=device))
+    any_ok = ok.any(1)
+    bw = torch.where(any_ok, bw.gather(1, first[:, None]).squeeze(1), torch.full_like(first, w))
+    bh = torch.where(any_ok, bh.gather(1, first[:, None]).squeeze(1), torch.full_like(first, h))
+    u = torch.rand(n, 2, device=device, generator=generator)
+    top = (u[:, 0] * (h - bh + 1).float()).floor().long().clamp_max(h - bh)
+    left = (u[:, 1] * (w - bw + 1).float()).floor().long().clamp_max(w - bw)
+    return top, left, bh, bw
+
+
+# ---------------------------------------------------------------------------- the pipeline
+
+_EXACT = ("flip", "vflip", "crop")
+
+
+@dataclass
+class Augment:
+    """A parsed augmentation spec: ops applied in the order given, each with its parameter."""
+
+    ops: list[tuple[str, float]]
+
+    @property
+    def spec(self) -> str:
+        return ",".join(f"{name}:{param:g}" for name, param in self.ops)
+
+    def split_exact(self) -> tuple["Augment | None", "Augment | None"]:
+        """(leading flips/crops, the rest): the first part moves pixels without changing them,
+        so it can run on the uint8 batch before the conversion to float."""
+        k = 0
+        while k < len(self.ops) and self.ops[k][0] in _EXACT:
+            k += 1
+        head, tail = self.ops[:k], self.ops[k:]
+        return (Augment(head) if head else None), (Augment(tail) if tail else None)
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Augment a batch (float 0..1; flips and crops also work on uint8) with per-sample random parameters."""
+        n, _, h, w = x.shape
+        dev = x.device
+
+        def rand(*shape):
+            return torch.rand(*shape, device=dev, generator=generator)
+
+        ops = list(self.ops)
+        i = 0
+        while i < len(ops):
+            name, p = ops[i]
+            i += 1
+            pair = {name, ops[i][0]} if i < len(ops) else set()
+            if pair == {"flip", "crop"}:
+                # Flip and crop commute (a flipped crop at `left` is the crop at 2P-left of the
+                # flipped image, equally likely), so adjacent ones run as a single gather.
+                pad = int(dict(ops[i - 1 : i + 1])["crop"])
+                flip_p = dict(ops[i - 1 : i + 1])["flip"]
+                offsets = (rand(n, 2) * (2 * pad + 1)).floor().long().clamp_max(2 * pad)
+                x = crop_with_padding_and_flip(x, pad, offsets[:, 0], offsets[:, 1], rand(n) < flip_p)
+                i += 1
+            elif name == "flip":
+                x = hflip(x, rand(n) < p)
+            elif name == "vflip":
+                x = vflip(x, rand(n) < p)
+            elif name == "crop":
+                pad = int(p)
+                offsets = (rand(n, 2) * (2 * pad + 1)).floor().long().clamp_max(2 * pad)
+                x = crop_with_padding(x, pad, offsets[:, 0], offsets[:, 1])
+            elif name == "jitter":
+                factors = 1 + (rand(3, n) * 2 - 1) * p
+                x = adjust_brightness(x, factors[0].clamp_min(0))
+                x = adjust_contrast(x, factors[1].clamp_min(0))
+                x = adjust_saturation(x, factors[2].clamp_min(0))
+            elif name == "rotate":
+                x = rotate(x, (rand(n) * 2 - 1) * p)
+            elif name == "rrc":
+                top, left, bh, bw = sample_resized_crop_boxes(n, h, w, p, generator, dev)
+                x = resized_crop(x, top, left, bh, bw)
+        return x
+
+
+def parse_augment(spec: str | None) -> Augment | None:
+    """`flip,crop:4,jitter:0.4,rotate:15,rrc:0.08` → Augment; None for "" or "none".
+
+    Each op takes an optional `:PARAM` (defaults: flip 0.5, crop 4, jitter 0.4, rotate 15,
+    rrc 0.08).
+    """
+    if spec is None or spec.strip().lower() in ("", "none"):
+        return None
+    ops: list[tuple[str, float]] = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, _, value = part.partition(":")
+        name = name.strip().lower()
+        if name not in OPS:
+            raise CnnError(f"unknown augmentation '{name}' in '{spec}': use {', '.join(OPS)} (e.g. flip,crop:4)")
+        try:
+            param = float(value) if value.strip() else OPS[name][0]
+        except ValueError:
+            raise CnnError(f"augmentation '{part}': the parameter after ':' must be a number") from None
+        if name in ("flip", "vflip", "rrc") and not 0 <= param <= 1:
+            raise CnnError(f"augmentation '{part}': {name} takes a fraction from 0 to 1")
+        if name in ("crop", "jitter", "rotate") and param < 0:
+            raise CnnError(f"augmentation '{part}': the parameter must not be negative")
+        if name == "crop" and param != int(param):
+            raise CnnError(f"augmentation '{part}': crop padding is a whole number of pixels")
+        ops.append((name, param))
+    return Augment(ops) if ops else None

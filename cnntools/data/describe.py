@@ -1,0 +1,95 @@
+"""Everything `dataset-stats` reports about a dataset, as one plain dict."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from cnntools.data.imageset import ImageSet
+from cnntools.data.stats import channel_stats
+
+
+def balanced_class_weights(counts: list[int]) -> list[float | None]:
+    """scikit-learn's 'balanced' weights: n_samples / (n_classes × count); None for an absent class."""
+    n = sum(counts)
+    k = sum(1 for c in counts if c > 0)
+    return [n / (k * c) if c > 0 else None for c in counts]
+
+
+def image_hashes(images) -> set[bytes]:
+    """A digest of every image's bytes (exact duplicates share one)."""
+    array = np.ascontiguousarray(images.numpy()).reshape(len(images), -1)
+    return {hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in array}
+
+
+def count_duplicates(reference: ImageSet, other: ImageSet) -> int:
+    """How many images of `other` have an exact copy (same shape, same bytes) in `reference`."""
+    if reference.images.shape[1:] != other.images.shape[1:]:
+        return 0
+    known = image_hashes(reference.images)
+    array = np.ascontiguousarray(other.images.numpy()).reshape(len(other), -1)
+    return sum(1 for row in array if hashlib.blake2b(row.tobytes(), digest_size=16).digest() in known)
+
+
+def summary(values) -> dict:
+    values = np.asarray(values, dtype=np.float64)
+    return {
+        "mean": float(values.mean()),
+        "median": float(np.median(values)),
+        "std": float(values.std()),
+        "min": int(values.min()),
+        "max": int(values.max()),
+    }
+
+
+def describe(spec: str, splits: dict[str, ImageSet]) -> dict:
+    """Sizes, classes, counts, exact channel statistics, folder file statistics and duplicates."""
+    names = list(splits)
+    first = splits[names[0]]
+    classes = first.classes
+    stats_split = "train" if "train" in splits else names[0]
+    base = splits[stats_split]
+    mean, std = channel_stats(base.images)
+    doc: dict = {
+        "dataset": spec,
+        "classes": classes,
+        "num_classes": len(classes),
+        "image_shape": [base.channels, *base.image_size],
+        "dtype": str(base.images.dtype).replace("torch.", ""),
+        "channels": base.channels,
+        "splits": {},
+    }
+    for name, s in splits.items():
+        doc["splits"][name] = {
+            "count": len(s),
+            "class_counts": dict(zip(classes, s.class_counts())),
+        }
+    counts = base.class_counts()
+    present = [c for c in counts if c > 0]
+    doc["imbalance_ratio"] = max(present) / min(present) if present else None
+    doc["class_weights"] = dict(zip(classes, balanced_class_weights(counts)))
+    doc["stats_split"] = stats_split
+    doc["mean"] = mean
+    doc["std"] = std
+    doc["mean_255"] = [m * 255 for m in mean]
+    doc["std_255"] = [s * 255 for s in std]
+    duplicates = {}
+    for a, b in (("train", "test"), ("train", "val"), ("val", "test")):
+        if a in splits and b in splits:
+            duplicates[f"{a}_{b}"] = count_duplicates(splits[a], splits[b])
+    doc["duplicates"] = duplicates
+    if base.paths is not None and "per_image_original_size" in base.meta:
+        sizes = [size for s in splits.values() for size in s.meta.get("per_image_original_size", [])]
+        unreadable = [u for s in splits.values() for u in s.meta.get("unreadable", [])]
+        doc["folder"] = {
+            "files": len(sizes) + len(unreadable),
+            "readable": len(sizes),
+            "common_size": base.meta.get("common_size"),
+            "size_rule": base.meta.get("size_rule"),
+            "width": summary([w for w, _ in sizes]),
+            "height": summary([h for _, h in sizes]),
+            "unreadable": [{"path": p, "reason": r, "split": sp} for p, r, sp in unreadable],
+            "cache": base.meta.get("cache"),
+        }
+    return doc

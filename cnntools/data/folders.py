@@ -1,0 +1,275 @@
+"""Folders of image files: `root/CLASS/*` or `root/{train,valid|val,test}/CLASS/*`.
+
+Every file PIL knows by its extension is decoded once: grayscale, RGBA, palette and 16-bit
+images are converted consistently (L when every image is grey, else RGB; transparency is
+composited over white), images of different sizes are resized (bilinear, antialiased, aspect
+not kept) to one common size — `image_size` when given, else the median height and the median
+width of the readable files — and files that cannot be decoded are reported with the reason
+and skipped. The result is cached on disk (cnntools.data.cache).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cnntools.data import cache
+from cnntools.data.imageset import ImageSet
+from cnntools.output import CnnError, info, warn
+
+SPLIT_DIRS = {"train": ("train", "training"), "val": ("valid", "val", "validation"), "test": ("test", "testing")}
+_GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+
+
+def image_extensions() -> set[str]:
+    from PIL import Image
+
+    return {ext.lower() for ext in Image.registered_extensions()}
+
+
+def _visible_dirs(path: Path) -> list[Path]:
+    try:
+        return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as error:
+        raise CnnError(f"{path}: cannot list the folder ({error.strerror})") from None
+
+
+def _image_files(folder: Path, extensions: set[str]) -> list[Path]:
+    files = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in extensions:
+                files.append(Path(dirpath) / name)
+    return files
+
+
+def _layout(root: Path) -> dict[str, Path]:
+    """split name → folder holding that split's class folders."""
+    by_name = {p.name.lower(): p for p in _visible_dirs(root)}
+    splits = {}
+    for split, names in SPLIT_DIRS.items():
+        for name in names:
+            if name in by_name and _visible_dirs(by_name[name]):
+                splits[split] = by_name[name]
+                break
+    if splits:
+        return splits
+    return {"train": root}
+
+
+def open_folder(root: Path, image_size=None):
+    """The source for a folder: CIFAR python batches when it has them, else image class folders."""
+    from cnntools.data.torchvision_layouts import cifar_folder
+
+    source = cifar_folder(root, str(root))
+    return source if source is not None else FolderSource(root, image_size)
+
+
+def _size_request(image_size) -> tuple[int, int] | None:
+    if image_size is None:
+        return None
+    if isinstance(image_size, int):
+        return (image_size, image_size)
+    h, w = image_size
+    return (int(h), int(w))
+
+
+class FolderSource:
+    """Image class folders, decoded once into uint8 tensors (all splits at once, then cached)."""
+
+    def __init__(self, root: Path, image_size=None) -> None:
+        self.root = root
+        self.spec = str(root)
+        self.request = _size_request(image_size)
+        self.layout = _layout(root)
+        exts = image_extensions()
+        self.files: dict[str, list[tuple[Path, str]]] = {}
+        class_names: set[str] = set()
+        for split, folder in self.layout.items():
+            entries = []
+            for class_dir in _visible_dirs(folder):
+                found = _image_files(class_dir, exts)
+                if not found:
+                    warn(f"{class_dir}: no image files; class folder ignored")
+                    continue
+                class_names.add(class_dir.name)
+                entries.extend((f, class_dir.name) for f in found)
+            if entries:
+                self.files[split] = entries
+        if not self.files:
+            raise CnnError(
+                f"{root}: no images found; expected class folders (root/CLASS/*.png, *.jpg ...) "
+                "or train/, valid/ or val/, test/ folders each holding class folders"
+            )
+        self.classes = sorted(class_names)
+        if len(self.classes) < 2:
+            raise CnnError(
+                f"{root}: only one class ({self.classes[0]}) found; a classifier needs at least two class folders"
+            )
+        self._loaded: dict[str, ImageSet] | None = None
+
+    def splits(self) -> list[str]:
+        return [s for s in ("train", "val", "test") if s in self.files]
+
+    def load(self, split: str) -> ImageSet:
+        if self._loaded is None:
+            self._loaded = self._load_all()
+        return self._loaded[split]
+
+    # ------------------------------------------------------------------ decoding and cache
+
+    def _listing(self) -> list[tuple[str, int, int]]:
+        listing = []
+        for split in self.splits():
+            for path, _ in self.files[split]:
+                try:
+                    st = path.stat()
+                except OSError:
+                    listing.append((str(path.relative_to(self.root)), -1, -1))
+                    continue
+                listing.append((str(path.relative_to(self.root)), st.st_size, st.st_mtime_ns))
+        return listing
+
+    def _load_all(self) -> dict[str, ImageSet]:
+        request = "median" if self.request is None else f"{self.request[0]}x{self.request[1]}"
+        prefix, key = cache.cache_key(self.root, request, self._listing())
+        path = cache.cache_file(prefix, key)
+        hit = cache.load(path)
+        if hit is not None:
+            tensors, meta = hit
+            stored = False
+        else:
+            tensors, meta = self._decode()
+            stored = cache.store(path, tensors, meta)
+        for bad_path, reason, _ in meta["unreadable"]:
+            warn(f"{bad_path}: cannot decode ({reason}); skipped")
+        cache_info = {"file": str(path) if path else None, "hit": hit is not None, "written": stored}
+        result = {}
+        for split in meta["splits"]:
+            result[split] = ImageSet(
+                images=tensors[f"{split}.images"],
+                labels=tensors[f"{split}.labels"],
+                classes=list(meta["classes"]),
+                paths=[str(self.root / p) for p in meta["paths"][split]],
+                spec=self.spec,
+                split=split,
+                meta={
+                    "per_image_original_size": [tuple(s) for s in meta["sizes"][split]],
+                    "unreadable": [u for u in meta["unreadable"] if u[2] == split],
+                    "common_size": meta["common_size"],
+                    "size_rule": meta["size_rule"],
+                    "cache": cache_info,
+                },
+            )
+        return result
+
+    def _decode(self) -> tuple[dict[str, torch.Tensor], dict]:
+        from PIL import Image
+
+        all_files = [(split, p, c) for split in self.splits() for p, c in self.files[split]]
+        workers = min(8, os.cpu_count() or 1)
+
+        def header(item):
+            _, path, _ = item
+            try:
+                with Image.open(path) as im:
+                    return im.size, im.mode, None
+            except Exception as error:  # noqa: BLE001 - every decoder error is a report, not a crash
+                return None, None, _reason(error, path)
+
+        with ThreadPoolExecutor(workers) as pool:
+            headers = list(pool.map(header, all_files))
+        good = [h for h in headers if h[0] is not None]
+        if not good:
+            raise CnnError(f"{self.root}: none of the {len(all_files)} image files could be decoded")
+        grey = all(mode in _GREY_MODES for _, mode, _ in good)
+        if self.request is not None:
+            height, width = self.request
+            rule = "requested"
+        else:
+            widths = np.array([s[0] for s, _, _ in good])
+            heights = np.array([s[1] for s, _, _ in good])
+            height, width = int(round(float(np.median(heights)))), int(round(float(np.median(widths))))
+            rule = "all files" if widths.min() == widths.max() and heights.min() == heights.max() else "median"
+        target_mode = "L" if grey else "RGB"
+        info(f"Decoding {len(all_files)} images from {self.root} ({target_mode} {height}x{width}) ...")
+
+        def decode(item_header):
+            (split, path, _), (size, _, reason) = item_header
+            if reason is not None:
+                return None, reason
+            try:
+                with Image.open(path) as im:
+                    array = _to_array(im, target_mode, (width, height))
+                return array, None
+            except Exception as error:  # noqa: BLE001
+                return None, _reason(error, path)
+
+        with ThreadPoolExecutor(workers) as pool:
+            decoded = list(pool.map(decode, zip(all_files, headers)))
+
+        class_index = {c: i for i, c in enumerate(self.classes)}
+        tensors: dict[str, torch.Tensor] = {}
+        meta = {"classes": self.classes, "splits": [], "paths": {}, "sizes": {}, "unreadable": [],
+                "common_size": [height, width], "size_rule": rule, "mode": target_mode}
+        channels = 1 if grey else 3
+        for split in self.splits():
+            arrays, labels, paths, sizes = [], [], [], []
+            for (s, path, cls), (array, reason), (size, _, _) in zip(all_files, decoded, headers):
+                if s != split:
+                    continue
+                rel = str(path.relative_to(self.root))
+                if array is None:
+                    meta["unreadable"].append([str(path), reason, split])
+                    continue
+                arrays.append(array)
+                labels.append(class_index[cls])
+                paths.append(rel)
+                sizes.append(list(size))
+            if not arrays:
+                warn(f"{self.layout[split]}: no readable images; the {split} split is left out")
+                continue
+            stacked = np.stack(arrays)
+            stacked = stacked[:, None] if channels == 1 else stacked.transpose(0, 3, 1, 2)
+            tensors[f"{split}.images"] = torch.from_numpy(np.ascontiguousarray(stacked))
+            tensors[f"{split}.labels"] = torch.tensor(labels, dtype=torch.int64)
+            meta["splits"].append(split)
+            meta["paths"][split] = paths
+            meta["sizes"][split] = sizes
+        if not meta["splits"]:
+            raise CnnError(f"{self.root}: no readable images in any split")
+        return tensors, meta
+
+
+def _reason(error: Exception, path: Path | None = None) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if path is not None:
+        text = text.replace(f" '{path}'", "").replace(f" {path}", "").strip()
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _to_array(im, target_mode: str, size: tuple[int, int]) -> np.ndarray:
+    """Decode one PIL image to a uint8 array in `target_mode` (L or RGB) at `size` (width, height)."""
+    from PIL import Image
+
+    im.load()
+    if im.mode.startswith("I;16"):
+        im = Image.fromarray((np.asarray(im, dtype=np.uint16) >> 8).astype(np.uint8), "L")
+    elif im.mode in ("I", "F"):
+        values = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if values.max() > 255 else 255.0
+        im = Image.fromarray(np.clip(values * (255.0 / top), 0, 255).round().astype(np.uint8), "L")
+    has_alpha = im.mode in ("RGBA", "LA", "La", "PA", "RGBa") or (im.mode == "P" and "transparency" in im.info)
+    if has_alpha:
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, rgba)
+    im = im.convert(target_mode)
+    if im.size != size:
+        im = im.resize(size, Image.BILINEAR)
+    return np.asarray(im, dtype=np.uint8)

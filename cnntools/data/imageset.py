@@ -1,0 +1,138 @@
+"""The in-memory dataset: uint8 images N×C×H×W, int64 labels, class names, source files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# ITU-R 601-2 luma, the weights PIL's convert("L") and torchvision's rgb_to_grayscale use.
+LUMA = (0.299, 0.587, 0.114)
+
+
+@dataclass
+class ImageSet:
+    """One split of a dataset, held in memory.
+
+    `images` is a uint8 CPU tensor N×C×H×W, `labels` int64 N, `classes` the class names
+    (label i is `classes[i]`), `paths` the source file of each image (folders only),
+    `spec` the dataset spec it came from and `split` its split name. `meta` carries
+    what a source knows beyond that (original file sizes, unreadable files, patch boxes).
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    paths: list[str] | None = None
+    spec: str = ""
+    split: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(f"images must be uint8 N×C×H×W, got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError("labels must have one entry per image")
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width)."""
+        return int(self.images.shape[2]), int(self.images.shape[3])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def class_counts(self) -> list[int]:
+        """Images per class, in class order (zero for classes absent from this split)."""
+        return torch.bincount(self.labels, minlength=len(self.classes)).tolist()
+
+    def subset(self, indices) -> "ImageSet":
+        """The images at `indices` (a sequence or tensor of ints), in that order."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        paths = [self.paths[i] for i in index.tolist()] if self.paths is not None else None
+        meta = {}
+        for key, value in self.meta.items():
+            # Per-image entries follow the selection; dataset-wide entries are kept as they are.
+            if isinstance(value, torch.Tensor) and value.shape[:1] == (len(self),):
+                meta[key] = value[index]
+            elif isinstance(value, list) and len(value) == len(self) and key.startswith("per_image_"):
+                meta[key] = [value[i] for i in index.tolist()]
+            else:
+                meta[key] = value
+        return replace(self, images=self.images[index], labels=self.labels[index], paths=paths, meta=meta)
+
+    def resized(self, size: int | tuple[int, int] | None = None, channels: int | None = None) -> "ImageSet":
+        """A copy at another size and/or channel count.
+
+        Resizing is bilinear with antialiasing (as torchvision's `Resize`); 1→3 channels
+        replicates the grey channel, 3→1 takes the ITU-R 601-2 luminance.
+        """
+        images = convert_channels(self.images, channels) if channels is not None else self.images
+        if size is not None:
+            images = resize_uint8(images, size)
+        if images is self.images:
+            return self
+        return replace(self, images=images)
+
+
+def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """uint8 N×C×H×W with C in (1, 3) to `channels` (1 or 3)."""
+    have = images.shape[1]
+    if have == channels:
+        return images
+    if have == 1 and channels == 3:
+        return images.expand(-1, 3, -1, -1).contiguous()
+    if have == 3 and channels == 1:
+        weights = torch.tensor(LUMA, dtype=torch.float32).view(1, 3, 1, 1)
+        out = []
+        for chunk in images.split(8192):
+            out.append((chunk.float() * weights).sum(1, keepdim=True).round_().clamp_(0, 255).to(torch.uint8))
+        return torch.cat(out) if out else images[:, :1]
+    raise ValueError(f"cannot convert {have} channels to {channels} (only 1 and 3 are supported)")
+
+
+def resize_uint8(images: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Bilinear, antialiased resize of a uint8 batch, in chunks so memory stays bounded."""
+    target = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
+    if tuple(images.shape[2:]) == target:
+        return images
+    out = []
+    for chunk in images.split(2048):
+        resized = F.interpolate(chunk.float(), size=target, mode="bilinear", align_corners=False, antialias=True)
+        out.append(resized.round_().clamp_(0, 255).to(torch.uint8))
+    if not out:
+        return images.new_empty((0, images.shape[1], *target))
+    return torch.cat(out)
+
+
+def stratified_split(labels, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded stratified split of indices into (keep, held_out).
+
+    Each class gives `round(fraction × its count)` images to the held-out part (at least
+    one where the class has two or more images), chosen by a NumPy generator seeded with
+    `seed`; both parts keep the original order.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    held = []
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        take = int(round(fraction * len(members)))
+        if fraction > 0 and take == 0 and len(members) >= 2:
+            take = 1
+        take = min(take, len(members) - 1) if len(members) > 1 else take
+        held.append(rng.permutation(members)[:take])
+    held_idx = np.sort(np.concatenate(held)) if held else np.array([], dtype=np.int64)
+    mask = np.ones(len(labels), dtype=bool)
+    mask[held_idx] = False
+    return np.flatnonzero(mask), held_idx

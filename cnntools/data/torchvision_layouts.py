@@ -1,0 +1,248 @@
+"""CIFAR-10/100 python batches and MNIST/Fashion-MNIST idx files, read without torchvision.
+
+CIFAR's python batches are pickles. A pickle can name any importable callable and run it
+while loading, so they are read with an Unpickler whose `find_class` admits only what a
+CIFAR batch really contains: NumPy's ndarray reconstruction (`_reconstruct`, `ndarray`,
+`dtype`, `scalar`) and `_codecs.encode` (how protocol-2 pickles spell bytes). Anything
+else — `os.system`, `builtins.eval`, any class — is refused before it is called, and the
+loaded arrays are checked to be plain numeric arrays.
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cnntools.data.imageset import ImageSet
+from cnntools.output import CnnError, info
+
+_SAFE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in _SAFE_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def read_cifar_pickle(path: Path) -> dict:
+    """One CIFAR python batch as a dict with str keys, loaded without running foreign code."""
+    try:
+        with open(path, "rb") as handle:
+            obj = _RestrictedUnpickler(handle, encoding="latin1").load()
+    except FileNotFoundError:
+        raise CnnError(f"{path}: no such file") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as error:
+        raise CnnError(f"{path}: not a readable CIFAR python batch ({error})") from None
+    if not isinstance(obj, dict):
+        raise CnnError(f"{path}: not a CIFAR python batch (expected a dict, found {type(obj).__name__})")
+    out = {}
+    for key, value in obj.items():
+        key = key.decode("latin1") if isinstance(key, bytes) else str(key)
+        if isinstance(value, np.ndarray) and value.dtype == object:
+            raise CnnError(f"{path}: entry '{key}' holds Python objects, not numbers; refusing it")
+        out[key] = value
+    return out
+
+
+def _cifar_shape(row_length: int, path: Path) -> tuple[int, int]:
+    for channels in (3, 1):
+        side = int(round((row_length / channels) ** 0.5))
+        if row_length % channels == 0 and side * side * channels == row_length:
+            return channels, side
+    raise CnnError(f"{path}: rows of {row_length} bytes are not square C×S×S images (C = 3 or 1)")
+
+
+def _names(meta: dict, keys: tuple[str, ...]) -> list[str] | None:
+    for key in keys:
+        if key in meta:
+            return [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in meta[key]]
+    return None
+
+
+def read_cifar_batches(files: list[Path], label_keys: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = [], []
+    for path in files:
+        batch = read_cifar_pickle(path)
+        if "data" not in batch:
+            raise CnnError(f"{path}: no 'data' entry (not a CIFAR python batch)")
+        data = np.asarray(batch["data"])
+        key = next((k for k in label_keys if k in batch), None)
+        if key is None:
+            raise CnnError(f"{path}: no labels (looked for {', '.join(label_keys)})")
+        lab = np.asarray(batch[key], dtype=np.int64)
+        data = data.reshape(len(data), -1)
+        if len(lab) != len(data):
+            raise CnnError(f"{path}: {len(data)} images but {len(lab)} labels")
+        c, s = _cifar_shape(data.shape[1], path)
+        images.append(data.astype(np.uint8, copy=False).reshape(-1, c, s, s))
+        labels.append(lab)
+    if len({im.shape[1:] for im in images}) > 1:
+        raise CnnError(f"{files[0].parent}: batches hold images of different shapes")
+    return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
+
+
+class CifarPickleSource:
+    """A folder of CIFAR python batches: `data_batch_*` (train), `test_batch`, `batches.meta` names.
+
+    Also CIFAR-100's `train`/`test`/`meta` files (fine labels). Any number of classes and of
+    images per batch.
+    """
+
+    def __init__(self, root: Path, spec: str, train_files, test_files, meta_file, label_keys, name_keys):
+        self.root, self.spec = root, spec
+        self.train_files, self.test_files = train_files, test_files
+        self.label_keys, self.meta_file, self.name_keys = label_keys, meta_file, name_keys
+        self._classes = None
+
+    def splits(self) -> list[str]:
+        return [s for s, f in (("train", self.train_files), ("test", self.test_files)) if f]
+
+    def classes(self, labels: torch.Tensor) -> list[str]:
+        if self._classes is None and self.meta_file is not None and self.meta_file.exists():
+            self._classes = _names(read_cifar_pickle(self.meta_file), self.name_keys)
+        count = int(labels.max()) + 1 if len(labels) else 0
+        if self._classes is None:
+            self._classes = [str(i) for i in range(count)]
+        if count > len(self._classes) or (len(labels) and int(labels.min()) < 0):
+            raise CnnError(f"{self.root}: labels run to {count - 1} but {self.meta_file} names {len(self._classes)} classes")
+        return list(self._classes)
+
+    def load(self, split: str) -> ImageSet:
+        files = self.train_files if split == "train" else self.test_files
+        images, labels = read_cifar_batches(files, self.label_keys)
+        return ImageSet(images=images, labels=labels, classes=self.classes(labels), spec=self.spec, split=split)
+
+
+def cifar_folder(root: Path, spec: str) -> CifarPickleSource | None:
+    """The CIFAR-pickle source for a folder in that layout, or None when it is not one."""
+    train = sorted(root.glob("data_batch_*"), key=lambda p: (len(p.name), p.name))
+    test = sorted(root.glob("test_batch*"))
+    if (root / "batches.meta").exists() or train:
+        return CifarPickleSource(root, spec, train, test, root / "batches.meta", ("labels", "fine_labels"), ("label_names", "fine_label_names"))
+    if (root / "meta").exists() and (root / "train").is_file():
+        return CifarPickleSource(root, spec, [root / "train"], [root / "test"] if (root / "test").is_file() else [], root / "meta", ("fine_labels", "labels"), ("fine_label_names", "label_names"))
+    return None
+
+
+# ---------------------------------------------------------------------------- MNIST idx
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An idx file (optionally .gz) as a NumPy array: magic 0 0 dtype ndim, big-endian dims."""
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as error:
+            raise CnnError(f"{path}: not a readable gzip file ({error})") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise CnnError(f"{path}: not an idx file of unsigned bytes (bad magic number)")
+    ndim = raw[3]
+    dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4).astype(np.int64)
+    expected = int(np.prod(dims))
+    body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != expected:
+        raise CnnError(f"{path}: truncated or padded idx file ({body.size} bytes of data, header says {expected})")
+    return body.reshape(*dims)
+
+
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+_IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"), "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+class IdxSource:
+    """MNIST-style idx files in torchvision's layout DATA_DIR/<Folder>/raw/ (plain or .gz)."""
+
+    def __init__(self, name: str, raw_dir: Path, classes: list[str]):
+        self.name, self.raw_dir, self._classes = name, raw_dir, classes
+
+    def splits(self) -> list[str]:
+        return ["train", "test"]
+
+    def _file(self, stem: str) -> Path:
+        for candidate in (self.raw_dir / stem, self.raw_dir / f"{stem}.gz"):
+            if candidate.exists():
+                return candidate
+        raise CnnError(f"{self.raw_dir / stem}: missing")
+
+    def load(self, split: str) -> ImageSet:
+        img_stem, lab_stem = _IDX_FILES[split]
+        images = read_idx(self._file(img_stem))
+        labels = read_idx(self._file(lab_stem)).astype(np.int64)
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise CnnError(f"{self.raw_dir}: {split} images {images.shape} and labels {labels.shape} do not match")
+        if len(labels) and labels.max() >= len(self._classes):
+            raise CnnError(f"{self.raw_dir}: label {labels.max()} outside the {len(self._classes)} classes")
+        return ImageSet(
+            images=torch.from_numpy(images.copy()).unsqueeze(1),
+            labels=torch.from_numpy(labels),
+            classes=list(self._classes),
+            spec=self.name,
+            split=split,
+        )
+
+
+# ---------------------------------------------------------------------------- registry glue
+
+_LAYOUTS = {
+    "cifar10": ("cifar-10-batches-py", ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch", "batches.meta"], "CIFAR10"),
+    "cifar100": ("cifar-100-python", ["train", "test", "meta"], "CIFAR100"),
+    "mnist": ("MNIST/raw", [f for pair in _IDX_FILES.values() for f in pair], "MNIST"),
+    "fashion-mnist": ("FashionMNIST/raw", [f for pair in _IDX_FILES.values() for f in pair], "FashionMNIST"),
+}
+
+
+def _present(folder: Path, name: str) -> bool:
+    return (folder / name).exists() or (folder / f"{name}.gz").exists()
+
+
+def _download(name: str, data_dir: Path) -> None:
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, _LAYOUTS[name][2])
+    info(f"Downloading {name} into {data_dir} ...")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        for train in (True, False):
+            cls(root=str(data_dir), train=train, download=True)
+    except Exception as error:  # noqa: BLE001 - network and disk errors of every kind
+        raise CnnError(f"downloading {name} into {data_dir} failed: {error}") from None
+
+
+def open_torchvision(name: str, options: dict, data_dir: Path, download: bool = False):
+    """A torchvision-layout dataset under `data_dir`, downloaded first when asked."""
+    if options:
+        raise CnnError(f"{name} takes no options (got {','.join(options)})")
+    sub, files, _ = _LAYOUTS[name]
+    folder = data_dir / sub
+    missing = [f for f in files if not _present(folder, f)]
+    if missing and download:
+        _download(name, data_dir)
+        missing = [f for f in files if not _present(folder, f)]
+    if missing:
+        raise CnnError(
+            f"{name} not found: expected {', '.join(missing)} in {folder}; "
+            f"add --download to fetch it, or point --data-dir at the folder that holds {sub}"
+        )
+    if name.startswith("cifar"):
+        source = cifar_folder(folder, name)
+        assert source is not None
+        if name == "cifar10":
+            source.train_files = [folder / f"data_batch_{i}" for i in range(1, 6)]
+        return source
+    classes = [str(d) for d in range(10)] if name == "mnist" else FASHION_CLASSES
+    return IdxSource(name, folder, classes)
