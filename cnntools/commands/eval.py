@@ -1,8 +1,256 @@
-"""PLACEHOLDER — being written; replace this whole module."""
+"""`cnntools eval`: metrics of one or more models on a dataset split, or their top classes for image files."""
 
-from cnntools.output import CnnError
+from __future__ import annotations
+
+from typing import Annotated, List, Optional
+
+import typer
+
+from cnntools import options, output
 
 
-def main() -> None:
-    """Not written yet."""
-    raise CnnError("not written yet")
+def main(
+    models: Annotated[List[str], typer.Argument(help="Checkpoints (FILE.safetensors, - for stdin) or torchvision:NAME.", show_default=False, metavar="MODEL")],
+    data: Annotated[Optional[str], typer.Option("--data", help="Evaluate on this dataset instead of the checkpoint's own.")] = None,
+    data_dir: options.DataDir = None,
+    split: options.Split = "test",
+    download: options.Download = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 256,
+    top_k: Annotated[int, typer.Option("--top-k", help="Also report top-k accuracy (and k classes per --image).")] = 5,
+    per_class: Annotated[bool, typer.Option("--per-class/--no-per-class", help="Show the per-class table.")] = True,
+    predictions: Annotated[
+        Optional[str], typer.Option("--predictions", help="Write one CSV row per image to FILE (- for stdout; tables then go to stderr).")
+    ] = None,
+    logits_hist: Annotated[Optional[str], typer.Option("--logits-hist", help="Histogram of the raw outputs (PNG, SVG or PDF).")] = None,
+    image: Annotated[
+        Optional[List[str]], typer.Option("--image", help="Image file(s): print each one's top-k classes instead of dataset metrics.")
+    ] = None,
+    device: options.Device = "auto",
+    precision: options.Precision = "auto",
+    fmt: options.Format = "table",
+    quiet: options.Quiet = False,
+    debug: options.Debug = False,
+) -> None:
+    """Metrics of one or more models on a dataset split, or their top classes for image files.
+
+    Each MODEL is a cnntools checkpoint (FILE.safetensors, or - for stdin) or torchvision:NAME
+    (ImageNet weights from the local torch cache). The dataset is the one stored in the
+    checkpoint unless --data names another. Reports accuracy, loss, top-k accuracy,
+    precision/recall/F1 (scikit-learn's definitions, macro and weighted), per-class accuracy
+    and statistics of the raw outputs (min, max, mean, share negative); several models are
+    compared side by side. --predictions writes one CSV row per image (for `cnntools
+    confusion`); --image prints the top classes of image files instead.
+
+    \b
+    Examples:
+      cnntools eval model.safetensors
+      cnntools eval lenet.safetensors simple.safetensors --split test
+      cnntools eval model.safetensors --predictions - | cnntools confusion -
+      cnntools eval torchvision:vgg16 --image bird.jpg dog.jpg --top-k 3
+    """
+    output.configure(quiet=quiet, debug=debug)
+    from cnntools import files, runtime
+    from cnntools.checkpoint import load_model
+
+    if batch_size < 1 or top_k < 1:
+        raise output.CnnError("--batch-size and --top-k must be at least 1")
+    if sum(1 for m in models if m == "-") > 1:
+        raise output.CnnError("only one model can come from stdin (-)")
+    if logits_hist:
+        files.figure_format(logits_hist)
+    if predictions == "-":
+        output.claim_stdout()
+    dev = runtime.resolve_device(device)
+    prec = runtime.resolve_precision(precision, dev)
+    loaded = [load_model(m, dev) for m in models]
+
+    if image:
+        _images(loaded, image, top_k, fmt)
+        return
+
+    results, all_rows, hist = [], [], {}
+    for lm in loaded:
+        results.append(_evaluate(lm, data, data_dir, split, download, batch_size, top_k, prec, all_rows if predictions else None, hist))
+    if predictions:
+        columns = (["model"] if len(loaded) > 1 else []) + ["index", "path", "label", "label_name", "pred", "pred_name", "prob", "loss"]
+        files.write_text(predictions, output.csv_text(all_rows, columns))
+    if logits_hist:
+        from cnntools.plots import logits_histogram
+
+        logits_histogram(hist, logits_hist)
+    _report(results, fmt, per_class, top_k)
+
+
+def _evaluate(lm, data, data_dir, split, download, batch_size, top_k, precision, pred_rows, hist) -> dict:
+    import time
+
+    import torch.nn.functional as F
+
+    from cnntools.engine import classification_metrics, predict
+
+    if data is None and not lm.data.get("spec"):
+        raise output.CnnError(f"{lm.source} records no dataset; name one with --data, or use --image FILE")
+    imageset = lm.load_split(split, data_override=data, data_dir=data_dir, download=download)
+    if len(imageset) == 0:
+        raise output.CnnError(f"the {split} split of {imageset.spec} is empty")
+    progress = _progress(f"{lm.source}", len(imageset))
+    start = time.perf_counter()
+    try:
+        logits, labels = predict(lm, imageset, batch_size=batch_size, precision=precision,
+                                 progress=(lambda n: progress.update(progress.task_ids[0], completed=n)) if progress else None)
+    finally:
+        if progress is not None:
+            progress.stop()
+    seconds = time.perf_counter() - start
+    metrics = classification_metrics(logits, labels, lm.classes, top_k=(top_k,))
+    hist[lm.source] = logits.flatten().numpy()
+    if pred_rows is not None:
+        probs = F.softmax(logits, dim=1)
+        pred = logits.argmax(1)
+        losses = F.cross_entropy(logits, labels, reduction="none")
+        conf = probs.gather(1, pred[:, None])[:, 0]
+        paths = imageset.paths
+        for i in range(len(imageset)):
+            row = {
+                "model": lm.source,
+                "index": i,
+                "path": paths[i] if paths else "",
+                "label": int(labels[i]),
+                "label_name": lm.classes[int(labels[i])],
+                "pred": int(pred[i]),
+                "pred_name": lm.classes[int(pred[i])],
+                "prob": round(float(conf[i]), 6),
+                "loss": round(float(losses[i]), 6),
+            }
+            pred_rows.append(row)
+    return {
+        "model": lm.source,
+        "arch": lm.arch,
+        "data": data or lm.data.get("spec") or imageset.spec,
+        "split": split,
+        "images": len(imageset),
+        "seconds": round(seconds, 3),
+        "images_per_s": round(len(imageset) / max(seconds, 1e-9), 1),
+        **metrics,
+    }
+
+
+def _progress(label: str, total: int):
+    console = output.err_console()
+    if console is None or not console.is_terminal:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True)
+    bar.add_task("eval", total=total)
+    bar.start()
+    return bar
+
+
+SUMMARY = [
+    ("accuracy", "accuracy"),
+    ("loss", "loss"),
+    ("top_k", None),
+    ("precision_macro", "precision (macro)"),
+    ("recall_macro", "recall (macro)"),
+    ("f1_macro", "F1 (macro)"),
+    ("precision_weighted", "precision (weighted)"),
+    ("recall_weighted", "recall (weighted)"),
+    ("f1_weighted", "F1 (weighted)"),
+]
+
+
+def _summary_row(result: dict, top_k: int) -> dict:
+    logits = result["logits"]
+    row = {
+        "model": result["model"],
+        "arch": result["arch"],
+        "data": result["data"],
+        "split": result["split"],
+        "images": result["images"],
+        "accuracy": result["accuracy"],
+        "loss": result["loss"],
+        f"top{top_k}": result["top_k"].get(str(top_k)),
+        "precision_macro": result["precision_macro"],
+        "recall_macro": result["recall_macro"],
+        "f1_macro": result["f1_macro"],
+        "precision_weighted": result["precision_weighted"],
+        "recall_weighted": result["recall_weighted"],
+        "f1_weighted": result["f1_weighted"],
+        "logit_min": logits["min"],
+        "logit_max": logits["max"],
+        "logit_mean": logits["mean"],
+        "share_negative": logits["share_negative"],
+        "images_per_s": result["images_per_s"],
+    }
+    return row
+
+
+def _report(results: list[dict], fmt: str, per_class: bool, top_k: int) -> None:
+    rows = [_summary_row(r, top_k) for r in results]
+    doc = {"models": results}
+
+    def render() -> None:
+        if len(results) == 1:
+            row = rows[0]
+            title = f"{row['model']} ({row['arch']}) on {row['data']} {row['split']}: {row['images']} images"
+            skip = {"model", "arch", "data", "split"}
+            output.print_table([{"metric": k, "value": v} for k, v in row.items() if k not in skip], ["metric", "value"], title=title)
+        else:
+            output.print_table(rows, [c for c in rows[0] if c not in ("data", "split")], title="Models side by side")
+        if per_class:
+            classes = [c["class"] for c in results[0]["per_class"]]
+            if len(results) == 1:
+                table = [{k: v for k, v in c.items()} for c in results[0]["per_class"]]
+                output.print_table(table, ["class", "support", "accuracy", "precision", "recall", "f1"], title="Per class")
+            elif all([c["class"] for c in r["per_class"]] == classes for r in results):
+                table = []
+                for i, name in enumerate(classes):
+                    line = {"class": name}
+                    for r in results:
+                        line[r["model"]] = r["per_class"][i]["accuracy"]
+                    table.append(line)
+                output.print_table(table, title="Per-class accuracy")
+
+    output.emit(doc, fmt, rows=rows, render_table=render)
+
+
+def _images(loaded, paths: list[str], top_k: int, fmt: str) -> None:
+    import torch
+
+    rows = []
+    for lm in loaded:
+        for path in paths:
+            images = _read_image(path, lm.in_channels)
+            with torch.inference_mode():
+                logits = lm.model(lm.prepare(images)).float().cpu()[0]
+            probs = torch.softmax(logits, 0)
+            k = min(top_k, probs.numel())
+            values, indices = probs.topk(k)
+            for rank, (p, c) in enumerate(zip(values.tolist(), indices.tolist()), start=1):
+                rows.append({"model": lm.source, "image": path, "rank": rank, "class": lm.classes[c], "index": c,
+                             "prob": p, "logit": float(logits[c])})
+    columns = (["model"] if len(loaded) > 1 else []) + ["image", "rank", "class", "index", "prob", "logit"]
+    output.emit({"predictions": rows}, fmt, rows=rows, columns=columns, title=f"Top {top_k} classes")
+
+
+def _read_image(path: str, channels: int):
+    """uint8 1×C×H×W tensor of an image file (- for stdin)."""
+    import io
+
+    import numpy as np
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    from cnntools import files
+
+    data = files.read_bytes(path)
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img = img.convert("L" if channels == 1 else "RGB")
+            array = np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as error:
+        raise output.CnnError(f"{path}: not a readable image ({error.__class__.__name__})") from None
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)[None]

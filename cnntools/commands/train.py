@@ -1,8 +1,389 @@
-"""PLACEHOLDER — being written; replace this whole module."""
+"""`cnntools train`: train a CNN on a dataset and write a self-describing safetensors checkpoint."""
 
-from cnntools.output import CnnError
+from __future__ import annotations
+
+from typing import Annotated, Literal, Optional
+
+import typer
+
+from cnntools import options, output
+
+TrainFormat = Annotated[
+    Literal["table", "jsonl", "json", "csv"],
+    typer.Option("--format", help="Per-epoch records: table (as epochs complete), jsonl (one object per epoch), json or csv."),
+]
+
+# Options that may differ from the stored run when resuming; the rest must match it.
+RESUMABLE_OVERRIDES = ("epochs", "early_stop", "print_every", "device", "precision", "data_dir", "download")
+
+RECORD_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s", "updates"]
 
 
-def main() -> None:
-    """Not written yet."""
-    raise CnnError("not written yet")
+def main(
+    ctx: typer.Context,
+    arch: Annotated[str, typer.Option("--arch", help="Architecture (see --list-archs).")] = "simple-cnn",
+    list_archs: Annotated[bool, typer.Option("--list-archs", help="List the architectures with parameter counts and exit.")] = False,
+    batchnorm: Annotated[bool, typer.Option("--batchnorm", help="lenet: BatchNorm after each conv.")] = False,
+    output_activation: Annotated[
+        Literal["none", "relu", "tanh"],
+        typer.Option("--output-activation", help="lenet: activation on the output layer (none keeps raw logits)."),
+    ] = "none",
+    pretrained: Annotated[
+        bool, typer.Option("--pretrained", help="Start from torchvision's ImageNet weights (local torch cache only).")
+    ] = False,
+    data: options.Data = "digits",
+    data_dir: options.DataDir = None,
+    val_split: Annotated[
+        float, typer.Option("--val-split", help="Fraction of train held out for validation when the data has no val split (0: none).")
+    ] = 0.1,
+    download: options.Download = False,
+    image_size: Annotated[
+        Optional[int], typer.Option("--image-size", help="Input side in pixels (default: the data's own, or the architecture's usual size).")
+    ] = None,
+    epochs: Annotated[int, typer.Option("--epochs", help="Epochs to train (with --resume: the total to reach).")] = 20,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per weight update (the global batch across processes).")] = 32,
+    opt: Annotated[Literal["sgd", "adam", "adamw"], typer.Option("--opt", help="Optimizer.")] = "adam",
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate (default 0.01 for sgd, 0.001 for adam/adamw).")] = None,
+    momentum: Annotated[float, typer.Option("--momentum", help="SGD momentum.")] = 0.9,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help="Weight decay (L2 for sgd/adam, decoupled for adamw).")] = 0.0,
+    nesterov: Annotated[bool, typer.Option("--nesterov", help="Nesterov momentum (sgd).")] = False,
+    schedule: Annotated[
+        Literal["none", "step", "cosine", "onecycle"], typer.Option("--schedule", help="Learning-rate schedule, stepped every update.")
+    ] = "none",
+    warmup: Annotated[float, typer.Option("--warmup", help="Epochs of linear learning-rate warm-up (fractions allowed).")] = 0.0,
+    step_size: Annotated[int, typer.Option("--step-size", help="step schedule: epochs between decays (0: a third of the run).")] = 0,
+    gamma: Annotated[float, typer.Option("--gamma", help="step schedule: decay factor.")] = 0.1,
+    augment: Annotated[
+        str,
+        typer.Option(
+            "--augment",
+            help="Batched augmentation, e.g. flip,crop:4,jitter:0.4,rotate:15,rrc:0.08; none; "
+            "auto: rotate:10,crop:1 for digits/mnist, none elsewhere.",
+        ),
+    ] = "auto",
+    normalize: Annotated[
+        str, typer.Option("--normalize", help="dataset (train mean/std), half (0.5/0.5), imagenet, none, or MEAN,STD.")
+    ] = "dataset",
+    class_weights: Annotated[
+        str, typer.Option("--class-weights", help="Loss weights: none, auto (balanced by class counts) or one number per class.")
+    ] = "none",
+    label_smoothing: Annotated[float, typer.Option("--label-smoothing", help="Label smoothing of the cross-entropy (0..1).")] = 0.0,
+    keep: Annotated[
+        Literal["best", "last"], typer.Option("--keep", help="Checkpoint weights: best validation accuracy or the last epoch.")
+    ] = "best",
+    early_stop: Annotated[int, typer.Option("--early-stop", help="Stop after N epochs without a better validation accuracy (0: never).")] = 0,
+    print_every: Annotated[int, typer.Option("--print-every", help="Print the mean loss every N mini-batches (stderr; 0: never).")] = 0,
+    seed: options.Seed = 0,
+    device: options.Device = "auto",
+    precision: options.Precision = "auto",
+    resume: Annotated[
+        Optional[str], typer.Option("--resume", help="Continue the run stored in this checkpoint exactly where it stopped.")
+    ] = None,
+    out: options.Output = None,
+    history: Annotated[Optional[str], typer.Option("--history", help="Also write the per-epoch records to FILE (.csv or .jsonl).")] = None,
+    plot: Annotated[Optional[str], typer.Option("--plot", help="Loss and accuracy curves, train vs validation (PNG, SVG or PDF).")] = None,
+    fmt: TrainFormat = "table",
+    quiet: options.Quiet = False,
+    debug: options.Debug = False,
+) -> None:
+    """Train a CNN on a dataset and write a self-describing safetensors checkpoint.
+
+    Trains a registered architecture (--list-archs) on digits, CIFAR, MNIST, a folder of images
+    or fake data, with the knobs of the course notebooks: optimizer, learning rate and
+    schedule, batch size, validation split, augmentation, normalisation, class weights, label
+    smoothing, keep-the-best checkpoint and early stopping. One record per epoch goes to stdout
+    (table, jsonl, json or csv); the progress bar goes to stderr. The checkpoint is rewritten
+    after every epoch and can be resumed exactly with --resume; Ctrl-C saves a resumable
+    checkpoint and exits 130.
+
+    \b
+    Examples:
+      cnntools train                                   # simple-cnn on digits -> model.safetensors
+      cnntools train --arch lenet --data cifar10 --opt sgd --lr 0.001 --momentum 0.9 --batch-size 4 --epochs 2
+      cnntools train --arch resnet18 --data cifar10 --augment flip,crop:4 --batch-size 64 --epochs 10
+      cnntools train --resume model.safetensors --epochs 30
+      cnntools train --format jsonl -q | jq .val_acc
+    """
+    output.configure(quiet=quiet, debug=debug)
+    if list_archs:
+        _list_archs(fmt)
+        return
+
+    from dataclasses import replace
+
+    from cnntools import files
+    from cnntools.engine import TrainConfig, Trainer, TrainingInterrupted, load_training_data
+
+    if history is not None:
+        _history_kind(history)
+    if plot is not None:
+        files.figure_format(plot)
+    given = {
+        "arch": arch, "batchnorm": batchnorm, "output_activation": output_activation, "pretrained": pretrained,
+        "data": data, "data_dir": data_dir, "val_split": val_split, "download": download, "image_size": image_size,
+        "epochs": epochs, "batch_size": batch_size, "opt": opt, "lr": lr, "momentum": momentum,
+        "weight_decay": weight_decay, "nesterov": nesterov, "schedule": schedule, "warmup": warmup,
+        "step_size": step_size, "gamma": gamma, "augment": augment, "normalize": normalize,
+        "class_weights": class_weights, "label_smoothing": label_smoothing, "keep": keep, "early_stop": early_stop,
+        "print_every": print_every, "seed": seed, "device": device, "precision": precision,
+    }
+    resumed = None
+    if resume is not None:
+        cfg, resumed = _resume_config(ctx, resume, given)
+        target = out or (resume if resume != "-" else "model.safetensors")
+    else:
+        cfg = TrainConfig(**given)
+        target = out or "model.safetensors"
+    if target != "-" and not target.endswith(".safetensors"):
+        raise output.CnnError(f"{target}: checkpoints are .safetensors files; name it e.g. model.safetensors")
+    if target == "-":
+        output.claim_stdout()
+
+    train_set, val_set, _ = load_training_data(cfg)
+    if resumed is not None:
+        meta = resumed["meta"]
+        train_set, val_set = _match_stored_size(train_set, val_set, meta)
+        if list(train_set.classes) != list(meta.get("classes", [])):
+            raise output.CnnError(f"{resume}: the data's classes differ from the stored run's; resume on the same dataset")
+        if cfg.val_split and val_set is None:
+            cfg = replace(cfg, val_split=0.0)
+    trainer = Trainer(cfg, train_set, val_set, output=target)
+    if resumed is not None:
+        trainer.restore(resumed["state"], resumed["meta"].get("history", []), resumed["weights"])
+
+    _describe_run(trainer, cfg, resumed is not None)
+    printer = _RecordPrinter(fmt)
+    for record in trainer.history:
+        printer.add(record, replay=True)
+
+    def on_epoch(record: dict) -> None:
+        if not trainer.is_main:  # under DDP only rank 0 prints and writes
+            return
+        printer.add(record)
+        if history:
+            _write_history(history, trainer.history)
+
+    trainer.on_epoch = on_epoch
+    trainer.on_print = output.info
+    trainer.progress = _Progress.create()
+    finished = False
+    try:
+        trainer.run()
+        finished = True
+    except TrainingInterrupted as stop:
+        output.info(str(stop).capitalize())
+        raise
+    finally:
+        if trainer.progress is not None:
+            trainer.progress.stop()
+        if plot and trainer.history and trainer.is_main:
+            from cnntools.plots import training_curves
+
+            training_curves(trainer.history, plot, title=f"{cfg.arch} on {cfg.data}")
+    if finished and trainer.is_main:
+        printer.finish(trainer)
+        _summary(trainer, target)
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _list_archs(fmt: str) -> None:
+    from cnntools.models import list_architectures
+
+    rows = list_architectures()
+    columns = ["arch", "parameters", "input", "min_size", "pretrained", "description"]
+    if fmt == "jsonl":
+        for row in rows:
+            output.print_jsonl(row)
+        return
+    output.emit({"architectures": rows}, fmt, rows=rows, columns=columns,
+                title="Architectures (parameters at 3x32x32 input, 10 classes)")
+
+
+def _history_kind(path: str) -> str:
+    if path == "-":
+        raise output.CnnError("--history takes a file (.csv or .jsonl); for stdout use --format jsonl")
+    if path.endswith(".csv"):
+        return "csv"
+    if path.endswith(".jsonl"):
+        return "jsonl"
+    raise output.CnnError(f"{path}: --history writes .csv or .jsonl files")
+
+
+def _write_history(path: str, records: list[dict]) -> None:
+    import json
+
+    from cnntools import files
+
+    if _history_kind(path) == "csv":
+        files.write_text(path, output.csv_text(records, RECORD_COLUMNS))
+    else:
+        files.write_text(path, "".join(json.dumps(output.to_jsonable(r)) + "\n" for r in records))
+
+
+def _resume_config(ctx, resume: str, given: dict):
+    from dataclasses import replace
+
+    from cnntools.checkpoint import model_state, read_checkpoint, resume_state
+    from cnntools.engine import TrainConfig
+
+    tensors, meta = read_checkpoint(resume)
+    state = resume_state(tensors, meta, resume)
+    stored = TrainConfig.from_dict(meta.get("train_config") or {})
+    changes = {}
+    for name, value in given.items():
+        source = ctx.get_parameter_source(name) if ctx is not None else None
+        if source is None or source.name != "COMMANDLINE":
+            continue
+        if name in RESUMABLE_OVERRIDES:
+            changes[name] = value
+        elif getattr(stored, name) != value:
+            flag = "--" + name.replace("_", "-")
+            raise output.CnnError(
+                f"--resume continues the stored run exactly; {flag} cannot change ({getattr(stored, name)!r} stored). "
+                "Start a new run to change it"
+            )
+    cfg = replace(stored, **changes)
+    done = int(state["epoch"])
+    if cfg.epochs <= done and int(state["batch"]) == 0:
+        raise output.CnnError(f"{resume}: the run already trained {done} of its {stored.epochs} epochs; pass --epochs N (N > {done}) to train further")
+    if cfg.epochs != stored.epochs:
+        if cfg.schedule == "onecycle":
+            raise output.CnnError("a onecycle schedule is fixed to the run's length; resume with the stored --epochs")
+        if cfg.schedule == "cosine":
+            output.warn(f"the cosine schedule now spans {cfg.epochs} epochs instead of {stored.epochs}: the learning rate jumps")
+    return cfg, {"meta": meta, "state": state, "weights": model_state(tensors)}
+
+
+def _match_stored_size(train_set, val_set, meta):
+    size, channels = int(meta["image_size"]), int(meta["in_channels"])
+    train_set = train_set.resized(size, channels)
+    val_set = val_set.resized(size, channels) if val_set is not None else None
+    return train_set, val_set
+
+
+def _describe_run(trainer, cfg, resumed: bool) -> None:
+    from cnntools.models import count_parameters
+    from cnntools.checkpoint import unwrap_model
+
+    val = f", {len(trainer.val_set)} validation" if trainer.val_set is not None else ", no validation split"
+    output.info(
+        f"{'Resuming' if resumed else 'Training'} {cfg.arch} ({count_parameters(unwrap_model(trainer.model)):,} parameters) "
+        f"on {cfg.data}: {len(trainer.train_set)} train images{val}, "
+        f"{trainer.in_channels}x{trainer.image_size}x{trainer.image_size}, {len(trainer.classes)} classes; "
+        f"{trainer.device.type} {trainer.precision}{' channels_last' if trainer.channels_last else ''}, "
+        f"{trainer.steps_per_epoch} updates per epoch"
+        + (f"; from epoch {trainer.position.epoch + 1}" + (f" batch {trainer.position.batch + 1}" if trainer.position.batch else "") if resumed else "")
+    )
+
+
+def _summary(trainer, target: str) -> None:
+    pos = trainer.position
+    kept = trainer._kept_record() or {}
+    where = "stdout" if target == "-" else target
+    if trainer.val_loader is not None and trainer.cfg.keep == "best":
+        which = f"best epoch {pos.best_epoch} (val_acc {kept.get('val_acc', 0):.4f})"
+    else:
+        which = f"last epoch {pos.epoch}" + (f" (val_acc {kept['val_acc']:.4f})" if kept.get("val_acc") is not None else "")
+    output.info(f"{pos.updates:,} weight updates in {pos.epoch} epochs; wrote {where} with the weights of the {which}")
+
+
+class _RecordPrinter:
+    """Epoch records on stdout as they complete: a growing table, jsonl or csv; json at the end."""
+
+    WIDTHS = {"epoch": 5, "train_loss": 10, "train_acc": 9, "val_loss": 8, "val_acc": 7, "lr": 9, "seconds": 7,
+              "images_per_s": 12, "updates": 7}
+
+    def __init__(self, fmt: str):
+        self.fmt = fmt
+        self.started = False
+
+    def add(self, record: dict, replay: bool = False) -> None:
+        stream = output.data_stream()
+        if self.fmt == "jsonl":
+            if not replay:
+                output.print_jsonl(record)
+            return
+        if self.fmt == "json":
+            return
+        if self.fmt == "csv":
+            text = output.csv_text([record], RECORD_COLUMNS)
+            stream.write(text if not self.started else text.split("\n", 1)[1])
+        else:
+            if not self.started:
+                stream.write("  ".join(c.rjust(w) for c, w in self.WIDTHS.items()) + "\n")
+            stream.write("  ".join(self._cell(record.get(c), c).rjust(w) for c, w in self.WIDTHS.items()) + "\n")
+        stream.flush()
+        self.started = True
+
+    @staticmethod
+    def _cell(value, column: str) -> str:
+        if value is None:
+            return "-"
+        if column == "lr":
+            return f"{value:.3g}"
+        if column in ("seconds", "images_per_s"):
+            return f"{value:.1f}"
+        return output.format_cell(value)
+
+    def finish(self, trainer) -> None:
+        if self.fmt == "json":
+            meta = trainer.metadata()
+            output.print_json(
+                {
+                    "checkpoint": trainer.output,
+                    "arch": meta["arch"],
+                    "data": meta["data"],
+                    "train_config": meta["train_config"],
+                    "metrics": meta["metrics"],
+                    "updates": trainer.position.updates,
+                    "history": trainer.history,
+                }
+            )
+
+
+class _Progress:
+    """A rich progress bar per epoch on stderr (nothing under --quiet)."""
+
+    def __init__(self, console):
+        self.console = console
+        self.bar = None
+        self.task = None
+        self.last_loss = None
+
+    @classmethod
+    def create(cls):
+        console = output.err_console()
+        # A redirected stderr gets no bar: rich would leave blank lines in the log.
+        return cls(console) if console is not None and console.is_terminal else None
+
+    def start(self, epoch: int, total: int, done: int = 0) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.stop()
+        self.bar = Progress(
+            TextColumn("epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self.bar.start()
+        self.task = self.bar.add_task("train", total=total, completed=done, epoch=epoch, loss="-")
+
+    def advance(self, n: int, loss) -> None:
+        if self.bar is None:
+            return
+        if loss is not None:
+            self.bar.update(self.task, advance=n, loss=f"{loss:.4f}")
+        else:
+            self.bar.update(self.task, advance=n)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None

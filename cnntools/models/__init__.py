@@ -1,0 +1,168 @@
+"""Architecture registry: every course CNN by name, built by one `create_model`.
+
+Adding an architecture is one `register(...)` call in its family's module. Each entry
+knows its description, the smallest input it accepts and the size it is usually trained
+at, so `train` can pick an input size and `train --list-archs` can describe it.
+
+    from cnntools.models import create_model, ARCHITECTURES, count_parameters
+    model = create_model("lenet", in_channels=3, image_size=32, num_classes=10)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from cnntools.output import CnnError
+
+OUTPUT_ACTIVATIONS = ("none", "relu", "tanh")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One registered architecture."""
+
+    name: str
+    builder: Callable  # (in_channels, image_size, num_classes, **options) -> nn.Module
+    description: str
+    min_size: int  # smallest square input the layers accept
+    default_size: int  # input size used when the data's own size is below min_size
+    small_input: int = 0  # input size for data smaller than 16 px (0: default_size)
+    options: tuple[str, ...] = ()  # extra config keys the builder takes (batchnorm, ...)
+    torchvision_name: str | None = None  # where --pretrained weights come from
+    family: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+ARCHITECTURES: dict[str, Architecture] = {}
+
+
+def register(arch: Architecture) -> Architecture:
+    ARCHITECTURES[arch.name] = arch
+    return arch
+
+
+def count_parameters(model, trainable_only: bool = False) -> int:
+    """Number of parameters (all of them, or only those with requires_grad)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def get_architecture(name: str) -> Architecture:
+    """The registry entry for `name`, or a one-line error listing the known ones."""
+    _load_families()
+    if name not in ARCHITECTURES:
+        known = ", ".join(ARCHITECTURES)
+        raise CnnError(f"unknown architecture '{name}': choose one of {known} (cnntools train --list-archs)")
+    return ARCHITECTURES[name]
+
+
+def input_size_for(name: str, native_size: int) -> int:
+    """The input size to train `name` at by default.
+
+    The data's own size when the layers accept it and it is at least 16 px; tiny images
+    (digits are 8x8) are upsampled to the architecture's `small_input` size, which gives
+    its convolutions room to work; otherwise the architecture's usual size.
+    """
+    arch = get_architecture(name)
+    if native_size >= max(arch.min_size, 16):
+        return native_size
+    if native_size < 16:
+        return max(arch.min_size, arch.small_input or arch.default_size)
+    return arch.default_size
+
+
+def create_model(
+    name: str,
+    in_channels: int = 3,
+    image_size: int = 32,
+    num_classes: int = 10,
+    batchnorm: bool = False,
+    output_activation: str = "none",
+    pretrained: bool = False,
+):
+    """Build a registered architecture for `in_channels`x`image_size`² inputs and `num_classes`.
+
+    `batchnorm` and `output_activation` apply to the architectures that offer them (lenet);
+    `pretrained` loads torchvision's ImageNet weights from the local torch hub cache (the
+    classifier is replaced when `num_classes` differs from 1,000).
+    """
+    arch = get_architecture(name)
+    if in_channels < 1 or num_classes < 1:
+        raise CnnError(f"{name}: need at least one input channel and one class")
+    if image_size < arch.min_size:
+        raise CnnError(
+            f"{name} needs inputs of at least {arch.min_size}x{arch.min_size} pixels (got {image_size}); "
+            f"use --image-size {arch.default_size}"
+        )
+    if output_activation not in OUTPUT_ACTIVATIONS:
+        raise CnnError(f"unknown output activation '{output_activation}': use none, relu or tanh")
+    if "batchnorm" not in arch.options and batchnorm:
+        raise CnnError(f"{name} has no --batchnorm option (it is fixed by the architecture)")
+    if "output_activation" not in arch.options and output_activation != "none":
+        raise CnnError(f"{name} has no --output-activation option; lenet has it")
+    if pretrained and arch.torchvision_name is None:
+        raise CnnError(f"{name} has no pretrained weights; --pretrained works for resnet18-imagenet and vgg16")
+    kwargs = {}
+    if "batchnorm" in arch.options:
+        kwargs["batchnorm"] = batchnorm
+    if "output_activation" in arch.options:
+        kwargs["output_activation"] = output_activation
+    if arch.torchvision_name is not None:
+        kwargs["pretrained"] = pretrained
+    return arch.builder(in_channels, image_size, num_classes, **kwargs)
+
+
+def arch_config(name: str, in_channels: int, image_size: int, num_classes: int, **options) -> dict:
+    """The plain-data config that `create_model(**config)` rebuilds the model from."""
+    arch = get_architecture(name)
+    config = {"arch": name, "in_channels": in_channels, "image_size": image_size, "num_classes": num_classes}
+    for key in arch.options:
+        if key in options:
+            config[key] = options[key]
+    return config
+
+
+def output_layer(activation: str):
+    """The module applied after the last layer: identity, ReLU or tanh (no in-place ops)."""
+    import torch.nn as nn
+
+    return {"none": nn.Identity, "relu": nn.ReLU, "tanh": nn.Tanh}[activation]()
+
+
+def no_inplace(model):
+    """Turn in-place activations off: forward hooks must see each layer's own output."""
+    for module in model.modules():
+        if hasattr(module, "inplace"):
+            module.inplace = False
+    return model
+
+
+_loaded = False
+
+
+def _load_families() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    from cnntools.models import lenet, simple, resnet, compact, vgg, mlp  # noqa: F401,I001 - registration order = listing order
+
+
+def list_architectures(in_channels: int = 3, image_size: int = 32, num_classes: int = 10) -> list[dict]:
+    """Every architecture with its parameter count at the given input/classes."""
+    _load_families()
+    rows = []
+    for arch in ARCHITECTURES.values():
+        size = max(image_size, arch.min_size)
+        model = create_model(arch.name, in_channels, size, num_classes)
+        rows.append(
+            {
+                "arch": arch.name,
+                "parameters": count_parameters(model),
+                "input": f"{in_channels}x{size}x{size}",
+                "min_size": arch.min_size,
+                "pretrained": arch.torchvision_name is not None,
+                "description": arch.description,
+            }
+        )
+    return rows

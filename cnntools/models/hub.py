@@ -1,0 +1,75 @@
+"""torchvision's ImageNet weights, from the local torch hub cache only (never the network).
+
+torchvision publishes its weights as `.pth` files; they are read with torch's restricted
+`weights_only` loader, which accepts tensors and plain containers and refuses any other
+object, so no code in them can run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cnntools.output import CnnError
+
+
+def default_weights(name: str):
+    """torchvision's DEFAULT weights enum entry for classification model `name`."""
+    import torchvision.models as tvm
+
+    try:
+        builder = tvm.get_model_builder(name)
+    except ValueError:
+        raise CnnError(
+            f"unknown torchvision model '{name}': use a classification model such as resnet18, vgg16, "
+            "resnet50, mobilenet_v3_small (torchvision.models.list_models(torchvision.models))"
+        ) from None
+    if name not in tvm.list_models(module=tvm):
+        raise CnnError(f"torchvision model '{name}' is not an ImageNet classification model")
+    del builder
+    weights = tvm.get_model_weights(name)
+    return weights.DEFAULT
+
+
+def cached_weights_path(weights) -> Path:
+    """Where torch hub keeps the file of `weights` ($TORCH_HOME/hub/checkpoints/NAME)."""
+    import torch.hub
+
+    filename = os.path.basename(weights.url.split("?")[0])
+    return Path(torch.hub.get_dir()) / "checkpoints" / filename
+
+
+def load_cached_state_dict(weights, model_name: str) -> dict:
+    """The state dict of `weights` from the hub cache; a one-line error naming the file when absent."""
+    import torch
+
+    path = cached_weights_path(weights)
+    if not path.is_file():
+        raise CnnError(
+            f"torchvision:{model_name} weights are not in the local torch cache: expected {path}; "
+            f"fetch them once on a machine with network with "
+            f"python -c \"import torchvision; torchvision.models.get_model('{model_name}', weights='DEFAULT')\" "
+            f"and copy the file there (or set TORCH_HOME)"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - corrupt cache file: say which one
+        raise CnnError(f"{path}: cannot read torchvision weights ({type(error).__name__}); delete it and fetch it again") from None
+    if not isinstance(state, dict):
+        raise CnnError(f"{path}: does not hold a state dict")
+    return state
+
+
+def load_pretrained(model, model_name: str, skip_prefixes: tuple[str, ...] = ()) -> None:
+    """Copy torchvision's DEFAULT weights into `model`, leaving out layers whose shape changed."""
+    weights = default_weights(model_name)
+    state = load_cached_state_dict(weights, model_name)
+    own = model.state_dict()
+    usable = {
+        k: v
+        for k, v in state.items()
+        if k in own and own[k].shape == v.shape and not any(k.startswith(p) for p in skip_prefixes)
+    }
+    if not usable:
+        raise CnnError(f"torchvision:{model_name} weights do not fit this model")
+    model.load_state_dict(usable, strict=False)

@@ -1,0 +1,156 @@
+"""`cnntools eval`: metrics equal scikit-learn's, predictions CSV, several models, images, histogram."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import (
+    accuracy_score,
+    log_loss,
+    precision_recall_fscore_support,
+    recall_score,
+    top_k_accuracy_score,
+)
+
+from cnntools.engine import classification_metrics, logit_stats, predict
+
+
+def _sklearn(logits: torch.Tensor, labels: torch.Tensor, k: int) -> dict:
+    y, p = labels.numpy(), logits.argmax(1).numpy()
+    n_classes = logits.shape[1]
+    probs = torch.softmax(logits.double(), 1).numpy()
+    out = {"accuracy": accuracy_score(y, p), "loss": log_loss(y, probs, labels=list(range(n_classes)))}
+    for avg in ("macro", "weighted"):
+        pr, rc, f1, _ = precision_recall_fscore_support(y, p, average=avg, zero_division=0)
+        out.update({f"precision_{avg}": pr, f"recall_{avg}": rc, f"f1_{avg}": f1})
+    out["per_class_recall"] = recall_score(y, p, average=None, labels=list(range(n_classes)), zero_division=0)
+    out["per_class"] = precision_recall_fscore_support(y, p, average=None, labels=list(range(n_classes)), zero_division=0)
+    out["top_k"] = top_k_accuracy_score(y, logits.numpy(), k=k, labels=list(range(n_classes)))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_metrics_equal_scikit_learn(seed):
+    g = torch.Generator().manual_seed(seed)
+    n, k = 200, 7
+    labels = torch.randint(0, k, (n,), generator=g)
+    logits = torch.randn(n, k, generator=g) * 2
+    logits[torch.arange(n), labels] += torch.rand(n, generator=g) * 3  # mostly right, not always
+    if seed % 2:
+        logits[:, 3] -= 12  # class 3 is (almost surely) never predicted: precision undefined -> 0, as sklearn
+    if seed == 4:
+        labels[labels == 5] = 0  # class 5 absent from the labels
+    ours = classification_metrics(logits, labels, [f"c{i}" for i in range(k)], top_k=(3,))
+    ref = _sklearn(logits, labels, 3)
+    for key in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "precision_weighted", "recall_weighted", "f1_weighted"):
+        assert ours[key] == pytest.approx(ref[key], abs=1e-12), key
+    assert ours["loss"] == pytest.approx(ref["loss"], rel=1e-5)
+    assert ours["top_k"]["3"] == pytest.approx(ref["top_k"], abs=1e-12)
+    pr, rc, f1, support = ref["per_class"]
+    for c, row in enumerate(ours["per_class"]):
+        assert row["accuracy"] == pytest.approx(ref["per_class_recall"][c])
+        assert (row["precision"], row["recall"], row["f1"], row["support"]) == pytest.approx((pr[c], rc[c], f1[c], support[c]))
+
+
+def test_logit_statistics_against_numpy():
+    x = torch.randn(50, 4)
+    stats = logit_stats(x)
+    a = x.numpy()
+    assert stats["min"] == pytest.approx(a.min()) and stats["max"] == pytest.approx(a.max())
+    assert stats["mean"] == pytest.approx(a.mean(), abs=1e-6) and stats["share_negative"] == pytest.approx((a < 0).mean())
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Two small digits checkpoints written by `cnntools train`."""
+    from typer.testing import CliRunner
+
+    from cnntools.cli import app
+
+    folder = tmp_path_factory.mktemp("eval")
+    paths = []
+    for name, arch, size in (("a", "simple-cnn", "8"), ("b", "mlp", "8")):
+        path = folder / f"{name}.safetensors"
+        result = CliRunner().invoke(app, ["train", "--arch", arch, "--image-size", size, "--epochs", "2", "--precision", "fp32",
+                                          "-o", str(path), "-q"])
+        assert result.exit_code == 0, result.stderr
+        paths.append(path)
+    return paths
+
+
+def test_eval_json_equals_scikit_learn_on_its_own_predictions(cli, trained, tmp_path):
+    model = trained[0]
+    preds = tmp_path / "p.csv"
+    result = cli("eval", model, "--format", "json", "-q", "--predictions", preds, "--top-k", "2", "--precision", "fp32")
+    assert result.exit_code == 0, result.stderr
+    doc = result.json()["models"][0]
+    rows = list(csv.DictReader(preds.open()))
+    assert list(rows[0]) == ["index", "path", "label", "label_name", "pred", "pred_name", "prob", "loss"]
+    y = np.array([int(r["label"]) for r in rows])
+    p = np.array([int(r["pred"]) for r in rows])
+    assert doc["images"] == len(rows) == 359  # digits test split
+    assert doc["accuracy"] == pytest.approx(accuracy_score(y, p))
+    pr, rc, f1, _ = precision_recall_fscore_support(y, p, average="macro", zero_division=0)
+    assert (doc["precision_macro"], doc["recall_macro"], doc["f1_macro"]) == pytest.approx((pr, rc, f1))
+    assert doc["loss"] == pytest.approx(np.mean([float(r["loss"]) for r in rows]), abs=1e-5)
+    # And the same numbers come from the library on the same model and data.
+    from cnntools.checkpoint import load_model
+
+    lm = load_model(str(model))
+    logits, labels = predict(lm, lm.load_split("test"), batch_size=50, precision="fp32")
+    assert torch.equal(logits.argmax(1), torch.as_tensor(p))
+
+
+def test_predictions_to_stdout_move_tables_to_stderr(cli, trained):
+    result = cli("eval", trained[0], "--predictions", "-")
+    assert result.exit_code == 0, result.stderr
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert len(rows) == 359 and rows[0]["label_name"] in [str(i) for i in range(10)]
+    assert "accuracy" in result.stderr and "Per class" in result.stderr
+
+
+def test_several_models_side_by_side(cli, trained, tmp_path):
+    hist = tmp_path / "logits.png"
+    result = cli("eval", *trained, "--logits-hist", hist, "-q")
+    assert result.exit_code == 0, result.stderr
+    assert "Models side by side" in result.stdout and "Per-class accuracy" in result.stdout
+    assert str(trained[0]) in result.stdout and str(trained[1]) in result.stdout
+    assert hist.read_bytes()[:4] == b"\x89PNG"
+    doc = cli("eval", *trained, "--format", "json", "-q").json()
+    assert [m["arch"] for m in doc["models"]] == ["simple-cnn", "mlp"]
+    rows = list(csv.DictReader(io.StringIO(cli("eval", *trained, "--format", "csv", "-q").stdout)))
+    assert len(rows) == 2 and float(rows[0]["accuracy"]) == pytest.approx(doc["models"][0]["accuracy"])
+
+
+def test_image_files_print_top_classes(cli, trained, tmp_path):
+    from PIL import Image
+
+    from cnntools.data import load_split
+
+    test = load_split("digits", "test")
+    path = tmp_path / "digit.png"
+    Image.fromarray(test.images[0, 0].numpy()).save(path)
+    result = cli("eval", trained[0], "--image", path, "--top-k", "3", "--format", "json", "-q")
+    assert result.exit_code == 0, result.stderr
+    rows = json.loads(result.stdout)["predictions"]
+    assert len(rows) == 3 and rows[0]["prob"] >= rows[1]["prob"] >= rows[2]["prob"]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    bad = cli("eval", trained[0], "--image", broken)
+    assert bad.exit_code == 1 and "not a readable image" in bad.stderr
+
+
+def test_other_split_and_dataset_override(cli, trained):
+    result = cli("eval", trained[0], "--split", "val", "--format", "json", "-q")
+    assert result.exit_code == 0, result.stderr
+    assert result.json()["models"][0]["images"] == 143  # the stored 10% validation carve-out of train
+    wrong = cli("eval", trained[0], "--data", "fake:20,classes=3")
+    assert wrong.exit_code == 1 and "3 classes that the model (10 classes) does not know" in wrong.stderr
+    same_count = cli("eval", trained[0], "--data", "fake:30", "--split", "train", "--format", "json")
+    assert same_count.exit_code == 0 and "labels are compared by index" in same_count.stderr
+    assert same_count.json()["models"][0]["data"] == "fake:30"

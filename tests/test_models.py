@@ -1,0 +1,137 @@
+"""Architecture registry: parameter counts of SPEC §1.5, shapes at every input, no in-place ops."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cnntools.models import ARCHITECTURES, count_parameters, create_model, get_architecture, list_architectures
+from cnntools.output import CnnError
+
+SPEC_COUNTS = {"lenet": 62_006, "simple-cnn": 620_362, "resnet18": 11_173_962, "compact-cnn": 438_386}
+
+
+@pytest.mark.parametrize("name,expected", sorted(SPEC_COUNTS.items()))
+def test_parameter_counts_match_spec(name, expected):
+    assert count_parameters(create_model(name, in_channels=3, image_size=32, num_classes=10)) == expected
+
+
+def test_mlp_is_the_mnist_perceptron():
+    model = create_model("mlp", in_channels=1, image_size=28, num_classes=10)
+    assert count_parameters(model) == 784 * 128 + 128 + 128 * 10 + 10
+    assert isinstance(model.activation, nn.Sigmoid)
+
+
+def test_lenet_matches_functional_lenet():
+    """LeNet's forward equals the same computation spelled out with torch.nn.functional."""
+    torch.manual_seed(0)
+    model = create_model("lenet", 3, 32, 10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    c1, c2 = model.features[0], model.features[4]
+    f1, f2, f3 = model.classifier[0], model.classifier[2], model.classifier[4]
+    h = F.max_pool2d(F.relu(F.conv2d(x, c1.weight, c1.bias)), 2)
+    h = F.max_pool2d(F.relu(F.conv2d(h, c2.weight, c2.bias)), 2).flatten(1)
+    h = F.linear(F.relu(F.linear(F.relu(F.linear(h, f1.weight, f1.bias)), f2.weight, f2.bias)), f3.weight, f3.bias)
+    assert torch.allclose(model(x), h, atol=1e-6)
+
+
+def test_lenet_batchnorm_and_output_activation():
+    plain = create_model("lenet", 3, 32, 10)
+    bn = create_model("lenet", 3, 32, 10, batchnorm=True)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in bn.modules()) == 2
+    assert count_parameters(bn) == count_parameters(plain) + 2 * (6 + 16)
+    torch.manual_seed(0)
+    relu = create_model("lenet", 3, 32, 10, output_activation="relu").eval()
+    tanh = create_model("lenet", 3, 32, 10, output_activation="tanh").eval()
+    x = torch.randn(16, 3, 32, 32)
+    assert (relu(x) >= 0).all()
+    assert (tanh(x).abs() <= 1).all()
+
+
+def test_resnet18_stems():
+    small = create_model("resnet18", 3, 32, 10)
+    assert small.conv1.kernel_size == (3, 3) and small.conv1.stride == (1, 1)
+    assert isinstance(small.maxpool, nn.Identity)
+    big = create_model("resnet18-imagenet", 3, 224, 1000)
+    from torchvision.models import resnet18
+
+    assert count_parameters(big) == count_parameters(resnet18())
+
+
+@pytest.mark.parametrize("name", ["lenet", "simple-cnn", "resnet18", "resnet18-imagenet", "compact-cnn", "vgg16", "mlp"])
+@pytest.mark.parametrize("channels,classes", [(1, 10), (3, 7)])
+def test_every_architecture_adapts_to_channels_size_and_classes(name, channels, classes):
+    arch = get_architecture(name)
+    heavy = name in ("vgg16", "resnet18", "resnet18-imagenet")
+    for size in sorted({arch.min_size} if heavy else {arch.min_size, max(arch.min_size, 40)}):
+        model = create_model(name, in_channels=channels, image_size=size, num_classes=classes).eval()
+        with torch.no_grad():
+            out = model(torch.randn(2, channels, size, size))
+        assert out.shape == (2, classes)
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES) or ["lenet"])
+def test_no_inplace_activations(name):
+    model = create_model(name, 3, max(32, get_architecture(name).min_size), 10)
+    assert not [m for m in model.modules() if getattr(m, "inplace", False)]
+
+
+def test_vgg16_small_head_and_imagenet_head():
+    small = create_model("vgg16", 3, 32, 10)
+    assert isinstance(small.avgpool, nn.AdaptiveAvgPool2d) and small.classifier[-1].out_features == 10
+    assert count_parameters(small) < 16_000_000  # no 120M-parameter head for 1x1 feature maps
+    assert sum(isinstance(m, nn.Conv2d) for m in small.features) == 13
+    assert count_parameters(small.features) == 14_714_688  # torchvision VGG-16's conv layers
+
+
+def test_errors_are_one_line():
+    with pytest.raises(CnnError, match="unknown architecture 'nope'"):
+        create_model("nope")
+    with pytest.raises(CnnError, match="at least 16x16"):
+        create_model("lenet", 3, 8, 10)
+    with pytest.raises(CnnError, match="output-activation"):
+        create_model("simple-cnn", output_activation="relu")
+
+
+def test_pretrained_needs_the_cached_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(CnnError) as error:
+        create_model("resnet18-imagenet", 3, 224, 10, pretrained=True)
+    message = str(error.value)
+    assert str(tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in message
+    with pytest.raises(CnnError, match="no pretrained weights"):
+        create_model("lenet", pretrained=True)
+
+
+def test_pretrained_loads_cached_weights_and_replaces_the_head(tmp_path, monkeypatch):
+    from torchvision.models import resnet18
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    torch.manual_seed(1)
+    reference = resnet18()
+    folder = tmp_path / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.save(reference.state_dict(), folder / "resnet18-f37072fd.pth")
+    model = create_model("resnet18-imagenet", 3, 64, 5, pretrained=True)
+    assert torch.equal(model.conv1.weight, reference.conv1.weight)
+    assert torch.equal(model.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+    assert model.fc.out_features == 5
+
+
+def test_list_archs_cli(cli):
+    result = cli("train", "--list-archs", "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    rows = {r["arch"]: r for r in result.json()["architectures"]}
+    for name, expected in SPEC_COUNTS.items():
+        assert rows[name]["parameters"] == expected
+    assert set(rows) == set(ARCHITECTURES)
+    assert all(r["description"] for r in rows.values())
+    table = cli("train", "--list-archs")
+    assert "62006" in table.stdout.replace(",", "") and "compact-cnn" in table.stdout
+
+
+def test_list_architectures_counts_at_other_inputs():
+    rows = {r["arch"]: r for r in list_architectures(in_channels=1, image_size=28, num_classes=10)}
+    assert rows["mlp"]["parameters"] == 784 * 128 + 128 + 1290
