@@ -22,3 +22,327 @@ def save_figure(fig, path: str | os.PathLike, dpi: int | None = None) -> None:
     fmt = figure_format(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
+
+
+def class_colors(n_classes: int):
+    """Distinct colours for `n_classes` classes: tab10 up to 10, tab20 up to 20, then a hue wheel."""
+    import matplotlib
+
+    if n_classes <= 10:
+        return [matplotlib.colormaps["tab10"](i) for i in range(n_classes)]
+    if n_classes <= 20:
+        return [matplotlib.colormaps["tab20"](i) for i in range(n_classes)]
+    cmap = matplotlib.colormaps["gist_ncar"]
+    return [cmap(0.05 + 0.9 * i / (n_classes - 1)) for i in range(n_classes)]
+
+
+def scatter_by_class(points, labels, classes, title: str | None = None, subtitle: str | None = None):
+    """2-D points coloured by class, a legend of class names and each class's name at its centroid.
+
+    Small translucent markers keep thousands of points readable; centroid labels sit in
+    white boxes so the class of each cluster reads without the legend. Returns the Figure.
+    """
+    import numpy as np
+
+    points = np.asarray(points)
+    labels = np.asarray(labels)
+    n_classes = len(classes)
+    colors = class_colors(n_classes)
+    size = float(np.clip(6000.0 / max(len(points), 1), 2.0, 18.0))
+    fig = new_figure(9.5, 7.5)
+    ax = fig.add_subplot(1, 1, 1)
+    for c in range(n_classes):
+        mask = labels == c
+        if not mask.any():
+            continue
+        ax.scatter(points[mask, 0], points[mask, 1], s=size, color=colors[c], alpha=0.7,
+                   linewidths=0, label=str(classes[c]), rasterized=len(points) > 5000)
+    for c in range(n_classes):
+        mask = labels == c
+        if mask.any():
+            cx, cy = points[mask].mean(0)
+            ax.text(cx, cy, str(classes[c]), fontsize=9, fontweight="bold", ha="center", va="center",
+                    color=colors[c], bbox=dict(boxstyle="round,pad=0.2", fc="white", ec=colors[c], alpha=0.85))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title + (f"\n{subtitle}" if subtitle else ""), fontsize=11)
+    if n_classes <= 40:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, markerscale=max(1.0, 40.0 / size) ** 0.5,
+                  frameon=False, ncol=1 if n_classes <= 20 else 2, title="class")
+    return fig
+
+
+# ---------------------------------------------------------------------------- images
+
+
+def to_display(image):
+    """A uint8 (or float in [0, 1]) C×H×W tensor/array as an H×W×3 or H×W float array for imshow."""
+    import numpy as np
+
+    arr = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
+    arr = arr.astype(np.float32)
+    if arr.max(initial=0) > 1.0:
+        arr = arr / 255.0
+    if arr.ndim == 3:
+        arr = arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)
+    return np.clip(arr, 0.0, 1.0)
+
+
+def show_image(ax, image, title: str | None = None, fontsize: float = 8, cmap_gray: bool = True) -> None:
+    """Draw one image without axes ticks; single-channel images in grey."""
+    arr = to_display(image)
+    if arr.ndim == 2:
+        ax.imshow(arr, cmap="gray" if cmap_gray else "viridis", vmin=0, vmax=1, interpolation="nearest")
+    else:
+        ax.imshow(arr, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=fontsize)
+
+
+def show_overlay(ax, image, heatmap, alpha: float = 0.5, title: str | None = None, fontsize: float = 8) -> None:
+    """An image in grey/colour with a [0, 1] heatmap (jet) blended on top, at the image's size."""
+    import numpy as np
+
+    arr = to_display(image)
+    heat = heatmap.detach().cpu().numpy() if hasattr(heatmap, "detach") else np.asarray(heatmap)
+    h, w = arr.shape[:2]
+    extent = (-0.5, w - 0.5, h - 0.5, -0.5)
+    if arr.ndim == 2:
+        ax.imshow(arr, cmap="gray", vmin=0, vmax=1, extent=extent, interpolation="nearest")
+    else:
+        ax.imshow(arr, extent=extent, interpolation="nearest")
+    ax.imshow(heat, cmap="jet", alpha=alpha, vmin=0, vmax=1, extent=extent, interpolation="bilinear")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=fontsize)
+
+
+def grid_shape(n: int, ncols: int | None = None) -> tuple[int, int]:
+    """Rows and columns for `n` tiles: about square unless `ncols` is given."""
+    import math
+
+    cols = ncols or max(1, math.ceil(math.sqrt(n)))
+    cols = min(cols, max(n, 1))
+    return max(1, math.ceil(n / cols)), cols
+
+
+def image_grid(
+    images,
+    titles=None,
+    ncols: int | None = None,
+    suptitle: str | None = None,
+    tile: float = 1.6,
+    cmap: str | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    fontsize: float = 8,
+):
+    """A Figure with one tile per image (tensors/arrays C×H×W uint8, or H×W maps with `cmap`)."""
+    import numpy as np
+
+    n = len(images)
+    rows, cols = grid_shape(n, ncols)
+    title_space = 0.3 if titles else 0.0
+    fig = new_figure(cols * tile, rows * (tile + title_space) + (0.5 if suptitle else 0))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i >= n:
+            ax.axis("off")
+            continue
+        img = images[i]
+        title = titles[i] if titles else None
+        if cmap is not None:
+            arr = img.detach().cpu().numpy() if hasattr(img, "detach") else np.asarray(img)
+            ax.imshow(arr, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if title:
+                ax.set_title(title, fontsize=fontsize)
+        else:
+            show_image(ax, img, title, fontsize=fontsize)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=fontsize + 3)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_heatmap(cm, classes, title: str = "Confusion matrix", normalized: bool = False):
+    """A labelled confusion-matrix heatmap readable from 2 to a few hundred classes.
+
+    The figure grows with the number of classes and fonts shrink; numbers are written in the
+    cells only while they still fit (up to 30 classes).
+    """
+    import numpy as np
+
+    cm = np.asarray(cm)
+    k = cm.shape[0]
+    size = float(min(max(5.5, 0.16 * k + 3.5), 18.0))
+    # A tick label may take about 80% of a cell's height (in points).
+    tick_font = float(max(3.0, min(10.0, 0.8 * size * 72 * 0.8 / max(k, 1))))
+    fig = new_figure(size + 1.2, size, dpi=100 if k <= 30 else 150)
+    ax = fig.add_subplot(1, 1, 1)
+    image = ax.imshow(cm, cmap="Blues", interpolation="nearest", vmin=0)
+    cbar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03, shrink=0.8)
+    cbar.ax.tick_params(labelsize=9)
+    cbar.set_label("fraction" if normalized else "count", fontsize=10)
+    names = [str(c) for c in classes]
+    long_names = max((len(n) for n in names), default=1) > 3
+    ax.set_xticks(range(k))
+    ax.set_yticks(range(k))
+    ax.set_xticklabels(names, fontsize=tick_font, rotation=90 if (k > 10 or long_names) else 0)
+    ax.set_yticklabels(names, fontsize=tick_font)
+    ax.set_xlabel("predicted class", fontsize=11)
+    ax.set_ylabel("true class", fontsize=11)
+    ax.set_title(title, fontsize=13)
+    if k <= 30:
+        cell_font = float(max(5.0, min(10.0, 150.0 / k)))
+        high = cm.max() if cm.size else 0
+        for i in range(k):
+            for j in range(k):
+                value = cm[i, j]
+                text = f"{value:.2f}" if normalized else f"{int(value)}"
+                if normalized and value == 0:
+                    text = "0"
+                ax.text(
+                    j,
+                    i,
+                    text,
+                    ha="center",
+                    va="center",
+                    fontsize=cell_font,
+                    color="white" if high and value > 0.55 * high else "black",
+                )
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(history: list[dict], path: str | os.PathLike, title: str | None = None) -> None:
+    """Loss and accuracy per epoch, train against validation, side by side (from `train`'s history)."""
+    epochs = [r["epoch"] for r in history]
+    fig = new_figure(10, 4)
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    for ax, key, label in ((loss_ax, "loss", "loss"), (acc_ax, "acc", "accuracy")):
+        ax.plot(epochs, [r.get(f"train_{key}") for r in history], marker="o", label="train")
+        val = [r.get(f"val_{key}") for r in history]
+        if any(v is not None for v in val):
+            ax.plot(epochs, [float("nan") if v is None else v for v in val], marker="o", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.set_title(label)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    if epochs and max(epochs) < 20:
+        for ax in (loss_ax, acc_ax):
+            ax.set_xticks(epochs)
+    if title:
+        fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def logits_histogram(values: dict, path: str | os.PathLike, bins: int = 60) -> None:
+    """Histogram of raw model outputs (one series per model), with zero marked.
+
+    A ReLU output layer shows up as a spike at zero and nothing left of it.
+    """
+    import numpy as np
+
+    fig = new_figure(7, 4)
+    ax = fig.subplots()
+    arrays = {name: np.asarray(v, dtype=np.float64).ravel() for name, v in values.items()}
+    finite = [a[np.isfinite(a)] for a in arrays.values() if a.size]
+    if finite:
+        low = min(float(a.min()) for a in finite)
+        high = max(float(a.max()) for a in finite)
+        edges = np.linspace(low, high if high > low else low + 1.0, bins + 1)
+        for name, a in arrays.items():
+            a = a[np.isfinite(a)]
+            share = float((a < 0).mean()) if a.size else 0.0
+            ax.hist(a, bins=edges, alpha=0.6 if len(arrays) > 1 else 0.9, label=f"{name} ({share:.1%} negative)")
+    ax.axvline(0.0, color="black", linewidth=1)
+    ax.set_xlabel("raw output (logit)")
+    ax.set_ylabel("count")
+    ax.set_title("Distribution of raw outputs")
+    ax.legend()
+    save_figure(fig, path)
+
+
+# ---------------------------------------------------------------------------- dataset figures
+
+
+def _tile_figure(rows: int, cols: int, tile: float, left: float, top: float, gap: float = 0.06, aspect: float = 1.0):
+    """rows×cols tiles `tile` inches wide and `tile × aspect` high, `left`/`top` inches kept for labels."""
+    tile_h = tile * aspect
+    width = left + cols * tile + (cols - 1) * gap + 0.1
+    height = top + rows * tile_h + (rows - 1) * gap + 0.1
+    fig = new_figure(width, height)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    fig.subplots_adjust(left=left / width, right=1 - 0.1 / width, bottom=0.1 / height, top=1 - top / height,
+                        wspace=gap / tile, hspace=gap / tile_h)
+    return fig, axes
+
+
+def class_sample_grid(images, labels, classes, per_class: int = 8, seed: int = 0, title: str | None = None):
+    """Sample images per class, one row per class with its name on the left (up to 20 classes).
+
+    With more classes, a square grid of random images each titled with its class name.
+    `images` uint8 N×C×H×W, `labels` int N. Returns the Figure.
+    """
+    import numpy as np
+
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    k = len(classes)
+    if k > 20:
+        pick = rng.choice(len(labels), size=min(64, len(labels)), replace=False)
+        return image_grid([images[i] for i in pick], titles=[str(classes[labels[i]]) for i in pick],
+                          suptitle=title, tile=1.3, fontsize=7)
+    present = [c for c in range(k) if (labels == c).any()]
+    rows = len(present)
+    cols = min(per_class, max(int((labels == c).sum()) for c in present))
+    h, w = images.shape[-2:]
+    tile = 0.85 if max(h, w) <= 16 else 1.1
+    label_width = 0.25 + 0.085 * max(len(str(classes[c])) for c in present)
+    fig, axes = _tile_figure(rows, cols, tile, left=label_width, top=0.45 if title else 0.1, aspect=h / w)
+    for r, c in enumerate(present):
+        members = np.flatnonzero(labels == c)
+        chosen = rng.choice(members, size=min(cols, len(members)), replace=False)
+        for j in range(cols):
+            ax = axes[r, j]
+            if j < len(chosen):
+                show_image(ax, images[int(chosen[j])])
+            else:
+                ax.axis("off")
+        axes[r, 0].set_ylabel(str(classes[c]), rotation=0, ha="right", va="center", fontsize=10, labelpad=6)
+    if title:
+        fig.suptitle(title, fontsize=12, y=1 - 0.08 / fig.get_figheight(), va="top")
+    return fig
+
+
+def augment_preview_grid(originals, augmented, row_labels=None, title: str | None = None):
+    """Each row: an original image (framed), then its augmented versions.
+
+    `originals` N images (uint8 C×H×W or float 0..1), `augmented` N lists of K images.
+    Returns the Figure.
+    """
+    n = len(originals)
+    k = len(augmented[0]) if n else 0
+    h, w = originals[0].shape[-2:]
+    tile = 1.0 if max(h, w) <= 16 else 1.25
+    left = 0.25 + 0.085 * max((len(str(x)) for x in row_labels), default=0) if row_labels is not None else 0.1
+    fig, axes = _tile_figure(n, k + 1, tile, left=left, top=(0.65 if title else 0.35), gap=0.08, aspect=h / w)
+    for i in range(n):
+        show_image(axes[i, 0], originals[i], "original" if i == 0 else None, fontsize=9)
+        for spine in axes[i, 0].spines.values():
+            spine.set_edgecolor("tab:blue")
+            spine.set_linewidth(2.5)
+        for j in range(k):
+            show_image(axes[i, j + 1], augmented[i][j], f"augmented {j + 1}" if i == 0 else None, fontsize=9)
+        if row_labels is not None:
+            axes[i, 0].set_ylabel(str(row_labels[i]), rotation=0, ha="right", va="center", fontsize=9, labelpad=6)
+    if title:
+        fig.suptitle(title, fontsize=11, y=1 - 0.06 / fig.get_figheight(), va="top")
+    return fig

@@ -1,8 +1,187 @@
-"""PLACEHOLDER — being written; replace this whole module."""
+"""`cnntools confusion`: confusion matrix from a checkpoint or from eval's predictions CSV."""
 
+from __future__ import annotations
+
+from typing import Annotated, Literal, Optional
+
+import typer
+
+from cnntools import options, output
 from cnntools.output import CnnError
 
 
-def main() -> None:
-    """Not written yet."""
-    raise CnnError("not written yet")
+def _is_safetensors(data: bytes) -> bool:
+    # A safetensors file starts with an 8-byte little-endian header length, then '{'.
+    return len(data) > 9 and data[8:9] == b"{" and int.from_bytes(data[:8], "little") < len(data)
+
+
+def _from_checkpoint(source, data, data_dir, split, batch_size, device, precision):
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    from cnntools.checkpoint import load_model
+    from cnntools.engine import predict
+    from cnntools.runtime import resolve_device, resolve_precision
+
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    if isinstance(source, bytes):  # a checkpoint that arrived on stdin
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "stdin.safetensors"
+            path.write_bytes(source)
+            lm = load_model(str(path), dev)
+    else:
+        lm = load_model(source, dev)
+    imageset = lm.load_split(split, data_override=data, data_dir=data_dir)
+    output.info(f"Running {lm.arch} on {imageset.spec} {imageset.split} ({len(imageset)} images)")
+    logits, labels = predict(lm, imageset, batch_size, dev, prec)
+    preds = logits.argmax(1).numpy().astype(np.int64)
+    return (
+        np.asarray(labels, dtype=np.int64),
+        preds,
+        list(lm.classes),
+        list(range(len(imageset))),
+        imageset.paths,
+        f"{imageset.spec}:{imageset.split}",
+    )
+
+
+def main(
+    source: Annotated[str, typer.Argument(help="Checkpoint (.safetensors, torchvision:NAME) or predictions CSV; - for stdin.")],
+    normalize: Annotated[
+        Literal["none", "true", "pred", "all"],
+        typer.Option("--normalize", help="none (counts), true (rows sum to 1), pred (columns sum to 1), all."),
+    ] = "none",
+    most_confused: Annotated[int, typer.Option("--most-confused", "-k", min=0, help="List the K most confused (true, predicted) pairs.")] = 5,
+    examples: Annotated[int, typer.Option("--examples", min=0, help="Example image indices listed per confused pair.")] = 5,
+    plot: Annotated[Optional[str], typer.Option("--plot", help="Write the labelled heatmap here (PNG, SVG or PDF).")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Dataset to run a checkpoint on (default: the one it was trained on).")] = None,
+    data_dir: options.DataDir = None,
+    split: options.Split = "test",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass (checkpoint mode).")] = 256,
+    device: options.Device = "auto",
+    precision: options.Precision = "auto",
+    fmt: options.Format = "table",
+    quiet: options.Quiet = False,
+    debug: options.Debug = False,
+) -> None:
+    """Confusion matrix of a checkpoint on a split, or of a predictions CSV, with the most confused pairs.
+
+    SOURCE is a checkpoint (runs the model on --split) or the predictions CSV that `cnntools eval
+    --predictions` writes (`-` reads either from stdin; no model is run again). Rows are true
+    classes, columns predicted classes; --normalize follows scikit-learn (true: rows sum to 1,
+    pred: columns sum to 1, all: the whole matrix sums to 1).
+
+    \b
+    Examples:
+      cnntools confusion model.safetensors --plot confusion.png
+      cnntools eval model.safetensors --predictions - | cnntools confusion - --normalize true
+      cnntools confusion predictions.csv --most-confused 10 --format json
+    """
+    output.configure(quiet=quiet, debug=debug)
+    import numpy as np
+
+    from cnntools import files
+    from cnntools.interpret import confusion as cmath
+
+    if plot:
+        files.figure_format(plot)
+    is_model = source.startswith("torchvision:") or source.lower().endswith(".safetensors")
+    if source == "-":
+        raw = files.read_bytes("-")
+        if _is_safetensors(raw):
+            labels, preds, classes, index, paths, origin = _from_checkpoint(
+                raw, data, data_dir, split, batch_size, device, precision
+            )
+        else:
+            try:
+                text = raw.decode("utf-8-sig")
+            except UnicodeDecodeError:
+                raise CnnError("stdin: neither a predictions CSV nor a safetensors checkpoint") from None
+            table = cmath.read_predictions(text, "stdin")
+            labels, preds, classes, index, paths, origin = (
+                table.label, table.pred, table.classes, table.index, table.paths, "stdin",
+            )
+    elif is_model:
+        labels, preds, classes, index, paths, origin = _from_checkpoint(
+            source, data, data_dir, split, batch_size, device, precision
+        )
+    else:
+        table = cmath.read_predictions(files.read_text(source), source)
+        labels, preds, classes, index, paths, origin = (
+            table.label, table.pred, table.classes, table.index, table.paths, source,
+        )
+
+    k = len(classes)
+    counts = cmath.confusion_counts(labels, preds, k)
+    matrix = cmath.normalize(counts, normalize)
+    total = int(counts.sum())
+    row_totals = counts.sum(axis=1)
+    pairs = []
+    for t, p, count in cmath.most_confused(counts, most_confused):
+        where = np.flatnonzero((labels == t) & (preds == p))[:examples]
+        pair = {
+            "true": t,
+            "true_name": classes[t],
+            "pred": p,
+            "pred_name": classes[p],
+            "count": count,
+            "share_of_true": count / row_totals[t] if row_totals[t] else 0.0,
+            "examples": [int(index[i]) for i in where],
+        }
+        if paths:
+            pair["paths"] = [paths[i] for i in where]
+        pairs.append(pair)
+
+    if plot:
+        from cnntools.plots import confusion_heatmap, save_figure
+
+        title = f"Confusion matrix ({origin}, {total} images" + (f", normalised over {normalize})" if normalize != "none" else ")")
+        save_figure(confusion_heatmap(matrix, classes, title=title, normalized=normalize != "none"), plot)
+        output.info(f"Wrote {plot}")
+
+    doc = {
+        "source": origin,
+        "classes": classes,
+        "normalize": normalize,
+        "total": total,
+        "accuracy": float(np.trace(counts) / total) if total else 0.0,
+        "counts": counts.tolist(),
+        "matrix": matrix.tolist(),
+        "most_confused": pairs,
+    }
+    rows = []
+    for i, name in enumerate(classes):
+        row = {"true": name}
+        for j, other in enumerate(classes):
+            row[other] = matrix[i, j].item() if normalize != "none" else int(matrix[i, j])
+        rows.append(row)
+    columns = ["true"] + list(classes)
+
+    def render() -> None:
+        label = "counts" if normalize == "none" else f"normalised over {normalize}"
+        output.print_table(
+            rows,
+            columns,
+            title=f"Confusion matrix, {label} (rows: true class, columns: predicted) — {total} images, accuracy {doc['accuracy']:.4f}",
+        )
+        if pairs:
+            stream = output.data_stream()
+            stream.write("\n")
+            output.print_table(
+                [
+                    {
+                        "true": p["true_name"],
+                        "predicted": p["pred_name"],
+                        "count": p["count"],
+                        "share of true": p["share_of_true"],
+                        "examples": " ".join(str(e) for e in p["examples"]),
+                    }
+                    for p in pairs
+                ],
+                title="Most confused pairs",
+            )
+
+    output.emit(doc, fmt, rows=rows, columns=columns, render_table=render)

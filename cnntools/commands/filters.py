@@ -1,8 +1,194 @@
-"""PLACEHOLDER — being written; replace this whole module."""
+"""`cnntools filters`: a conv layer's kernels, and the dataset images that activate chosen filters most."""
 
+from __future__ import annotations
+
+from typing import Annotated, Literal, Optional
+
+import typer
+
+from cnntools import options, output
 from cnntools.output import CnnError
 
 
-def main() -> None:
-    """Not written yet."""
-    raise CnnError("not written yet")
+def main(
+    model: Annotated[str, typer.Argument(help="Checkpoint (.safetensors, - for stdin) or torchvision:NAME.")],
+    layer: Annotated[str, typer.Option("--layer", "-l", help="Conv layer: first (the first Conv2d), last, or a name (see featmaps --list-layers).")] = "first",
+    out: options.Output = None,
+    scale: Annotated[Literal["shared", "per-filter"], typer.Option("--scale", help="Colour scale of the kernel tiles: one for all, or per filter.")] = "shared",
+    max_filters: Annotated[int, typer.Option("--max-filters", min=1, help="Kernels drawn at most.")] = 64,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=0, help="Rank the split's images for each --filter and keep the top K (0: kernels only).")] = 0,
+    filter_: Annotated[Optional[str], typer.Option("--filter", "-f", help="Filters to rank images for: 0,5,10 or 0-3 (default: 0-3).")] = None,
+    score: Annotated[Literal["mean", "max"], typer.Option("--score", help="Image score: mean or max of the filter's post-ReLU feature map.")] = "mean",
+    crop_rf: Annotated[bool, typer.Option("--crop-rf", help="Show the receptive-field patch around the strongest unit instead of the whole image.")] = False,
+    top_output: Annotated[Optional[str], typer.Option("--top-output", help="Write the grid of top images here (PNG, SVG or PDF).")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Dataset to rank (default: the model's own).")] = None,
+    data_dir: options.DataDir = None,
+    split: options.Split = "test",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass when ranking.")] = 256,
+    device: options.Device = "auto",
+    fmt: options.Format = "table",
+    quiet: options.Quiet = False,
+    debug: options.Debug = False,
+) -> None:
+    """Kernel weights as an image grid, and the images that activate chosen filters most.
+
+    The first conv layer of a 3-channel model is drawn as one RGB tile per filter (grey 0.5
+    is a zero weight); other layers as one tile per input channel. With --top-k, every image
+    of the split is scored for each --filter (mean or max of its post-ReLU feature map, in
+    batches under inference_mode) and the top K are listed and drawn, optionally cropped to
+    the receptive field of the strongest unit.
+
+    \b
+    Examples:
+      cnntools filters model.safetensors -o kernels.png
+      cnntools filters model.safetensors --layer features.3 --scale per-filter -o k3.png
+      cnntools filters model.safetensors --top-k 9 --filter 0,5,10 --top-output top.png --format json
+      cnntools filters model.safetensors -l last -k 8 -f 0-3 --score max --crop-rf --top-output rf.png
+    """
+    output.configure(quiet=quiet, debug=debug)
+    from cnntools.files import figure_format
+
+    for path in (out, top_output):
+        if path:
+            figure_format(path)
+
+    from torch import nn
+
+    from cnntools.checkpoint import load_model
+    from cnntools.interpret.activations import conv_layer_names, get_layer
+    from cnntools.interpret.filters import batches_of, receptive_field_boxes, top_activating
+    from cnntools.interpret.inputs import parse_int_list
+    from cnntools.runtime import resolve_device
+
+    dev = resolve_device(device)
+    lm = load_model(model, dev)
+    convs = conv_layer_names(lm.model)
+    if layer in ("first", "last"):
+        if not convs:
+            raise CnnError("the model has no Conv2d layer")
+        layer = convs[0] if layer == "first" else convs[-1]
+    module = get_layer(lm.model, layer)
+    if not isinstance(module, nn.Conv2d):
+        raise CnnError(f"layer '{layer}' is a {type(module).__name__}, not a Conv2d; conv layers: {', '.join(convs)}")
+    weight = module.weight.detach().cpu()
+    doc = {"model": model, "layer": layer, "weight_shape": list(weight.shape), "scale": scale}
+
+    if out:
+        from cnntools.plots import save_figure
+
+        save_figure(_kernel_figure(weight, layer, scale, max_filters), out)
+        output.info(f"Wrote {out}")
+
+    rows = [
+        {"filter": f, "norm": weight[f].norm().item(), "mean": weight[f].mean().item(),
+         "min": weight[f].min().item(), "max": weight[f].max().item()}
+        for f in range(weight.shape[0])
+    ]
+    doc["filters"] = rows
+    if top_k > 0:
+        chosen = parse_int_list(filter_ or "0-3", "--filter")
+        chosen = [f for f in chosen if f < weight.shape[0]] if filter_ is None else chosen
+        imageset = lm.load_split(split, data_override=data, data_dir=data_dir)
+        output.info(f"Ranking {len(imageset)} images of {imageset.spec} {imageset.split} for filters {chosen} of {layer}")
+        ranked = top_activating(lm.model, layer, batches_of(imageset.images, lm.prepare, batch_size), chosen, k=top_k, score=score)
+        top = []
+        for j, f in enumerate(chosen):
+            entry = {"filter": f, "indices": ranked["top"][j].tolist(), "scores": ranked["top_scores"][j].tolist(),
+                     "labels": [imageset.classes[int(imageset.labels[i])] for i in ranked["top"][j]]}
+            if imageset.paths:
+                entry["paths"] = [imageset.paths[i] for i in ranked["top"][j]]
+            if ranked["argmax"] is not None:
+                entry["peak_units"] = ranked["argmax"][j].tolist()
+            top.append(entry)
+        boxes = None
+        if crop_rf and ranked["argmax"] is not None:
+            units = ranked["argmax"].reshape(-1, 2)
+            boxes = receptive_field_boxes(lm.model, layer, tuple(imageset.images.shape[1:]), units).reshape(len(chosen), -1, 4)
+            for j, entry in enumerate(top):
+                entry["rf_boxes"] = boxes[j].tolist()
+        doc.update({"score": score, "split": f"{imageset.spec}:{imageset.split}", "top": top})
+        if top_output:
+            from cnntools.plots import save_figure
+
+            save_figure(_top_figure(imageset, top, layer, score, boxes), top_output)
+            output.info(f"Wrote {top_output}")
+        table_rows = [
+            {"filter": e["filter"], "rank": r + 1, "index": i, "label": lab, "score": s}
+            for e in top for r, (i, s, lab) in enumerate(zip(e["indices"], e["scores"], e["labels"]))
+        ]
+        output.emit(doc, fmt, rows=table_rows, title=f"Top {top_k} images per filter of {layer} ({score} of post-ReLU map)")
+        return
+    output.emit(doc, fmt, rows=rows, title=f"Filters of {layer} (weights {'×'.join(map(str, weight.shape))})")
+
+
+def _kernel_figure(weight, layer, scale, max_filters):
+    import math
+
+    from cnntools.interpret.filters import kernel_tiles
+    from cnntools.plots import new_figure
+
+    tiles, rgb = kernel_tiles(weight[:max_filters], scale)
+    n = tiles.shape[0]
+    shape = f"{weight.shape[1]}×{weight.shape[2]}×{weight.shape[3]}"
+    if rgb or tiles.shape[1] == 1:
+        title = f"{layer}: {n} of {weight.shape[0]} filters, {shape} ({'RGB, ' if rgb else ''}{scale} scale; grey = 0)"
+        cols = min(8, n)
+        rows = math.ceil(n / cols)
+        fig = new_figure(cols * 1.1 + 0.4, rows * 1.3 + 0.6)
+        fig.set_layout_engine("constrained")  # places the title clear of the tiles
+        axes = fig.subplots(rows, cols, squeeze=False)
+        for k, ax in enumerate(axes.flat):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if k >= n:
+                ax.axis("off")
+                continue
+            img = tiles[k].numpy() if rgb else tiles[k, 0].numpy()
+            ax.imshow(img, cmap=None if rgb else "gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_title(f"{k}", fontsize=8)
+    else:
+        # One row per filter, one tile per input channel (at most 32 × 16 shown).
+        cin = min(tiles.shape[1], 16)
+        n = min(n, 32)
+        title = (f"{layer}: filters 0–{n - 1} of {weight.shape[0]}, {shape} ({scale} scale; grey = 0)\n"
+                 f"rows: filters, columns: input channels 0–{cin - 1} of {weight.shape[1]}")
+        fig = new_figure(cin * 0.7 + 0.9, n * 0.72 + 0.9)
+        fig.set_layout_engine("constrained")
+        axes = fig.subplots(n, cin, squeeze=False)
+        for r in range(n):
+            for c in range(cin):
+                ax = axes[r, c]
+                ax.imshow(tiles[r, c].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if c == 0:
+                    ax.set_ylabel(f"f{r}", fontsize=7, rotation=0, labelpad=12, va="center")
+                if r == 0:
+                    ax.set_title(f"in {c}", fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def _top_figure(imageset, top, layer, score, boxes):
+    from cnntools.plots import new_figure, show_image
+
+    k = max(len(e["indices"]) for e in top)
+    tile = 1.35
+    fig = new_figure(k * tile + 0.9, len(top) * (tile + 0.35) + 0.7)
+    axes = fig.subplots(len(top), k, squeeze=False)
+    for r, entry in enumerate(top):
+        for c, ax in enumerate(axes[r]):
+            if c >= len(entry["indices"]):
+                ax.axis("off")
+                continue
+            image = imageset.images[entry["indices"][c]]
+            if boxes is not None:
+                t, left, b, right = boxes[r][c].tolist()
+                image = image[:, t:b, left:right]
+            show_image(ax, image, f"#{entry['indices'][c]} label {entry['labels'][c]}\n{score} {entry['scores'][c]:.2f}", fontsize=7)
+            if c == 0:
+                ax.set_ylabel(f"filter {entry['filter']}", fontsize=9)
+    what = "receptive-field crops around the strongest unit" if boxes is not None else "whole images"
+    fig.suptitle(f"Top images for filters of {layer} (score: {score} of post-ReLU map; {what})", fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -1,8 +1,252 @@
-"""PLACEHOLDER — being written; replace this whole module."""
+"""`cnntools saliency`: Grad-CAM family and gradient saliency maps for one or more checkpoints."""
 
+from __future__ import annotations
+
+from typing import Annotated, Literal, Optional
+
+import typer
+
+from cnntools import options, output
 from cnntools.output import CnnError
 
+# Kept in step with cnntools.interpret.saliency.METHODS (a test checks it); spelled out here
+# so that --help and shell completion need no torch import.
+MethodChoice = Literal[
+    "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam", "scorecam", "ablationcam",
+    "gradient", "smoothgrad", "guided-backprop",
+]
+METHOD_HELP = "CAM methods of pytorch-grad-cam, or gradient (|d loss/d input|), smoothgrad, guided-backprop."
 
-def main() -> None:
-    """Not written yet."""
-    raise CnnError("not written yet")
+
+def _model_name(spec: str) -> str:
+    from pathlib import Path
+
+    return spec if spec.startswith("torchvision:") or spec == "-" else Path(spec).stem
+
+
+def _select_images(lm, indices, image_files, mistakes, n, data, data_dir, split):
+    """uint8 images (raw, before fitting to any model), labels (-1 unknown) and names."""
+    import torch
+
+    from cnntools import files
+    from cnntools.interpret import confusion as cmath
+    from cnntools.interpret.inputs import check_indices, parse_int_list, read_image_files
+
+    chosen = [x is not None and x != [] for x in (indices, image_files, mistakes)]
+    if sum(chosen) > 1:
+        raise CnnError("choose images one way: --indices, --image or --mistakes")
+    if image_files:
+        images = read_image_files(image_files)
+        return images, [-1] * len(image_files), [_model_name(p) for p in image_files], None
+    imageset = lm.load_split(split, data_override=data, data_dir=data_dir)
+    where = f"{imageset.spec} {imageset.split}"
+    if mistakes:
+        table = cmath.read_predictions(files.read_text(mistakes), "stdin" if mistakes == "-" else mistakes)
+        rows = table.mistakes[:n]
+        if rows.size == 0:
+            raise CnnError(f"{mistakes}: the predictions contain no mistakes")
+        picked = [table.index[i] for i in rows]
+    elif indices:
+        picked = parse_int_list(indices)
+    else:
+        picked = list(range(min(n, len(imageset))))
+    check_indices(picked, len(imageset), where)
+    idx = torch.tensor(picked, dtype=torch.long)
+    names = [f"#{i}" for i in picked]
+    return imageset.images[idx], imageset.labels[idx].tolist(), names, picked
+
+
+def main(
+    models: Annotated[list[str], typer.Argument(help="Checkpoint(s) or torchvision:NAME; several give one column each.")],
+    method: Annotated[MethodChoice, typer.Option("--method", "-m", help=METHOD_HELP)] = "gradcam",
+    layer: Annotated[str, typer.Option("--layer", help="Layer for CAM methods: auto (the last Conv2d) or a name from --list-layers.")] = "auto",
+    target: Annotated[str, typer.Option("--target", help="Class to explain: pred, true, a class index or a class name.")] = "pred",
+    indices: Annotated[Optional[str], typer.Option("--indices", "-i", help="Dataset images by index: 0,5,7 or 0-7.")] = None,
+    image: Annotated[Optional[list[str]], typer.Option("--image", help="An image file (repeatable).")] = None,
+    mistakes: Annotated[Optional[str], typer.Option("--mistakes", help="Predictions CSV from `eval --predictions` (- for stdin): explain its mistakes.")] = None,
+    n: Annotated[int, typer.Option("-n", "--num", min=1, help="How many images with --mistakes or by default (the first N).")] = 8,
+    list_layers: Annotated[bool, typer.Option("--list-layers", help="Print the model's layers with output shapes and exit.")] = False,
+    out: options.Output = None,
+    save_maps: Annotated[Optional[str], typer.Option("--save-maps", help="Write the raw maps (N×H×W per model) as safetensors (- for stdout).")] = None,
+    alpha: Annotated[float, typer.Option("--alpha", min=0.0, max=1.0, help="Opacity of the heatmap over the image.")] = 0.5,
+    data: Annotated[Optional[str], typer.Option("--data", help="Dataset to take --indices from (default: the model's own).")] = None,
+    data_dir: options.DataDir = None,
+    split: options.Split = "test",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward/backward pass.")] = 64,
+    device: options.Device = "auto",
+    seed: options.Seed = 0,
+    fmt: options.Format = "table",
+    quiet: options.Quiet = False,
+    debug: options.Debug = False,
+) -> None:
+    """Grad-CAM family and gradient saliency maps, several models side by side.
+
+    Each image is explained for its predicted class (--target pred), its true class or a
+    chosen class. All images go through the model together: one forward and one backward pass
+    per batch. The grid (-o) has one row per image: the image with its label, then one overlay
+    per model titled with the prediction and its probability.
+
+    \b
+    Examples:
+      cnntools saliency model.safetensors -i 0-7 -o gradcam.png
+      cnntools saliency model.safetensors --method gradient --target 3 -i 0,5 -o grad.png
+      cnntools eval model.safetensors --predictions pred.csv
+      cnntools saliency model.safetensors --mistakes pred.csv -n 8 -o mistakes.png
+      cnntools saliency a.safetensors b.safetensors -i 0-3 -o compare.png --save-maps maps.safetensors
+    """
+    output.configure(quiet=quiet, debug=debug)
+    from cnntools.interpret.saliency import METHODS
+
+    if method not in METHODS:
+        raise CnnError(f"unknown --method '{method}': use one of {', '.join(METHODS)}")
+    if out:
+        from cnntools.files import figure_format
+
+        figure_format(out)
+    if sum(m == "-" for m in models) + (mistakes == "-") > 1:
+        raise CnnError("only one input can come from stdin ('-')")
+
+    import torch
+
+    from cnntools.checkpoint import load_model
+    from cnntools.interpret.activations import layer_rows, resolve_layer_name
+    from cnntools.interpret.inputs import resolve_targets
+    from cnntools.interpret.saliency import saliency_maps, uses_layer
+    from cnntools.runtime import resolve_device, seed_everything
+
+    seed_everything(seed)
+    dev = resolve_device(device)
+    loaded = [load_model(spec, dev) for spec in models]
+    first = loaded[0]
+    if list_layers:
+        rows = layer_rows(first.model, first.in_channels, first.image_size)
+        columns = ["layer", "type", "output_shape", "params"]
+        output.emit({"model": models[0], "layers": rows}, fmt, rows=rows, columns=columns, title=f"Layers of {_model_name(models[0])}")
+        return
+
+    raw, labels, names, picked = _select_images(first, indices, image, mistakes, n, data, data_dir, split)
+    output.info(f"Explaining {len(names)} image(s) with {method} on {len(loaded)} model(s)")
+
+    results = []  # one dict per model
+    for spec, lm in zip(models, loaded):
+        shown = lm.fit_images(raw)
+        x = lm.prepare(raw)
+        layer_name = resolve_layer_name(lm.model, layer) if uses_layer(method) else None
+        probs = []
+        with torch.inference_mode():
+            for start in range(0, x.shape[0], batch_size):
+                probs.append(torch.softmax(lm.model(x[start : start + batch_size]).float(), dim=1).cpu())
+        probs = torch.cat(probs)
+        preds = probs.argmax(1).tolist()
+        # Labels are indices into the first model's classes; map them by name for the others.
+        index = {name: k for k, name in enumerate(lm.classes)}
+        model_labels = [index.get(first.classes[lab], -1) if lab >= 0 else -1 for lab in labels]
+        targets = resolve_targets(target, preds, None if min(model_labels) < 0 else model_labels, lm.classes)
+        maps = []
+        for start in range(0, x.shape[0], batch_size):
+            maps.append(
+                saliency_maps(
+                    lm.model,
+                    x[start : start + batch_size],
+                    targets[start : start + batch_size],
+                    method=method,
+                    layer=layer_name,
+                    batch_size=batch_size,
+                    seed=seed,
+                )
+            )
+        maps = torch.cat(maps)
+        results.append(
+            {"spec": spec, "name": _model_name(spec), "lm": lm, "shown": shown, "layer": layer_name,
+             "probs": probs, "preds": preds, "targets": targets, "maps": maps, "labels": model_labels}
+        )
+
+    rows = []
+    for i, image_name in enumerate(names):
+        for r in results:
+            classes = r["lm"].classes
+            peak = int(r["maps"][i].argmax())
+            width = r["maps"].shape[2]
+            label = r["labels"][i]
+            rows.append(
+                {
+                    "image": image_name,
+                    "index": picked[i] if picked else None,
+                    "path": (image or [None] * len(names))[i] if image else None,
+                    "model": r["name"],
+                    "label": label if label >= 0 else None,
+                    "label_name": classes[label] if 0 <= label < len(classes) else None,
+                    "pred": r["preds"][i],
+                    "pred_name": classes[r["preds"][i]],
+                    "prob": r["probs"][i, r["preds"][i]].item(),
+                    "target": r["targets"][i],
+                    "target_name": classes[r["targets"][i]],
+                    "target_prob": r["probs"][i, r["targets"][i]].item(),
+                    "peak_row": peak // width,
+                    "peak_col": peak % width,
+                }
+            )
+
+    if out:
+        from cnntools.plots import save_figure
+
+        save_figure(_grid(results, names, labels, method, alpha), out)
+        output.info(f"Wrote {out}")
+    if save_maps:
+        from safetensors.torch import save
+
+        from cnntools import files
+
+        tensors = {}
+        for k, r in enumerate(results):
+            key = "maps" if len(results) == 1 else f"maps.{k}"
+            tensors[key] = r["maps"].contiguous()
+            tensors[key.replace("maps", "targets")] = torch.tensor(r["targets"], dtype=torch.long)
+        if picked:
+            tensors["indices"] = torch.tensor(picked, dtype=torch.long)
+        meta = {"method": method, "models": ",".join(r["spec"] for r in results), "layers": ",".join(str(r["layer"]) for r in results), "images": ",".join(names)}
+        files.write_bytes(save_maps, save(tensors, metadata=meta))
+        output.info(f"Wrote {save_maps}")
+
+    doc = {
+        "method": method,
+        "target": target,
+        "models": [{"model": r["spec"], "layer": r["layer"]} for r in results],
+        "images": rows,
+    }
+    columns = ["image", "model", "label_name", "pred_name", "prob", "target_name", "target_prob", "peak_row", "peak_col"]
+    title = f"Saliency ({method}" + (f", layer {results[0]['layer']}" if results[0]["layer"] else "") + ")"
+    output.emit(doc, fmt, rows=rows, columns=columns if fmt == "table" else None, title=title)
+
+
+def _grid(results, names, labels, method, alpha):
+    from cnntools.plots import new_figure, show_image, show_overlay
+
+    n, m = len(names), len(results)
+    tile = 2.0
+    fig = new_figure((m + 1) * tile + 0.4, n * (tile + 0.45) + 0.6)
+    axes = fig.subplots(n, m + 1, squeeze=False)
+    classes = results[0]["lm"].classes
+    for i in range(n):
+        label = labels[i]
+        label_text = f"  label: {classes[label]}" if 0 <= label < len(classes) else ""
+        show_image(axes[i, 0], results[0]["shown"][i], f"{names[i]}{label_text}", fontsize=9)
+        for j, r in enumerate(results):
+            cls = r["lm"].classes
+            pred, tgt = r["preds"][i], r["targets"][i]
+            prob = r["probs"][i, pred].item()
+            text = f"pred: {cls[pred]} ({prob:.0%})"
+            if tgt != pred:
+                text += f"\nmap for: {cls[tgt]}"
+            own_label = r["labels"][i]
+            color = "black" if own_label < 0 or own_label == pred else "firebrick"
+            show_overlay(axes[i, j + 1], r["shown"][i], r["maps"][i], alpha=alpha)
+            axes[i, j + 1].set_title(text, fontsize=9, color=color)
+    for j, r in enumerate(results):
+        header = f"{r['name']}\n{method}" + (f" @ {r['layer']}" if r["layer"] else "")
+        axes[0, j + 1].annotate(header, xy=(0.5, 1.0), xytext=(0, 28), xycoords="axes fraction",
+                                textcoords="offset points", ha="center", va="bottom", fontsize=10, weight="bold")
+    axes[0, 0].annotate("image", xy=(0.5, 1.0), xytext=(0, 28), xycoords="axes fraction",
+                        textcoords="offset points", ha="center", va="bottom", fontsize=10, weight="bold")
+    fig.tight_layout()
+    return fig

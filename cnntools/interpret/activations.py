@@ -1,0 +1,181 @@
+"""Layers by name, their output shapes, and activations captured with forward hooks.
+
+Hooks are always context-managed: they are removed when the block ends, even on errors
+(leaked hooks are the most reported memory problem of hook-based tools).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from cnntools.output import CnnError
+
+
+def named_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every sub-module by its dotted name (the root model itself left out)."""
+    return {name: module for name, module in model.named_modules() if name}
+
+
+def conv_layer_names(model: nn.Module) -> list[str]:
+    """Names of the model's Conv2d layers in registration (forward) order."""
+    return [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+
+
+def last_conv_name(model: nn.Module) -> str:
+    """The last Conv2d layer: the usual Grad-CAM target layer."""
+    names = conv_layer_names(model)
+    if not names:
+        raise CnnError("the model has no Conv2d layer; name a layer with --layer (see --list-layers)")
+    return names[-1]
+
+
+def get_layer(model: nn.Module, name: str) -> nn.Module:
+    """The sub-module called `name`, or a one-line error listing a few valid names."""
+    layers = named_layers(model)
+    if name not in layers:
+        some = ", ".join(list(layers)[:12])
+        raise CnnError(f"no layer named '{name}' in the model (some names: {some}; see --list-layers)")
+    return layers[name]
+
+
+def resolve_layer_name(model: nn.Module, name: str) -> str:
+    """`auto` → the last conv layer; otherwise the name, checked."""
+    if name == "auto":
+        return last_conv_name(model)
+    get_layer(model, name)
+    return name
+
+
+@contextlib.contextmanager
+def capture_activations(
+    model: nn.Module, names: Sequence[str], clone: bool = True
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Record the outputs of the named layers during forward passes inside the block.
+
+    Yields a dict filled on every forward (the last forward wins). Outputs are cloned by
+    default so that a following in-place ReLU cannot overwrite what was recorded. The hooks
+    are removed when the block exits.
+    """
+    store: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def hook_for(name: str):
+        def hook(module, inputs, output):
+            if isinstance(output, (tuple, list)):
+                output = output[0]
+            store[name] = output.detach().clone() if clone else output
+
+        return hook
+
+    try:
+        for name in names:
+            handles.append(get_layer(model, name).register_forward_hook(hook_for(name)))
+        yield store
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def layer_table(model: nn.Module, example: torch.Tensor) -> list[dict]:
+    """One row per named layer: name, type, output shape (for `example`'s batch), parameters.
+
+    A torchinfo-like summary computed with one forward pass; layers that do not run in the
+    forward pass get no shape. Modules called more than once keep their first output shape.
+    """
+    layers = named_layers(model)
+    shapes: dict[str, list[int]] = {}
+    handles = []
+
+    def hook_for(name: str):
+        def hook(module, inputs, output):
+            if isinstance(output, (tuple, list)):
+                output = output[0]
+            if name not in shapes and isinstance(output, torch.Tensor):
+                shapes[name] = list(output.shape)
+
+        return hook
+
+    try:
+        for name, module in layers.items():
+            handles.append(module.register_forward_hook(hook_for(name)))
+        with torch.inference_mode():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    rows = []
+    for name, module in layers.items():
+        own = sum(p.numel() for p in module.parameters(recurse=False))
+        rows.append(
+            {
+                "layer": name,
+                "type": type(module).__name__,
+                "output_shape": shapes.get(name),
+                "params": own,
+                "depth": name.count("."),
+            }
+        )
+    return rows
+
+
+def activations_of(model: nn.Module, x: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Outputs of the named layers for the batch `x` (one forward pass, no gradients)."""
+    with capture_activations(model, names) as store, torch.inference_mode():
+        model(x)
+    missing = [n for n in names if n not in store]
+    if missing:
+        raise CnnError(f"layer(s) {', '.join(missing)} did not run in the forward pass; pick another layer")
+    return dict(store)
+
+
+def activation_stats(t: torch.Tensor) -> dict:
+    """Shape and summary statistics of one activation tensor (per image: C×H×W or features)."""
+    t = t.float()
+    return {
+        "shape": list(t.shape),
+        "min": t.min().item(),
+        "max": t.max().item(),
+        "mean": t.mean().item(),
+        "std": t.std().item() if t.numel() > 1 else 0.0,
+        "zero_fraction": (t == 0).float().mean().item(),
+    }
+
+
+def layer_rows(model: nn.Module, in_channels: int, image_size: int, device=None) -> list[dict]:
+    """`layer_table` for one image of the model's input size, shapes written as C×H×W strings."""
+    device = device if device is not None else next(model.parameters()).device
+    example = torch.zeros(1, in_channels, image_size, image_size, device=device)
+    rows = layer_table(model, example)
+    for row in rows:
+        shape = row["output_shape"]
+        row["output_shape"] = "×".join(str(d) for d in shape[1:]) if shape else "(not run)"
+    return rows
+
+
+_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Tanh, nn.Sigmoid)
+
+
+def activation_layer_names(model: nn.Module) -> list[str]:
+    """For each Conv2d, the activation module right after it (skipping a BatchNorm), else the conv.
+
+    These are the post-activation feature maps people mean by "activations"; models that call
+    F.relu in forward() have no module for it, so their conv outputs are used instead.
+    """
+    entries = [(name, m) for name, m in model.named_modules() if name]
+    names = []
+    for i, (name, module) in enumerate(entries):
+        if not isinstance(module, nn.Conv2d):
+            continue
+        chosen = name
+        for later_name, later in entries[i + 1 : i + 3]:
+            if isinstance(later, _ACTIVATIONS):
+                chosen = later_name
+                break
+            if not isinstance(later, (nn.BatchNorm2d, nn.GroupNorm)):
+                break
+        names.append(chosen)
+    return names

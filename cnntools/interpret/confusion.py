@@ -1,0 +1,130 @@
+"""Confusion-matrix arithmetic: counts, normalisation (scikit-learn's semantics), the most
+confused class pairs, and reading `eval`'s predictions CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cnntools.output import CnnError
+
+NORMALIZE = ("none", "true", "pred", "all")
+
+
+def confusion_counts(labels, preds, num_classes: int) -> np.ndarray:
+    """K×K matrix: row = true class, column = predicted class (scikit-learn's layout)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    preds = np.asarray(preds, dtype=np.int64)
+    if labels.shape != preds.shape:
+        raise ValueError("labels and predictions differ in length")
+    bad = (labels < 0) | (labels >= num_classes) | (preds < 0) | (preds >= num_classes)
+    if bad.any():
+        raise CnnError(f"class indices must lie in 0..{num_classes - 1}")
+    flat = np.bincount(labels * num_classes + preds, minlength=num_classes * num_classes)
+    return flat.reshape(num_classes, num_classes)
+
+
+def normalize(cm: np.ndarray, mode: str = "none") -> np.ndarray:
+    """Normalise like `sklearn.metrics.confusion_matrix(normalize=...)`.
+
+    `true`: each row sums to 1 (recall on the diagonal); `pred`: each column sums to 1
+    (precision on the diagonal); `all`: the whole matrix sums to 1. Empty rows/columns give 0.
+    """
+    if mode in (None, "none"):
+        return cm
+    cm = cm.astype(np.float64)
+    with np.errstate(all="ignore"):
+        if mode == "true":
+            out = cm / cm.sum(axis=1, keepdims=True)
+        elif mode == "pred":
+            out = cm / cm.sum(axis=0, keepdims=True)
+        elif mode == "all":
+            out = cm / cm.sum()
+        else:
+            raise CnnError(f"unknown normalisation '{mode}': use none, true, pred or all")
+    return np.nan_to_num(out)
+
+
+def most_confused(cm: np.ndarray, k: int) -> list[tuple[int, int, int]]:
+    """The `k` largest off-diagonal cells as (true, predicted, count), largest first, zeros left out."""
+    off = cm.astype(np.int64).copy()
+    np.fill_diagonal(off, 0)
+    order = np.argsort(-off, axis=None, kind="stable")
+    pairs = []
+    for flat in order[:k]:
+        t, p = divmod(int(flat), cm.shape[1])
+        if off[t, p] <= 0:
+            break
+        pairs.append((t, p, int(off[t, p])))
+    return pairs
+
+
+@dataclass
+class Predictions:
+    """Predictions as `eval --predictions` writes them."""
+
+    index: list[int]
+    label: np.ndarray
+    pred: np.ndarray
+    classes: list[str]
+    paths: list[str] | None = None
+    prob: np.ndarray | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def mistakes(self) -> np.ndarray:
+        """Row positions where prediction and label differ."""
+        return np.flatnonzero(self.label != self.pred)
+
+
+def read_predictions(text: str, source: str = "predictions") -> Predictions:
+    """Parse a predictions CSV (columns index, path, label, label_name, pred, pred_name, prob, loss).
+
+    `label` and `pred` are required; class names come from `label_name`/`pred_name` where
+    present (classes never seen are named by their index).
+    """
+    reader = csv.DictReader(io.StringIO(text))
+    if not reader.fieldnames or "label" not in reader.fieldnames or "pred" not in reader.fieldnames:
+        raise CnnError(
+            f"{source}: not a predictions CSV (needs columns label and pred, as `cnntools eval --predictions` writes)"
+        )
+    index, labels, preds, paths, probs = [], [], [], [], []
+    names: dict[int, str] = {}
+    for line_no, row in enumerate(reader, start=2):
+        try:
+            label, pred = int(row["label"]), int(row["pred"])
+            index.append(int(row["index"]) if row.get("index") not in (None, "") else line_no - 2)
+            if row.get("prob") not in (None, ""):
+                probs.append(float(row["prob"]))
+        except (TypeError, ValueError):
+            raise CnnError(f"{source}, line {line_no}: label, pred, index and prob must be numbers") from None
+        labels.append(label)
+        preds.append(pred)
+        paths.append(row.get("path") or "")
+        if row.get("label_name"):
+            names.setdefault(label, row["label_name"])
+        if row.get("pred_name"):
+            names.setdefault(pred, row["pred_name"])
+    if not labels:
+        raise CnnError(f"{source}: no prediction rows")
+    models = {row.get("model") for row in csv.DictReader(io.StringIO(text))} - {None}
+    if len(models) > 1:
+        raise CnnError(
+            f"{source}: predictions of {len(models)} models in one file; write them per model "
+            "(one `cnntools eval MODEL --predictions FILE` each)"
+        )
+    if min(labels + preds) < 0:
+        raise CnnError(f"{source}: negative class index")
+    k = max(max(labels), max(preds), max(names, default=0)) + 1
+    classes = [names.get(i, str(i)) for i in range(k)]
+    return Predictions(
+        index=index,
+        label=np.asarray(labels, dtype=np.int64),
+        pred=np.asarray(preds, dtype=np.int64),
+        classes=classes,
+        paths=paths if any(paths) else None,
+        prob=np.asarray(probs, dtype=np.float64) if len(probs) == len(labels) else None,
+    )

@@ -1,0 +1,78 @@
+"""Choosing what to look at: image files, dataset indices, mistakes from a predictions CSV,
+and target classes given as `pred`, `true`, an index or a class name."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from cnntools.output import CnnError
+
+
+def parse_int_list(text: str, what: str = "indices") -> list[int]:
+    """`0,5,7` or `0-3,9` → [0, 5, 7] / [0, 1, 2, 3, 9]."""
+    out: list[int] = []
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        try:
+            if "-" in part[1:]:
+                low, high = part.split("-", 1) if not part.startswith("-") else (part, "")
+                out.extend(range(int(low), int(high) + 1))
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise CnnError(f"{what} '{text}': expected integers such as 0,5,7 or 0-3") from None
+    if not out:
+        raise CnnError(f"{what}: none given")
+    return out
+
+
+def check_indices(indices: Sequence[int], n: int, where: str) -> None:
+    bad = [i for i in indices if not 0 <= i < n]
+    if bad:
+        raise CnnError(f"index {bad[0]} is out of range: {where} has {n} images (0..{n - 1})")
+
+
+def read_image_files(paths: Sequence[str]) -> torch.Tensor:
+    """Image files as one uint8 N×C×H×W tensor (RGB; all resized to the first image's size)."""
+    from PIL import Image, UnidentifiedImageError
+
+    from cnntools.data import resize_uint8
+
+    images = []
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+        except FileNotFoundError:
+            raise CnnError(f"{path}: no such image file") from None
+        except (UnidentifiedImageError, OSError) as error:
+            raise CnnError(f"{path}: not a readable image ({error})") from None
+        images.append(torch.from_numpy(arr.copy()).permute(2, 0, 1))
+    size = tuple(images[0].shape[1:])
+    return torch.stack([img if tuple(img.shape[1:]) == size else resize_uint8(img[None], size)[0] for img in images])
+
+
+def resolve_targets(spec: str, preds: Sequence[int], labels: Sequence[int] | None, classes: Sequence[str]) -> list[int]:
+    """One class per image: `pred` (the model's prediction), `true` (the label), or a class
+    given by index or by name."""
+    n = len(preds)
+    if spec == "pred":
+        return [int(p) for p in preds]
+    if spec == "true":
+        if labels is None or any(label is None or label < 0 for label in labels):
+            raise CnnError("--target true needs labelled images (dataset indices or mistakes); image files have no label")
+        return [int(label) for label in labels]
+    if spec in classes:
+        return [classes.index(spec)] * n
+    try:
+        index = int(spec)
+    except ValueError:
+        shown = ", ".join(classes[:10]) + (" ..." if len(classes) > 10 else "")
+        raise CnnError(f"--target '{spec}': use pred, true, a class index or a class name ({shown})") from None
+    if not 0 <= index < len(classes):
+        raise CnnError(f"--target {index}: the model has classes 0..{len(classes) - 1}")
+    return [index] * n

@@ -1,0 +1,287 @@
+"""Saliency maps: the Grad-CAM family (pytorch-grad-cam), vanilla gradient, SmoothGrad and
+guided backpropagation, all computed for a whole batch at once.
+
+Every method returns a float32 tensor N×H×W (the input's spatial size) scaled to [0, 1]
+per image, so that maps of different methods and models can be compared and drawn alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnntools.interpret.activations import get_layer
+from cnntools.output import CnnError
+
+
+def _cam_classes() -> dict[str, type]:
+    from pytorch_grad_cam import (
+        AblationCAM,
+        EigenCAM,
+        GradCAM,
+        GradCAMPlusPlus,
+        HiResCAM,
+        LayerCAM,
+        ScoreCAM,
+        XGradCAM,
+    )
+
+    return {
+        "gradcam": GradCAM,
+        "gradcam++": GradCAMPlusPlus,
+        "xgradcam": XGradCAM,
+        "hirescam": HiResCAM,
+        "layercam": LayerCAM,
+        "eigencam": EigenCAM,
+        "scorecam": ScoreCAM,
+        "ablationcam": AblationCAM,
+    }
+
+
+CAM_METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam", "scorecam", "ablationcam")
+GRADIENT_METHODS = ("gradient", "smoothgrad", "guided-backprop")
+METHODS = CAM_METHODS + GRADIENT_METHODS
+
+
+def uses_layer(method: str) -> bool:
+    """True for the CAM methods, which read a convolutional layer's activations."""
+    return method in CAM_METHODS
+
+
+@contextlib.contextmanager
+def _no_tqdm():
+    # ScoreCAM and AblationCAM draw tqdm bars per image on stderr; our commands report progress
+    # themselves, so swap the module's tqdm for a pass-through while they run.
+    import pytorch_grad_cam.ablation_cam as ablation_cam
+    import pytorch_grad_cam.score_cam as score_cam
+
+    silent = types.SimpleNamespace(tqdm=lambda iterable, *a, **k: iterable)
+    saved = [(m, m.tqdm) for m in (score_cam, ablation_cam)]
+    try:
+        for module, _ in saved:
+            module.tqdm = silent
+        yield
+    finally:
+        for module, original in saved:
+            module.tqdm = original
+
+
+@contextlib.contextmanager
+def _relu_not_inplace(model: nn.Module):
+    """Turn in-place ReLUs off while gradients or backward hooks read activations."""
+    changed = [m for m in model.modules() if isinstance(m, (nn.ReLU, nn.ReLU6, nn.LeakyReLU)) and m.inplace]
+    try:
+        for module in changed:
+            module.inplace = False
+        yield
+    finally:
+        for module in changed:
+            module.inplace = True
+
+
+def _normalize_per_image(maps: torch.Tensor) -> torch.Tensor:
+    """Scale each N×H×W map to [0, 1] (min to 0, max to 1); constant maps become 0."""
+    flat = maps.reshape(maps.shape[0], -1)
+    low = flat.min(dim=1, keepdim=True).values
+    high = flat.max(dim=1, keepdim=True).values
+    scaled = (flat - low) / (high - low).clamp_min(1e-12)
+    return scaled.reshape(maps.shape)
+
+
+def cam_maps(
+    model: nn.Module,
+    layer: str,
+    x: torch.Tensor,
+    targets: Sequence[int],
+    method: str = "gradcam",
+    batch_size: int = 32,
+) -> torch.Tensor:
+    """Class activation maps of `method` at `layer` for the batch `x` and one target class per image.
+
+    One pytorch-grad-cam call for the whole batch: one forward and one backward pass
+    (ScoreCAM and AblationCAM add their own batched forward passes). Returns N×H×W in [0, 1].
+    """
+    classes = _cam_classes()
+    if method not in classes:
+        raise CnnError(f"unknown CAM method '{method}': use one of {', '.join(CAM_METHODS)}")
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    target_layer = get_layer(model, layer)
+    kwargs = {"batch_size": batch_size} if method == "ablationcam" else {}
+    cam_targets = [ClassifierOutputTarget(int(t)) for t in targets]
+    # The input must require grad: with frozen parameters the layer's output would carry no
+    # graph and pytorch-grad-cam would silently record no gradients.
+    inputs = x.detach().clone().requires_grad_(True)
+    maps = None  # pytorch-grad-cam's __exit__ swallows IndexError: notice it instead of a NameError
+    with _relu_not_inplace(model), _no_tqdm(), torch.enable_grad():
+        with classes[method](model=model, target_layers=[target_layer], **kwargs) as cam:
+            if method == "scorecam":
+                cam.batch_size = batch_size
+            maps = cam(input_tensor=inputs, targets=cam_targets)
+    if maps is None:
+        raise CnnError(f"{method} produced no map for layer '{layer}'; pick a convolutional layer (see --list-layers)")
+    return torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))
+
+
+def _loss_gradient_weights(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """∂ CE/∂ logits for each image, as (direction, log of its positive scale).
+
+    ∂ CE/∂ l_j = p_j − [j = target]. A confident model has p_target = 1 in float32 and the
+    plain gradient is exactly zero, which would make the saliency map blank for exactly the
+    images people look at first. Working in log space gives the same vector up to a positive
+    factor exp(log_scale): entries p_j / max_{k≠t} p_k for j ≠ t, and minus their sum at t.
+    """
+    logp = torch.log_softmax(logits.detach().double(), dim=1)
+    others = logp.scatter(1, target[:, None], float("-inf"))
+    if others.shape[1] == 1:  # one class: the loss is constant
+        return torch.zeros_like(logits), torch.zeros(logits.shape[0], dtype=torch.float64)
+    log_scale = others.amax(dim=1)
+    weights = torch.exp(others - log_scale[:, None])
+    weights = weights.scatter(1, target[:, None], -weights.sum(dim=1, keepdim=True))
+    return weights.to(logits.dtype), log_scale
+
+
+def input_gradients(
+    model: nn.Module, x: torch.Tensor, targets: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """∂ loss / ∂ input for every image of the batch (cross-entropy against its target class).
+
+    Returns (gradients, log_scale): the true gradient of image i is gradients[i] ×
+    exp(log_scale[i]); the split keeps saturated (very confident) images from underflowing
+    to zero. Each image's gradient is its own (the batch's losses are summed).
+    """
+    target = torch.as_tensor(list(targets), dtype=torch.long, device=x.device)
+    inputs = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(inputs).float()
+        weights, log_scale = _loss_gradient_weights(logits, target)
+        (grad,) = torch.autograd.grad((logits * weights).sum(), inputs)
+    return grad, log_scale.cpu()
+
+
+def gradient_maps(model: nn.Module, x: torch.Tensor, targets: Sequence[int]) -> torch.Tensor:
+    """Vanilla gradient saliency (Simonyan et al. 2014): |∂ loss/∂ input|, max over channels, scaled to [0, 1]."""
+    with _relu_not_inplace(model):
+        grad, _ = input_gradients(model, x, targets)
+    return _normalize_per_image(grad.abs().amax(dim=1)).float().cpu()
+
+
+def smoothgrad_maps(
+    model: nn.Module,
+    x: torch.Tensor,
+    targets: Sequence[int],
+    samples: int = 25,
+    noise: float = 0.15,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """SmoothGrad (Smilkov et al. 2017): mean |gradient| over noisy copies of each image.
+
+    Noise is Gaussian with σ = `noise` × (max − min) of each image; the noisy copies of many
+    images run through the model together, `batch_size` at a time.
+    """
+    n = x.shape[0]
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    span = (x.reshape(n, -1).amax(1) - x.reshape(n, -1).amin(1)).reshape(n, 1, 1, 1)
+    sigma = (noise * span).to(x.dtype)
+    target = torch.as_tensor(list(targets), dtype=torch.long)
+    # Flatten (image, sample) pairs into one stream cut into batches.
+    pairs = torch.arange(n).repeat_interleave(samples)
+    grads, scales = [], []
+    with _relu_not_inplace(model):
+        for start in range(0, pairs.numel(), batch_size):
+            idx = pairs[start : start + batch_size]
+            eps = torch.randn((idx.numel(),) + tuple(x.shape[1:]), generator=generator).to(x.device, x.dtype)
+            noisy = x[idx.to(x.device)] + eps * sigma[idx.to(x.device)]
+            grad, log_scale = input_gradients(model, noisy, target[idx].tolist())
+            grads.append(grad.abs().cpu())
+            scales.append(log_scale)
+    grads = torch.cat(grads).reshape((n, samples) + tuple(x.shape[1:]))
+    scales = torch.cat(scales).reshape(n, samples)
+    # Mean of the true |gradients|: rescale each sample relative to its image's largest scale.
+    weights = torch.exp(scales - scales.amax(dim=1, keepdim=True)).to(grads.dtype)
+    mean = (grads * weights.reshape(n, samples, 1, 1, 1)).sum(1) / samples
+    return _normalize_per_image(mean.amax(dim=1)).float().cpu()
+
+
+@contextlib.contextmanager
+def _guided_relus(model: nn.Module):
+    """Guided backpropagation (Springenberg et al. 2015): ReLUs pass back only positive gradients."""
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+    if not relus:
+        raise CnnError("guided-backprop needs nn.ReLU modules in the model (this one has none)")
+
+    def hook(module, grad_input, grad_output):
+        return tuple(g.clamp_min(0) if g is not None else None for g in grad_input)
+
+    handles = [m.register_full_backward_hook(hook) for m in relus]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def guided_backprop_maps(model: nn.Module, x: torch.Tensor, targets: Sequence[int]) -> torch.Tensor:
+    """Guided backpropagation of the target logit: |guided gradient|, max over channels, scaled to [0, 1]."""
+    inputs = x.detach().clone().requires_grad_(True)
+    index = torch.as_tensor(list(targets), dtype=torch.long, device=x.device)
+    with _relu_not_inplace(model), _guided_relus(model), torch.enable_grad():
+        logits = model(inputs)
+        score = logits.float().gather(1, index[:, None]).sum()
+        (grad,) = torch.autograd.grad(score, inputs)
+    return _normalize_per_image(grad.abs().amax(dim=1)).float().cpu()
+
+
+def saliency_maps(
+    model: nn.Module,
+    x: torch.Tensor,
+    targets: Sequence[int],
+    method: str = "gradcam",
+    layer: str | None = None,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Saliency maps of any supported method for the batch `x` (N×H×W, each in [0, 1])."""
+    if len(targets) != x.shape[0]:
+        raise ValueError("one target class per image")
+    if method in CAM_METHODS:
+        if layer is None:
+            raise ValueError("CAM methods need a layer")
+        return cam_maps(model, layer, x, targets, method=method, batch_size=batch_size)
+    if method == "gradient":
+        return gradient_maps(model, x, targets)
+    if method == "smoothgrad":
+        return smoothgrad_maps(model, x, targets, seed=seed)
+    if method == "guided-backprop":
+        return guided_backprop_maps(model, x, targets)
+    raise CnnError(f"unknown saliency method '{method}': use one of {', '.join(METHODS)}")
+
+
+def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation of two maps (Adebayo et al.'s sanity-check similarity)."""
+    import warnings
+
+    from scipy.stats import spearmanr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a constant map has no ranking: correlation 0
+        value = spearmanr(a.reshape(-1).numpy(), b.reshape(-1).numpy()).statistic
+    return float(np.nan_to_num(value))
+
+
+def randomized_copy(model: nn.Module, seed: int = 0) -> nn.Module:
+    """A deep copy of `model` with every parameter re-initialised (Adebayo et al.'s cascading test, all at once)."""
+    import copy
+
+    clone = copy.deepcopy(model)
+    torch.manual_seed(seed)
+    for module in clone.modules():
+        if hasattr(module, "reset_parameters") and module is not clone:
+            module.reset_parameters()
+    return clone

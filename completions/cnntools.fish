@@ -1,0 +1,1 @@
+complete --command cnntools --no-files --arguments "(env _CNNTOOLS_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) cnntools)" --condition "env _CNNTOOLS_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) cnntools"

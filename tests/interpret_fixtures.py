@@ -1,0 +1,82 @@
+"""Small trained checkpoints for the interpretation tests (confusion, saliency, featmaps, filters).
+
+Trained here with a plain loop over ready tensors for a few seconds, then written with
+`cnntools.checkpoint.save_checkpoint`, so the tests depend only on the data, models and
+checkpoint layers.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def train_checkpoint(path, data: str, arch: str, image_size: int, channels: int, steps: int, seed: int = 0,
+                     batch_size: int = 64, lr: float = 2e-3):
+    """Train `arch` on `data`'s train split for `steps` Adam steps and save it at `path`."""
+    # One thread: on a shared 2-core machine, two threads of tiny convolutions mostly wait
+    # on each other (measured 5x slower under load).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(path, data, arch, image_size, channels, steps, seed, batch_size, lr)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(path, data, arch, image_size, channels, steps, seed, batch_size, lr):
+    from cnntools.checkpoint import save_checkpoint
+    from cnntools.data import load_split
+    from cnntools.models import create_model
+
+    torch.manual_seed(seed)
+    train = load_split(data, "train").resized(image_size, channels=channels)
+    classes = list(train.classes)
+    model = create_model(arch, in_channels=channels, image_size=image_size, num_classes=len(classes))
+    x_all = train.images.float() / 255.0
+    mean = x_all.mean(dim=(0, 2, 3)).tolist()
+    std = x_all.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+    x_all = (x_all - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    y_all = train.labels
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(y_all), (batch_size,), generator=g)
+        loss = F.cross_entropy(model(x_all[idx]), y_all[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    meta = {
+        "arch": {"arch": arch, "in_channels": channels, "image_size": image_size, "num_classes": len(classes)},
+        "classes": classes,
+        "mean": mean,
+        "std": std,
+        "image_size": image_size,
+        "in_channels": channels,
+        "data": {"spec": data, "data_dir": None, "val_split": 0.0, "seed": 0},
+    }
+    save_checkpoint(str(path), model, meta)
+    return path
+
+
+_CACHE: dict[str, str] = {}
+
+
+def cached_checkpoint(kind: str) -> str:
+    """One small checkpoint per kind and test process, shared by the interpretation tests.
+
+    `patch`: simple-cnn on fake-patch 3×32×32 (the saliency localisation data), 30 Adam steps.
+    """
+    import tempfile
+    from pathlib import Path
+
+    if kind not in _CACHE:
+        folder = Path(tempfile.mkdtemp(prefix="cnntools-interpret-"))
+        if kind == "patch":
+            path = train_checkpoint(folder / "patch.safetensors", "fake-patch:400,size=32", "simple-cnn", 32, 3, 30, batch_size=32)
+        else:
+            raise ValueError(kind)
+        _CACHE[kind] = str(path)
+    return _CACHE[kind]

@@ -1,0 +1,115 @@
+"""featmaps: hooks record exactly the layer outputs, leave nothing behind, survive in-place ReLU;
+layer shapes match the real forward pass; the command's JSON, figure and safetensors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from cnntools.cli import app
+from cnntools.interpret import activations as act
+
+sys.path.insert(0, str(Path(__file__).parent))
+runner = CliRunner()
+
+
+def net():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        nn.Sequential(nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU()),
+        nn.Flatten(), nn.Linear(6 * 7 * 7, 5),
+    ).eval()
+
+
+def n_hooks(model):
+    return sum(len(m._forward_hooks) for m in model.modules())
+
+
+def test_captured_outputs_equal_a_manual_forward_and_hooks_are_removed():
+    model = net()
+    x = torch.randn(2, 3, 16, 16)
+    got = act.activations_of(model, x, ["0", "3.0", "3.2", "5"])
+    with torch.no_grad():
+        conv0 = model[0](x)
+        expected0 = conv0.clone()
+        h = model[2](torch.relu(conv0))
+        c30 = model[3][0](h)
+        out = model(x)
+    torch.testing.assert_close(got["0"], expected0)  # not clobbered by the in-place ReLU after it
+    assert (got["0"] < 0).any()
+    torch.testing.assert_close(got["3.0"], c30)
+    torch.testing.assert_close(got["3.2"], torch.relu(model[3][1](c30)))
+    torch.testing.assert_close(got["5"], out)
+    assert n_hooks(model) == 0
+
+
+def test_hooks_are_removed_when_the_block_fails():
+    model = net()
+    with pytest.raises(RuntimeError):
+        with act.capture_activations(model, ["0", "5"]):
+            assert n_hooks(model) == 2
+            model(torch.randn(1, 2, 16, 16))  # wrong channel count
+    assert n_hooks(model) == 0
+
+
+def test_layer_table_shapes_match_the_forward_pass():
+    model = net()
+    rows = {r["layer"]: r for r in act.layer_table(model, torch.zeros(1, 3, 16, 16))}
+    assert rows["0"]["output_shape"] == [1, 4, 14, 14]
+    assert rows["2"]["output_shape"] == [1, 4, 7, 7]
+    assert rows["3.2"]["output_shape"] == [1, 6, 7, 7]
+    assert rows["5"]["output_shape"] == [1, 5]
+    assert rows["0"]["params"] == 4 * 3 * 9 + 4
+    assert act.activation_layer_names(model) == ["1", "3.2"]
+    assert act.last_conv_name(model) == "3.0"
+    assert n_hooks(model) == 0
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from interpret_fixtures import cached_checkpoint
+
+    return cached_checkpoint("patch")
+
+
+def test_cli_list_layers_json_figure_and_saved_tensors(checkpoint, tmp_path):
+    from safetensors.torch import load_file
+
+    result = runner.invoke(app, ["featmaps", str(checkpoint), "--list-layers", "--format", "json"], prog_name="cnntools")
+    assert result.exit_code == 0, result.output
+    layers = {r["layer"]: r for r in json.loads(result.stdout)["layers"]}
+    assert layers["features.0"]["output_shape"] == "32×32×32" and layers["features.6"]["output_shape"] == "128×8×8"
+
+    png, saved = tmp_path / "fm.png", tmp_path / "acts.safetensors"
+    result = runner.invoke(
+        app,
+        ["featmaps", str(checkpoint), "-i", "2", "-l", "features.1", "-l", "features.7", "--max-channels", "6",
+         "-o", str(png), "--save", str(saved), "--format", "json", "--device", "cpu"],
+        prog_name="cnntools",
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert [e["layer"] for e in doc["layers"]] == ["features.1", "features.7"]
+    assert doc["layers"][0]["shape"] == [32, 32, 32] and doc["layers"][0]["min"] >= 0.0
+    assert len(doc["layers"][1]["most_active_channels"]) == 6
+    assert png.stat().st_size > 10_000
+    tensors = load_file(str(saved))
+    assert tensors["features.7"].shape == (128, 8, 8)
+    # The saved activations are what the model computes for that input.
+    from cnntools.checkpoint import load_model
+
+    lm = load_model(str(checkpoint), "cpu")
+    with torch.no_grad():
+        expected = torch.relu(lm.model.features[:7](tensors["__input__"][None]))[0]
+    torch.testing.assert_close(tensors["features.7"], expected, atol=1e-5, rtol=1e-5)
+    assert n_hooks(lm.model) == 0
+
+    result = runner.invoke(app, ["featmaps", str(checkpoint), "-l", "nope"], prog_name="cnntools")
+    assert result.exit_code == 1 and "no layer named 'nope'" in result.stderr
