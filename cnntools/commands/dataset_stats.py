@@ -58,8 +58,12 @@ def main(
         Optional[str], typer.Option("--augment-preview", help="Write originals next to augmented versions (PNG, SVG, PDF).")
     ] = None,
     augment: Annotated[
-        str, typer.Option("--augment", help="Augmentation for the preview: flip, crop:P, jitter:J, rotate:D, rrc:S, comma-separated.")
-    ] = "flip,crop:4,jitter:0.4",
+        str, typer.Option(
+            "--augment",
+            help="Augmentation for the preview: flip, crop:P, jitter:J, rotate:D, rrc:S, comma-separated; "
+            "auto = what train uses by default (rotate:10,crop:1 for digit datasets), else flip,crop:4,jitter:0.4.",
+        ),
+    ] = "auto",
     preview_images: Annotated[int, typer.Option("--preview-images", min=1, max=32, help="Originals in the preview.")] = 6,
     versions: Annotated[int, typer.Option("--versions", min=1, max=16, help="Augmented versions per original.")] = 5,
     seed: options.Seed = 0,
@@ -83,6 +87,12 @@ def main(
     from cnntools.data import load_splits, parse_augment
     from cnntools.data.describe import describe
 
+    from cnntools.engine import resolve_augment
+
+    if augment.strip().lower() == "auto":
+        # Show what training would do; where it would not augment, show the CIFAR-style default.
+        augment = resolve_augment(augment, data)
+        augment = "flip,crop:4,jitter:0.4" if augment == "none" else augment
     aug = parse_augment(augment) if augment_preview else None
     if augment_preview and aug is None:
         raise CnnError("--augment-preview needs an --augment spec other than none (e.g. flip,crop:4)")
