@@ -23,7 +23,8 @@ def main(
     ] = None,
     logits_hist: Annotated[Optional[str], typer.Option("--logits-hist", help="Histogram of the raw outputs (PNG, SVG or PDF).")] = None,
     image: Annotated[
-        Optional[List[str]], typer.Option("--image", help="Image file(s): print each one's top-k classes instead of dataset metrics.")
+        Optional[List[str]],
+        typer.Option("--image", metavar="FILE...", help="Image file(s), several after one --image or the flag repeated: print each one's top-k classes instead of dataset metrics."),
     ] = None,
     device: options.Device = "auto",
     precision: options.Precision = "auto",
@@ -49,6 +50,9 @@ def main(
       cnntools eval torchvision:vgg16 --image bird.jpg dog.jpg --top-k 3
     """
     output.configure(quiet=quiet, debug=debug)
+    models, image = options.split_image_files(models, image)
+    if not models:
+        raise output.CnnError("name a model: a checkpoint (FILE.safetensors) or torchvision:NAME, before --image")
     from cnntools import files, runtime
     from cnntools.checkpoint import load_model
 
