@@ -125,6 +125,9 @@ def test_several_models_side_by_side(cli, trained, tmp_path):
     assert hist.read_bytes()[:4] == b"\x89PNG"
     doc = cli("eval", *trained, "--format", "json", "-q").json()
     assert [m["arch"] for m in doc["models"]] == ["simple-cnn", "mlp"]
+    # One column per model: the accuracy row carries both models' accuracies in order.
+    (line,) = [l for l in result.stdout.splitlines() if l.split()[:1] == ["accuracy"]]
+    assert [float(v) for v in line.split()[1:]] == pytest.approx([m["accuracy"] for m in doc["models"]], abs=1e-4)
     rows = list(csv.DictReader(io.StringIO(cli("eval", *trained, "--format", "csv", "-q").stdout)))
     assert len(rows) == 2 and float(rows[0]["accuracy"]) == pytest.approx(doc["models"][0]["accuracy"])
 

@@ -185,7 +185,7 @@ def _summary_row(result: dict, top_k: int) -> dict:
         "logit_max": logits["max"],
         "logit_mean": logits["mean"],
         "share_negative": logits["share_negative"],
-        "images_per_s": result["images_per_s"],
+        "images_per_s": round(result["images_per_s"]),
     }
     return row
 
@@ -201,7 +201,13 @@ def _report(results: list[dict], fmt: str, per_class: bool, top_k: int) -> None:
             skip = {"model", "arch", "data", "split"}
             output.print_table([{"metric": k, "value": v} for k, v in row.items() if k not in skip], ["metric", "value"], title=title)
         else:
-            output.print_table(rows, [c for c in rows[0] if c not in ("data", "split")], title="Models side by side")
+            # One column per model (as in the single-model view): a row per model would be
+            # seventeen columns wide.
+            metrics = [c for c in rows[0] if c not in ("model", "arch", "data", "split")]
+            names = [f"{r['model']} ({r['arch']})" for r in rows]
+            table = [{"metric": m, **{name: r[m] for name, r in zip(names, rows)}} for m in metrics]
+            first = rows[0]
+            output.print_table(table, ["metric"] + names, title=f"Models side by side on {first['data']} {first['split']}")
         if per_class:
             classes = [c["class"] for c in results[0]["per_class"]]
             if len(results) == 1:
