@@ -640,6 +640,7 @@ class Trainer:
             self.progress.start(epoch, self.steps_per_epoch, skip)
         batch = 0
         images_seen = 0
+        lr_used = self.optimizer.param_groups[0]["lr"]
         for batch_index, (x, y) in enumerate(self.train_loader, start=1):
             if batch_index <= skip:
                 continue  # replaying an interrupted epoch: these updates are in the weights already
@@ -653,6 +654,7 @@ class Trainer:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            lr_used = self.optimizer.param_groups[0]["lr"]  # the epoch record reports the lr it trained with
             self.scheduler.step()
             pos.updates += 1
             pos.batch = batch_index
@@ -696,7 +698,7 @@ class Trainer:
             "train_acc": float(totals[1]) / count,
             "val_loss": None,
             "val_acc": None,
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": lr_used,
             "seconds": round(seconds, 3),
             "images_per_s": round(images_seen * self.world_size / max(1e-9, time.perf_counter() - start), 1),
             "updates": pos.updates,

@@ -71,6 +71,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, _new_file_mode(target))
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -84,3 +85,17 @@ def figure_format(path: str | os.PathLike) -> str:
     if suffix not in ("png", "svg", "pdf"):
         raise CnnError(f"{path}: figures are written as .png, .svg or .pdf (got '{suffix or 'no extension'}')")
     return suffix
+
+
+def _new_file_mode(target: Path) -> int:
+    """The permissions a plainly written file would get: the old file's, else 0666 minus the umask.
+
+    mkstemp creates its file 0600, which would leave every figure and checkpoint unreadable
+    to the rest of a course's group.
+    """
+    try:
+        return target.stat().st_mode & 0o7777
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask

@@ -50,3 +50,17 @@ DataDir = Annotated[
 ]
 Split = Annotated[SplitChoice, typer.Option("--split", help="Which split: train, val or test.")]
 Download = Annotated[bool, typer.Option("--download", help="Fetch a torchvision dataset that is not on disk yet.")]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+def split_image_files(positional: list[str], images: list[str] | None) -> tuple[list[str], list[str] | None]:
+    """Let `--image a.png b.png` name several files after one flag.
+
+    Click gives an option one value, so `b.png` lands among the positional MODEL arguments;
+    when --image is used, positional arguments that are image files move back to it.
+    """
+    if not images:
+        return positional, images
+    moved = [p for p in positional if p.lower().endswith(IMAGE_SUFFIXES)]
+    return [p for p in positional if p not in moved], list(images) + moved

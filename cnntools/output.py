@@ -59,8 +59,13 @@ def claim_stdout() -> None:
 
 
 def data_stream():
-    """Where tables and JSON documents go: stdout unless a `-` file argument owns it."""
-    return sys.stderr if _state.stdout_claimed else sys.stdout
+    """Where tables and JSON documents go: stdout unless a `-` file argument owns it.
+
+    Moved to stderr they are chatter beside the real output, so --quiet silences them.
+    """
+    if not _state.stdout_claimed:
+        return sys.stdout
+    return io.StringIO() if _state.quiet else sys.stderr
 
 
 def use_color(stream) -> bool:

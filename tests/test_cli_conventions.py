@@ -215,3 +215,24 @@ def test_commands_and_options_are_kebab_case():
             for opt in [*param.opts, *getattr(param, "secondary_opts", [])]:
                 if opt.startswith("-"):
                     assert re.fullmatch(r"-[a-zA-Z]|--[a-z0-9]+(-[a-z0-9]+)*", opt), (name, opt)
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    """Atomic writes go through mkstemp (mode 0600); the file must end up as open() would make it."""
+    import os
+    import stat
+
+    from cnntools import files
+
+    old = os.umask(0o022)
+    try:
+        new = tmp_path / "new.csv"
+        files.write_text(new, "a\n")
+        assert stat.S_IMODE(new.stat().st_mode) == 0o644
+        kept = tmp_path / "kept.csv"
+        kept.write_text("x\n")
+        kept.chmod(0o640)
+        files.write_text(kept, "b\n")
+        assert stat.S_IMODE(kept.stat().st_mode) == 0o640 and kept.read_text() == "b\n"
+    finally:
+        os.umask(old)

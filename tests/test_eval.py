@@ -112,6 +112,8 @@ def test_predictions_to_stdout_move_tables_to_stderr(cli, trained):
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert len(rows) == 359 and rows[0]["label_name"] in [str(i) for i in range(10)]
     assert "accuracy" in result.stderr and "Per class" in result.stderr
+    quiet = cli("eval", trained[0], "--predictions", "-", "-q")
+    assert quiet.exit_code == 0 and quiet.stdout == result.stdout and quiet.stderr == ""
 
 
 def test_several_models_side_by_side(cli, trained, tmp_path):
@@ -123,6 +125,9 @@ def test_several_models_side_by_side(cli, trained, tmp_path):
     assert hist.read_bytes()[:4] == b"\x89PNG"
     doc = cli("eval", *trained, "--format", "json", "-q").json()
     assert [m["arch"] for m in doc["models"]] == ["simple-cnn", "mlp"]
+    # One column per model: the accuracy row carries both models' accuracies in order.
+    (line,) = [l for l in result.stdout.splitlines() if l.split()[:1] == ["accuracy"]]
+    assert [float(v) for v in line.split()[1:]] == pytest.approx([m["accuracy"] for m in doc["models"]], abs=1e-4)
     rows = list(csv.DictReader(io.StringIO(cli("eval", *trained, "--format", "csv", "-q").stdout)))
     assert len(rows) == 2 and float(rows[0]["accuracy"]) == pytest.approx(doc["models"][0]["accuracy"])
 
@@ -139,6 +144,13 @@ def test_image_files_print_top_classes(cli, trained, tmp_path):
     assert result.exit_code == 0, result.stderr
     rows = json.loads(result.stdout)["predictions"]
     assert len(rows) == 3 and rows[0]["prob"] >= rows[1]["prob"] >= rows[2]["prob"]
+    # Several files after one --image, as in `eval torchvision:vgg16 --image bird.jpg dog.jpg`.
+    second = tmp_path / "digit1.png"
+    Image.fromarray(test.images[1, 0].numpy()).save(second)
+    both = cli("eval", trained[0], "--image", path, second, "--top-k", "2", "--format", "json", "-q")
+    assert both.exit_code == 0, both.stderr
+    assert [r["image"] for r in both.json()["predictions"]] == [str(path)] * 2 + [str(second)] * 2
+    assert both.json()["predictions"][:2] == rows[:2]
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")
     bad = cli("eval", trained[0], "--image", broken)

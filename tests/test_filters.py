@@ -114,3 +114,20 @@ def test_cli_kernels_and_top_images(checkpoint, tmp_path):
 
     result = runner.invoke(app, ["filters", str(checkpoint), "-l", "features.1"], prog_name="cnntools")
     assert result.exit_code == 1 and "not a Conv2d" in result.stderr
+
+
+def test_dead_filter_is_named_and_bad_filter_indices_fail_before_ranking(checkpoint, tmp_path):
+    from cnntools.checkpoint import load_model, read_checkpoint, save_checkpoint
+
+    lm = load_model(str(checkpoint), "cpu")
+    with torch.no_grad():
+        lm.model.features[0].bias[2] = -1e4  # filter 2 can never pass its ReLU
+    dead = tmp_path / "dead.safetensors"
+    save_checkpoint(str(dead), lm.model, read_checkpoint(str(checkpoint))[1])
+    result = runner.invoke(app, ["filters", str(dead), "-k", "2", "-f", "1,2", "--format", "json", "--device", "cpu"],
+                           prog_name="cnntools")
+    assert result.exit_code == 0, result.output
+    assert "filter 2 of features.0 never activates" in result.stderr and "filter 1 " not in result.stderr
+    assert json.loads(result.stdout)["top"][1]["scores"] == [0.0, 0.0]
+    result = runner.invoke(app, ["filters", str(checkpoint), "-k", "2", "-f", "40"], prog_name="cnntools")
+    assert result.exit_code == 1 and "has 32 filters" in result.stderr and "Ranking" not in result.stderr

@@ -215,3 +215,33 @@ def test_cli_method_choices_match_the_library():
     assert typing.get_args(MethodChoice) == sal.METHODS
     result = invoke(["saliency", "x.safetensors", "--method", "nope"])
     assert result.exit_code == 2
+
+
+def test_auto_layer_is_the_rectified_last_conv_so_confident_maps_are_not_blank(tmp_path):
+    """Grad-CAM on a raw conv output is ReLU(negative sum) = blank for most confident images."""
+    from interpret_fixtures import cached_checkpoint
+
+    from cnntools.checkpoint import load_model
+    from cnntools.interpret.activations import cam_layer_name
+    from cnntools.models import create_model
+
+    checkpoint = cached_checkpoint("digits")
+    maps_file = tmp_path / "maps.safetensors"
+    result = invoke(["saliency", checkpoint, "-i", "0-31", "--format", "json", "--device", "cpu", "--save-maps", str(maps_file)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["models"][0]["layer"] == "features.7"  # the ReLU after the last conv
+    from safetensors.torch import load_file
+
+    maps = load_file(str(maps_file))["maps"]
+    assert (maps.flatten(1).amax(1) > 0).all()
+    # The raw conv output itself leaves most of these maps blank: the choice matters.
+    lm = load_model(checkpoint, "cpu")
+    x = lm.prepare(lm.load_split("test").images[:32])
+    targets = [row["target"] for row in json.loads(result.stdout)["images"]]
+    raw = sal.saliency_maps(lm.model, x, targets, method="gradcam", layer="features.6")
+    assert (raw.flatten(1).amax(1) > 0).float().mean() < 0.5
+
+    assert cam_layer_name(create_model("lenet", in_channels=3, image_size=32, num_classes=10)) == "features.6"
+    assert cam_layer_name(create_model("compact-cnn", in_channels=3, image_size=32, num_classes=10)) == "features.3.5"
+    # Residual blocks add the shortcut before their (shared) ReLU: the block is the target.
+    assert cam_layer_name(create_model("resnet18", in_channels=3, image_size=32, num_classes=10)) == "layer4.1"

@@ -23,7 +23,8 @@ def main(
     ] = None,
     logits_hist: Annotated[Optional[str], typer.Option("--logits-hist", help="Histogram of the raw outputs (PNG, SVG or PDF).")] = None,
     image: Annotated[
-        Optional[List[str]], typer.Option("--image", help="Image file(s): print each one's top-k classes instead of dataset metrics.")
+        Optional[List[str]],
+        typer.Option("--image", metavar="FILE...", help="Image file(s), several after one --image or the flag repeated: print each one's top-k classes instead of dataset metrics."),
     ] = None,
     device: options.Device = "auto",
     precision: options.Precision = "auto",
@@ -49,6 +50,9 @@ def main(
       cnntools eval torchvision:vgg16 --image bird.jpg dog.jpg --top-k 3
     """
     output.configure(quiet=quiet, debug=debug)
+    models, image = options.split_image_files(models, image)
+    if not models:
+        raise output.CnnError("name a model: a checkpoint (FILE.safetensors) or torchvision:NAME, before --image")
     from cnntools import files, runtime
     from cnntools.checkpoint import load_model
 
@@ -181,7 +185,7 @@ def _summary_row(result: dict, top_k: int) -> dict:
         "logit_max": logits["max"],
         "logit_mean": logits["mean"],
         "share_negative": logits["share_negative"],
-        "images_per_s": result["images_per_s"],
+        "images_per_s": round(result["images_per_s"]),
     }
     return row
 
@@ -197,7 +201,13 @@ def _report(results: list[dict], fmt: str, per_class: bool, top_k: int) -> None:
             skip = {"model", "arch", "data", "split"}
             output.print_table([{"metric": k, "value": v} for k, v in row.items() if k not in skip], ["metric", "value"], title=title)
         else:
-            output.print_table(rows, [c for c in rows[0] if c not in ("data", "split")], title="Models side by side")
+            # One column per model (as in the single-model view): a row per model would be
+            # seventeen columns wide.
+            metrics = [c for c in rows[0] if c not in ("model", "arch", "data", "split")]
+            names = [f"{r['model']} ({r['arch']})" for r in rows]
+            table = [{"metric": m, **{name: r[m] for name, r in zip(names, rows)}} for m in metrics]
+            first = rows[0]
+            output.print_table(table, ["metric"] + names, title=f"Models side by side on {first['data']} {first['split']}")
         if per_class:
             classes = [c["class"] for c in results[0]["per_class"]]
             if len(results) == 1:

@@ -88,6 +88,9 @@ def main(
     if top_k > 0:
         chosen = parse_int_list(filter_ or "0-3", "--filter")
         chosen = [f for f in chosen if f < weight.shape[0]] if filter_ is None else chosen
+        bad = [f for f in chosen if not 0 <= f < weight.shape[0]]
+        if bad:
+            raise CnnError(f"layer '{layer}' has {weight.shape[0]} filters (0..{weight.shape[0] - 1}); got {bad}")
         imageset = lm.load_split(split, data_override=data, data_dir=data_dir)
         output.info(f"Ranking {len(imageset)} images of {imageset.spec} {imageset.split} for filters {chosen} of {layer}")
         ranked = top_activating(lm.model, layer, batches_of(imageset.images, lm.prepare, batch_size), chosen, k=top_k, score=score)
@@ -100,6 +103,9 @@ def main(
             if ranked["argmax"] is not None:
                 entry["peak_units"] = ranked["argmax"][j].tolist()
             top.append(entry)
+            if not ranked["top_scores"][j].max() > 0:
+                output.warn(f"filter {f} of {layer} never activates on {imageset.spec} {imageset.split} "
+                            "(a dead ReLU unit): its ranking is arbitrary")
         boxes = None
         if crop_rf and ranked["argmax"] is not None:
             units = ranked["argmax"].reshape(-1, 2)

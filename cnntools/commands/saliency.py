@@ -59,10 +59,12 @@ def _select_images(lm, indices, image_files, mistakes, n, data, data_dir, split)
 def main(
     models: Annotated[list[str], typer.Argument(help="Checkpoint(s) or torchvision:NAME; several give one column each.")],
     method: Annotated[MethodChoice, typer.Option("--method", "-m", help=METHOD_HELP)] = "gradcam",
-    layer: Annotated[str, typer.Option("--layer", help="Layer for CAM methods: auto (the last Conv2d) or a name from --list-layers.")] = "auto",
+    layer: Annotated[str, typer.Option("--layer", help="Layer for CAM methods: auto (the activation of the last conv layer; a residual block's output) or a name from --list-layers.")] = "auto",
     target: Annotated[str, typer.Option("--target", help="Class to explain: pred, true, a class index or a class name.")] = "pred",
     indices: Annotated[Optional[str], typer.Option("--indices", "-i", help="Dataset images by index: 0,5,7 or 0-7.")] = None,
-    image: Annotated[Optional[list[str]], typer.Option("--image", help="An image file (repeatable).")] = None,
+    image: Annotated[
+        Optional[list[str]], typer.Option("--image", metavar="FILE...", help="Image file(s), several after one --image or the flag repeated.")
+    ] = None,
     mistakes: Annotated[Optional[str], typer.Option("--mistakes", help="Predictions CSV from `eval --predictions` (- for stdin): explain its mistakes.")] = None,
     n: Annotated[int, typer.Option("-n", "--num", min=1, help="How many images with --mistakes or by default (the first N).")] = 8,
     list_layers: Annotated[bool, typer.Option("--list-layers", help="Print the model's layers with output shapes and exit.")] = False,
@@ -95,6 +97,9 @@ def main(
       cnntools saliency a.safetensors b.safetensors -i 0-3 -o compare.png --save-maps maps.safetensors
     """
     output.configure(quiet=quiet, debug=debug)
+    models, image = options.split_image_files(models, image)
+    if not models:
+        raise CnnError("name a model: a checkpoint (FILE.safetensors) or torchvision:NAME, before --image")
     from cnntools.interpret.saliency import METHODS
 
     if method not in METHODS:

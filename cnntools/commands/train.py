@@ -79,7 +79,10 @@ def main(
     resume: Annotated[
         Optional[str], typer.Option("--resume", help="Continue the run stored in this checkpoint exactly where it stopped.")
     ] = None,
-    out: options.Output = None,
+    out: Annotated[
+        Optional[str],
+        typer.Option("--output", "-o", help="Checkpoint to write (.safetensors; default model.safetensors, or the --resume file; - for stdout)."),
+    ] = None,
     history: Annotated[Optional[str], typer.Option("--history", help="Also write the per-epoch records to FILE (.csv or .jsonl).")] = None,
     plot: Annotated[Optional[str], typer.Option("--plot", help="Loss and accuracy curves, train vs validation (PNG, SVG or PDF).")] = None,
     fmt: TrainFormat = "table",

@@ -42,10 +42,36 @@ def get_layer(model: nn.Module, name: str) -> nn.Module:
     return layers[name]
 
 
+def cam_layer_name(model: nn.Module) -> str:
+    """The usual Grad-CAM target: the rectified feature maps of the last conv layer.
+
+    Grad-CAM keeps only the positive part of sum_k w_k A_k; on a raw (pre-ReLU) conv output
+    that sum is often negative everywhere and the map comes out blank. So: the activation
+    module right after the last Conv2d (skipping a BatchNorm); where there is none (a
+    residual block that adds its shortcut and applies a functional or shared ReLU), the
+    block that contains the conv (torchvision ResNets: layer4's last block); else the conv.
+    """
+    conv = last_conv_name(model)
+    activation = activation_layer_names(model)[-1]
+    if activation != conv and _called_once(model, activation):
+        return activation
+    parent = conv.rpartition(".")[0]
+    if parent and not isinstance(get_layer(model, parent), (nn.Sequential, nn.ModuleList)):
+        return parent
+    return conv
+
+
+def _called_once(model: nn.Module, name: str) -> bool:
+    # A module object registered under several names (one ReLU shared by a block) is also
+    # called several times per forward pass; its hooks would see more than one map.
+    module = get_layer(model, name)
+    return sum(1 for _, m in model.named_modules(remove_duplicate=False) if m is module) == 1
+
+
 def resolve_layer_name(model: nn.Module, name: str) -> str:
-    """`auto` → the last conv layer; otherwise the name, checked."""
+    """`auto` → the rectified output of the last conv layer (`cam_layer_name`); otherwise the name, checked."""
     if name == "auto":
-        return last_conv_name(model)
+        return cam_layer_name(model)
     get_layer(model, name)
     return name
 
@@ -160,7 +186,7 @@ _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Ta
 
 
 def activation_layer_names(model: nn.Module) -> list[str]:
-    """For each Conv2d, the activation module right after it (skipping a BatchNorm), else the conv.
+    """For each Conv2d, the activation module right after it (skipping a BatchNorm or Identity), else the conv.
 
     These are the post-activation feature maps people mean by "activations"; models that call
     F.relu in forward() have no module for it, so their conv outputs are used instead.
@@ -175,7 +201,7 @@ def activation_layer_names(model: nn.Module) -> list[str]:
             if isinstance(later, _ACTIVATIONS):
                 chosen = later_name
                 break
-            if not isinstance(later, (nn.BatchNorm2d, nn.GroupNorm)):
+            if not isinstance(later, (nn.BatchNorm2d, nn.GroupNorm, nn.Identity)):
                 break
         names.append(chosen)
     return names

@@ -26,13 +26,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cnntools.output import CnnError
+
 METHODS = ("auto", "sklearn", "opentsne")
 OPENTSNE_INTS_IN_INTERVAL = 3
 OPENTSNE_ITERATIONS = 300
 
 
-class TsneInputError(ValueError):
-    """Inputs t-SNE cannot work with (too few points, perplexity too large, ...)."""
+class TsneInputError(CnnError, ValueError):
+    """Inputs t-SNE cannot work with (too few points, perplexity too large, a wrong layer ...)."""
 
 
 # ---------------------------------------------------------------------------- embedding
@@ -206,6 +208,26 @@ def knn_accuracy(neighbors: np.ndarray, labels: np.ndarray, n_classes: int) -> f
     return float((votes.argmax(1) == labels).mean())
 
 
+def overall_mixing(mixing: np.ndarray, labels: np.ndarray) -> float:
+    """Share of all neighbour slots that hold a point of another class (1 - k-NN purity)."""
+    counts = np.bincount(labels, minlength=len(mixing)).astype(np.float64)
+    same = np.nansum(np.diag(mixing) * counts) / counts.sum()
+    return float(1.0 - same)
+
+
+def knn_separation(features: np.ndarray, labels: np.ndarray, n_classes: int, k: int) -> dict:
+    """k-NN accuracy and overall class mixing of `features` as they are (no t-SNE).
+
+    The yardstick for learned features: the same numbers on the same images' raw pixels.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    neighbors = nearest_neighbors(np.asarray(features, dtype=np.float32), k)
+    return {
+        "knn_accuracy": knn_accuracy(neighbors, labels, n_classes),
+        "knn_mixing_overall": overall_mixing(knn_mixing(neighbors, labels, n_classes), labels),
+    }
+
+
 def trustworthiness(
     features: np.ndarray, points: np.ndarray, k: int, max_points: int = 5000, seed: int = 0
 ) -> tuple[float, int]:
@@ -279,9 +301,7 @@ class TsneResult:
 
     def overall_mixing(self) -> float:
         """Share of all neighbour slots that hold a point of another class (1 - k-NN purity)."""
-        counts = np.asarray(self.class_counts(), dtype=np.float64)
-        same = np.nansum(np.diag(self.mixing) * counts) / counts.sum()
-        return float(1.0 - same)
+        return overall_mixing(self.mixing, self.labels)
 
     def summary(self) -> dict:
         return {
