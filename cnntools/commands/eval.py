@@ -58,6 +58,7 @@ def main(
         raise output.CnnError("only one model can come from stdin (-)")
     if logits_hist:
         files.figure_format(logits_hist)
+    files.check_output(predictions)
     if predictions == "-":
         output.claim_stdout()
     dev = runtime.resolve_device(device)

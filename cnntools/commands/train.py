@@ -136,6 +136,7 @@ def main(
         target = out or "model.safetensors"
     if target != "-" and not target.endswith(".safetensors"):
         raise output.CnnError(f"{target}: checkpoints are .safetensors files; name it e.g. model.safetensors")
+    files.check_output(target, history)  # before the first epoch, not after it
     if target == "-":
         output.claim_stdout()
 
