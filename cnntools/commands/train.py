@@ -14,7 +14,7 @@ TrainFormat = Annotated[
 ]
 
 # Options that may differ from the stored run when resuming; the rest must match it.
-RESUMABLE_OVERRIDES = ("epochs", "early_stop", "print_every", "device", "precision", "data_dir", "download")
+RESUMABLE_OVERRIDES = ("epochs", "early_stop", "print_every", "device", "precision", "data_dir", "download", "deterministic")
 
 RECORD_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s", "updates"]
 
@@ -76,6 +76,10 @@ def main(
     seed: options.Seed = 0,
     device: options.Device = "auto",
     precision: options.Precision = "auto",
+    deterministic: Annotated[
+        bool,
+        typer.Option("--deterministic", help="Use only deterministic PyTorch algorithms (torch.use_deterministic_algorithms, cuDNN deterministic)."),
+    ] = False,
     resume: Annotated[
         Optional[str], typer.Option("--resume", help="Continue the run stored in this checkpoint exactly where it stopped.")
     ] = None,
@@ -94,7 +98,8 @@ def main(
     smoothing, keep-the-best checkpoint and early stopping. One record per epoch goes to stdout
     (table, jsonl, json or csv); the progress bar goes to stderr. The checkpoint is rewritten
     after every epoch and can be resumed exactly with --resume; Ctrl-C saves a resumable
-    checkpoint and exits 130.
+    checkpoint and exits 130 (SIGTERM: 143). NaN or inf in the loss or the gradients stops the run
+    and keeps the last good checkpoint.
 
     \b
     Examples:
@@ -125,7 +130,7 @@ def main(
         "weight_decay": weight_decay, "nesterov": nesterov, "schedule": schedule, "warmup": warmup,
         "step_size": step_size, "gamma": gamma, "augment": augment, "normalize": normalize,
         "class_weights": class_weights, "label_smoothing": label_smoothing, "keep": keep, "early_stop": early_stop,
-        "print_every": print_every, "seed": seed, "device": device, "precision": precision,
+        "print_every": print_every, "seed": seed, "device": device, "precision": precision, "deterministic": deterministic,
     }
     resumed = None
     if resume is not None:
