@@ -398,7 +398,16 @@ def resume_state(tensors: dict, meta: dict, path: str = "checkpoint") -> dict:
     """The training state stored by a resumable checkpoint (see the module docstring)."""
     if "resume" not in meta:
         raise CnnError(f"{_describe(path)}: holds no resume state (it was written by an older cnntools or stripped); start a new run instead")
-    return unpack(meta["resume"], tensors)
+    try:
+        state = unpack(meta["resume"], tensors)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        state = None
+    required = {"epoch": int, "batch": int, "updates": int, "optimizer": dict, "scheduler": dict, "rng": dict}
+    if not isinstance(state, dict) or not all(type(state.get(k)) is t for k, t in required.items()) or min(
+        state["epoch"], state["batch"], state["updates"]
+    ) < 0:
+        raise CnnError(f"{_describe(path)}: damaged resume state; the weights still load, but training cannot continue from it")
+    return state
 
 
 def model_state(tensors: dict) -> dict:
@@ -549,20 +558,7 @@ def load_model(spec: str, device="cpu", data: bytes | None = None) -> LoadedMode
     name = _describe(spec)
     tensors, meta = read_checkpoint(spec, data)
     weights = model_state(tensors)
-    # Shapes first, on the meta device: metadata naming a huge model allocates nothing.
-    expected = build_model(meta, name, device="meta").state_dict()
-    missing, unexpected = _compare_keys(expected, weights)
-    if missing or unexpected:
-        raise CnnError(
-            f"{name}: weights do not match architecture {meta['arch'].get('arch')} "
-            f"(missing {len(missing)}, unexpected {len(unexpected)}, e.g. {(missing or unexpected)[0]})"
-        )
-    wrong = [k for k, v in expected.items() if tuple(v.shape) != tuple(weights[k].shape)]
-    if wrong:
-        raise CnnError(
-            f"{name}: weights do not fit architecture {meta['arch'].get('arch')} ({wrong[0]} has shape "
-            f"{tuple(weights[wrong[0]].shape)}, the architecture needs {tuple(expected[wrong[0]].shape)})"
-        )
+    check_weights(meta, weights, name)
     model = build_model(meta, name)
     try:
         model.load_state_dict(weights)
@@ -587,6 +583,27 @@ def load_model(spec: str, device="cpu", data: bytes | None = None) -> LoadedMode
         source=name,
         state=tensors,
     )
+
+
+def check_weights(meta: dict, weights: dict, name: str = "checkpoint") -> None:
+    """The weights' names and shapes must be exactly those of the architecture the metadata names.
+
+    The model is built on the meta device for this, so metadata naming a huge model
+    allocates nothing.
+    """
+    expected = build_model(meta, name, device="meta").state_dict()
+    missing, unexpected = _compare_keys(expected, weights)
+    if missing or unexpected:
+        raise CnnError(
+            f"{name}: weights do not match architecture {meta['arch'].get('arch')} "
+            f"(missing {len(missing)}, unexpected {len(unexpected)}, e.g. {(missing or unexpected)[0]})"
+        )
+    wrong = [k for k, v in expected.items() if tuple(v.shape) != tuple(weights[k].shape)]
+    if wrong:
+        raise CnnError(
+            f"{name}: weights do not fit architecture {meta['arch'].get('arch')} ({wrong[0]} has shape "
+            f"{tuple(weights[wrong[0]].shape)}, the architecture needs {tuple(expected[wrong[0]].shape)})"
+        )
 
 
 def _compare_keys(expected: dict, got: dict) -> tuple[list, list]:

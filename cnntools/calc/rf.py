@@ -75,6 +75,9 @@ def _expand(name: str, text: str | None, default: int | None) -> list[int | None
     return values
 
 
+MAX_LAYERS = 10_000  # a table people read; also bounds the work of one call
+
+
 def expand_layers(
     kernel: str,
     stride: str | None = None,
@@ -89,6 +92,8 @@ def expand_layers(
     """
     if n is not None and n < 1:
         raise CnnError(f"-n must be at least 1 (got {n})")
+    if n is not None and n > MAX_LAYERS:
+        raise CnnError(f"-n {n}: at most {MAX_LAYERS:,} layers")
     lists = {
         "kernel": _expand("--kernel", kernel, None),
         "stride": _expand("--stride", stride, None),

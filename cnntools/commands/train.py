@@ -155,7 +155,10 @@ def main(
             cfg = replace(cfg, val_split=0.0)
     trainer = Trainer(cfg, train_set, val_set, output=target)
     if resumed is not None:
-        trainer.restore(resumed["state"], resumed["meta"].get("history", []), resumed["weights"])
+        try:
+            trainer.restore(resumed["state"], resumed["meta"].get("history", []), resumed["weights"])
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as error:
+            raise output.CnnError(f"{resume}: its resume state does not fit the run it describes ({type(error).__name__}); the file is damaged") from None
 
     _describe_run(trainer, cfg, resumed is not None)
     printer = _RecordPrinter(fmt)
@@ -231,10 +234,11 @@ def _write_history(path: str, records: list[dict]) -> None:
 def _resume_config(ctx, resume: str, given: dict):
     from dataclasses import replace
 
-    from cnntools.checkpoint import model_state, read_checkpoint, resume_state
+    from cnntools.checkpoint import check_weights, model_state, read_checkpoint, resume_state
     from cnntools.engine import TrainConfig
 
     tensors, meta = read_checkpoint(resume)
+    check_weights(meta, model_state(tensors), "stdin" if resume == "-" else resume)
     state = resume_state(tensors, meta, resume)
     stored = TrainConfig.from_dict(meta.get("train_config") or {})
     changes = {}
