@@ -26,13 +26,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cnntools.output import CnnError
+
 METHODS = ("auto", "sklearn", "opentsne")
 OPENTSNE_INTS_IN_INTERVAL = 3
 OPENTSNE_ITERATIONS = 300
 
 
-class TsneInputError(ValueError):
-    """Inputs t-SNE cannot work with (too few points, perplexity too large, ...)."""
+class TsneInputError(CnnError, ValueError):
+    """Inputs t-SNE cannot work with (too few points, perplexity too large, ...): one `Error:` line."""
 
 
 # ---------------------------------------------------------------------------- embedding
