@@ -227,7 +227,8 @@ def _download(name: str, data_dir: Path) -> None:
         for train in (True, False):
             cls(root=str(data_dir), train=train, download=True)
     except Exception as error:  # noqa: BLE001 - network and disk errors of every kind
-        raise CnnError(f"downloading {name} into {data_dir} failed: {error}") from None
+        reason = " ".join(str(error).split())  # torchvision's message spans several lines
+        raise CnnError(f"downloading {name} into {data_dir} failed: {reason}; check the network, or copy the files there") from None
 
 
 def open_torchvision(name: str, options: dict, data_dir: Path, download: bool = False):
