@@ -44,6 +44,8 @@ def pil():
 
     Image.MAX_IMAGE_PIXELS = max_pixels()
     warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+    # A cut-short TIFF decodes "successfully" with a warning; it is a damaged file.
+    warnings.filterwarnings("error", message="Truncated File Read", category=UserWarning)
     return Image
 
 
