@@ -283,14 +283,7 @@ def _read_validated(path: str, data: bytes | None = None) -> tuple[bytes, dict]:
 
     name = _describe(path)
     stdin = path == files.STDIO and data is None
-    try:
-        stream = io.BytesIO(data) if data is not None else sys.stdin.buffer if stdin else open(path, "rb")
-    except FileNotFoundError:
-        raise CnnError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise CnnError(f"{path}: is a directory, expected a file") from None
-    except OSError as error:
-        raise CnnError(f"{path}: cannot read ({error.strerror})") from None
+    stream = io.BytesIO(data) if data is not None else sys.stdin.buffer if stdin else files.open_binary(path)
     try:
         size = None if stdin else len(data) if data is not None else os.fstat(stream.fileno()).st_size
         start = stream.read(9)
@@ -402,10 +395,10 @@ def resume_state(tensors: dict, meta: dict, path: str = "checkpoint") -> dict:
         state = unpack(meta["resume"], tensors)
     except (KeyError, TypeError, ValueError, AttributeError):
         state = None
-    required = {"epoch": int, "batch": int, "updates": int, "optimizer": dict, "scheduler": dict, "rng": dict}
-    if not isinstance(state, dict) or not all(type(state.get(k)) is t for k, t in required.items()) or min(
-        state["epoch"], state["batch"], state["updates"]
-    ) < 0:
+    types = {"epoch": int, "batch": int, "updates": int, "optimizer": dict, "scheduler": dict}
+    if not isinstance(state, dict) or "epoch" not in state or not all(
+        type(state[k]) is t and (t is not int or state[k] >= 0) for k, t in types.items() if k in state
+    ):
         raise CnnError(f"{_describe(path)}: damaged resume state; the weights still load, but training cannot continue from it")
     return state
 

@@ -14,6 +14,18 @@ from cnntools.output import CnnError, claim_stdout
 STDIO = "-"
 
 
+def open_binary(path: str | os.PathLike):
+    """A binary file object for reading (not stdin), with a one-line error when it cannot be opened."""
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise CnnError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise CnnError(f"{path}: is a directory, expected a file") from None
+    except OSError as error:
+        raise CnnError(f"{path}: cannot read ({error.strerror})") from None
+
+
 def read_bytes(path: str | os.PathLike) -> bytes:
     """The whole file, or all of stdin for `-`, with a one-line error when it cannot be read."""
     if str(path) == STDIO:
@@ -21,14 +33,11 @@ def read_bytes(path: str | os.PathLike) -> bytes:
         if not data:
             raise CnnError("nothing arrived on stdin (expected a file piped into '-')")
         return data
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise CnnError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise CnnError(f"{path}: is a directory, expected a file") from None
-    except OSError as error:
-        raise CnnError(f"{path}: cannot read ({error.strerror})") from None
+    with open_binary(path) as handle:
+        try:
+            return handle.read()
+        except OSError as error:
+            raise CnnError(f"{path}: cannot read ({error.strerror})") from None
 
 
 def read_text(path: str | os.PathLike) -> str:

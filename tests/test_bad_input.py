@@ -21,20 +21,12 @@ from PIL import Image
 
 from cnntools.checkpoint import checkpoint_bytes, save_checkpoint
 from cnntools.models import create_model
-
-CLASSES = [str(i) for i in range(10)]
+from test_checkpoint import _meta as checkpoint_meta
 
 
 def meta(arch_name="simple-cnn", channels=1, size=8, **changes):
-    doc = {
-        "arch": {"arch": arch_name, "in_channels": channels, "image_size": size, "num_classes": 10},
-        "classes": CLASSES,
-        "mean": [0.5] * channels,
-        "std": [0.25] * channels,
-        "image_size": size,
-        "in_channels": channels,
-        "data": {"spec": "digits", "data_dir": None, "val_split": 0.0, "seed": 0},
-    }
+    """test_checkpoint's metadata for an untrained model, with top-level entries replaced."""
+    doc = checkpoint_meta(arch_name, channels, size)
     doc.update(changes)
     return doc
 

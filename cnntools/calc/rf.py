@@ -94,6 +94,8 @@ def expand_layers(
         raise CnnError(f"-n must be at least 1 (got {n})")
     if n is not None and n > MAX_LAYERS:
         raise CnnError(f"-n {n}: at most {MAX_LAYERS:,} layers")
+    if kernel is None or not kernel.strip():
+        raise CnnError("-k/--kernel: give the kernel size, e.g. -k 3 or -k 3,3,2")
     lists = {
         "kernel": _expand("--kernel", kernel, None),
         "stride": _expand("--stride", stride, None),

@@ -256,7 +256,7 @@ def _resume_config(ctx, resume: str, given: dict):
             )
     cfg = replace(stored, **changes)
     done = int(state["epoch"])
-    if cfg.epochs <= done and int(state["batch"]) == 0:
+    if cfg.epochs <= done and int(state.get("batch", 0)) == 0:
         raise output.CnnError(f"{resume}: the run already trained {done} of its {stored.epochs} epochs; pass --epochs N (N > {done}) to train further")
     if cfg.epochs != stored.epochs:
         if cfg.schedule == "onecycle":
