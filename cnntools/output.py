@@ -272,7 +272,7 @@ def handle_errors(func: Callable) -> Callable:
         except CnnError as error:
             if debug_enabled():
                 traceback.print_exc()
-            print(f"Error: {error}", file=sys.stderr)
+            print(f"Error: {one_line(str(error))}", file=sys.stderr)
             raise typer.Exit(EXIT_ERROR) from None
         except KeyboardInterrupt as stop:
             code = getattr(stop, "exit_code", EXIT_INTERRUPTED)
@@ -284,7 +284,7 @@ def handle_errors(func: Callable) -> Callable:
         except Exception as error:  # noqa: BLE001 - the last line of defence
             if debug_enabled():
                 traceback.print_exc()
-            message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            message = one_line(str(error).strip().splitlines()[0]) if str(error).strip() else ""
             print(
                 f"Error: unexpected {type(error).__name__}: {message} (run with --debug for the traceback)",
                 file=sys.stderr,
@@ -292,6 +292,12 @@ def handle_errors(func: Callable) -> Callable:
             raise typer.Exit(EXIT_ERROR) from None
 
     return wrapper
+
+
+def one_line(message: str) -> str:
+    """The message with control characters escaped, so an error stays one line whatever the
+    input it quotes (a file name or argument with a newline or carriage return in it)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
 
 
 def _silence_broken_pipe() -> None:

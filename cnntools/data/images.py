@@ -43,9 +43,11 @@ def pil():
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = max_pixels()
-    warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
-    # A cut-short TIFF decodes "successfully" with a warning; it is a damaged file.
+    # Decoder chatter (odd TIFF tags, palette notes) is not for the user's stderr; but a cut-short
+    # TIFF decodes "successfully" with a warning, and that file is damaged. Later filters win.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
     warnings.filterwarnings("error", message="Truncated File Read", category=UserWarning)
+    warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
     return Image
 
 
