@@ -264,3 +264,18 @@ def test_inf_gradient_with_finite_loss_stops_and_keeps_the_good_checkpoint(tmp_p
         trainer.run()
     weights = _weights(out)
     assert all(torch.equal(weights[k], snapshot[k]) for k in weights)
+
+
+def test_deterministic_without_a_deterministic_kernel_is_one_line(cli, tmp_path, monkeypatch):
+    """CUDA has no deterministic adaptive_avg_pool2d backward (resnet18): PyTorch raises; we say it plainly."""
+    from cnntools.engine import Trainer
+
+    def no_kernel(self):
+        raise RuntimeError("adaptive_avg_pool2d_backward_cuda does not have a deterministic implementation, but you set "
+                           "'torch.use_deterministic_algorithms(True)'.\nmore text")
+
+    monkeypatch.setattr(Trainer, "run", no_kernel)
+    result = cli("train", *FAST, "--epochs", "1", "--deterministic", "-o", tmp_path / "m.safetensors", "-q")
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: --deterministic: adaptive_avg_pool2d_backward_cuda does not have a deterministic")

@@ -182,6 +182,12 @@ def main(
     except TrainingInterrupted as stop:
         output.info(str(stop).capitalize())
         raise
+    except RuntimeError as error:
+        # e.g. CUDA's adaptive_avg_pool2d backward has no deterministic version: say so plainly.
+        if cfg.deterministic and "deterministic" in str(error):
+            first = str(error).strip().splitlines()[0]
+            raise output.CnnError(f"--deterministic: {first}; train without --deterministic or on the CPU") from None
+        raise
     finally:
         if trainer.progress is not None:
             trainer.progress.stop()
