@@ -379,7 +379,7 @@ CALCULATOR_CASES = [
     (["rf-calc", "-k", "3", "-s", "0"], "impossible layer"),
     (["rf-calc", "-k", "3", "-d", "0"], "impossible layer"),
     (["rf-calc", "-k", "3", "-n", "0"], "-n must be at least 1"),
-    (["rf-calc", "-k", "3", "-n", "1000000000"], "at most 10,000 layers"),
+    (["rf-calc", "-k", "3", "-n", "1000000000"], "at most 100,000 layers"),
     (["rf-calc", "--layers", "conv3,maxpool0"], "kernel size must be at least 1"),
     (["rf-calc", "-k", ""], "give the kernel size"),
     (["rf-calc", "--layers", "conv3,0\r0"], "cannot read layer '0\\r0'"),  # a quoted \r stays escaped: one line

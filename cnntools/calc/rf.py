@@ -75,7 +75,7 @@ def _expand(name: str, text: str | None, default: int | None) -> list[int | None
     return values
 
 
-MAX_LAYERS = 10_000  # a table people read; also bounds the work of one call
+MAX_LAYERS = 100_000  # bounds the work and memory of one call
 
 
 def expand_layers(
