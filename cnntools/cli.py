@@ -24,7 +24,7 @@ from cnntools.commands import (
     train,
     tsne,
 )
-from cnntools.output import handle_errors
+from cnntools.output import Terminated, handle_errors
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -78,4 +78,10 @@ def main() -> None:
     # Die quietly on a closed pipe (`cnntools ... | head`), like any Unix filter.
     if hasattr(signal, "SIGPIPE"):
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    # SIGTERM unwinds like Ctrl-C: no half-written temporary file is left, exit status 143.
+    signal.signal(signal.SIGTERM, _terminate)
     app(prog_name="cnntools")
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()

@@ -72,6 +72,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
+    deterministic: bool = False  # torch.use_deterministic_algorithms and cuDNN's deterministic mode
 
     def resolved_lr(self) -> float:
         return self.lr if self.lr is not None else DEFAULT_LR[self.opt]
@@ -377,7 +378,12 @@ def logit_stats(logits: torch.Tensor) -> dict:
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training, after a resumable checkpoint was written."""
+    """Ctrl-C or SIGTERM during training, after a resumable checkpoint was written.
+
+    `exit_code` is 128 + the signal number: 130 for SIGINT, 143 for SIGTERM.
+    """
+
+    exit_code = 128 + signal.SIGINT
 
 
 class NonFiniteLoss(CnnError):
@@ -497,6 +503,7 @@ class Trainer:
         self.best_state: dict | None = None
         self.extra_meta = dict(extra_meta or {})
         self._stop = threading.Event()
+        self._stop_signal = signal.SIGINT  # which signal asked to stop (request_stop: as Ctrl-C)
         self.on_epoch: Callable[[dict], None] | None = None
         self.on_batch: Callable[[int, int, float | None], None] | None = None
         self.on_print: Callable[[str], None] | None = None
@@ -607,17 +614,18 @@ class Trainer:
 
     def run(self) -> list[dict]:
         """Train until the configured epoch count (or early stop); returns the history."""
-        previous = _install_sigint(self._stop)
+        previous = _install_stop_signals(self)
         try:
-            while self.position.epoch < self.cfg.epochs:
-                record = self._train_epoch()
-                if record is None:  # early stop
-                    break
+            with runtime.deterministic_algorithms(self.cfg.deterministic):
+                while self.position.epoch < self.cfg.epochs:
+                    record = self._train_epoch()
+                    if record is None:  # early stop
+                        break
             if self.output == "-":
                 self.save(final=True)
             return self.history
         finally:
-            _restore_sigint(previous)
+            _restore_signals(previous)
 
     def _train_epoch(self) -> dict | None:
         cfg, pos = self.cfg, self.position
@@ -633,7 +641,7 @@ class Trainer:
         seconds_before = float(part.get("seconds", 0.0))
         skip = pos.batch
         check_every = 1 if device.type == "cpu" else 20
-        pending: list[tuple[int, torch.Tensor]] = []
+        pending: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []  # batch, loss, max |grad|
         window = torch.zeros(2, dtype=torch.float64, device=device)  # --print-every loss sum, batches
         start = time.perf_counter()
         if self.progress is not None:
@@ -652,6 +660,9 @@ class Trainer:
                 loss = self.criterion(logits.float(), y)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
+            # Largest |gradient| (no overflow, NaN propagates), checked with the loss below. Under
+            # fp16 the scaler skips steps with inf gradients itself, so there is nothing to check.
+            grad_max = None if self.scaler.is_enabled() else _max_abs_grad(model)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             lr_used = self.optimizer.param_groups[0]["lr"]  # the epoch record reports the lr it trained with
@@ -666,7 +677,7 @@ class Trainer:
             totals[2] += n
             window[0] += detached.double()
             window[1] += 1
-            pending.append((batch_index, detached))
+            pending.append((batch_index, detached, grad_max))
             loss_value = None
             if len(pending) >= check_every or batch_index == self.steps_per_epoch:
                 loss_value = self._check_finite(epoch, pending)
@@ -731,22 +742,25 @@ class Trainer:
         return bool(self.cfg.early_stop) and pos.bad_epochs >= self.cfg.early_stop
 
     def _check_finite(self, epoch: int, pending: list) -> float | None:
+        """Stop at the first batch whose loss or gradients are NaN/inf (checks the pending batches)."""
         if not pending:
             return None
-        values = torch.stack([v for _, v in pending]).float().cpu()
+        zero = torch.zeros((), device=self.device)
+        values = torch.stack([torch.stack([v.float(), zero if g is None else g.float()]) for _, v, g in pending]).cpu()
         finite = torch.isfinite(values)
         if not bool(finite.all()):
-            first = int((~finite).nonzero()[0, 0])
+            first, column = (int(i) for i in (~finite).nonzero()[0])
             batch = pending[first][0]
+            what = "loss" if column == 0 else "a gradient"
             kept = self.output if self.history and self.output else None
             where = (f"{kept} keeps the weights of epoch {self.position.best_epoch or self.position.epoch}"
                      if kept else "no checkpoint was written")
             raise NonFiniteLoss(
-                f"loss became {float(values[first])} at epoch {epoch}, batch {batch} "
+                f"{what} became {float(values[first, column])} at epoch {epoch}, batch {batch} "
                 f"(lr {self.optimizer.param_groups[0]['lr']:.3g}); training stopped and {where}. "
                 "Lower --lr, add --warmup, or check the data's normalisation"
             )
-        return float(values[-1])
+        return float(values[-1, 0])
 
     def _interrupt(self, epoch: int, batch: int) -> None:
         if self.progress is not None:
@@ -755,7 +769,9 @@ class Trainer:
         where = f"epoch {epoch}, batch {batch}" if batch else f"the end of epoch {epoch}"
         target = self.output if self.output and self.is_main else None
         note = f"; resumable checkpoint written to {target} (continue with --resume {target})" if target else ""
-        raise TrainingInterrupted(f"interrupted at {where}{note}")
+        stop = TrainingInterrupted(f"{'terminated' if self._stop_signal == signal.SIGTERM else 'interrupted'} at {where}{note}")
+        stop.exit_code = 128 + int(self._stop_signal)
+        raise stop
 
 
 class _StateHolder:
@@ -768,22 +784,33 @@ class _StateHolder:
         return self._state
 
 
-def _install_sigint(event: threading.Event):
-    """First Ctrl-C: finish the batch, save, stop. Second: stop at once."""
-    if threading.current_thread() is not threading.main_thread():
+def _max_abs_grad(model) -> torch.Tensor | None:
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
         return None
+    return torch.nn.utils.get_total_norm(grads, norm_type=float("inf"))
+
+
+def _install_stop_signals(trainer: "Trainer") -> dict:
+    """First Ctrl-C or SIGTERM: finish the batch, save, stop. A second: stop at once."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
 
     def handler(signum, frame):
-        if event.is_set():
-            raise KeyboardInterrupt
-        event.set()
+        if trainer._stop.is_set():
+            raise TrainingInterrupted(f"stopped at once by a second signal {signal.Signals(signum).name}")
+        trainer._stop_signal = signum
+        trainer._stop.set()
 
-    try:
-        return signal.signal(signal.SIGINT, handler)
-    except ValueError:
-        return None
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[signum] = signal.signal(signum, handler)
+        except (ValueError, OSError):
+            pass
+    return previous
 
 
-def _restore_sigint(previous) -> None:
-    if previous is not None:
-        signal.signal(signal.SIGINT, previous)
+def _restore_signals(previous: dict) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler if handler is not None else signal.SIG_DFL)

@@ -14,6 +14,18 @@ from cnntools.output import CnnError, claim_stdout
 STDIO = "-"
 
 
+def open_binary(path: str | os.PathLike):
+    """A binary file object for reading (not stdin), with a one-line error when it cannot be opened."""
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise CnnError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise CnnError(f"{path}: is a directory, expected a file") from None
+    except OSError as error:
+        raise CnnError(f"{path}: cannot read ({error.strerror})") from None
+
+
 def read_bytes(path: str | os.PathLike) -> bytes:
     """The whole file, or all of stdin for `-`, with a one-line error when it cannot be read."""
     if str(path) == STDIO:
@@ -21,14 +33,11 @@ def read_bytes(path: str | os.PathLike) -> bytes:
         if not data:
             raise CnnError("nothing arrived on stdin (expected a file piped into '-')")
         return data
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise CnnError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise CnnError(f"{path}: is a directory, expected a file") from None
-    except OSError as error:
-        raise CnnError(f"{path}: cannot read ({error.strerror})") from None
+    with open_binary(path) as handle:
+        try:
+            return handle.read()
+        except OSError as error:
+            raise CnnError(f"{path}: cannot read ({error.strerror})") from None
 
 
 def read_text(path: str | os.PathLike) -> str:
@@ -49,7 +58,13 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
         sys.stdout.buffer.flush()
         return
     with atomic_path(path) as tmp:
-        Path(tmp).write_bytes(data)
+        _write_file(tmp, data)
+
+
+def _write_file(tmp: str, data: bytes) -> None:
+    # One function for the bytes of every atomic write, so the kill -9 test can stall it mid-file.
+    with open(tmp, "wb") as handle:
+        handle.write(data)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -60,30 +75,86 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """A temporary path next to `path` that is renamed onto it only if the block succeeds.
 
-    The temporary name keeps the extension, so writers that pick a format by suffix
-    (matplotlib's savefig) still do the right thing.
+    The temporary file is fsynced before the rename and the folder after it, so after a crash
+    or `kill -9` the target holds either its old content or the complete new one. The
+    temporary name keeps the extension, so writers that pick a format by suffix (matplotlib's
+    savefig) still do the right thing.
     """
     target = Path(path)
-    directory = target.parent if str(target.parent) else Path(".")
-    if not directory.is_dir():
-        raise CnnError(f"{path}: folder {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{target.suffix}", dir=directory)
+    directory = _check_target(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{target.suffix}", dir=directory)
+    except OSError as error:
+        raise CnnError(f"{path}: cannot write in folder {directory} ({error.strerror})") from None
     os.close(fd)
     try:
         yield tmp
         os.chmod(tmp, _new_file_mode(target))
+        _fsync(tmp)
         os.replace(tmp, target)
+        _fsync(directory, directory=True)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise CnnError(f"{path}: cannot write ({error.strerror or error})") from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
 
 
+def _check_target(path: str | os.PathLike) -> Path:
+    target = Path(path)
+    directory = target.parent if str(target.parent) else Path(".")
+    if not directory.is_dir():
+        raise CnnError(f"{path}: folder {directory} does not exist; create it first or write elsewhere")
+    if target.is_dir():
+        raise CnnError(f"{path}: is a folder; name a file to write")
+    return directory
+
+
+def _fsync(path: str | os.PathLike, directory: bool = False) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    except OSError:
+        if directory:  # some platforms cannot open folders; the rename is still atomic
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not directory:
+            raise
+    finally:
+        os.close(fd)
+
+
+def check_output(*paths: str | os.PathLike | None) -> None:
+    """Refuse output paths that cannot be written, before any work is done.
+
+    Catches a missing folder, a folder given as the file, and a folder this process may not
+    write in (by creating and removing a probe file: permission bits lie for root and
+    read-only mounts). `-` and None pass.
+    """
+    for path in paths:
+        if path is None or str(path) == STDIO:
+            continue
+        directory = _check_target(path)
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".cnntools-probe.", dir=directory)
+        except OSError as error:
+            raise CnnError(f"{path}: cannot write in folder {directory} ({error.strerror})") from None
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
+
+
 def figure_format(path: str | os.PathLike) -> str:
-    """The image format named by a figure path's extension (png, svg or pdf)."""
+    """The image format named by a figure path's extension (png, svg or pdf); the path must be writable."""
     suffix = Path(path).suffix.lower().lstrip(".")
     if suffix not in ("png", "svg", "pdf"):
         raise CnnError(f"{path}: figures are written as .png, .svg or .pdf (got '{suffix or 'no extension'}')")
+    check_output(path)
     return suffix
 
 

@@ -22,11 +22,18 @@ from typing import Any
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 class CnnError(Exception):
     """A known problem, reported as one `Error: ...` line and exit status 1."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: unwinds like Ctrl-C (temporary files are removed), exits 143."""
+
+    exit_code = EXIT_TERMINATED
 
 
 class _State:
@@ -254,7 +261,7 @@ def emit(
 
 
 def handle_errors(func: Callable) -> Callable:
-    """Wrap a command: known errors as one line (exit 1), Ctrl-C as 130, quiet broken pipes.
+    """Wrap a command: known errors as one line (exit 1), Ctrl-C as 130, SIGTERM as 143, quiet broken pipes.
 
     Any other exception is a bug: one line too, unless --debug/CNNTOOLS_DEBUG asks for
     the traceback.
@@ -270,18 +277,19 @@ def handle_errors(func: Callable) -> Callable:
         except CnnError as error:
             if debug_enabled():
                 traceback.print_exc()
-            print(f"Error: {error}", file=sys.stderr)
+            print(f"Error: {one_line(str(error))}", file=sys.stderr)
             raise typer.Exit(EXIT_ERROR) from None
-        except KeyboardInterrupt:
-            print("Interrupted.", file=sys.stderr)
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except KeyboardInterrupt as stop:
+            code = getattr(stop, "exit_code", EXIT_INTERRUPTED)
+            print("Terminated." if code == EXIT_TERMINATED else "Interrupted.", file=sys.stderr)
+            raise typer.Exit(code) from None
         except BrokenPipeError:
             _silence_broken_pipe()
             raise typer.Exit(EXIT_ERROR) from None
         except Exception as error:  # noqa: BLE001 - the last line of defence
             if debug_enabled():
                 traceback.print_exc()
-            message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            message = one_line(str(error).strip().splitlines()[0]) if str(error).strip() else ""
             print(
                 f"Error: unexpected {type(error).__name__}: {message} (run with --debug for the traceback)",
                 file=sys.stderr,
@@ -289,6 +297,12 @@ def handle_errors(func: Callable) -> Callable:
             raise typer.Exit(EXIT_ERROR) from None
 
     return wrapper
+
+
+def one_line(message: str) -> str:
+    """The message with control characters escaped, so an error stays one line whatever the
+    input it quotes (a file name or argument with a newline or carriage return in it)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
 
 
 def _silence_broken_pipe() -> None:

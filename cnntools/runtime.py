@@ -85,3 +85,33 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
+
+
+def deterministic_algorithms(enabled: bool):
+    """A context in which PyTorch must use deterministic algorithms (a no-op when not `enabled`).
+
+    Switches on `torch.use_deterministic_algorithms` (ops without a deterministic version then
+    raise instead of silently varying), cuDNN's deterministic mode without autotuning, and
+    the cuBLAS workspace setting CUDA needs for it; restores the previous settings after.
+    """
+    import contextlib
+
+    import torch
+
+    if not enabled:
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def scope():
+        cudnn = torch.backends.cudnn
+        previous = (torch.are_deterministic_algorithms_enabled(), cudnn.deterministic, cudnn.benchmark)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        cudnn.deterministic, cudnn.benchmark = True, False
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(previous[0])
+            cudnn.deterministic, cudnn.benchmark = previous[1], previous[2]
+
+    return scope()

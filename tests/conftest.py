@@ -59,3 +59,13 @@ def run_cnntools():
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
     return run
+
+
+@pytest.fixture(autouse=True)
+def _fresh_output_state():
+    """Every test starts loud: an in-process `-q` run or Trainer test must not silence the next
+    test's warnings (the output switches are process-wide)."""
+    from cnntools import output
+
+    output.configure()
+    yield

@@ -104,6 +104,9 @@ class Cell:
     value: Number
 
 
+MAX_TERMS = 10_000_000  # kernel mode is for matrices people can read; bounds time and memory
+
+
 def output_length(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
@@ -130,6 +133,11 @@ def apply_kernel(
         raise CnnError(
             f"a {krows}x{kcols} kernel (dilation {dilation}) does not fit the {rows}x{cols} input "
             f"with padding {padding}; add padding or use a smaller kernel"
+        )
+    if out_rows * out_cols * krows * kcols > MAX_TERMS:
+        raise CnnError(
+            f"{out_rows}x{out_cols} output cells of {krows}x{kcols} products each is more than this hand "
+            f"calculator does ({MAX_TERMS:,} multiply-adds); use smaller matrices or less padding"
         )
 
     def at(r: int, c: int) -> Number:

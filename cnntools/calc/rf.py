@@ -75,6 +75,9 @@ def _expand(name: str, text: str | None, default: int | None) -> list[int | None
     return values
 
 
+MAX_LAYERS = 100_000  # bounds the work and memory of one call
+
+
 def expand_layers(
     kernel: str,
     stride: str | None = None,
@@ -89,6 +92,10 @@ def expand_layers(
     """
     if n is not None and n < 1:
         raise CnnError(f"-n must be at least 1 (got {n})")
+    if n is not None and n > MAX_LAYERS:
+        raise CnnError(f"-n {n}: at most {MAX_LAYERS:,} layers")
+    if kernel is None or not kernel.strip():
+        raise CnnError("-k/--kernel: give the kernel size, e.g. -k 3 or -k 3,3,2")
     lists = {
         "kernel": _expand("--kernel", kernel, None),
         "stride": _expand("--stride", stride, None),

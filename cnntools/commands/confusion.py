@@ -10,15 +10,22 @@ from cnntools import options, output
 from cnntools.output import CnnError
 
 
-def _is_safetensors(data: bytes) -> bool:
-    # A safetensors file starts with an 8-byte little-endian header length, then '{'.
-    return len(data) > 9 and data[8:9] == b"{" and int.from_bytes(data[:8], "little") < len(data)
+def _is_model_file(data: bytes) -> bool:
+    # A safetensors file starts with an 8-byte little-endian header length, then '{'; a pickle
+    # (zip archive or protocol 2+) is sent to the checkpoint loader too, which refuses it clearly.
+    safetensors = len(data) > 9 and data[8:9] == b"{" and int.from_bytes(data[:8], "little") < len(data)
+    return safetensors or data[:4] == b"PK\x03\x04" or (len(data) > 1 and data[0] == 0x80 and 2 <= data[1] <= 5)
+
+
+def _sniff(path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(16)
+    except OSError:
+        return b""  # the CSV reader reports what is wrong with the file
 
 
 def _from_checkpoint(source, data, data_dir, split, batch_size, device, precision):
-    import tempfile
-    from pathlib import Path
-
     import numpy as np
 
     from cnntools.checkpoint import load_model
@@ -28,10 +35,7 @@ def _from_checkpoint(source, data, data_dir, split, batch_size, device, precisio
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     if isinstance(source, bytes):  # a checkpoint that arrived on stdin
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "stdin.safetensors"
-            path.write_bytes(source)
-            lm = load_model(str(path), dev)
+        lm = load_model("-", dev, data=source)
     else:
         lm = load_model(source, dev)
     imageset = lm.load_split(split, data_override=data, data_dir=data_dir)
@@ -88,10 +92,12 @@ def main(
 
     if plot:
         files.figure_format(plot)
-    is_model = source.startswith("torchvision:") or source.lower().endswith(".safetensors")
+    is_model = source.startswith("torchvision:") or source.lower().endswith((".safetensors", ".pt", ".pth", ".pkl", ".ckpt")) or (
+        source != "-" and _is_model_file(_sniff(source))
+    )
     if source == "-":
         raw = files.read_bytes("-")
-        if _is_safetensors(raw):
+        if _is_model_file(raw):
             labels, preds, classes, index, paths, origin = _from_checkpoint(
                 raw, data, data_dir, split, batch_size, device, precision
             )

@@ -62,6 +62,7 @@ def main(
         raise output.CnnError("only one model can come from stdin (-)")
     if logits_hist:
         files.figure_format(logits_hist)
+    files.check_output(predictions)
     if predictions == "-":
         output.claim_stdout()
     dev = runtime.resolve_device(device)
@@ -246,21 +247,11 @@ def _images(loaded, paths: list[str], top_k: int, fmt: str) -> None:
 
 def _read_image(path: str, channels: int):
     """uint8 1×C×H×W tensor of an image file (- for stdin)."""
-    import io
-
-    import numpy as np
     import torch
-    from PIL import Image, UnidentifiedImageError
 
-    from cnntools import files
+    from cnntools.data.images import read_image
 
-    data = files.read_bytes(path)
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
-            array = np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as error:
-        raise output.CnnError(f"{path}: not a readable image ({error.__class__.__name__})") from None
+    array = read_image(path, "L" if channels == 1 else "RGB")
     if array.ndim == 2:
         array = array[:, :, None]
     return torch.from_numpy(array.copy()).permute(2, 0, 1)[None]

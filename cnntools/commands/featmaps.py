@@ -43,10 +43,11 @@ def main(
       cnntools featmaps model.safetensors --image cat.png --save acts.safetensors --format json
     """
     output.configure(quiet=quiet, debug=debug)
-    if out:
-        from cnntools.files import figure_format
+    from cnntools.files import check_output, figure_format
 
+    if out:
         figure_format(out)
+    check_output(save)
 
     import torch
 

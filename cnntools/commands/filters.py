@@ -72,6 +72,12 @@ def main(
         raise CnnError(f"layer '{layer}' is a {type(module).__name__}, not a Conv2d; conv layers: {', '.join(convs)}")
     weight = module.weight.detach().cpu()
     doc = {"model": model, "layer": layer, "weight_shape": list(weight.shape), "scale": scale}
+    if top_k > 0:  # checked before any figure is written: a failed command leaves no file behind
+        chosen = parse_int_list(filter_ or "0-3", "--filter")
+        chosen = [f for f in chosen if f < weight.shape[0]] if filter_ is None else chosen
+        bad = [f for f in chosen if not 0 <= f < weight.shape[0]]
+        if bad:
+            raise CnnError(f"layer '{layer}' has {weight.shape[0]} filters (0..{weight.shape[0] - 1}); got {bad}")
 
     if out:
         from cnntools.plots import save_figure
@@ -86,11 +92,6 @@ def main(
     ]
     doc["filters"] = rows
     if top_k > 0:
-        chosen = parse_int_list(filter_ or "0-3", "--filter")
-        chosen = [f for f in chosen if f < weight.shape[0]] if filter_ is None else chosen
-        bad = [f for f in chosen if not 0 <= f < weight.shape[0]]
-        if bad:
-            raise CnnError(f"layer '{layer}' has {weight.shape[0]} filters (0..{weight.shape[0] - 1}); got {bad}")
         imageset = lm.load_split(split, data_override=data, data_dir=data_dir)
         output.info(f"Ranking {len(imageset)} images of {imageset.spec} {imageset.split} for filters {chosen} of {layer}")
         ranked = top_activating(lm.model, layer, batches_of(imageset.images, lm.prepare, batch_size), chosen, k=top_k, score=score)

@@ -104,10 +104,11 @@ def main(
 
     if method not in METHODS:
         raise CnnError(f"unknown --method '{method}': use one of {', '.join(METHODS)}")
-    if out:
-        from cnntools.files import figure_format
+    from cnntools.files import check_output, figure_format
 
+    if out:
         figure_format(out)
+    check_output(save_maps)
     if sum(m == "-" for m in models) + (mistakes == "-") > 1:
         raise CnnError("only one input can come from stdin ('-')")
 

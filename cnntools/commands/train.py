@@ -14,7 +14,7 @@ TrainFormat = Annotated[
 ]
 
 # Options that may differ from the stored run when resuming; the rest must match it.
-RESUMABLE_OVERRIDES = ("epochs", "early_stop", "print_every", "device", "precision", "data_dir", "download")
+RESUMABLE_OVERRIDES = ("epochs", "early_stop", "print_every", "device", "precision", "data_dir", "download", "deterministic")
 
 RECORD_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s", "updates"]
 
@@ -76,6 +76,10 @@ def main(
     seed: options.Seed = 0,
     device: options.Device = "auto",
     precision: options.Precision = "auto",
+    deterministic: Annotated[
+        bool,
+        typer.Option("--deterministic", help="Use only deterministic PyTorch algorithms (torch.use_deterministic_algorithms, cuDNN deterministic)."),
+    ] = False,
     resume: Annotated[
         Optional[str], typer.Option("--resume", help="Continue the run stored in this checkpoint exactly where it stopped.")
     ] = None,
@@ -97,7 +101,8 @@ def main(
     smoothing, keep-the-best checkpoint and early stopping. One record per epoch goes to stdout
     (table, jsonl, json or csv); the progress bar goes to stderr. The checkpoint is rewritten
     after every epoch and can be resumed exactly with --resume; Ctrl-C saves a resumable
-    checkpoint and exits 130.
+    checkpoint and exits 130 (SIGTERM: 143). NaN or inf in the loss or the gradients stops the run
+    and keeps the last good checkpoint.
 
     \b
     Examples:
@@ -128,7 +133,7 @@ def main(
         "weight_decay": weight_decay, "nesterov": nesterov, "schedule": schedule, "warmup": warmup,
         "step_size": step_size, "gamma": gamma, "augment": augment, "normalize": normalize,
         "class_weights": class_weights, "label_smoothing": label_smoothing, "keep": keep, "early_stop": early_stop,
-        "print_every": print_every, "seed": seed, "device": device, "precision": precision,
+        "print_every": print_every, "seed": seed, "device": device, "precision": precision, "deterministic": deterministic,
     }
     resumed = None
     if resume is not None:
@@ -139,6 +144,7 @@ def main(
         target = out or "model.safetensors"
     if target != "-" and not target.endswith(".safetensors"):
         raise output.CnnError(f"{target}: checkpoints are .safetensors files; name it e.g. model.safetensors")
+    files.check_output(target, history)  # before the first epoch, not after it
     if target == "-":
         output.claim_stdout()
 
@@ -152,7 +158,10 @@ def main(
             cfg = replace(cfg, val_split=0.0)
     trainer = Trainer(cfg, train_set, val_set, output=target)
     if resumed is not None:
-        trainer.restore(resumed["state"], resumed["meta"].get("history", []), resumed["weights"])
+        try:
+            trainer.restore(resumed["state"], resumed["meta"].get("history", []), resumed["weights"])
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as error:
+            raise output.CnnError(f"{resume}: its resume state does not fit the run it describes ({type(error).__name__}); the file is damaged") from None
 
     _describe_run(trainer, cfg, resumed is not None)
     printer = _RecordPrinter(fmt)
@@ -175,6 +184,12 @@ def main(
         finished = True
     except TrainingInterrupted as stop:
         output.info(str(stop).capitalize())
+        raise
+    except RuntimeError as error:
+        # e.g. CUDA's adaptive_avg_pool2d backward has no deterministic version: say so plainly.
+        if cfg.deterministic and "deterministic" in str(error):
+            first = str(error).strip().splitlines()[0]
+            raise output.CnnError(f"--deterministic: {first}; train without --deterministic or on the CPU") from None
         raise
     finally:
         if trainer.progress is not None:
@@ -228,10 +243,11 @@ def _write_history(path: str, records: list[dict]) -> None:
 def _resume_config(ctx, resume: str, given: dict):
     from dataclasses import replace
 
-    from cnntools.checkpoint import model_state, read_checkpoint, resume_state
+    from cnntools.checkpoint import check_weights, model_state, read_checkpoint, resume_state
     from cnntools.engine import TrainConfig
 
     tensors, meta = read_checkpoint(resume)
+    check_weights(meta, model_state(tensors), "stdin" if resume == "-" else resume)
     state = resume_state(tensors, meta, resume)
     stored = TrainConfig.from_dict(meta.get("train_config") or {})
     changes = {}
@@ -249,7 +265,7 @@ def _resume_config(ctx, resume: str, given: dict):
             )
     cfg = replace(stored, **changes)
     done = int(state["epoch"])
-    if cfg.epochs <= done and int(state["batch"]) == 0:
+    if cfg.epochs <= done and int(state.get("batch", 0)) == 0:
         raise output.CnnError(f"{resume}: the run already trained {done} of its {stored.epochs} epochs; pass --epochs N (N > {done}) to train further")
     if cfg.epochs != stored.epochs:
         if cfg.schedule == "onecycle":

@@ -83,10 +83,11 @@ def main(
     output.configure(quiet=quiet, debug=debug)
     from cnntools.output import CnnError
 
-    if plot is not None:
-        from cnntools.files import figure_format
+    from cnntools.files import check_output, figure_format
 
+    if plot is not None:
         figure_format(plot)
+    check_output(embedding)
     if n is not None and n < 4:
         raise CnnError(f"--n must be at least 4 (t-SNE needs a few points), got {n}")
     if k < 1:

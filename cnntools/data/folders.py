@@ -1,7 +1,7 @@
 """Folders of image files: `root/CLASS/*` or `root/{train,valid|val,test}/CLASS/*`.
 
-Every file PIL knows by its extension is decoded once: grayscale, RGBA, palette and 16-bit
-images are converted consistently (L when every image is grey, else RGB; transparency is
+Every file PIL knows by its extension is decoded once (by cnntools.data.images): grayscale,
+RGBA, palette, CMYK and 16-bit images are converted consistently (L when every image is grey, else RGB; transparency is
 composited over white), images of different sizes are resized (bilinear, antialiased, aspect
 not kept) to one common size — `image_size` when given, else the median height and the median
 width of the readable files — and files that cannot be decoded are reported with the reason
@@ -169,8 +169,9 @@ class FolderSource:
         return result
 
     def _decode(self) -> tuple[dict[str, torch.Tensor], dict]:
-        from PIL import Image
+        from cnntools.data.images import pil, to_array
 
+        Image = pil()  # the decompression-bomb limit, set before the worker threads start
         all_files = [(split, p, c) for split in self.splits() for p, c in self.files[split]]
         workers = min(8, os.cpu_count() or 1)
 
@@ -205,7 +206,7 @@ class FolderSource:
                 return None, reason
             try:
                 with Image.open(path) as im:
-                    array = _to_array(im, target_mode, (width, height))
+                    array = to_array(im, target_mode, (width, height))
                 return array, None
             except Exception as error:  # noqa: BLE001
                 return None, _reason(error, path)
@@ -247,29 +248,11 @@ class FolderSource:
 
 
 def _reason(error: Exception, path: Path | None = None) -> str:
+    from cnntools.data.images import is_bomb, max_pixels
+
+    if is_bomb(error):
+        return f"more than {max_pixels():,} pixels, the decompression-bomb limit (CNNTOOLS_MAX_IMAGE_PIXELS)"
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
     if path is not None:
         text = text.replace(f" '{path}'", "").replace(f" {path}", "").strip()
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
-def _to_array(im, target_mode: str, size: tuple[int, int]) -> np.ndarray:
-    """Decode one PIL image to a uint8 array in `target_mode` (L or RGB) at `size` (width, height)."""
-    from PIL import Image
-
-    im.load()
-    if im.mode.startswith("I;16"):
-        im = Image.fromarray((np.asarray(im, dtype=np.uint16) >> 8).astype(np.uint8), "L")
-    elif im.mode in ("I", "F"):
-        values = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if values.max() > 255 else 255.0
-        im = Image.fromarray(np.clip(values * (255.0 / top), 0, 255).round().astype(np.uint8), "L")
-    has_alpha = im.mode in ("RGBA", "LA", "La", "PA", "RGBa") or (im.mode == "P" and "transparency" in im.info)
-    if has_alpha:
-        rgba = im.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(background, rgba)
-    im = im.convert(target_mode)
-    if im.size != size:
-        im = im.resize(size, Image.BILINEAR)
-    return np.asarray(im, dtype=np.uint8)

@@ -131,6 +131,13 @@ def cifar_folder(root: Path, spec: str) -> CifarPickleSource | None:
     """The CIFAR-pickle source for a folder in that layout, or None when it is not one."""
     train = sorted(root.glob("data_batch_*"), key=lambda p: (len(p.name), p.name))
     test = sorted(root.glob("test_batch*"))
+    numbers = sorted(int(p.name.rsplit("_", 1)[1]) for p in train if p.name.rsplit("_", 1)[1].isdigit())
+    missing = sorted(set(range(1, (numbers[-1] if numbers else 0) + 1)) - set(numbers))
+    if missing:
+        raise CnnError(
+            f"{root}: CIFAR batch data_batch_{missing[0]} is missing (found {', '.join(p.name for p in train)}); "
+            "copy the complete set of batches, or fetch the dataset again with --data cifar10 --download"
+        )
     if (root / "batches.meta").exists() or train:
         return CifarPickleSource(root, spec, train, test, root / "batches.meta", ("labels", "fine_labels"), ("label_names", "fine_label_names"))
     if (root / "meta").exists() and (root / "train").is_file():
@@ -220,7 +227,8 @@ def _download(name: str, data_dir: Path) -> None:
         for train in (True, False):
             cls(root=str(data_dir), train=train, download=True)
     except Exception as error:  # noqa: BLE001 - network and disk errors of every kind
-        raise CnnError(f"downloading {name} into {data_dir} failed: {error}") from None
+        reason = " ".join(str(error).split())  # torchvision's message spans several lines
+        raise CnnError(f"downloading {name} into {data_dir} failed: {reason}; check the network, or copy the files there") from None
 
 
 def open_torchvision(name: str, options: dict, data_dir: Path, download: bool = False):

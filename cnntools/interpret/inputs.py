@@ -38,20 +38,10 @@ def check_indices(indices: Sequence[int], n: int, where: str) -> None:
 
 def read_image_files(paths: Sequence[str]) -> torch.Tensor:
     """Image files as one uint8 N×C×H×W tensor (RGB; all resized to the first image's size)."""
-    from PIL import Image, UnidentifiedImageError
-
     from cnntools.data import resize_uint8
+    from cnntools.data.images import read_image
 
-    images = []
-    for path in paths:
-        try:
-            with Image.open(path) as img:
-                arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
-        except FileNotFoundError:
-            raise CnnError(f"{path}: no such image file") from None
-        except (UnidentifiedImageError, OSError) as error:
-            raise CnnError(f"{path}: not a readable image ({error})") from None
-        images.append(torch.from_numpy(arr.copy()).permute(2, 0, 1))
+    images = [torch.from_numpy(read_image(path, "RGB").copy()).permute(2, 0, 1) for path in paths]
     size = tuple(images[0].shape[1:])
     return torch.stack([img if tuple(img.shape[1:]) == size else resize_uint8(img[None], size)[0] for img in images])
 

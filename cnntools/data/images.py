@@ -1,0 +1,118 @@
+"""Decoding image files: one converter for every reader, with a decompression-bomb limit.
+
+Every image cnntools reads (folders, `--image` files, stdin) goes through here, so 16-bit,
+float, CMYK, palette and transparent images are converted the same way everywhere, and an
+image whose header claims more pixels than the limit is refused before it is decoded.
+The limit is Pillow's own default (89,478,485 pixels, about 9459×9459); CNNTOOLS_MAX_IMAGE_PIXELS
+raises or lowers it. Above it Pillow merely warns up to twice the limit; here that warning is
+an error too.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+
+import numpy as np
+
+from cnntools.output import CnnError
+
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's Image.MAX_IMAGE_PIXELS
+
+
+def max_pixels() -> int:
+    """The largest image (width × height) that will be decoded."""
+    value = os.environ.get("CNNTOOLS_MAX_IMAGE_PIXELS", "").strip()
+    if not value:
+        return DEFAULT_MAX_PIXELS
+    try:
+        limit = int(value)
+    except ValueError:
+        raise CnnError(f"CNNTOOLS_MAX_IMAGE_PIXELS='{value}': expected a number of pixels") from None
+    if limit < 1:
+        raise CnnError("CNNTOOLS_MAX_IMAGE_PIXELS must be at least 1")
+    return limit
+
+
+def pil():
+    """PIL.Image with the pixel limit applied and its bomb warning turned into an error.
+
+    Call from the main thread before decoding (the warnings filter is process-wide).
+    """
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = max_pixels()
+    # Decoder chatter (odd TIFF tags, palette notes) is not for the user's stderr; but a cut-short
+    # TIFF decodes "successfully" with a warning, and that file is damaged. Later filters win.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+    warnings.filterwarnings("error", message="Truncated File Read", category=UserWarning)
+    warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+    return Image
+
+
+def is_bomb(error: BaseException) -> bool:
+    from PIL import Image
+
+    return isinstance(error, (Image.DecompressionBombError, Image.DecompressionBombWarning))
+
+
+def bomb_message(name: str) -> str:
+    return (
+        f"{name}: image has more than {max_pixels():,} pixels, the decompression-bomb limit; "
+        "if you trust the file, raise the limit with CNNTOOLS_MAX_IMAGE_PIXELS"
+    )
+
+
+def to_array(im, target_mode: str, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode one PIL image to a uint8 array in `target_mode` (L or RGB), at `size` (width, height) if given.
+
+    16-bit images keep their top 8 bits, float and 32-bit integer images are scaled to
+    0..255, CMYK and palette images go through PIL's conversion, and transparency is
+    composited over white.
+    """
+    from PIL import Image
+
+    im.load()
+    if im.mode.startswith("I;16"):
+        im = Image.fromarray((np.asarray(im, dtype=np.uint16) >> 8).astype(np.uint8), "L")
+    elif im.mode in ("I", "F"):
+        values = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if values.size and values.max() > 255 else 255.0
+        im = Image.fromarray(np.clip(np.nan_to_num(values) * (255.0 / top), 0, 255).round().astype(np.uint8), "L")
+    has_alpha = im.mode in ("RGBA", "LA", "La", "PA", "RGBa") or (im.mode == "P" and "transparency" in im.info)
+    if has_alpha:
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, rgba)
+    im = im.convert(target_mode)
+    if size is not None and im.size != size:
+        im = im.resize(size, Image.BILINEAR)
+    return np.asarray(im, dtype=np.uint8)
+
+
+def decode_image(data: bytes, name: str, mode: str = "RGB") -> np.ndarray:
+    """The image in `data` as a uint8 array H×W (mode L) or H×W×3 (RGB); one clear error otherwise."""
+    if not data:
+        raise CnnError(f"{name}: empty file (0 bytes), not an image")
+    Image = pil()
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return to_array(im, mode)
+    except Exception as error:  # noqa: BLE001 - every decoder failure is one line for the user
+        if is_bomb(error):
+            raise CnnError(bomb_message(name)) from None
+        kind = type(error).__name__
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        if kind == "UnidentifiedImageError" or not detail:
+            detail = "not an image format Pillow knows" if kind == "UnidentifiedImageError" else kind
+        raise CnnError(f"{name}: not a readable image ({detail[:200]})") from None
+
+
+def read_image(path: str, mode: str = "RGB") -> np.ndarray:
+    """An image file (or stdin for `-`) decoded by `decode_image`."""
+    from cnntools import files
+
+    if path != files.STDIO and not os.path.exists(path):
+        raise CnnError(f"{path}: no such image file")
+    return decode_image(files.read_bytes(path), "stdin" if path == files.STDIO else path, mode)
