@@ -130,6 +130,7 @@ def test_list_archs_cli(cli):
     assert all(r["description"] for r in rows.values())
     table = cli("train", "--list-archs")
     assert "62006" in table.stdout.replace(",", "") and "compact-cnn" in table.stdout
+    assert cli("train", "--arch", "help").stdout == table.stdout  # the other spelling people try
 
 
 def test_list_architectures_counts_at_other_inputs():

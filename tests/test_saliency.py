@@ -185,6 +185,9 @@ def test_cli_on_fake_patch_checkpoint(checkpoint, tmp_path):
 
     result = invoke(["saliency", checkpoint, "--list-layers", "--format", "json"])
     assert result.exit_code == 0 and any(r["layer"] == "features.6" for r in json.loads(result.stdout)["layers"])
+    result = invoke(["saliency", checkpoint, "--layer", "zzz", "-i", "0"])
+    assert result.exit_code == 1 and result.stderr.splitlines() == [result.stderr.splitlines()[0]]
+    assert result.stderr.startswith("Error: no layer named 'zzz'")
     result = invoke(["saliency", checkpoint, "--target", "zebra", "-i", "0"])
     assert result.exit_code == 1 and "--target 'zebra'" in result.stderr
 

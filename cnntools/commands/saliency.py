@@ -130,14 +130,15 @@ def main(
         output.emit({"model": models[0], "layers": rows}, fmt, rows=rows, columns=columns, title=f"Layers of {_model_name(models[0])}")
         return
 
+    # Resolve every model's layer first: a wrong --layer fails before any work is announced.
+    layer_names = [resolve_layer_name(lm.model, layer) if uses_layer(method) else None for lm in loaded]
     raw, labels, names, picked = _select_images(first, indices, image, mistakes, n, data, data_dir, split)
     output.info(f"Explaining {len(names)} image(s) with {method} on {len(loaded)} model(s)")
 
     results = []  # one dict per model
-    for spec, lm in zip(models, loaded):
+    for spec, lm, layer_name in zip(models, loaded, layer_names):
         shown = lm.fit_images(raw)
         x = lm.prepare(raw)
-        layer_name = resolve_layer_name(lm.model, layer) if uses_layer(method) else None
         probs = []
         with torch.inference_mode():
             for start in range(0, x.shape[0], batch_size):

@@ -21,7 +21,7 @@ RECORD_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr
 
 def main(
     ctx: typer.Context,
-    arch: Annotated[str, typer.Option("--arch", help="Architecture (see --list-archs).")] = "simple-cnn",
+    arch: Annotated[str, typer.Option("--arch", help="Architecture (see --list-archs, or --arch help).")] = "simple-cnn",
     list_archs: Annotated[bool, typer.Option("--list-archs", help="List the architectures with parameter counts and exit.")] = False,
     batchnorm: Annotated[bool, typer.Option("--batchnorm", help="lenet: BatchNorm after each conv.")] = False,
     output_activation: Annotated[
@@ -113,7 +113,7 @@ def main(
       cnntools train --format jsonl -q | jq .val_acc
     """
     output.configure(quiet=quiet, debug=debug)
-    if list_archs:
+    if list_archs or arch == "help":
         _list_archs(fmt)
         return
 
