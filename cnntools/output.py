@@ -281,7 +281,8 @@ def handle_errors(func: Callable) -> Callable:
             raise typer.Exit(EXIT_ERROR) from None
         except KeyboardInterrupt as stop:
             code = getattr(stop, "exit_code", EXIT_INTERRUPTED)
-            print("Terminated." if code == EXIT_TERMINATED else "Interrupted.", file=sys.stderr)
+            if not str(stop):  # a stop with a message (train's) has already said what it saved
+                print("Terminated." if code == EXIT_TERMINATED else "Interrupted.", file=sys.stderr)
             raise typer.Exit(code) from None
         except BrokenPipeError:
             _silence_broken_pipe()
