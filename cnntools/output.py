@@ -24,6 +24,9 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
+# Set by `train --nproc` for the processes it starts: they leave the one error line to it.
+LAUNCHED_ENV = "CNNTOOLS_LAUNCHED"
+
 
 class CnnError(Exception):
     """A known problem, reported as one `Error: ...` line and exit status 1."""
@@ -265,10 +268,11 @@ def handle_errors(func: Callable) -> Callable:
         except CnnError as error:
             if debug_enabled():
                 traceback.print_exc()
-            print(f"Error: {error}", file=sys.stderr)
+            report_error(str(error), secondary=getattr(error, "secondary", False))
             raise typer.Exit(EXIT_ERROR) from None
         except KeyboardInterrupt:
-            print("Interrupted.", file=sys.stderr)
+            if _distributed_rank() in (None, "0") and not os.environ.get(LAUNCHED_ENV):
+                print("Interrupted.", file=sys.stderr)
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except BrokenPipeError:
             _silence_broken_pipe()
@@ -277,13 +281,39 @@ def handle_errors(func: Callable) -> Callable:
             if debug_enabled():
                 traceback.print_exc()
             message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            print(
-                f"Error: unexpected {type(error).__name__}: {message} (run with --debug for the traceback)",
-                file=sys.stderr,
-            )
+            report_error(f"unexpected {type(error).__name__}: {message} (run with --debug for the traceback)")
             raise typer.Exit(EXIT_ERROR) from None
 
     return wrapper
+
+
+def _distributed_rank() -> str | None:
+    return os.environ.get("RANK") if "WORLD_SIZE" in os.environ else None
+
+
+def report_error(message: str, secondary: bool = False) -> None:
+    """The one `Error: ...` line on stderr (`rank N: ` first on the other ranks of a job).
+
+    Under torchrun the message also goes to the error file torchelastic reads
+    (TORCHELASTIC_ERROR_FILE), so the launcher's report names it; `secondary` marks an error
+    caused by another process. A process started by `train --nproc` prints nothing: its
+    launcher reports the job's root cause as the one line.
+    """
+    rank = _distributed_rank()
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file:
+        import time
+
+        record = {"message": message, "timestamp": str(int(time.time())), "cnntools": {"rank": rank, "secondary": secondary}}
+        try:
+            with open(error_file, "w", encoding="utf-8") as handle:
+                json.dump(record, handle)
+        except OSError:
+            pass
+    if os.environ.get(LAUNCHED_ENV):
+        return
+    prefix = f"rank {rank}: " if rank not in (None, "0") else ""
+    print(f"Error: {prefix}{message}", file=sys.stderr)
 
 
 def _silence_broken_pipe() -> None:

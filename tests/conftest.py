@@ -7,6 +7,14 @@ import os
 import subprocess
 import sys
 
+# Each pytest-xdist worker gets its share of the cores for torch (and the subprocesses it
+# starts inherit it): two workers with a thread per core each leave OpenMP spin-waiting
+# against the other worker, which made training tests several times slower.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault(
+        "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    )
+
 import pytest
 from typer.testing import CliRunner
 
