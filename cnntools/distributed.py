@@ -85,8 +85,6 @@ def start(rank: Rank, device_spec: str, timeout: float = DEFAULT_TIMEOUT):
 
     from cnntools import runtime
 
-    if timeout <= 0:
-        raise CnnError("--dist-timeout must be positive")
     device = runtime.resolve_device(device_spec)
     if device.type == "mps":
         raise CnnError("distributed training runs on CPU (gloo) or CUDA (NCCL), not on mps; use --device cpu")

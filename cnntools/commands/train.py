@@ -142,6 +142,8 @@ def main(
             raise output.CnnError("--nproc starts its own processes; under torchrun leave it out")
         if nproc < 1:
             raise output.CnnError("--nproc must be at least 1")
+    if dist_timeout <= 0:
+        raise output.CnnError("--dist-timeout must be positive")
     if (nproc is not None or rank is not None) and resume == "-":
         raise output.CnnError("every process of a distributed run reads the checkpoint: --resume takes a file here, not -")
     if history is not None:
@@ -169,8 +171,6 @@ def main(
     if nproc is not None:
         validate_config(cfg)
         check_global_batch(cfg.batch_size, nproc)
-        if dist_timeout <= 0:
-            raise output.CnnError("--dist-timeout must be positive")
         distributed.launch_local(nproc, _command_line(ctx, skip=("nproc",)), debug=output.debug_enabled())
         return
     if target == "-":
