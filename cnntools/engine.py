@@ -702,8 +702,7 @@ class Trainer:
             window[0] += detached.double()
             window[1] += 1
             pending.append((batch_index, detached))
-            loss_value = None
-            stop = self._stop.is_set() if self.world_size == 1 else False
+            loss_value, stop = None, False
             if len(pending) >= check_every or batch_index == self.steps_per_epoch:
                 loss_value, stop = self._sync(epoch, pending)
                 pending = []
@@ -716,6 +715,8 @@ class Trainer:
                 window.zero_()
             if self.on_batch is not None:
                 self.on_batch(epoch, batch_index, loss_value)
+            if self.world_size == 1:
+                stop = self._stop.is_set()  # one process stops at the next batch boundary
             if stop and batch_index < self.steps_per_epoch:
                 self._check_finite(epoch, pending)
                 pos.partial = {
