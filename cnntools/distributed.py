@@ -113,9 +113,14 @@ def start(rank: Rank, device_spec: str, timeout: float = DEFAULT_TIMEOUT):
 
 def stop() -> None:
     """Leave the process group (nothing when there is none)."""
+    import gc
+
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        # A DistributedDataParallel model left in a reference cycle would be collected only
+        # at interpreter exit, after the group is gone: gloo's threads then abort the process.
+        gc.collect()
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
 
