@@ -169,6 +169,27 @@ def test_a_rank_that_dies_stops_the_job_with_one_line(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("Error: rank 1 ") and "SIGKILL" in lines[0], stderr
 
 
+def test_ctrl_c_stops_every_rank_at_the_same_batch_with_a_resumable_checkpoint(tmp_path):
+    from cnntools.checkpoint import resume_state
+
+    out = tmp_path / "int.safetensors"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cnntools", "train", "--nproc", "2", *RUN, "--epochs", "1000", "-o", out],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+    )
+    try:
+        assert json.loads(proc.stdout.readline())["epoch"] == 1
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends: torchrun's agent passes it to the ranks
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert stderr.strip() == "Interrupted."  # -q: rank 0's note on the checkpoint is silenced, nothing else
+    state = resume_state(*read_checkpoint(str(out)))
+    assert state["epoch"] >= 1 and state["updates"] == 7 * state["epoch"] + state["batch"]
+
+
 def test_a_missing_rendezvous_is_one_line(tmp_path):
     bare = _cnntools("train", "--epochs", "1", env=_env(RANK="1", WORLD_SIZE="2"))
     assert bare.returncode == 1
