@@ -99,14 +99,7 @@ def test_the_checkpoint_loads_in_one_process_and_validates_the_same(runs):
     path = runs["tmp"] / "ddp.safetensors"
     loaded = load_model(str(path))  # a plain module: no `module.` prefixes, nothing missing
     assert not any(k.startswith("module.") for k in loaded.model.state_dict())
-    result = _cnntools("eval", path, "--split", "val", "--precision", "fp32", "--format", "json", "-q")
-    assert result.returncode == 0, result.stderr
-    model = json.loads(result.stdout)["models"][0]
-    last = _records(runs["ddp"].stdout)[-1]
-    # 41 validation images split 21/20 between the ranks: each counted once.
-    assert model["count"] == 41
-    assert model["accuracy"] == pytest.approx(last["val_acc"], abs=1e-12)
-    assert model["loss"] == pytest.approx(last["val_loss"], rel=1e-6)
+    _validates_like_eval(path)
 
 
 def test_resume_moves_from_one_process_to_torchrun_and_back(runs):
@@ -148,9 +141,24 @@ def _children(pid: int) -> dict[int, int]:
     return ranks
 
 
+def _validates_like_eval(path) -> None:
+    """The last record stored with a --keep last checkpoint equals `eval --split val` of it."""
+    result = _cnntools("eval", path, "--split", "val", "--precision", "fp32", "--format", "json", "-q")
+    assert result.returncode == 0, result.stderr
+    model = json.loads(result.stdout)["models"][0]
+    last = read_checkpoint(str(path))[1]["history"][-1]
+    # 41 validation images split 21/20 between the ranks: each counted once.
+    assert model["count"] == 41
+    assert model["accuracy"] == pytest.approx(last["val_acc"], abs=1e-12)
+    assert model["loss"] == pytest.approx(last["val_loss"], rel=1e-6)
+
+
 def test_a_rank_that_dies_stops_the_job_with_one_line(tmp_path):
+    """Also: with BatchNorm, whose running statistics each rank updates from its own share of
+    the batch, validation still equals a one-process eval of the checkpoint (rank 0's buffers)."""
+    path = tmp_path / "k.safetensors"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cnntools", "train", "--nproc", "2", *RUN, "--epochs", "1000", "-o", tmp_path / "k.safetensors"],
+        [sys.executable, "-m", "cnntools", "train", "--nproc", "2", *RUN, "--batchnorm", "--epochs", "1000", "-o", path],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
     )
     try:
@@ -167,6 +175,7 @@ def test_a_rank_that_dies_stops_the_job_with_one_line(tmp_path):
     assert proc.returncode == 1
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: rank 1 ") and "SIGKILL" in lines[0], stderr
+    _validates_like_eval(path)
 
 
 def test_ctrl_c_stops_every_rank_at_the_same_batch_with_a_resumable_checkpoint(tmp_path):
