@@ -2,10 +2,12 @@
 
 One `Trainer` runs a training job end to end: data → model → optimiser/schedule → epochs of
 batches of device tensors (from `cnntools.data.BatchLoader`) → per-epoch records →
-checkpoint after every epoch. It is written for one process but leaves room for
-DistributedDataParallel: it takes `rank`/`world_size`, shards every loader with them, sums
-metric accumulators across ranks (`reduce_sum`), and only the main rank (`is_main`) writes
-files. Wrapping the model in DDP is the one missing piece (`wrap_model`).
+checkpoint after every epoch. The same loop runs under DistributedDataParallel
+(`cnntools.distributed` sets up the process group): with `rank`/`world_size` each rank
+takes its shard of every epoch's permutation and `cfg.batch_size / world_size` images per
+step, so one step of all ranks is one step of the global batch; the model is wrapped in DDP
+(`wrap_model`), metric sums are reduced across ranks (`reduce_sum`), the ranks agree on a
+non-finite loss and on Ctrl-C at the same batch, and only the main rank (`is_main`) writes.
 
 Exact resume: the checkpoint written after every epoch (and on Ctrl-C, at a batch
 boundary) stores the optimiser, schedule, gradient scaler and RNG states and the position
@@ -121,14 +123,38 @@ def validate_config(cfg: TrainConfig) -> None:
 # ---------------------------------------------------------------------------- distributed
 
 
+def check_global_batch(batch_size: int, world_size: int) -> None:
+    """--batch-size is the global batch: each of `world_size` processes takes an equal share."""
+    if batch_size % world_size:
+        raise CnnError(f"--batch-size {batch_size} is the global batch; it must divide evenly among {world_size} processes")
+
+
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum over all ranks when torch.distributed is running; the tensor itself otherwise."""
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if _distributed():
         tensor = tensor.clone()
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def broadcast_buffers(model) -> None:
+    """Give every rank the main rank's buffers (BatchNorm running statistics).
+
+    Under DDP each rank updates its buffers from its own shard of the batch; the checkpoint
+    holds rank 0's, so validation on every rank must use those too."""
+    import torch.distributed as dist
+
+    if _distributed():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def wrap_model(model, device, world_size: int):
@@ -239,7 +265,8 @@ def set_rng_state(state: dict) -> None:
 
 
 def evaluate(model, loader, criterion, device, precision: str = "fp32", channels_last: bool = False) -> dict:
-    """Mean loss and accuracy over a loader (summed across ranks under DDP)."""
+    """Mean loss and accuracy over a loader (summed across ranks under DDP: give each rank an
+    unpadded shard and the unwrapped model)."""
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
     with torch.inference_mode():
@@ -444,6 +471,7 @@ class Trainer:
         rank: int = 0,
         world_size: int = 1,
         extra_meta: dict | None = None,
+        device=None,
     ):
         from cnntools.data import BatchLoader, normalization, parse_augment
         from cnntools.models import arch_config, create_model
@@ -453,15 +481,14 @@ class Trainer:
         self.rank, self.world_size = rank, world_size
         self.is_main = rank == 0
         self.output = output
-        self.device = runtime.resolve_device(cfg.device)
+        self.device = device if device is not None else runtime.resolve_device(cfg.device)
         self.precision = runtime.resolve_precision(cfg.precision, self.device)
         self.channels_last = wants_channels_last(self.device, self.precision, cfg.arch)
         self.train_set, self.val_set = train_set, val_set
         self.image_size = int(train_set.image_size[0])
         self.in_channels = train_set.channels
         self.classes = list(train_set.classes)
-        if cfg.batch_size % world_size:
-            raise CnnError(f"--batch-size {cfg.batch_size} is the global batch; it must divide among {world_size} processes")
+        check_global_batch(cfg.batch_size, world_size)
         per_rank = cfg.batch_size // world_size
 
         runtime.seed_everything(cfg.seed)
@@ -487,7 +514,7 @@ class Trainer:
         if val_set is not None and len(val_set):
             self.val_loader = BatchLoader(
                 val_set, batch_size=max(per_rank, 256), shuffle=False, seed=cfg.seed, device=self.device,
-                augment=None, mean=self.mean, std=self.std, drop_last=False, rank=rank, world_size=world_size,
+                augment=None, mean=self.mean, std=self.std, drop_last=False, rank=rank, world_size=world_size, pad=False,
             )
         self.steps_per_epoch = len(self.train_loader)
         if self.steps_per_epoch == 0:
@@ -508,6 +535,7 @@ class Trainer:
         self.on_batch: Callable[[int, int, float | None], None] | None = None
         self.on_print: Callable[[str], None] | None = None
         self.progress = None  # object with start(epoch, total), advance(n, loss), stop()
+        self._decorrelate_ranks()
 
     # -- state --------------------------------------------------------------------------
 
@@ -592,6 +620,14 @@ class Trainer:
         )
         self.history = [dict(r) for r in history][: self.position.epoch]
         set_rng_state(resume["rng"])
+        self._decorrelate_ranks()
+
+    def _decorrelate_ranks(self) -> None:
+        # Every rank starts from the same seed (and a resumed run from rank 0's RNG state);
+        # dropout masks must still differ between ranks (timm seeds each rank apart too).
+        # Rank 0 keeps the stream a single process would have.
+        if self.rank:
+            torch.manual_seed((self.cfg.seed * 1_000_003 + self.position.updates) * 4099 + self.rank)
 
     def save(self, resumable: bool = True, final: bool = False) -> None:
         """Write the checkpoint (main rank only): kept weights + metadata + resume state.
@@ -649,6 +685,7 @@ class Trainer:
         batch = 0
         images_seen = 0
         lr_used = self.optimizer.param_groups[0]["lr"]
+        stop = False
         for batch_index, (x, y) in enumerate(self.train_loader, start=1):
             if batch_index <= skip:
                 continue  # replaying an interrupted epoch: these updates are in the weights already
@@ -678,20 +715,22 @@ class Trainer:
             window[0] += detached.double()
             window[1] += 1
             pending.append((batch_index, detached, grad_max))
-            loss_value = None
+            loss_value, stop = None, False
             if len(pending) >= check_every or batch_index == self.steps_per_epoch:
-                loss_value = self._check_finite(epoch, pending)
+                loss_value, stop = self._sync(epoch, pending)
                 pending = []
             if self.progress is not None:
                 self.progress.advance(1, loss_value)
-            if cfg.print_every and batch_index % cfg.print_every == 0 and self.is_main:
-                w = reduce_sum(window).cpu()
-                if self.on_print is not None:
+            if cfg.print_every and batch_index % cfg.print_every == 0:
+                w = reduce_sum(window).cpu()  # every rank takes part in the sum; rank 0 prints it
+                if self.on_print is not None and self.is_main:
                     self.on_print(f"[epoch {epoch}, batch {batch_index:5d}] loss {float(w[0]) / max(1.0, float(w[1])):.3f}")
                 window.zero_()
             if self.on_batch is not None:
                 self.on_batch(epoch, batch_index, loss_value)
-            if self._stop.is_set() and batch_index < self.steps_per_epoch:
+            if self.world_size == 1:
+                stop = self._stop.is_set()  # one process stops at the next batch boundary
+            if stop and batch_index < self.steps_per_epoch:
                 self._check_finite(epoch, pending)
                 pos.partial = {
                     "loss_sum": float(totals[0]), "correct": float(totals[1]), "count": float(totals[2]),
@@ -714,8 +753,12 @@ class Trainer:
             "images_per_s": round(images_seen * self.world_size / max(1e-9, time.perf_counter() - start), 1),
             "updates": pos.updates,
         }
+        if self.world_size > 1:
+            broadcast_buffers(unwrap_model(model))  # validate and save the buffers rank 0 writes
         if self.val_loader is not None:
-            metrics = evaluate(model, self.val_loader, self.eval_criterion, device, self.precision, self.channels_last)
+            # The plain module: evaluation needs no gradient exchange, and the shards differ in length.
+            metrics = evaluate(unwrap_model(model), self.val_loader, self.eval_criterion, device, self.precision,
+                               self.channels_last)
             record["val_loss"], record["val_acc"] = metrics["loss"], metrics["acc"]
         pos.epoch, pos.batch, pos.partial = epoch, 0, {}
         self.history.append(record)
@@ -723,7 +766,7 @@ class Trainer:
         self.save()
         if self.on_epoch is not None:
             self.on_epoch(record)
-        if self._stop.is_set() and pos.epoch < cfg.epochs:
+        if (stop if self.world_size > 1 else self._stop.is_set()) and pos.epoch < cfg.epochs:
             self._interrupt(epoch, 0)
         return None if stop_early else record
 
@@ -740,6 +783,18 @@ class Trainer:
             return False
         pos.bad_epochs += 1
         return bool(self.cfg.early_stop) and pos.bad_epochs >= self.cfg.early_stop
+
+    def _sync(self, epoch: int, pending: list) -> tuple[float | None, bool]:
+        """(last loss, stop?) at a check point. Under DDP the ranks sum their losses and stop
+        flags here, so they all see the same non-finite loss, and a Ctrl-C that reached one
+        of them, at the same batch."""
+        if self.world_size == 1:
+            return self._check_finite(epoch, pending), self._stop.is_set()
+        # Gradients are already all-reduced by DDP, so every rank holds the same gradient maxima.
+        flag = torch.tensor([1.0 if self._stop.is_set() else 0.0], device=self.device)
+        summed = reduce_sum(torch.cat([torch.stack([v for _, v, _ in pending]).float(), flag]))
+        losses = [(index, value, g) for (index, _, g), value in zip(pending, summed[:-1] / self.world_size)]
+        return self._check_finite(epoch, losses), bool(summed[-1] > 0)
 
     def _check_finite(self, epoch: int, pending: list) -> float | None:
         """Stop at the first batch whose loss or gradients are NaN/inf (checks the pending batches)."""

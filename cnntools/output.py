@@ -25,6 +25,9 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 
+# Set by `train --nproc` for the processes it starts: they leave the one error line to it.
+LAUNCHED_ENV = "CNNTOOLS_LAUNCHED"
+
 
 class CnnError(Exception):
     """A known problem, reported as one `Error: ...` line and exit status 1."""
@@ -277,11 +280,13 @@ def handle_errors(func: Callable) -> Callable:
         except CnnError as error:
             if debug_enabled():
                 traceback.print_exc()
-            print(f"Error: {one_line(str(error))}", file=sys.stderr)
+            report_error(str(error), secondary=getattr(error, "secondary", False))
             raise typer.Exit(EXIT_ERROR) from None
         except KeyboardInterrupt as stop:
             code = getattr(stop, "exit_code", EXIT_INTERRUPTED)
-            if not str(stop):  # a stop with a message (train's) has already said what it saved
+            # A stop with a message (train's) has already said what it saved; under a
+            # distributed job only rank 0 speaks, and `train --nproc`'s launcher for all.
+            if not str(stop) and _distributed_rank() in (None, "0") and not os.environ.get(LAUNCHED_ENV):
                 print("Terminated." if code == EXIT_TERMINATED else "Interrupted.", file=sys.stderr)
             raise typer.Exit(code) from None
         except BrokenPipeError:
@@ -290,11 +295,8 @@ def handle_errors(func: Callable) -> Callable:
         except Exception as error:  # noqa: BLE001 - the last line of defence
             if debug_enabled():
                 traceback.print_exc()
-            message = one_line(str(error).strip().splitlines()[0]) if str(error).strip() else ""
-            print(
-                f"Error: unexpected {type(error).__name__}: {message} (run with --debug for the traceback)",
-                file=sys.stderr,
-            )
+            message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            report_error(f"unexpected {type(error).__name__}: {message} (run with --debug for the traceback)")
             raise typer.Exit(EXIT_ERROR) from None
 
     return wrapper
@@ -304,6 +306,33 @@ def one_line(message: str) -> str:
     """The message with control characters escaped, so an error stays one line whatever the
     input it quotes (a file name or argument with a newline or carriage return in it)."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+def _distributed_rank() -> str | None:
+    return os.environ.get("RANK") if "WORLD_SIZE" in os.environ else None
+
+
+def report_error(message: str, secondary: bool = False) -> None:
+    """The one `Error: ...` line on stderr (`rank N: ` first on the other ranks of a job).
+
+    Under torchrun the message also goes to the error file torchelastic reads
+    (TORCHELASTIC_ERROR_FILE), so the launcher's report names it; `secondary` marks an error
+    caused by another process. A process started by `train --nproc` prints nothing: its
+    launcher reports the job's root cause as the one line.
+    """
+    rank = _distributed_rank()
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file:
+        import time
+
+        record = {"message": message, "timestamp": str(int(time.time())), "cnntools": {"rank": rank, "secondary": secondary}}
+        try:
+            with open(error_file, "w", encoding="utf-8") as handle:
+                json.dump(record, handle)
+        except OSError:
+            pass
+    if os.environ.get(LAUNCHED_ENV):
+        return
+    prefix = f"rank {rank}: " if rank not in (None, "0") else ""
+    print(f"Error: {prefix}{one_line(message)}", file=sys.stderr)
 
 
 def _silence_broken_pipe() -> None:

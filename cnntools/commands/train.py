@@ -41,7 +41,11 @@ def main(
         Optional[int], typer.Option("--image-size", help="Input side in pixels (default: the data's own, or the architecture's usual size).")
     ] = None,
     epochs: Annotated[int, typer.Option("--epochs", help="Epochs to train (with --resume: the total to reach).")] = 20,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per weight update (the global batch across processes).")] = 32,
+    batch_size: Annotated[
+        int,
+        typer.Option("--batch-size", help="Images per weight update: the global batch, split evenly among the processes of a "
+                     "distributed run (the learning rate is not rescaled)."),
+    ] = 32,
     opt: Annotated[Literal["sgd", "adam", "adamw"], typer.Option("--opt", help="Optimizer.")] = "adam",
     lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate (default 0.01 for sgd, 0.001 for adam/adamw).")] = None,
     momentum: Annotated[float, typer.Option("--momentum", help="SGD momentum.")] = 0.9,
@@ -83,6 +87,16 @@ def main(
     resume: Annotated[
         Optional[str], typer.Option("--resume", help="Continue the run stored in this checkpoint exactly where it stopped.")
     ] = None,
+    nproc: Annotated[
+        Optional[int],
+        typer.Option("--nproc", help="Train with N processes on this machine (DistributedDataParallel through torch's "
+                     "launcher, as torchrun --standalone --nproc-per-node N); for several machines use torchrun."),
+    ] = None,
+    dist_timeout: Annotated[
+        float,
+        typer.Option("--dist-timeout", help="Distributed runs: seconds to wait for the other processes (start-up and "
+                     "every exchange) before the job fails with an error."),
+    ] = 300.0,
     out: Annotated[
         Optional[str],
         typer.Option("--output", "-o", help="Checkpoint to write (.safetensors; default model.safetensors, or the --resume file; - for stdout)."),
@@ -102,7 +116,8 @@ def main(
     (table, jsonl, json or csv); the progress bar goes to stderr. The checkpoint is rewritten
     after every epoch and can be resumed exactly with --resume; Ctrl-C saves a resumable
     checkpoint and exits 130 (SIGTERM: 143). NaN or inf in the loss or the gradients stops the run
-    and keeps the last good checkpoint.
+    and keeps the last good checkpoint. Under torchrun (or with --nproc N) it trains with
+    DistributedDataParallel; only rank 0 prints and writes, and the checkpoint is the same.
 
     \b
     Examples:
@@ -110,18 +125,35 @@ def main(
       cnntools train --arch lenet --data cifar10 --opt sgd --lr 0.001 --momentum 0.9 --batch-size 4 --epochs 2
       cnntools train --arch resnet18 --data cifar10 --augment flip,crop:4 --batch-size 64 --epochs 10
       cnntools train --resume model.safetensors --epochs 30
+      cnntools train --nproc 2 --batch-size 64        # 2 processes, 32 images each per update
+      torchrun --nproc-per-node 4 -m cnntools train --arch resnet18 --data cifar10 --batch-size 256
       cnntools train --format jsonl -q | jq .val_acc
     """
+    from cnntools import distributed
+
     output.configure(quiet=quiet, debug=debug)
+    rank = distributed.environment()
+    if rank is not None and not rank.is_main:
+        output.configure(quiet=True, debug=debug)  # rank 0 speaks for the job
+    if rank is not None or nproc is not None:
+        distributed.quiet_native_logs(output.debug_enabled())
     if list_archs or arch == "help":
-        _list_archs(fmt)
+        if rank is None or rank.is_main:
+            _list_archs(fmt)
         return
 
-    from dataclasses import replace
-
     from cnntools import files
-    from cnntools.engine import TrainConfig, Trainer, TrainingInterrupted, load_training_data
+    from cnntools.engine import TrainConfig, check_global_batch, load_training_data, validate_config
 
+    if nproc is not None:
+        if rank is not None:
+            raise output.CnnError("--nproc starts its own processes; under torchrun leave it out")
+        if nproc < 1:
+            raise output.CnnError("--nproc must be at least 1")
+    if dist_timeout <= 0:
+        raise output.CnnError("--dist-timeout must be positive")
+    if (nproc is not None or rank is not None) and resume == "-":
+        raise output.CnnError("every process of a distributed run reads the checkpoint: --resume takes a file here, not -")
     if history is not None:
         _history_kind(history)
     if plot is not None:
@@ -145,10 +177,39 @@ def main(
     if target != "-" and not target.endswith(".safetensors"):
         raise output.CnnError(f"{target}: checkpoints are .safetensors files; name it e.g. model.safetensors")
     files.check_output(target, history)  # before the first epoch, not after it
+    if nproc is not None:
+        validate_config(cfg)
+        check_global_batch(cfg.batch_size, nproc)
+        distributed.launch_local(nproc, _command_line(ctx, skip=("nproc",)), debug=output.debug_enabled())
+        return
     if target == "-":
         output.claim_stdout()
 
-    train_set, val_set, _ = load_training_data(cfg)
+    if rank is None:
+        _train(cfg, resumed, resume, target, fmt, history, plot)
+        return
+    try:
+        with distributed.peer_failures(dist_timeout):
+            if cfg.download:  # one process per machine fetches the files; the others wait for them
+                device_used, backend = distributed.start(rank, cfg.device, dist_timeout)
+                with distributed.local_main_first(rank):
+                    data_sets = load_training_data(cfg)
+            else:  # an error in the data shows before anyone waits for anyone
+                data_sets = load_training_data(cfg)
+                device_used, backend = distributed.start(rank, cfg.device, dist_timeout)
+            _train(cfg, resumed, resume, target, fmt, history, plot, data_sets=data_sets, rank=rank,
+                   device_used=device_used, backend=backend)
+    finally:
+        distributed.stop()
+
+
+def _train(cfg, resumed, resume, target, fmt, history, plot, data_sets=None, rank=None, device_used=None, backend=None):
+    """The training run of this process (the only one, or one rank of a distributed job)."""
+    from dataclasses import replace
+
+    from cnntools.engine import Trainer, TrainingInterrupted, load_training_data
+
+    train_set, val_set, _ = data_sets if data_sets is not None else load_training_data(cfg)
     if resumed is not None:
         meta = resumed["meta"]
         train_set, val_set = _match_stored_size(train_set, val_set, meta)
@@ -156,20 +217,23 @@ def main(
             raise output.CnnError(f"{resume}: the data's classes differ from the stored run's; resume on the same dataset")
         if cfg.val_split and val_set is None:
             cfg = replace(cfg, val_split=0.0)
-    trainer = Trainer(cfg, train_set, val_set, output=target)
+    is_main = rank is None or rank.is_main
+    trainer = Trainer(cfg, train_set, val_set, output=target, rank=rank.rank if rank else 0,
+                      world_size=rank.world_size if rank else 1, device=device_used)
     if resumed is not None:
         try:
             trainer.restore(resumed["state"], resumed["meta"].get("history", []), resumed["weights"])
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as error:
             raise output.CnnError(f"{resume}: its resume state does not fit the run it describes ({type(error).__name__}); the file is damaged") from None
 
-    _describe_run(trainer, cfg, resumed is not None)
     printer = _RecordPrinter(fmt)
-    for record in trainer.history:
-        printer.add(record, replay=True)
+    if is_main:  # under DDP only rank 0 prints and writes
+        _describe_run(trainer, cfg, resumed is not None, backend)
+        for record in trainer.history:
+            printer.add(record, replay=True)
 
     def on_epoch(record: dict) -> None:
-        if not trainer.is_main:  # under DDP only rank 0 prints and writes
+        if not is_main:
             return
         printer.add(record)
         if history:
@@ -177,13 +241,14 @@ def main(
 
     trainer.on_epoch = on_epoch
     trainer.on_print = output.info
-    trainer.progress = _Progress.create()
+    trainer.progress = _Progress.create() if is_main else None
     finished = False
     try:
         trainer.run()
         finished = True
     except TrainingInterrupted as stop:
-        output.info(str(stop).capitalize())
+        if is_main:
+            output.info(str(stop).capitalize())
         raise
     except RuntimeError as error:
         # e.g. CUDA's adaptive_avg_pool2d backward has no deterministic version: say so plainly.
@@ -194,16 +259,37 @@ def main(
     finally:
         if trainer.progress is not None:
             trainer.progress.stop()
-        if plot and trainer.history and trainer.is_main:
+        if plot and trainer.history and is_main:
             from cnntools.plots import training_curves
 
             training_curves(trainer.history, plot, title=f"{cfg.arch} on {cfg.data}")
-    if finished and trainer.is_main:
+    if finished and is_main:
         printer.finish(trainer)
         _summary(trainer, target)
 
-
 # ---------------------------------------------------------------------------- helpers
+
+
+def _command_line(ctx, skip: tuple[str, ...]) -> list[str]:
+    """This invocation as `train OPTION...` (the options given, minus `skip`): what --nproc
+    hands to each process it starts."""
+    args = [ctx.info_name or "train"]
+    for param in ctx.command.params:  # Typer carries its own copy of Click: no isinstance checks
+        if param.name in skip or param.param_type_name != "option":
+            continue
+        source = ctx.get_parameter_source(param.name)
+        if source is None or source.name not in ("COMMANDLINE", "ENVIRONMENT"):
+            continue
+        value = ctx.params[param.name]
+        name = max(param.opts, key=len)
+        if param.is_flag:
+            if value:
+                args.append(name)
+            elif param.secondary_opts:
+                args.append(max(param.secondary_opts, key=len))
+        elif value is not None:
+            args += [name, str(value)]
+    return args
 
 
 def _list_archs(fmt: str) -> None:
@@ -282,7 +368,7 @@ def _match_stored_size(train_set, val_set, meta):
     return train_set, val_set
 
 
-def _describe_run(trainer, cfg, resumed: bool) -> None:
+def _describe_run(trainer, cfg, resumed: bool, backend: str | None = None) -> None:
     from cnntools.models import count_parameters
     from cnntools.checkpoint import unwrap_model
 
@@ -293,6 +379,8 @@ def _describe_run(trainer, cfg, resumed: bool) -> None:
         f"{trainer.in_channels}x{trainer.image_size}x{trainer.image_size}, {len(trainer.classes)} classes; "
         f"{trainer.device.type} {trainer.precision}{' channels_last' if trainer.channels_last else ''}, "
         f"{trainer.steps_per_epoch} updates per epoch"
+        + (f" of {cfg.batch_size} images, {cfg.batch_size // trainer.world_size} on each of {trainer.world_size} processes "
+           f"({backend})" if backend else "")
         + (f"; from epoch {trainer.position.epoch + 1}" + (f" batch {trainer.position.batch + 1}" if trainer.position.batch else "") if resumed else "")
     )
 

@@ -16,11 +16,14 @@ class BatchLoader:
     """Iterate (x, y) batches: x float32 normalised N×C×H×W on `device`, y int64 on `device`.
 
     The order of an epoch is a permutation drawn from a torch.Generator seeded with
-    `seed + epoch` (call `set_epoch`), the same on every rank; with `world_size` > 1 the
-    permutation is padded by wrapping to a multiple of `world_size` (as
-    DistributedSampler does, so every rank runs the same number of steps) and rank r takes
-    every world_size-th index starting at r. uint8→float, augmentation and normalisation
-    run on the device on whole batches.
+    `seed + epoch` (call `set_epoch`), the same on every rank; with `world_size` > 1 rank r
+    takes every world_size-th index starting at r. For training (`pad=True`) the
+    permutation is first padded by wrapping to a multiple of `world_size`, as
+    DistributedSampler does, so every rank runs the same number of steps (DDP needs every
+    rank in every gradient exchange). For evaluation use `pad=False`: the shards then differ
+    in length by at most one and together hold every image exactly once, so summed metrics
+    are those of one process. uint8→float, augmentation and normalisation run on the device
+    on whole batches.
     """
 
     def __init__(
@@ -37,6 +40,7 @@ class BatchLoader:
         rank: int = 0,
         world_size: int = 1,
         pin_memory: bool | None = None,
+        pad: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -51,6 +55,7 @@ class BatchLoader:
         self.drop_last = drop_last
         self.rank = rank
         self.world_size = world_size
+        self.pad = pad
         self.epoch = 0
         c = data.channels
         mean = [0.0] * c if mean is None else list(mean)
@@ -91,6 +96,8 @@ class BatchLoader:
         n = len(self.data)
         if self.world_size == 1:
             return n
+        if not self.pad:
+            return len(range(self.rank, n, self.world_size))
         if self.drop_last:
             return n // self.world_size
         return math.ceil(n / self.world_size)
@@ -103,7 +110,9 @@ class BatchLoader:
             order = torch.randperm(n, generator=gen)
         else:
             order = torch.arange(n)
-        if self.world_size > 1:
+        if self.world_size > 1 and not self.pad:
+            order = order[self.rank :: self.world_size]
+        elif self.world_size > 1:
             total = self._per_rank() * self.world_size
             if total > n:
                 order = torch.cat([order, order[: total - n]])
