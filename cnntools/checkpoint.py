@@ -241,19 +241,6 @@ def _check_tensors(header: dict, body: int | None, name: str) -> int:
     return end
 
 
-def parse_header(data: bytes, path: str = "checkpoint") -> dict:
-    """The safetensors JSON header of `data`, refusing pickles, truncated, oversized and damaged files.
-
-    Checks the header's size limit, every tensor's dtype, shape and byte span (no overlap, no
-    gap, nothing beyond the data) before anything is allocated for the tensors.
-    """
-    name = _describe(path)
-    header_len = _header_length(data[:9], len(data), name)
-    header = _decode_header(data[8 : 8 + header_len], name)
-    _check_tensors(header, len(data) - 8 - header_len, name)
-    return header
-
-
 def _decode_header(raw: bytes, name: str) -> dict:
     try:
         header = json.loads(raw.decode("utf-8"))

@@ -19,7 +19,7 @@ from cnntools.checkpoint import load_model, model_state, read_checkpoint, resume
 
 # simple-cnn on 8x8 digits in fp32 on one thread: fast and bit-for-bit repeatable.
 FAST = ["--arch", "simple-cnn", "--image-size", "8", "--precision", "fp32", "--device", "cpu", "--augment", "crop:1",
-        "--opt", "sgd", "--lr", "0.05", "--schedule", "cosine", "--seed", "3"]
+        "--opt", "sgd", "--lr", "0.05", "--schedule", "cosine", "--seed", "3", "--batch-size", "64"]
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
@@ -115,26 +115,55 @@ def test_kill_9_mid_checkpoint_write_keeps_the_previous_checkpoint(cli, tmp_path
     assert _same_weights(straight, out)
 
 
+# Runs `cnntools train` and says READY at epoch 2, batch 5; from there each batch takes 0.2 s
+# longer, so the parent's SIGTERM surely lands in the middle of epoch 2.
+READY_IN_EPOCH_2 = textwrap.dedent(
+    """
+    import sys, time
+    from cnntools import engine
+    from cnntools.cli import main
+
+    real_run = engine.Trainer.run
+
+    def run(self):
+        def on_batch(epoch, batch, loss):
+            if (epoch, batch) == (2, 5):
+                print("READY", file=sys.stderr, flush=True)
+            if (epoch, batch) >= (2, 5):
+                time.sleep(0.2)
+
+        self.on_batch = on_batch
+        return real_run(self)
+
+    engine.Trainer.run = run
+    sys.argv = ["cnntools", *sys.argv[1:]]
+    main()
+    """
+)
+
+
 def test_sigterm_during_train_saves_resumable_checkpoint_exits_143_and_resumes_exactly(cli, tmp_path, one_thread):
     out = tmp_path / "term.safetensors"
-    proc = _start(["train", *FAST, "--batch-size", "16", "--epochs", "2", "-o", str(out), "--format", "jsonl"], tmp_path)
+    proc = _start(["train", *FAST, "--epochs", "3", "-o", str(out), "--format", "jsonl"], tmp_path, READY_IN_EPOCH_2)
     try:
-        first = proc.stdout.readline()
-        assert json.loads(first)["epoch"] == 1, first + proc.stderr.read()
+        seen = []
+        while not seen or seen[-1] != "READY\n":
+            seen.append(proc.stderr.readline())
+            assert seen[-1], "".join(seen)
         proc.send_signal(signal.SIGTERM)
         _, stderr = _finish(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 143, stderr
-    assert "Terminated at" in stderr and f"--resume {out}" in stderr
+    assert "Terminated at epoch 2, batch" in stderr and f"--resume {out}" in stderr
     state = resume_state(*read_checkpoint(str(out)))
-    assert state["epoch"] == 1 and state["updates"] > 0  # stopped inside epoch 2 (or at its start)
+    assert state["epoch"] == 1 and 5 <= state["batch"] < 21  # in the middle of epoch 2
     assert not list(tmp_path.glob(".*.tmp*"))  # no temporary file left behind
     resumed = cli("train", "--resume", out, "-q")
     assert resumed.exit_code == 0, resumed.stderr
     straight = tmp_path / "straight.safetensors"
-    assert cli("train", *FAST, "--batch-size", "16", "--epochs", "2", "-o", straight, "-q").exit_code == 0
+    assert cli("train", *FAST, "--epochs", "3", "-o", straight, "-q").exit_code == 0
     assert _same_weights(straight, out)
 
 
