@@ -274,6 +274,7 @@ def predict(
     `progress(n)` is called after each batch with the number of images done.
     """
     from cnntools.checkpoint import LoadedModel
+    from cnntools.data.loader import fold_normalization, normalize_uint8
 
     if isinstance(lm_or_model, LoadedModel):
         model = lm_or_model.model
@@ -282,17 +283,21 @@ def predict(
     else:
         model = lm_or_model
         device = device or next(model.parameters()).device
-        mean_t = torch.tensor(mean if mean is not None else [0.0] * imageset.channels, device=device).view(1, -1, 1, 1)
-        std_t = torch.tensor(std if std is not None else [1.0] * imageset.channels, device=device).view(1, -1, 1, 1)
+        scale, shift = fold_normalization(mean if mean is not None else [0.0] * imageset.channels,
+                                          std if std is not None else [1.0] * imageset.channels, device)
 
-        def prepare(images):
-            return (images.to(device).float().div_(255) - mean_t) / std_t
+        def prepare(images, channels_last=False):
+            return normalize_uint8(images.to(device), scale, shift, channels_last)
 
     model.eval()
+    # The layout the precision runs fastest in (bf16 on CPU without it: about half the speed).
+    channels_last = wants_channels_last(device, precision, getattr(lm_or_model, "arch", ""))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     outputs = []
     with torch.inference_mode():
         for start in range(0, len(imageset), batch_size):
-            x = prepare(imageset.images[start : start + batch_size])
+            x = prepare(imageset.images[start : start + batch_size], channels_last)
             with runtime.autocast(device, precision):
                 logits = model(x)
             outputs.append(logits.float().cpu())

@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import argparse
 
-import common  # noqa: F401  (puts the checkout on sys.path)
-from common import emit, interleaved, machine, ratio_record
+from common import add_threads_option, emit, interleaved, machine, ratio_record, set_threads
 
 TARGETS = {"limit": 0.85, "torchvision": {128: 3.0, 4: 10.0}}
 
@@ -149,7 +148,7 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", help="the Trainer's --precision; the other cases use what it resolves to")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
+    add_threads_option(parser)
     parser.add_argument("--quick", action="store_true", help="3 rounds of half the images")
     args = parser.parse_args()
     if args.quick:
@@ -157,8 +156,7 @@ def main() -> None:
 
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
 
     torch.manual_seed(0)
     for bs in (int(b) for b in args.batch_sizes.split(",")):

@@ -102,3 +102,17 @@ def ratio_record(benchmark: str, rates: dict[str, list[float]], numerator: str, 
         "repeats": len(rates[numerator]),
         **extra,
     }
+
+
+def add_threads_option(parser) -> None:
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch intra-op threads for every case (default: torch's choice, one per core)")
+
+
+def set_threads(threads: int) -> None:
+    """Same thread count for every case of a run. On a machine shared with other busy
+    processes, 1 thread avoids OpenMP barriers waiting for a descheduled second thread."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
