@@ -40,14 +40,14 @@ def summary_line(record: dict) -> str | None:
     if "meets_target" not in record:
         return None
     name = record.get("benchmark") or record.get("bench")
-    detail = record.get("case") or record.get("ratio") or ""
+    detail = str(record.get("case") or record.get("ratio") or "")
     if "batch_size" in record and name == "train_data_path":
         detail += f" @ batch {record['batch_size']}"
     value = next((record[k] for k in ("value", "vs_import_torch", "time_ratio", "peak_rss_mb", "test_accuracy", "difference")
                   if k in record), "?")
     target = next((record[k] for k in ("target", "target_ratio", "target_mb", "target_accuracy", "noise_tolerance")
                    if k in record), "?")
-    return f"{'ok  ' if record['meets_target'] else 'MISS'}  {name:28s} {detail:45s} {value!s:>9}  target {target}"
+    return f"{'ok  ' if record['meets_target'] else 'MISS'}  {name!s:28} {detail:45} {value!s:>9}  target {target}"
 
 
 def main() -> None:
