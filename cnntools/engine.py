@@ -481,12 +481,14 @@ class Trainer:
         self.train_loader = BatchLoader(
             train_set, batch_size=per_rank, shuffle=True, seed=cfg.seed, device=self.device,
             augment=self.augment, mean=self.mean, std=self.std, drop_last=False, rank=rank, world_size=world_size,
+            channels_last=self.channels_last,
         )
         self.val_loader = None
         if val_set is not None and len(val_set):
             self.val_loader = BatchLoader(
                 val_set, batch_size=max(per_rank, 256), shuffle=False, seed=cfg.seed, device=self.device,
                 augment=None, mean=self.mean, std=self.std, drop_last=False, rank=rank, world_size=world_size,
+                channels_last=self.channels_last,
             )
         self.steps_per_epoch = len(self.train_loader)
         if self.steps_per_epoch == 0:
@@ -736,6 +738,10 @@ class Trainer:
     def _check_finite(self, epoch: int, pending: list) -> float | None:
         if not pending:
             return None
+        if len(pending) == 1:  # every batch on CPU: one read, no stacking
+            value = float(pending[0][1])
+            if math.isfinite(value):
+                return value
         values = torch.stack([v for _, v in pending]).float().cpu()
         finite = torch.isfinite(values)
         if not bool(finite.all()):

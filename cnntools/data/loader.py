@@ -30,7 +30,8 @@ def normalize_uint8(images: torch.Tensor, scale: torch.Tensor, shift: torch.Tens
 
 
 class BatchLoader:
-    """Iterate (x, y) batches: x float32 normalised N×C×H×W on `device`, y int64 on `device`.
+    """Iterate (x, y) batches: x float32 normalised N×C×H×W on `device` (channels_last memory
+    format when asked), y int64 on `device`.
 
     The order of an epoch is a permutation drawn from a torch.Generator seeded with
     `seed + epoch` (call `set_epoch`), the same on every rank; with `world_size` > 1 the
@@ -54,6 +55,7 @@ class BatchLoader:
         rank: int = 0,
         world_size: int = 1,
         pin_memory: bool | None = None,
+        channels_last: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -69,6 +71,7 @@ class BatchLoader:
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
+        self.channels_last = channels_last  # batches come in the memory format the model runs in
         c = data.channels
         mean = [0.0] * c if mean is None else list(mean)
         std = [1.0] * c if std is None else list(std)
@@ -137,9 +140,9 @@ class BatchLoader:
             if self._aug_exact is not None:
                 x = self._aug_exact(x, self._aug_gen)
             if self._aug_float is not None:
-                x = self._aug_float(x.float().div_(255.0), self._aug_gen)
-                return x.sub_(self._mean).div_(self._std)
-        return normalize_uint8(x, self._scale, self._shift)
+                x = self._aug_float(x.float().div_(255.0), self._aug_gen).sub_(self._mean).div_(self._std)
+                return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        return normalize_uint8(x, self._scale, self._shift, self.channels_last)
 
     def __iter__(self):
         order = self.indices()
