@@ -129,7 +129,8 @@ def cam_maps(
     """Class activation maps of `method` at `layer` for the batch `x` and one target class per image.
 
     One pytorch-grad-cam call for the whole batch: one forward and one backward pass
-    (ScoreCAM and AblationCAM add their own batched forward passes). Returns N×H×W in [0, 1].
+    (ScoreCAM and AblationCAM add their own batched forward passes), in channels_last memory
+    format (the model is left in it). Returns N×H×W in [0, 1].
     """
     classes = _cam_classes()
     if method not in classes:
@@ -140,6 +141,11 @@ def cam_maps(
     kwargs = {"batch_size": batch_size} if method == "ablationcam" else {}
     cam_targets = [ClassifierOutputTarget(int(t)) for t in targets]
     inputs = x.detach()
+    if inputs.dim() == 4:
+        # channels_last runs CNN convolutions and pooling about twice as fast on CPU; the
+        # model stays converted (no result depends on the memory format).
+        model.to(memory_format=torch.channels_last)
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
     maps = None  # pytorch-grad-cam's __exit__ swallows IndexError: notice it instead of a NameError
     # _gradients_from's hook is registered before pytorch-grad-cam's, so theirs sees (and
     # records the gradient of) the re-rooted output.
