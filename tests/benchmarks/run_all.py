@@ -61,7 +61,9 @@ def main() -> None:
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
-    env = dict(os.environ)
+    # Every benchmark (and the CLI children they start) imports this checkout's cnntools.
+    root = str(HERE.parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
     lines, summary = [], []
