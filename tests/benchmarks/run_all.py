@@ -40,11 +40,12 @@ def summary_line(record: dict) -> str | None:
     if "meets_target" not in record:
         return None
     name = record.get("benchmark") or record.get("bench")
-    detail = str(record.get("case") or record.get("ratio") or "")
+    ratio = record.get("ratio")
+    detail = str(record.get("case") or (ratio if isinstance(ratio, str) else ""))
     if "batch_size" in record and name == "train_data_path":
         detail += f" @ batch {record['batch_size']}"
     value = next((record[k] for k in ("value", "vs_import_torch", "time_ratio", "peak_rss_mb", "test_accuracy", "difference")
-                  if k in record), "?")
+                  if k in record), ratio if isinstance(ratio, (int, float)) else "?")
     target = next((record[k] for k in ("target", "target_ratio", "target_mb", "target_accuracy", "noise_tolerance")
                    if k in record), "?")
     return f"{'ok  ' if record['meets_target'] else 'MISS'}  {name!s:28} {detail:45} {value!s:>9}  target {target}"
