@@ -454,13 +454,14 @@ class LoadedModel:
             images = resize_uint8(images, self.image_size)
         return images
 
-    def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalised float32 inputs on the model's device from uint8 N×C×H×W images."""
-        images = self.fit_images(images)
-        x = images.to(self.device, non_blocking=True).float().div_(255)
-        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
-        return (x - mean) / std
+    def prepare(self, images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+        """Normalised float32 inputs on the model's device from uint8 N×C×H×W images
+        (in channels_last memory format when asked)."""
+        from cnntools.data.loader import fold_normalization, normalize_uint8
+
+        images = self.fit_images(images).to(self.device, non_blocking=True)
+        scale, shift = fold_normalization(self.mean, self.std, images.device)
+        return normalize_uint8(images, scale, shift, channels_last)
 
     def load_split(self, split: str, data_override: str | None = None, data_dir: str | None = None, download: bool = False):
         """The split of the model's own dataset (or `data_override`), fitted to the model.

@@ -302,6 +302,7 @@ def predict(
     `progress(n)` is called after each batch with the number of images done.
     """
     from cnntools.checkpoint import LoadedModel
+    from cnntools.data.loader import fold_normalization, normalize_uint8
 
     if isinstance(lm_or_model, LoadedModel):
         model = lm_or_model.model
@@ -310,17 +311,21 @@ def predict(
     else:
         model = lm_or_model
         device = device or next(model.parameters()).device
-        mean_t = torch.tensor(mean if mean is not None else [0.0] * imageset.channels, device=device).view(1, -1, 1, 1)
-        std_t = torch.tensor(std if std is not None else [1.0] * imageset.channels, device=device).view(1, -1, 1, 1)
+        scale, shift = fold_normalization(mean if mean is not None else [0.0] * imageset.channels,
+                                          std if std is not None else [1.0] * imageset.channels, device)
 
-        def prepare(images):
-            return (images.to(device).float().div_(255) - mean_t) / std_t
+        def prepare(images, channels_last=False):
+            return normalize_uint8(images.to(device), scale, shift, channels_last)
 
     model.eval()
+    # The layout the precision runs fastest in (bf16 on CPU without it: about half the speed).
+    channels_last = wants_channels_last(device, precision, getattr(lm_or_model, "arch", ""))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     outputs = []
     with torch.inference_mode():
         for start in range(0, len(imageset), batch_size):
-            x = prepare(imageset.images[start : start + batch_size])
+            x = prepare(imageset.images[start : start + batch_size], channels_last)
             with runtime.autocast(device, precision):
                 logits = model(x)
             outputs.append(logits.float().cpu())
@@ -509,12 +514,14 @@ class Trainer:
         self.train_loader = BatchLoader(
             train_set, batch_size=per_rank, shuffle=True, seed=cfg.seed, device=self.device,
             augment=self.augment, mean=self.mean, std=self.std, drop_last=False, rank=rank, world_size=world_size,
+            channels_last=self.channels_last,
         )
         self.val_loader = None
         if val_set is not None and len(val_set):
             self.val_loader = BatchLoader(
                 val_set, batch_size=max(per_rank, 256), shuffle=False, seed=cfg.seed, device=self.device,
                 augment=None, mean=self.mean, std=self.std, drop_last=False, rank=rank, world_size=world_size, pad=False,
+                channels_last=self.channels_last,
             )
         self.steps_per_epoch = len(self.train_loader)
         if self.steps_per_epoch == 0:
@@ -800,6 +807,11 @@ class Trainer:
         """Stop at the first batch whose loss or gradients are NaN/inf (checks the pending batches)."""
         if not pending:
             return None
+        if len(pending) == 1:  # every batch on CPU: one read, no stacking
+            _, loss, grad_sum = pending[0]
+            value = float(loss)
+            if math.isfinite(value) and (grad_sum is None or math.isfinite(float(grad_sum))):
+                return value
         zero = torch.zeros((), device=self.device)
         values = torch.stack([torch.stack([v.float(), zero if g is None else g.float()]) for _, v, g in pending]).cpu()
         finite = torch.isfinite(values)

@@ -160,3 +160,18 @@ def test_loader_augments_on_whole_batches_reproducibly():
     xp, _ = next(iter(plain))
     assert not torch.equal(xa, xp)
     assert xa.min() >= -1 - 1e-6 and xa.max() <= 1 + 1e-6
+
+
+def test_loader_batches_in_channels_last_hold_the_same_values():
+    data = ImageSet(images=torch.randint(0, 256, (9, 3, 6, 6), dtype=torch.uint8), labels=torch.arange(9), classes=list("abcdefghi"))
+    for spec in (None, "flip,crop:2", "flip,jitter:0.3"):
+        batches = {}
+        for channels_last in (False, True):
+            loader = BatchLoader(data, batch_size=4, seed=3, augment=parse_augment(spec), mean=[0.2] * 3, std=[0.3] * 3,
+                                 channels_last=channels_last)
+            loader.set_epoch(1)
+            batches[channels_last] = list(loader)
+        for (x, y), (x_cl, y_cl) in zip(batches[False], batches[True]):
+            assert x_cl.is_contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(x_cl, x)
+            assert torch.equal(y_cl, y)

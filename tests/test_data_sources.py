@@ -252,3 +252,17 @@ def test_unknown_dataset_and_split():
         load_split("imagenet22k", "train")
     with pytest.raises(CnnError, match="no test split|unknown split"):
         load_split("digits", "holdout")
+
+
+def test_fake_images_are_generated_in_chunks_identically():
+    """A large fake set is drawn chunk by chunk (bounded memory) and equals one draw."""
+    from cnntools.data import synthetic
+
+    small = synthetic.FakeSource({"n": "300"}).load("train")
+    old = synthetic._CHUNK_PIXELS
+    try:
+        synthetic._CHUNK_PIXELS = 3 * 32 * 32 * 7  # 7 images per chunk, a ragged last chunk
+        chunked = synthetic.FakeSource({"n": "300"}).load("train")
+    finally:
+        synthetic._CHUNK_PIXELS = old
+    assert torch.equal(small.images, chunked.images) and torch.equal(small.labels, chunked.labels)

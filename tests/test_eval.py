@@ -166,3 +166,38 @@ def test_other_split_and_dataset_override(cli, trained):
     same_count = cli("eval", trained[0], "--data", "fake:30", "--split", "train", "--format", "json")
     assert same_count.exit_code == 0 and "labels are compared by index" in same_count.stderr
     assert same_count.json()["models"][0]["data"] == "fake:30"
+
+
+def test_predict_matches_a_plain_forward_in_every_precision_layout():
+    """predict's fast path (uint8 → float in the model's memory format, channels_last under
+    bf16) computes what a plain normalise-then-forward loop computes."""
+    from cnntools.data import ImageSet
+    from cnntools.models import create_model
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (10, 3, 16, 16), dtype=torch.uint8)
+    data = ImageSet(images=images, labels=torch.zeros(10, dtype=torch.long), classes=["a", "b", "c"])
+    mean, std = [0.3, 0.4, 0.5], [0.2, 0.25, 0.3]
+    x = (images.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    for precision, atol in (("fp32", 1e-5), ("bf16", 0.1)):
+        model = create_model("simple-cnn", 3, 16, 3).eval()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            expected = model(x).float()
+        logits, _ = predict(model, data, batch_size=4, precision=precision, mean=mean, std=std)
+        torch.testing.assert_close(logits, expected, atol=atol, rtol=0.05)
+        if precision == "bf16":  # the model now runs in channels_last, and still computes the same
+            assert next(p for p in model.parameters() if p.dim() == 4).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_normalize_uint8_equals_divide_subtract_divide():
+    from cnntools.data.loader import fold_normalization, normalize_uint8
+
+    images = torch.randint(0, 256, (4, 3, 5, 7), dtype=torch.uint8)
+    mean, std = [0.1, 0.5, 0.9], [0.2, 0.3, 0.4]
+    expected = (images.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    scale, shift = fold_normalization(mean, std)
+    for channels_last in (False, True):
+        out = normalize_uint8(images, scale, shift, channels_last)
+        torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        assert out.dtype == torch.float32 and out.is_contiguous(memory_format=layout)

@@ -68,6 +68,32 @@ def test_every_cam_method_batched_equals_per_image(method):
     assert [m.inplace for m in model.modules() if isinstance(m, nn.ReLU)] == [True, True, False]  # restored
 
 
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "layercam", "hirescam"])
+def test_cam_gradients_stopped_at_the_layer_equal_pytorch_grad_cam_on_the_full_graph(method):
+    """cam_maps' backward stops at the layer with frozen weights; pytorch-grad-cam on the
+    plain model (weights and input requiring grad, the whole backward pass) gives the same
+    maps, also where an in-place add follows the layer (ResNet's residual `out += identity`)."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from cnntools.models import create_model
+
+    torch.manual_seed(3)
+    cases = [(small_cnn().eval(), "5", 16)]
+    if method == "gradcam":  # one method is enough for the in-place case (ResNet-18 is slow-ish)
+        cases.append((create_model("resnet18", 3, 32, 5).eval(), "layer4.1.bn2", 32))
+    for model, layer, size in cases:
+        x = torch.randn(2, 3, size, size)
+        targets = [1, 4 if size == 32 else 3]
+        ours = sal.cam_maps(model, layer, x, targets, method=method)
+        assert all(p.requires_grad for p in model.parameters())  # unfrozen again
+        assert hooks_left(model) == 0
+        with sal._relu_not_inplace(model):
+            cam_class = sal._cam_classes()[method]
+            with cam_class(model=model, target_layers=[sal.get_layer(model, layer)]) as cam:
+                reference = cam(input_tensor=x.clone().requires_grad_(True), targets=[ClassifierOutputTarget(t) for t in targets])
+        torch.testing.assert_close(ours, torch.from_numpy(np.asarray(reference, dtype=np.float32)), atol=1e-5, rtol=1e-4)
+
+
 def test_gradient_map_is_abs_input_gradient_max_over_channels():
     torch.manual_seed(2)
     model = small_cnn().eval()

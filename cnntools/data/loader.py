@@ -12,8 +12,26 @@ from cnntools.data.imageset import ImageSet
 _RESIDENT_BYTES = 2 * 1024**3
 
 
+def fold_normalization(mean, std, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift), 1×C×1×1 float32: x/255 then (x - mean)/std as one multiply-add, x·scale + shift."""
+    std_t = torch.tensor(list(std), dtype=torch.float32)
+    scale = (1.0 / (255.0 * std_t)).view(1, -1, 1, 1)
+    shift = (-torch.tensor(list(mean), dtype=torch.float32) / std_t).view(1, -1, 1, 1)
+    return scale.to(device), shift.to(device)
+
+
+def normalize_uint8(images: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """uint8 N×C×H×W → normalised float32 in two passes, written straight into the memory
+    format the model runs in (no separate conversion and layout copies)."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    out = torch.empty(images.shape, dtype=torch.float32, device=images.device, memory_format=layout)
+    torch.mul(images, scale, out=out)
+    return out.add_(shift)
+
+
 class BatchLoader:
-    """Iterate (x, y) batches: x float32 normalised N×C×H×W on `device`, y int64 on `device`.
+    """Iterate (x, y) batches: x float32 normalised N×C×H×W on `device` (channels_last memory
+    format when asked), y int64 on `device`.
 
     The order of an epoch is a permutation drawn from a torch.Generator seeded with
     `seed + epoch` (call `set_epoch`), the same on every rank; with `world_size` > 1 rank r
@@ -41,6 +59,7 @@ class BatchLoader:
         world_size: int = 1,
         pin_memory: bool | None = None,
         pad: bool = True,
+        channels_last: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -57,17 +76,15 @@ class BatchLoader:
         self.world_size = world_size
         self.pad = pad
         self.epoch = 0
+        self.channels_last = channels_last  # batches come in the memory format the model runs in
         c = data.channels
         mean = [0.0] * c if mean is None else list(mean)
         std = [1.0] * c if std is None else list(std)
         if len(mean) != c or len(std) != c:
             raise ValueError(f"mean/std need {c} values (one per channel), got {len(mean)}/{len(std)}")
-        # x/255 then (x - mean)/std, folded into one multiply-add per pixel.
-        std_t = torch.tensor(std, dtype=torch.float32)
-        self._scale = (1.0 / (255.0 * std_t)).view(1, c, 1, 1).to(self.device)
-        self._shift = (-torch.tensor(mean, dtype=torch.float32) / std_t).view(1, c, 1, 1).to(self.device)
+        self._scale, self._shift = fold_normalization(mean, std, self.device)
         self._mean = torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1).to(self.device)
-        self._std = std_t.view(1, c, 1, 1).to(self.device)
+        self._std = torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1).to(self.device)
         on_accelerator = self.device.type != "cpu"
         if on_accelerator and data.images.numel() <= _RESIDENT_BYTES:
             self._images = data.images.to(self.device)
@@ -132,9 +149,9 @@ class BatchLoader:
             if self._aug_exact is not None:
                 x = self._aug_exact(x, self._aug_gen)
             if self._aug_float is not None:
-                x = self._aug_float(x.float().div_(255.0), self._aug_gen)
-                return x.sub_(self._mean).div_(self._std)
-        return x.float().mul_(self._scale).add_(self._shift)
+                x = self._aug_float(x.float().div_(255.0), self._aug_gen).sub_(self._mean).div_(self._std)
+                return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        return normalize_uint8(x, self._scale, self._shift, self.channels_last)
 
     def __iter__(self):
         order = self.indices()

@@ -13,6 +13,8 @@ from cnntools.output import CnnError
 # The digits train/test split never changes with --seed: a test set must stay the test set.
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
+# Pixels per chunk when generating fake images (16 MB of float32 temporaries).
+_CHUNK_PIXELS = 1 << 22
 
 
 @functools.lru_cache(maxsize=1)
@@ -100,10 +102,17 @@ class FakeSource:
         gen = torch.Generator().manual_seed(self._seeds[split] * 7919 + n)
         labels = torch.arange(n) % k
         labels = labels[torch.randperm(n, generator=gen)]
-        noise = torch.rand(n, c, s, s, generator=gen)
-        images = (0.6 * templates[labels] + 0.4 * noise) * 255
+        # Chunk by chunk, so a CIFAR-sized fake set never holds float copies of itself
+        # (the chunks draw the same numbers as one call would).
+        images = torch.empty(n, c, s, s, dtype=torch.uint8)
+        step = max(1, _CHUNK_PIXELS // (c * s * s))
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            noise = torch.rand(stop - start, c, s, s, generator=gen)
+            chunk = (0.6 * templates[labels[start:stop]] + 0.4 * noise) * 255
+            images[start:stop] = chunk.round_().clamp_(0, 255).to(torch.uint8)
         return ImageSet(
-            images=images.round().clamp(0, 255).to(torch.uint8),
+            images=images,
             labels=labels.long(),
             classes=[f"class{i}" for i in range(k)],
             spec="fake",
