@@ -21,6 +21,18 @@ from typer.testing import CliRunner
 from cnntools.cli import app
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: one thread is fastest, and on a shared 2-core machine extra threads only
+    fight each other (measured: 10x slower under load)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class Result:
     """What a CLI run produced: exit code, stdout, stderr (and stdout parsed as JSON)."""
 

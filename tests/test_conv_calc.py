@@ -19,14 +19,7 @@ SPEC_KERNELS = ["1 0; 0 1", "1 0; 1 0", "1 1; 0 0"]
 HYPO = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These tensors are tiny: one thread is fastest, and on a shared 2-core machine extra
-    # threads only fight each other (measured: 10x slower under load).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def kernel_args(*extra):
