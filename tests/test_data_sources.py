@@ -245,6 +245,10 @@ def test_normalization_specs():
     for bad in ("0.5", "a,b", "0.5,0"):
         with pytest.raises(CnnError):
             normalization(bad, s)
+    s.images = s.images.clone()
+    s.images[:, 1] = 77  # a constant channel: mean 77/255, std 0 → left at 1, no division by zero
+    mean, std = normalization("dataset", s)
+    assert mean[1] == pytest.approx(77 / 255) and std[1] == 1.0 and std[0] > 0
 
 
 def test_unknown_dataset_and_split():

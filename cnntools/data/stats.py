@@ -56,7 +56,10 @@ def normalization(spec: str, train_set=None) -> tuple[list[float], list[float]]:
     if name == "dataset":
         if train_set is None:
             raise CnnError("--normalize dataset needs the training split to measure")
-        return channel_stats(train_set.images)
+        mean, std = channel_stats(train_set.images)
+        # A channel that never varies (a constant colour plane) has nothing to scale: leave it
+        # at std 1 rather than divide by zero.
+        return mean, [v if v > 0 else 1.0 for v in std]
     try:
         numbers = [float(v) for v in name.replace("/", ",").split(",") if v.strip()]
     except ValueError:
