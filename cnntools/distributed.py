@@ -17,7 +17,7 @@ import os
 import signal
 from dataclasses import dataclass
 
-from cnntools.output import LAUNCHED_ENV, CnnError
+from cnntools.output import EXIT_INTERRUPTED, EXIT_TERMINATED, LAUNCHED_ENV, CnnError
 
 DEFAULT_TIMEOUT = 300.0
 _HOW_TO_START = "start distributed runs with torchrun --nproc-per-node N -m cnntools train ... (or cnntools train --nproc N)"
@@ -210,8 +210,9 @@ def describe_failure(failures: dict) -> str:
     """One line for a failed job from torchelastic's {rank: ProcessFailure}: the root cause first.
 
     A process's own error (from the error file cnntools writes) beats a death by a signal,
-    which beats a non-zero exit with no message; SIGTERM (the launcher stopping the others)
-    and "lost contact" errors only explain themselves when nothing else does."""
+    which beats a non-zero exit with no message; SIGTERM (the launcher stopping the others,
+    whether it killed them or they caught it and exited 143) and "lost contact" errors only
+    explain themselves when nothing else does."""
 
     def own(failure) -> dict:
         data = failure.error_file_data if isinstance(failure.error_file_data, dict) else {}
@@ -220,11 +221,13 @@ def describe_failure(failures: dict) -> str:
     def priority(item) -> tuple:
         rank, failure = item
         if own(failure):
-            kind = 3 if own(failure).get("secondary") else 0
+            kind = 4 if own(failure).get("secondary") else 0
         elif failure.exitcode < 0:
-            kind = 2 if failure.signal_name() == "SIGTERM" else 1
+            kind = 3 if failure.signal_name() == "SIGTERM" else 1
+        elif failure.exitcode in (EXIT_TERMINATED, EXIT_INTERRUPTED):
+            kind = 3  # a process that caught the launcher's SIGTERM (or a Ctrl-C) and exited cleanly
         else:
-            kind = 1
+            kind = 2
         return (kind, failure.timestamp, rank)
 
     rank, failure = min(failures.items(), key=priority)

@@ -253,3 +253,6 @@ def test_the_launcher_reports_the_root_cause():
     same = Failure(1, "no such dataset", {"secondary": False})
     assert describe_failure({0: same, 1: same}) == "no such dataset"
     assert describe_failure({1: lost}) == "rank 1: lost contact with the other processes"
+    # rank 0 caught the launcher's SIGTERM and exited 143 before rank 1's SIGKILL was noticed
+    assert describe_failure({0: Failure(143, timestamp=1), 1: Failure(-9, timestamp=2)}).startswith("rank 1 (pid 10) was killed by SIGKILL")
+    assert describe_failure({0: Failure(143, timestamp=1), 1: Failure(2, timestamp=2)}).startswith("rank 1 (pid 10) exited with status 2")
