@@ -10,7 +10,7 @@ at, so `train` can pick an input size and `train --list-archs` can describe it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from cnntools.output import CnnError
@@ -30,8 +30,6 @@ class Architecture:
     small_input: int = 0  # input size for data smaller than 16 px (0: default_size)
     options: tuple[str, ...] = ()  # extra config keys the builder takes (batchnorm, ...)
     torchvision_name: str | None = None  # where --pretrained weights come from
-    family: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 ARCHITECTURES: dict[str, Architecture] = {}

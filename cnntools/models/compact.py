@@ -46,6 +46,5 @@ register(
         description="4 blocks of two 3x3 conv+BN+ReLU (24/48/96/128) + maxpool, global avg pool, fc 128, dropout 0.5, fc N",
         min_size=16,
         default_size=32,
-        family="compact-cnn",
     )
 )

@@ -51,6 +51,5 @@ register(
         min_size=16,
         default_size=32,
         options=("batchnorm", "output_activation"),
-        family="lenet",
     )
 )

@@ -27,6 +27,5 @@ register(
         min_size=1,
         default_size=28,
         small_input=16,
-        family="mlp",
     )
 )

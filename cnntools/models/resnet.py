@@ -41,7 +41,6 @@ register(
         description="ResNet-18 for 32x32 inputs: 3x3 stride-1 stem, no stem maxpool",
         min_size=8,
         default_size=32,
-        family="resnet",
     )
 )
 register(
@@ -52,6 +51,5 @@ register(
         min_size=32,
         default_size=224,
         torchvision_name="resnet18",
-        family="resnet",
     )
 )

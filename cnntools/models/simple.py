@@ -37,6 +37,5 @@ register(
         min_size=8,
         default_size=32,
         small_input=16,
-        family="simple-cnn",
     )
 )

@@ -54,6 +54,5 @@ register(
         min_size=32,
         default_size=32,
         torchvision_name="vgg16",
-        family="vgg",
     )
 )
