@@ -60,16 +60,12 @@ def load_cached_state_dict(weights, model_name: str) -> dict:
     return state
 
 
-def load_pretrained(model, model_name: str, skip_prefixes: tuple[str, ...] = ()) -> None:
+def load_pretrained(model, model_name: str) -> None:
     """Copy torchvision's DEFAULT weights into `model`, leaving out layers whose shape changed."""
     weights = default_weights(model_name)
     state = load_cached_state_dict(weights, model_name)
     own = model.state_dict()
-    usable = {
-        k: v
-        for k, v in state.items()
-        if k in own and own[k].shape == v.shape and not any(k.startswith(p) for p in skip_prefixes)
-    }
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not usable:
         raise CnnError(f"torchvision:{model_name} weights do not fit this model")
     model.load_state_dict(usable, strict=False)

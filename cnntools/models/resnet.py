@@ -30,7 +30,7 @@ def resnet18_imagenet(in_channels=3, image_size=224, num_classes=1000, pretraine
     if pretrained:
         from cnntools.models.hub import load_pretrained
 
-        load_pretrained(model, "resnet18", skip_prefixes=("fc.",) if num_classes != 1000 else ())
+        load_pretrained(model, "resnet18")  # a resized fc head is left out by its shape
     return no_inplace(model)
 
 
