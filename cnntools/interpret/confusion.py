@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -72,7 +72,6 @@ class Predictions:
     classes: list[str]
     paths: list[str] | None = None
     prob: np.ndarray | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def mistakes(self) -> np.ndarray:
@@ -93,6 +92,7 @@ def read_predictions(text: str, source: str = "predictions") -> Predictions:
         )
     index, labels, preds, paths, probs = [], [], [], [], []
     names: dict[int, str] = {}
+    models = set()
     for line_no, row in enumerate(reader, start=2):
         try:
             label, pred = int(row["label"]), int(row["pred"])
@@ -104,13 +104,14 @@ def read_predictions(text: str, source: str = "predictions") -> Predictions:
         labels.append(label)
         preds.append(pred)
         paths.append(row.get("path") or "")
+        models.add(row.get("model"))
         if row.get("label_name"):
             names.setdefault(label, row["label_name"])
         if row.get("pred_name"):
             names.setdefault(pred, row["pred_name"])
     if not labels:
         raise CnnError(f"{source}: no prediction rows")
-    models = {row.get("model") for row in csv.DictReader(io.StringIO(text))} - {None}
+    models.discard(None)
     if len(models) > 1:
         raise CnnError(
             f"{source}: predictions of {len(models)} models in one file; write them per model "
