@@ -152,19 +152,6 @@ def _progress(label: str, total: int):
     return bar
 
 
-SUMMARY = [
-    ("accuracy", "accuracy"),
-    ("loss", "loss"),
-    ("top_k", None),
-    ("precision_macro", "precision (macro)"),
-    ("recall_macro", "recall (macro)"),
-    ("f1_macro", "F1 (macro)"),
-    ("precision_weighted", "precision (weighted)"),
-    ("recall_weighted", "recall (weighted)"),
-    ("f1_weighted", "F1 (weighted)"),
-]
-
-
 def _summary_row(result: dict, top_k: int) -> dict:
     logits = result["logits"]
     row = {
@@ -212,8 +199,7 @@ def _report(results: list[dict], fmt: str, per_class: bool, top_k: int) -> None:
         if per_class:
             classes = [c["class"] for c in results[0]["per_class"]]
             if len(results) == 1:
-                table = [{k: v for k, v in c.items()} for c in results[0]["per_class"]]
-                output.print_table(table, ["class", "support", "accuracy", "precision", "recall", "f1"], title="Per class")
+                output.print_table(results[0]["per_class"], ["class", "support", "accuracy", "precision", "recall", "f1"], title="Per class")
             elif all([c["class"] for c in r["per_class"]] == classes for r in results):
                 table = []
                 for i, name in enumerate(classes):
