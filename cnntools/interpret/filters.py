@@ -37,13 +37,12 @@ def kernel_tiles(weight: torch.Tensor, scale: str = "shared") -> tuple[torch.Ten
     return tiles.clamp(0, 1), rgb
 
 
-def filter_scores(activation: torch.Tensor, filters: Sequence[int], score: str = "mean") -> torch.Tensor:
-    """Score of each image for each filter from a layer output N×C×H×W: mean or max of the
-    post-ReLU feature map. Returns N×len(filters)."""
-    act = torch.relu(activation[:, list(filters)].float())
-    if act.dim() == 2:  # a linear layer: one number per unit
-        return act
-    flat = act.flatten(2)
+def filter_scores(rectified: torch.Tensor, score: str = "mean") -> torch.Tensor:
+    """Score of each image for each filter from the post-ReLU feature maps N×F×H×W of the
+    chosen filters: their mean or max. Returns N×F."""
+    if rectified.dim() == 2:  # a linear layer: one number per unit
+        return rectified
+    flat = rectified.flatten(2)
     if score == "mean":
         return flat.mean(2)
     if score == "max":
@@ -58,7 +57,6 @@ def top_activating(
     filters: Sequence[int],
     k: int = 9,
     score: str = "mean",
-    keep_argmax: bool = True,
 ) -> dict:
     """Rank a dataset's images by each filter's post-ReLU activation, batched under inference_mode.
 
@@ -78,10 +76,10 @@ def top_activating(
                 bad = [f for f in filters if not 0 <= f < channels]
                 if bad:
                     raise CnnError(f"layer '{layer}' has {channels} filters (0..{channels - 1}); got {bad}")
-            all_scores.append(filter_scores(act, filters, score).cpu())
-            if keep_argmax and act.dim() == 4:
-                sel = torch.relu(act[:, list(filters)].float()).flatten(2)
-                peaks.append(sel.argmax(2).cpu())
+            rectified = torch.relu(act[:, list(filters)].float())
+            all_scores.append(filter_scores(rectified, score).cpu())
+            if act.dim() == 4:
+                peaks.append(rectified.flatten(2).argmax(2).cpu())
             map_size = tuple(act.shape[2:]) if act.dim() == 4 else None
     if not all_scores:
         raise CnnError("no images to rank")
