@@ -35,7 +35,7 @@ def n_hooks(model):
 def test_captured_outputs_equal_a_manual_forward_and_hooks_are_removed():
     model = net()
     x = torch.randn(2, 3, 16, 16)
-    got = act.activations_of(model, x, ["0", "3.0", "3.2", "5"])
+    got_out, got = act.activations_of(model, x, ["0", "3.0", "3.2", "5"])
     with torch.no_grad():
         conv0 = model[0](x)
         expected0 = conv0.clone()
@@ -47,6 +47,7 @@ def test_captured_outputs_equal_a_manual_forward_and_hooks_are_removed():
     torch.testing.assert_close(got["3.0"], c30)
     torch.testing.assert_close(got["3.2"], torch.relu(model[3][1](c30)))
     torch.testing.assert_close(got["5"], out)
+    torch.testing.assert_close(got_out, out)
     assert n_hooks(model) == 0
 
 

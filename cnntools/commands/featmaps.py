@@ -81,9 +81,9 @@ def main(
     for n in names:
         get_layer(lm.model, n)
     x = lm.prepare(raw)
-    with torch.inference_mode():
-        probs = torch.softmax(lm.model(x).float(), dim=1)[0].cpu()
-    acts = {n: a[0].float().cpu() for n, a in activations_of(lm.model, x, names).items()}
+    logits, captured = activations_of(lm.model, x, names)
+    probs = torch.softmax(logits.float(), dim=1)[0].cpu()
+    acts = {n: a[0].float().cpu() for n, a in captured.items()}
     pred = int(probs.argmax())
 
     layers_doc = []

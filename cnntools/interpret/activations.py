@@ -148,14 +148,17 @@ def layer_table(model: nn.Module, example: torch.Tensor) -> list[dict]:
     return rows
 
 
-def activations_of(model: nn.Module, x: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Outputs of the named layers for the batch `x` (one forward pass, no gradients)."""
+def activations_of(
+    model: nn.Module, x: torch.Tensor, names: Sequence[str]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The model's output and the outputs of the named layers for the batch `x` (one forward
+    pass, no gradients)."""
     with capture_activations(model, names) as store, torch.inference_mode():
-        model(x)
+        output = model(x)
     missing = [n for n in names if n not in store]
     if missing:
         raise CnnError(f"layer(s) {', '.join(missing)} did not run in the forward pass; pick another layer")
-    return dict(store)
+    return output, dict(store)
 
 
 def activation_stats(t: torch.Tensor) -> dict:
