@@ -179,7 +179,7 @@ def main(
                 {
                     "image": image_name,
                     "index": picked[i] if picked else None,
-                    "path": (image or [None] * len(names))[i] if image else None,
+                    "path": image[i] if image else None,
                     "model": r["name"],
                     "label": label if label >= 0 else None,
                     "label_name": classes[label] if 0 <= label < len(classes) else None,
