@@ -113,7 +113,7 @@ def main(
         images = load_split(data or "digits", split, data_dir=data_dir, download=download, seed=seed)
         source.update(kind="pixels", data=images.spec)
         idx = _subset(images.labels.numpy(), n, seed, lib)
-        features = images.images[idx].reshape(len(idx), -1).numpy().astype(np.float32) / 255.0
+        features = _pixels(images, idx)
         what = "raw pixels"
     else:
         from cnntools.checkpoint import load_model
@@ -123,7 +123,7 @@ def main(
         images = lm.load_split(split, data_override=data, data_dir=data_dir)
         idx = _subset(images.labels.numpy(), n, seed, lib)
         features, layer_name, hook = lib.layer_features(
-            lm.model, lambda x: lm.prepare(x), images.images[idx], layer=layer, batch_size=batch_size
+            lm.model, lm.prepare, images.images[idx], layer=layer, batch_size=batch_size
         )
         source.update(kind="features", data=images.spec, checkpoint=checkpoint, arch=getattr(lm, "arch", None),
                       layer=layer_name, hook=hook)
@@ -138,7 +138,7 @@ def main(
     summary = result.summary()
     if checkpoint is not None:
         # The same images' raw pixels, measured the same way: did training separate the classes?
-        pixels = images.images[idx].reshape(len(idx), -1).numpy().astype(np.float32) / 255.0
+        pixels = _pixels(images, idx)
         baseline = lib.knn_separation(pixels, labels, len(classes), result.k)
         summary["knn_accuracy_pixels"] = baseline["knn_accuracy"]
         summary["knn_mixing_pixels"] = baseline["knn_mixing_overall"]
@@ -194,6 +194,13 @@ def main(
                            headers=headers)
 
     output.emit(doc, fmt, rows=pairs, columns=columns, render_table=render)
+
+
+def _pixels(images, idx):
+    """The chosen images' raw pixels as float32 rows in [0, 1] (as the model sees them, before normalisation)."""
+    import numpy as np
+
+    return images.images[idx].reshape(len(idx), -1).numpy().astype(np.float32) / 255.0
 
 
 def _subset(labels, n, seed, lib):
