@@ -52,6 +52,13 @@ def _from_checkpoint(source, data, data_dir, split, batch_size, device, precisio
     )
 
 
+def _from_predictions(text, source):
+    from cnntools.interpret.confusion import read_predictions
+
+    table = read_predictions(text, source)
+    return table.label, table.pred, table.classes, table.index, table.paths, source
+
+
 def main(
     source: Annotated[str, typer.Argument(help="Checkpoint (.safetensors, torchvision:NAME) or predictions CSV; - for stdin.")],
     normalize: Annotated[
@@ -106,19 +113,13 @@ def main(
                 text = raw.decode("utf-8-sig")
             except UnicodeDecodeError:
                 raise CnnError("stdin: neither a predictions CSV nor a safetensors checkpoint") from None
-            table = cmath.read_predictions(text, "stdin")
-            labels, preds, classes, index, paths, origin = (
-                table.label, table.pred, table.classes, table.index, table.paths, "stdin",
-            )
+            labels, preds, classes, index, paths, origin = _from_predictions(text, "stdin")
     elif is_model:
         labels, preds, classes, index, paths, origin = _from_checkpoint(
             source, data, data_dir, split, batch_size, device, precision
         )
     else:
-        table = cmath.read_predictions(files.read_text(source), source)
-        labels, preds, classes, index, paths, origin = (
-            table.label, table.pred, table.classes, table.index, table.paths, source,
-        )
+        labels, preds, classes, index, paths, origin = _from_predictions(files.read_text(source), source)
 
     k = len(classes)
     counts = cmath.confusion_counts(labels, preds, k)
