@@ -264,15 +264,14 @@ def set_rng_state(state: dict) -> None:
 # ---------------------------------------------------------------------------- evaluation
 
 
-def evaluate(model, loader, criterion, device, precision: str = "fp32", channels_last: bool = False) -> dict:
+def evaluate(model, loader, criterion, device, precision: str = "fp32") -> dict:
     """Mean loss and accuracy over a loader (summed across ranks under DDP: give each rank an
-    unpadded shard and the unwrapped model)."""
+    unpadded shard and the unwrapped model). The loader yields batches in the model's memory
+    format."""
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
     with torch.inference_mode():
         for x, y in loader:
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
             with runtime.autocast(device, precision):
                 logits = model(x)
             logits = logits.float()
@@ -696,9 +695,7 @@ class Trainer:
         for batch_index, (x, y) in enumerate(self.train_loader, start=1):
             if batch_index <= skip:
                 continue  # replaying an interrupted epoch: these updates are in the weights already
-            batch = batch_index
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            batch = batch_index  # x comes from the loader in the model's memory format
             with runtime.autocast(device, self.precision):
                 logits = model(x)
                 loss = self.criterion(logits.float(), y)
@@ -764,8 +761,7 @@ class Trainer:
             broadcast_buffers(unwrap_model(model))  # validate and save the buffers rank 0 writes
         if self.val_loader is not None:
             # The plain module: evaluation needs no gradient exchange, and the shards differ in length.
-            metrics = evaluate(unwrap_model(model), self.val_loader, self.eval_criterion, device, self.precision,
-                               self.channels_last)
+            metrics = evaluate(unwrap_model(model), self.val_loader, self.eval_criterion, device, self.precision)
             record["val_loss"], record["val_acc"] = metrics["loss"], metrics["acc"]
         pos.epoch, pos.batch, pos.partial = epoch, 0, {}
         self.history.append(record)
