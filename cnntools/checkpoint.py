@@ -153,10 +153,6 @@ def _jsonable(value):
 # ---------------------------------------------------------------------------- reading
 
 
-def _describe(path: str) -> str:
-    return "stdin" if path == files.STDIO else str(path)
-
-
 # A safetensors header is JSON; safetensors itself refuses headers above 100 MB. Our metadata
 # (history included) is a few hundred kB even for long runs.
 MAX_HEADER_BYTES = 100 * 2**20
@@ -268,7 +264,7 @@ def _read_validated(path: str, data: bytes | None = None) -> tuple[bytes, dict]:
     import os
     import sys
 
-    name = _describe(path)
+    name = files.display_name(path)
     stdin = path == files.STDIO and data is None
     stream = io.BytesIO(data) if data is not None else sys.stdin.buffer if stdin else files.open_binary(path)
     try:
@@ -302,7 +298,7 @@ def read_checkpoint(path: str, data: bytes | None = None) -> tuple[dict, dict]:
     """
     from safetensors.torch import load
 
-    name = _describe(path)
+    name = files.display_name(path)
     data, header = _read_validated(path, data)
     raw = header.get("__metadata__") or {}
     if raw.get("format") != json.dumps(FORMAT):
@@ -377,7 +373,7 @@ def validate_metadata(meta: dict, name: str = "checkpoint") -> None:
 def resume_state(tensors: dict, meta: dict, path: str = "checkpoint") -> dict:
     """The training state stored by a resumable checkpoint (see the module docstring)."""
     if "resume" not in meta:
-        raise CnnError(f"{_describe(path)}: holds no resume state (it was written by an older cnntools or stripped); start a new run instead")
+        raise CnnError(f"{files.display_name(path)}: holds no resume state (it was written by an older cnntools or stripped); start a new run instead")
     try:
         state = unpack(meta["resume"], tensors)
     except (KeyError, TypeError, ValueError, AttributeError):
@@ -386,7 +382,7 @@ def resume_state(tensors: dict, meta: dict, path: str = "checkpoint") -> dict:
     if not isinstance(state, dict) or "epoch" not in state or not all(
         type(state[k]) is t and (t is not int or state[k] >= 0) for k, t in types.items() if k in state
     ):
-        raise CnnError(f"{_describe(path)}: damaged resume state; the weights still load, but training cannot continue from it")
+        raise CnnError(f"{files.display_name(path)}: damaged resume state; the weights still load, but training cannot continue from it")
     return state
 
 
@@ -536,7 +532,7 @@ def load_model(spec: str, device="cpu", data: bytes | None = None) -> LoadedMode
     device = torch.device(device) if not isinstance(device, torch.device) else device
     if spec.startswith(TORCHVISION_PREFIX):
         return _load_torchvision(spec[len(TORCHVISION_PREFIX):], device)
-    name = _describe(spec)
+    name = files.display_name(spec)
     tensors, meta = read_checkpoint(spec, data)
     weights = model_state(tensors)
     check_weights(meta, weights, name)
