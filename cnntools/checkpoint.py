@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from cnntools import files
-from cnntools.output import CnnError
+from cnntools.output import CnnError, first_line
 
 FORMAT = "cnntools-checkpoint"
 FORMAT_VERSION = 1
@@ -606,8 +606,7 @@ def _load_torchvision(name: str, device) -> LoadedModel:
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
-        first = str(error).strip().splitlines()[0]
-        raise CnnError(f"torchvision:{name}: the cached weights do not fit the model ({first}); delete the file and fetch it again") from None
+        raise CnnError(f"torchvision:{name}: the cached weights do not fit the model ({first_line(error)}); delete the file and fetch it again") from None
     no_inplace(model).to(device).eval()
     preprocess = weights.transforms()
     crop = int(preprocess.crop_size[0])

@@ -253,8 +253,7 @@ def _train(cfg, resumed, resume, target, fmt, history, plot, data_sets=None, ran
     except RuntimeError as error:
         # e.g. CUDA's adaptive_avg_pool2d backward has no deterministic version: say so plainly.
         if cfg.deterministic and "deterministic" in str(error):
-            first = str(error).strip().splitlines()[0]
-            raise output.CnnError(f"--deterministic: {first}; train without --deterministic or on the CPU") from None
+            raise output.CnnError(f"--deterministic: {output.first_line(error)}; train without --deterministic or on the CPU") from None
         raise
     finally:
         if trainer.progress is not None:
