@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from cnntools import files
-from cnntools.output import CnnError, first_line
+from cnntools.output import CnnError, first_line, to_jsonable
 
 FORMAT = "cnntools-checkpoint"
 FORMAT_VERSION = 1
@@ -126,7 +126,7 @@ def checkpoint_bytes(model, meta: dict, resume: dict | None = None) -> bytes:
     for key, value in meta.items():
         if key in ("format", "format_version", "resume"):
             continue
-        metadata[key] = json.dumps(_jsonable(value), allow_nan=False)
+        metadata[key] = json.dumps(to_jsonable(value), allow_nan=False)
     if resume is not None:
         resume_tensors: dict = {}
         packed = pack(resume, RESUME_PREFIX.rstrip("/"), resume_tensors)
@@ -142,12 +142,6 @@ def save_checkpoint(path: str, model, meta: dict, resume: dict | None = None) ->
     values); `resume`, when given, makes the file resumable by `train --resume`.
     """
     files.write_bytes(path, checkpoint_bytes(model, meta, resume))
-
-
-def _jsonable(value):
-    from cnntools.output import to_jsonable
-
-    return to_jsonable(value)
 
 
 # ---------------------------------------------------------------------------- reading
