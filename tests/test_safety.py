@@ -242,14 +242,8 @@ def test_no_network_without_download(cli, tmp_path, monkeypatch, no_network):
 # ---------------------------------------------------------------------------- determinism and numerics
 
 
-def test_deterministic_flag_switches_on_deterministic_algorithms(cli, tmp_path):
-    from cnntools import output
-    from cnntools.engine import TrainConfig, Trainer, load_training_data
-
-    output.configure(quiet=True)
-    cfg = TrainConfig(image_size=8, epochs=1, precision="fp32", device="cpu", deterministic=True)
-    train, val, _ = load_training_data(cfg)
-    trainer = Trainer(cfg, train, val, output=None)
+def test_deterministic_flag_switches_on_deterministic_algorithms(cli, tmp_path, small_trainer):
+    trainer = small_trainer(epochs=1, deterministic=True)
     seen = []
     trainer.on_batch = lambda epoch, batch, loss: seen.append(
         (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark))
@@ -269,15 +263,11 @@ def test_deterministic_flag_switches_on_deterministic_algorithms(cli, tmp_path):
     assert read_checkpoint(str(tmp_path / "a.safetensors"))[1]["train_config"]["deterministic"] is True
 
 
-def test_inf_gradient_with_finite_loss_stops_and_keeps_the_good_checkpoint(tmp_path):
-    from cnntools import output
-    from cnntools.engine import NonFiniteLoss, TrainConfig, Trainer, load_training_data
+def test_inf_gradient_with_finite_loss_stops_and_keeps_the_good_checkpoint(tmp_path, small_trainer):
+    from cnntools.engine import NonFiniteLoss
 
-    output.configure(quiet=True)
-    cfg = TrainConfig(image_size=8, epochs=3, precision="fp32", device="cpu", keep="last")
-    train, val, _ = load_training_data(cfg)
     out = tmp_path / "good.safetensors"
-    trainer = Trainer(cfg, train, val, output=str(out))
+    trainer = small_trainer(out, epochs=3, keep="last")
     poison = {"on": False}
     snapshot = {}
     weight = trainer.model.classifier[-1].weight

@@ -142,15 +142,11 @@ def test_nan_loss_stops_with_one_line(cli, tmp_path):
     assert "no checkpoint was written" in lines[0] and not out.exists()
 
 
-def test_nan_after_a_good_epoch_keeps_the_good_checkpoint(tmp_path):
-    from cnntools import output
-    from cnntools.engine import NonFiniteLoss, TrainConfig, Trainer, load_training_data
+def test_nan_after_a_good_epoch_keeps_the_good_checkpoint(tmp_path, small_trainer):
+    from cnntools.engine import NonFiniteLoss
 
-    output.configure(quiet=True)
-    cfg = TrainConfig(image_size=8, epochs=3, precision="fp32", device="cpu", keep="last")
-    train, val, _ = load_training_data(cfg)
     out = tmp_path / "good.safetensors"
-    trainer = Trainer(cfg, train, val, output=str(out))
+    trainer = small_trainer(out, epochs=3, keep="last")
     snapshot = {}
 
     def poison(epoch, batch, loss):

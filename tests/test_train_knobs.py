@@ -88,19 +88,13 @@ def test_epoch_records_report_the_lr_they_trained_with(cli, tmp_path):
     assert [r["lr"] for r in _jsonl(result.stdout)] == pytest.approx([0.04, 0.02, 0.01])
 
 
-def test_class_weights_and_label_smoothing_reach_the_training_loss(cli, tmp_path):
+def test_class_weights_and_label_smoothing_reach_the_training_loss(cli, tmp_path, small_trainer):
     """The loss the trainer minimises is PyTorch's cross-entropy with the chosen weights and smoothing."""
     import torch.nn.functional as F
 
-    from cnntools import output
-    from cnntools.engine import Trainer, load_training_data
-
-    output.configure(quiet=True)
     weights = [1.0] * 9 + [5.0]
-    cfg = TrainConfig(image_size=8, epochs=1, precision="fp32", device="cpu", augment="none",
-                      class_weights=",".join(map(str, weights)), label_smoothing=0.2)
-    train, val, _ = load_training_data(cfg)
-    trainer = Trainer(cfg, train, val, output=str(tmp_path / "m.safetensors"))
+    trainer = small_trainer(tmp_path / "m.safetensors", epochs=1, augment="none",
+                            class_weights=",".join(map(str, weights)), label_smoothing=0.2)
     g = torch.Generator().manual_seed(0)
     logits, y = torch.randn(64, 10, generator=g), torch.randint(0, 10, (64,), generator=g)
     expected = F.cross_entropy(logits, y, weight=torch.tensor(weights), label_smoothing=0.2)
