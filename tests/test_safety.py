@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnntools.checkpoint import load_model, model_state, read_checkpoint, resume_state
+from cnntools.checkpoint import load_model, read_checkpoint, resume_state
+from train_helpers import checkpoint_weights as _weights, same_weights as _same_weights
 
 # simple-cnn on 8x8 digits in fp32 on one thread: fast and bit-for-bit repeatable.
 FAST = ["--arch", "simple-cnn", "--image-size", "8", "--precision", "fp32", "--device", "cpu", "--augment", "crop:1",
@@ -29,15 +30,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def _weights(path) -> dict:
-    return model_state(read_checkpoint(str(path))[0])
-
-
-def _same_weights(a, b) -> bool:
-    wa, wb = _weights(a), _weights(b)
-    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def _start(args: list[str], tmp_path: Path, driver: str | None = None) -> subprocess.Popen:

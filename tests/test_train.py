@@ -13,24 +13,11 @@ import pytest
 import torch
 
 from cnntools.checkpoint import model_state, read_checkpoint, resume_state
+from train_helpers import checkpoint_weights as _weights, jsonl_records as _records, same_weights as _same_weights
 
 # Small and fast: simple-cnn on 8x8 digits, fp32 so runs are bit-for-bit repeatable.
 FAST = ["--arch", "simple-cnn", "--image-size", "8", "--precision", "fp32", "--device", "cpu", "--batch-size", "64",
         "--augment", "none"]
-
-
-def _weights(path) -> dict:
-    tensors, _ = read_checkpoint(str(path))
-    return model_state(tensors)
-
-
-def _same_weights(a, b) -> bool:
-    wa, wb = _weights(a), _weights(b)
-    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-
-
-def _records(stdout: str) -> list[dict]:
-    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
 
 
 def _untimed(records):

@@ -4,7 +4,6 @@ early stopping."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -13,6 +12,7 @@ import torch
 from sklearn.utils.class_weight import compute_class_weight
 
 from cnntools.engine import TrainConfig, build_scheduler, class_weight_tensor
+from train_helpers import jsonl_records as _jsonl
 
 FAST = ["--arch", "simple-cnn", "--image-size", "8", "--precision", "fp32", "--device", "cpu", "--batch-size", "64",
         "--augment", "none"]
@@ -75,10 +75,6 @@ def test_auto_class_weights_are_sklearns_balanced():
     assert weights.tolist() == pytest.approx(expected.tolist())
     assert class_weight_tensor("1,2,0.5", Data, "cpu").tolist() == [1.0, 2.0, 0.5]
     assert class_weight_tensor("none", Data, "cpu") is None
-
-
-def _jsonl(stdout: str) -> list[dict]:
-    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
 
 
 def test_epoch_records_report_the_lr_they_trained_with(cli, tmp_path):
