@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from cnntools import files
-from cnntools.output import CnnError
+from cnntools.output import CnnError, first_line, to_jsonable
 
 FORMAT = "cnntools-checkpoint"
 FORMAT_VERSION = 1
@@ -126,7 +126,7 @@ def checkpoint_bytes(model, meta: dict, resume: dict | None = None) -> bytes:
     for key, value in meta.items():
         if key in ("format", "format_version", "resume"):
             continue
-        metadata[key] = json.dumps(_jsonable(value), allow_nan=False)
+        metadata[key] = json.dumps(to_jsonable(value), allow_nan=False)
     if resume is not None:
         resume_tensors: dict = {}
         packed = pack(resume, RESUME_PREFIX.rstrip("/"), resume_tensors)
@@ -144,17 +144,7 @@ def save_checkpoint(path: str, model, meta: dict, resume: dict | None = None) ->
     files.write_bytes(path, checkpoint_bytes(model, meta, resume))
 
 
-def _jsonable(value):
-    from cnntools.output import to_jsonable
-
-    return to_jsonable(value)
-
-
 # ---------------------------------------------------------------------------- reading
-
-
-def _describe(path: str) -> str:
-    return "stdin" if path == files.STDIO else str(path)
 
 
 # A safetensors header is JSON; safetensors itself refuses headers above 100 MB. Our metadata
@@ -268,7 +258,7 @@ def _read_validated(path: str, data: bytes | None = None) -> tuple[bytes, dict]:
     import os
     import sys
 
-    name = _describe(path)
+    name = files.display_name(path)
     stdin = path == files.STDIO and data is None
     stream = io.BytesIO(data) if data is not None else sys.stdin.buffer if stdin else files.open_binary(path)
     try:
@@ -302,7 +292,7 @@ def read_checkpoint(path: str, data: bytes | None = None) -> tuple[dict, dict]:
     """
     from safetensors.torch import load
 
-    name = _describe(path)
+    name = files.display_name(path)
     data, header = _read_validated(path, data)
     raw = header.get("__metadata__") or {}
     if raw.get("format") != json.dumps(FORMAT):
@@ -377,7 +367,7 @@ def validate_metadata(meta: dict, name: str = "checkpoint") -> None:
 def resume_state(tensors: dict, meta: dict, path: str = "checkpoint") -> dict:
     """The training state stored by a resumable checkpoint (see the module docstring)."""
     if "resume" not in meta:
-        raise CnnError(f"{_describe(path)}: holds no resume state (it was written by an older cnntools or stripped); start a new run instead")
+        raise CnnError(f"{files.display_name(path)}: holds no resume state (it was written by an older cnntools or stripped); start a new run instead")
     try:
         state = unpack(meta["resume"], tensors)
     except (KeyError, TypeError, ValueError, AttributeError):
@@ -386,7 +376,7 @@ def resume_state(tensors: dict, meta: dict, path: str = "checkpoint") -> dict:
     if not isinstance(state, dict) or "epoch" not in state or not all(
         type(state[k]) is t and (t is not int or state[k] >= 0) for k, t in types.items() if k in state
     ):
-        raise CnnError(f"{_describe(path)}: damaged resume state; the weights still load, but training cannot continue from it")
+        raise CnnError(f"{files.display_name(path)}: damaged resume state; the weights still load, but training cannot continue from it")
     return state
 
 
@@ -536,7 +526,7 @@ def load_model(spec: str, device="cpu", data: bytes | None = None) -> LoadedMode
     device = torch.device(device) if not isinstance(device, torch.device) else device
     if spec.startswith(TORCHVISION_PREFIX):
         return _load_torchvision(spec[len(TORCHVISION_PREFIX):], device)
-    name = _describe(spec)
+    name = files.display_name(spec)
     tensors, meta = read_checkpoint(spec, data)
     weights = model_state(tensors)
     check_weights(meta, weights, name)
@@ -610,8 +600,7 @@ def _load_torchvision(name: str, device) -> LoadedModel:
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
-        first = str(error).strip().splitlines()[0]
-        raise CnnError(f"torchvision:{name}: the cached weights do not fit the model ({first}); delete the file and fetch it again") from None
+        raise CnnError(f"torchvision:{name}: the cached weights do not fit the model ({first_line(error)}); delete the file and fetch it again") from None
     no_inplace(model).to(device).eval()
     preprocess = weights.transforms()
     crop = int(preprocess.crop_size[0])

@@ -17,7 +17,7 @@ import os
 import signal
 from dataclasses import dataclass
 
-from cnntools.output import EXIT_INTERRUPTED, EXIT_TERMINATED, LAUNCHED_ENV, CnnError
+from cnntools.output import EXIT_INTERRUPTED, EXIT_TERMINATED, LAUNCHED_ENV, CnnError, first_line
 
 DEFAULT_TIMEOUT = 300.0
 _HOW_TO_START = "start distributed runs with torchrun --nproc-per-node N -m cnntools train ... (or cnntools train --nproc N)"
@@ -160,11 +160,6 @@ def _is_peer_error(error: BaseException) -> bool:
         return True
     text = str(error).lower()
     return any(word in text for word in ("gloo", "nccl", "connection closed", "connection reset", "broken pipe", "timed out"))
-
-
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 # ---------------------------------------------------------------------------- launcher

@@ -264,15 +264,14 @@ def set_rng_state(state: dict) -> None:
 # ---------------------------------------------------------------------------- evaluation
 
 
-def evaluate(model, loader, criterion, device, precision: str = "fp32", channels_last: bool = False) -> dict:
+def evaluate(model, loader, criterion, device, precision: str = "fp32") -> dict:
     """Mean loss and accuracy over a loader (summed across ranks under DDP: give each rank an
-    unpadded shard and the unwrapped model)."""
+    unpadded shard and the unwrapped model). The loader yields batches in the model's memory
+    format."""
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
     with torch.inference_mode():
         for x, y in loader:
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
             with runtime.autocast(device, precision):
                 logits = model(x)
             logits = logits.float()
@@ -433,7 +432,7 @@ class Position:
     partial: dict = field(default_factory=dict)  # running sums of an epoch cut short
 
 
-def load_training_data(cfg: TrainConfig, rank: int = 0):
+def load_training_data(cfg: TrainConfig):
     """(train, val or None, native size) as ImageSets at the model's input size."""
     from cnntools.data import available_splits, load_splits, open_source
     from cnntools.models import input_size_for
@@ -475,7 +474,6 @@ class Trainer:
         output: str | None = "model.safetensors",
         rank: int = 0,
         world_size: int = 1,
-        extra_meta: dict | None = None,
         device=None,
     ):
         from cnntools.data import BatchLoader, normalization, parse_augment
@@ -535,7 +533,6 @@ class Trainer:
         self.position = Position()
         self.history: list[dict] = []
         self.best_state: dict | None = None
-        self.extra_meta = dict(extra_meta or {})
         self._stop = threading.Event()
         self._stop_signal = signal.SIGINT  # which signal asked to stop (request_stop: as Ctrl-C)
         self.on_epoch: Callable[[dict], None] | None = None
@@ -567,7 +564,6 @@ class Trainer:
             "metrics": {**(kept or {}), "updates": pos.updates, "epochs_completed": pos.epoch,
                         "kept": self.cfg.keep if self.val_loader is not None else "last"},
             "history": self.history,
-            **self.extra_meta,
         }
 
     def _kept_record(self) -> dict | None:
@@ -689,16 +685,13 @@ class Trainer:
         start = time.perf_counter()
         if self.progress is not None:
             self.progress.start(epoch, self.steps_per_epoch, skip)
-        batch = 0
         images_seen = 0
         lr_used = self.optimizer.param_groups[0]["lr"]
         stop = False
         for batch_index, (x, y) in enumerate(self.train_loader, start=1):
             if batch_index <= skip:
                 continue  # replaying an interrupted epoch: these updates are in the weights already
-            batch = batch_index
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            # x comes from the loader in the model's memory format
             with runtime.autocast(device, self.precision):
                 logits = model(x)
                 loss = self.criterion(logits.float(), y)
@@ -764,8 +757,7 @@ class Trainer:
             broadcast_buffers(unwrap_model(model))  # validate and save the buffers rank 0 writes
         if self.val_loader is not None:
             # The plain module: evaluation needs no gradient exchange, and the shards differ in length.
-            metrics = evaluate(unwrap_model(model), self.val_loader, self.eval_criterion, device, self.precision,
-                               self.channels_last)
+            metrics = evaluate(unwrap_model(model), self.val_loader, self.eval_criterion, device, self.precision)
             record["val_loss"], record["val_acc"] = metrics["loss"], metrics["acc"]
         pos.epoch, pos.batch, pos.partial = epoch, 0, {}
         self.history.append(record)

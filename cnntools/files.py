@@ -14,6 +14,11 @@ from cnntools.output import CnnError, claim_stdout
 STDIO = "-"
 
 
+def display_name(path: str | os.PathLike) -> str:
+    """How messages name a file argument: `stdin` for `-`, else the path."""
+    return "stdin" if str(path) == STDIO else str(path)
+
+
 def open_binary(path: str | os.PathLike):
     """A binary file object for reading (not stdin), with a one-line error when it cannot be opened."""
     try:
@@ -46,7 +51,7 @@ def read_text(path: str | os.PathLike) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise CnnError(f"{'stdin' if str(path) == STDIO else path}: not UTF-8 text") from None
+        raise CnnError(f"{display_name(path)}: not UTF-8 text") from None
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -306,6 +306,14 @@ def one_line(message: str) -> str:
     """The message with control characters escaped, so an error stays one line whatever the
     input it quotes (a file name or argument with a newline or carriage return in it)."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def _distributed_rank() -> str | None:
     return os.environ.get("RANK") if "WORLD_SIZE" in os.environ else None
 

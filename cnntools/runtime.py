@@ -21,7 +21,7 @@ def resolve_device(spec: str = "auto"):
     if spec == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
     if spec.startswith("cuda"):
@@ -30,9 +30,15 @@ def resolve_device(spec: str = "auto"):
         index = int(spec.split(":")[1]) if ":" in spec else 0
         if index >= torch.cuda.device_count():
             raise CnnError(f"device '{spec}' does not exist: {torch.cuda.device_count()} CUDA device(s) found")
-    if spec == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+    if spec == "mps" and not _mps_available():
         raise CnnError("device 'mps' asked for but Apple MPS is not available here; use --device cpu or auto")
     return torch.device(spec)
+
+
+def _mps_available() -> bool:
+    import torch
+
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
 
 
 def cpu_has_native_bf16() -> bool:

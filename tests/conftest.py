@@ -81,3 +81,20 @@ def _fresh_output_state():
 
     output.configure()
     yield
+
+
+@pytest.fixture
+def small_trainer():
+    """A factory of quiet in-process Trainers on digits at 8x8, CPU fp32:
+    `small_trainer(path=None, **config)` writes its checkpoint to `path`; `config` overrides
+    TrainConfig's fields."""
+    from cnntools import output
+    from cnntools.engine import TrainConfig, Trainer, load_training_data
+
+    def make(path=None, **config):
+        output.configure(quiet=True)
+        cfg = TrainConfig(**{"image_size": 8, "precision": "fp32", "device": "cpu", **config})
+        train, val, _ = load_training_data(cfg)
+        return Trainer(cfg, train, val, output=None if path is None else str(path))
+
+    return make

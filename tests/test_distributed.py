@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnntools.checkpoint import load_model, model_state, read_checkpoint
+from cnntools.checkpoint import load_model, read_checkpoint
+from train_helpers import checkpoint_weights as _weights
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; gloo on Linux")
 
@@ -46,10 +47,6 @@ def _torchrun(*args) -> subprocess.CompletedProcess:
 
 def _records(stdout: str) -> list[dict]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
-
-
-def _weights(path) -> dict:
-    return model_state(read_checkpoint(str(path))[0])
 
 
 def _close(a: dict, b: dict, atol=2e-5) -> bool:

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnntools.checkpoint import load_model, model_state, read_checkpoint, resume_state
+from cnntools.checkpoint import load_model, read_checkpoint, resume_state
+from train_helpers import checkpoint_weights as _weights, same_weights as _same_weights
 
 # simple-cnn on 8x8 digits in fp32 on one thread: fast and bit-for-bit repeatable.
 FAST = ["--arch", "simple-cnn", "--image-size", "8", "--precision", "fp32", "--device", "cpu", "--augment", "crop:1",
@@ -29,15 +30,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def _weights(path) -> dict:
-    return model_state(read_checkpoint(str(path))[0])
-
-
-def _same_weights(a, b) -> bool:
-    wa, wb = _weights(a), _weights(b)
-    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def _start(args: list[str], tmp_path: Path, driver: str | None = None) -> subprocess.Popen:
@@ -242,14 +234,8 @@ def test_no_network_without_download(cli, tmp_path, monkeypatch, no_network):
 # ---------------------------------------------------------------------------- determinism and numerics
 
 
-def test_deterministic_flag_switches_on_deterministic_algorithms(cli, tmp_path):
-    from cnntools import output
-    from cnntools.engine import TrainConfig, Trainer, load_training_data
-
-    output.configure(quiet=True)
-    cfg = TrainConfig(image_size=8, epochs=1, precision="fp32", device="cpu", deterministic=True)
-    train, val, _ = load_training_data(cfg)
-    trainer = Trainer(cfg, train, val, output=None)
+def test_deterministic_flag_switches_on_deterministic_algorithms(cli, tmp_path, small_trainer):
+    trainer = small_trainer(epochs=1, deterministic=True)
     seen = []
     trainer.on_batch = lambda epoch, batch, loss: seen.append(
         (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark))
@@ -269,15 +255,11 @@ def test_deterministic_flag_switches_on_deterministic_algorithms(cli, tmp_path):
     assert read_checkpoint(str(tmp_path / "a.safetensors"))[1]["train_config"]["deterministic"] is True
 
 
-def test_inf_gradient_with_finite_loss_stops_and_keeps_the_good_checkpoint(tmp_path):
-    from cnntools import output
-    from cnntools.engine import NonFiniteLoss, TrainConfig, Trainer, load_training_data
+def test_inf_gradient_with_finite_loss_stops_and_keeps_the_good_checkpoint(tmp_path, small_trainer):
+    from cnntools.engine import NonFiniteLoss
 
-    output.configure(quiet=True)
-    cfg = TrainConfig(image_size=8, epochs=3, precision="fp32", device="cpu", keep="last")
-    train, val, _ = load_training_data(cfg)
     out = tmp_path / "good.safetensors"
-    trainer = Trainer(cfg, train, val, output=str(out))
+    trainer = small_trainer(out, epochs=3, keep="last")
     poison = {"on": False}
     snapshot = {}
     weight = trainer.model.classifier[-1].weight

@@ -13,24 +13,11 @@ import pytest
 import torch
 
 from cnntools.checkpoint import model_state, read_checkpoint, resume_state
+from train_helpers import checkpoint_weights as _weights, jsonl_records as _records, same_weights as _same_weights
 
 # Small and fast: simple-cnn on 8x8 digits, fp32 so runs are bit-for-bit repeatable.
 FAST = ["--arch", "simple-cnn", "--image-size", "8", "--precision", "fp32", "--device", "cpu", "--batch-size", "64",
         "--augment", "none"]
-
-
-def _weights(path) -> dict:
-    tensors, _ = read_checkpoint(str(path))
-    return model_state(tensors)
-
-
-def _same_weights(a, b) -> bool:
-    wa, wb = _weights(a), _weights(b)
-    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-
-
-def _records(stdout: str) -> list[dict]:
-    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
 
 
 def _untimed(records):
@@ -142,15 +129,11 @@ def test_nan_loss_stops_with_one_line(cli, tmp_path):
     assert "no checkpoint was written" in lines[0] and not out.exists()
 
 
-def test_nan_after_a_good_epoch_keeps_the_good_checkpoint(tmp_path):
-    from cnntools import output
-    from cnntools.engine import NonFiniteLoss, TrainConfig, Trainer, load_training_data
+def test_nan_after_a_good_epoch_keeps_the_good_checkpoint(tmp_path, small_trainer):
+    from cnntools.engine import NonFiniteLoss
 
-    output.configure(quiet=True)
-    cfg = TrainConfig(image_size=8, epochs=3, precision="fp32", device="cpu", keep="last")
-    train, val, _ = load_training_data(cfg)
     out = tmp_path / "good.safetensors"
-    trainer = Trainer(cfg, train, val, output=str(out))
+    trainer = small_trainer(out, epochs=3, keep="last")
     snapshot = {}
 
     def poison(epoch, batch, loss):

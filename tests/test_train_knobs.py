@@ -4,7 +4,6 @@ early stopping."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -13,6 +12,7 @@ import torch
 from sklearn.utils.class_weight import compute_class_weight
 
 from cnntools.engine import TrainConfig, build_scheduler, class_weight_tensor
+from train_helpers import jsonl_records as _jsonl
 
 FAST = ["--arch", "simple-cnn", "--image-size", "8", "--precision", "fp32", "--device", "cpu", "--batch-size", "64",
         "--augment", "none"]
@@ -77,10 +77,6 @@ def test_auto_class_weights_are_sklearns_balanced():
     assert class_weight_tensor("none", Data, "cpu") is None
 
 
-def _jsonl(stdout: str) -> list[dict]:
-    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
-
-
 def test_epoch_records_report_the_lr_they_trained_with(cli, tmp_path):
     result = cli("train", *FAST, "--opt", "sgd", "--lr", "0.04", "--schedule", "step", "--step-size", "1", "--gamma", "0.5",
                  "--epochs", "3", "--val-split", "0", "-o", tmp_path / "m.safetensors", "--format", "jsonl", "-q")
@@ -88,19 +84,13 @@ def test_epoch_records_report_the_lr_they_trained_with(cli, tmp_path):
     assert [r["lr"] for r in _jsonl(result.stdout)] == pytest.approx([0.04, 0.02, 0.01])
 
 
-def test_class_weights_and_label_smoothing_reach_the_training_loss(cli, tmp_path):
+def test_class_weights_and_label_smoothing_reach_the_training_loss(cli, tmp_path, small_trainer):
     """The loss the trainer minimises is PyTorch's cross-entropy with the chosen weights and smoothing."""
     import torch.nn.functional as F
 
-    from cnntools import output
-    from cnntools.engine import Trainer, load_training_data
-
-    output.configure(quiet=True)
     weights = [1.0] * 9 + [5.0]
-    cfg = TrainConfig(image_size=8, epochs=1, precision="fp32", device="cpu", augment="none",
-                      class_weights=",".join(map(str, weights)), label_smoothing=0.2)
-    train, val, _ = load_training_data(cfg)
-    trainer = Trainer(cfg, train, val, output=str(tmp_path / "m.safetensors"))
+    trainer = small_trainer(tmp_path / "m.safetensors", epochs=1, augment="none",
+                            class_weights=",".join(map(str, weights)), label_smoothing=0.2)
     g = torch.Generator().manual_seed(0)
     logits, y = torch.randn(64, 10, generator=g), torch.randint(0, 10, (64,), generator=g)
     expected = F.cross_entropy(logits, y, weight=torch.tensor(weights), label_smoothing=0.2)

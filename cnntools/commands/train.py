@@ -253,8 +253,7 @@ def _train(cfg, resumed, resume, target, fmt, history, plot, data_sets=None, ran
     except RuntimeError as error:
         # e.g. CUDA's adaptive_avg_pool2d backward has no deterministic version: say so plainly.
         if cfg.deterministic and "deterministic" in str(error):
-            first = str(error).strip().splitlines()[0]
-            raise output.CnnError(f"--deterministic: {first}; train without --deterministic or on the CPU") from None
+            raise output.CnnError(f"--deterministic: {output.first_line(error)}; train without --deterministic or on the CPU") from None
         raise
     finally:
         if trainer.progress is not None:
@@ -329,11 +328,13 @@ def _write_history(path: str, records: list[dict]) -> None:
 def _resume_config(ctx, resume: str, given: dict):
     from dataclasses import replace
 
+    from cnntools import files
     from cnntools.checkpoint import check_weights, model_state, read_checkpoint, resume_state
     from cnntools.engine import TrainConfig
 
     tensors, meta = read_checkpoint(resume)
-    check_weights(meta, model_state(tensors), "stdin" if resume == "-" else resume)
+    weights = model_state(tensors)
+    check_weights(meta, weights, files.display_name(resume))
     state = resume_state(tensors, meta, resume)
     stored = TrainConfig.from_dict(meta.get("train_config") or {})
     changes = {}
@@ -358,7 +359,7 @@ def _resume_config(ctx, resume: str, given: dict):
             raise output.CnnError("a onecycle schedule is fixed to the run's length; resume with the stored --epochs")
         if cfg.schedule == "cosine":
             output.warn(f"the cosine schedule now spans {cfg.epochs} epochs instead of {stored.epochs}: the learning rate jumps")
-    return cfg, {"meta": meta, "state": state, "weights": model_state(tensors)}
+    return cfg, {"meta": meta, "state": state, "weights": weights}
 
 
 def _match_stored_size(train_set, val_set, meta):
