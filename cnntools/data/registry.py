@@ -150,13 +150,15 @@ def load_splits(
         warn(f"{spec} has its own validation split; --val-split {val_split} is ignored")
     result: dict[str, ImageSet] = {}
     carve = "val" not in native and val_split > 0
+    full = None  # train as the source has it, loaded once for both carved parts
     for split in wanted:
         if split in native and not (carve and split == "train"):
             result[split] = source.load(split)
             continue
         if split in ("train", "val") and carve:
-            full = source.load("train")
-            keep, held = stratified_split(full.labels.numpy(), val_split, seed)
+            if full is None:
+                full = source.load("train")
+                keep, held = stratified_split(full.labels.numpy(), val_split, seed)
             part = full.subset(keep if split == "train" else held)
             part.split = split
             result[split] = part
