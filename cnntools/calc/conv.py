@@ -114,6 +114,11 @@ def validate(layer: Layer) -> None:
         raise CnnError("ceil mode applies to pooling layers only")
 
 
+def output_length(size: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:
+    """Floor-mode output length along one dimension: floor((size + 2p - d(k-1) - 1) / s) + 1."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
 def _kernel_term(layer: Layer) -> str:
     if layer.dilation == 1:
         return str(layer.kernel)

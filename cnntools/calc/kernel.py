@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cnntools import files
+from cnntools.calc.conv import output_length
 from cnntools.output import CnnError
 
 Number = int | float
@@ -105,10 +106,6 @@ class Cell:
 
 
 MAX_TERMS = 10_000_000  # kernel mode is for matrices people can read; bounds time and memory
-
-
-def output_length(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
 def apply_kernel(

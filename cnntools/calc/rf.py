@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from cnntools.calc.conv import output_length
 from cnntools.output import CnnError
 
 
@@ -144,8 +145,7 @@ def receptive_fields(layers: list[dict], input_size: int | None = None) -> list[
         rf = rf.after(layer["kernel"], layer["stride"], layer["padding"], layer["dilation"])
         row = {"layer": i, **layer, **rf.as_dict()}
         if size is not None:
-            k_eff = layer["dilation"] * (layer["kernel"] - 1) + 1
-            size = (size + 2 * layer["padding"] - k_eff) // layer["stride"] + 1
+            size = output_length(size, layer["kernel"], layer["stride"], layer["padding"], layer["dilation"])
             if size < 1:
                 raise CnnError(f"layer {i} leaves no output at input size {input_size}; use a larger --input-size")
             row["size"] = size
