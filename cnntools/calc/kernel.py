@@ -163,6 +163,11 @@ def values(cells: list[list[Cell]]) -> Matrix:
     return [[cell.value for cell in line] for line in cells]
 
 
+def plain_number(value: Number) -> Number:
+    """A whole float as an int (2.0 → 2); any other number unchanged."""
+    return int(value) if float(value).is_integer() else value
+
+
 def fmt_number(value: Number) -> str:
     """Integers as integers, floats with up to 6 significant digits (no float noise)."""
     if isinstance(value, float):

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from cnntools.calc.conv import output_length
+from cnntools.calc.kernel import plain_number
 from cnntools.output import CnnError
 
 
@@ -55,13 +56,9 @@ class RF:
 
     def as_dict(self) -> dict:
         d = asdict(self)
-        d["start"] = _plain(self.start)
-        d["center"] = _plain(self.center)
+        d["start"] = plain_number(self.start)
+        d["center"] = plain_number(self.center)
         return d
-
-
-def _plain(x: float) -> int | float:
-    return int(x) if float(x).is_integer() else x
 
 
 def _expand(name: str, text: str | None, default: int | None) -> list[int | None]:
