@@ -89,11 +89,11 @@ def to_display(image):
     return np.clip(arr, 0.0, 1.0)
 
 
-def show_image(ax, image, title: str | None = None, fontsize: float = 8, cmap_gray: bool = True) -> None:
+def show_image(ax, image, title: str | None = None, fontsize: float = 8) -> None:
     """Draw one image without axes ticks; single-channel images in grey."""
     arr = to_display(image)
     if arr.ndim == 2:
-        ax.imshow(arr, cmap="gray" if cmap_gray else "viridis", vmin=0, vmax=1, interpolation="nearest")
+        ax.imshow(arr, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     else:
         ax.imshow(arr, interpolation="nearest")
     ax.set_xticks([])
@@ -106,19 +106,12 @@ def show_overlay(ax, image, heatmap, alpha: float = 0.5, title: str | None = Non
     """An image in grey/colour with a [0, 1] heatmap (jet) blended on top, at the image's size."""
     import numpy as np
 
-    arr = to_display(image)
+    show_image(ax, image, title, fontsize)
     heat = heatmap.detach().cpu().numpy() if hasattr(heatmap, "detach") else np.asarray(heatmap)
-    h, w = arr.shape[:2]
-    extent = (-0.5, w - 0.5, h - 0.5, -0.5)
-    if arr.ndim == 2:
-        ax.imshow(arr, cmap="gray", vmin=0, vmax=1, extent=extent, interpolation="nearest")
-    else:
-        ax.imshow(arr, extent=extent, interpolation="nearest")
-    ax.imshow(heat, cmap="jet", alpha=alpha, vmin=0, vmax=1, extent=extent, interpolation="bilinear")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if title:
-        ax.set_title(title, fontsize=fontsize)
+    h, w = image.shape[-2:]
+    # Stretched over the image's pixels (imshow's default extent for it), whatever the heatmap's size.
+    ax.imshow(heat, cmap="jet", alpha=alpha, vmin=0, vmax=1, extent=(-0.5, w - 0.5, h - 0.5, -0.5),
+              interpolation="bilinear")
 
 
 def grid_shape(n: int, ncols: int | None = None) -> tuple[int, int]:
