@@ -129,14 +129,9 @@ def image_grid(
     ncols: int | None = None,
     suptitle: str | None = None,
     tile: float = 1.6,
-    cmap: str | None = None,
-    vmin: float | None = None,
-    vmax: float | None = None,
     fontsize: float = 8,
 ):
-    """A Figure with one tile per image (tensors/arrays C×H×W uint8, or H×W maps with `cmap`)."""
-    import numpy as np
-
+    """A Figure with one tile per image (tensors/arrays C×H×W, uint8 or float in [0, 1])."""
     n = len(images)
     rows, cols = grid_shape(n, ncols)
     title_space = 0.3 if titles else 0.0
@@ -146,17 +141,7 @@ def image_grid(
         if i >= n:
             ax.axis("off")
             continue
-        img = images[i]
-        title = titles[i] if titles else None
-        if cmap is not None:
-            arr = img.detach().cpu().numpy() if hasattr(img, "detach") else np.asarray(img)
-            ax.imshow(arr, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if title:
-                ax.set_title(title, fontsize=fontsize)
-        else:
-            show_image(ax, img, title, fontsize=fontsize)
+        show_image(ax, images[i], titles[i] if titles else None, fontsize=fontsize)
     if suptitle:
         fig.suptitle(suptitle, fontsize=fontsize + 3)
     fig.tight_layout()
