@@ -114,26 +114,24 @@ def show_overlay(ax, image, heatmap, alpha: float = 0.5, title: str | None = Non
               interpolation="bilinear")
 
 
-def grid_shape(n: int, ncols: int | None = None) -> tuple[int, int]:
-    """Rows and columns for `n` tiles: about square unless `ncols` is given."""
+def grid_shape(n: int) -> tuple[int, int]:
+    """Rows and columns for `n` tiles, about square."""
     import math
 
-    cols = ncols or max(1, math.ceil(math.sqrt(n)))
-    cols = min(cols, max(n, 1))
+    cols = max(1, math.ceil(math.sqrt(n)))
     return max(1, math.ceil(n / cols)), cols
 
 
 def image_grid(
     images,
     titles=None,
-    ncols: int | None = None,
     suptitle: str | None = None,
     tile: float = 1.6,
     fontsize: float = 8,
 ):
     """A Figure with one tile per image (tensors/arrays C×H×W, uint8 or float in [0, 1])."""
     n = len(images)
-    rows, cols = grid_shape(n, ncols)
+    rows, cols = grid_shape(n)
     title_space = 0.3 if titles else 0.0
     fig = new_figure(cols * tile, rows * (tile + title_space) + (0.5 if suptitle else 0))
     axes = fig.subplots(rows, cols, squeeze=False)
