@@ -191,11 +191,10 @@ def completion_script(shell: str) -> str:
 # ---------------------------------------------------------------------------- README
 
 
-def command_reference() -> str:
-    """The README's command reference: `--help` of the root and every command."""
-    _, _, subs = _contexts()
+def command_reference(names: list[str]) -> str:
+    """The README's command reference: `--help` of the root and of every command in `names`."""
     parts = ["", f"### `{PROG}`", "", "```text", command_help([]).rstrip("\n"), "```"]
-    for name, _, _ in subs:
+    for name in names:
         parts += ["", f"### `{PROG} {name}`", "", "```text", command_help([name]).rstrip("\n"), "```"]
     return "\n".join(parts) + "\n"
 
@@ -224,7 +223,7 @@ def generated(root: Path = REPO) -> dict[Path, str]:
         files[root / "completions" / f"{PROG}.{shell}"] = completion_script(shell)
     readme = root / "README.md"
     if readme.is_file():
-        updated = replace_block(readme.read_text(encoding="utf-8"), command_reference())
+        updated = replace_block(readme.read_text(encoding="utf-8"), command_reference([name for name, _, _ in subs]))
         if updated is not None:
             files[readme] = updated
     return files

@@ -442,7 +442,8 @@ def load_training_data(cfg: TrainConfig):
     if "train" not in have:
         raise CnnError(f"{cfg.data} has no train split (it has: {', '.join(have)})")
     wanted = ["train"] + (["val"] if "val" in have else [])
-    splits = load_splits(cfg.data, wanted, cfg.data_dir, cfg.download, cfg.val_split, cfg.seed, cfg.image_size)
+    splits = load_splits(cfg.data, wanted, cfg.data_dir, cfg.download, cfg.val_split, cfg.seed, cfg.image_size,
+                         source=source)
     train_set = splits["train"]
     if len(train_set) == 0:
         raise CnnError(f"{cfg.data}: the train split is empty")

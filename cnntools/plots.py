@@ -89,11 +89,11 @@ def to_display(image):
     return np.clip(arr, 0.0, 1.0)
 
 
-def show_image(ax, image, title: str | None = None, fontsize: float = 8, cmap_gray: bool = True) -> None:
+def show_image(ax, image, title: str | None = None, fontsize: float = 8) -> None:
     """Draw one image without axes ticks; single-channel images in grey."""
     arr = to_display(image)
     if arr.ndim == 2:
-        ax.imshow(arr, cmap="gray" if cmap_gray else "viridis", vmin=0, vmax=1, interpolation="nearest")
+        ax.imshow(arr, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     else:
         ax.imshow(arr, interpolation="nearest")
     ax.set_xticks([])
@@ -106,46 +106,32 @@ def show_overlay(ax, image, heatmap, alpha: float = 0.5, title: str | None = Non
     """An image in grey/colour with a [0, 1] heatmap (jet) blended on top, at the image's size."""
     import numpy as np
 
-    arr = to_display(image)
+    show_image(ax, image, title, fontsize)
     heat = heatmap.detach().cpu().numpy() if hasattr(heatmap, "detach") else np.asarray(heatmap)
-    h, w = arr.shape[:2]
-    extent = (-0.5, w - 0.5, h - 0.5, -0.5)
-    if arr.ndim == 2:
-        ax.imshow(arr, cmap="gray", vmin=0, vmax=1, extent=extent, interpolation="nearest")
-    else:
-        ax.imshow(arr, extent=extent, interpolation="nearest")
-    ax.imshow(heat, cmap="jet", alpha=alpha, vmin=0, vmax=1, extent=extent, interpolation="bilinear")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if title:
-        ax.set_title(title, fontsize=fontsize)
+    h, w = image.shape[-2:]
+    # Stretched over the image's pixels (imshow's default extent for it), whatever the heatmap's size.
+    ax.imshow(heat, cmap="jet", alpha=alpha, vmin=0, vmax=1, extent=(-0.5, w - 0.5, h - 0.5, -0.5),
+              interpolation="bilinear")
 
 
-def grid_shape(n: int, ncols: int | None = None) -> tuple[int, int]:
-    """Rows and columns for `n` tiles: about square unless `ncols` is given."""
+def grid_shape(n: int) -> tuple[int, int]:
+    """Rows and columns for `n` tiles, about square."""
     import math
 
-    cols = ncols or max(1, math.ceil(math.sqrt(n)))
-    cols = min(cols, max(n, 1))
+    cols = max(1, math.ceil(math.sqrt(n)))
     return max(1, math.ceil(n / cols)), cols
 
 
 def image_grid(
     images,
     titles=None,
-    ncols: int | None = None,
     suptitle: str | None = None,
     tile: float = 1.6,
-    cmap: str | None = None,
-    vmin: float | None = None,
-    vmax: float | None = None,
     fontsize: float = 8,
 ):
-    """A Figure with one tile per image (tensors/arrays C×H×W uint8, or H×W maps with `cmap`)."""
-    import numpy as np
-
+    """A Figure with one tile per image (tensors/arrays C×H×W, uint8 or float in [0, 1])."""
     n = len(images)
-    rows, cols = grid_shape(n, ncols)
+    rows, cols = grid_shape(n)
     title_space = 0.3 if titles else 0.0
     fig = new_figure(cols * tile, rows * (tile + title_space) + (0.5 if suptitle else 0))
     axes = fig.subplots(rows, cols, squeeze=False)
@@ -153,17 +139,7 @@ def image_grid(
         if i >= n:
             ax.axis("off")
             continue
-        img = images[i]
-        title = titles[i] if titles else None
-        if cmap is not None:
-            arr = img.detach().cpu().numpy() if hasattr(img, "detach") else np.asarray(img)
-            ax.imshow(arr, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if title:
-                ax.set_title(title, fontsize=fontsize)
-        else:
-            show_image(ax, img, title, fontsize=fontsize)
+        show_image(ax, images[i], titles[i] if titles else None, fontsize=fontsize)
     if suptitle:
         fig.suptitle(suptitle, fontsize=fontsize + 3)
     fig.tight_layout()

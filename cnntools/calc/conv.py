@@ -114,6 +114,11 @@ def validate(layer: Layer) -> None:
         raise CnnError("ceil mode applies to pooling layers only")
 
 
+def output_length(size: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:
+    """Floor-mode output length along one dimension: floor((size + 2p - d(k-1) - 1) / s) + 1."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
 def _kernel_term(layer: Layer) -> str:
     if layer.dilation == 1:
         return str(layer.kernel)
@@ -130,12 +135,7 @@ def output_size(size: int, layer: Layer) -> SizeStep:
         formula = f"({size} - 1)*{s} - 2*{p} + {_kernel_term(layer)} + {layer.output_padding} = {out}"
         return SizeStep(out, formula)
     span = size + 2 * p - k_eff
-    if span < 0:
-        return SizeStep(
-            span // s + 1,
-            f"floor(({size} - {_kernel_term(layer)} + 2*{p}) / {s}) + 1 = {span // s + 1}",
-        )
-    if layer.ceil_mode:
+    if layer.ceil_mode and span >= 0:
         out = -(-span // s) + 1
         formula = f"ceil(({size} - {_kernel_term(layer)} + 2*{p}) / {s}) + 1 = {out}"
         notes = []
@@ -147,8 +147,8 @@ def output_size(size: int, layer: Layer) -> SizeStep:
         return SizeStep(out, formula, 0, notes)
     out = span // s + 1
     formula = f"floor(({size} - {_kernel_term(layer)} + 2*{p}) / {s}) + 1 = {out}"
-    remainder = span - (out - 1) * s
-    dropped = max(0, remainder - p)
+    # Input pixels after the last window (none to count when not even one window fits).
+    dropped = max(0, span - (out - 1) * s - p) if span >= 0 else 0
     return SizeStep(out, formula, dropped)
 
 

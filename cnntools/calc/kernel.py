@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cnntools import files
+from cnntools.calc.conv import output_length
 from cnntools.output import CnnError
 
 Number = int | float
@@ -107,10 +108,6 @@ class Cell:
 MAX_TERMS = 10_000_000  # kernel mode is for matrices people can read; bounds time and memory
 
 
-def output_length(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
-
-
 def apply_kernel(
     matrix: Matrix,
     kernel: Matrix,
@@ -164,6 +161,11 @@ def apply_kernel(
 def values(cells: list[list[Cell]]) -> Matrix:
     """The output matrix of `apply_kernel`."""
     return [[cell.value for cell in line] for line in cells]
+
+
+def plain_number(value: Number) -> Number:
+    """A whole float as an int (2.0 → 2); any other number unchanged."""
+    return int(value) if float(value).is_integer() else value
 
 
 def fmt_number(value: Number) -> str:

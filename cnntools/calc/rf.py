@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from cnntools.calc.conv import output_length
+from cnntools.calc.kernel import plain_number
 from cnntools.output import CnnError
 
 
@@ -54,13 +56,9 @@ class RF:
 
     def as_dict(self) -> dict:
         d = asdict(self)
-        d["start"] = _plain(self.start)
-        d["center"] = _plain(self.center)
+        d["start"] = plain_number(self.start)
+        d["center"] = plain_number(self.center)
         return d
-
-
-def _plain(x: float) -> int | float:
-    return int(x) if float(x).is_integer() else x
 
 
 def _expand(name: str, text: str | None, default: int | None) -> list[int | None]:
@@ -144,8 +142,7 @@ def receptive_fields(layers: list[dict], input_size: int | None = None) -> list[
         rf = rf.after(layer["kernel"], layer["stride"], layer["padding"], layer["dilation"])
         row = {"layer": i, **layer, **rf.as_dict()}
         if size is not None:
-            k_eff = layer["dilation"] * (layer["kernel"] - 1) + 1
-            size = (size + 2 * layer["padding"] - k_eff) // layer["stride"] + 1
+            size = output_length(size, layer["kernel"], layer["stride"], layer["padding"], layer["dilation"])
             if size < 1:
                 raise CnnError(f"layer {i} leaves no output at input size {input_size}; use a larger --input-size")
             row["size"] = size

@@ -110,30 +110,27 @@ def model_receptive_fields(model, input_size: int, in_channels: int = 3) -> list
         if isinstance(target, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
             raise CnnError(f"layer {node.target}: transposed convolutions have no receptive field in this sense")
         if isinstance(target, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            k, s, p, d = _conv_geometry(target)
-            fields[node] = rf.after(k, s, p, d)
-            record(node, "conv", fields[node], k, s, p, d)
+            kind, geometry = "conv", _conv_geometry(target)
         elif isinstance(target, (nn.MaxPool2d, nn.AvgPool2d, nn.MaxPool1d, nn.AvgPool1d)):
-            k, s, p, d = _conv_geometry(target)
-            fields[node] = rf.after(k, s, p, d)
-            record(node, "maxpool" if "Max" in type(target).__name__ else "avgpool", fields[node], k, s, p, d)
+            kind = "maxpool" if "Max" in type(target).__name__ else "avgpool"
+            geometry = _conv_geometry(target)
         elif isinstance(target, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)) and in_height is not None:
-            k, s = _adaptive_geometry(in_height, target.output_size)
-            fields[node] = rf.after(k, s, 0, 1)
-            record(node, "adaptivepool", fields[node], k, s, 0, 1)
+            kind, geometry = "adaptivepool", (*_adaptive_geometry(in_height, target.output_size), 0, 1)
         elif fn is not None and getattr(fn, "__name__", "") in ("max_pool2d", "avg_pool2d", "conv2d"):
             raise CnnError(
                 f"node {node.name}: functional {fn.__name__} calls are not followed; use nn modules in the model"
             )
         elif fn is not None and getattr(fn, "__name__", "") in ("adaptive_avg_pool2d", "adaptive_max_pool2d"):
-            k, s = _adaptive_geometry(in_height, node.args[1] if len(node.args) > 1 else 1)
-            fields[node] = rf.after(k, s, 0, 1)
-            record(node, "adaptivepool", fields[node], k, s, 0, 1)
+            out_size = node.args[1] if len(node.args) > 1 else 1
+            kind, geometry = "adaptivepool", (*_adaptive_geometry(in_height, out_size), 0, 1)
         elif height(node) is None:
             # Flattened or fully connected: no spatial structure left to follow.
             continue
         else:
             fields[node] = rf
+            continue
+        fields[node] = rf.after(*geometry)
+        record(node, kind, fields[node], *geometry)
     if not rows:
         raise CnnError("the model has no convolution or pooling layers to report")
     return rows

@@ -235,7 +235,7 @@ def _kernel_mode(input_matrix, kernel_args, bias_args, stride, padding, dilation
     kernels = [km.load_matrix(arg, f"--kernel {i}") for i, arg in enumerate(kernel_args, 1)]
     if len(bias_args) > 1 and len(bias_args) != len(kernels):
         raise CnnError(f"give one --bias for all kernels or one per kernel ({len(kernels)}), not {len(bias_args)}")
-    biases = [_int_if_whole(b) for b in bias_args] or [0]
+    biases = [km.plain_number(b) for b in bias_args] or [0]
     if len(biases) == 1:
         biases = biases * len(kernels)
     results = [
@@ -294,7 +294,3 @@ def _kernel_mode(input_matrix, kernel_args, bias_args, stride, padding, dilation
         blocks.insert(0, "\n".join(header))
     stream.write("\n\n".join(blocks) + "\n")
     stream.flush()
-
-
-def _int_if_whole(value: float):
-    return int(value) if float(value).is_integer() else value

@@ -131,18 +131,13 @@ def main(
             doc["augment"] = aug.spec
 
     split_names = list(doc["splits"])
-    rows = []
-    for i, name in enumerate(doc["classes"]):
-        row = {"class": name}
-        for s in split_names:
-            row[s] = doc["splits"][s]["class_counts"][name]
-        row["class_weight"] = doc["class_weights"][name]
-        rows.append(row)
-
-    def render() -> None:
-        _render_tables(doc, rows, split_names)
-
-    output.emit(doc, fmt, rows=rows, columns=["class", *split_names, "class_weight"], render_table=render)
+    rows = [
+        {"class": name, **{s: doc["splits"][s]["class_counts"][name] for s in split_names},
+         "class_weight": doc["class_weights"][name]}
+        for name in doc["classes"]
+    ]
+    output.emit(doc, fmt, rows=rows, columns=["class", *split_names, "class_weight"],
+                render_table=lambda: _render_tables(doc, rows, split_names))
 
 
 main.__doc__ = __doc__

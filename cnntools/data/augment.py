@@ -176,6 +176,10 @@ class Augment:
         def rand(*shape):
             return torch.rand(*shape, device=dev, generator=generator)
 
+        def crop_offsets(pad: int) -> torch.Tensor:
+            """(top, left) of each crop in the padded image, uniform over 0..2P: N×2."""
+            return (rand(n, 2) * (2 * pad + 1)).floor().long().clamp_max(2 * pad)
+
         ops = list(self.ops)
         i = 0
         while i < len(ops):
@@ -185,10 +189,10 @@ class Augment:
             if pair == {"flip", "crop"}:
                 # Flip and crop commute (a flipped crop at `left` is the crop at 2P-left of the
                 # flipped image, equally likely), so adjacent ones run as a single gather.
-                pad = int(dict(ops[i - 1 : i + 1])["crop"])
-                flip_p = dict(ops[i - 1 : i + 1])["flip"]
-                offsets = (rand(n, 2) * (2 * pad + 1)).floor().long().clamp_max(2 * pad)
-                x = crop_with_padding_and_flip(x, pad, offsets[:, 0], offsets[:, 1], rand(n) < flip_p)
+                params = dict(ops[i - 1 : i + 1])
+                pad = int(params["crop"])
+                offsets = crop_offsets(pad)
+                x = crop_with_padding_and_flip(x, pad, offsets[:, 0], offsets[:, 1], rand(n) < params["flip"])
                 i += 1
             elif name == "flip":
                 x = hflip(x, rand(n) < p)
@@ -196,7 +200,7 @@ class Augment:
                 x = vflip(x, rand(n) < p)
             elif name == "crop":
                 pad = int(p)
-                offsets = (rand(n, 2) * (2 * pad + 1)).floor().long().clamp_max(2 * pad)
+                offsets = crop_offsets(pad)
                 x = crop_with_padding(x, pad, offsets[:, 0], offsets[:, 1])
             elif name == "jitter":
                 factors = 1 + (rand(3, n) * 2 - 1) * p

@@ -17,19 +17,23 @@ def balanced_class_weights(counts: list[int]) -> list[float | None]:
     return [n / (k * c) if c > 0 else None for c in counts]
 
 
-def image_hashes(images) -> set[bytes]:
-    """A digest of every image's bytes (exact duplicates share one)."""
+def image_digests(images) -> list[bytes]:
+    """A digest of every image's bytes, in order (exact duplicates share one)."""
     array = np.ascontiguousarray(images.numpy()).reshape(len(images), -1)
-    return {hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in array}
+    return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in array]
 
 
-def count_duplicates(reference: ImageSet, other: ImageSet) -> int:
-    """How many images of `other` have an exact copy (same shape, same bytes) in `reference`."""
+def count_duplicates(reference: ImageSet, other: ImageSet, digests=None) -> int:
+    """How many images of `other` have an exact copy (same shape, same bytes) in `reference`.
+
+    `digests(imageset)` gives a split's image digests (default: `image_digests` of its images;
+    `describe` passes a memo so each split is hashed once across the pairs).
+    """
     if reference.images.shape[1:] != other.images.shape[1:]:
         return 0
-    known = image_hashes(reference.images)
-    array = np.ascontiguousarray(other.images.numpy()).reshape(len(other), -1)
-    return sum(1 for row in array if hashlib.blake2b(row.tobytes(), digest_size=16).digest() in known)
+    digests = digests or (lambda s: image_digests(s.images))
+    known = set(digests(reference))
+    return sum(1 for digest in digests(other) if digest in known)
 
 
 def summary(values) -> dict:
@@ -75,9 +79,16 @@ def describe(spec: str, splits: dict[str, ImageSet]) -> dict:
     doc["mean_255"] = [m * 255 for m in mean]
     doc["std_255"] = [s * 255 for s in std]
     duplicates = {}
+    hashed: dict[int, list[bytes]] = {}
+
+    def digests(s: ImageSet) -> list[bytes]:
+        if id(s) not in hashed:
+            hashed[id(s)] = image_digests(s.images)
+        return hashed[id(s)]
+
     for a, b in (("train", "test"), ("train", "val"), ("val", "test")):
         if a in splits and b in splits:
-            duplicates[f"{a}_{b}"] = count_duplicates(splits[a], splits[b])
+            duplicates[f"{a}_{b}"] = count_duplicates(splits[a], splits[b], digests)
     doc["duplicates"] = duplicates
     if base.paths is not None and "per_image_original_size" in base.meta:
         sizes = [size for s in splits.values() for size in s.meta.get("per_image_original_size", [])]

@@ -136,11 +136,16 @@ def load_splits(
     val_split: float = 0.0,
     seed: int = 0,
     image_size=None,
+    source=None,
 ) -> dict[str, ImageSet]:
-    """Several splits at once (all available ones for `splits=None`), each loaded once."""
+    """Several splits at once (all available ones for `splits=None`), each loaded once.
+
+    `source`: the spec's source when the caller has already opened it (`open_source`).
+    """
     if not 0.0 <= val_split < 1.0:
         raise CnnError(f"--val-split {val_split}: use a fraction from 0 (none) to below 1, e.g. 0.2")
-    source = open_source(spec, data_dir, download, image_size)
+    if source is None:
+        source = open_source(spec, data_dir, download, image_size)
     native = list(source.splits())
     wanted = list(splits) if splits is not None else available_splits(source, val_split)
     for split in wanted:
@@ -150,13 +155,15 @@ def load_splits(
         warn(f"{spec} has its own validation split; --val-split {val_split} is ignored")
     result: dict[str, ImageSet] = {}
     carve = "val" not in native and val_split > 0
+    full = None  # train as the source has it, loaded once for both carved parts
     for split in wanted:
         if split in native and not (carve and split == "train"):
             result[split] = source.load(split)
             continue
         if split in ("train", "val") and carve:
-            full = source.load("train")
-            keep, held = stratified_split(full.labels.numpy(), val_split, seed)
+            if full is None:
+                full = source.load("train")
+                keep, held = stratified_split(full.labels.numpy(), val_split, seed)
             part = full.subset(keep if split == "train" else held)
             part.split = split
             result[split] = part
