@@ -279,3 +279,20 @@ def test_registered_architectures_match_gradient(cli, arch):
     assert result.json()["layers"] == rows
     quiet = cli("rf-calc", "--arch", arch, "-q")
     assert int(quiet.stdout) == max(r["receptive_field"] for r in rows if r["type"] != "adaptivepool")
+
+
+def test_functional_pool_is_named_by_its_graph_node():
+    # Names must be stable: a function's repr carries its memory address.
+    import torch.nn.functional as F
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return F.adaptive_avg_pool2d(self.conv(x), 1)
+
+    rows = model_receptive_fields(Net(), 8)
+    assert [r["name"] for r in rows] == ["conv", "adaptive_avg_pool2d"]
+    assert rows[-1]["receptive_field"] == 8

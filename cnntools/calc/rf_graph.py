@@ -90,7 +90,7 @@ def model_receptive_fields(model, input_size: int, in_channels: int = 3) -> list
 
     def record(node, kind: str, rf: RF, kernel: int, stride: int, padding: int, dilation: int) -> None:
         rows.append(
-            {"layer": len(rows) + 1, "name": str(node.target), "type": kind, "kernel": kernel, "stride": stride,
+            {"layer": len(rows) + 1, "name": node.target if node.op == "call_module" else node.name, "type": kind, "kernel": kernel, "stride": stride,
              "padding": padding, "dilation": dilation, "size": height(node), **rf.as_dict()}
         )
 
