@@ -41,7 +41,7 @@ def _select_images(lm, indices, image_files, mistakes, n, data, data_dir, split)
     imageset = lm.load_split(split, data_override=data, data_dir=data_dir)
     where = f"{imageset.spec} {imageset.split}"
     if mistakes:
-        table = cmath.read_predictions(files.read_text(mistakes), "stdin" if mistakes == "-" else mistakes)
+        table = cmath.read_predictions(files.read_text(mistakes), files.display_name(mistakes))
         rows = table.mistakes[:n]
         if rows.size == 0:
             raise CnnError(f"{mistakes}: the predictions contain no mistakes")

@@ -115,4 +115,4 @@ def read_image(path: str, mode: str = "RGB") -> np.ndarray:
 
     if path != files.STDIO and not os.path.exists(path):
         raise CnnError(f"{path}: no such image file")
-    return decode_image(files.read_bytes(path), "stdin" if path == files.STDIO else path, mode)
+    return decode_image(files.read_bytes(path), files.display_name(path), mode)
