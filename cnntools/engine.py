@@ -539,7 +539,7 @@ class Trainer:
         self.on_epoch: Callable[[dict], None] | None = None
         self.on_batch: Callable[[int, int, float | None], None] | None = None
         self.on_print: Callable[[str], None] | None = None
-        self.progress = None  # object with start(epoch, total), advance(n, loss), stop()
+        self.progress = None  # a progress.TrainProgress: start(epoch, total, done), advance(images, running), stop()
         self._decorrelate_ranks()
 
     # -- state --------------------------------------------------------------------------
@@ -721,7 +721,11 @@ class Trainer:
                 loss_value, stop = self._sync(epoch, pending)
                 pending = []
             if self.progress is not None:
-                self.progress.advance(1, loss_value)
+                running = None
+                if loss_value is not None:  # read where the loss was read: no extra device sync
+                    loss_sum, correct, count = totals.tolist()
+                    running = {"loss": loss_sum / max(1.0, count), "acc": correct / max(1.0, count), "lr": lr_used}
+                self.progress.advance(n, running)
             if cfg.print_every and batch_index % cfg.print_every == 0:
                 w = reduce_sum(window).cpu()  # every rank takes part in the sum; rank 0 prints it
                 if self.on_print is not None and self.is_main:

@@ -6,7 +6,7 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from cnntools import options, output
+from cnntools import config, options, output
 
 TrainFormat = Annotated[
     Literal["table", "jsonl", "json", "csv"],
@@ -104,6 +104,15 @@ def main(
     history: Annotated[Optional[str], typer.Option("--history", help="Also write the per-epoch records to FILE (.csv or .jsonl).")] = None,
     plot: Annotated[Optional[str], typer.Option("--plot", help="Loss and accuracy curves, train vs validation (PNG, SVG or PDF).")] = None,
     fmt: TrainFormat = "table",
+    config_file: Annotated[
+        Optional[str],
+        typer.Option("--config", callback=config.load_config, is_eager=True,
+                     help="Read the options from FILE.toml (one key per option, e.g. batch-size = 64), or replay the "
+                     "options stored in a checkpoint (FILE.safetensors); options given on the command line win."),
+    ] = None,
+    print_config: Annotated[
+        bool, typer.Option("--print-config", help="Write the fully resolved options as TOML to stdout and exit (for --config).")
+    ] = False,
     quiet: options.Quiet = False,
     debug: options.Debug = False,
 ) -> None:
@@ -128,6 +137,9 @@ def main(
       cnntools train --nproc 2 --batch-size 64        # 2 processes, 32 images each per update
       torchrun --nproc-per-node 4 -m cnntools train --arch resnet18 --data cifar10 --batch-size 256
       cnntools train --format jsonl -q | jq .val_acc
+      cnntools train --arch lenet --epochs 5 --print-config > run.toml   # write a run down ...
+      cnntools train --config run.toml --seed 1                          # ... replay it, a flag overriding
+      cnntools train --config model.safetensors --epochs 30 -o longer.safetensors   # a checkpoint's options
     """
     from cnntools import distributed
 
@@ -141,6 +153,12 @@ def main(
         if rank is None or rank.is_main:
             _list_archs(fmt)
         return
+
+    if print_config:
+        _print_config(ctx)
+        return
+    if config_file is not None and resume is not None:
+        raise output.CnnError("--resume continues a run with its stored options; leave --config out")
 
     from cnntools import files
     from cnntools.engine import TrainConfig, check_global_batch, load_training_data, validate_config
@@ -174,6 +192,9 @@ def main(
     else:
         cfg = TrainConfig(**given)
         target = out or "model.safetensors"
+        if config_file is not None and config_file.endswith(config.CHECKPOINT_SUFFIX) and _same_file(config_file, target):
+            raise output.CnnError(f"{target}: --config replays this checkpoint's options in a new run; "
+                                  "write the new run elsewhere with -o FILE")
     if target != "-" and not target.endswith(".safetensors"):
         raise output.CnnError(f"{target}: checkpoints are .safetensors files; name it e.g. model.safetensors")
     files.check_output(target, history)  # before the first epoch, not after it
@@ -208,6 +229,7 @@ def _train(cfg, resumed, resume, target, fmt, history, plot, data_sets=None, ran
     from dataclasses import replace
 
     from cnntools.engine import Trainer, TrainingInterrupted, load_training_data
+    from cnntools.progress import TrainProgress
 
     train_set, val_set, _ = data_sets if data_sets is not None else load_training_data(cfg)
     if resumed is not None:
@@ -241,7 +263,7 @@ def _train(cfg, resumed, resume, target, fmt, history, plot, data_sets=None, ran
 
     trainer.on_epoch = on_epoch
     trainer.on_print = output.info
-    trainer.progress = _Progress.create() if is_main else None
+    trainer.progress = TrainProgress.create(cfg.epochs, trainer.steps_per_epoch) if is_main else None
     finished = False
     try:
         trainer.run()
@@ -289,6 +311,25 @@ def _command_line(ctx, skip: tuple[str, ...]) -> list[str]:
         elif value is not None:
             args += [name, str(value)]
     return args
+
+
+def _print_config(ctx) -> None:
+    """The run's options after file and flags, with what train works out itself filled in."""
+    from cnntools import __version__
+    from cnntools.engine import DEFAULT_LR, resolve_augment
+
+    p = ctx.params
+    resolve = {"lr": p["lr"] if p["lr"] is not None else DEFAULT_LR[p["opt"]],
+               "augment": resolve_augment(p["augment"], p["data"]),
+               "output": p["out"] or "model.safetensors"}
+    header = f"cnntools {__version__} train options; run them with: cnntools train --config FILE.toml"
+    output.data_stream().write(config.render_toml(config.resolved_settings(ctx, resolve), header))
+
+
+def _same_file(a: str, b: str) -> bool:
+    import os
+
+    return os.path.abspath(a) == os.path.abspath(b) or (os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b))
 
 
 def _list_archs(fmt: str) -> None:
@@ -394,14 +435,18 @@ def _summary(trainer, target: str) -> None:
         which = f"best epoch {pos.best_epoch} (val_acc {kept.get('val_acc', 0):.4f})"
     else:
         which = f"last epoch {pos.epoch}" + (f" (val_acc {kept['val_acc']:.4f})" if kept.get("val_acc") is not None else "")
-    output.info(f"{pos.updates:,} weight updates in {pos.epoch} epochs; wrote {where} with the weights of the {which}")
+    from cnntools.progress import plural
+
+    output.info(f"{plural(pos.updates, 'weight update')} in {plural(pos.epoch, 'epoch')}; wrote {where} with the weights of the {which}")
 
 
 class _RecordPrinter:
     """Epoch records on stdout as they complete: a growing table, jsonl or csv; json at the end."""
 
-    WIDTHS = {"epoch": 5, "train_loss": 10, "train_acc": 9, "val_loss": 8, "val_acc": 7, "lr": 9, "seconds": 7,
-              "images_per_s": 12, "updates": 7}
+    # Fits 80 columns (76 wide): one-space gutters and img/s for images_per_s.
+    WIDTHS = {"epoch": 5, "train_loss": 10, "train_acc": 9, "val_loss": 8, "val_acc": 7, "lr": 8, "seconds": 7,
+              "images_per_s": 7, "updates": 7}
+    HEADERS = {"images_per_s": "img/s"}
 
     def __init__(self, fmt: str):
         self.fmt = fmt
@@ -420,8 +465,8 @@ class _RecordPrinter:
             stream.write(text if not self.started else text.split("\n", 1)[1])
         else:
             if not self.started:
-                stream.write("  ".join(c.rjust(w) for c, w in self.WIDTHS.items()) + "\n")
-            stream.write("  ".join(self._cell(record.get(c), c).rjust(w) for c, w in self.WIDTHS.items()) + "\n")
+                stream.write(" ".join(self.HEADERS.get(c, c).rjust(w) for c, w in self.WIDTHS.items()) + "\n")
+            stream.write(" ".join(self._cell(record.get(c), c).rjust(w) for c, w in self.WIDTHS.items()) + "\n")
         stream.flush()
         self.started = True
 
@@ -431,8 +476,10 @@ class _RecordPrinter:
             return "-"
         if column == "lr":
             return f"{value:.3g}"
-        if column in ("seconds", "images_per_s"):
+        if column == "seconds":
             return f"{value:.1f}"
+        if column == "images_per_s":
+            return f"{value:.0f}"
         return output.format_cell(value)
 
     def finish(self, trainer) -> None:
@@ -449,49 +496,3 @@ class _RecordPrinter:
                     "history": trainer.history,
                 }
             )
-
-
-class _Progress:
-    """A rich progress bar per epoch on stderr (nothing under --quiet)."""
-
-    def __init__(self, console):
-        self.console = console
-        self.bar = None
-        self.task = None
-        self.last_loss = None
-
-    @classmethod
-    def create(cls):
-        console = output.err_console()
-        # A redirected stderr gets no bar: rich would leave blank lines in the log.
-        return cls(console) if console is not None and console.is_terminal else None
-
-    def start(self, epoch: int, total: int, done: int = 0) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.stop()
-        self.bar = Progress(
-            TextColumn("epoch {task.fields[epoch]}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=self.console,
-            transient=True,
-        )
-        self.bar.start()
-        self.task = self.bar.add_task("train", total=total, completed=done, epoch=epoch, loss="-")
-
-    def advance(self, n: int, loss) -> None:
-        if self.bar is None:
-            return
-        if loss is not None:
-            self.bar.update(self.task, advance=n, loss=f"{loss:.4f}")
-        else:
-            self.bar.update(self.task, advance=n)
-
-    def stop(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
