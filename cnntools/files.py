@@ -175,3 +175,38 @@ def _new_file_mode(target: Path) -> int:
         mask = os.umask(0)
         os.umask(mask)
         return 0o666 & ~mask
+
+
+def walk_files(root: str | os.PathLike, suffixes: set[str] | frozenset[str]) -> Iterator[str]:
+    """The files under `root` whose suffix (lower-cased, with the dot) is in `suffixes`,
+    recursively, in sorted order (folders and files by name at each level), as paths.
+
+    Hidden files and folders (a leading dot) are left out. Symbolic links to folders are
+    followed once: a link back to a folder already being walked is skipped, so a link loop
+    cannot make the walk endless. A folder that cannot be listed is an error naming it.
+    """
+    seen: set[tuple[int, int]] = set()
+
+    def visit(folder: str) -> Iterator[str]:
+        try:
+            info = os.stat(folder)
+            key = (info.st_dev, info.st_ino)
+            if key in seen:
+                return
+            seen.add(key)
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as error:
+            raise CnnError(f"{folder}: cannot list the folder ({error.strerror})") from None
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                continue
+            if is_dir:
+                yield from visit(entry.path)
+            elif os.path.splitext(entry.name)[1].lower() in suffixes:
+                yield entry.path
+
+    yield from visit(str(root))

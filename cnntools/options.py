@@ -62,5 +62,7 @@ def split_image_files(positional: list[str], images: list[str] | None) -> tuple[
     """
     if not images:
         return positional, images
-    moved = [p for p in positional if p.lower().endswith(IMAGE_SUFFIXES)]
+    import os
+
+    moved = [p for p in positional if p.lower().endswith(IMAGE_SUFFIXES) or os.path.isdir(p)]  # folders of images too
     return [p for p in positional if p not in moved], list(images) + moved

@@ -19,12 +19,14 @@ def main(
     top_k: Annotated[int, typer.Option("--top-k", help="Also report top-k accuracy (and k classes per --image).")] = 5,
     per_class: Annotated[bool, typer.Option("--per-class/--no-per-class", help="Show the per-class table.")] = True,
     predictions: Annotated[
-        Optional[str], typer.Option("--predictions", help="Write one CSV row per image to FILE (- for stdout; tables then go to stderr).")
+        Optional[str], typer.Option("--predictions", help="Write one CSV row per image to FILE (with --image: one per image and "
+                                    "rank, or JSON for FILE.json; - for stdout, tables then go to stderr).")
     ] = None,
     logits_hist: Annotated[Optional[str], typer.Option("--logits-hist", help="Histogram of the raw outputs (PNG, SVG or PDF).")] = None,
     image: Annotated[
         Optional[List[str]],
-        typer.Option("--image", metavar="FILE...", help="Image file(s), several after one --image or the flag repeated: print each one's top-k classes instead of dataset metrics."),
+        typer.Option("--image", metavar="PATH...", help="Image files or folders (walked recursively, in sorted order), several after one "
+                     "--image or the flag repeated: each image's top-k classes instead of dataset metrics."),
     ] = None,
     device: options.Device = "auto",
     precision: options.Precision = "auto",
@@ -40,7 +42,8 @@ def main(
     precision/recall/F1 (scikit-learn's definitions, macro and weighted), per-class accuracy
     and statistics of the raw outputs (min, max, mean, share negative); several models are
     compared side by side. --predictions writes one CSV row per image (for `cnntools
-    confusion`); --image prints the top classes of image files instead.
+    confusion`); --image prints the top classes of image files, or of every image in a folder
+    (recursively, in batches; unreadable files are listed and skipped), instead.
 
     \b
     Examples:
@@ -48,6 +51,7 @@ def main(
       cnntools eval lenet.safetensors simple.safetensors --split test
       cnntools eval model.safetensors --predictions - | cnntools confusion -
       cnntools eval torchvision:vgg16 --image bird.jpg dog.jpg --top-k 3
+      cnntools eval model.safetensors --image photos/ --predictions predictions.csv   # a folder, recursively
     """
     output.configure(quiet=quiet, debug=debug)
     models, image = options.split_image_files(models, image)
@@ -70,7 +74,7 @@ def main(
     loaded = [load_model(m, dev) for m in models]
 
     if image:
-        _images(loaded, image, top_k, fmt)
+        _images(loaded, image, top_k, fmt, predictions, batch_size, prec)
         return
 
     results, all_rows, hist = [], [], {}
@@ -212,32 +216,63 @@ def _report(results: list[dict], fmt: str, per_class: bool, top_k: int) -> None:
     output.emit(doc, fmt, rows=rows, render_table=render)
 
 
-def _images(loaded, paths: list[str], top_k: int, fmt: str) -> None:
-    import torch
+def _images(loaded, paths: list[str], top_k: int, fmt: str, predictions: str | None, batch_size: int, precision: str) -> None:
+    """Top-k classes of image files and folders, batch by batch; CSV streams as it is computed."""
+    import contextlib
+    import json
+    import sys
 
-    rows = []
-    for lm in loaded:
-        for path in paths:
-            images = _read_image(path, lm.in_channels)
-            with torch.inference_mode():
-                logits = lm.model(lm.prepare(images)).float().cpu()[0]
-            probs = torch.softmax(logits, 0)
-            k = min(top_k, probs.numel())
-            values, indices = probs.topk(k)
-            for rank, (p, c) in enumerate(zip(values.tolist(), indices.tolist()), start=1):
-                rows.append({"model": lm.source, "image": path, "rank": rank, "class": lm.classes[c], "index": c,
-                             "prob": p, "logit": float(logits[c])})
-    columns = (["model"] if len(loaded) > 1 else []) + ["image", "rank", "class", "index", "prob", "logit"]
-    output.emit({"predictions": rows}, fmt, rows=rows, columns=columns, title=f"Top {top_k} classes")
+    from cnntools import files
+    from cnntools.image_predict import PREDICTION_COLUMNS, predict_images
+
+    several = len(loaded) > 1
+    columns = (["model"] if several else []) + PREDICTION_COLUMNS
+    pred_json = predictions is not None and predictions.endswith(".json")
+    stream_stdout = fmt == "csv" and predictions is None
+    keep = not stream_stdout  # the table and JSON views need every row (small: no pixels)
+    rows_all: list[dict] = []
+    skipped: list[dict] = []
+
+    def on_skip(path: str, reason: str) -> None:
+        skipped.append({"image": path, "reason": reason})
+        output.warn(f"skipped: {reason}")
+
+    with contextlib.ExitStack() as stack:
+        sinks = []
+        if stream_stdout:
+            sinks.append(_CsvSink(sys.stdout, columns))
+        if predictions is not None and not pred_json:
+            if predictions == "-":
+                sinks.append(_CsvSink(sys.stdout, columns))
+            else:
+                tmp = stack.enter_context(files.atomic_path(predictions))
+                sinks.append(_CsvSink(stack.enter_context(open(tmp, "w", encoding="utf-8", newline="")), columns))
+        for lm in loaded:
+            for rows in predict_images(lm, paths, batch_size, top_k, precision, on_skip):
+                if several:
+                    rows = [{"model": lm.source, **row} for row in rows]
+                for sink in sinks:
+                    sink.write(rows)
+                if keep:
+                    rows_all.extend(rows)
+    if skipped:
+        count = len({s["image"] for s in skipped})
+        output.warn(f"{count} unreadable image file{'s' if count != 1 else ''} skipped")
+    doc = {"predictions": rows_all, "skipped": skipped}
+    if pred_json:
+        files.write_text(predictions, json.dumps(output.to_jsonable(doc), indent=2) + "\n")
+    if not stream_stdout:
+        output.emit(doc, fmt, rows=rows_all, columns=columns, title=f"Top {top_k} classes")
 
 
-def _read_image(path: str, channels: int):
-    """uint8 1×C×H×W tensor of an image file (- for stdin)."""
-    import torch
+class _CsvSink:
+    """CSV rows written as they come, the header once."""
 
-    from cnntools.data.images import read_image
+    def __init__(self, stream, columns: list[str]):
+        self.stream, self.columns, self.started = stream, columns, False
 
-    array = read_image(path, "L" if channels == 1 else "RGB")
-    if array.ndim == 2:
-        array = array[:, :, None]
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)[None]
+    def write(self, rows: list[dict]) -> None:
+        text = output.csv_text(rows, self.columns)
+        self.stream.write(text if not self.started else text.split("\n", 1)[1])
+        self.stream.flush()
+        self.started = True

@@ -1,0 +1,91 @@
+"""Top-k predictions for image files and folders of them, streamed in batches.
+
+`eval MODEL --image PATH...`: each PATH is an image file (or `-` for stdin) or a folder,
+walked recursively in sorted order. Images are decoded one at a time, fitted to the model
+(channels, size), and run `batch_size` at a time, so memory holds one batch of images
+whatever the folder's size. A file in a folder that cannot be decoded is reported and
+skipped; a file named on the command line that cannot be decoded is an error.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+import torch
+
+from cnntools import files, runtime
+from cnntools.output import CnnError
+
+PREDICTION_COLUMNS = ["image", "rank", "class", "index", "prob", "logit"]
+
+
+def image_suffixes() -> set[str]:
+    """Every file suffix Pillow decodes (`.png`, `.jpg`, ...)."""
+    from PIL import Image
+
+    return {ext.lower() for ext in Image.registered_extensions()}
+
+
+def expand_paths(paths: list[str]) -> Iterator[tuple[str, bool]]:
+    """(path, named) for every image: files as given (`named`), folders walked recursively."""
+    suffixes = None
+    for path in paths:
+        if path != files.STDIO and os.path.isdir(path):
+            suffixes = suffixes or image_suffixes()
+            found = False
+            for found_path in files.walk_files(path, suffixes):
+                found = True
+                yield found_path, False
+            if not found:
+                raise CnnError(f"{path}: no image files in the folder (looked for {', '.join(sorted(suffixes)[:6])}, ...)")
+        else:
+            yield path, True
+
+
+def _read(path: str, lm) -> torch.Tensor:
+    """uint8 C×H×W of one image, fitted to the model's channels and input size."""
+    from cnntools.data.images import read_image
+
+    array = read_image(path, "L" if lm.in_channels == 1 else "RGB")
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return lm.fit_images(torch.from_numpy(array.copy()).permute(2, 0, 1)[None])[0]
+
+
+def batches(lm, paths: list[str], batch_size: int, on_skip: Callable[[str, str], None]) -> Iterator[tuple[list[str], torch.Tensor]]:
+    """(paths, uint8 N×C×H×W) batches of the readable images, in order."""
+    names, images = [], []
+    for path, named in expand_paths(paths):
+        try:
+            images.append(_read(path, lm))
+        except CnnError as error:
+            if named:
+                raise
+            on_skip(path, str(error))
+            continue
+        names.append(path)
+        if len(images) == batch_size:
+            yield names, torch.stack(images)
+            names, images = [], []
+    if images:
+        yield names, torch.stack(images)
+
+
+def predict_images(lm, paths: list[str], batch_size: int, top_k: int, precision: str,
+                   on_skip: Callable[[str, str], None]) -> Iterator[list[dict]]:
+    """Per batch, the rows of each image's top-k classes: image, rank, class, index, prob, logit."""
+    lm.model.eval()
+    for names, images in batches(lm, paths, batch_size, on_skip):
+        with torch.inference_mode(), runtime.autocast(lm.device, precision):
+            logits = lm.model(lm.prepare(images))
+        logits = logits.float().cpu()
+        probs = torch.softmax(logits, 1)
+        k = min(top_k, probs.shape[1])
+        values, indices = probs.topk(k, dim=1)
+        rows = []
+        for i, name in enumerate(names):
+            for rank, (p, c) in enumerate(zip(values[i].tolist(), indices[i].tolist()), start=1):
+                rows.append({"image": name, "rank": rank, "class": lm.classes[c], "index": c, "prob": p,
+                             "logit": float(logits[i, c])})
+        yield rows
