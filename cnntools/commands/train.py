@@ -161,7 +161,8 @@ def main(
         raise output.CnnError("--resume continues a run with its stored options; leave --config out")
 
     from cnntools import files
-    from cnntools.engine import TrainConfig, check_global_batch, load_training_data, validate_config
+    from cnntools.collectives import check_global_batch
+    from cnntools.training import TrainConfig, load_training_data, validate_config
 
     if nproc is not None:
         if rank is not None:
@@ -228,8 +229,8 @@ def _train(cfg, resumed, resume, target, fmt, history, plot, data_sets=None, ran
     """The training run of this process (the only one, or one rank of a distributed job)."""
     from dataclasses import replace
 
-    from cnntools.engine import Trainer, TrainingInterrupted, load_training_data
     from cnntools.progress import TrainProgress
+    from cnntools.training import Trainer, TrainingInterrupted, load_training_data
 
     train_set, val_set, _ = data_sets if data_sets is not None else load_training_data(cfg)
     if resumed is not None:
@@ -316,7 +317,8 @@ def _command_line(ctx, skip: tuple[str, ...]) -> list[str]:
 def _print_config(ctx) -> None:
     """The run's options after file and flags, with what train works out itself filled in."""
     from cnntools import __version__
-    from cnntools.engine import DEFAULT_LR, resolve_augment
+    from cnntools.data.augment import resolve_augment
+    from cnntools.training import DEFAULT_LR
 
     p = ctx.params
     resolve = {"lr": p["lr"] if p["lr"] is not None else DEFAULT_LR[p["opt"]],
@@ -371,7 +373,7 @@ def _resume_config(ctx, resume: str, given: dict):
 
     from cnntools import files
     from cnntools.checkpoint import check_weights, model_state, read_checkpoint, resume_state
-    from cnntools.engine import TrainConfig
+    from cnntools.training import TrainConfig
 
     tensors, meta = read_checkpoint(resume)
     weights = model_state(tensors)
