@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -177,36 +178,61 @@ def _new_file_mode(target: Path) -> int:
         return 0o666 & ~mask
 
 
-def walk_files(root: str | os.PathLike, suffixes: set[str] | frozenset[str]) -> Iterator[str]:
-    """The files under `root` whose suffix (lower-cased, with the dot) is in `suffixes`,
-    recursively, in sorted order (folders and files by name at each level), as paths.
+# The folder walker of issue 14 (branch i14-reliability), the same code, so the two meet as one.
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISREG, "a regular file")):
+        if test(mode):
+            return name
+    return "not a regular file"
 
-    Hidden files and folders (a leading dot) are left out. Symbolic links to folders are
-    followed once: a link back to a folder already being walked is skipped, so a link loop
-    cannot make the walk endless. A folder that cannot be listed is an error naming it.
+
+def walk_files(root: str | os.PathLike, wanted=lambda name: True) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(files, skipped) under `root`: the regular files whose name `wanted` accepts, and the
+    wanted names that are not readable files, each with its reason.
+
+    Hidden names (a leading dot) are left out. Links to folders are followed, but each real
+    folder (by device and inode) is entered once, so `l -> .` or two links to one another
+    cannot loop; each real file is listed once. Nothing is opened: a FIFO, socket or device
+    is skipped on what stat says, so listing never blocks. Names are kept as Python decodes
+    them (undecodable bytes as surrogates), so every byte of a name survives. Files of a
+    folder come sorted, before its sub-folders (as os.walk lists them).
     """
-    seen: set[tuple[int, int]] = set()
-
-    def visit(folder: str) -> Iterator[str]:
+    files: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    seen_dirs: set[tuple[int, int]] = set()
+    seen_files: set[tuple[int, int]] = set()
+    pending = [Path(root)]
+    while pending:
+        folder = pending.pop()
         try:
-            info = os.stat(folder)
-            key = (info.st_dev, info.st_ino)
-            if key in seen:
-                return
-            seen.add(key)
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            st = os.stat(folder)
+            if (st.st_dev, st.st_ino) in seen_dirs:
+                continue  # a link back to a folder already walked
+            seen_dirs.add((st.st_dev, st.st_ino))
+            with os.scandir(folder) as listing:
+                names = sorted(entry.name for entry in listing if not entry.name.startswith("."))
         except OSError as error:
-            raise CnnError(f"{folder}: cannot list the folder ({error.strerror})") from None
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
+            skipped.append((folder, f"cannot list the folder ({error.strerror})"))
+            continue
+        subfolders = []
+        for name in names:
+            path = folder / name
             try:
-                is_dir = entry.is_dir()
-            except OSError:
+                st = os.stat(path)
+            except OSError as error:
+                if wanted(name):
+                    reason = "a link to nothing" if os.path.islink(path) else error.strerror
+                    skipped.append((path, f"cannot read ({reason})"))
                 continue
-            if is_dir:
-                yield from visit(entry.path)
-            elif os.path.splitext(entry.name)[1].lower() in suffixes:
-                yield entry.path
-
-    yield from visit(str(root))
+            if stat.S_ISDIR(st.st_mode):
+                subfolders.append(path)
+            elif not wanted(name):
+                continue
+            elif not stat.S_ISREG(st.st_mode):
+                skipped.append((path, f"{_kind(st.st_mode)}, not a regular file"))
+            elif (st.st_dev, st.st_ino) not in seen_files:
+                seen_files.add((st.st_dev, st.st_ino))
+                files.append(path)
+        pending.extend(reversed(subfolders))
+    return files, skipped

@@ -27,18 +27,20 @@ def image_suffixes() -> set[str]:
     return {ext.lower() for ext in Image.registered_extensions()}
 
 
-def expand_paths(paths: list[str]) -> Iterator[tuple[str, bool]]:
-    """(path, named) for every image: files as given (`named`), folders walked recursively."""
+def expand_paths(paths: list[str], on_skip: Callable[[str, str], None]) -> Iterator[tuple[str, bool]]:
+    """(path, named) for every image: files as given (`named`), folders walked recursively
+    (`files.walk_files`: each folder's files sorted, then its sub-folders)."""
     suffixes = None
     for path in paths:
         if path != files.STDIO and os.path.isdir(path):
             suffixes = suffixes or image_suffixes()
-            found = False
-            for found_path in files.walk_files(path, suffixes):
-                found = True
-                yield found_path, False
-            if not found:
+            found, skipped = files.walk_files(path, lambda name: os.path.splitext(name)[1].lower() in suffixes)
+            for where, reason in skipped:
+                on_skip(str(where), f"{where}: {reason}")
+            if not found and not skipped:
                 raise CnnError(f"{path}: no image files in the folder (looked for {', '.join(sorted(suffixes)[:6])}, ...)")
+            for found_path in found:
+                yield str(found_path), False
         else:
             yield path, True
 
@@ -56,7 +58,7 @@ def _read(path: str, lm) -> torch.Tensor:
 def batches(lm, paths: list[str], batch_size: int, on_skip: Callable[[str, str], None]) -> Iterator[tuple[list[str], torch.Tensor]]:
     """(paths, uint8 N×C×H×W) batches of the readable images, in order."""
     names, images = [], []
-    for path, named in expand_paths(paths):
+    for path, named in expand_paths(paths, on_skip):
         try:
             images.append(_read(path, lm))
         except CnnError as error:
