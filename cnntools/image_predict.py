@@ -46,17 +46,19 @@ def expand_paths(paths: list[str], on_skip: Callable[[str, str], None]) -> Itera
 
 
 def _read(path: str, lm) -> torch.Tensor:
-    """uint8 C×H×W of one image, fitted to the model's channels and input size."""
+    """The model's float input C×H×W for one image: decoded, fitted (channels, size, or
+    torchvision's resize + centre crop) and normalised. Fitting is per image because the
+    files differ in size, and done once: torchvision's resize + crop is not idempotent."""
     from cnntools.data.images import read_image
 
     array = read_image(path, "L" if lm.in_channels == 1 else "RGB")
     if array.ndim == 2:
         array = array[:, :, None]
-    return lm.fit_images(torch.from_numpy(array.copy()).permute(2, 0, 1)[None])[0]
+    return lm.prepare(torch.from_numpy(array.copy()).permute(2, 0, 1)[None])[0]
 
 
 def batches(lm, paths: list[str], batch_size: int, on_skip: Callable[[str, str], None]) -> Iterator[tuple[list[str], torch.Tensor]]:
-    """(paths, uint8 N×C×H×W) batches of the readable images, in order."""
+    """(paths, N×C×H×W model inputs) batches of the readable images, in order."""
     names, images = [], []
     for path, named in expand_paths(paths, on_skip):
         try:
@@ -80,7 +82,7 @@ def predict_images(lm, paths: list[str], batch_size: int, top_k: int, precision:
     lm.model.eval()
     for names, images in batches(lm, paths, batch_size, on_skip):
         with torch.inference_mode(), runtime.autocast(lm.device, precision):
-            logits = lm.model(lm.prepare(images))
+            logits = lm.model(images)
         logits = logits.float().cpu()
         probs = torch.softmax(logits, 1)
         k = min(top_k, probs.shape[1])

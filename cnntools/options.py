@@ -51,6 +51,63 @@ DataDir = Annotated[
 Split = Annotated[SplitChoice, typer.Option("--split", help="Which split: train, val or test.")]
 Download = Annotated[bool, typer.Option("--download", help="Fetch a torchvision dataset that is not on disk yet.")]
 
+# Training options that train and lr-find share: the model, the data it sees and the optimizer.
+Arch = Annotated[str, typer.Option("--arch", help="Architecture (see --list-archs, or --arch help).")]
+
+Batchnorm = Annotated[bool, typer.Option("--batchnorm", help="lenet: BatchNorm after each conv.")]
+
+OutputActivation = Annotated[
+    Literal["none", "relu", "tanh"],
+    typer.Option("--output-activation", help="lenet: activation on the output layer (none keeps raw logits)."),
+]
+
+Pretrained = Annotated[
+    bool, typer.Option("--pretrained", help="Start from torchvision's ImageNet weights (local torch cache only).")
+]
+
+ValSplit = Annotated[
+    float, typer.Option("--val-split", help="Fraction of train held out for validation when the data has no val split (0: none).")
+]
+
+ImageSize = Annotated[
+    Optional[int], typer.Option("--image-size", help="Input side in pixels (default: the data's own, or the architecture's usual size).")
+]
+
+TrainBatchSize = Annotated[
+    int,
+    typer.Option("--batch-size", help="Images per weight update: the global batch, split evenly among the processes of a "
+                 "distributed run (the learning rate is not rescaled)."),
+]
+
+Optimizer = Annotated[Literal["sgd", "adam", "adamw"], typer.Option("--opt", help="Optimizer.")]
+
+LearningRate = Annotated[Optional[float], typer.Option("--lr", help="Learning rate (default 0.01 for sgd, 0.001 for adam/adamw).")]
+
+Momentum = Annotated[float, typer.Option("--momentum", help="SGD momentum.")]
+
+WeightDecay = Annotated[float, typer.Option("--weight-decay", help="Weight decay (L2 for sgd/adam, decoupled for adamw).")]
+
+Nesterov = Annotated[bool, typer.Option("--nesterov", help="Nesterov momentum (sgd).")]
+
+Augment = Annotated[
+    str,
+    typer.Option(
+        "--augment",
+        help="Batched augmentation, e.g. flip,crop:4,jitter:0.4,rotate:15,rrc:0.08; none; "
+        "auto: rotate:10,crop:1 for digits/mnist, none elsewhere.",
+    ),
+]
+
+Normalize = Annotated[
+    str, typer.Option("--normalize", help="dataset (train mean/std), half (0.5/0.5), imagenet, none, or MEAN,STD.")
+]
+
+ClassWeights = Annotated[
+    str, typer.Option("--class-weights", help="Loss weights: none, auto (balanced by class counts) or one number per class.")
+]
+
+LabelSmoothing = Annotated[float, typer.Option("--label-smoothing", help="Label smoothing of the cross-entropy (0..1).")]
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 

@@ -21,57 +21,33 @@ RECORD_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr
 
 def main(
     ctx: typer.Context,
-    arch: Annotated[str, typer.Option("--arch", help="Architecture (see --list-archs, or --arch help).")] = "simple-cnn",
+    arch: options.Arch = "simple-cnn",
     list_archs: Annotated[bool, typer.Option("--list-archs", help="List the architectures with parameter counts and exit.")] = False,
-    batchnorm: Annotated[bool, typer.Option("--batchnorm", help="lenet: BatchNorm after each conv.")] = False,
-    output_activation: Annotated[
-        Literal["none", "relu", "tanh"],
-        typer.Option("--output-activation", help="lenet: activation on the output layer (none keeps raw logits)."),
-    ] = "none",
-    pretrained: Annotated[
-        bool, typer.Option("--pretrained", help="Start from torchvision's ImageNet weights (local torch cache only).")
-    ] = False,
+    batchnorm: options.Batchnorm = False,
+    output_activation: options.OutputActivation = "none",
+    pretrained: options.Pretrained = False,
     data: options.Data = "digits",
     data_dir: options.DataDir = None,
-    val_split: Annotated[
-        float, typer.Option("--val-split", help="Fraction of train held out for validation when the data has no val split (0: none).")
-    ] = 0.1,
+    val_split: options.ValSplit = 0.1,
     download: options.Download = False,
-    image_size: Annotated[
-        Optional[int], typer.Option("--image-size", help="Input side in pixels (default: the data's own, or the architecture's usual size).")
-    ] = None,
+    image_size: options.ImageSize = None,
     epochs: Annotated[int, typer.Option("--epochs", help="Epochs to train (with --resume: the total to reach).")] = 20,
-    batch_size: Annotated[
-        int,
-        typer.Option("--batch-size", help="Images per weight update: the global batch, split evenly among the processes of a "
-                     "distributed run (the learning rate is not rescaled)."),
-    ] = 32,
-    opt: Annotated[Literal["sgd", "adam", "adamw"], typer.Option("--opt", help="Optimizer.")] = "adam",
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate (default 0.01 for sgd, 0.001 for adam/adamw).")] = None,
-    momentum: Annotated[float, typer.Option("--momentum", help="SGD momentum.")] = 0.9,
-    weight_decay: Annotated[float, typer.Option("--weight-decay", help="Weight decay (L2 for sgd/adam, decoupled for adamw).")] = 0.0,
-    nesterov: Annotated[bool, typer.Option("--nesterov", help="Nesterov momentum (sgd).")] = False,
+    batch_size: options.TrainBatchSize = 32,
+    opt: options.Optimizer = "adam",
+    lr: options.LearningRate = None,
+    momentum: options.Momentum = 0.9,
+    weight_decay: options.WeightDecay = 0.0,
+    nesterov: options.Nesterov = False,
     schedule: Annotated[
         Literal["none", "step", "cosine", "onecycle"], typer.Option("--schedule", help="Learning-rate schedule, stepped every update.")
     ] = "none",
     warmup: Annotated[float, typer.Option("--warmup", help="Epochs of linear learning-rate warm-up (fractions allowed).")] = 0.0,
     step_size: Annotated[int, typer.Option("--step-size", help="step schedule: epochs between decays (0: a third of the run).")] = 0,
     gamma: Annotated[float, typer.Option("--gamma", help="step schedule: decay factor.")] = 0.1,
-    augment: Annotated[
-        str,
-        typer.Option(
-            "--augment",
-            help="Batched augmentation, e.g. flip,crop:4,jitter:0.4,rotate:15,rrc:0.08; none; "
-            "auto: rotate:10,crop:1 for digits/mnist, none elsewhere.",
-        ),
-    ] = "auto",
-    normalize: Annotated[
-        str, typer.Option("--normalize", help="dataset (train mean/std), half (0.5/0.5), imagenet, none, or MEAN,STD.")
-    ] = "dataset",
-    class_weights: Annotated[
-        str, typer.Option("--class-weights", help="Loss weights: none, auto (balanced by class counts) or one number per class.")
-    ] = "none",
-    label_smoothing: Annotated[float, typer.Option("--label-smoothing", help="Label smoothing of the cross-entropy (0..1).")] = 0.0,
+    augment: options.Augment = "auto",
+    normalize: options.Normalize = "dataset",
+    class_weights: options.ClassWeights = "none",
+    label_smoothing: options.LabelSmoothing = 0.0,
     keep: Annotated[
         Literal["best", "last"], typer.Option("--keep", help="Checkpoint weights: best validation accuracy or the last epoch.")
     ] = "best",
