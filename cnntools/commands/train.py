@@ -79,6 +79,11 @@ def main(
     ] = None,
     history: Annotated[Optional[str], typer.Option("--history", help="Also write the per-epoch records to FILE (.csv or .jsonl).")] = None,
     plot: Annotated[Optional[str], typer.Option("--plot", help="Loss and accuracy curves, train vs validation (PNG, SVG or PDF).")] = None,
+    tensorboard: Annotated[
+        Optional[str],
+        typer.Option("--tensorboard", metavar="DIR", help="Also log to TensorBoard in DIR: scalars per epoch and per --print-every "
+                     "window, the model graph, a grid of training images (needs the tensorboard extra)."),
+    ] = None,
     fmt: TrainFormat = "table",
     config_file: Annotated[
         Optional[str],
@@ -88,6 +93,11 @@ def main(
     ] = None,
     print_config: Annotated[
         bool, typer.Option("--print-config", help="Write the fully resolved options as TOML to stdout and exit (for --config).")
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Resolve data, model and options, time a few steps and validation batches, print the "
+                     "parameter count, steps per epoch, memory and the run's estimated wall time, and exit; writes nothing."),
     ] = False,
     quiet: options.Quiet = False,
     debug: options.Debug = False,
@@ -116,6 +126,7 @@ def main(
       cnntools train --arch lenet --epochs 5 --print-config > run.toml   # write a run down ...
       cnntools train --config run.toml --seed 1                          # ... replay it, a flag overriding
       cnntools train --config model.safetensors --epochs 30 -o longer.safetensors   # a checkpoint's options
+      cnntools train --arch resnet18 --data cifar10 --epochs 10 --dry-run   # how long would it take?
     """
     from cnntools import distributed
 
@@ -175,6 +186,9 @@ def main(
     if target != "-" and not target.endswith(".safetensors"):
         raise output.CnnError(f"{target}: checkpoints are .safetensors files; name it e.g. model.safetensors")
     files.check_output(target, history)  # before the first epoch, not after it
+    if dry_run:
+        _dry_run(cfg, fmt)
+        return
     if nproc is not None:
         validate_config(cfg)
         check_global_batch(cfg.batch_size, nproc)
@@ -184,7 +198,7 @@ def main(
         output.claim_stdout()
 
     if rank is None:
-        _train(cfg, resumed, resume, target, fmt, history, plot)
+        _train(cfg, resumed, resume, target, fmt, history, plot, tensorboard=tensorboard)
         return
     try:
         with distributed.peer_failures(dist_timeout):
@@ -196,12 +210,13 @@ def main(
                 data_sets = load_training_data(cfg)
                 device_used, backend = distributed.start(rank, cfg.device, dist_timeout)
             _train(cfg, resumed, resume, target, fmt, history, plot, data_sets=data_sets, rank=rank,
-                   device_used=device_used, backend=backend)
+                   device_used=device_used, backend=backend, tensorboard=tensorboard)
     finally:
         distributed.stop()
 
 
-def _train(cfg, resumed, resume, target, fmt, history, plot, data_sets=None, rank=None, device_used=None, backend=None):
+def _train(cfg, resumed, resume, target, fmt, history, plot, data_sets=None, rank=None, device_used=None, backend=None,
+           tensorboard=None):
     """The training run of this process (the only one, or one rank of a distributed job)."""
     from dataclasses import replace
 
@@ -231,15 +246,20 @@ def _train(cfg, resumed, resume, target, fmt, history, plot, data_sets=None, ran
         for record in trainer.history:
             printer.add(record, replay=True)
 
+    board = _open_tensorboard(tensorboard, trainer) if is_main and tensorboard else None
+
     def on_epoch(record: dict) -> None:
         if not is_main:
             return
         printer.add(record)
+        if board is not None:
+            board.add_epoch(record)
         if history:
             _write_history(history, trainer.history)
 
     trainer.on_epoch = on_epoch
     trainer.on_print = output.info
+    trainer.on_step = board.add_step if board is not None else None
     trainer.progress = TrainProgress.create(cfg.epochs, trainer.steps_per_epoch) if is_main else None
     finished = False
     try:
@@ -257,6 +277,8 @@ def _train(cfg, resumed, resume, target, fmt, history, plot, data_sets=None, ran
     finally:
         if trainer.progress is not None:
             trainer.progress.stop()
+        if board is not None:
+            board.close()
         if plot and trainer.history and is_main:
             from cnntools.plots import training_curves
 
@@ -302,6 +324,34 @@ def _print_config(ctx) -> None:
                "output": p["out"] or "model.safetensors"}
     header = f"cnntools {__version__} train options; run them with: cnntools train --config FILE.toml"
     output.data_stream().write(config.render_toml(config.resolved_settings(ctx, resolve), header))
+
+
+def _open_tensorboard(logdir: str, trainer):
+    import torch
+
+    from cnntools.checkpoint import unwrap_model
+    from cnntools.tensorboard import TensorBoardLog
+
+    board = TensorBoardLog(logdir)
+    example = torch.zeros(1, trainer.in_channels, trainer.image_size, trainer.image_size, device=trainer.device)
+    if trainer.channels_last:
+        example = example.to(memory_format=torch.channels_last)
+    board.add_model(unwrap_model(trainer.model), example)
+    board.add_samples(trainer.train_set)
+    return board
+
+
+def _dry_run(cfg, fmt: str) -> None:
+    from cnntools import dry_run
+    from cnntools.training import Trainer, load_training_data
+
+    train_set, val_set, _ = load_training_data(cfg)
+    report = dry_run.estimate(Trainer(cfg, train_set, val_set, output=None))
+    if fmt in ("json", "jsonl"):
+        output.print_json({"schema": "cnntools.train.dry-run/1", **report})
+    else:
+        rows = dry_run.table_rows(report)
+        output.emit(report, fmt, rows=rows, columns=["item", "value"], title="Dry run: nothing was trained or written")
 
 
 def _same_file(a: str, b: str) -> bool:
