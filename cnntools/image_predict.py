@@ -45,16 +45,24 @@ def expand_paths(paths: list[str], on_skip: Callable[[str, str], None]) -> Itera
             yield path, True
 
 
-def _read(path: str, lm) -> torch.Tensor:
-    """The model's float input C×H×W for one image: decoded, fitted (channels, size, or
-    torchvision's resize + centre crop) and normalised. Fitting is per image because the
-    files differ in size, and done once: torchvision's resize + crop is not idempotent."""
+def read_uint8(path: str, channels: int, size: int | None = None) -> torch.Tensor:
+    """uint8 1×C×H×W of an image file (- for stdin), at size×size when given: decoded exactly
+    as an image folder is decoded into its store (JPEG draft decoding included)."""
     from cnntools.data.images import read_image
 
-    array = read_image(path, "L" if lm.in_channels == 1 else "RGB")
+    array = read_image(path, "L" if channels == 1 else "RGB", (size, size) if size else None)
     if array.ndim == 2:
         array = array[:, :, None]
-    return lm.prepare(torch.from_numpy(array.copy()).permute(2, 0, 1)[None])[0]
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)[None]
+
+
+def _read(path: str, lm) -> torch.Tensor:
+    """The model's float input C×H×W for one image: decoded, fitted (channels, size, or
+    torchvision's resize + centre crop from the full image) and normalised. Fitting is per
+    image because the files differ in size, and done once: torchvision's resize + crop is not
+    idempotent."""
+    size = None if lm.resize_size is not None else lm.image_size
+    return lm.prepare(read_uint8(path, lm.in_channels, size))[0]
 
 
 def batches(lm, paths: list[str], batch_size: int, on_skip: Callable[[str, str], None]) -> Iterator[tuple[list[str], torch.Tensor]]:

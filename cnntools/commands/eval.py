@@ -6,7 +6,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from cnntools import options, output
+from cnntools import options, output, runtime
 
 
 def main(
@@ -29,6 +29,7 @@ def main(
                      "--image or the flag repeated: each image's top-k classes instead of dataset metrics."),
     ] = None,
     device: options.Device = "auto",
+    threads: options.Threads = None,
     precision: options.Precision = "auto",
     fmt: options.Format = "table",
     quiet: options.Quiet = False,
@@ -54,10 +55,11 @@ def main(
       cnntools eval model.safetensors --image photos/ --predictions predictions.csv   # a folder, recursively
     """
     output.configure(quiet=quiet, debug=debug)
+    runtime.use_threads(threads)
     models, image = options.split_image_files(models, image)
     if not models:
         raise output.CnnError("name a model: a checkpoint (FILE.safetensors) or torchvision:NAME, before --image")
-    from cnntools import files, runtime
+    from cnntools import files
     from cnntools.checkpoint import load_model
 
     if batch_size < 1 or top_k < 1:

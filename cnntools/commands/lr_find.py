@@ -38,6 +38,7 @@ def main(
     ] = 4.0,
     seed: options.Seed = 0,
     device: options.Device = "auto",
+    threads: options.Threads = None,
     precision: options.Precision = "auto",
     plot: options.Output = None,
     sweep: Annotated[
@@ -67,7 +68,9 @@ def main(
       cnntools train --lr "$(cnntools lr-find --format json -q | jq .suggestions.valley)"
     """
     output.configure(quiet=quiet, debug=debug)
-    from cnntools import files
+    from cnntools import files, runtime
+
+    runtime.use_threads(threads)
 
     if not 0 < start_lr < end_lr:
         raise output.CnnError("--start-lr must be positive and below --end-lr")
