@@ -4,7 +4,7 @@ The data, model and options are resolved exactly as the run would (a `Trainer` w
 output file), then a few real training steps and validation batches are timed on the chosen
 device; the run's wall time is extrapolated from them:
 
-    epochs × (updates per epoch × seconds per update + validation batches × seconds per batch)
+    setup + epochs × (updates per epoch × seconds per update + validation batches × seconds per batch)
 
 Memory: parameters, gradients and optimizer state are counted exactly; activations are the
 measured peak of the timed steps on CUDA, and on the CPU the sum of every module's output
@@ -85,8 +85,9 @@ def _peak_rss_bytes() -> int | None:
         return None
 
 
-def estimate(trainer) -> dict:
-    """The dry run's report for a freshly built `Trainer` (its model and optimizer are spent)."""
+def estimate(trainer, setup_seconds: float = 0.0) -> dict:
+    """The dry run's report for a freshly built `Trainer` (its model and optimizer are spent);
+    `setup_seconds`: what loading the data and building the trainer took, which the run pays too."""
     from cnntools.models import count_parameters
 
     cfg, device = trainer.cfg, trainer.device
@@ -161,7 +162,8 @@ def estimate(trainer) -> dict:
         "seconds_per_step": step_seconds,
         "seconds_per_val_batch": eval_seconds,
         "estimated_epoch_seconds": epoch_seconds,
-        "estimated_seconds": epoch_seconds * cfg.epochs,
+        "setup_seconds": setup_seconds,
+        "estimated_seconds": setup_seconds + epoch_seconds * cfg.epochs,
     }
 
 
@@ -192,8 +194,9 @@ def table_rows(report: dict) -> list[dict]:
                    f"{human_bytes(mem['activations'])} ({report['activations_estimate']}), data {human_bytes(mem['dataset'])}"),
         ("peak process memory", human_bytes(report["peak_rss_bytes"])),
         ("time per step", f"{report['seconds_per_step'] * 1000:.1f} ms (mean of {report['timed_steps']} timed steps)"),
-        ("time per validation", f"{report['seconds_per_val_batch'] * report['val_batches_per_epoch']:.2f} s "
+        ("time per validation", f"{report['seconds_per_val_batch'] * report['val_batches_per_epoch'] * 1000:.1f} ms "
                                 f"({report['val_batches_per_epoch']} batches)"),
+        ("setup", f"{report['setup_seconds']:.1f} s (data and model)"),
         ("estimated epoch", format_duration(report["estimated_epoch_seconds"])),
         ("estimated run", format_duration(report["estimated_seconds"])),
     ]

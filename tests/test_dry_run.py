@@ -27,7 +27,7 @@ def test_dry_run_reports_the_run_and_writes_nothing(cli, tmp_path, monkeypatch, 
     assert mem["total"] == sum(v for k, v in mem.items() if k != "total")
     assert doc["seconds_per_step"] > 0 and doc["timed_steps"] >= 1
     epoch = doc["steps_per_epoch"] * doc["seconds_per_step"] + doc["val_batches_per_epoch"] * doc["seconds_per_val_batch"]
-    assert doc["estimated_epoch_seconds"] == pytest.approx(epoch) and doc["estimated_seconds"] == pytest.approx(3 * epoch)
+    assert doc["estimated_epoch_seconds"] == pytest.approx(epoch) and doc["estimated_seconds"] == pytest.approx(doc["setup_seconds"] + 3 * epoch)
 
 
 def test_dry_run_table_and_sgd_without_momentum(cli, tmp_path, monkeypatch):

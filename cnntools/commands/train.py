@@ -344,11 +344,15 @@ def _open_tensorboard(logdir: str, trainer):
 
 
 def _dry_run(cfg, fmt: str) -> None:
+    import time
+
     from cnntools import dry_run
     from cnntools.training import Trainer, load_training_data
 
+    start = time.perf_counter()
     train_set, val_set, _ = load_training_data(cfg)
-    report = dry_run.estimate(Trainer(cfg, train_set, val_set, output=None))
+    trainer = Trainer(cfg, train_set, val_set, output=None)
+    report = dry_run.estimate(trainer, setup_seconds=time.perf_counter() - start)
     if fmt in ("json", "jsonl"):
         output.print_json({"schema": "cnntools.train.dry-run/1", **report})
     else:
