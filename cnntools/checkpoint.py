@@ -14,6 +14,8 @@ map) holds one JSON value per key:
     train_config      the resolved training options, seed included
     metrics           final metrics (of the kept epoch)
     history           one record per epoch
+    steps             step records: the training loss every --print-every updates, --val-every validations
+    label             the run's name in figures and tables (train --label, or derived from its options)
     resume            (resumable files only) JSON part of the training state, see below
 
 Resume state lives in the same file. Tensors whose names start with `_resume/` hold its
@@ -340,6 +342,9 @@ _METADATA_SCHEMA = {
     "train_config": (lambda v: isinstance(v, dict), "an object"),
     "metrics": (lambda v: isinstance(v, dict), "an object"),
     "history": (lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v), "a list of objects"),
+    "steps": (lambda v: isinstance(v, list) and all(isinstance(r, dict) and _is_int(r.get("updates"), 0, 2**62) for r in v),
+              "a list of objects with an integer 'updates'"),
+    "label": (lambda v: isinstance(v, str), "a string"),
     "resume": (lambda v: isinstance(v, dict), "an object"),
 }
 
@@ -432,6 +437,13 @@ class LoadedModel:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def label(self) -> str:
+        """The run's name in figures and tables (see `cnntools.runs.model_label`)."""
+        from cnntools.runs import model_label
+
+        return model_label(self.meta, self.source)
 
     def fit_images(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 N×C×H×W at the model's channels and size (resized, or resized + centre-cropped)."""
