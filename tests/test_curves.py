@@ -169,7 +169,7 @@ def test_history_csv_sniffed_and_jsonl_errors():
 
 
 def test_smooth_class_weights_follow_the_power_law():
-    from cnntools.engine import class_weight_tensor
+    from cnntools.training import class_weight_tensor
     from cnntools.output import CnnError
 
     labels = torch.tensor([0] * 80 + [1] * 15 + [2] * 5)
