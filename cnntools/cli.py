@@ -15,6 +15,7 @@ from cnntools import __version__
 from cnntools.commands import (
     confusion,
     conv_calc,
+    curves,
     dataset_stats,
     eval as eval_cmd,
     featmaps,
@@ -49,6 +50,7 @@ COMMANDS = [
     ("rf-calc", rf_calc.main),
     ("train", train.main),
     ("lr-find", lr_find.main),
+    ("curves", curves.main),
     ("eval", eval_cmd.main),
     ("confusion", confusion.main),
     ("saliency", saliency.main),

@@ -113,7 +113,8 @@ Normalize = Annotated[
 ]
 
 ClassWeights = Annotated[
-    str, typer.Option("--class-weights", help="Loss weights: none, auto (balanced by class counts) or one number per class.")
+    str, typer.Option("--class-weights", help="Loss weights: none, auto (balanced by class counts), smooth:ALPHA "
+                      "(weights ∝ (1/count)^ALPHA; 0.5 halves the imbalance's effect) or one number per class.")
 ]
 
 LabelSmoothing = Annotated[float, typer.Option("--label-smoothing", help="Label smoothing of the cross-entropy (0..1).")]
