@@ -122,9 +122,16 @@ def estimate(trainer, setup_seconds: float = 0.0) -> dict:
         activation_how = "module outputs x2"
 
     eval_seconds, val_batches = 0.0, 0
+    # Evaluation batches per epoch: validation once per epoch and at every --val-every
+    # update, the test split with --test-each-epoch; all timed as validation batches.
+    passes = 1 + (trainer.steps_per_epoch // cfg.val_every if cfg.val_every else 0)
     if trainer.val_loader is not None:
-        val_batches = len(trainer.val_loader)
-        sample = _batches(trainer.val_loader, EVAL_BATCHES)
+        val_batches = len(trainer.val_loader) * passes
+    if trainer.test_loader is not None:
+        val_batches += len(trainer.test_loader)
+    loader = trainer.val_loader or trainer.test_loader
+    if loader is not None:
+        sample = _batches(loader, EVAL_BATCHES)
         model.eval()
         _sync(device)
         start = time.perf_counter()
@@ -194,8 +201,8 @@ def table_rows(report: dict) -> list[dict]:
                    f"{human_bytes(mem['activations'])} ({report['activations_estimate']}), data {human_bytes(mem['dataset'])}"),
         ("peak process memory", human_bytes(report["peak_rss_bytes"])),
         ("time per step", f"{report['seconds_per_step'] * 1000:.1f} ms (mean of {report['timed_steps']} timed steps)"),
-        ("time per validation", f"{report['seconds_per_val_batch'] * report['val_batches_per_epoch'] * 1000:.1f} ms "
-                                f"({report['val_batches_per_epoch']} batches)"),
+        ("evaluation per epoch", f"{report['seconds_per_val_batch'] * report['val_batches_per_epoch'] * 1000:.1f} ms "
+                                 f"({report['val_batches_per_epoch']} batches: validation, --val-every, --test-each-epoch)"),
         ("setup", f"{report['setup_seconds']:.1f} s (data and model)"),
         ("estimated epoch", format_duration(report["estimated_epoch_seconds"])),
         ("estimated run", format_duration(report["estimated_seconds"])),

@@ -36,6 +36,11 @@ def test_dry_run_table_and_sgd_without_momentum(cli, tmp_path, monkeypatch):
                  "--val-split", "0", "--format", "json")
     assert result.exit_code == 0, result.stderr
     assert result.json()["memory_bytes"]["optimizer_state"] == 0 and result.json()["val_batches_per_epoch"] == 0
+    # --val-every 10 on 41 updates: 4 more validation passes of 1 batch; --test-each-epoch: the 359 test images, 2 batches
+    evals = cli("train", "--dry-run", "--image-size", "8", "--device", "cpu", "--val-every", "10", "--test-each-epoch",
+                "--format", "json")
+    assert evals.exit_code == 0, evals.stderr
+    assert evals.json()["val_batches_per_epoch"] == 1 + 4 + 2
     table = cli("train", "--dry-run", "--image-size", "8", "--device", "cpu", "--epochs", "2")
     assert table.exit_code == 0 and "estimated run" in table.stdout and "2 epochs" in table.stdout
     assert os.listdir(tmp_path) == []

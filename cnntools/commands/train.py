@@ -373,8 +373,11 @@ def _dry_run(cfg, fmt: str) -> None:
     from cnntools.training import Trainer, load_training_data
 
     start = time.perf_counter()
+    from cnntools.training.loop import load_test_split
+
     train_set, val_set, _ = load_training_data(cfg)
-    trainer = Trainer(cfg, train_set, val_set, output=None)
+    test_set = load_test_split(cfg, train_set) if cfg.test_each_epoch else None
+    trainer = Trainer(cfg, train_set, val_set, output=None, test_set=test_set)
     report = dry_run.estimate(trainer, setup_seconds=time.perf_counter() - start)
     if fmt in ("json", "jsonl"):
         output.print_json({"schema": "cnntools.train.dry-run/1", **report})
