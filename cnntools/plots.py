@@ -324,7 +324,7 @@ def logit_bars(panels: list[dict], models: list[str], classes: list[str]):
     k, m = len(classes), len(models)
     colors = class_colors(max(1, m))
     width = min(16.0, max(7.0, 0.32 * k * max(1, m) ** 0.5 + 3.0))
-    fig = new_figure(width, 2.5 * len(panels) + 1.2 + 0.22 * ((m + 2) // 3))
+    fig = new_figure(width, 2.5 * len(panels) + 0.9 + 0.22 * ((m + 2) // 3))
     grid = fig.add_gridspec(len(panels), 2, width_ratios=[1, max(3.0, width - 2.0)])
     x = np.arange(k)
     bar = 0.8 / max(1, m)
@@ -345,10 +345,9 @@ def logit_bars(panels: list[dict], models: list[str], classes: list[str]):
             ax.set_xlabel("class")
     fig.suptitle(f"Raw outputs per class of {m} model{'s' if m > 1 else ''} for the same {len(panels)} image"
                  f"{'s' if len(panels) > 1 else ''}", fontsize=12)
-    legend_h = 0.3 + 0.22 * ((m + 2) // 3)
-    fig.tight_layout(rect=(0, 0, 1, 1 - (0.35 + legend_h) / fig.get_figheight()))
-    fig.legend(loc="upper center", bbox_to_anchor=(0.5, 1 - 0.4 / fig.get_figheight()), ncol=min(3, m), frameon=False,
-               fontsize=9)
+    # Constrained layout sizes every row's tick labels and keeps the legend outside the panels.
+    fig.set_layout_engine("constrained")
+    fig.legend(loc="outside lower center", ncol=min(3, m), frameon=False, fontsize=9, title="model", title_fontsize=9)
     return fig
 
 
