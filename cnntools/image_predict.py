@@ -56,21 +56,26 @@ def read_uint8(path: str, channels: int, size: int | None = None) -> torch.Tenso
     return torch.from_numpy(array.copy()).permute(2, 0, 1)[None]
 
 
-def _read(path: str, lm) -> torch.Tensor:
+def _read(path: str, lm) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's float input C×H×W for one image: decoded, fitted (channels, size, or
     torchvision's resize + centre crop from the full image) and normalised. Fitting is per
     image because the files differ in size, and done once: torchvision's resize + crop is not
     idempotent."""
     size = None if lm.resize_size is not None else lm.image_size
-    return lm.prepare(read_uint8(path, lm.in_channels, size))[0]
+    raw = read_uint8(path, lm.in_channels, size)
+    return raw, lm.prepare(raw)[0]
 
 
-def batches(lm, paths: list[str], batch_size: int, on_skip: Callable[[str, str], None]) -> Iterator[tuple[list[str], torch.Tensor]]:
+def batches(lm, paths: list[str], batch_size: int, on_skip: Callable[[str, str], None],
+            on_image: Callable[[str, torch.Tensor], None] | None = None) -> Iterator[tuple[list[str], torch.Tensor]]:
     """(paths, N×C×H×W model inputs) batches of the readable images, in order."""
     names, images = [], []
     for path, named in expand_paths(paths, on_skip):
         try:
-            images.append(_read(path, lm))
+            raw, prepared = _read(path, lm)
+            images.append(prepared)
+            if on_image is not None:
+                on_image(path, raw)
         except CnnError as error:
             if named:
                 raise
@@ -85,10 +90,10 @@ def batches(lm, paths: list[str], batch_size: int, on_skip: Callable[[str, str],
 
 
 def predict_images(lm, paths: list[str], batch_size: int, top_k: int, precision: str,
-                   on_skip: Callable[[str, str], None]) -> Iterator[list[dict]]:
+                   on_skip: Callable[[str, str], None], on_image=None) -> Iterator[list[dict]]:
     """Per batch, the rows of each image's top-k classes: image, rank, class, index, prob, logit."""
     lm.model.eval()
-    for names, images in batches(lm, paths, batch_size, on_skip):
+    for names, images in batches(lm, paths, batch_size, on_skip, on_image):
         with torch.inference_mode(), runtime.autocast(lm.device, precision):
             logits = lm.model(images)
         logits = logits.float().cpu()
