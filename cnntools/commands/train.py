@@ -214,7 +214,7 @@ def _train(cfg, resumed, resume, target, fmt, history, plot, data_sets=None, ran
     if resumed is not None:
         meta = resumed["meta"]
         train_set, val_set = _match_stored_size(train_set, val_set, meta)
-        if list(train_set.classes) != list(meta.get("classes", [])):
+        if list(train_set.classes) != list(meta.classes):
             raise output.CnnError(f"{resume}: the data's classes differ from the stored run's; resume on the same dataset")
         if cfg.val_split and val_set is None:
             cfg = replace(cfg, val_split=0.0)
@@ -337,7 +337,7 @@ def _resume_config(ctx, resume: str, given: dict):
     weights = model_state(tensors)
     check_weights(meta, weights, files.display_name(resume))
     state = resume_state(tensors, meta, resume)
-    stored = TrainConfig.from_dict(meta.get("train_config") or {})
+    stored = TrainConfig.from_dict(meta.train_config, files.display_name(resume))
     changes = {}
     for name, value in given.items():
         source = ctx.get_parameter_source(name) if ctx is not None else None
@@ -364,7 +364,7 @@ def _resume_config(ctx, resume: str, given: dict):
 
 
 def _match_stored_size(train_set, val_set, meta):
-    size, channels = int(meta["image_size"]), int(meta["in_channels"])
+    size, channels = meta.image_size, meta.in_channels
     train_set = train_set.resized(size, channels)
     val_set = val_set.resized(size, channels) if val_set is not None else None
     return train_set, val_set
@@ -442,10 +442,10 @@ class _RecordPrinter:
             output.print_json(
                 {
                     "checkpoint": trainer.output,
-                    "arch": meta["arch"],
-                    "data": meta["data"],
-                    "train_config": meta["train_config"],
-                    "metrics": meta["metrics"],
+                    "arch": meta.arch,
+                    "data": meta.data.to_json(),
+                    "train_config": meta.train_config,
+                    "metrics": meta.metrics,
                     "updates": trainer.position.updates,
                     "history": trainer.history,
                 }
