@@ -143,7 +143,7 @@ def _validates_like_eval(path) -> None:
     result = _cnntools("eval", path, "--split", "val", "--precision", "fp32", "--format", "json", "-q")
     assert result.returncode == 0, result.stderr
     model = json.loads(result.stdout)["models"][0]
-    last = read_checkpoint(str(path))[1]["history"][-1]
+    last = read_checkpoint(str(path))[1].history[-1]
     # 41 validation images split 21/20 between the ranks: each counted once.
     assert model["count"] == 41
     assert model["accuracy"] == pytest.approx(last["val_acc"], abs=1e-12)

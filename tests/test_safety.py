@@ -252,7 +252,7 @@ def test_deterministic_flag_switches_on_deterministic_algorithms(cli, tmp_path, 
         runs.append({k: v for k, v in record.items() if k not in ("seconds", "images_per_s")})
     assert runs[0] == runs[1]
     assert _same_weights(tmp_path / "a.safetensors", tmp_path / "b.safetensors")
-    assert read_checkpoint(str(tmp_path / "a.safetensors"))[1]["train_config"]["deterministic"] is True
+    assert read_checkpoint(str(tmp_path / "a.safetensors"))[1].train_config["deterministic"] is True
 
 
 def test_inf_gradient_with_finite_loss_stops_and_keeps_the_good_checkpoint(tmp_path, small_trainer):

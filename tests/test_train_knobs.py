@@ -121,4 +121,4 @@ def test_early_stop_and_keep_best_or_last(cli, tmp_path):
     result = cli("train", *FAST, "--epochs", "3", "--keep", "last", "-o", last, "--format", "jsonl", "-q")
     assert result.exit_code == 0, result.stderr
     records = _jsonl(result.stdout)
-    assert read_checkpoint(str(last))[1]["metrics"]["val_acc"] == pytest.approx(records[-1]["val_acc"])
+    assert read_checkpoint(str(last))[1].metrics["val_acc"] == pytest.approx(records[-1]["val_acc"])

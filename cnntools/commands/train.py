@@ -223,7 +223,7 @@ def _train(cfg, resumed, resume, target, fmt, history, plot, data_sets=None, ran
                       world_size=rank.world_size if rank else 1, device=device_used)
     if resumed is not None:
         try:
-            trainer.restore(resumed["state"], resumed["meta"].get("history", []), resumed["weights"])
+            trainer.restore(resumed["state"], resumed["meta"].history, resumed["weights"])
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as error:
             raise output.CnnError(f"{resume}: its resume state does not fit the run it describes ({type(error).__name__}); the file is damaged") from None
 
