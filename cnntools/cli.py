@@ -15,6 +15,7 @@ from cnntools import __version__
 from cnntools.commands import (
     confusion,
     conv_calc,
+    curves,
     dataset_stats,
     eval as eval_cmd,
     featmaps,
@@ -25,6 +26,7 @@ from cnntools.commands import (
     tsne,
 )
 from cnntools.output import Terminated, handle_errors
+from cnntools.runtime import prepare_threads
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -46,6 +48,7 @@ COMMANDS = [
     ("conv-calc", conv_calc.main),
     ("rf-calc", rf_calc.main),
     ("train", train.main),
+    ("curves", curves.main),
     ("eval", eval_cmd.main),
     ("confusion", confusion.main),
     ("saliency", saliency.main),
@@ -80,6 +83,7 @@ def main() -> None:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     # SIGTERM unwinds like Ctrl-C: no half-written temporary file is left, exit status 143.
     signal.signal(signal.SIGTERM, _terminate)
+    prepare_threads()  # before any command imports torch
     app(prog_name="cnntools")
 
 

@@ -14,6 +14,8 @@ In the file, safetensors' string-to-string metadata holds one JSON value per key
     train_config      the resolved training options, seed included
     metrics           final metrics (of the kept epoch)
     history           one record per epoch
+    steps             step records: the training loss every --print-every updates, --val-every validations
+    label             the run's name in figures and tables (train --label, or derived from its options)
     resume            (resumable files only) JSON part of the training state
 
 A checkpoint comes from anywhere, so every value is checked here for its type, its range
@@ -97,6 +99,8 @@ class CheckpointMeta:
     train_config: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
+    steps: list[dict] = field(default_factory=list)
+    label: str | None = None
     resume: dict | None = None  # packed JSON part of the resume state (see file_format)
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
@@ -135,8 +139,11 @@ class CheckpointMeta:
             "train_config": self.train_config,
             "metrics": self.metrics,
             "history": self.history,
+            "steps": self.steps,
             **self.extra,
         }
+        if self.label is not None:
+            doc["label"] = self.label
         if self.resume is not None:
             doc["resume"] = self.resume
         return doc
@@ -199,6 +206,12 @@ class CheckpointMeta:
         history = doc.get("history", [])
         if not (isinstance(history, list) and all(isinstance(r, dict) for r in history)):
             raise _malformed(name, "history", "a list of objects")
+        steps = doc.get("steps", [])
+        if not (isinstance(steps, list) and all(isinstance(r, dict) and _is_int(r.get("updates"), 0, 2**62) for r in steps)):
+            raise _malformed(name, "steps", "a list of objects with an integer 'updates'")
+        label = doc.get("label")
+        if label is not None and not isinstance(label, str):
+            raise _malformed(name, "label", "a string")
         resume = doc.get("resume")
         if resume is not None and not isinstance(resume, dict):
             raise _malformed(name, "resume", "an object")
@@ -206,7 +219,7 @@ class CheckpointMeta:
         return cls(
             arch=arch, classes=list(classes), mean=mean, std=std, data=data,
             train_config=dict(doc.get("train_config") or {}), metrics=dict(doc.get("metrics") or {}),
-            history=[dict(r) for r in history], resume=resume, format=str(doc.get("format", FORMAT)),
+            history=[dict(r) for r in history], steps=[dict(r) for r in steps], label=label, resume=resume, format=str(doc.get("format", FORMAT)),
             format_version=version, extra={k: v for k, v in doc.items() if k not in known},
         )
 

@@ -61,6 +61,13 @@ class LoadedModel:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def label(self) -> str:
+        """The run's name in figures and tables (see `cnntools.runs.model_label`)."""
+        from cnntools.runs import model_label
+
+        return model_label(self.meta.to_json(), self.source)
+
     def fit_images(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 N×C×H×W at the model's channels and size (resized, or resized + centre-cropped)."""
         from cnntools.data.imageset import convert_channels, resize_uint8
@@ -100,7 +107,10 @@ class LoadedModel:
         data_dir = data_dir if data_dir is not None else (self.data.data_dir if same else None)
         val_split = self.data.val_split if same else 0.0
         seed = self.data.seed if same else 0
-        imageset = load_split(spec, split, data_dir=data_dir, download=download, val_split=val_split, seed=seed)
+        # Folders decode straight to the model's size (the same decoding as `eval --image`).
+        size = self.image_size if self.resize_size is None else None
+        imageset = load_split(spec, split, data_dir=data_dir, download=download, val_split=val_split, seed=seed,
+                              image_size=size)
         if imageset.classes != self.classes:
             index = {name: i for i, name in enumerate(self.classes)}
             if all(name in index for name in imageset.classes):
@@ -114,7 +124,8 @@ class LoadedModel:
                     f"{spec} has {len(imageset.classes)} classes that the model ({len(self.classes)} classes) does not know; "
                     "evaluate on the dataset the model was trained on, or one with the same class names"
                 )
-        return replace(imageset, images=self.fit_images(imageset.images))
+        shape = (self.in_channels, self.image_size, self.image_size)
+        return imageset.transformed(self.fit_images, shape) if tuple(imageset.images.shape[1:]) != shape else imageset
 
 
 def _fit_channels(images, channels, convert_channels):
