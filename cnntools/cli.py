@@ -24,7 +24,7 @@ from cnntools.commands import (
     train,
     tsne,
 )
-from cnntools.output import Terminated, handle_errors
+from cnntools.output import Terminated, handle_errors, plug_closed_stdio
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -80,6 +80,7 @@ def main() -> None:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     # SIGTERM unwinds like Ctrl-C: no half-written temporary file is left, exit status 143.
     signal.signal(signal.SIGTERM, _terminate)
+    plug_closed_stdio()
     app(prog_name="cnntools")
 
 

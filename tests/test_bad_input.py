@@ -202,7 +202,7 @@ def test_huge_header_claim_is_refused_without_reading_the_file(work, monkeypatch
         def close(self):
             self.handle.close()
 
-    monkeypatch.setattr("builtins.open", lambda path, mode="r", *a, **k: Counting(path) if mode == "rb" else real_open(path, mode, *a, **k))
+    monkeypatch.setattr("cnntools.files.open_binary", Counting)
     with pytest.raises(CnnError, match="100 MB limit"):
         checkpoint.read_checkpoint(str(files["huge-header.safetensors"]))
     assert reads == [9]
