@@ -24,6 +24,7 @@ from cnntools.commands import (
     train,
     tsne,
 )
+from cnntools.options import with_checked_numbers
 from cnntools.output import Terminated, handle_errors, plug_closed_stdio
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -54,7 +55,8 @@ COMMANDS = [
 ]
 
 for _name, _func in COMMANDS:
-    app.command(_name, context_settings=CONTEXT)(handle_errors(_func))
+    # Numbers are checked first (a usage error, exit 2), then the command runs under handle_errors.
+    app.command(_name, context_settings=CONTEXT)(with_checked_numbers(handle_errors(_func)))
 
 
 def _version(value: bool) -> None:

@@ -11,6 +11,7 @@ import errno
 import io
 import json
 import os
+import re
 import shlex
 import stat
 import subprocess
@@ -333,3 +334,117 @@ def test_predictions_csv_round_trips_odd_class_names(cli, checkpoint, tmp_path):
     assert table.exit_code == 0, table.stderr
     assert "\x1b" not in table.stdout and "\x1b" not in table.stderr
     assert names <= {"\x1b[31mred\x1b[0m", "two\nlines", "tab\there"} | {f"c{i}" for i in range(7)}
+
+
+# ---------------------------------------------------------------------------- 8. options
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["train", "--lr", "nan"], "'--lr': nan is not a finite number; expected a number > 0"),
+    (["train", "--weight-decay", "nan"], "'--weight-decay': nan is not a finite number; expected a number >= 0"),
+    (["train", "--warmup", "nan"], "'--warmup': nan is not a finite number"),
+    (["train", "--momentum", "inf"], "'--momentum': inf is not a finite number; expected a number from 0 to 1"),
+    (["train", "--seed", "-1"], "'--seed': -1 is out of range; expected a number from 0 to 4,294,967,295"),
+    (["train", "--seed", "99999999999999999999"], "'--seed': 99999999999999999999 is out of range"),
+    (["train", "--image-size", "-3"], "'--image-size': -3 is out of range; expected a number from 1 to 4096"),
+    (["train", "--image-size", "100000"], "'--image-size': 100000 is out of range"),
+    (["tsne", "--perplexity", "nan"], "'--perplexity': nan is not a finite number"),
+    (["eval", "x.safetensors", "--batch-size", "0"], "'--batch-size': 0 is out of range; expected a number from 1 to 1,048,576"),
+    (["saliency", "x.safetensors", "--seed", "-5"], "'--seed': -5 is out of range"),
+    (["conv-calc", "--input", "1 2; 3 4", "-k", "1 0; 0 1", "-b", "nan"], "'--bias': nan is not a finite number"),
+])
+def test_numeric_options_checked_before_work(cli, args, expected, tmp_path):
+    result = cli(*args, "-o", tmp_path / "never.safetensors") if args[0] == "train" else cli(*args)
+    assert result.exit_code == 2, result.stderr
+    assert result.stderr.splitlines()[-1] == f"Error: Invalid value for {expected}" or expected in result.stderr.splitlines()[-1]
+    assert not (tmp_path / "never.safetensors").exists()
+
+
+def test_index_ranges_checked_against_the_dataset_before_expanding(cli, checkpoint):
+    result = cli("saliency", checkpoint, "--data", "fake:20,size=8,channels=1", "--split", "train", "-i", "0-999999999", "-q")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: index 999999999 is out of range: fake") and "has 20 images (0..19)" in result.stderr
+
+
+def test_confusion_refuses_a_matrix_larger_than_memory(cli, tmp_path):
+    from cnntools import runtime
+
+    rows = "label,pred\n" + "".join(f"{i * 7},{i * 7 + 3}\n" for i in range(2000)) + "1000000,0\n"
+    result = cli("confusion", "-", input=rows)
+    need = 3 * 8 * 1_000_001**2
+    assert need > (runtime.available_memory() or 0)
+    assert result.exit_code == 1 and "a confusion matrix of 1,000,001 classes needs about" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------- 9. CIFAR and MNIST files
+
+
+def _cifar_folder(root: Path, data, labels, names=("a", "b")) -> Path:
+    import pickle
+
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "data_batch_1", "wb") as handle:
+        pickle.dump({"data": data, "labels": labels}, handle)
+    with open(root / "batches.meta", "wb") as handle:
+        pickle.dump({"label_names": names}, handle)
+    return root
+
+
+GOOD_PIXELS = np.random.default_rng(0).integers(0, 256, (4, 3 * 8 * 8), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("data, labels, names, expected", [
+    ("pixels", [0, 1, 0, 1], ["a", "b"], "entry 'data' is a str, expected an array of pixel bytes"),
+    (7, [0, 1, 0, 1], ["a", "b"], "entry 'data' is a int, expected an array"),
+    (GOOD_PIXELS, ["a", "b", "a", "b"], ["a", "b"], "entry 'labels' is a <U1 array of shape (4,), expected a list of integer class indices"),
+    (GOOD_PIXELS, [0.5, 1, 0, 1], ["a", "b"], "entry 'labels' is a float64 array"),
+    (GOOD_PIXELS, [0, 1, 0, 1], 5, "entry 'label_names' is not a list of class names (found int)"),
+    (GOOD_PIXELS.astype(np.float64) * 4000, [0, 1, 0, 1], ["a", "b"], "holds pixel values from 0.0 to 1020000.0; expected whole numbers 0..255"),
+    (GOOD_PIXELS.astype(np.float64) / 255, [0, 1, 0, 1], ["a", "b"], "expected whole numbers 0..255"),
+    (np.full((4, 192), np.nan), [0, 1, 0, 1], ["a", "b"], "NaN or infinite"),
+    (GOOD_PIXELS.astype(np.complex64), [0, 1, 0, 1], ["a", "b"], "entry 'data' is a complex64 array"),
+])
+def test_malformed_cifar_batches_are_one_error_line(cli, tmp_path, data, labels, names, expected):
+    folder = _cifar_folder(tmp_path / "cifar", data, labels, names)
+    result = cli("dataset-stats", "--data", folder, "-q")
+    assert result.exit_code == 1, result.stderr
+    assert len(result.stderr.splitlines()) == 1 and expected in result.stderr and "unexpected" not in result.stderr
+
+
+def test_good_cifar_batch_still_loads(cli, tmp_path):
+    folder = _cifar_folder(tmp_path / "cifar", GOOD_PIXELS, [0, 1, 0, 1])
+    result = cli("dataset-stats", "--data", folder, "--format", "json", "-q")
+    assert result.exit_code == 0, result.stderr
+    assert result.json()["classes"] == ["a", "b"]
+
+
+def _idx(ndim_byte: int, dims: list[int], body: bytes) -> bytes:
+    return bytes([0, 0, 8, ndim_byte]) + b"".join(d.to_bytes(4, "big") for d in dims) + body
+
+
+@pytest.mark.parametrize("raw, expected", [
+    (_idx(255, [2, 2, 2], b"\0" * 8), "idx header claims 255 dimensions"),
+    (_idx(3, [2**31, 2**31, 2**31], b"\0" * 8), "truncated or padded idx file (8 bytes of data, header says 9903520314283042199192993792)"),
+    (_idx(3, [2, 2], b""), "truncated or padded"),
+    (b"\0\0\x0d\x03" + b"\0" * 20, "bad magic number"),
+])
+def test_malformed_mnist_idx_is_one_error_line(tmp_path, raw, expected):
+    from cnntools.data.torchvision_layouts import read_idx
+
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(raw)
+    with pytest.raises(CnnError, match=re.escape(expected)):
+        read_idx(path)
+
+
+def test_mnist_gzip_bomb_stops_at_the_limit(tmp_path, monkeypatch):
+    import gzip
+
+    from cnntools.data import torchvision_layouts
+
+    monkeypatch.setattr(torchvision_layouts, "IDX_LIMIT", 10_000)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(_idx(3, [100, 10, 10], b"\0" * 10_000)))
+    with pytest.raises(CnnError, match="decompresses to more than 10,000 bytes"):
+        torchvision_layouts.read_idx(path)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cnntools.output import CnnError
+from cnntools.runtime import check_allocation
 
 NORMALIZE = ("none", "true", "pred", "all")
 
@@ -120,6 +121,8 @@ def read_predictions(text: str, source: str = "predictions") -> Predictions:
     if min(labels + preds) < 0:
         raise CnnError(f"{source}: negative class index")
     k = max(max(labels), max(preds), max(names, default=0)) + 1
+    # The matrix is k×k: counts, a normalised copy and the heatmap's array (8 bytes a cell each).
+    check_allocation(3 * 8 * k * k, f"{source}: a confusion matrix of {k:,} classes")
     classes = [names.get(i, str(i)) for i in range(k)]
     return Predictions(
         index=index,
