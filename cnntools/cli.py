@@ -26,6 +26,7 @@ from cnntools.commands import (
 )
 from cnntools.options import with_checked_numbers
 from cnntools.output import Terminated, handle_errors, plug_closed_stdio
+from cnntools.runtime import prepare_threads
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -83,6 +84,7 @@ def main() -> None:
     # SIGTERM unwinds like Ctrl-C: no half-written temporary file is left, exit status 143.
     signal.signal(signal.SIGTERM, _terminate)
     plug_closed_stdio()
+    prepare_threads()  # before any command imports torch
     app(prog_name="cnntools")
 
 
