@@ -448,3 +448,14 @@ def test_mnist_gzip_bomb_stops_at_the_limit(tmp_path, monkeypatch):
     path.write_bytes(gzip.compress(_idx(3, [100, 10, 10], b"\0" * 10_000)))
     with pytest.raises(CnnError, match="decompresses to more than 10,000 bytes"):
         torchvision_layouts.read_idx(path)
+
+
+def test_predictions_csv_with_a_bare_carriage_return_is_one_line(cli, tmp_path):
+    # found by the fuzz run: csv.Error reached the user as "unexpected"
+    path = tmp_path / "p.csv"
+    path.write_text("index,path,pred,label\n11,4,\r,0\n")
+    result = cli("confusion", path)
+    assert result.exit_code == 1 and result.stderr.startswith("Error: ") and "unexpected" not in result.stderr
+    path.write_text('label,label_name,pred\n0,"two\nlines",1\n1,b,0\n')
+    result = cli("confusion", path, "--format", "json")
+    assert result.exit_code == 0 and result.json()["classes"] == ["two\nlines", "b"]

@@ -86,7 +86,14 @@ def read_predictions(text: str, source: str = "predictions") -> Predictions:
     `label` and `pred` are required; class names come from `label_name`/`pred_name` where
     present (classes never seen are named by their index).
     """
-    reader = csv.DictReader(io.StringIO(text))
+    try:
+        # newline="": quoted cells may hold line breaks (class names), as csv.writer wrote them
+        return _read_predictions(csv.DictReader(io.StringIO(text, newline="")), source)
+    except csv.Error as error:
+        raise CnnError(f"{source}: not a readable CSV ({error})") from None
+
+
+def _read_predictions(reader: csv.DictReader, source: str) -> Predictions:
     if not reader.fieldnames or "label" not in reader.fieldnames or "pred" not in reader.fieldnames:
         raise CnnError(
             f"{source}: not a predictions CSV (needs columns label and pred, as `cnntools eval --predictions` writes)"
