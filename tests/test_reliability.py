@@ -194,10 +194,15 @@ def test_closed_and_full_stdout_are_one_error_line(tmp_path):
             assert proc.stderr == f"Error: stdout: cannot write ({reason})" + ("; redirect it to a file or to /dev/null" if redirect == ">&-" else "") + "\n"
 
 
-def test_output_to_dev_stdout_is_stdout(tmp_path):
+def test_output_to_dev_stdout_is_stdout(tmp_path, checkpoint):
+    # /dev/stdout is this process's own stdout (a pipe here): written like `-`, the summary moves to stderr
     python = shlex.quote(sys.executable)
-    proc = _shell(f"{python} -m cnntools conv-calc --input '1 2; 3 4' -k '1 0; 0 1' --format csv -o /dev/stdout | cat", tmp_path)
+    proc = _shell(f"{python} -m cnntools eval {checkpoint} --data fake:6,size=8,channels=1 --predictions /dev/stdout "
+                  "--format json | cat", tmp_path)
     assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(io.StringIO(proc.stdout)))
+    assert proc.stdout.startswith("index,path,label,label_name,pred") and rows and rows[0]["label_name"] == "\x1b[31mred\x1b[0m"
+    assert '"share_negative"' in proc.stderr  # the JSON summary, moved off the claimed stdout
 
 
 def test_write_data_error_is_one_line():
