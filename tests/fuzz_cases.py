@@ -291,6 +291,7 @@ def properties(examples: int, derandomize: bool = True) -> dict:
         "checkpoint metadata": config(given(METADATA_EDITS)(check_metadata)),
         "predictions CSV": config(given(PREDICTIONS_CSV)(check_predictions)),
         "matrix files": config(given(MATRIX_FILES)(check_matrix_file)),
+        "history files": config(given(HISTORY_FILES)(check_history)),
         "CIFAR batches": config(given(CIFAR_CASES)(check_cifar)),
         "MNIST idx": config(given(IDX_CASES)(check_idx)),
         "folders": config(given(FOLDER_CASES)(check_folder)),
@@ -403,6 +404,38 @@ def check_matrix_file(text: str) -> None:
     path.write_text(text, encoding="utf-8", errors="surrogateescape")
     args = ["conv-calc", "--input", path, "-k", "1 0; 0 1", "--format", "json"]
     assert_clean(run_cli(args), [repr(text)[:200], *args], "matrix files")
+
+
+HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "updates", "kind", "label", "x"]
+HISTORY_FILES = st.one_of(
+    st.tuples(st.just(".csv"), st.tuples(
+        st.lists(st.sampled_from(HISTORY_COLUMNS), max_size=7, unique=True).map(lambda c: ["epoch"] + [x for x in c if x != "epoch"]),
+        st.lists(st.lists(st.one_of(st.integers(1, 5).map(str), CELL), max_size=8), max_size=6))),
+    st.tuples(st.just(".jsonl"), st.lists(st.one_of(
+        st.fixed_dictionaries({"epoch": st.one_of(st.integers(1, 5), JSON_LEAF)},
+                              optional={k: st.one_of(st.floats(0, 2), JSON_VALUE) for k in HISTORY_COLUMNS[1:]}), JSON_VALUE), max_size=5)),
+    st.tuples(st.sampled_from([".csv", ".jsonl"]), st.just("[" * 100_000)),  # nesting past the recursion limit
+)
+
+
+def check_history(case) -> None:
+    import csv
+
+    suffix, content = case
+    if isinstance(content, str):
+        text = content
+    elif suffix == ".csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(content[0])
+        writer.writerows(content[1])
+        text = buffer.getvalue()
+    else:
+        text = "".join(json.dumps(record) + "\n" for record in content)
+    path = base_files()["folder"] / f"history{suffix}"
+    path.write_text(text, encoding="utf-8", errors="surrogateescape")
+    args = ["curves", path, "--format", "json", "-q"]
+    assert_clean(run_cli(args), [repr(case)[:300], *args], "history files")
 
 
 # ---------------------------------------------------------------------------- CIFAR batches and meta, MNIST idx

@@ -11,7 +11,7 @@ import fuzz_cases
 
 EXAMPLES = 30  # per property; the same cases every run (derandomized)
 # Readers that decode images or a dataset per case cost more: fewer cases keep the suite quick.
-FEWER = {"CIFAR batches": 15, "MNIST idx": 15, "folders": 10, "checkpoint metadata": 20, "safetensors headers": 20}
+FEWER = {"CIFAR batches": 15, "MNIST idx": 15, "folders": 10, "checkpoint metadata": 20, "safetensors headers": 20, "history files": 20}
 
 
 @pytest.mark.parametrize("name", sorted(fuzz_cases.properties(EXAMPLES)))

@@ -458,9 +458,19 @@ def test_mnist_gzip_bomb_stops_at_the_limit(tmp_path, monkeypatch):
 def test_predictions_csv_with_a_bare_carriage_return_is_one_line(cli, tmp_path):
     # found by the fuzz run: csv.Error reached the user as "unexpected"
     path = tmp_path / "p.csv"
-    path.write_text("index,path,pred,label\n11,4,\r,0\n")
-    result = cli("confusion", path)
-    assert result.exit_code == 1 and result.stderr.startswith("Error: ") and "unexpected" not in result.stderr
+    for text in ("index,path,pred,label\n11,4,\r,0\n", 'label,pred\n0,"' + "a" * 200_000 + '"\n'):
+        path.write_text(text)
+        result = cli("confusion", path)
+        assert result.exit_code == 1 and result.stderr.startswith("Error: ") and "unexpected" not in result.stderr
     path.write_text('label,label_name,pred\n0,"two\nlines",1\n1,b,0\n')
     result = cli("confusion", path, "--format", "json")
     assert result.exit_code == 0 and result.json()["classes"] == ["two\nlines", "b"]
+
+
+@pytest.mark.parametrize("name, text", [("h.csv", "epoch,train_loss\n1,\"" + "a" * 200_000 + "\"\n"), ("h.jsonl", "[" * 100_000 + "\n")])
+def test_malformed_history_files_are_one_line(cli, tmp_path, name, text):
+    # found by fuzzing the history reader: csv.Error and RecursionError reached the user as "unexpected"
+    path = tmp_path / name
+    path.write_text(text)
+    result = cli("curves", path, "--format", "json")
+    assert result.exit_code == 1 and len(result.stderr.splitlines()) == 1 and "unexpected" not in result.stderr
