@@ -189,7 +189,7 @@ def case_decode(work: Path, n: int, repeats: int) -> None:
 # ---------------------------------------------------------------------------- training from the store
 
 
-def case_train(work: Path, n: int, repeats: int) -> None:
+def case_train(work: Path, n: int, repeats: int, archs: list[str]) -> None:
     import torch
 
     from cnntools.data import BatchLoader, load_split, parse_augment
@@ -199,6 +199,8 @@ def case_train(work: Path, n: int, repeats: int) -> None:
     folder = make_folder(work / f"t{n}", n, 160, 160, classes=5)
     os.environ["CNNTOOLS_CACHE"] = str(work / "train-cache")
     for arch, size, batch in (("lenet", 32, 128), ("compact-cnn", 128, 64)):
+        if arch not in archs:
+            continue
         mapped = load_split(str(folder), "train", image_size=size)
         in_ram = ImageSet(images=mapped.images.clone(), labels=mapped.labels.clone(), classes=mapped.classes)
         model = create_model(arch, in_channels=3, image_size=size, num_classes=5)
@@ -290,13 +292,15 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,4000", help="folder sizes for the memory case")
     parser.add_argument("--issue-sizes", action="store_true", help="the issue's 5,000 and 20,000 images (needs ~4 GB of disk)")
     parser.add_argument("--decode-n", type=int, default=400, help="images per folder in the decode case")
+    parser.add_argument("--train-n", type=int, default=512, help="images in the train case's folder")
+    parser.add_argument("--train-archs", default="lenet,compact-cnn", help="which of lenet (32 px), compact-cnn (128 px)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="smaller folders and two rounds")
     parser.add_argument("--work", help="keep the generated folders here (default: a temporary folder)")
     args = parser.parse_args()
     sizes = [5000, 20000] if args.issue_sizes else [int(s) for s in args.sizes.split(",")]
     if args.quick:
-        sizes, args.decode_n, args.repeats = [500, 2000], 200, 2
+        sizes, args.decode_n, args.train_n, args.repeats = [500, 2000], 200, 256, 2
     work_ctx = tempfile.TemporaryDirectory(prefix="cnntools-store-") if not args.work else None
     work = Path(args.work or work_ctx.name)
     work.mkdir(parents=True, exist_ok=True)
@@ -305,7 +309,7 @@ def main() -> None:
         if "decode" in cases:
             case_decode(work, args.decode_n, args.repeats)
         if "train" in cases:
-            case_train(work, max(512, args.decode_n), args.repeats)
+            case_train(work, args.train_n, args.repeats, args.train_archs.split(","))
         if "threads" in cases:
             case_threads(work, args.repeats)
         if "memory" in cases:
