@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -58,7 +59,7 @@ def predict(
     outputs = []
     # Large images go fewer per forward pass (inputs bounded in bytes), so the activations of
     # a batch of 224-px photos do not dwarf the rest of the process; small ones keep `batch_size`.
-    step = min(batch_size, chunk_rows(4 * imageset.images[0].numel(), CHUNK_BYTES // 2)) if len(imageset) else batch_size
+    step = min(batch_size, chunk_rows(4 * math.prod(imageset.images.shape[1:]), CHUNK_BYTES // 2))
     with torch.inference_mode():
         for start in range(0, len(imageset), step):
             x = prepare(imageset.images[start : start + step], channels_last)
