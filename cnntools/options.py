@@ -61,6 +61,13 @@ DataDir = Annotated[
 Split = Annotated[SplitChoice, typer.Option("--split", help="Which split: train, val or test.")]
 Download = Annotated[bool, typer.Option("--download", help="Fetch a torchvision dataset that is not on disk yet.")]
 
+Indices = Annotated[Optional[str], typer.Option("--indices", "-i", help="Dataset images by index: 0,5,7 or 0-7.")]
+
+Channels = Annotated[
+    Optional[str],
+    typer.Option("--channels", help="Exactly these channels, in this order: 0-7 or 3,0,5 (default: the most active)."),
+]
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 

@@ -73,6 +73,8 @@ class Predictions:
     classes: list[str]
     paths: list[str] | None = None
     prob: np.ndarray | None = None
+    model: str | None = None  # the model's label, from the `model` column
+    data: str | None = None  # dataset:split, from the `data` column
 
     @property
     def mistakes(self) -> np.ndarray:
@@ -100,7 +102,7 @@ def _read_predictions(reader: csv.DictReader, source: str) -> Predictions:
         )
     index, labels, preds, paths, probs = [], [], [], [], []
     names: dict[int, str] = {}
-    models = set()
+    models, datas = set(), set()
     for line_no, row in enumerate(reader, start=2):
         try:
             label, pred = int(row["label"]), int(row["pred"])
@@ -112,7 +114,8 @@ def _read_predictions(reader: csv.DictReader, source: str) -> Predictions:
         labels.append(label)
         preds.append(pred)
         paths.append(row.get("path") or "")
-        models.add(row.get("model"))
+        models.add(row.get("model") or None)
+        datas.add(row.get("data") or None)
         if row.get("label_name"):
             names.setdefault(label, row["label_name"])
         if row.get("pred_name"):
@@ -120,6 +123,7 @@ def _read_predictions(reader: csv.DictReader, source: str) -> Predictions:
     if not labels:
         raise CnnError(f"{source}: no prediction rows")
     models.discard(None)
+    datas.discard(None)
     if len(models) > 1:
         raise CnnError(
             f"{source}: predictions of {len(models)} models in one file; write them per model "
@@ -138,4 +142,6 @@ def _read_predictions(reader: csv.DictReader, source: str) -> Predictions:
         classes=classes,
         paths=paths if any(paths) else None,
         prob=np.asarray(probs, dtype=np.float64) if len(probs) == len(labels) else None,
+        model=models.pop() if models else None,
+        data=datas.pop() if len(datas) == 1 else None,
     )
