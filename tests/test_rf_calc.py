@@ -214,10 +214,14 @@ def check_model(model: nn.Module, size: int, in_channels: int = 3, most: int = 2
     """Compare the graph walk with gradients for up to `most` layers (first ones, then spread out:
     every later layer's field already contains the unions of the branches before it)."""
     rows = model_receptive_fields(model, size, in_channels)
-    assert all(row["size"] for row in rows)  # every layer has a feature-map size
-    picked = rows if len(rows) <= most else rows[:3] + rows[3::-(-(len(rows) - 3) // (most - 4))] + rows[-1:]
+    assert all(row["size"] for row in rows if row["receptive_field"] != "global")  # every map has a size
+    maps = [row for row in rows if row["size"]]  # (a linear layer over the flattened map has none)
+    picked = maps if len(maps) <= most else maps[:3] + maps[3::-(-(len(maps) - 3) // (most - 4))] + maps[-1:]
     picked = list({row["name"]: row for row in picked}.values())
     for row, u, first, last in measure_model_layers(model, picked, size, in_channels):
+        if row["receptive_field"] == "global":
+            assert (first, last) == (0, size - 1), row["name"]
+            continue
         left = row["start"] + u * row["jump"]
         right = left + row["receptive_field"] - 1
         assert (first, last) == (max(0, left), min(size - 1, right)), row["name"]
@@ -278,7 +282,9 @@ def test_registered_architectures_match_gradient(cli, arch):
     assert result.exit_code == 0, result.stderr
     assert result.json()["layers"] == rows
     quiet = cli("rf-calc", "--arch", arch, "-q")
-    assert int(quiet.stdout) == max(r["receptive_field"] for r in rows if r["type"] != "adaptivepool")
+    local = [r["receptive_field"] for r in rows if r["receptive_field"] != "global"]
+    assert quiet.stdout == f"{result.json()['receptive_field']}\n"
+    assert result.json()["receptive_field"] == max(local)  # the last feature map holds every branch's field
 
 
 def test_functional_pool_is_named_by_its_graph_node():
@@ -295,4 +301,4 @@ def test_functional_pool_is_named_by_its_graph_node():
 
     rows = model_receptive_fields(Net(), 8)
     assert [r["name"] for r in rows] == ["conv", "adaptive_avg_pool2d"]
-    assert rows[-1]["receptive_field"] == 8
+    assert rows[-1]["receptive_field"] == "global"
