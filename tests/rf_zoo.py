@@ -8,6 +8,8 @@ gradient reaches every pixel a unit depends on, not just the maximum's.
 
 from __future__ import annotations
 
+import copy
+import functools
 import operator
 import warnings
 
@@ -26,14 +28,34 @@ def min_height(name: str) -> int:
     return int(weights.meta.get("min_size", (1, 1))[0])
 
 
-def traced(name: str, image_size: int) -> fx.GraphModule:
-    """torchvision model `name`, weights on meta (buffers computed at build time stay real)."""
-    kwargs = {"image_size": image_size} if name.startswith("vit_") else {}
+def _image_size(name: str, size: int) -> int | None:
+    return size if name.startswith("vit_") else None  # only ViTs are built for one input size
+
+
+@functools.lru_cache(maxsize=2)
+def _meta_graph(name: str, image_size: int | None) -> fx.GraphModule:
+    return rf_graph.trace(rf_graph.build_torchvision(name, image_size or 224))
+
+
+def meta_graph(name: str, size: int) -> fx.GraphModule:
+    """What rf-calc walks: the model's graph on the meta device (built and traced once)."""
+    return _meta_graph(name, _image_size(name, size))
+
+
+@functools.lru_cache(maxsize=2)
+def _traced(name: str, image_size: int | None) -> fx.GraphModule:
+    kwargs = {"image_size": image_size} if image_size else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with rf_graph.parameters_on_meta():
             model = torchvision.models.get_model(name, weights=None, **kwargs)
     return fx.symbolic_trace(model.eval())
+
+
+def traced(name: str, size: int) -> fx.GraphModule:
+    """A fresh copy of the graph to measure: parameters on meta (buffers computed at build
+    time, such as Swin's relative position index, stay real)."""
+    return copy.deepcopy(_traced(name, _image_size(name, size)))
 
 
 def node_named(gm: fx.GraphModule, display: str):

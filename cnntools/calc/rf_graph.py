@@ -19,6 +19,8 @@ the functions, so only `rf-calc --arch` pays for it.
 
 from __future__ import annotations
 
+import contextlib
+import io
 from dataclasses import dataclass, field, replace
 
 from cnntools.calc.rf import RF
@@ -26,7 +28,7 @@ from cnntools.calc.rf_values import SPATIAL, Stop, Unfollowed, Value, Whole, dis
 from cnntools.calc.rf_walk import Walk
 from cnntools.output import CnnError
 
-__all__ = ["SPATIAL", "Analysis", "Unfollowed", "Whole", "analyse", "build_torchvision", "display_name", "parameters_on_meta",
+__all__ = ["SPATIAL", "Analysis", "Unfollowed", "Whole", "analyse", "build_torchvision", "display_name", "parameters_on_meta", "trace",
            "torchvision_default_size"]
 
 MAX_FIELD = 10**9  # any field past this is an arithmetic bug, not a measurement
@@ -50,31 +52,29 @@ class Analysis:
 
 
 def analyse(model, input_size, in_channels: int = 3) -> Analysis:
-    """Trace `model` (an nn.Module) and follow the receptive field of every tensor.
+    """Trace `model` (an nn.Module, or a GraphModule traced in eval mode) and follow the
+    receptive field of every tensor.
 
     `input_size` is the input side, or (height, width); shapes come from a forward pass on
     zeros on the model's own device (the meta device costs nothing).
     """
     import torch
-    from torch import fx
 
     height, width = pair(input_size)
-    was_training = model.training
-    model.eval()  # auxiliary heads and stochastic depth are training-only branches
-    try:
-        traced = fx.symbolic_trace(model)
-    except Exception as error:  # noqa: BLE001 - fx raises many kinds on dynamic control flow
-        raise CnnError(f"cannot trace the model's graph with torch.fx ({type(error).__name__}: {_first_line(error)})") from None
-    finally:
-        model.train(was_training)
+    traced = model if isinstance(model, torch.fx.GraphModule) else trace(model)
     traced.eval()
     parameter = next(traced.parameters(), None)
     device = parameter.device if parameter is not None else "cpu"
+    prop = _FastShapeProp(traced)
     try:
-        with torch.no_grad():
-            _FastShapeProp(traced).propagate(torch.zeros(1, in_channels, height, width, device=device))
+        # ShapeProp prints the traceback of a failing node itself; the user gets one line.
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
+            prop.propagate(torch.zeros(1, in_channels, height, width, device=device))
     except Exception as error:  # noqa: BLE001 - the model's own shape errors, as one line
-        raise CnnError(f"the model cannot run on a {height}x{width} input ({_first_line(error)}); try another --input-size") from None
+        while error.__cause__ is not None:
+            error = error.__cause__
+        raise CnnError(f"the model cannot run on a {height}x{width} input: node {display_name(prop.current)}: "
+                       f"{_first_line(error)}; try another --input-size") from None
     walk = Walk(dict(traced.named_modules()))
     values: dict = {}
     layouts: dict = {}  # tensor shape -> the layout last seen with it
@@ -117,6 +117,21 @@ def analyse(model, input_size, in_channels: int = 3) -> Analysis:
     return result
 
 
+def trace(model):
+    """The model's torch.fx graph in eval mode (auxiliary heads and stochastic depth are
+    training-only branches), or one line saying why it cannot be traced."""
+    from torch import fx
+
+    was_training = model.training
+    model.eval()
+    try:
+        return fx.symbolic_trace(model)
+    except Exception as error:  # noqa: BLE001 - fx raises many kinds on dynamic control flow
+        raise CnnError(f"cannot trace the model's graph with torch.fx ({type(error).__name__}: {_first_line(error)})") from None
+    finally:
+        model.train(was_training)
+
+
 def _FastShapeProp(traced):
     """ShapeProp that skips shape-keeping normalisations: on the meta device batch_norm runs
     through Python decompositions and took half the time of a DenseNet's walk."""
@@ -124,6 +139,12 @@ def _FastShapeProp(traced):
     from torch.fx.passes.shape_prop import ShapeProp
 
     class Prop(ShapeProp):
+        current = None
+
+        def run_node(self, node):
+            self.current = node
+            return super().run_node(node)
+
         def call_module(self, target, args, kwargs):
             module = self.fetch_attr(target)
             if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)) and args and not kwargs:
@@ -208,10 +229,13 @@ def build_torchvision(name: str, input_size: int):
         try:
             with torch.device("meta"):
                 return torchvision.models.get_model(name, weights=None, **kwargs)
-        except (NotImplementedError, RuntimeError):
+        except Exception:  # noqa: BLE001
             pass  # builders that compute widths with tensors (RegNet): only parameters go to meta
-        with parameters_on_meta():
-            return torchvision.models.get_model(name, weights=None, **kwargs)
+        try:
+            with parameters_on_meta():
+                return torchvision.models.get_model(name, weights=None, **kwargs)
+        except Exception as error:  # noqa: BLE001 - e.g. a ViT input size its patches do not divide
+            raise CnnError(f"cannot build torchvision:{name} for a {input_size}-pixel input ({_first_line(error)})") from None
 
 
 def parameters_on_meta():
