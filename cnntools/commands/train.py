@@ -6,7 +6,7 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from cnntools import options, output
+from cnntools import options, output, runtime
 
 TrainFormat = Annotated[
     Literal["table", "jsonl", "json", "csv"],
@@ -79,6 +79,7 @@ def main(
     print_every: Annotated[int, typer.Option("--print-every", help="Print the mean loss every N mini-batches (stderr; 0: never).")] = 0,
     seed: options.Seed = 0,
     device: options.Device = "auto",
+    threads: options.Threads = None,
     precision: options.Precision = "auto",
     deterministic: Annotated[
         bool,
@@ -132,6 +133,7 @@ def main(
     from cnntools import distributed
 
     output.configure(quiet=quiet, debug=debug)
+    runtime.use_threads(threads)
     rank = distributed.environment()
     if rank is not None and not rank.is_main:
         output.configure(quiet=True, debug=debug)  # rank 0 speaks for the job
@@ -143,7 +145,8 @@ def main(
         return
 
     from cnntools import files
-    from cnntools.engine import TrainConfig, check_global_batch, load_training_data, validate_config
+    from cnntools.collectives import check_global_batch
+    from cnntools.training import TrainConfig, load_training_data, validate_config
 
     if nproc is not None:
         if rank is not None:
@@ -207,7 +210,7 @@ def _train(cfg, resumed, resume, target, fmt, history, plot, data_sets=None, ran
     """The training run of this process (the only one, or one rank of a distributed job)."""
     from dataclasses import replace
 
-    from cnntools.engine import Trainer, TrainingInterrupted, load_training_data
+    from cnntools.training import Trainer, TrainingInterrupted, load_training_data
 
     train_set, val_set, _ = data_sets if data_sets is not None else load_training_data(cfg)
     if resumed is not None:
@@ -330,7 +333,7 @@ def _resume_config(ctx, resume: str, given: dict):
 
     from cnntools import files
     from cnntools.checkpoint import check_weights, model_state, read_checkpoint, resume_state
-    from cnntools.engine import TrainConfig
+    from cnntools.training import TrainConfig
 
     tensors, meta = read_checkpoint(resume)
     weights = model_state(tensors)
