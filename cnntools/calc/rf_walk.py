@@ -238,12 +238,17 @@ class Walk:
         return self.softmax_dim(node, x, arg(node, 1, "dim"))
 
     def fn_matmul(self, node, x, incoming):
-        a, b = (self_value for self_value in incoming[:2]) if len(incoming) > 1 else (incoming[0], None)
-        contracted = [a.axes[-1]] + ([b.axes[-2]] if b is not None and len(b.axes) > 1 else [])
+        left = x  # None when the left operand is a parameter
+        right = incoming[-1] if left is None or len(incoming) > 1 else None
+        contracted = ([left.axes[-1]] if left else []) + ([right.axes[-2]] if right and len(right.axes) > 1 else [])
         if "?" in contracted:
             raise Stop("a matrix product over an axis rf-calc lost track of")
-        merged = a if b is None else merge(a, b)
-        axes = a.axes[:-1] + ((b.axes[-1],) if b is not None else (None,))
+        if left and right:
+            merged, axes = merge(left, right), left.axes[:-1] + right.axes[-1:]
+        elif left:
+            merged, axes = left, left.axes[:-1] + (None,)
+        else:
+            merged, axes = right, right.axes[:-2] + (None,) + right.axes[-1:]
         if any(c in SPATIAL + ("S",) for c in contracted):
             return self.globalise(node, "matmul", "matrix product over the spatial axes", merged, axes=axes)
         return replace(merged, axes=axes)
