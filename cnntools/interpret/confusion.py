@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cnntools.output import CnnError
+from cnntools.runtime import check_allocation
 
 NORMALIZE = ("none", "true", "pred", "all")
 
@@ -72,6 +73,8 @@ class Predictions:
     classes: list[str]
     paths: list[str] | None = None
     prob: np.ndarray | None = None
+    model: str | None = None  # the model's label, from the `model` column
+    data: str | None = None  # dataset:split, from the `data` column
 
     @property
     def mistakes(self) -> np.ndarray:
@@ -85,14 +88,21 @@ def read_predictions(text: str, source: str = "predictions") -> Predictions:
     `label` and `pred` are required; class names come from `label_name`/`pred_name` where
     present (classes never seen are named by their index).
     """
-    reader = csv.DictReader(io.StringIO(text))
+    try:
+        # newline="": quoted cells may hold line breaks (class names), as csv.writer wrote them
+        return _read_predictions(csv.DictReader(io.StringIO(text, newline="")), source)
+    except csv.Error as error:
+        raise CnnError(f"{source}: not a readable CSV ({error})") from None
+
+
+def _read_predictions(reader: csv.DictReader, source: str) -> Predictions:
     if not reader.fieldnames or "label" not in reader.fieldnames or "pred" not in reader.fieldnames:
         raise CnnError(
             f"{source}: not a predictions CSV (needs columns label and pred, as `cnntools eval --predictions` writes)"
         )
     index, labels, preds, paths, probs = [], [], [], [], []
     names: dict[int, str] = {}
-    models = set()
+    models, datas = set(), set()
     for line_no, row in enumerate(reader, start=2):
         try:
             label, pred = int(row["label"]), int(row["pred"])
@@ -104,7 +114,8 @@ def read_predictions(text: str, source: str = "predictions") -> Predictions:
         labels.append(label)
         preds.append(pred)
         paths.append(row.get("path") or "")
-        models.add(row.get("model"))
+        models.add(row.get("model") or None)
+        datas.add(row.get("data") or None)
         if row.get("label_name"):
             names.setdefault(label, row["label_name"])
         if row.get("pred_name"):
@@ -112,6 +123,7 @@ def read_predictions(text: str, source: str = "predictions") -> Predictions:
     if not labels:
         raise CnnError(f"{source}: no prediction rows")
     models.discard(None)
+    datas.discard(None)
     if len(models) > 1:
         raise CnnError(
             f"{source}: predictions of {len(models)} models in one file; write them per model "
@@ -120,6 +132,8 @@ def read_predictions(text: str, source: str = "predictions") -> Predictions:
     if min(labels + preds) < 0:
         raise CnnError(f"{source}: negative class index")
     k = max(max(labels), max(preds), max(names, default=0)) + 1
+    # The matrix is k×k: counts, a normalised copy and the heatmap's array (8 bytes a cell each).
+    check_allocation(3 * 8 * k * k, f"{source}: a confusion matrix of {k:,} classes")
     classes = [names.get(i, str(i)) for i in range(k)]
     return Predictions(
         index=index,
@@ -128,4 +142,6 @@ def read_predictions(text: str, source: str = "predictions") -> Predictions:
         classes=classes,
         paths=paths if any(paths) else None,
         prob=np.asarray(probs, dtype=np.float64) if len(probs) == len(labels) else None,
+        model=models.pop() if models else None,
+        data=datas.pop() if len(datas) == 1 else None,
     )
