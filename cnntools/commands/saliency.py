@@ -48,7 +48,7 @@ def _select_images(lm, indices, image_files, mistakes, n, data, data_dir, split)
             raise CnnError(f"{mistakes}: the predictions contain no mistakes")
         picked = [table.index[i] for i in rows]
     elif indices:
-        picked = parse_int_list(indices)
+        picked = parse_int_list(indices, size=len(imageset), where=where)
     else:
         picked = list(range(min(n, len(imageset))))
     check_indices(picked, len(imageset), where)
@@ -269,7 +269,7 @@ def _target_specs(target: str, classes) -> list[str]:
 
 
 def _where(lm, data, split) -> str:
-    return f"{data or lm.data.get('spec') or 'data'}:{split}"
+    return f"{data or lm.data.spec or 'data'}:{split}"
 
 
 def _warn_flat(maps, names, targets, classes, model_name, method, layer_name) -> None:

@@ -31,6 +31,7 @@ from cnntools import runtime
 from cnntools.checkpoint import clean_state_dict, save_checkpoint, unwrap_model
 from cnntools.collectives import broadcast_buffers, check_global_batch, reduce_sum, wrap_model
 from cnntools.data.augment import resolve_augment
+from cnntools.data.imageset import CHUNK_BYTES, chunk_rows
 from cnntools.inference import wants_channels_last
 from cnntools.output import CnnError
 from cnntools.training.config import TrainConfig, validate_config
@@ -175,17 +176,20 @@ class Trainer:
             augment=self.augment, mean=self.mean, std=self.std, drop_last=False, rank=rank, world_size=world_size,
             channels_last=self.channels_last,
         )
+        # Evaluation batches: 256 small images, fewer large ones (inputs bounded in bytes, so the
+        # activations of a validation pass do not grow with the split up to 256 photos).
+        eval_batch = max(per_rank, min(256, chunk_rows(4 * math.prod(train_set.images.shape[1:]), CHUNK_BYTES // 2)))
         self.val_loader = None
         if val_set is not None and len(val_set):
             self.val_loader = BatchLoader(
-                val_set, batch_size=max(per_rank, 256), shuffle=False, seed=cfg.seed, device=self.device,
+                val_set, batch_size=eval_batch, shuffle=False, seed=cfg.seed, device=self.device,
                 augment=None, mean=self.mean, std=self.std, drop_last=False, rank=rank, world_size=world_size, pad=False,
                 channels_last=self.channels_last,
             )
         self.test_loader = None
         if test_set is not None and len(test_set):
             self.test_loader = BatchLoader(
-                test_set, batch_size=max(per_rank, 256), shuffle=False, seed=cfg.seed, device=self.device,
+                test_set, batch_size=eval_batch, shuffle=False, seed=cfg.seed, device=self.device,
                 augment=None, mean=self.mean, std=self.std, drop_last=False, rank=rank, world_size=world_size, pad=False,
                 channels_last=self.channels_last,
             )
@@ -215,32 +219,27 @@ class Trainer:
 
     # -- state --------------------------------------------------------------------------
 
-    @property
-    def data_spec(self) -> dict:
-        return {"spec": self.cfg.data, "data_dir": self.cfg.data_dir, "val_split": self.cfg.val_split, "seed": self.cfg.seed}
-
-    def metadata(self) -> dict:
+    def metadata(self):
         """The checkpoint metadata of the current state of the run."""
+        from cnntools.checkpoint import CheckpointMeta, DataRecipe
         from cnntools.runs import derive_label
 
         pos = self.position
         kept = self._kept_record()
-        return {
-            "label": self.cfg.label or derive_label(asdict(self.cfg)),
-            "arch": self.arch_config,
-            "classes": self.classes,
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "image_size": self.image_size,
-            "in_channels": self.in_channels,
-            "data": self.data_spec,
-            "train_config": {**asdict(self.cfg), "lr": self.cfg.resolved_lr(), "precision_used": self.precision,
-                             "world_size": self.world_size},
-            "metrics": {**(kept or {}), "updates": pos.updates, "epochs_completed": pos.epoch,
-                        "kept": self.cfg.keep if self.val_loader is not None else "last"},
-            "history": self.history,
-            "steps": self.steps,
-        }
+        return CheckpointMeta(
+            arch=self.arch_config,
+            classes=self.classes,
+            mean=list(self.mean),
+            std=list(self.std),
+            data=DataRecipe(self.cfg.data, self.cfg.data_dir, self.cfg.val_split, self.cfg.seed),
+            train_config={**asdict(self.cfg), "lr": self.cfg.resolved_lr(), "precision_used": self.precision,
+                          "world_size": self.world_size},
+            metrics={**(kept or {}), "updates": pos.updates, "epochs_completed": pos.epoch,
+                     "kept": self.cfg.keep if self.val_loader is not None else "last"},
+            history=self.history,
+            steps=self.steps,
+            label=self.cfg.label or derive_label(asdict(self.cfg)),
+        )
 
     def _kept_record(self) -> dict | None:
         if not self.history:
