@@ -78,7 +78,7 @@ def _checkpoint_options(path: str) -> dict:
     from cnntools.output import CnnError
 
     _, meta = read_checkpoint(path)
-    stored = meta.get("train_config")
+    stored = meta.train_config
     if not isinstance(stored, dict) or not stored:
         raise CnnError(f"{path}: the checkpoint stores no training options to replay")
     return stored
