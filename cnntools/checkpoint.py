@@ -15,6 +15,9 @@ map) holds one JSON value per key:
     metrics           final metrics (of the kept epoch)
     history           one record per epoch
     resume            (resumable files only) JSON part of the training state, see below
+    arch_args         (your own model, timm) constructor arguments given with --arch-args
+    code              (your own model) {"reference", "kind", "name", "path", "path_given",
+                      "module", "sha256", "args"}: where the code is, never the code itself
 
 Resume state lives in the same file. Tensors whose names start with `_resume/` hold its
 tensor part (optimizer moments as `_resume/optimizer/state/<param>/<key>`, RNG states as
@@ -341,6 +344,8 @@ _METADATA_SCHEMA = {
     "metrics": (lambda v: isinstance(v, dict), "an object"),
     "history": (lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v), "a list of objects"),
     "resume": (lambda v: isinstance(v, dict), "an object"),
+    "arch_args": (lambda v: isinstance(v, dict), "an object (constructor arguments)"),
+    "code": (lambda v: isinstance(v, dict) and isinstance(v.get("reference"), str), "an object with the code reference"),
 }
 
 
@@ -385,10 +390,12 @@ def model_state(tensors: dict) -> dict:
     return {k: v for k, v in tensors.items() if not k.startswith(RESUME_PREFIX)}
 
 
-def build_model(meta: dict, name: str = "checkpoint", device=None):
+def build_model(meta: dict, name: str = "checkpoint", device=None, trust_code: bool = False, code=None):
     """An untrained model of the architecture and config a checkpoint's metadata names.
 
-    `device="meta"` builds it without allocating memory (to compare shapes first).
+    `device="meta"` builds it without allocating memory (to compare shapes first). A model
+    defined by the user's code runs that code only with `trust_code` (see
+    `cnntools.models.user_code`); `code` is the result of `model_code` when the caller has it.
     """
     from cnntools.models import create_model
 
@@ -397,15 +404,35 @@ def build_model(meta: dict, name: str = "checkpoint", device=None):
     config.pop("pretrained", None)  # the weights come from the file, never from the hub
     if not arch:
         raise CnnError(f"{name}: cnntools metadata names no architecture")
+    if code is None:
+        code = model_code(meta, name, trust_code)
     try:
         if device is not None:
             with torch.device(device):
-                return create_model(arch, **config)
-        return create_model(arch, **config)
+                return create_model(arch, **config, arch_args=meta.get("arch_args"), code=code)
+        return create_model(arch, **config, arch_args=meta.get("arch_args"), code=code)
     except CnnError as error:
         raise CnnError(f"{name}: {error}") from None
     except (TypeError, ValueError, RuntimeError) as error:
         raise CnnError(f"{name}: architecture config {config} does not fit {arch} ({error})") from None
+
+
+def model_code(meta: dict, name: str = "checkpoint", trust_code: bool = False):
+    """(CodeReference, source) of a model defined by the user's code, checked; None for the others.
+
+    Without `trust_code` such a checkpoint is refused with one line naming the file and the
+    flag; a code reference without its `code` record is refused outright, so metadata alone
+    can never name a file to run.
+    """
+    from cnntools.models import user_code
+
+    arch = (meta.get("arch") or {}).get("arch")
+    if not user_code.is_code_reference(arch):
+        return None
+    record = meta.get("code")
+    if not isinstance(record, dict) or record.get("reference") != arch:
+        raise CnnError(f"{name}: the architecture {arch} refers to code but the checkpoint holds no matching code record")
+    return user_code.from_record(record, trust_code, name)
 
 
 # ---------------------------------------------------------------------------- models
@@ -427,6 +454,7 @@ class LoadedModel:
     device: Any = None
     source: str = ""
     resize_size: int | None = None  # torchvision: shorter side resized to this, then centre-cropped
+    interpolation: str = "bilinear"  # of that resize (timm's data config may say bicubic)
     state: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -439,7 +467,7 @@ class LoadedModel:
 
         images = _fit_channels(images, self.in_channels, convert_channels)
         if self.resize_size is not None:
-            return _resize_crop(images, self.resize_size, self.image_size)
+            return _resize_crop(images, self.resize_size, self.image_size, self.interpolation)
         if tuple(images.shape[2:]) != (self.image_size, self.image_size):
             images = resize_uint8(images, self.image_size)
         return images
@@ -500,7 +528,7 @@ def _fit_channels(images, channels, convert_channels):
     return convert_channels(images, channels)
 
 
-def _resize_crop(images: torch.Tensor, resize: int, crop: int) -> torch.Tensor:
+def _resize_crop(images: torch.Tensor, resize: int, crop: int, interpolation: str = "bilinear") -> torch.Tensor:
     """torchvision's ImageNet preprocessing on uint8 tensors: shorter side to `resize`, centre crop."""
     import torch.nn.functional as F
 
@@ -511,26 +539,35 @@ def _resize_crop(images: torch.Tensor, resize: int, crop: int) -> torch.Tensor:
         nh, nw = max(1, round(h * resize / w)), resize
     out = []
     for chunk in images.split(256):
-        x = F.interpolate(chunk.float(), size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+        mode = interpolation if interpolation in ("bilinear", "bicubic") else "bilinear"
+        x = F.interpolate(chunk.float(), size=(nh, nw), mode=mode, align_corners=False, antialias=True)
         top, left = (nh - crop) // 2, (nw - crop) // 2
         out.append(x[:, :, top : top + crop, left : left + crop].round_().clamp_(0, 255).to(torch.uint8))
     return torch.cat(out) if out else images.new_empty((0, images.shape[1], crop, crop))
 
 
-def load_model(spec: str, device="cpu", data: bytes | None = None) -> LoadedModel:
-    """A model from a cnntools checkpoint (path or `-` for stdin) or `torchvision:NAME`.
+def load_model(spec: str, device="cpu", data: bytes | None = None, trust_code: bool = False,
+               download: bool = False) -> LoadedModel:
+    """A model from a cnntools checkpoint (path or `-` for stdin), `torchvision:NAME` or `timm:NAME`.
 
     The model comes back in eval mode on `device` (a torch.device or a string). `data`: the
     checkpoint's bytes when they were read already (`spec` then only names them).
+    `trust_code`: run the user's code a checkpoint refers to (--trust-code). `download`:
+    timm may fetch its pretrained weights from the network.
     """
     device = torch.device(device) if not isinstance(device, torch.device) else device
     if spec.startswith(TORCHVISION_PREFIX):
         return _load_torchvision(spec[len(TORCHVISION_PREFIX):], device)
+    if spec.startswith("timm:"):
+        from cnntools.models.timm_models import load_pretrained_model
+
+        return load_pretrained_model(spec[len("timm:"):], device, download)
     name = files.display_name(spec)
     tensors, meta = read_checkpoint(spec, data)
     weights = model_state(tensors)
-    check_weights(meta, weights, name)
-    model = build_model(meta, name)
+    code = model_code(meta, name, trust_code)
+    check_weights(meta, weights, name, code=code)
+    model = build_model(meta, name, code=code)
     try:
         model.load_state_dict(weights)
     except RuntimeError as error:
@@ -556,13 +593,13 @@ def load_model(spec: str, device="cpu", data: bytes | None = None) -> LoadedMode
     )
 
 
-def check_weights(meta: dict, weights: dict, name: str = "checkpoint") -> None:
+def check_weights(meta: dict, weights: dict, name: str = "checkpoint", trust_code: bool = False, code=None) -> None:
     """The weights' names and shapes must be exactly those of the architecture the metadata names.
 
     The model is built on the meta device for this, so metadata naming a huge model
     allocates nothing.
     """
-    expected = build_model(meta, name, device="meta").state_dict()
+    expected = build_model(meta, name, device="meta", trust_code=trust_code, code=code).state_dict()
     missing, unexpected = _compare_keys(expected, weights)
     if missing or unexpected:
         raise CnnError(

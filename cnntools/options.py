@@ -49,7 +49,26 @@ DataDir = Annotated[
     Optional[str], typer.Option("--data-dir", help="Where the dataset's files are (default ./data).")
 ]
 Split = Annotated[SplitChoice, typer.Option("--split", help="Which split: train, val or test.")]
-Download = Annotated[bool, typer.Option("--download", help="Fetch a torchvision dataset that is not on disk yet.")]
+Download = Annotated[bool, typer.Option("--download", help="Fetch a torchvision dataset (or timm:NAME's pretrained weights) that is not on disk yet.")]
+TrustCode = Annotated[
+    bool,
+    typer.Option(
+        "--trust-code",
+        envvar="CNNTOOLS_TRUST_CODE",
+        show_envvar=False,
+        help="Run the Python file or module a checkpoint's model is defined in (your own model); "
+        "also CNNTOOLS_TRUST_CODE=1. Only for code you trust.",
+    ),
+]
+ArchArgs = Annotated[
+    Optional[str],
+    typer.Option(
+        "--arch-args",
+        metavar="ARGS",
+        help="Constructor arguments of your own model or of timm:NAME: a JSON object or key=value,... "
+        "(in_channels, num_classes, image_size are passed when the signature names them).",
+    ),
+]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 

@@ -25,7 +25,7 @@ def _sniff(path: str) -> bytes:
         return b""  # the CSV reader reports what is wrong with the file
 
 
-def _from_checkpoint(source, data, data_dir, split, batch_size, device, precision):
+def _from_checkpoint(source, data, data_dir, split, batch_size, device, precision, trust_code=False):
     import numpy as np
 
     from cnntools.checkpoint import load_model
@@ -35,9 +35,9 @@ def _from_checkpoint(source, data, data_dir, split, batch_size, device, precisio
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     if isinstance(source, bytes):  # a checkpoint that arrived on stdin
-        lm = load_model("-", dev, data=source)
+        lm = load_model("-", dev, data=source, trust_code=trust_code)
     else:
-        lm = load_model(source, dev)
+        lm = load_model(source, dev, trust_code=trust_code)
     imageset = lm.load_split(split, data_override=data, data_dir=data_dir)
     output.info(f"Running {lm.arch} on {imageset.spec} {imageset.split} ({len(imageset)} images)")
     logits, labels = predict(lm, imageset, batch_size, dev, prec)
@@ -76,6 +76,7 @@ def main(
     precision: options.Precision = "auto",
     fmt: options.Format = "table",
     quiet: options.Quiet = False,
+    trust_code: options.TrustCode = False,
     debug: options.Debug = False,
 ) -> None:
     """Confusion matrix of a checkpoint on a split, or of a predictions CSV, with the most confused pairs.
@@ -99,14 +100,14 @@ def main(
 
     if plot:
         files.figure_format(plot)
-    is_model = source.startswith("torchvision:") or source.lower().endswith((".safetensors", ".pt", ".pth", ".pkl", ".ckpt")) or (
+    is_model = source.startswith(("torchvision:", "timm:")) or source.lower().endswith((".safetensors", ".pt", ".pth", ".pkl", ".ckpt")) or (
         source != "-" and _is_model_file(_sniff(source))
     )
     if source == "-":
         raw = files.read_bytes("-")
         if _is_model_file(raw):
             labels, preds, classes, index, paths, origin = _from_checkpoint(
-                raw, data, data_dir, split, batch_size, device, precision
+                raw, data, data_dir, split, batch_size, device, precision, trust_code
             )
         else:
             try:
@@ -116,7 +117,7 @@ def main(
             labels, preds, classes, index, paths, origin = _from_predictions(text, "stdin")
     elif is_model:
         labels, preds, classes, index, paths, origin = _from_checkpoint(
-            source, data, data_dir, split, batch_size, device, precision
+            source, data, data_dir, split, batch_size, device, precision, trust_code
         )
     else:
         labels, preds, classes, index, paths, origin = _from_predictions(files.read_text(source), source)

@@ -30,6 +30,7 @@ def main(
     precision: options.Precision = "auto",
     fmt: options.Format = "table",
     quiet: options.Quiet = False,
+    trust_code: options.TrustCode = False,
     debug: options.Debug = False,
 ) -> None:
     """Metrics of one or more models on a dataset split, or their top classes for image files.
@@ -67,7 +68,7 @@ def main(
         output.claim_stdout()
     dev = runtime.resolve_device(device)
     prec = runtime.resolve_precision(precision, dev)
-    loaded = [load_model(m, dev) for m in models]
+    loaded = [load_model(m, dev, trust_code=trust_code, download=download) for m in models]
 
     if image:
         _images(loaded, image, top_k, fmt)

@@ -26,6 +26,8 @@ def main(
     device: options.Device = "auto",
     fmt: options.Format = "table",
     quiet: options.Quiet = False,
+    download: options.Download = False,
+    trust_code: options.TrustCode = False,
     debug: options.Debug = False,
 ) -> None:
     """Activations (feature maps) of named layers for one image, as a grid per layer.
@@ -52,11 +54,11 @@ def main(
     import torch
 
     from cnntools.checkpoint import load_model
-    from cnntools.interpret.activations import activation_layer_names, activation_stats, activations_of, get_layer, layer_rows
+    from cnntools.interpret.activations import activation_layer_names, activation_stats, example_input, activations_of, get_layer, layer_rows
     from cnntools.runtime import resolve_device
 
     dev = resolve_device(device)
-    lm = load_model(model, dev)
+    lm = load_model(model, dev, trust_code=trust_code, download=download)
     if list_layers:
         rows = layer_rows(lm.model, lm.in_channels, lm.image_size)
         output.emit({"model": model, "layers": rows}, fmt, rows=rows, columns=["layer", "type", "output_shape", "params"],
@@ -75,7 +77,7 @@ def main(
         check_indices([index], len(imageset), f"{imageset.spec} {imageset.split}")
         raw = imageset.images[index : index + 1]
         label, name = int(imageset.labels[index]), f"{imageset.spec} {imageset.split} #{index}"
-    names = list(layer) if layer else activation_layer_names(lm.model)
+    names = list(layer) if layer else activation_layer_names(lm.model, example_input(lm))
     if not names:
         raise CnnError("the model has no Conv2d layer; name layers with --layer (see --list-layers)")
     for n in names:

@@ -28,6 +28,7 @@ def main(
     device: options.Device = "auto",
     fmt: options.Format = "table",
     quiet: options.Quiet = False,
+    trust_code: options.TrustCode = False,
     debug: options.Debug = False,
 ) -> None:
     """Kernel weights as an image grid, and the images that activate chosen filters most.
@@ -55,14 +56,14 @@ def main(
     from torch import nn
 
     from cnntools.checkpoint import load_model
-    from cnntools.interpret.activations import conv_layer_names, get_layer
+    from cnntools.interpret.activations import conv_layer_names, example_input, get_layer
     from cnntools.interpret.filters import batches_of, receptive_field_boxes, top_activating
     from cnntools.interpret.inputs import parse_int_list
     from cnntools.runtime import resolve_device
 
     dev = resolve_device(device)
-    lm = load_model(model, dev)
-    convs = conv_layer_names(lm.model)
+    lm = load_model(model, dev, trust_code=trust_code)
+    convs = conv_layer_names(lm.model, example_input(lm))
     if layer in ("first", "last"):
         if not convs:
             raise CnnError("the model has no Conv2d layer")

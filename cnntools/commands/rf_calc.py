@@ -33,8 +33,9 @@ def main(
     ] = None,
     arch: Annotated[
         Optional[str],
-        typer.Option("--arch", metavar="NAME", help="Every conv/pool layer of a registered architecture, or torchvision:NAME."),
+        typer.Option("--arch", metavar="NAME", help="Every conv/pool layer of a registered architecture, torchvision:NAME, timm:NAME, or your own FILE.py:NAME."),
     ] = None,
+    arch_args: options.ArchArgs = None,
     input_size: Annotated[
         Optional[int],
         typer.Option("--input-size", metavar="N", help="Input side in pixels: adds feature-map sizes (--arch default: the architecture's usual size; torchvision: 224)."),
@@ -63,6 +64,7 @@ def main(
       cnntools rf-calc -k 3 -d 1,2,4 --format json
       cnntools rf-calc --layers "conv5,maxpool2,conv5,maxpool2"
       cnntools rf-calc --arch resnet18 --input-size 32
+      cnntools rf-calc --arch examples/mynet.py:MyNet --arch-args width=16
     """
     output.configure(quiet=quiet, debug=debug)
     from cnntools.calc import rf
@@ -77,7 +79,9 @@ def main(
         raise CnnError(f"--input-size must be positive (got {input_size})")
     if arch is not None:
         _reject_stack_options(stride, padding, dilation, num_layers, types)
-        rows, input_size = _arch_rows(arch, input_size, in_channels)
+        from cnntools.models.user_code import parse_arch_args
+
+        rows, input_size = _arch_rows(arch, input_size, in_channels, parse_arch_args(arch_args))
     elif layers is not None:
         _reject_stack_options(stride, padding, dilation, num_layers, types)
         rows = rf.receptive_fields(_layers_from_spec(layers), input_size)
@@ -134,7 +138,7 @@ def _layers_from_spec(spec: str) -> list[dict]:
     return result
 
 
-def _arch_rows(arch: str, input_size: int | None, in_channels: int) -> tuple[list[dict], int]:
+def _arch_rows(arch: str, input_size: int | None, in_channels: int, arch_args: dict | None = None) -> tuple[list[dict], int]:
     from cnntools.calc.rf_graph import model_receptive_fields
 
     if arch.startswith("torchvision:"):
@@ -154,7 +158,7 @@ def _arch_rows(arch: str, input_size: int | None, in_channels: int) -> tuple[lis
         entry = get_architecture(arch)  # one-line error naming the known ones
         size = input_size or entry.default_size
         try:
-            model = create_model(arch, in_channels=in_channels, image_size=size, num_classes=10)
+            model = create_model(arch, in_channels=in_channels, image_size=size, num_classes=10, arch_args=arch_args)
         except CnnError:
             raise
         except Exception as error:  # noqa: BLE001 - a size the architecture cannot take

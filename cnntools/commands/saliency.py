@@ -79,6 +79,8 @@ def main(
     seed: options.Seed = 0,
     fmt: options.Format = "table",
     quiet: options.Quiet = False,
+    download: options.Download = False,
+    trust_code: options.TrustCode = False,
     debug: options.Debug = False,
 ) -> None:
     """Grad-CAM family and gradient saliency maps, several models side by side.
@@ -115,14 +117,14 @@ def main(
     import torch
 
     from cnntools.checkpoint import load_model
-    from cnntools.interpret.activations import layer_rows, resolve_layer_name
+    from cnntools.interpret.activations import example_input, layer_rows, resolve_layer_name
     from cnntools.interpret.inputs import resolve_targets
     from cnntools.interpret.saliency import saliency_maps, uses_layer
     from cnntools.runtime import resolve_device, seed_everything
 
     seed_everything(seed)
     dev = resolve_device(device)
-    loaded = [load_model(spec, dev) for spec in models]
+    loaded = [load_model(spec, dev, trust_code=trust_code, download=download) for spec in models]
     first = loaded[0]
     if list_layers:
         rows = layer_rows(first.model, first.in_channels, first.image_size)
@@ -131,7 +133,7 @@ def main(
         return
 
     # Resolve every model's layer first: a wrong --layer fails before any work is announced.
-    layer_names = [resolve_layer_name(lm.model, layer) if uses_layer(method) else None for lm in loaded]
+    layer_names = [resolve_layer_name(lm.model, layer, example_input(lm)) if uses_layer(method) else None for lm in loaded]
     raw, labels, names, picked = _select_images(first, indices, image, mistakes, n, data, data_dir, split)
     output.info(f"Explaining {len(names)} image(s) with {method} on {len(loaded)} model(s)")
 

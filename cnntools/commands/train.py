@@ -21,7 +21,12 @@ RECORD_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr
 
 def main(
     ctx: typer.Context,
-    arch: Annotated[str, typer.Option("--arch", help="Architecture (see --list-archs, or --arch help).")] = "simple-cnn",
+    arch: Annotated[
+        str,
+        typer.Option("--arch", help="Architecture: a registered name (--list-archs), timm:NAME, or your own model "
+                     "as FILE.py:NAME or package.module:NAME (an nn.Module class or a function returning one)."),
+    ] = "simple-cnn",
+    arch_args: options.ArchArgs = None,
     list_archs: Annotated[bool, typer.Option("--list-archs", help="List the architectures with parameter counts and exit.")] = False,
     batchnorm: Annotated[bool, typer.Option("--batchnorm", help="lenet: BatchNorm after each conv.")] = False,
     output_activation: Annotated[
@@ -87,6 +92,7 @@ def main(
     resume: Annotated[
         Optional[str], typer.Option("--resume", help="Continue the run stored in this checkpoint exactly where it stopped.")
     ] = None,
+    trust_code: options.TrustCode = False,
     nproc: Annotated[
         Optional[int],
         typer.Option("--nproc", help="Train with N processes on this machine (DistributedDataParallel through torch's "
@@ -109,7 +115,7 @@ def main(
 ) -> None:
     """Train a CNN on a dataset and write a self-describing safetensors checkpoint.
 
-    Trains a registered architecture (--list-archs) on digits, CIFAR, MNIST, a folder of images
+    Trains a registered architecture (--list-archs), a timm model or your own nn.Module (FILE.py:NAME) on digits, CIFAR, MNIST, a folder of images
     or fake data, with the knobs of the course notebooks: optimizer, learning rate and
     schedule, batch size, validation split, augmentation, normalisation, class weights, label
     smoothing, keep-the-best checkpoint and early stopping. One record per epoch goes to stdout
@@ -124,6 +130,8 @@ def main(
       cnntools train                                   # simple-cnn on digits -> model.safetensors
       cnntools train --arch lenet --data cifar10 --opt sgd --lr 0.001 --momentum 0.9 --batch-size 4 --epochs 2
       cnntools train --arch resnet18 --data cifar10 --augment flip,crop:4 --batch-size 64 --epochs 10
+      cnntools train --arch examples/mynet.py:MyNet --arch-args width=16 --epochs 3
+      cnntools train --arch timm:resnet18 --data cifar10 --epochs 5
       cnntools train --resume model.safetensors --epochs 30
       cnntools train --nproc 2 --batch-size 64        # 2 processes, 32 images each per update
       torchrun --nproc-per-node 4 -m cnntools train --arch resnet18 --data cifar10 --batch-size 256
@@ -158,8 +166,10 @@ def main(
         _history_kind(history)
     if plot is not None:
         files.figure_format(plot)
+    from cnntools.models.user_code import parse_arch_args
+
     given = {
-        "arch": arch, "batchnorm": batchnorm, "output_activation": output_activation, "pretrained": pretrained,
+        "arch": arch, "arch_args": parse_arch_args(arch_args), "batchnorm": batchnorm, "output_activation": output_activation, "pretrained": pretrained,
         "data": data, "data_dir": data_dir, "val_split": val_split, "download": download, "image_size": image_size,
         "epochs": epochs, "batch_size": batch_size, "opt": opt, "lr": lr, "momentum": momentum,
         "weight_decay": weight_decay, "nesterov": nesterov, "schedule": schedule, "warmup": warmup,
@@ -169,7 +179,7 @@ def main(
     }
     resumed = None
     if resume is not None:
-        cfg, resumed = _resume_config(ctx, resume, given)
+        cfg, resumed = _resume_config(ctx, resume, given, trust_code)
         target = out or (resume if resume != "-" else "model.safetensors")
     else:
         cfg = TrainConfig(**given)
@@ -219,7 +229,8 @@ def _train(cfg, resumed, resume, target, fmt, history, plot, data_sets=None, ran
             cfg = replace(cfg, val_split=0.0)
     is_main = rank is None or rank.is_main
     trainer = Trainer(cfg, train_set, val_set, output=target, rank=rank.rank if rank else 0,
-                      world_size=rank.world_size if rank else 1, device=device_used)
+                      world_size=rank.world_size if rank else 1, device=device_used,
+                      code=resumed["code"] if resumed is not None else None)
     if resumed is not None:
         try:
             trainer.restore(resumed["state"], resumed["meta"].get("history", []), resumed["weights"])
@@ -325,16 +336,17 @@ def _write_history(path: str, records: list[dict]) -> None:
         files.write_text(path, "".join(json.dumps(output.to_jsonable(r)) + "\n" for r in records))
 
 
-def _resume_config(ctx, resume: str, given: dict):
+def _resume_config(ctx, resume: str, given: dict, trust_code: bool = False):
     from dataclasses import replace
 
     from cnntools import files
-    from cnntools.checkpoint import check_weights, model_state, read_checkpoint, resume_state
+    from cnntools.checkpoint import check_weights, model_code, model_state, read_checkpoint, resume_state
     from cnntools.engine import TrainConfig
 
     tensors, meta = read_checkpoint(resume)
     weights = model_state(tensors)
-    check_weights(meta, weights, files.display_name(resume))
+    code = model_code(meta, files.display_name(resume), trust_code)
+    check_weights(meta, weights, files.display_name(resume), code=code)
     state = resume_state(tensors, meta, resume)
     stored = TrainConfig.from_dict(meta.get("train_config") or {})
     changes = {}
@@ -359,7 +371,7 @@ def _resume_config(ctx, resume: str, given: dict):
             raise output.CnnError("a onecycle schedule is fixed to the run's length; resume with the stored --epochs")
         if cfg.schedule == "cosine":
             output.warn(f"the cosine schedule now spans {cfg.epochs} epochs instead of {stored.epochs}: the learning rate jumps")
-    return cfg, {"meta": meta, "state": state, "weights": weights}
+    return cfg, {"meta": meta, "state": state, "weights": weights, "code": code}
 
 
 def _match_stored_size(train_set, val_set, meta):

@@ -52,6 +52,7 @@ def main(
     seed: options.Seed = 0,
     fmt: options.Format = "table",
     quiet: options.Quiet = False,
+    trust_code: options.TrustCode = False,
     debug: options.Debug = False,
 ) -> None:
     """t-SNE of raw pixels or a checkpoint's layer features: plot, centroid distances, overlapping pairs.
@@ -119,7 +120,7 @@ def main(
         from cnntools.checkpoint import load_model
 
         dev = runtime.resolve_device(device)
-        lm = load_model(checkpoint, dev)
+        lm = load_model(checkpoint, dev, trust_code=trust_code)
         images = lm.load_split(split, data_override=data, data_dir=data_dir)
         idx = _subset(images.labels.numpy(), n, seed, lib)
         features, layer_name, hook = lib.layer_features(
