@@ -1,0 +1,312 @@
+"""The checkpoint file: safetensors bytes with JSON metadata, written atomically and read
+back with every header field validated before the tensor data is touched.
+
+torch is imported only by the functions that make or read tensors, so a header (and the
+metadata in it) can be read without it.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+from cnntools import files
+from cnntools.checkpoint.metadata import validate_metadata
+from cnntools.output import CnnError, to_jsonable
+
+FORMAT = "cnntools-checkpoint"
+FORMAT_VERSION = 1
+RESUME_PREFIX = "_resume/"
+_STRIP_PREFIXES = ("module.", "_orig_mod.")
+
+
+# ---------------------------------------------------------------------------- saving
+
+
+def unwrap_model(model):
+    """The plain module inside DistributedDataParallel / torch.compile wrappers."""
+    import torch
+
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def clean_state_dict(state: dict) -> dict:
+    """Keys without `module.`/`_orig_mod.` prefixes; CPU, contiguous, unshared tensors."""
+    out = {}
+    for key, value in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _STRIP_PREFIXES:
+                if key.startswith(prefix):
+                    key = key[len(prefix):]
+                    changed = True
+        out[key] = value.detach().to("cpu", copy=True).contiguous()
+    return out
+
+
+def pack(obj: Any, prefix: str, tensors: dict) -> Any:
+    """A JSON-able copy of `obj` with each tensor moved into `tensors` under `prefix/...`.
+
+    Dicts with non-string keys (optimizer state is keyed by parameter index) are kept as
+    `{"__intkeys__": {...}}` so `unpack` restores them exactly; tuples come back as lists.
+    """
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        name = prefix
+        tensors[name] = obj.detach().to("cpu", copy=True).contiguous()
+        return {"__tensor__": name}
+    if isinstance(obj, dict):
+        if obj and all(isinstance(k, int) for k in obj):
+            return {"__intkeys__": {str(k): pack(v, f"{prefix}/{k}", tensors) for k, v in obj.items()}}
+        return {str(k): pack(v, f"{prefix}/{k}", tensors) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [pack(v, f"{prefix}/{i}", tensors) for i, v in enumerate(obj)]
+    if isinstance(obj, float) and obj != obj:
+        return {"__float__": "nan"}
+    if isinstance(obj, float) and obj in (float("inf"), float("-inf")):
+        return {"__float__": "inf" if obj > 0 else "-inf"}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store {type(obj).__name__} in a checkpoint")
+
+
+def unpack(obj: Any, tensors: dict) -> Any:
+    """Inverse of `pack`."""
+    if isinstance(obj, dict):
+        if set(obj) == {"__tensor__"}:
+            return tensors[obj["__tensor__"]]
+        if set(obj) == {"__float__"}:
+            return float(obj["__float__"])
+        if set(obj) == {"__intkeys__"}:
+            return {int(k): unpack(v, tensors) for k, v in obj["__intkeys__"].items()}
+        return {k: unpack(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [unpack(v, tensors) for v in obj]
+    return obj
+
+
+def checkpoint_bytes(model, meta: dict, resume: dict | None = None) -> bytes:
+    """The checkpoint as bytes: weights + JSON metadata (+ packed resume state)."""
+    from safetensors.torch import save
+
+    tensors = clean_state_dict(unwrap_model(model).state_dict())
+    metadata = {"format": json.dumps(FORMAT), "format_version": json.dumps(FORMAT_VERSION)}
+    for key, value in meta.items():
+        if key in ("format", "format_version", "resume"):
+            continue
+        metadata[key] = json.dumps(to_jsonable(value), allow_nan=False)
+    if resume is not None:
+        resume_tensors: dict = {}
+        packed = pack(resume, RESUME_PREFIX.rstrip("/"), resume_tensors)
+        tensors.update(resume_tensors)
+        metadata["resume"] = json.dumps(packed, allow_nan=False)
+    return save(tensors, metadata=metadata)
+
+
+def save_checkpoint(path: str, model, meta: dict, resume: dict | None = None) -> None:
+    """Write a checkpoint atomically (temporary file, then rename); `-` writes to stdout.
+
+    `meta` holds the metadata entries listed in this module's docstring (any JSON-able
+    values); `resume`, when given, makes the file resumable by `train --resume`.
+    """
+    files.write_bytes(path, checkpoint_bytes(model, meta, resume))
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+# A safetensors header is JSON; safetensors itself refuses headers above 100 MB. Our metadata
+# (history included) is a few hundred kB even for long runs.
+MAX_HEADER_BYTES = 100 * 2**20
+MAX_METADATA_BYTES = 16 * 2**20
+DTYPE_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+}
+_PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".tar")
+_NOT_PICKLE = (
+    "cnntools never unpickles files because loading a pickle can run arbitrary code — use a .safetensors "
+    "checkpoint written by cnntools train (a state dict you trust can be converted in Python with "
+    "torch.load(path, weights_only=True) and safetensors.torch.save_file)"
+)
+
+
+def _refuse_non_safetensors(start: bytes, name: str) -> None:
+    """A clear error for a file whose first bytes are no safetensors header (pickles named as such)."""
+    if start[:4] == b"PK\x03\x04":
+        raise CnnError(f"{name}: this is a PyTorch pickle (torch.save zip archive, .pt/.pth); {_NOT_PICKLE}")
+    if len(start) >= 2 and start[0] == 0x80 and 2 <= start[1] <= 5:
+        raise CnnError(f"{name}: this is a pickle (legacy torch.save / Python pickle); {_NOT_PICKLE}")
+    if name.lower().endswith(_PICKLE_SUFFIXES):
+        raise CnnError(f"{name}: not a safetensors file (a {name.rsplit('.', 1)[-1]} file is usually a pickle); {_NOT_PICKLE}")
+    if len(start) < 9:
+        raise CnnError(f"{name}: not a safetensors checkpoint (only {len(start)} bytes)")
+    raise CnnError(f"{name}: not a safetensors checkpoint (no safetensors header); cnntools reads .safetensors files written by cnntools train")
+
+
+def _header_length(start: bytes, size: int | None, name: str) -> int:
+    """The header length from the first 9 bytes, checked against the limit and the file size."""
+    if len(start) < 9 or start[8:9] != b"{":
+        _refuse_non_safetensors(start, name)
+    (header_len,) = struct.unpack("<Q", start[:8])
+    if header_len > MAX_HEADER_BYTES:
+        raise CnnError(
+            f"{name}: damaged or not a checkpoint (its safetensors header claims {header_len:,} bytes, "
+            f"more than the {MAX_HEADER_BYTES // 2**20} MB limit)"
+        )
+    if size is not None and header_len > size - 8:
+        raise CnnError(f"{name}: truncated safetensors file ({size} bytes, the header alone needs {header_len + 8}); the file was cut short — write it again")
+    return header_len
+
+
+def _check_tensors(header: dict, body: int | None, name: str) -> int:
+    """Validate every tensor entry; returns the bytes of tensor data the header describes."""
+    spans = []
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise CnnError(f"{name}: malformed safetensors header (entry '{key[:80]}')")
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if dtype not in DTYPE_BYTES:
+            raise CnnError(f"{name}: tensor '{key[:80]}' has unknown dtype {str(dtype)[:20]!r}")
+        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+            raise CnnError(f"{name}: tensor '{key[:80]}' has an invalid shape")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+                and 0 <= offsets[0] <= offsets[1]):
+            raise CnnError(f"{name}: tensor '{key[:80]}' has invalid data offsets")
+        count = 1
+        for d in shape:
+            count *= d
+        if count * DTYPE_BYTES[dtype] != offsets[1] - offsets[0]:
+            raise CnnError(
+                f"{name}: tensor '{key[:80]}' of shape {shape} ({dtype}) needs {count * DTYPE_BYTES[dtype]:,} bytes "
+                f"but its data offsets span {offsets[1] - offsets[0]:,}"
+            )
+        spans.append((offsets[0], offsets[1], key))
+    spans.sort()
+    end = 0
+    for begin, stop, key in spans:
+        if begin < end:
+            raise CnnError(f"{name}: tensor '{key[:80]}' overlaps another tensor's data; the file is damaged")
+        if begin > end:
+            raise CnnError(f"{name}: gap before tensor '{key[:80]}' in the data; the file is damaged")
+        end = stop
+    if body is not None and end > body:
+        raise CnnError(f"{name}: truncated safetensors file (tensor data needs {end} bytes, {body} present); the file was cut short — write it again")
+    if body is not None and end < body:
+        raise CnnError(f"{name}: {body - end:,} unexpected bytes after the tensor data; the file is damaged")
+    return end
+
+
+def _decode_header(raw: bytes, name: str) -> dict:
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise CnnError(f"{name}: not a safetensors checkpoint (its header is not valid JSON)") from None
+    if not isinstance(header, dict):
+        raise CnnError(f"{name}: not a safetensors checkpoint (unexpected header)")
+    metadata = header.get("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise CnnError(f"{name}: malformed safetensors metadata (it must map strings to strings)")
+    if sum(len(k) + len(v) for k, v in metadata.items()) > MAX_METADATA_BYTES:
+        raise CnnError(f"{name}: metadata larger than {MAX_METADATA_BYTES // 2**20} MB; not a cnntools checkpoint")
+    return header
+
+
+def _read_validated(path: str, data: bytes | None = None) -> tuple[bytes, dict]:
+    """(bytes, header) of a safetensors file or of stdin, validated before the tensor data is read.
+
+    `data`: the file's bytes when a caller has read them already (`path` then only names them).
+
+    The 8-byte length and the JSON header are read and checked first, so a file that claims a
+    gigantic header, or whose tensors do not add up, is refused without reading the rest.
+    """
+    import io
+    import os
+    import sys
+
+    name = files.display_name(path)
+    stdin = path == files.STDIO and data is None
+    stream = io.BytesIO(data) if data is not None else sys.stdin.buffer if stdin else files.open_binary(path)
+    try:
+        size = None if stdin else len(data) if data is not None else os.fstat(stream.fileno()).st_size
+        start = stream.read(9)
+        if stdin and not start:
+            raise CnnError("nothing arrived on stdin (expected a file piped into '-')")
+        header_len = _header_length(start, size, name)
+        raw = start[8:] + stream.read(header_len - 1)
+        if len(raw) < header_len:
+            raise CnnError(f"{name}: truncated safetensors file (the header needs {header_len + 8} bytes)")
+        header = _decode_header(raw, name)
+        need = _check_tensors(header, None if stdin else size - 8 - header_len, name)
+        rest = stream.read(need)
+        if len(rest) < need:
+            raise CnnError(f"{name}: truncated safetensors file (tensor data needs {need} bytes, {len(rest)} present); the file was cut short — write it again")
+        if stdin and stream.read(1):
+            raise CnnError(f"{name}: unexpected bytes after the tensor data; the input is damaged")
+        return start[:8] + raw + rest, header
+    except OSError as error:
+        raise CnnError(f"{name}: cannot read ({error.strerror or error})") from None
+    finally:
+        if not stdin:
+            stream.close()
+
+
+def read_checkpoint(path: str, data: bytes | None = None) -> tuple[dict, dict]:
+    """(tensors, metadata) of a cnntools checkpoint file or stdin, metadata JSON-decoded and validated.
+
+    `data`: the checkpoint's bytes when they were read already (e.g. from stdin).
+    """
+    from safetensors.torch import load
+
+    name = files.display_name(path)
+    data, header = _read_validated(path, data)
+    raw = header.get("__metadata__") or {}
+    if raw.get("format") != json.dumps(FORMAT):
+        raise CnnError(
+            f"{name}: a safetensors file but not a cnntools checkpoint (no cnntools metadata); "
+            "cnntools needs the architecture and classes that cnntools train stores — for torchvision models use torchvision:NAME"
+        )
+    meta = {}
+    for key, value in raw.items():
+        try:
+            meta[key] = json.loads(value)
+        except (json.JSONDecodeError, RecursionError):
+            raise CnnError(f"{name}: corrupt cnntools metadata entry '{key[:80]}'") from None
+    validate_metadata(meta, name)
+    try:
+        tensors = load(data)
+    except Exception as error:  # noqa: BLE001 - safetensors' own error, as one line
+        raise CnnError(f"{name}: unreadable safetensors data ({error})") from None
+    return tensors, meta
+
+
+def resume_state(tensors: dict, meta: dict, path: str = "checkpoint") -> dict:
+    """The training state stored by a resumable checkpoint (see the module docstring)."""
+    if "resume" not in meta:
+        raise CnnError(f"{files.display_name(path)}: holds no resume state (it was written by an older cnntools or stripped); start a new run instead")
+    try:
+        state = unpack(meta["resume"], tensors)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        state = None
+    types = {"epoch": int, "batch": int, "updates": int, "optimizer": dict, "scheduler": dict}
+    if not isinstance(state, dict) or "epoch" not in state or not all(
+        type(state[k]) is t and (t is not int or state[k] >= 0) for k, t in types.items() if k in state
+    ):
+        raise CnnError(f"{files.display_name(path)}: damaged resume state; the weights still load, but training cannot continue from it")
+    return state
+
+
+def model_state(tensors: dict) -> dict:
+    """The model's own tensors (resume state left out)."""
+    return {k: v for k, v in tensors.items() if not k.startswith(RESUME_PREFIX)}

@@ -1,0 +1,293 @@
+"""A ready-to-run model from a checkpoint (or from torchvision's published weights):
+architecture rebuilt from the metadata, weights checked against it, then loaded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from cnntools import files
+from cnntools.checkpoint.file_format import model_state, read_checkpoint
+from cnntools.output import CnnError, first_line
+
+TORCHVISION_PREFIX = "torchvision:"
+
+
+def build_model(meta: dict, name: str = "checkpoint", device=None, trust_code: bool = False, code=None):
+    """An untrained model of the architecture and config a checkpoint's metadata names.
+
+    `device="meta"` builds it without allocating memory (to compare shapes first). A model
+    defined by the user's code runs that code only with `trust_code` (see
+    `cnntools.models.user_code`); `code` is the result of `model_code` when the caller has it.
+    """
+    from cnntools.models import create_model
+
+    config = dict(meta.get("arch") or {})
+    arch = config.pop("arch", None)
+    config.pop("pretrained", None)  # the weights come from the file, never from the hub
+    if not arch:
+        raise CnnError(f"{name}: cnntools metadata names no architecture")
+    if code is None:
+        code = model_code(meta, name, trust_code)
+    try:
+        if device is not None:
+            with torch.device(device):
+                return create_model(arch, **config, arch_args=meta.get("arch_args"), code=code)
+        return create_model(arch, **config, arch_args=meta.get("arch_args"), code=code)
+    except CnnError as error:
+        raise CnnError(f"{name}: {error}") from None
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise CnnError(f"{name}: architecture config {config} does not fit {arch} ({error})") from None
+
+
+def model_code(meta: dict, name: str = "checkpoint", trust_code: bool = False):
+    """(CodeReference, source) of a model defined by the user's code, checked; None for the others.
+
+    Without `trust_code` such a checkpoint is refused with one line naming the file and the
+    flag; a code reference without its `code` record is refused outright, so metadata alone
+    can never name a file to run.
+    """
+    from cnntools.models import user_code
+
+    arch = (meta.get("arch") or {}).get("arch")
+    if not user_code.is_code_reference(arch):
+        return None
+    record = meta.get("code")
+    if not isinstance(record, dict) or record.get("reference") != arch:
+        raise CnnError(f"{name}: the architecture {arch} refers to code but the checkpoint holds no matching code record")
+    return user_code.from_record(record, trust_code, name)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run, with everything needed to feed it and read its outputs."""
+
+    model: Any  # torch.nn.Module, eval mode, on `device`
+    arch: str
+    classes: list[str]
+    mean: list[float]
+    std: list[float]
+    image_size: int
+    in_channels: int
+    meta: dict
+    data: dict
+    device: Any = None
+    source: str = ""
+    resize_size: int | None = None  # torchvision: shorter side resized to this, then centre-cropped
+    interpolation: str = "bilinear"  # of that resize (timm's data config may say bicubic)
+    state: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def fit_images(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 N×C×H×W at the model's channels and size (resized, or resized + centre-cropped)."""
+        from cnntools.data.imageset import convert_channels, resize_uint8
+
+        images = _fit_channels(images, self.in_channels, convert_channels)
+        if self.resize_size is not None:
+            return _resize_crop(images, self.resize_size, self.image_size, self.interpolation)
+        if tuple(images.shape[2:]) != (self.image_size, self.image_size):
+            images = resize_uint8(images, self.image_size)
+        return images
+
+    def prepare(self, images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+        """Normalised float32 inputs on the model's device from uint8 N×C×H×W images
+        (in channels_last memory format when asked)."""
+        from cnntools.data.loader import fold_normalization, normalize_uint8
+
+        images = self.fit_images(images).to(self.device, non_blocking=True)
+        scale, shift = fold_normalization(self.mean, self.std, images.device)
+        return normalize_uint8(images, scale, shift, channels_last)
+
+    def load_split(self, split: str, data_override: str | None = None, data_dir: str | None = None, download: bool = False):
+        """The split of the model's own dataset (or `data_override`), fitted to the model.
+
+        Labels are mapped onto the model's classes by name when the dataset names them in
+        another order; a dataset whose classes the model does not know is refused unless its
+        class count matches (then labels are taken as indices, with a warning).
+        """
+        from dataclasses import replace
+
+        from cnntools.data import load_split
+        from cnntools.output import warn
+
+        spec = data_override or self.data.get("spec")
+        if not spec:
+            raise CnnError(f"{self.source}: no dataset recorded in the model; name one with --data")
+        same = data_override is None or data_override == self.data.get("spec")
+        data_dir = data_dir if data_dir is not None else (self.data.get("data_dir") if same else None)
+        val_split = float(self.data.get("val_split") or 0.0) if same else 0.0
+        seed = int(self.data.get("seed") or 0) if same else 0
+        imageset = load_split(spec, split, data_dir=data_dir, download=download, val_split=val_split, seed=seed)
+        if imageset.classes != self.classes:
+            index = {name: i for i, name in enumerate(self.classes)}
+            if all(name in index for name in imageset.classes):
+                mapping = torch.tensor([index[name] for name in imageset.classes], dtype=torch.long)
+                imageset = replace(imageset, labels=mapping[imageset.labels], classes=list(self.classes))
+            elif len(imageset.classes) == len(self.classes):
+                warn(f"{spec} names its classes differently from the model's; labels are compared by index")
+                imageset = replace(imageset, classes=list(self.classes))
+            else:
+                raise CnnError(
+                    f"{spec} has {len(imageset.classes)} classes that the model ({len(self.classes)} classes) does not know; "
+                    "evaluate on the dataset the model was trained on, or one with the same class names"
+                )
+        return replace(imageset, images=self.fit_images(imageset.images))
+
+
+def _fit_channels(images, channels, convert_channels):
+    have = images.shape[1]
+    if have == channels:
+        return images
+    if have == 4:  # RGBA: drop alpha
+        images = images[:, :3]
+    if have == 2:  # grey + alpha
+        images = images[:, :1]
+    return convert_channels(images, channels)
+
+
+def _resize_crop(images: torch.Tensor, resize: int, crop: int, interpolation: str = "bilinear") -> torch.Tensor:
+    """torchvision's ImageNet preprocessing on uint8 tensors: shorter side to `resize`, centre crop."""
+    import torch.nn.functional as F
+
+    h, w = images.shape[2:]
+    if h <= w:
+        nh, nw = resize, max(1, round(w * resize / h))
+    else:
+        nh, nw = max(1, round(h * resize / w)), resize
+    out = []
+    for chunk in images.split(256):
+        mode = interpolation if interpolation in ("bilinear", "bicubic") else "bilinear"
+        x = F.interpolate(chunk.float(), size=(nh, nw), mode=mode, align_corners=False, antialias=True)
+        top, left = (nh - crop) // 2, (nw - crop) // 2
+        out.append(x[:, :, top : top + crop, left : left + crop].round_().clamp_(0, 255).to(torch.uint8))
+    return torch.cat(out) if out else images.new_empty((0, images.shape[1], crop, crop))
+
+
+def load_model(spec: str, device="cpu", data: bytes | None = None, trust_code: bool = False,
+               download: bool = False) -> LoadedModel:
+    """A model from a cnntools checkpoint (path or `-` for stdin), `torchvision:NAME` or `timm:NAME`.
+
+    The model comes back in eval mode on `device` (a torch.device or a string). `data`: the
+    checkpoint's bytes when they were read already (`spec` then only names them).
+    `trust_code`: run the user's code a checkpoint refers to (--trust-code). `download`:
+    timm may fetch its pretrained weights from the network.
+    """
+    device = torch.device(device) if not isinstance(device, torch.device) else device
+    if spec.startswith(TORCHVISION_PREFIX):
+        return _load_torchvision(spec[len(TORCHVISION_PREFIX):], device)
+    if spec.startswith("timm:"):
+        from cnntools.models.timm_models import load_pretrained_model
+
+        return load_pretrained_model(spec[len("timm:"):], device, download)
+    name = files.display_name(spec)
+    tensors, meta = read_checkpoint(spec, data)
+    weights = model_state(tensors)
+    code = model_code(meta, name, trust_code)
+    check_weights(meta, weights, name, code=code)
+    model = build_model(meta, name, code=code)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[-1].strip()
+        raise CnnError(f"{name}: weights do not fit architecture {meta['arch'].get('arch')} ({first})") from None
+    model.to(device).eval()
+    config = meta["arch"]
+    classes = list(meta.get("classes") or [str(i) for i in range(config.get("num_classes", 0))])
+    channels = int(meta.get("in_channels", config.get("in_channels", 3)))
+    return LoadedModel(
+        model=model,
+        arch=config.get("arch", ""),
+        classes=classes,
+        mean=list(meta.get("mean") or [0.0] * channels),
+        std=list(meta.get("std") or [1.0] * channels),
+        image_size=int(meta.get("image_size", config.get("image_size", 32))),
+        in_channels=channels,
+        meta=meta,
+        data=dict(meta.get("data") or {}),
+        device=device,
+        source=name,
+        state=tensors,
+    )
+
+
+def check_weights(meta: dict, weights: dict, name: str = "checkpoint", trust_code: bool = False, code=None) -> None:
+    """The weights' names and shapes must be exactly those of the architecture the metadata names.
+
+    The model is built on the meta device for this, so metadata naming a huge model
+    allocates nothing.
+    """
+    expected = build_model(meta, name, device="meta", trust_code=trust_code, code=code).state_dict()
+    missing, unexpected = _compare_keys(expected, weights)
+    if missing or unexpected:
+        raise CnnError(
+            f"{name}: weights do not match architecture {meta['arch'].get('arch')} "
+            f"(missing {len(missing)}, unexpected {len(unexpected)}, e.g. {(missing or unexpected)[0]})"
+        )
+    wrong = [k for k, v in expected.items() if tuple(v.shape) != tuple(weights[k].shape)]
+    if wrong:
+        raise CnnError(
+            f"{name}: weights do not fit architecture {meta['arch'].get('arch')} ({wrong[0]} has shape "
+            f"{tuple(weights[wrong[0]].shape)}, the architecture needs {tuple(expected[wrong[0]].shape)})"
+        )
+
+
+def _compare_keys(expected: dict, got: dict) -> tuple[list, list]:
+    missing = [k for k in expected if k not in got]
+    unexpected = [k for k in got if k not in expected]
+    return missing, unexpected
+
+
+def _load_torchvision(name: str, device) -> LoadedModel:
+    import torchvision.models as tvm
+
+    from cnntools.models import no_inplace
+    from cnntools.models.hub import default_weights, load_cached_state_dict
+
+    weights = default_weights(name)
+    state = load_cached_state_dict(weights, name)
+    # What torchvision's builders set themselves when they are given weights.
+    extra = {
+        "googlenet": {"aux_logits": False, "transform_input": True, "init_weights": False},
+        "inception_v3": {"aux_logits": False, "transform_input": True, "init_weights": False},
+    }.get(name, {})
+    model = tvm.get_model(name, weights=None, **extra)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise CnnError(f"torchvision:{name}: the cached weights do not fit the model ({first_line(error)}); delete the file and fetch it again") from None
+    no_inplace(model).to(device).eval()
+    preprocess = weights.transforms()
+    crop = int(preprocess.crop_size[0])
+    resize = int(preprocess.resize_size[0])
+    categories = list(weights.meta["categories"])
+    meta = {
+        "format": "torchvision",
+        "arch": {"arch": f"torchvision:{name}", "in_channels": 3, "image_size": crop, "num_classes": len(categories)},
+        "classes": categories,
+        "mean": list(preprocess.mean),
+        "std": list(preprocess.std),
+        "image_size": crop,
+        "in_channels": 3,
+        "weights": str(weights),
+        "resize_size": resize,
+        "metrics": {k: v for k, v in weights.meta.get("_metrics", {}).get("ImageNet-1K", {}).items()},
+    }
+    return LoadedModel(
+        model=model,
+        arch=f"torchvision:{name}",
+        classes=categories,
+        mean=list(preprocess.mean),
+        std=list(preprocess.std),
+        image_size=crop,
+        in_channels=3,
+        meta=meta,
+        data={"spec": None, "data_dir": None, "val_split": 0.0, "seed": 0},
+        device=device,
+        source=f"torchvision:{name}",
+        resize_size=resize,
+    )
