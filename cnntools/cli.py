@@ -17,6 +17,7 @@ from cnntools.commands import (
     conv_calc,
     dataset_stats,
     eval as eval_cmd,
+    export,
     featmaps,
     filters,
     rf_calc,
@@ -51,6 +52,7 @@ COMMANDS = [
     ("saliency", saliency.main),
     ("featmaps", featmaps.main),
     ("filters", filters.main),
+    ("export", export.main),
 ]
 
 for _name, _func in COMMANDS:

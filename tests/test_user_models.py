@@ -146,7 +146,8 @@ def test_refused_without_trust_code(cli, nets):
     # A file that records being run: loading without --trust-code must not run it.
     (nets / "nets.py").write_text(NETS + "\nopen('ran.txt', 'w').write('ran')\n")
     for command in (("eval", out), ("featmaps", out, "--list-layers"), ("filters", out), ("confusion", out),
-                    ("saliency", out, "-o", "s.png"), ("tsne", "--checkpoint", out, "-o", "t.png")):
+                    ("saliency", out, "-o", "s.png"), ("tsne", "--checkpoint", out, "-o", "t.png"),
+                    ("export", out, "-o", "m.onnx"), ("train", "--resume", out, "--epochs", "2")):
         result = cli(*command)
         assert result.exit_code == 1, (command, result.stderr)
         lines = result.stderr.strip().splitlines()
