@@ -34,6 +34,16 @@ Precision = Annotated[
         help="auto: mixed precision only where the hardware runs it natively; or force fp32, bf16, fp16.",
     ),
 ]
+Threads = Annotated[
+    Optional[int],
+    typer.Option(
+        "--threads",
+        min=1,
+        help="CPU threads for torch and image decoding (default: $CNNTOOLS_THREADS, else the cores this "
+        "process may use: its CPU affinity and cgroup CPU quota).",
+        show_default=False,
+    ),
+]
 Seed = Annotated[int, typer.Option("--seed", help="Seed for Python, NumPy and torch (same seed, same device: same numbers).")]
 Output = Annotated[
     Optional[str], typer.Option("--output", "-o", help="Write the figure or result here (PNG, SVG or PDF by extension; - for stdout).")

@@ -6,7 +6,7 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from cnntools import options, output
+from cnntools import options, output, runtime
 from cnntools.output import CnnError
 
 
@@ -73,6 +73,7 @@ def main(
     split: options.Split = "test",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass (checkpoint mode).")] = 256,
     device: options.Device = "auto",
+    threads: options.Threads = None,
     precision: options.Precision = "auto",
     fmt: options.Format = "table",
     quiet: options.Quiet = False,
@@ -93,6 +94,7 @@ def main(
       cnntools confusion predictions.csv --most-confused 10 --format json
     """
     output.configure(quiet=quiet, debug=debug)
+    runtime.use_threads(threads)
     import numpy as np
 
     from cnntools import files

@@ -6,7 +6,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from cnntools import options, output
+from cnntools import options, output, runtime
 
 
 def main(
@@ -27,6 +27,7 @@ def main(
         typer.Option("--image", metavar="FILE...", help="Image file(s), several after one --image or the flag repeated: print each one's top-k classes instead of dataset metrics."),
     ] = None,
     device: options.Device = "auto",
+    threads: options.Threads = None,
     precision: options.Precision = "auto",
     fmt: options.Format = "table",
     quiet: options.Quiet = False,
@@ -51,10 +52,11 @@ def main(
       cnntools eval torchvision:vgg16 --image bird.jpg dog.jpg --top-k 3
     """
     output.configure(quiet=quiet, debug=debug)
+    runtime.use_threads(threads)
     models, image = options.split_image_files(models, image)
     if not models:
         raise output.CnnError("name a model: a checkpoint (FILE.safetensors) or torchvision:NAME, before --image")
-    from cnntools import files, runtime
+    from cnntools import files
     from cnntools.checkpoint import load_model
 
     if batch_size < 1 or top_k < 1:
@@ -220,7 +222,7 @@ def _images(loaded, paths: list[str], top_k: int, fmt: str) -> None:
     rows = []
     for lm in loaded:
         for path in paths:
-            images = _read_image(path, lm.in_channels)
+            images = _read_image(path, lm.in_channels, None if lm.resize_size is not None else lm.image_size)
             with torch.inference_mode():
                 logits = lm.model(lm.prepare(images)).float().cpu()[0]
             probs = torch.softmax(logits, 0)
@@ -233,13 +235,14 @@ def _images(loaded, paths: list[str], top_k: int, fmt: str) -> None:
     output.emit({"predictions": rows}, fmt, rows=rows, columns=columns, title=f"Top {top_k} classes")
 
 
-def _read_image(path: str, channels: int):
-    """uint8 1×C×H×W tensor of an image file (- for stdin)."""
+def _read_image(path: str, channels: int, size: int | None = None):
+    """uint8 1×C×H×W tensor of an image file (- for stdin), at size×size when given: decoded
+    exactly as an image folder is decoded into its store (cnntools.data.images.decode_file)."""
     import torch
 
     from cnntools.data.images import read_image
 
-    array = read_image(path, "L" if channels == 1 else "RGB")
+    array = read_image(path, "L" if channels == 1 else "RGB", (size, size) if size else None)
     if array.ndim == 2:
         array = array[:, :, None]
     return torch.from_numpy(array.copy()).permute(2, 0, 1)[None]

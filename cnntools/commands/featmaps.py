@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cnntools import options, output
+from cnntools import options, output, runtime
 from cnntools.output import CnnError
 
 
@@ -24,6 +24,7 @@ def main(
     data_dir: options.DataDir = None,
     split: options.Split = "test",
     device: options.Device = "auto",
+    threads: options.Threads = None,
     fmt: options.Format = "table",
     quiet: options.Quiet = False,
     download: options.Download = False,
@@ -45,6 +46,7 @@ def main(
       cnntools featmaps model.safetensors --image cat.png --save acts.safetensors --format json
     """
     output.configure(quiet=quiet, debug=debug)
+    runtime.use_threads(threads)
     from cnntools.files import check_output, figure_format
 
     if out:

@@ -6,7 +6,7 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from cnntools import options, output
+from cnntools import options, output, runtime
 from cnntools.output import CnnError
 
 
@@ -26,6 +26,7 @@ def main(
     split: options.Split = "test",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass when ranking.")] = 256,
     device: options.Device = "auto",
+    threads: options.Threads = None,
     fmt: options.Format = "table",
     quiet: options.Quiet = False,
     trust_code: options.TrustCode = False,
@@ -47,6 +48,7 @@ def main(
       cnntools filters model.safetensors -l last -k 8 -f 0-3 --score max --crop-rf --top-output rf.png
     """
     output.configure(quiet=quiet, debug=debug)
+    runtime.use_threads(threads)
     from cnntools.files import figure_format
 
     for path in (out, top_output):

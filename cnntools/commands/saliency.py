@@ -6,7 +6,7 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from cnntools import options, output
+from cnntools import options, output, runtime
 from cnntools.output import CnnError
 
 # Kept in step with cnntools.interpret.saliency.METHODS (a test checks it); spelled out here
@@ -76,6 +76,7 @@ def main(
     split: options.Split = "test",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward/backward pass.")] = 64,
     device: options.Device = "auto",
+    threads: options.Threads = None,
     seed: options.Seed = 0,
     fmt: options.Format = "table",
     quiet: options.Quiet = False,
@@ -99,6 +100,7 @@ def main(
       cnntools saliency a.safetensors b.safetensors -i 0-3 -o compare.png --save-maps maps.safetensors
     """
     output.configure(quiet=quiet, debug=debug)
+    runtime.use_threads(threads)
     models, image = options.split_image_files(models, image)
     if not models:
         raise CnnError("name a model: a checkpoint (FILE.safetensors) or torchvision:NAME, before --image")

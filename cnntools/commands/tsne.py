@@ -6,7 +6,7 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from cnntools import options, output
+from cnntools import options, output, runtime
 
 MethodChoice = Literal["auto", "sklearn", "opentsne"]
 DEFAULT_POINTS = 2000
@@ -49,6 +49,7 @@ def main(
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass when extracting features.")] = 256,
     device: options.Device = "auto",
+    threads: options.Threads = None,
     seed: options.Seed = 0,
     fmt: options.Format = "table",
     quiet: options.Quiet = False,
@@ -82,6 +83,7 @@ def main(
       cnntools tsne --checkpoint model.safetensors --format json | jq .summary
     """
     output.configure(quiet=quiet, debug=debug)
+    runtime.use_threads(threads)
     from cnntools.output import CnnError
 
     from cnntools.files import check_output, figure_format
@@ -102,7 +104,6 @@ def main(
 
     import numpy as np
 
-    from cnntools import runtime
     from cnntools.interpret import tsne as lib
 
     runtime.seed_everything(seed)
