@@ -202,7 +202,7 @@ def test_resume_needs_trust(cli, nets):
 
 def test_clear_errors(cli, nets):
     cases = {
-        ("nets.py:Missing",): "has no Missing",
+        ("nets.py:Missing",): "has no Missing; it defines Block, Nested, make, not_a_model",
         ("nets.py:not_a_model",): "not a torch.nn.Module",
         ("nope.py:Net",): "no file",
         ("no_such_module_xyz:Net",): "no module named no_such_module_xyz",

@@ -199,7 +199,7 @@ def load_object(ref: CodeReference, data: bytes | None = None):
     obj = module
     for part in ref.name.split("."):
         if not hasattr(obj, part):
-            found = sorted(n for n, v in vars(module).items() if _is_model_maker(v) and not n.startswith("_"))
+            found = sorted(n for n, v in vars(module).items() if not n.startswith("_") and _is_model_maker(v, module))
             hint = f"; it defines {', '.join(found)}" if found else ""
             raise CnnError(f"{ref.reference}: {ref.where} has no {ref.name}{hint}")
         obj = getattr(obj, part)
@@ -208,11 +208,9 @@ def load_object(ref: CodeReference, data: bytes | None = None):
     return obj
 
 
-def _is_model_maker(value) -> bool:
-    import torch.nn as nn
-
-    return (inspect.isclass(value) and issubclass(value, nn.Module) and value.__module__ not in ("torch.nn", )
-            and not value.__module__.startswith("torch.")) or inspect.isfunction(value)
+def _is_model_maker(value, module) -> bool:
+    """A class or function defined in `module` itself (what NAME can name), not an import."""
+    return (inspect.isclass(value) or inspect.isfunction(value)) and getattr(value, "__module__", None) == module.__name__
 
 
 def constructor_args(obj, args: dict, in_channels: int, image_size: int, num_classes: int) -> dict:
