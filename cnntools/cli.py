@@ -15,6 +15,7 @@ from cnntools import __version__
 from cnntools.commands import (
     confusion,
     conv_calc,
+    curves,
     dataset_stats,
     eval as eval_cmd,
     export,
@@ -48,6 +49,7 @@ COMMANDS = [
     ("conv-calc", conv_calc.main),
     ("rf-calc", rf_calc.main),
     ("train", train.main),
+    ("curves", curves.main),
     ("eval", eval_cmd.main),
     ("confusion", confusion.main),
     ("saliency", saliency.main),
