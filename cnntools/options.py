@@ -80,6 +80,13 @@ ArchArgs = Annotated[
     ),
 ]
 
+Indices = Annotated[Optional[str], typer.Option("--indices", "-i", help="Dataset images by index: 0,5,7 or 0-7.")]
+
+Channels = Annotated[
+    Optional[str],
+    typer.Option("--channels", help="Exactly these channels, in this order: 0-7 or 3,0,5 (default: the most active)."),
+]
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 

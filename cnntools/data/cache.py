@@ -26,6 +26,9 @@ from cnntools.data.store import StoreDamaged, StoreWriter, open_store
 from cnntools.output import warn
 
 CACHE_VERSION = "2"
+# Sources that decode to more than this (image folders always) are read through a store on
+# disk; smaller ones (digits, CIFAR-10, MNIST) are faster held in memory.
+STORE_THRESHOLD = 256 * 1024**2
 
 
 def cache_dir() -> Path | None:

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnntools.data.imageset import ImageSet
+from cnntools.data import cache
+from cnntools.data.imageset import ImageSet, mapped_tensor
 from cnntools.output import CnnError, info
 
 _SAFE_GLOBALS = {
@@ -123,8 +124,45 @@ class CifarPickleSource:
 
     def load(self, split: str) -> ImageSet:
         files = self.train_files if split == "train" else self.test_files
+        if sum(_file_size(f) for f in files) > cache.STORE_THRESHOLD:
+            return self._load_stored(split, files)
         images, labels = read_cifar_batches(files, self.label_keys)
         return ImageSet(images=images, labels=labels, classes=self.classes(labels), spec=self.spec, split=split)
+
+    def _load_stored(self, split: str, files: list[Path]) -> ImageSet:
+        """A large layout goes through a store on disk, written one batch file at a time."""
+        listing = []
+        for path in files:
+            st = path.stat()
+            listing.append((path.name, st.st_size, st.st_mtime_ns))
+        prefix, key = cache.cache_key(self.root, f"cifar-{split}", listing)
+
+        def build(writer) -> dict:
+            labels, shape = [], None
+            for path in files:
+                images, batch_labels = read_cifar_batches([path], self.label_keys)
+                if shape is None:
+                    shape = tuple(images.shape[1:])
+                    writer.begin(f"{split}.images", shape)
+                elif tuple(images.shape[1:]) != shape:
+                    raise CnnError(f"{files[0].parent}: batches hold images of different shapes")
+                writer.write(images.numpy())
+                labels.append(batch_labels.numpy())
+            writer.end()
+            writer.add(f"{split}.labels", np.concatenate(labels))
+            return {"split": split}
+
+        arrays, _, info = cache.open_or_build(cache.cache_file(prefix, key), key, build)
+        labels = torch.from_numpy(arrays[f"{split}.labels"])
+        return ImageSet(images=mapped_tensor(arrays[f"{split}.images"]), labels=labels, classes=self.classes(labels),
+                        spec=self.spec, split=split, meta={"cache": info}, mapped=True)
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def cifar_folder(root: Path, spec: str) -> CifarPickleSource | None:

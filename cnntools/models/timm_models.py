@@ -170,6 +170,19 @@ def class_names(model, num_classes: int) -> list[str]:
     return [str(i) for i in range(num_classes)]
 
 
+def architecture(name: str, device="cpu"):
+    """(untrained model in eval mode, input channels, input size) of timm's `name` at its
+    pretrained config's input size: `--list-layers` without any weight file."""
+    timm = require_timm()
+    from timm.models import get_pretrained_cfg
+
+    _check_name(timm, name)
+    cfg = get_pretrained_cfg(name)
+    channels, size = (int(cfg.input_size[0]), int(cfg.input_size[-1])) if cfg is not None else (3, 224)
+    classes = int(cfg.num_classes or 1000) if cfg is not None else 1000
+    return create(name, channels, size, classes).to(device).eval(), channels, size
+
+
 def load_pretrained_model(name: str, device, download: bool = False):
     """`timm:NAME` as a ready model (like `torchvision:NAME`): its pretrained weights from the
     local cache, its class names, and the preprocessing of timm's data config."""
