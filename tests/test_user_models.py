@@ -247,6 +247,9 @@ def test_rf_calc_reads_user_model(cli, nets):
     result = cli("rf-calc", "--arch", f"{EXAMPLE}:MyNet", "--arch-args", "width=4", "--input-size", "16",
                  "--in-channels", "1", "--format", "json")
     assert result.exit_code == 0, result.stderr
-    rows = result.json()["layers"]
-    # conv3 → pool2 → conv3 → pool2 → conv3: 3, 4, 8, 10, 18
-    assert [r["receptive_field"] for r in rows] == [3, 4, 8, 10, 18]
+    doc = result.json()
+    # conv3 → pool2 → conv3 → pool2 → conv3: 3, 4, 8, 10, 18, then forward()'s functional mean is global
+    assert [r["receptive_field"] for r in doc["layers"]] == [3, 4, 8, 10, 18, "global"]
+    assert doc["layers"][-1]["type"] == "globalpool"
+    # the answer is the field of the last feature map, the classifier head's input
+    assert (doc["feature_map"], doc["receptive_field"]) == ("features.7", 18)
