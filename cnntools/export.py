@@ -51,8 +51,8 @@ def model_card(lm) -> dict[str, str]:
         "classes": json.dumps(lm.classes),
         "preprocessing": json.dumps(preprocessing(lm)),
         "source": lm.source,
-        "data": json.dumps(lm.data),
-        "metrics": json.dumps({k: v for k, v in (lm.meta.get("metrics") or {}).items()
+        "data": json.dumps(lm.data.to_json()),
+        "metrics": json.dumps({k: v for k, v in lm.meta.metrics.items()
                                if isinstance(v, (int, float, str, bool)) or v is None}),
     }
 
@@ -111,16 +111,18 @@ def export_pt2(lm, path: str) -> None:
     torch.export.save(program, path, extra_files={"cnntools.json": json.dumps(model_card(lm))})
 
 
-def weights_only_bytes(tensors: dict, meta: dict) -> bytes:
+def weights_only_bytes(tensors: dict, meta) -> bytes:
     """A cnntools checkpoint without the resume state: the model's tensors and the metadata
-    that describes them (still loadable by every command, not resumable)."""
+    (`CheckpointMeta`) that describes them (still loadable by every command, not resumable).
+    A torchvision/timm model's record becomes a cnntools checkpoint's."""
+    import dataclasses
+
     from safetensors.torch import save
 
     from cnntools.checkpoint import model_state
-    from cnntools.output import to_jsonable
+    from cnntools.checkpoint.metadata import FORMAT
 
-    metadata = {k: json.dumps(to_jsonable(v), allow_nan=False) for k, v in meta.items() if k != "resume"}
-    return save(model_state(tensors), metadata=metadata)
+    return save(model_state(tensors), metadata=dataclasses.replace(meta, resume=None, format=FORMAT).to_header())
 
 
 @dataclass

@@ -40,7 +40,9 @@ def test_timm_trained_for_a_step_and_inspected(cli, tmp_path, monkeypatch):
     result = cli("train", "--arch", f"timm:{NAME}", "--data", DATA, "--epochs", "1", "--batch-size", "40",
                  "--val-split", "0", "--device", "cpu", "-q", "--arch-args", "drop_rate=0.1", "-o", "t.safetensors")
     assert result.exit_code == 0, result.stderr
-    tensors, meta = read_checkpoint("t.safetensors")
+    tensors, record = read_checkpoint("t.safetensors")
+    assert record.arch_args == {"drop_rate": 0.1} and record.code is None
+    meta = record.to_json()  # as the file stores it
     assert meta["arch"]["arch"] == f"timm:{NAME}" and meta["arch_args"] == {"drop_rate": 0.1}
     assert "code" not in meta  # timm is a package, not the user's code: no --trust-code needed
     assert tensors["conv1.0.weight"].shape[1] == 1 and tensors["fc.weight"].shape[0] == 3

@@ -98,10 +98,12 @@ def test_arch_args_json_and_key_value():
 
 def test_file_reference_class_with_args_round_trips(cli, nets):
     out = _train(cli, "nets.py:Nested", "m.safetensors", "--arch-args", '{"widths": [3, 5]}')
-    tensors, meta = read_checkpoint(out)
-    assert meta["arch"]["arch"] == "nets.py:Nested"
+    tensors, record = read_checkpoint(out)
+    assert record.arch_name == "nets.py:Nested" and record.arch_args == {"widths": [3, 5]}
+    meta = record.to_json()  # as the file stores it
     assert meta["arch_args"] == {"widths": [3, 5]}
-    code = meta["code"]
+    code = record.code
+    assert meta["code"] == code
     assert code["kind"] == "file" and code["path_given"] == "nets.py"
     assert code["path"] == str((nets / "nets.py").resolve())
     assert code["sha256"] == __import__("hashlib").sha256((nets / "nets.py").read_bytes()).hexdigest()
@@ -131,7 +133,7 @@ def test_factory_function_gets_size_arguments(cli, nets):
 
 def test_module_reference(cli, nets):
     out = _train(cli, "nets_mod:Nested", "mod.safetensors")
-    _, meta = read_checkpoint(out)
+    meta = read_checkpoint(out)[1].to_json()
     assert meta["code"]["kind"] == "module" and meta["code"]["module"] == "nets_mod"
     assert meta["code"]["path"] == str((nets / "nets_mod.py").resolve())
     refused = cli("eval", out, "--data", DATA, "--device", "cpu")
@@ -184,7 +186,7 @@ def test_metadata_cannot_name_code_without_a_record(cli, nets):
     from safetensors.torch import load_file, save_file
 
     out = _train(cli, "nets.py:Nested", "m.safetensors")
-    _, meta = read_checkpoint(out)
+    meta = read_checkpoint(out)[1].to_json()
     raw = {k: json.dumps(v) for k, v in meta.items() if k != "code"}
     save_file(load_file(out), "forged.safetensors", metadata=raw)
     with pytest.raises(CnnError, match="no matching code record"):
@@ -197,7 +199,7 @@ def test_resume_needs_trust(cli, nets):
     assert refused.exit_code == 1 and "--trust-code" in refused.stderr
     resumed = cli("train", "--resume", out, "--epochs", "2", "-q", "--trust-code")
     assert resumed.exit_code == 0, resumed.stderr
-    assert read_checkpoint(out)[1]["metrics"]["epochs_completed"] == 2
+    assert read_checkpoint(out)[1].metrics["epochs_completed"] == 2
 
 
 def test_clear_errors(cli, nets):

@@ -76,7 +76,7 @@ def _weights_only(model: str, out: str, trust_code: bool, download: bool) -> dic
         from cnntools.checkpoint import load_model
 
         lm = load_model(model, "cpu", trust_code=trust_code, download=download)
-        tensors, meta, before = lm.model.state_dict(), {**lm.meta, "format": "cnntools-checkpoint"}, None
+        tensors, meta, before = lm.model.state_dict(), lm.meta, None
     else:
         from cnntools.checkpoint import read_checkpoint
 

@@ -186,7 +186,7 @@ def architecture(name: str, device="cpu"):
 def load_pretrained_model(name: str, device, download: bool = False):
     """`timm:NAME` as a ready model (like `torchvision:NAME`): its pretrained weights from the
     local cache, its class names, and the preprocessing of timm's data config."""
-    from cnntools.checkpoint import LoadedModel
+    from cnntools.checkpoint import CheckpointMeta, LoadedModel
 
     timm = require_timm()
     from timm.models import get_pretrained_cfg
@@ -204,15 +204,15 @@ def load_pretrained_model(name: str, device, download: bool = False):
     classes = class_names(model, num_classes)
     mean, std = [float(v) for v in config["mean"]], [float(v) for v in config["std"]]
     arch = f"timm:{name}"
-    meta = {
-        "format": "timm",
-        "arch": {"arch": arch, "in_channels": in_channels, "image_size": crop, "num_classes": num_classes},
-        "classes": classes, "mean": mean, "std": std, "image_size": crop, "in_channels": in_channels,
-        "resize_size": resize, "interpolation": config.get("interpolation", "bilinear"),
-        "weights": weights_location(name)[1],
-    }
+    meta = CheckpointMeta(
+        format="timm",
+        arch={"arch": arch, "in_channels": in_channels, "image_size": crop, "num_classes": num_classes},
+        classes=classes, mean=mean, std=std,
+        extra={"resize_size": resize, "interpolation": config.get("interpolation", "bilinear"),
+               "weights": weights_location(name)[1]},
+    )
     return LoadedModel(
         model=model, arch=arch, classes=classes, mean=mean, std=std, image_size=crop, in_channels=in_channels,
-        meta=meta, data={"spec": None, "data_dir": None, "val_split": 0.0, "seed": 0}, device=device, source=arch,
+        meta=meta, data=meta.data, device=device, source=arch,
         resize_size=resize, interpolation=config.get("interpolation", "bilinear"),
     )
