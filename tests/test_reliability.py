@@ -201,7 +201,7 @@ def test_output_to_dev_stdout_is_stdout(tmp_path, checkpoint):
                   "--format json | cat", tmp_path)
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.DictReader(io.StringIO(proc.stdout)))
-    assert proc.stdout.startswith("index,path,label,label_name,pred") and rows and rows[0]["label_name"] == "\x1b[31mred\x1b[0m"
+    assert proc.stdout.startswith("model,data,index,path,label,label_name,pred") and rows and rows[0]["label_name"] == "\x1b[31mred\x1b[0m"
     assert '"share_negative"' in proc.stderr  # the JSON summary, moved off the claimed stdout
 
 
