@@ -143,7 +143,7 @@ def format_cell(value: Any, digits: int = 4) -> str:
         return f"{value:.{digits}f}"
     if isinstance(value, (list, tuple)):
         return " ".join(format_cell(v, digits) for v in value)
-    return str(value)
+    return one_line(str(value))  # a string read from a file is shown, never executed
 
 
 def _columns_of(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None) -> list[str]:
@@ -221,8 +221,18 @@ def csv_text(rows: Iterable[Mapping[str, Any]], columns: Sequence[str] | None = 
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(cols)
     for row in rows:
-        writer.writerow(["" if row.get(c) is None else to_jsonable(row.get(c)) for c in cols])
+        writer.writerow([csv_cell(row.get(c)) for c in cols])
     return buffer.getvalue()
+
+
+def csv_cell(value: Any) -> str:
+    """A CSV cell as JSON spells it: true/false, lists and objects as JSON text, None empty."""
+    value = to_jsonable(value)
+    if value is None:
+        return ""
+    if isinstance(value, bool) or isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
 
 
 def print_csv(rows: Iterable[Mapping[str, Any]], columns: Sequence[str] | None = None, stream=None) -> None:
