@@ -97,15 +97,3 @@ def summarize(header: dict, meta: dict, file: str, file_bytes: int | None, heade
         "written_by": {"cnntools": written.get("cnntools"), "torch": written.get("torch")},
     }
 
-
-def flatten(record: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested objects as dotted keys (`bytes.weights`), the names of table rows and CSV columns."""
-    out: dict[str, Any] = {}
-    for key, value in record.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
-

@@ -1,6 +1,6 @@
-"""Generate the man pages, shell completions and README command reference from the CLI.
+"""Generate the man pages, shell completions, README command reference and output schemas.
 
-    python -m cnntools.docs            # rewrite man/, completions/ and the README block
+    python -m cnntools.docs            # rewrite man/, completions/, docs/schemas/ and the README block
     python -m cnntools.docs --check    # exit 1 and list what differs (CI)
 
 Everything is rendered from `typer.main.get_command(app)` and Typer's own completion
@@ -221,6 +221,7 @@ def generated(root: Path = REPO) -> dict[Path, str]:
         files[root / "man" / f"{PROG}-{name}.1"] = man_page(name, sub, sub_ctx, __version__)
     for shell in SHELLS:
         files[root / "completions" / f"{PROG}.{shell}"] = completion_script(shell)
+    files.update(schema_pages(root))
     readme = root / "README.md"
     if readme.is_file():
         updated = replace_block(readme.read_text(encoding="utf-8"), command_reference([name for name, _, _ in subs]))
@@ -229,12 +230,23 @@ def generated(root: Path = REPO) -> dict[Path, str]:
     return files
 
 
+def schema_pages(root: Path) -> dict[Path, str]:
+    """docs/schemas/: one page per JSON document kind, and an index."""
+    from cnntools.schemas import SCHEMAS, index_page, schema_page
+
+    folder = root / "docs" / "schemas"
+    pages = {folder / f"{name}.md": schema_page(schema) for name, schema in SCHEMAS.items()}
+    pages[folder / "README.md"] = index_page()
+    return pages
+
+
 def stale_man_pages(root: Path, expected: dict[Path, str]) -> list[Path]:
-    """Man pages in man/ that no command generates any more."""
-    folder = root / "man"
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.glob(f"{PROG}*.1") if p not in expected)
+    """Man pages in man/ and schema pages in docs/schemas/ that nothing generates any more."""
+    found = []
+    for folder, pattern in ((root / "man", f"{PROG}*.1"), (root / "docs" / "schemas", "*.md")):
+        if folder.is_dir():
+            found += [p for p in folder.glob(pattern) if p not in expected]
+    return sorted(found)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -199,17 +199,34 @@ def print_table(
     stream.flush()
 
 
-def print_json(doc: Any, stream=None) -> None:
-    """One JSON document (non-finite floats become null)."""
+SCHEMA_VERSION = 1
+
+
+def schema_id(name: str) -> str:
+    """`cnntools.NAME/1`, the `schema` every JSON document carries (docs/schemas/NAME.md).
+
+    NAME is the command's name; a command with a second kind of document names it
+    `COMMAND.KIND` (`featmaps.layers`).
+    """
+    return f"cnntools.{name}/{SCHEMA_VERSION}"
+
+
+def stamped(doc: Mapping[str, Any], schema: str) -> dict:
+    """The document with `"schema"` as its first key."""
+    return {"schema": schema_id(schema), **{k: v for k, v in doc.items() if k != "schema"}}
+
+
+def print_json(doc: Mapping[str, Any], *, schema: str, stream=None) -> None:
+    """One JSON document, stamped with its schema (non-finite floats become null)."""
     stream = stream or data_stream()
-    stream.write(json.dumps(to_jsonable(doc), indent=2, allow_nan=False) + "\n")
+    stream.write(json.dumps(to_jsonable(stamped(doc, schema)), indent=2, allow_nan=False) + "\n")
     stream.flush()
 
 
-def print_jsonl(record: Mapping[str, Any], stream=None) -> None:
-    """One JSON object on one line (streams such as `train --format jsonl`)."""
+def print_jsonl(record: Mapping[str, Any], *, schema: str, stream=None) -> None:
+    """One JSON object on one line (streams such as `train --format jsonl`), stamped with its schema."""
     stream = stream or data_stream()
-    stream.write(json.dumps(to_jsonable(record), allow_nan=False) + "\n")
+    stream.write(json.dumps(to_jsonable(stamped(record, schema)), allow_nan=False) + "\n")
     stream.flush()
 
 
@@ -235,6 +252,25 @@ def csv_cell(value: Any) -> str:
     return str(value)
 
 
+def flatten(doc: Mapping[str, Any], prefix: str = "", lists: bool = False) -> dict[str, Any]:
+    """Nested objects as dotted keys (`bytes.weights`): the names of a document's values in
+    tables and CSV. With `lists`, list items too (`mean.0`); otherwise lists stay values."""
+    out: dict[str, Any] = {}
+    items = enumerate(doc) if isinstance(doc, list) else doc.items()
+    for key, value in items:
+        name = f"{prefix}{key}"
+        if (isinstance(value, Mapping) or (lists and isinstance(value, list))) and value:
+            out.update(flatten(value, name + ".", lists))
+        else:
+            out[name] = value
+    return out
+
+
+def long_rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A document as long-format rows `{"field": PATH, "value": V}`, one per value it holds."""
+    return [{"field": k, "value": v} for k, v in flatten(doc, lists=True).items() if k != "schema"]
+
+
 def print_csv(rows: Iterable[Mapping[str, Any]], columns: Sequence[str] | None = None, stream=None) -> None:
     stream = stream or data_stream()
     stream.write(csv_text(rows, columns))
@@ -242,9 +278,10 @@ def print_csv(rows: Iterable[Mapping[str, Any]], columns: Sequence[str] | None =
 
 
 def emit(
-    doc: Any,
+    doc: Mapping[str, Any],
     fmt: str,
     *,
+    schema: str,
     rows: Sequence[Mapping[str, Any]] | None = None,
     columns: Sequence[str] | None = None,
     title: str | None = None,
@@ -254,10 +291,10 @@ def emit(
 
     `doc` is the JSON document; `rows`/`columns` the table (and CSV) view of it;
     `render_table` replaces the default table rendering when a command shows more than
-    one table.
+    one table. `schema` names the document's kind (see `schema_id`).
     """
     if fmt == "json":
-        print_json(doc)
+        print_json(doc, schema=schema)
     elif fmt == "csv":
         if rows is None:
             raise CnnError("this command's result is not a table; use --format json or table")
@@ -267,7 +304,7 @@ def emit(
     elif rows is not None:
         print_table(rows, columns, title=title)
     else:
-        print_json(doc)
+        print_json(doc, schema=schema)
 
 
 # ---------------------------------------------------------------------------- errors

@@ -1,4 +1,4 @@
-"""man/, completions/ and the README command reference are exactly what the CLI generates."""
+"""man/, completions/, docs/schemas/ and the README command reference are exactly what the CLI generates."""
 
 from __future__ import annotations
 
@@ -36,6 +36,16 @@ def test_completions_match_cli(expected):
         path = docs.REPO / "completions" / f"cnntools.{shell}"
         assert path.is_file(), f"{_rel(path)} missing: {REGENERATE}"
         assert path.read_text(encoding="utf-8") == expected[path], f"{_rel(path)} {REGENERATE}"
+
+
+def test_schema_pages_match_declarations(expected):
+    pages = {p: text for p, text in expected.items() if p.parent == docs.REPO / "docs" / "schemas"}
+    from cnntools.schemas import SCHEMAS
+
+    assert len(pages) == 1 + len(SCHEMAS)
+    for path, text in pages.items():
+        assert path.is_file(), f"{_rel(path)} missing: {REGENERATE}"
+        assert path.read_text(encoding="utf-8") == text, f"{_rel(path)} {REGENERATE}"
 
 
 def test_readme_reference_matches_cli(expected):

@@ -180,15 +180,15 @@ def main(
             output.print_table(
                 [
                     {
-                        "true": p["true_name"],
-                        "predicted": p["pred_name"],
+                        "true_name": p["true_name"],
+                        "pred_name": p["pred_name"],
                         "count": p["count"],
-                        "share of true": p["share_of_true"],
-                        "examples": " ".join(str(e) for e in p["examples"]),
+                        "share_of_true": p["share_of_true"],
+                        "examples": p["examples"],
                     }
                     for p in pairs
                 ],
                 title="Most confused pairs",
             )
 
-    output.emit(doc, fmt, rows=rows, columns=columns, render_table=render)
+    output.emit(doc, fmt, schema="confusion", rows=rows, columns=columns, render_table=render)

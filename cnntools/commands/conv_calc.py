@@ -220,7 +220,7 @@ def _formula_mode(in_size, kernel, stride, padding, dilation, layer_type, ceil_m
         if total is not None and len(rows) > 1:
             print(f"total parameters: {total:,}", file=output.data_stream())
 
-    output.emit(doc, fmt, rows=csv_rows, render_table=render)
+    output.emit(doc, fmt, schema="conv-calc", rows=csv_rows, render_table=render)
 
 
 def _kernel_mode(input_matrix, kernel_args, bias_args, stride, padding, dilation, activation, explain,
@@ -264,7 +264,7 @@ def _kernel_mode(input_matrix, kernel_args, bias_args, stride, padding, dilation
                 ]
                 for cells in results
             ]
-        output.print_json(doc)
+        output.print_json(doc, schema="conv-calc.kernel")
         return
     if fmt == "csv":
         rows = [

@@ -136,7 +136,9 @@ def main(
          "class_weight": doc["class_weights"][name]}
         for name in doc["classes"]
     ]
-    output.emit(doc, fmt, rows=rows, columns=["class", *split_names, "class_weight"],
+    # CSV is long (one row per number, named by its path in the JSON document): a wide
+    # table cannot hold the per-split counts, the per-channel statistics and the sizes at once.
+    output.emit(doc, fmt, schema="dataset-stats", rows=output.long_rows(doc), columns=["field", "value"],
                 render_table=lambda: _render_tables(doc, rows, split_names))
 
 
@@ -175,8 +177,7 @@ def _render_tables(doc: dict, rows: list[dict], split_names: list[str]) -> None:
             overview.append({"property": key.replace("_", " "), "value": doc[key]})
     print_table(overview, ["property", "value"], title="Dataset")
     stream.write("\n")
-    print_table(rows, ["class", *split_names, "class_weight"], title="Class counts",
-                headers={"class_weight": "balanced weight"})
+    print_table(rows, ["class", *split_names, "class_weight"], title="Class counts (class_weight: balanced)")
     if folder:
         stream.write("\n")
         size_rows = [

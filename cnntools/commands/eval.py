@@ -83,7 +83,7 @@ def main(
         from cnntools.plots import logits_histogram
 
         logits_histogram(hist, logits_hist)
-    _report(results, fmt, per_class, top_k)
+    _report(results, fmt, per_class)
 
 
 def _evaluate(lm, data, data_dir, split, download, batch_size, top_k, precision, pred_rows, hist) -> dict:
@@ -108,6 +108,7 @@ def _evaluate(lm, data, data_dir, split, download, batch_size, top_k, precision,
             progress.stop()
     seconds = time.perf_counter() - start
     metrics = classification_metrics(logits, labels, lm.classes, top_k=(top_k,))
+    metrics.pop("count")  # the same number as "images"
     hist[lm.source] = logits.flatten().numpy()
     if pred_rows is not None:
         probs = F.softmax(logits, dim=1)
@@ -152,34 +153,14 @@ def _progress(label: str, total: int):
     return bar
 
 
-def _summary_row(result: dict, top_k: int) -> dict:
-    logits = result["logits"]
-    row = {
-        "model": result["model"],
-        "arch": result["arch"],
-        "data": result["data"],
-        "split": result["split"],
-        "images": result["images"],
-        "accuracy": result["accuracy"],
-        "loss": result["loss"],
-        f"top{top_k}": result["top_k"].get(str(top_k)),
-        "precision_macro": result["precision_macro"],
-        "recall_macro": result["recall_macro"],
-        "f1_macro": result["f1_macro"],
-        "precision_weighted": result["precision_weighted"],
-        "recall_weighted": result["recall_weighted"],
-        "f1_weighted": result["f1_weighted"],
-        "logit_min": logits["min"],
-        "logit_max": logits["max"],
-        "logit_mean": logits["mean"],
-        "share_negative": logits["share_negative"],
-        "images_per_s": round(result["images_per_s"]),
-    }
-    return row
+def _summary_row(result: dict) -> dict:
+    """A model's JSON record as one table/CSV row: nested values under dotted names
+    (`top_k.5`, `logits.min`), the per-class list left to its own table."""
+    return output.flatten({k: v for k, v in result.items() if k != "per_class"})
 
 
-def _report(results: list[dict], fmt: str, per_class: bool, top_k: int) -> None:
-    rows = [_summary_row(r, top_k) for r in results]
+def _report(results: list[dict], fmt: str, per_class: bool) -> None:
+    rows = [_summary_row(r) for r in results]
     doc = {"models": results}
 
     def render() -> None:
@@ -209,7 +190,7 @@ def _report(results: list[dict], fmt: str, per_class: bool, top_k: int) -> None:
                     table.append(line)
                 output.print_table(table, title="Per-class accuracy")
 
-    output.emit(doc, fmt, rows=rows, render_table=render)
+    output.emit(doc, fmt, schema="eval", rows=rows, render_table=render)
 
 
 def _images(loaded, paths: list[str], top_k: int, fmt: str) -> None:
@@ -228,7 +209,7 @@ def _images(loaded, paths: list[str], top_k: int, fmt: str) -> None:
                 rows.append({"model": lm.source, "image": path, "rank": rank, "class": lm.classes[c], "index": c,
                              "prob": p, "logit": float(logits[c])})
     columns = (["model"] if len(loaded) > 1 else []) + ["image", "rank", "class", "index", "prob", "logit"]
-    output.emit({"predictions": rows}, fmt, rows=rows, columns=columns, title=f"Top {top_k} classes")
+    output.emit({"predictions": rows}, fmt, schema="eval.images", rows=rows, columns=columns, title=f"Top {top_k} classes")
 
 
 def _read_image(path: str, channels: int):

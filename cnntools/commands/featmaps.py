@@ -59,7 +59,8 @@ def main(
     lm = load_model(model, dev)
     if list_layers:
         rows = layer_rows(lm.model, lm.in_channels, lm.image_size)
-        output.emit({"model": model, "layers": rows}, fmt, rows=rows, columns=["layer", "type", "output_shape", "params"],
+        output.emit({"model": model, "input_shape": [lm.in_channels, lm.image_size, lm.image_size], "layers": rows}, fmt,
+                    schema="featmaps.layers", rows=rows, columns=["layer", "type", "output_shape", "params"],
                     title=f"Layers of {model} (input {lm.in_channels}×{lm.image_size}×{lm.image_size})")
         return
 
@@ -123,8 +124,7 @@ def main(
         "prob": probs[pred].item(),
         "layers": layers_doc,
     }
-    rows = [{**e, "shape": "×".join(str(d) for d in e["shape"])} for e in layers_doc]
-    output.emit(doc, fmt, rows=rows, columns=["layer", "type", "shape", "min", "max", "mean", "std", "zero_fraction"],
+    output.emit(doc, fmt, schema="featmaps", rows=layers_doc, columns=["layer", "type", "shape", "min", "max", "mean", "std", "zero_fraction"],
                 title=f"Activations for {name} (pred {lm.classes[pred]}, {probs[pred]:.1%})")
 
 

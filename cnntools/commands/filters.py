@@ -123,9 +123,9 @@ def main(
             {"filter": e["filter"], "rank": r + 1, "index": i, "label": lab, "score": s}
             for e in top for r, (i, s, lab) in enumerate(zip(e["indices"], e["scores"], e["labels"]))
         ]
-        output.emit(doc, fmt, rows=table_rows, title=f"Top {top_k} images per filter of {layer} ({score} of post-ReLU map)")
+        output.emit(doc, fmt, schema="filters", rows=table_rows, title=f"Top {top_k} images per filter of {layer} ({score} of post-ReLU map)")
         return
-    output.emit(doc, fmt, rows=rows, title=f"Filters of {layer} (weights {'×'.join(map(str, weight.shape))})")
+    output.emit(doc, fmt, schema="filters", rows=rows, title=f"Filters of {layer} (weights {'×'.join(map(str, weight.shape))})")
 
 
 def _kernel_figure(weight, layer, scale, max_filters):

@@ -8,7 +8,6 @@ import typer
 
 from cnntools import options, output
 
-SCHEMA = "cnntools.info/1"
 # Class names shown in the table before "... (N in all)"; JSON and CSV carry all of them.
 _TABLE_CLASSES = 12
 
@@ -41,7 +40,7 @@ def main(
     """
     output.configure(quiet=quiet, debug=debug)
     from cnntools import files
-    from cnntools.checkpoint_summary import flatten, summarize
+    from cnntools.checkpoint_summary import summarize
     from cnntools.header import decode_metadata, read_header
 
     if checkpoints.count(files.STDIO) > 1:
@@ -51,10 +50,11 @@ def main(
         header, header_bytes, file_bytes = read_header(path)
         meta = decode_metadata(header, files.display_name(path))
         records.append(summarize(header, meta, files.display_name(path), file_bytes, header_bytes))
-    flat = [flatten(r) for r in records]
+    flat = [output.flatten(r) for r in records]
     output.emit(
-        {"schema": SCHEMA, "checkpoints": records},
+        {"checkpoints": records},
         fmt,
+        schema="info",
         rows=flat,
         render_table=lambda: output.print_table(_side_by_side(flat), headers={"field": "field"}),
     )

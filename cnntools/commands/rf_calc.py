@@ -102,12 +102,8 @@ def main(
     if arch:
         doc = {"arch": arch, **doc}
     output.emit(
-        doc, fmt, rows=rows, columns=columns,
-        render_table=lambda: output.print_table(
-            [{**row, "center": _number_text(row["center"])} for row in rows],
-            columns,
-            headers={"receptive_field": "rf", "dilation": "dil", "padding": "pad"},
-        ),
+        doc, fmt, schema="rf-calc", rows=rows, columns=columns,
+        render_table=lambda: output.print_table([{**row, "center": _number_text(row["center"])} for row in rows], columns),
     )
 
 

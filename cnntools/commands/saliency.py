@@ -127,7 +127,8 @@ def main(
     if list_layers:
         rows = layer_rows(first.model, first.in_channels, first.image_size)
         columns = ["layer", "type", "output_shape", "params"]
-        output.emit({"model": models[0], "layers": rows}, fmt, rows=rows, columns=columns, title=f"Layers of {_model_name(models[0])}")
+        output.emit({"model": models[0], "input_shape": [first.in_channels, first.image_size, first.image_size], "layers": rows},
+                    fmt, schema="saliency.layers", rows=rows, columns=columns, title=f"Layers of {_model_name(models[0])}")
         return
 
     # Resolve every model's layer first: a wrong --layer fails before any work is announced.
@@ -223,7 +224,7 @@ def main(
     }
     columns = ["image", "model", "label_name", "pred_name", "prob", "target_name", "target_prob", "peak_row", "peak_col"]
     title = f"Saliency ({method}" + (f", layer {results[0]['layer']}" if results[0]["layer"] else "") + ")"
-    output.emit(doc, fmt, rows=rows, columns=columns if fmt == "table" else None, title=title)
+    output.emit(doc, fmt, schema="saliency", rows=rows, columns=columns if fmt == "table" else None, title=title)
 
 
 def _grid(results, names, labels, method, alpha):

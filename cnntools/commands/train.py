@@ -298,9 +298,9 @@ def _list_archs(fmt: str) -> None:
     columns = ["arch", "parameters", "input", "min_size", "pretrained", "description"]
     if fmt == "jsonl":
         for row in rows:
-            output.print_jsonl(row)
+            output.print_jsonl(row, schema="train.archs")
         return
-    output.emit({"architectures": rows}, fmt, rows=rows, columns=columns,
+    output.emit({"architectures": rows}, fmt, schema="train.archs", rows=rows, columns=columns,
                 title="Architectures (parameters at 3x32x32 input, 10 classes)")
 
 
@@ -411,7 +411,7 @@ class _RecordPrinter:
         stream = output.data_stream()
         if self.fmt == "jsonl":
             if not replay:
-                output.print_jsonl(record)
+                output.print_jsonl(record, schema="train.epoch")
             return
         if self.fmt == "json":
             return
@@ -447,7 +447,8 @@ class _RecordPrinter:
                     "metrics": meta["metrics"],
                     "updates": trainer.position.updates,
                     "history": trainer.history,
-                }
+                },
+                schema="train",
             )
 
 

@@ -184,16 +184,12 @@ def main(
         "embedding": embedding,
     }
     columns = ["rank", "class_a", "class_b", "knn_mixing", "centroid_distance_embedding", "centroid_distance_features"]
-    headers = {"knn_mixing": "kNN mixing", "centroid_distance_embedding": "centroid dist (2-D)",
-               "centroid_distance_features": "centroid dist (features)"}
-
     def render() -> None:
         output.print_table([{"measure": key, "value": value} for key, value in summary.items()], ["measure", "value"],
                            title=f"t-SNE of {what} ({source['data']} {split})")
-        output.print_table(pairs[:top_pairs], columns, title=f"Most overlapping class pairs (k-NN mixing, k={result.k})",
-                           headers=headers)
+        output.print_table(pairs[:top_pairs], columns, title=f"Most overlapping class pairs (k-NN mixing, k={result.k})")
 
-    output.emit(doc, fmt, rows=pairs, columns=columns, render_table=render)
+    output.emit(doc, fmt, schema="tsne", rows=pairs, columns=columns, render_table=render)
 
 
 def _pixels(images, idx):
