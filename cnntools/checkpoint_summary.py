@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cnntools.header import RESUME_PREFIX
+from cnntools.checkpoint.file_format import RESUME_PREFIX
 
 # State-dict entries that are buffers, not parameters (BatchNorm's running statistics).
 _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")

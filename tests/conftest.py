@@ -104,7 +104,7 @@ def small_trainer():
     `small_trainer(path=None, **config)` writes its checkpoint to `path`; `config` overrides
     TrainConfig's fields."""
     from cnntools import output
-    from cnntools.engine import TrainConfig, Trainer, load_training_data
+    from cnntools.training import TrainConfig, Trainer, load_training_data
 
     def make(path=None, **config):
         output.configure(quiet=True)

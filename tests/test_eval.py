@@ -17,7 +17,8 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
-from cnntools.engine import classification_metrics, logit_stats, predict
+from cnntools.inference import predict
+from cnntools.metrics import classification_metrics, logit_stats
 
 
 def _sklearn(logits: torch.Tensor, labels: torch.Tensor, k: int) -> dict:

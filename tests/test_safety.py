@@ -112,10 +112,10 @@ def test_kill_9_mid_checkpoint_write_keeps_the_previous_checkpoint(cli, tmp_path
 READY_IN_EPOCH_2 = textwrap.dedent(
     """
     import sys, time
-    from cnntools import engine
+    from cnntools import training
     from cnntools.cli import main
 
-    real_run = engine.Trainer.run
+    real_run = training.Trainer.run
 
     def run(self):
         def on_batch(epoch, batch, loss):
@@ -127,7 +127,7 @@ READY_IN_EPOCH_2 = textwrap.dedent(
         self.on_batch = on_batch
         return real_run(self)
 
-    engine.Trainer.run = run
+    training.Trainer.run = run
     sys.argv = ["cnntools", *sys.argv[1:]]
     main()
     """
@@ -256,7 +256,7 @@ def test_deterministic_flag_switches_on_deterministic_algorithms(cli, tmp_path, 
 
 
 def test_inf_gradient_with_finite_loss_stops_and_keeps_the_good_checkpoint(tmp_path, small_trainer):
-    from cnntools.engine import NonFiniteLoss
+    from cnntools.training import NonFiniteLoss
 
     out = tmp_path / "good.safetensors"
     trainer = small_trainer(out, epochs=3, keep="last")
@@ -279,7 +279,7 @@ def test_inf_gradient_with_finite_loss_stops_and_keeps_the_good_checkpoint(tmp_p
 
 def test_deterministic_without_a_deterministic_kernel_is_one_line(cli, tmp_path, monkeypatch):
     """CUDA has no deterministic adaptive_avg_pool2d backward (resnet18): PyTorch raises; we say it plainly."""
-    from cnntools.engine import Trainer
+    from cnntools.training import Trainer
 
     def no_kernel(self):
         raise RuntimeError("adaptive_avg_pool2d_backward_cuda does not have a deterministic implementation, but you set "

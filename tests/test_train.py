@@ -72,7 +72,7 @@ def test_interrupted_run_resumes_exactly(tmp_path):
     """Stop in the middle of epoch 1 (what Ctrl-C does), resume, and match an uninterrupted run."""
     from cnntools import output
     from cnntools.checkpoint import read_checkpoint as read
-    from cnntools.engine import TrainConfig, Trainer, TrainingInterrupted, load_training_data
+    from cnntools.training import TrainConfig, Trainer, TrainingInterrupted, load_training_data
 
     output.configure(quiet=True)
     cfg = TrainConfig(image_size=8, epochs=2, precision="fp32", device="cpu", augment="crop:1,flip", schedule="cosine")
@@ -130,7 +130,7 @@ def test_nan_loss_stops_with_one_line(cli, tmp_path):
 
 
 def test_nan_after_a_good_epoch_keeps_the_good_checkpoint(tmp_path, small_trainer):
-    from cnntools.engine import NonFiniteLoss
+    from cnntools.training import NonFiniteLoss
 
     out = tmp_path / "good.safetensors"
     trainer = small_trainer(out, epochs=3, keep="last")

@@ -11,7 +11,7 @@ import pytest
 import torch
 from sklearn.utils.class_weight import compute_class_weight
 
-from cnntools.engine import TrainConfig, build_scheduler, class_weight_tensor
+from cnntools.training import TrainConfig, build_scheduler, class_weight_tensor
 from train_helpers import jsonl_records as _jsonl
 
 FAST = ["--arch", "simple-cnn", "--image-size", "8", "--precision", "fp32", "--device", "cpu", "--batch-size", "64",

@@ -29,7 +29,7 @@ def _from_checkpoint(source, data, data_dir, split, batch_size, device, precisio
     import numpy as np
 
     from cnntools.checkpoint import load_model
-    from cnntools.engine import predict
+    from cnntools.inference import predict
     from cnntools.runtime import resolve_device, resolve_precision
 
     dev = resolve_device(device)

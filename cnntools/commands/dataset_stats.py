@@ -87,7 +87,7 @@ def main(
     from cnntools.data import load_splits, parse_augment
     from cnntools.data.describe import describe
 
-    from cnntools.engine import resolve_augment
+    from cnntools.data.augment import resolve_augment
 
     if augment.strip().lower() == "auto":
         # Show what training would do; where it would not augment, show the CIFAR-style default.

@@ -91,7 +91,8 @@ def _evaluate(lm, data, data_dir, split, download, batch_size, top_k, precision,
 
     import torch.nn.functional as F
 
-    from cnntools.engine import classification_metrics, predict
+    from cnntools.inference import predict
+    from cnntools.metrics import classification_metrics
 
     if data is None and not lm.data.get("spec"):
         raise output.CnnError(f"{lm.source} records no dataset; name one with --data, or use --image FILE")

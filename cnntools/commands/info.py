@@ -41,7 +41,7 @@ def main(
     output.configure(quiet=quiet, debug=debug)
     from cnntools import files
     from cnntools.checkpoint_summary import summarize
-    from cnntools.header import decode_metadata, read_header
+    from cnntools.checkpoint.file_format import decode_metadata, read_header
 
     if checkpoints.count(files.STDIO) > 1:
         raise output.CnnError("stdin ('-') can be read only once")

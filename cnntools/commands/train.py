@@ -143,7 +143,8 @@ def main(
         return
 
     from cnntools import files
-    from cnntools.engine import TrainConfig, check_global_batch, load_training_data, validate_config
+    from cnntools.collectives import check_global_batch
+    from cnntools.training import TrainConfig, load_training_data, validate_config
 
     if nproc is not None:
         if rank is not None:
@@ -207,7 +208,7 @@ def _train(cfg, resumed, resume, target, fmt, history, plot, data_sets=None, ran
     """The training run of this process (the only one, or one rank of a distributed job)."""
     from dataclasses import replace
 
-    from cnntools.engine import Trainer, TrainingInterrupted, load_training_data
+    from cnntools.training import Trainer, TrainingInterrupted, load_training_data
 
     train_set, val_set, _ = data_sets if data_sets is not None else load_training_data(cfg)
     if resumed is not None:
@@ -330,7 +331,7 @@ def _resume_config(ctx, resume: str, given: dict):
 
     from cnntools import files
     from cnntools.checkpoint import check_weights, model_state, read_checkpoint, resume_state
-    from cnntools.engine import TrainConfig
+    from cnntools.training import TrainConfig
 
     tensors, meta = read_checkpoint(resume)
     weights = model_state(tensors)

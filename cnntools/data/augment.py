@@ -31,6 +31,19 @@ OPS = {
 }
 
 
+# Datasets of handwritten digits: small shifts and rotations are what their writers vary;
+# flips are not (a mirrored 2 is no 2).
+DIGIT_DATASETS = ("digits", "mnist")
+
+
+def resolve_augment(spec: str, data: str) -> str:
+    """`auto` → `rotate:10,crop:1` for digit datasets, none elsewhere; other values as given."""
+    if (spec or "").strip().lower() != "auto":
+        return spec
+    base = data.split(":", 1)[0].strip().lower()
+    return "rotate:10,crop:1" if base in DIGIT_DATASETS else "none"
+
+
 # ---------------------------------------------------------------------------- functional ops
 
 

@@ -10,7 +10,7 @@ child). Two datasets of 50,000 training images:
   written to a temporary folder first: the layout `--data cifar10` reads.
 
 For scale it also reports the peak of a child that only imports torch and cnntools'
-engine. Prints one JSON line per case. A peak is a maximum, not a time, so one run each
+training loop. Prints one JSON line per case. A peak is a maximum, not a time, so one run each
 is enough; `--epochs` 1 (a full pass over the 45,000 training images).
 
     python tests/benchmarks/bench_memory.py [--cases fake,cifar] [--arch lenet] [--quick]
@@ -77,8 +77,8 @@ def main() -> None:
         args.cases = "fake"
 
     with tempfile.TemporaryDirectory(prefix="cnntools-mem-") as tmp:
-        base, _ = peak_rss([sys.executable, "-c", "import torch, cnntools.engine"], tmp)
-        emit({"benchmark": "memory", "case": "import torch + cnntools.engine", "peak_rss_mb": round(base / 1e6, 1), **machine()})
+        base, _ = peak_rss([sys.executable, "-c", "import torch, cnntools.training"], tmp)
+        emit({"benchmark": "memory", "case": "import torch + cnntools.training", "peak_rss_mb": round(base / 1e6, 1), **machine()})
         data = {"fake": ["--data", "fake:50000"]}
         if "cifar" in args.cases:
             data["cifar"] = ["--data", "cifar10", "--data-dir", str(write_cifar_folder(Path(tmp) / "cifar"))]

@@ -1,6 +1,6 @@
 """Precision: ResNet-18 (32x32) training with `--precision auto` against fp32 eager.
 
-Issue 7, target 3. Both cases are `cnntools.engine.Trainer` runs (the code `cnntools train`
+Issue 7, target 3. Both cases are `cnntools.training.Trainer` runs (the code `cnntools train`
 runs), interleaved one epoch each, median of --repeats rounds:
 
 - `auto`: `--precision auto` — on a CPU with AMX or AVX512-BF16 it resolves to bf16 autocast
@@ -32,7 +32,7 @@ def timing(args) -> dict:
     import torch
 
     from cnntools.data import ImageSet
-    from cnntools.engine import TrainConfig, Trainer
+    from cnntools.training import TrainConfig, Trainer
 
     gen = torch.Generator().manual_seed(0)
     n = args.images
@@ -63,7 +63,8 @@ def accuracy(args) -> None:
     import statistics
 
     from cnntools.data import load_split
-    from cnntools.engine import TrainConfig, Trainer, load_training_data, predict
+    from cnntools.inference import predict
+    from cnntools.training import TrainConfig, Trainer, load_training_data
 
     accuracies: dict[str, list[float]] = {"auto": [], "fp32": []}
     resolved = "?"

@@ -32,16 +32,16 @@ TARGET_ACC = 0.97
 # Runs the real CLI; only wraps Trainer.run to note when training starts.
 WRAPPER = """
 import os, sys, time
-from cnntools import engine
+from cnntools import training
 
-_run = engine.Trainer.run
+_run = training.Trainer.run
 
 def run(self):
     with open(os.environ["CNNTOOLS_BENCH_MARK"], "w") as handle:
         handle.write(repr(time.time()))
     return _run(self)
 
-engine.Trainer.run = run
+training.Trainer.run = run
 from cnntools.cli import main
 sys.argv = ["cnntools"] + sys.argv[1:]
 main()

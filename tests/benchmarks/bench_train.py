@@ -4,7 +4,7 @@ Issue 7, target 2. LeNet on 32x32x3 images with random crop (padding 4) + horizo
 SGD (momentum 0.9), measured in images per second through forward, backward and optimizer
 step. Three cases, interleaved, median of --repeats rounds:
 
-- `cnntools`: `cnntools.engine.Trainer` (the code `cnntools train` runs) on an in-memory
+- `cnntools`: `cnntools.training.Trainer` (the code `cnntools train` runs) on an in-memory
   uint8 ImageSet with `--augment flip,crop:4`, one epoch per round (`Trainer.run`).
 - `limit`: the same model, optimizer, precision and memory format stepping over ready-made
   normalised float batches with no augmentation (the most the data path could give).
@@ -40,7 +40,7 @@ def make_data(n: int, seed: int = 0):
 
 
 def config(batch_size: int, precision: str, device: str):
-    from cnntools.engine import TrainConfig
+    from cnntools.training import TrainConfig
 
     return TrainConfig(arch="lenet", data="generated", batch_size=batch_size, opt="sgd", lr=0.01, momentum=0.9,
                        augment="flip,crop:4", normalize="dataset", keep="last", val_split=0.0, epochs=1,
@@ -48,7 +48,7 @@ def config(batch_size: int, precision: str, device: str):
 
 
 def cnntools_case(train_set, cfg):
-    from cnntools.engine import Trainer
+    from cnntools.training import Trainer
 
     trainer = Trainer(cfg, train_set, None, output=None)
 
@@ -65,7 +65,7 @@ def step_fn(trainer):
     import torch
 
     from cnntools import runtime
-    from cnntools.engine import build_optimizer
+    from cnntools.training import build_optimizer
     from cnntools.models import create_model
 
     cfg, device = trainer.cfg, trainer.device

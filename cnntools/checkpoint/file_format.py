@@ -1,23 +1,136 @@
-"""The safetensors header of a cnntools checkpoint, read and validated without torch.
+"""The checkpoint file: safetensors bytes with JSON metadata, written atomically and read
+back with every header field validated before the tensor data is touched.
 
-A safetensors file is an 8-byte little-endian header length, a JSON header (tensor names,
-dtypes, shapes, data offsets, and a `__metadata__` string-to-string map), then the tensor
-data. Everything a command needs to know about a checkpoint but its weights is in the
-header, so `info`, shell completion and the validator read only this part and never
-import torch (`checkpoint.py` loads the tensors).
+torch is imported only by the functions that make or read tensors, so a header (and the
+metadata in it) can be read without it.
 """
 
 from __future__ import annotations
 
 import json
 import struct
+from typing import Any
 
 from cnntools import files
-from cnntools.output import CnnError
+from cnntools.checkpoint.metadata import validate_metadata
+from cnntools.output import CnnError, to_jsonable
 
 FORMAT = "cnntools-checkpoint"
 FORMAT_VERSION = 1
 RESUME_PREFIX = "_resume/"
+_STRIP_PREFIXES = ("module.", "_orig_mod.")
+
+
+# ---------------------------------------------------------------------------- saving
+
+
+def unwrap_model(model):
+    """The plain module inside DistributedDataParallel / torch.compile wrappers."""
+    import torch
+
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def clean_state_dict(state: dict) -> dict:
+    """Keys without `module.`/`_orig_mod.` prefixes; CPU, contiguous, unshared tensors."""
+    out = {}
+    for key, value in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _STRIP_PREFIXES:
+                if key.startswith(prefix):
+                    key = key[len(prefix):]
+                    changed = True
+        out[key] = value.detach().to("cpu", copy=True).contiguous()
+    return out
+
+
+def pack(obj: Any, prefix: str, tensors: dict) -> Any:
+    """A JSON-able copy of `obj` with each tensor moved into `tensors` under `prefix/...`.
+
+    Dicts with non-string keys (optimizer state is keyed by parameter index) are kept as
+    `{"__intkeys__": {...}}` so `unpack` restores them exactly; tuples come back as lists.
+    """
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        name = prefix
+        tensors[name] = obj.detach().to("cpu", copy=True).contiguous()
+        return {"__tensor__": name}
+    if isinstance(obj, dict):
+        if obj and all(isinstance(k, int) for k in obj):
+            return {"__intkeys__": {str(k): pack(v, f"{prefix}/{k}", tensors) for k, v in obj.items()}}
+        return {str(k): pack(v, f"{prefix}/{k}", tensors) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [pack(v, f"{prefix}/{i}", tensors) for i, v in enumerate(obj)]
+    if isinstance(obj, float) and obj != obj:
+        return {"__float__": "nan"}
+    if isinstance(obj, float) and obj in (float("inf"), float("-inf")):
+        return {"__float__": "inf" if obj > 0 else "-inf"}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store {type(obj).__name__} in a checkpoint")
+
+
+def unpack(obj: Any, tensors: dict) -> Any:
+    """Inverse of `pack`."""
+    if isinstance(obj, dict):
+        if set(obj) == {"__tensor__"}:
+            return tensors[obj["__tensor__"]]
+        if set(obj) == {"__float__"}:
+            return float(obj["__float__"])
+        if set(obj) == {"__intkeys__"}:
+            return {int(k): unpack(v, tensors) for k, v in obj["__intkeys__"].items()}
+        return {k: unpack(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [unpack(v, tensors) for v in obj]
+    return obj
+
+
+def checkpoint_bytes(model, meta: dict, resume: dict | None = None) -> bytes:
+    """The checkpoint as bytes: weights + JSON metadata (+ packed resume state)."""
+    import torch
+    from safetensors.torch import save
+
+    from cnntools import __version__
+
+    tensors = clean_state_dict(unwrap_model(model).state_dict())
+    metadata = {
+        "format": json.dumps(FORMAT),
+        "format_version": json.dumps(FORMAT_VERSION),
+        # The versions that wrote the file (a resumed run records its latest writer).
+        "written_by": json.dumps({"cnntools": __version__, "torch": torch.__version__}),
+    }
+    for key, value in meta.items():
+        if key in ("format", "format_version", "resume", "written_by"):
+            continue
+        metadata[key] = json.dumps(to_jsonable(value), allow_nan=False)
+    if resume is not None:
+        resume_tensors: dict = {}
+        packed = pack(resume, RESUME_PREFIX.rstrip("/"), resume_tensors)
+        tensors.update(resume_tensors)
+        metadata["resume"] = json.dumps(packed, allow_nan=False)
+    return save(tensors, metadata=metadata)
+
+
+def save_checkpoint(path: str, model, meta: dict, resume: dict | None = None) -> None:
+    """Write a checkpoint atomically (temporary file, then rename); `-` writes to stdout.
+
+    `meta` holds the metadata entries listed in this module's docstring (any JSON-able
+    values); `resume`, when given, makes the file resumable by `train --resume`.
+    """
+    files.write_bytes(path, checkpoint_bytes(model, meta, resume))
+
+
+# ---------------------------------------------------------------------------- reading
+
 
 # A safetensors header is JSON; safetensors itself refuses headers above 100 MB. Our metadata
 # (history included) is a few hundred kB even for long runs.
@@ -35,7 +148,7 @@ _NOT_PICKLE = (
 )
 
 
-def refuse_non_safetensors(start: bytes, name: str) -> None:
+def _refuse_non_safetensors(start: bytes, name: str) -> None:
     """A clear error for a file whose first bytes are no safetensors header (pickles named as such)."""
     if start[:4] == b"PK\x03\x04":
         raise CnnError(f"{name}: this is a PyTorch pickle (torch.save zip archive, .pt/.pth); {_NOT_PICKLE}")
@@ -48,10 +161,10 @@ def refuse_non_safetensors(start: bytes, name: str) -> None:
     raise CnnError(f"{name}: not a safetensors checkpoint (no safetensors header); cnntools reads .safetensors files written by cnntools train")
 
 
-def header_length(start: bytes, size: int | None, name: str) -> int:
+def _header_length(start: bytes, size: int | None, name: str) -> int:
     """The header length from the first 9 bytes, checked against the limit and the file size."""
     if len(start) < 9 or start[8:9] != b"{":
-        refuse_non_safetensors(start, name)
+        _refuse_non_safetensors(start, name)
     (header_len,) = struct.unpack("<Q", start[:8])
     if header_len > MAX_HEADER_BYTES:
         raise CnnError(
@@ -63,7 +176,7 @@ def header_length(start: bytes, size: int | None, name: str) -> int:
     return header_len
 
 
-def check_tensors(header: dict, body: int | None, name: str) -> int:
+def _check_tensors(header: dict, body: int | None, name: str) -> int:
     """Validate every tensor entry; returns the bytes of tensor data the header describes."""
     spans = []
     for key, entry in header.items():
@@ -103,7 +216,7 @@ def check_tensors(header: dict, body: int | None, name: str) -> int:
     return end
 
 
-def decode_header(raw: bytes, name: str) -> dict:
+def _decode_header(raw: bytes, name: str) -> dict:
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
@@ -118,7 +231,7 @@ def decode_header(raw: bytes, name: str) -> dict:
     return header
 
 
-def read_validated(path: str, data: bytes | None = None) -> tuple[bytes, dict]:
+def _read_validated(path: str, data: bytes | None = None) -> tuple[bytes, dict]:
     """(bytes, header) of a safetensors file or of stdin, validated before the tensor data is read.
 
     `data`: the file's bytes when a caller has read them already (`path` then only names them).
@@ -138,12 +251,12 @@ def read_validated(path: str, data: bytes | None = None) -> tuple[bytes, dict]:
         start = stream.read(9)
         if stdin and not start:
             raise CnnError("nothing arrived on stdin (expected a file piped into '-')")
-        header_len = header_length(start, size, name)
+        header_len = _header_length(start, size, name)
         raw = start[8:] + stream.read(header_len - 1)
         if len(raw) < header_len:
             raise CnnError(f"{name}: truncated safetensors file (the header needs {header_len + 8} bytes)")
-        header = decode_header(raw, name)
-        need = check_tensors(header, None if stdin else size - 8 - header_len, name)
+        header = _decode_header(raw, name)
+        need = _check_tensors(header, None if stdin else size - 8 - header_len, name)
         rest = stream.read(need)
         if len(rest) < need:
             raise CnnError(f"{name}: truncated safetensors file (tensor data needs {need} bytes, {len(rest)} present); the file was cut short — write it again")
@@ -157,36 +270,53 @@ def read_validated(path: str, data: bytes | None = None) -> tuple[bytes, dict]:
             stream.close()
 
 
+def read_checkpoint(path: str, data: bytes | None = None) -> tuple[dict, dict]:
+    """(tensors, metadata) of a cnntools checkpoint file or stdin, metadata JSON-decoded and validated.
+
+    `data`: the checkpoint's bytes when they were read already (e.g. from stdin).
+    """
+    from safetensors.torch import load
+
+    name = files.display_name(path)
+    data, header = _read_validated(path, data)
+    meta = decode_metadata(header, name)
+    try:
+        tensors = load(data)
+    except Exception as error:  # noqa: BLE001 - safetensors' own error, as one line
+        raise CnnError(f"{name}: unreadable safetensors data ({error})") from None
+    return tensors, meta
+
+
 def read_header(path: str) -> tuple[dict, int, int]:
-    """(header, header bytes, file bytes) of a safetensors file, validated (`-`: stdin, read to its end).
+    """(header, header bytes, file bytes) of a safetensors file, validated, without torch
+    (`-`: stdin, read to its end). Header bytes count the 8-byte length prefix.
 
     From a file only the header is read; the tensor entries are still checked against the
     file's size, so a truncated or padded file is refused as `read_checkpoint` refuses it.
-    Header bytes count the 8-byte length prefix.
     """
     import os
 
     if path == files.STDIO:
-        data, header = read_validated(path)
+        data, header = _read_validated(path)
         return header, 8 + struct.unpack("<Q", data[:8])[0], len(data)
     name = files.display_name(path)
     with files.open_binary(path) as stream:
         try:
             size = os.fstat(stream.fileno()).st_size
             start = stream.read(9)
-            header_len = header_length(start, size, name)
+            header_len = _header_length(start, size, name)
             raw = start[8:] + stream.read(header_len - 1)
         except OSError as error:
             raise CnnError(f"{name}: cannot read ({error.strerror or error})") from None
     if len(raw) < header_len:
         raise CnnError(f"{name}: truncated safetensors file (the header needs {header_len + 8} bytes)")
-    header = decode_header(raw, name)
-    check_tensors(header, size - 8 - header_len, name)
+    header = _decode_header(raw, name)
+    _check_tensors(header, size - 8 - header_len, name)
     return header, 8 + header_len, size
 
 
 def decode_metadata(header: dict, name: str) -> dict:
-    """The cnntools metadata of a header, each value JSON-decoded and validated."""
+    """The cnntools metadata of a safetensors header, each value JSON-decoded and validated."""
     raw = header.get("__metadata__") or {}
     if raw.get("format") != json.dumps(FORMAT):
         raise CnnError(
@@ -203,57 +333,22 @@ def decode_metadata(header: dict, name: str) -> dict:
     return meta
 
 
-def read_metadata(path: str) -> dict:
-    """The validated cnntools metadata of a checkpoint file (or `-`), without reading its weights."""
-    return decode_metadata(read_header(path)[0], files.display_name(path))
+def resume_state(tensors: dict, meta: dict, path: str = "checkpoint") -> dict:
+    """The training state stored by a resumable checkpoint (see the module docstring)."""
+    if "resume" not in meta:
+        raise CnnError(f"{files.display_name(path)}: holds no resume state (it was written by an older cnntools or stripped); start a new run instead")
+    try:
+        state = unpack(meta["resume"], tensors)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        state = None
+    types = {"epoch": int, "batch": int, "updates": int, "optimizer": dict, "scheduler": dict}
+    if not isinstance(state, dict) or "epoch" not in state or not all(
+        type(state[k]) is t and (t is not int or state[k] >= 0) for k, t in types.items() if k in state
+    ):
+        raise CnnError(f"{files.display_name(path)}: damaged resume state; the weights still load, but training cannot continue from it")
+    return state
 
 
-def _is_int(value, low: int = 0, high: int = 2**31) -> bool:
-    return type(value) is int and low <= value <= high
-
-
-def _is_number(value) -> bool:
-    return type(value) in (int, float) and value == value and value not in (float("inf"), float("-inf"))
-
-
-# key → (check, what it must be). Keys not listed are kept as they are (forward compatibility).
-_METADATA_SCHEMA = {
-    "format_version": (lambda v: _is_int(v, 1), "a positive integer"),
-    "arch": (
-        lambda v: isinstance(v, dict) and isinstance(v.get("arch"), str) and _is_int(v.get("in_channels"), 1, 4096)
-        and _is_int(v.get("image_size"), 1, 65536) and _is_int(v.get("num_classes"), 1, 10**6)
-        and all(isinstance(x, (str, bool, int, float)) or x is None for x in v.values()),
-        "an object with arch (name), in_channels, image_size and num_classes",
-    ),
-    "classes": (lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v), "a list of class names"),
-    "mean": (lambda v: isinstance(v, list) and all(_is_number(x) for x in v), "a list of numbers"),
-    "std": (lambda v: isinstance(v, list) and all(_is_number(x) and x > 0 for x in v), "a list of positive numbers"),
-    "image_size": (lambda v: _is_int(v, 1, 65536), "a positive integer"),
-    "in_channels": (lambda v: _is_int(v, 1, 4096), "a positive integer"),
-    "data": (lambda v: isinstance(v, dict), "an object"),
-    "train_config": (lambda v: isinstance(v, dict), "an object"),
-    "metrics": (lambda v: isinstance(v, dict), "an object"),
-    "history": (lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v), "a list of objects"),
-    "resume": (lambda v: isinstance(v, dict), "an object"),
-    "written_by": (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()), "an object of version strings"),
-}
-
-
-def validate_metadata(meta: dict, name: str = "checkpoint") -> None:
-    """Check decoded cnntools metadata against its schema (types, ranges, agreeing sizes).
-
-    Every value a command later relies on is checked here, so a damaged or hostile file
-    ends in one clear error instead of a crash deep inside a command.
-    """
-    for key, (check, what) in _METADATA_SCHEMA.items():
-        if key in meta and not check(meta[key]):
-            raise CnnError(f"{name}: malformed cnntools metadata: '{key}' must be {what}")
-    if "arch" not in meta:
-        raise CnnError(f"{name}: cnntools metadata names no architecture")
-    arch = meta["arch"]
-    channels = meta.get("in_channels", arch["in_channels"])
-    if "classes" in meta and len(meta["classes"]) != arch["num_classes"]:
-        raise CnnError(f"{name}: malformed cnntools metadata: {len(meta['classes'])} class names for {arch['num_classes']} classes")
-    for key in ("mean", "std"):
-        if key in meta and len(meta[key]) != channels:
-            raise CnnError(f"{name}: malformed cnntools metadata: '{key}' has {len(meta[key])} values for {channels} channels")
+def model_state(tensors: dict) -> dict:
+    """The model's own tensors (resume state left out)."""
+    return {k: v for k, v in tensors.items() if not k.startswith(RESUME_PREFIX)}

@@ -1,193 +1,18 @@
-"""Self-describing safetensors checkpoints, and models by name (`torchvision:NAME`).
-
-A cnntools checkpoint is a plain `.safetensors` file. Its tensors are the model's state
-dict (no `module.`/`_orig_mod.` prefixes); its metadata (safetensors' string-to-string
-map) holds one JSON value per key:
-
-    format            "cnntools-checkpoint"
-    format_version    1
-    arch              {"arch": "lenet", "in_channels": 3, "image_size": 32, "num_classes": 10, ...}
-    classes           ["airplane", ...]
-    mean, std         per-channel normalisation, [0, 1] pixel scale
-    image_size        input side in pixels;  in_channels
-    data              {"spec": "digits", "data_dir": null, "val_split": 0.1, "seed": 0}
-    train_config      the resolved training options, seed included
-    metrics           final metrics (of the kept epoch)
-    history           one record per epoch
-    written_by        {"cnntools": VERSION, "torch": VERSION} of the program that wrote the file
-    resume            (resumable files only) JSON part of the training state, see below
-
-Resume state lives in the same file. Tensors whose names start with `_resume/` hold its
-tensor part (optimizer moments as `_resume/optimizer/state/<param>/<key>`, RNG states as
-`_resume/rng/...`, and under `--keep best` the last epoch's weights as `_resume/model/...`
-when they differ from the kept ones); the `resume` metadata entry holds the rest (epoch,
-batch position, step counts, scheduler state, best metric) with `{"__tensor__": NAME}`
-standing for each tensor. `load_model` ignores all of it.
-
-Nothing here ever unpickles a file: pickles (`torch.save`'s `.pt`/`.pth`) are recognised by
-their magic bytes and refused. The one exception is torchvision's own published ImageNet
-weights for `torchvision:NAME`, read from the local torch hub cache with torch's restricted
-`weights_only` loader.
-"""
+"""A ready-to-run model from a checkpoint (or from torchvision's published weights):
+architecture rebuilt from the metadata, weights checked against it, then loaded."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from cnntools import files
-from cnntools.header import FORMAT, FORMAT_VERSION, RESUME_PREFIX, decode_metadata, read_validated, validate_metadata  # noqa: F401 - re-exported
-from cnntools.output import CnnError, first_line, to_jsonable
+from cnntools.checkpoint.file_format import model_state, read_checkpoint
+from cnntools.output import CnnError, first_line
 
 TORCHVISION_PREFIX = "torchvision:"
-_STRIP_PREFIXES = ("module.", "_orig_mod.")
-
-
-# ---------------------------------------------------------------------------- saving
-
-
-def unwrap_model(model):
-    """The plain module inside DistributedDataParallel / torch.compile wrappers."""
-    while True:
-        if hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
-
-
-def clean_state_dict(state: dict) -> dict:
-    """Keys without `module.`/`_orig_mod.` prefixes; CPU, contiguous, unshared tensors."""
-    out = {}
-    for key, value in state.items():
-        changed = True
-        while changed:
-            changed = False
-            for prefix in _STRIP_PREFIXES:
-                if key.startswith(prefix):
-                    key = key[len(prefix):]
-                    changed = True
-        out[key] = value.detach().to("cpu", copy=True).contiguous()
-    return out
-
-
-def pack(obj: Any, prefix: str, tensors: dict) -> Any:
-    """A JSON-able copy of `obj` with each tensor moved into `tensors` under `prefix/...`.
-
-    Dicts with non-string keys (optimizer state is keyed by parameter index) are kept as
-    `{"__intkeys__": {...}}` so `unpack` restores them exactly; tuples come back as lists.
-    """
-    if isinstance(obj, torch.Tensor):
-        name = prefix
-        tensors[name] = obj.detach().to("cpu", copy=True).contiguous()
-        return {"__tensor__": name}
-    if isinstance(obj, dict):
-        if obj and all(isinstance(k, int) for k in obj):
-            return {"__intkeys__": {str(k): pack(v, f"{prefix}/{k}", tensors) for k, v in obj.items()}}
-        return {str(k): pack(v, f"{prefix}/{k}", tensors) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [pack(v, f"{prefix}/{i}", tensors) for i, v in enumerate(obj)]
-    if isinstance(obj, float) and obj != obj:
-        return {"__float__": "nan"}
-    if isinstance(obj, float) and obj in (float("inf"), float("-inf")):
-        return {"__float__": "inf" if obj > 0 else "-inf"}
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    raise TypeError(f"cannot store {type(obj).__name__} in a checkpoint")
-
-
-def unpack(obj: Any, tensors: dict) -> Any:
-    """Inverse of `pack`."""
-    if isinstance(obj, dict):
-        if set(obj) == {"__tensor__"}:
-            return tensors[obj["__tensor__"]]
-        if set(obj) == {"__float__"}:
-            return float(obj["__float__"])
-        if set(obj) == {"__intkeys__"}:
-            return {int(k): unpack(v, tensors) for k, v in obj["__intkeys__"].items()}
-        return {k: unpack(v, tensors) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [unpack(v, tensors) for v in obj]
-    return obj
-
-
-def checkpoint_bytes(model, meta: dict, resume: dict | None = None) -> bytes:
-    """The checkpoint as bytes: weights + JSON metadata (+ packed resume state)."""
-    from safetensors.torch import save
-
-    tensors = clean_state_dict(unwrap_model(model).state_dict())
-    from cnntools import __version__
-
-    # The versions that wrote the file (a resumed run records its latest writer).
-    metadata = {
-        "format": json.dumps(FORMAT),
-        "format_version": json.dumps(FORMAT_VERSION),
-        "written_by": json.dumps({"cnntools": __version__, "torch": torch.__version__}),
-    }
-    for key, value in meta.items():
-        if key in ("format", "format_version", "resume", "written_by"):
-            continue
-        metadata[key] = json.dumps(to_jsonable(value), allow_nan=False)
-    if resume is not None:
-        resume_tensors: dict = {}
-        packed = pack(resume, RESUME_PREFIX.rstrip("/"), resume_tensors)
-        tensors.update(resume_tensors)
-        metadata["resume"] = json.dumps(packed, allow_nan=False)
-    return save(tensors, metadata=metadata)
-
-
-def save_checkpoint(path: str, model, meta: dict, resume: dict | None = None) -> None:
-    """Write a checkpoint atomically (temporary file, then rename); `-` writes to stdout.
-
-    `meta` holds the metadata entries listed in this module's docstring (any JSON-able
-    values); `resume`, when given, makes the file resumable by `train --resume`.
-    """
-    files.write_bytes(path, checkpoint_bytes(model, meta, resume))
-
-
-# ---------------------------------------------------------------------------- reading
-
-
-def read_checkpoint(path: str, data: bytes | None = None) -> tuple[dict, dict]:
-    """(tensors, metadata) of a cnntools checkpoint file or stdin, metadata JSON-decoded and validated.
-
-    `data`: the checkpoint's bytes when they were read already (e.g. from stdin).
-    """
-    from safetensors.torch import load
-
-    name = files.display_name(path)
-    data, header = read_validated(path, data)
-    meta = decode_metadata(header, name)
-    try:
-        tensors = load(data)
-    except Exception as error:  # noqa: BLE001 - safetensors' own error, as one line
-        raise CnnError(f"{name}: unreadable safetensors data ({error})") from None
-    return tensors, meta
-
-
-def resume_state(tensors: dict, meta: dict, path: str = "checkpoint") -> dict:
-    """The training state stored by a resumable checkpoint (see the module docstring)."""
-    if "resume" not in meta:
-        raise CnnError(f"{files.display_name(path)}: holds no resume state (it was written by an older cnntools or stripped); start a new run instead")
-    try:
-        state = unpack(meta["resume"], tensors)
-    except (KeyError, TypeError, ValueError, AttributeError):
-        state = None
-    types = {"epoch": int, "batch": int, "updates": int, "optimizer": dict, "scheduler": dict}
-    if not isinstance(state, dict) or "epoch" not in state or not all(
-        type(state[k]) is t and (t is not int or state[k] >= 0) for k, t in types.items() if k in state
-    ):
-        raise CnnError(f"{files.display_name(path)}: damaged resume state; the weights still load, but training cannot continue from it")
-    return state
-
-
-def model_state(tensors: dict) -> dict:
-    """The model's own tensors (resume state left out)."""
-    return {k: v for k, v in tensors.items() if not k.startswith(RESUME_PREFIX)}
 
 
 def build_model(meta: dict, name: str = "checkpoint", device=None):
@@ -211,9 +36,6 @@ def build_model(meta: dict, name: str = "checkpoint", device=None):
         raise CnnError(f"{name}: {error}") from None
     except (TypeError, ValueError, RuntimeError) as error:
         raise CnnError(f"{name}: architecture config {config} does not fit {arch} ({error})") from None
-
-
-# ---------------------------------------------------------------------------- models
 
 
 @dataclass

@@ -1,0 +1,80 @@
+"""Every training option as one record (`TrainConfig`), with the checks that refuse an
+impossible combination before any work starts. Stored in the checkpoint as `train_config`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from cnntools.output import CnnError
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("none", "step", "cosine", "onecycle")
+DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3, "adamw": 1e-3}
+
+
+@dataclass
+class TrainConfig:
+    """Every training option, resolved; stored in the checkpoint as `train_config`."""
+
+    arch: str = "simple-cnn"
+    batchnorm: bool = False
+    output_activation: str = "none"
+    pretrained: bool = False
+    data: str = "digits"
+    data_dir: str | None = None
+    val_split: float = 0.1
+    download: bool = False
+    image_size: int | None = None  # None: the data's own size where the architecture accepts it
+    channels: int | None = None  # None: the data's own channel count
+    epochs: int = 20
+    batch_size: int = 32  # the global batch (split across ranks under DDP)
+    opt: str = "adam"
+    lr: float | None = None  # None: 0.01 for sgd, 1e-3 for adam/adamw
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    nesterov: bool = False
+    schedule: str = "none"
+    warmup: float = 0.0  # epochs of linear warm-up (fractions allowed)
+    step_size: int = 0  # epochs between StepLR decays (0: a third of the epochs)
+    gamma: float = 0.1
+    augment: str = "auto"  # auto: see resolve_augment
+    normalize: str = "dataset"
+    class_weights: str = "none"
+    label_smoothing: float = 0.0
+    keep: str = "best"
+    early_stop: int = 0
+    print_every: int = 0
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    deterministic: bool = False  # torch.use_deterministic_algorithms and cuDNN's deterministic mode
+
+    def resolved_lr(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.opt]
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """One clear error for an impossible combination of options."""
+    if cfg.opt not in OPTIMIZERS:
+        raise CnnError(f"unknown optimizer '{cfg.opt}': use sgd, adam or adamw")
+    if cfg.schedule not in SCHEDULES:
+        raise CnnError(f"unknown schedule '{cfg.schedule}': use none, step, cosine or onecycle")
+    if cfg.epochs < 1:
+        raise CnnError("--epochs must be at least 1")
+    if cfg.batch_size < 1:
+        raise CnnError("--batch-size must be at least 1")
+    if cfg.resolved_lr() <= 0:
+        raise CnnError("--lr must be positive")
+    if cfg.keep not in ("best", "last"):
+        raise CnnError("--keep takes best or last")
+    if not 0.0 <= cfg.label_smoothing < 1.0:
+        raise CnnError("--label-smoothing must be in [0, 1)")
+    if cfg.warmup < 0 or cfg.early_stop < 0 or cfg.print_every < 0:
+        raise CnnError("--warmup, --early-stop and --print-every cannot be negative")
+    if cfg.nesterov and (cfg.opt != "sgd" or cfg.momentum <= 0):
+        raise CnnError("--nesterov needs --opt sgd and a positive --momentum")

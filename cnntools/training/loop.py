@@ -1,0 +1,481 @@
+"""The training loop (`Trainer`), its validation pass, and loading a run's data.
+
+One `Trainer` runs a training job end to end: data → model → optimiser/schedule → epochs of
+batches of device tensors (from `cnntools.data.BatchLoader`) → per-epoch records →
+checkpoint after every epoch. The same loop runs under DistributedDataParallel
+(`cnntools.distributed` sets up the process group): with `rank`/`world_size` each rank
+takes its shard of every epoch's permutation and `cfg.batch_size / world_size` images per
+step, so one step of all ranks is one step of the global batch; the model is wrapped in DDP
+(`wrap_model`), metric sums are reduced across ranks (`reduce_sum`), the ranks agree on a
+non-finite loss and on Ctrl-C at the same batch, and only the main rank (`is_main`) writes.
+
+Exact resume: the checkpoint written after every epoch (and on Ctrl-C, at a batch
+boundary) stores the optimiser, schedule, gradient scaler and RNG states and the position
+(epoch, batch). Every epoch's batch order and augmentation come from the loader's per-epoch
+seed, so a resumed run replays the rest of the epoch exactly as the uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from cnntools import runtime
+from cnntools.checkpoint import clean_state_dict, save_checkpoint, unwrap_model
+from cnntools.collectives import broadcast_buffers, check_global_batch, reduce_sum, wrap_model
+from cnntools.data.augment import resolve_augment
+from cnntools.inference import wants_channels_last
+from cnntools.output import CnnError
+from cnntools.training.config import TrainConfig, validate_config
+from cnntools.training.control import NonFiniteLoss, TrainingInterrupted, gradient_sum, install_stop_signals, restore_signals
+from cnntools.training.optimization import build_optimizer, build_scheduler, class_weight_tensor
+from cnntools.training.rng_state import rng_state, set_rng_state
+
+
+@dataclass
+class Position:
+    epoch: int = 0  # epochs completed
+    batch: int = 0  # batches completed in the current epoch
+    updates: int = 0  # weight updates so far
+    best_metric: float | None = None
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    partial: dict = field(default_factory=dict)  # running sums of an epoch cut short
+
+
+def evaluate(model, loader, criterion, device, precision: str = "fp32") -> dict:
+    """Mean loss and accuracy over a loader (summed across ranks under DDP: give each rank an
+    unpadded shard and the unwrapped model). The loader yields batches in the model's memory
+    format."""
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
+    with torch.inference_mode():
+        for x, y in loader:
+            with runtime.autocast(device, precision):
+                logits = model(x)
+            logits = logits.float()
+            totals[0] += criterion(logits, y).double() * y.numel()
+            totals[1] += (logits.argmax(1) == y).sum()
+            totals[2] += y.numel()
+    totals = reduce_sum(totals).cpu()
+    n = max(1.0, float(totals[2]))
+    return {"loss": float(totals[0]) / n, "acc": float(totals[1]) / n, "count": int(totals[2])}
+
+
+def load_training_data(cfg: TrainConfig):
+    """(train, val or None, native size) as ImageSets at the model's input size."""
+    from cnntools.data import available_splits, load_splits, open_source
+    from cnntools.models import input_size_for
+
+    source = open_source(cfg.data, cfg.data_dir, cfg.download, cfg.image_size)
+    have = available_splits(source, cfg.val_split)
+    if "train" not in have:
+        raise CnnError(f"{cfg.data} has no train split (it has: {', '.join(have)})")
+    wanted = ["train"] + (["val"] if "val" in have else [])
+    splits = load_splits(cfg.data, wanted, cfg.data_dir, cfg.download, cfg.val_split, cfg.seed, cfg.image_size,
+                         source=source)
+    train_set = splits["train"]
+    if len(train_set) == 0:
+        raise CnnError(f"{cfg.data}: the train split is empty")
+    h, w = train_set.image_size
+    size = cfg.image_size or input_size_for(cfg.arch, min(h, w))
+    channels = cfg.channels or train_set.channels
+    train_set = train_set.resized(size, channels)
+    val_set = splits.get("val")
+    if val_set is not None:
+        val_set = val_set.resized(size, channels) if len(val_set) else None
+    return train_set, val_set, size
+
+
+class Trainer:
+    """One training run. Construct, optionally `restore(...)`, then `run()`.
+
+    Callbacks: `on_epoch(record)` after each epoch (record = the history row),
+    `on_batch(epoch, batch, loss)` after each weight update (loss: a float, or None where
+    the loss is only checked every few batches), `on_print(text)` for `--print-every`
+    lines. `request_stop()` (Ctrl-C does it) ends the run at the next batch boundary with a
+    resumable checkpoint and `TrainingInterrupted`.
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        train_set,
+        val_set=None,
+        output: str | None = "model.safetensors",
+        rank: int = 0,
+        world_size: int = 1,
+        device=None,
+    ):
+        from cnntools.data import BatchLoader, normalization, parse_augment
+        from cnntools.models import arch_config, create_model
+
+        validate_config(cfg)
+        self.cfg = cfg
+        self.rank, self.world_size = rank, world_size
+        self.is_main = rank == 0
+        self.output = output
+        self.device = device if device is not None else runtime.resolve_device(cfg.device)
+        self.precision = runtime.resolve_precision(cfg.precision, self.device)
+        self.channels_last = wants_channels_last(self.device, self.precision, cfg.arch)
+        self.train_set, self.val_set = train_set, val_set
+        self.image_size = int(train_set.image_size[0])
+        self.in_channels = train_set.channels
+        self.classes = list(train_set.classes)
+        check_global_batch(cfg.batch_size, world_size)
+        per_rank = cfg.batch_size // world_size
+
+        runtime.seed_everything(cfg.seed)
+        self.arch_config = arch_config(
+            cfg.arch, self.in_channels, self.image_size, len(self.classes),
+            batchnorm=cfg.batchnorm, output_activation=cfg.output_activation,
+        )
+        model = create_model(
+            cfg.arch, self.in_channels, self.image_size, len(self.classes),
+            batchnorm=cfg.batchnorm, output_activation=cfg.output_activation, pretrained=cfg.pretrained,
+        ).to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = wrap_model(model, self.device, world_size)
+
+        self.mean, self.std = normalization(cfg.normalize, train_set)
+        self.augment = parse_augment(resolve_augment(cfg.augment, cfg.data))
+        self.train_loader = BatchLoader(
+            train_set, batch_size=per_rank, shuffle=True, seed=cfg.seed, device=self.device,
+            augment=self.augment, mean=self.mean, std=self.std, drop_last=False, rank=rank, world_size=world_size,
+            channels_last=self.channels_last,
+        )
+        self.val_loader = None
+        if val_set is not None and len(val_set):
+            self.val_loader = BatchLoader(
+                val_set, batch_size=max(per_rank, 256), shuffle=False, seed=cfg.seed, device=self.device,
+                augment=None, mean=self.mean, std=self.std, drop_last=False, rank=rank, world_size=world_size, pad=False,
+                channels_last=self.channels_last,
+            )
+        self.steps_per_epoch = len(self.train_loader)
+        if self.steps_per_epoch == 0:
+            raise CnnError("the train split has no batches")
+        weights = class_weight_tensor(cfg.class_weights, train_set, self.device)
+        self.criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
+        self.eval_criterion = nn.CrossEntropyLoss()
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.position = Position()
+        self.history: list[dict] = []
+        self.best_state: dict | None = None
+        self._stop = threading.Event()
+        self._stop_signal = signal.SIGINT  # which signal asked to stop (request_stop: as Ctrl-C)
+        self.on_epoch: Callable[[dict], None] | None = None
+        self.on_batch: Callable[[int, int, float | None], None] | None = None
+        self.on_print: Callable[[str], None] | None = None
+        self.progress = None  # object with start(epoch, total), advance(n, loss), stop()
+        self._decorrelate_ranks()
+
+    # -- state --------------------------------------------------------------------------
+
+    @property
+    def data_spec(self) -> dict:
+        return {"spec": self.cfg.data, "data_dir": self.cfg.data_dir, "val_split": self.cfg.val_split, "seed": self.cfg.seed}
+
+    def metadata(self) -> dict:
+        """The checkpoint metadata of the current state of the run."""
+        pos = self.position
+        kept = self._kept_record()
+        return {
+            "arch": self.arch_config,
+            "classes": self.classes,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "image_size": self.image_size,
+            "in_channels": self.in_channels,
+            "data": self.data_spec,
+            "train_config": {**asdict(self.cfg), "lr": self.cfg.resolved_lr(), "precision_used": self.precision,
+                             "world_size": self.world_size},
+            "metrics": {**(kept or {}), "updates": pos.updates, "epochs_completed": pos.epoch,
+                        "kept": self.cfg.keep if self.val_loader is not None else "last"},
+            "history": self.history,
+        }
+
+    def _kept_record(self) -> dict | None:
+        if not self.history:
+            return None
+        if self.cfg.keep == "best" and self.val_loader is not None and self.position.best_epoch:
+            return dict(self.history[self.position.best_epoch - 1])
+        return dict(self.history[-1])
+
+    def resume_state(self) -> dict:
+        pos = self.position
+        state = {
+            "epoch": pos.epoch,
+            "batch": pos.batch,
+            "updates": pos.updates,
+            "best_metric": pos.best_metric,
+            "best_epoch": pos.best_epoch,
+            "bad_epochs": pos.bad_epochs,
+            "partial": pos.partial,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "rng": rng_state(),
+        }
+        if self._weights_differ_from_kept():
+            state["model"] = clean_state_dict(unwrap_model(self.model).state_dict())
+        return state
+
+    def _weights_differ_from_kept(self) -> bool:
+        pos = self.position
+        return self.cfg.keep == "best" and self.best_state is not None and (pos.best_epoch != pos.epoch or pos.batch > 0)
+
+    def restore(self, resume: dict, history: list[dict], weights: dict) -> None:
+        """Continue from a checkpoint's resume state (see `checkpoint.resume_state`)."""
+        model = unwrap_model(self.model)
+        best_epoch = int(resume.get("best_epoch") or 0)
+        # --keep best: the file's main weights are the best epoch's; training continues from
+        # the last weights, stored under _resume/model/ when they differ.
+        model.load_state_dict(resume["model"] if "model" in resume else weights)
+        if self.cfg.keep == "best" and best_epoch:
+            self.best_state = clean_state_dict(weights)
+        self.optimizer.load_state_dict(resume["optimizer"])
+        try:
+            self.scheduler.load_state_dict(resume["scheduler"])
+        except (KeyError, ValueError, TypeError):
+            pass
+        if resume.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(resume["scaler"])
+        self.position = Position(
+            epoch=int(resume["epoch"]),
+            batch=int(resume["batch"]),
+            updates=int(resume["updates"]),
+            best_metric=resume.get("best_metric"),
+            best_epoch=best_epoch,
+            bad_epochs=int(resume.get("bad_epochs") or 0),
+            partial=dict(resume.get("partial") or {}),
+        )
+        self.history = [dict(r) for r in history][: self.position.epoch]
+        set_rng_state(resume["rng"])
+        self._decorrelate_ranks()
+
+    def _decorrelate_ranks(self) -> None:
+        # Every rank starts from the same seed (and a resumed run from rank 0's RNG state);
+        # dropout masks must still differ between ranks (timm seeds each rank apart too).
+        # Rank 0 keeps the stream a single process would have.
+        if self.rank:
+            torch.manual_seed((self.cfg.seed * 1_000_003 + self.position.updates) * 4099 + self.rank)
+
+    def save(self, resumable: bool = True, final: bool = False) -> None:
+        """Write the checkpoint (main rank only): kept weights + metadata + resume state.
+
+        A file is rewritten after every epoch; stdout (`-`) gets one checkpoint, at the end.
+        """
+        if not self.is_main or not self.output or (self.output == "-" and not final):
+            return
+        model = unwrap_model(self.model)
+        if self.best_state is not None and self.cfg.keep == "best":
+            holder = _StateHolder(self.best_state)
+        else:
+            holder = model
+        save_checkpoint(self.output, holder, self.metadata(), self.resume_state() if resumable else None)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    # -- loop ---------------------------------------------------------------------------
+
+    def run(self) -> list[dict]:
+        """Train until the configured epoch count (or early stop); returns the history."""
+        previous = install_stop_signals(self)
+        try:
+            with runtime.deterministic_algorithms(self.cfg.deterministic):
+                while self.position.epoch < self.cfg.epochs:
+                    record = self._train_epoch()
+                    if record is None:  # early stop
+                        break
+            if self.output == "-":
+                self.save(final=True)
+            return self.history
+        finally:
+            restore_signals(previous)
+
+    def _train_epoch(self) -> dict | None:
+        cfg, pos = self.cfg, self.position
+        epoch = pos.epoch + 1
+        model = self.model
+        model.train()
+        self.train_loader.set_epoch(epoch)
+        device = self.device
+        part = pos.partial or {}
+        totals = torch.tensor(
+            [part.get("loss_sum", 0.0), part.get("correct", 0.0), part.get("count", 0.0)], dtype=torch.float64, device=device
+        )
+        seconds_before = float(part.get("seconds", 0.0))
+        skip = pos.batch
+        check_every = 1 if device.type == "cpu" else 20
+        pending: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []  # batch, loss, gradient sum
+        window = torch.zeros(2, dtype=torch.float64, device=device)  # --print-every loss sum, batches
+        start = time.perf_counter()
+        if self.progress is not None:
+            self.progress.start(epoch, self.steps_per_epoch, skip)
+        images_seen = 0
+        lr_used = self.optimizer.param_groups[0]["lr"]
+        stop = False
+        for batch_index, (x, y) in enumerate(self.train_loader, start=1):
+            if batch_index <= skip:
+                continue  # replaying an interrupted epoch: these updates are in the weights already
+            # x comes from the loader in the model's memory format
+            with runtime.autocast(device, self.precision):
+                logits = model(x)
+                loss = self.criterion(logits.float(), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            # Checked with the loss below. Under fp16 the scaler skips steps with inf gradients
+            # itself, so there is nothing to check.
+            grad_sum = None if self.scaler.is_enabled() else gradient_sum(model)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            lr_used = self.optimizer.param_groups[0]["lr"]  # the epoch record reports the lr it trained with
+            self.scheduler.step()
+            pos.updates += 1
+            pos.batch = batch_index
+            detached = loss.detach()
+            n = y.numel()
+            images_seen += n
+            totals[0] += detached.double() * n
+            totals[1] += (logits.detach().argmax(1) == y).sum()
+            totals[2] += n
+            window[0] += detached.double()
+            window[1] += 1
+            pending.append((batch_index, detached, grad_sum))
+            loss_value, stop = None, False
+            if len(pending) >= check_every or batch_index == self.steps_per_epoch:
+                loss_value, stop = self._sync(epoch, pending)
+                pending = []
+            if self.progress is not None:
+                self.progress.advance(1, loss_value)
+            if cfg.print_every and batch_index % cfg.print_every == 0:
+                w = reduce_sum(window).cpu()  # every rank takes part in the sum; rank 0 prints it
+                if self.on_print is not None and self.is_main:
+                    self.on_print(f"[epoch {epoch}, batch {batch_index:5d}] loss {float(w[0]) / max(1.0, float(w[1])):.3f}")
+                window.zero_()
+            if self.on_batch is not None:
+                self.on_batch(epoch, batch_index, loss_value)
+            if self.world_size == 1:
+                stop = self._stop.is_set()  # one process stops at the next batch boundary
+            if stop and batch_index < self.steps_per_epoch:
+                self._check_finite(epoch, pending)
+                pos.partial = {
+                    "loss_sum": float(totals[0]), "correct": float(totals[1]), "count": float(totals[2]),
+                    "seconds": seconds_before + time.perf_counter() - start,
+                }
+                self._interrupt(epoch, batch_index)
+        if self.progress is not None:
+            self.progress.stop()
+        seconds = seconds_before + time.perf_counter() - start
+        totals = reduce_sum(totals).cpu()
+        count = max(1.0, float(totals[2]))
+        record = {
+            "epoch": epoch,
+            "train_loss": float(totals[0]) / count,
+            "train_acc": float(totals[1]) / count,
+            "val_loss": None,
+            "val_acc": None,
+            "lr": lr_used,
+            "seconds": round(seconds, 3),
+            "images_per_s": round(images_seen * self.world_size / max(1e-9, time.perf_counter() - start), 1),
+            "updates": pos.updates,
+        }
+        if self.world_size > 1:
+            broadcast_buffers(unwrap_model(model))  # validate and save the buffers rank 0 writes
+        if self.val_loader is not None:
+            # The plain module: evaluation needs no gradient exchange, and the shards differ in length.
+            metrics = evaluate(unwrap_model(model), self.val_loader, self.eval_criterion, device, self.precision)
+            record["val_loss"], record["val_acc"] = metrics["loss"], metrics["acc"]
+        pos.epoch, pos.batch, pos.partial = epoch, 0, {}
+        self.history.append(record)
+        stop_early = self._track_best(record)
+        self.save()
+        if self.on_epoch is not None:
+            self.on_epoch(record)
+        if (stop if self.world_size > 1 else self._stop.is_set()) and pos.epoch < cfg.epochs:
+            self._interrupt(epoch, 0)
+        return None if stop_early else record
+
+    def _track_best(self, record: dict) -> bool:
+        """Keep the best weights by validation accuracy; True when early stopping triggers."""
+        pos = self.position
+        if self.val_loader is None:
+            return False
+        metric = record["val_acc"]
+        if pos.best_metric is None or metric > pos.best_metric:
+            pos.best_metric, pos.best_epoch, pos.bad_epochs = metric, record["epoch"], 0
+            if self.cfg.keep == "best":
+                self.best_state = clean_state_dict(unwrap_model(self.model).state_dict())
+            return False
+        pos.bad_epochs += 1
+        return bool(self.cfg.early_stop) and pos.bad_epochs >= self.cfg.early_stop
+
+    def _sync(self, epoch: int, pending: list) -> tuple[float | None, bool]:
+        """(last loss, stop?) at a check point. Under DDP the ranks sum their losses and stop
+        flags here, so they all see the same non-finite loss, and a Ctrl-C that reached one
+        of them, at the same batch."""
+        if self.world_size == 1:
+            return self._check_finite(epoch, pending), self._stop.is_set()
+        # Gradients are already all-reduced by DDP, so every rank holds the same gradient sums.
+        flag = torch.tensor([1.0 if self._stop.is_set() else 0.0], device=self.device)
+        summed = reduce_sum(torch.cat([torch.stack([v for _, v, _ in pending]).float(), flag]))
+        losses = [(index, value, g) for (index, _, g), value in zip(pending, summed[:-1] / self.world_size)]
+        return self._check_finite(epoch, losses), bool(summed[-1] > 0)
+
+    def _check_finite(self, epoch: int, pending: list) -> float | None:
+        """Stop at the first batch whose loss or gradients are NaN/inf (checks the pending batches)."""
+        if not pending:
+            return None
+        if len(pending) == 1:  # every batch on CPU: one read, no stacking
+            _, loss, grad_sum = pending[0]
+            value = float(loss)
+            if math.isfinite(value) and (grad_sum is None or math.isfinite(float(grad_sum))):
+                return value
+        zero = torch.zeros((), device=self.device)
+        values = torch.stack([torch.stack([v.float(), zero if g is None else g.float()]) for _, v, g in pending]).cpu()
+        finite = torch.isfinite(values)
+        if not bool(finite.all()):
+            first, column = (int(i) for i in (~finite).nonzero()[0])
+            batch = pending[first][0]
+            what = "loss" if column == 0 else "a gradient"
+            kept = self.output if self.history and self.output else None
+            where = (f"{kept} keeps the weights of epoch {self.position.best_epoch or self.position.epoch}"
+                     if kept else "no checkpoint was written")
+            raise NonFiniteLoss(
+                f"{what} became {float(values[first, column])} at epoch {epoch}, batch {batch} "
+                f"(lr {self.optimizer.param_groups[0]['lr']:.3g}); training stopped and {where}. "
+                "Lower --lr, add --warmup, or check the data's normalisation"
+            )
+        return float(values[-1, 0])
+
+    def _interrupt(self, epoch: int, batch: int) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+        self.save(final=True)
+        where = f"epoch {epoch}, batch {batch}" if batch else f"the end of epoch {epoch}"
+        target = self.output if self.output and self.is_main else None
+        note = f"; resumable checkpoint written to {target} (continue with --resume {target})" if target else ""
+        stop = TrainingInterrupted(f"{'terminated' if self._stop_signal == signal.SIGTERM else 'interrupted'} at {where}{note}")
+        stop.exit_code = 128 + int(self._stop_signal)
+        raise stop
+
+
+class _StateHolder:
+    """Looks enough like a module for `save_checkpoint` (a stored state dict)."""
+
+    def __init__(self, state: dict):
+        self._state = state
+
+    def state_dict(self):
+        return self._state

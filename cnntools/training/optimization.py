@@ -1,0 +1,67 @@
+"""Optimiser, learning-rate schedule and loss class weights, built from a `TrainConfig`."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from cnntools.output import CnnError
+from cnntools.training.config import TrainConfig
+
+
+def class_weight_tensor(spec: str, train_set, device) -> torch.Tensor | None:
+    """Cross-entropy class weights: none, auto (n_samples / (n_classes × count), sklearn's
+    "balanced") or an explicit comma-separated list."""
+    spec = (spec or "none").strip().lower()
+    k = len(train_set.classes)
+    if spec == "none":
+        return None
+    if spec == "auto":
+        counts = torch.bincount(train_set.labels, minlength=k).double()
+        weights = len(train_set) / (k * counts.clamp(min=1))
+        return weights.float().to(device)
+    try:
+        values = [float(v) for v in spec.split(",")]
+    except ValueError:
+        raise CnnError(f"--class-weights '{spec}': use auto, none or {k} comma-separated numbers") from None
+    if len(values) != k:
+        raise CnnError(f"--class-weights has {len(values)} numbers but the data has {k} classes")
+    if any(v < 0 for v in values) or sum(values) <= 0:
+        raise CnnError("--class-weights must be non-negative and not all zero")
+    return torch.tensor(values, dtype=torch.float32, device=device)
+
+
+def build_optimizer(model, cfg: TrainConfig):
+    lr = cfg.resolved_lr()
+    params = model.parameters()
+    if cfg.opt == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    if cfg.opt == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    """A scheduler stepped once per weight update (so warm-up and one-cycle are smooth).
+
+    step: ×gamma every `step_size` epochs; cosine: to zero over the run; onecycle: torch's
+    OneCycleLR with the warm-up (default 30% of the run) as its rising phase.
+    """
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warmup = int(round(cfg.warmup * steps_per_epoch))
+    if cfg.schedule == "onecycle":
+        pct = min(0.99, max(warmup / total, 1e-3)) if warmup else 0.3
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.resolved_lr(), total_steps=total, pct_start=pct)
+    step_size = cfg.step_size or max(1, math.ceil(cfg.epochs / 3))
+
+    def factor(step: int) -> float:
+        scale = min(1.0, (step + 1) / warmup) if warmup and step < warmup else 1.0
+        if cfg.schedule == "step":
+            scale *= cfg.gamma ** ((step // steps_per_epoch) // step_size)
+        elif cfg.schedule == "cosine":
+            progress = max(0.0, (step - warmup) / max(1, total - warmup))
+            scale *= 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return scale
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
