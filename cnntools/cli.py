@@ -10,8 +10,9 @@ import signal
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperGroup
 
-from cnntools import __version__
+from cnntools import __version__, options
 from cnntools.commands import (
     confusion,
     conv_calc,
@@ -29,8 +30,23 @@ from cnntools.output import Terminated, handle_errors
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
+
+
+class _Group(TyperGroup):
+    """The root command: keeps the deprecated spellings of options working (options.DEPRECATED)."""
+
+    def resolve_command(self, ctx, args):
+        name, command, rest = super().resolve_command(ctx, args)
+        if command is not None:
+            takes_value = {opt for p in command.params if getattr(p, "param_type_name", "") == "option"
+                           and not getattr(p, "is_flag", False) for opt in p.opts}
+            rest = options.rewrite_deprecated(name, rest, takes_value, notes=not ctx.resilient_parsing)
+        return name, command, rest
+
+
 app = typer.Typer(
     name="cnntools",
+    cls=_Group,
     help="Small Unix-style tools to build, train and inspect convolutional neural networks.",
     epilog="Run 'cnntools COMMAND --help' for a command's options and an example.",
     no_args_is_help=True,

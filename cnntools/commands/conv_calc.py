@@ -46,11 +46,11 @@ def main(
         Optional[int], typer.Option("--out-channels", metavar="N", help="Single layer: output channels.")
     ] = None,
     layers: Annotated[
-        Optional[str], typer.Option("--layers", "-l", metavar="SPEC", help="A chain of layers. " + LAYER_SPEC_HELP)
+        Optional[str], typer.Option("--layers", metavar="SPEC", help="A chain of layers. " + LAYER_SPEC_HELP)
     ] = None,
     input_matrix: Annotated[
         Optional[str],
-        typer.Option("--input", "-i", metavar="MATRIX", help="Kernel mode: the input matrix, inline ('1 0; 0 1'), a CSV/JSON file or -."),
+        typer.Option("--input", metavar="MATRIX", help="Kernel mode: the input matrix, inline ('1 0; 0 1'), a CSV/JSON file or -."),
     ] = None,
     bias: Annotated[
         Optional[list[float]],

@@ -53,7 +53,7 @@ def main(
     ] = None,
     grid: Annotated[Optional[str], typer.Option("--grid", help="Write a labelled grid of sample images (PNG, SVG, PDF).")] = None,
     grid_split: Annotated[options.SplitChoice, typer.Option("--grid-split", help="Split the grid and preview draw from.")] = "train",
-    per_class: Annotated[int, typer.Option("--per-class", min=1, max=32, help="Grid images per class.")] = 8,
+    per_class: Annotated[int, typer.Option("--grid-per-class", metavar="N", min=1, max=32, help="Grid images per class.")] = 8,
     augment_preview: Annotated[
         Optional[str], typer.Option("--augment-preview", help="Write originals next to augmented versions (PNG, SVG, PDF).")
     ] = None,

@@ -11,23 +11,19 @@ from cnntools import options, output
 
 def main(
     models: Annotated[List[str], typer.Argument(help="Checkpoints (FILE.safetensors, - for stdin) or torchvision:NAME.", show_default=False, metavar="MODEL")],
-    data: Annotated[Optional[str], typer.Option("--data", help="Evaluate on this dataset instead of the checkpoint's own.")] = None,
+    data: options.Data = None,
     data_dir: options.DataDir = None,
     split: options.Split = "test",
     download: options.Download = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 256,
-    top_k: Annotated[int, typer.Option("--top-k", help="Also report top-k accuracy (and k classes per --image).")] = 5,
-    per_class: Annotated[bool, typer.Option("--per-class/--no-per-class", help="Show the per-class table.")] = True,
-    predictions: Annotated[
-        Optional[str], typer.Option("--predictions", help="Write one CSV row per image to FILE (- for stdout; tables then go to stderr).")
-    ] = None,
-    logits_hist: Annotated[Optional[str], typer.Option("--logits-hist", help="Histogram of the raw outputs (PNG, SVG or PDF).")] = None,
-    image: Annotated[
-        Optional[List[str]],
-        typer.Option("--image", metavar="FILE...", help="Image file(s), several after one --image or the flag repeated: print each one's top-k classes instead of dataset metrics."),
-    ] = None,
+    batch_size: options.BatchSize = 256,
+    top_k: options.TopK = 5,
+    per_class: options.PerClass = True,
+    predictions: options.Output = None,
+    logits_hist: Annotated[Optional[str], typer.Option("--logits-hist", metavar="FILE", help="Histogram of the raw outputs (PNG, SVG or PDF).")] = None,
+    image: options.Images = None,
     device: options.Device = "auto",
     precision: options.Precision = "auto",
+    seed: options.Seed = 0,
     fmt: options.Format = "table",
     quiet: options.Quiet = False,
     debug: options.Debug = False,
@@ -39,18 +35,20 @@ def main(
     checkpoint unless --data names another. Reports accuracy, loss, top-k accuracy,
     precision/recall/F1 (scikit-learn's definitions, macro and weighted), per-class accuracy
     and statistics of the raw outputs (min, max, mean, share negative); several models are
-    compared side by side. --predictions writes one CSV row per image (for `cnntools
-    confusion`); --image prints the top classes of image files instead.
+    compared side by side. -o writes the predictions CSV, one row per image (for `cnntools
+    confusion`; - for stdout, the tables then go to stderr); --image prints the top-k classes
+    of image files (or of every image in a folder) instead of dataset metrics.
 
     \b
     Examples:
       cnntools eval model.safetensors
       cnntools eval lenet.safetensors simple.safetensors --split test
-      cnntools eval model.safetensors --predictions - | cnntools confusion -
+      cnntools eval model.safetensors -o - | cnntools confusion -
       cnntools eval torchvision:vgg16 --image bird.jpg dog.jpg --top-k 3
     """
     output.configure(quiet=quiet, debug=debug)
     models, image = options.split_image_files(models, image)
+    image = options.expand_image_paths(image) if image else image
     if not models:
         raise output.CnnError("name a model: a checkpoint (FILE.safetensors) or torchvision:NAME, before --image")
     from cnntools import files, runtime
@@ -65,6 +63,7 @@ def main(
     files.check_output(predictions)
     if predictions == "-":
         output.claim_stdout()
+    runtime.seed_everything(seed)
     dev = runtime.resolve_device(device)
     prec = runtime.resolve_precision(precision, dev)
     loaded = [load_model(m, dev) for m in models]

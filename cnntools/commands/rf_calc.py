@@ -21,15 +21,13 @@ def main(
     dilation: Annotated[
         Optional[str], typer.Option("--dilation", "-d", metavar="D[,D...]", help="Dilation or comma list (default 1).")
     ] = None,
-    num_layers: Annotated[
-        Optional[int], typer.Option("--num-layers", "-n", metavar="N", help="Repeat single values this many times.")
-    ] = None,
+    num_layers: options.Num = None,
     types: Annotated[
         Optional[str], typer.Option("--type", "-t", metavar="TYPE[,TYPE...]", help="Layer kinds: conv or pool, or a comma list (default conv).")
     ] = None,
     layers: Annotated[
         Optional[str],
-        typer.Option("--layers", "-l", metavar="SPEC", help="A chain in conv-calc's syntax, e.g. 'conv3-p1,maxpool2,conv3-s2'."),
+        typer.Option("--layers", metavar="SPEC", help="A chain in conv-calc's syntax, e.g. 'conv3-p1,maxpool2,conv3-s2'."),
     ] = None,
     arch: Annotated[
         Optional[str],

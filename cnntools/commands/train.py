@@ -8,10 +8,6 @@ import typer
 
 from cnntools import options, output
 
-TrainFormat = Annotated[
-    Literal["table", "jsonl", "json", "csv"],
-    typer.Option("--format", help="Per-epoch records: table (as epochs complete), jsonl (one object per epoch), json or csv."),
-]
 
 # Options that may differ from the stored run when resuming; the rest must match it.
 RESUMABLE_OVERRIDES = ("epochs", "early_stop", "print_every", "device", "precision", "data_dir", "download", "deterministic")
@@ -41,11 +37,7 @@ def main(
         Optional[int], typer.Option("--image-size", help="Input side in pixels (default: the data's own, or the architecture's usual size).")
     ] = None,
     epochs: Annotated[int, typer.Option("--epochs", help="Epochs to train (with --resume: the total to reach).")] = 20,
-    batch_size: Annotated[
-        int,
-        typer.Option("--batch-size", help="Images per weight update: the global batch, split evenly among the processes of a "
-                     "distributed run (the learning rate is not rescaled)."),
-    ] = 32,
+    batch_size: options.BatchSize = 32,
     opt: Annotated[Literal["sgd", "adam", "adamw"], typer.Option("--opt", help="Optimizer.")] = "adam",
     lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate (default 0.01 for sgd, 0.001 for adam/adamw).")] = None,
     momentum: Annotated[float, typer.Option("--momentum", help="SGD momentum.")] = 0.9,
@@ -97,13 +89,10 @@ def main(
         typer.Option("--dist-timeout", help="Distributed runs: seconds to wait for the other processes (start-up and "
                      "every exchange) before the job fails with an error."),
     ] = 300.0,
-    out: Annotated[
-        Optional[str],
-        typer.Option("--output", "-o", help="Checkpoint to write (.safetensors; default model.safetensors, or the --resume file; - for stdout)."),
-    ] = None,
+    out: options.Output = None,
     history: Annotated[Optional[str], typer.Option("--history", help="Also write the per-epoch records to FILE (.csv or .jsonl).")] = None,
     plot: Annotated[Optional[str], typer.Option("--plot", help="Loss and accuracy curves, train vs validation (PNG, SVG or PDF).")] = None,
-    fmt: TrainFormat = "table",
+    fmt: options.StreamFormat = "table",
     quiet: options.Quiet = False,
     debug: options.Debug = False,
 ) -> None:
@@ -116,7 +105,9 @@ def main(
     (table, jsonl, json or csv); the progress bar goes to stderr. The checkpoint is rewritten
     after every epoch and can be resumed exactly with --resume; Ctrl-C saves a resumable
     checkpoint and exits 130 (SIGTERM: 143). NaN or inf in the loss or the gradients stops the run
-    and keeps the last good checkpoint. Under torchrun (or with --nproc N) it trains with
+    and keeps the last good checkpoint. -o names the checkpoint (.safetensors; default
+    model.safetensors, or the --resume file; - for stdout); the learning rate is not rescaled
+    with --batch-size. Under torchrun (or with --nproc N) it trains with
     DistributedDataParallel; only rank 0 prints and writes, and the checkpoint is the same.
 
     \b
