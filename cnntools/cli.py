@@ -6,11 +6,12 @@ nothing heavy at module level, so `--help` and shell completion stay fast.
 
 from __future__ import annotations
 
+import inspect
 import signal
 from typing import Annotated, Optional
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from cnntools import __version__, options
 from cnntools.commands import (
@@ -44,6 +45,63 @@ class _Group(TyperGroup):
         return name, command, rest
 
 
+# Python types as Typer shows them → metavars that name the thing (an option with its own
+# metavar keeps it; choices keep their <a|b|c> list).
+_METAVARS = {"<int>": "N", "<float>": "NUM", "<str>": "TEXT", "<list[str]>": "TEXT...", "<list[int]>": "N..."}
+
+
+def help_record(param, ctx) -> tuple[str, str] | None:
+    """(term, help) of a parameter as --help and the man pages show it."""
+    if getattr(param, "param_type_name", "") == "argument":
+        if getattr(param, "hidden", False):
+            return None
+        return (param.metavar or (param.name or "").upper(), getattr(param, "help", "") or "")
+    record = param.get_help_record(ctx)
+    if record is None:
+        return None
+    term, text = record
+    for shown, name in _METAVARS.items():
+        term = term.replace(f" {shown}", f" {name}")
+    return term, text
+
+
+def help_sections(command, ctx) -> dict[str, list[tuple[str, str]]]:
+    """A command's parameters as {heading: [(term, help)]}: "Arguments", the command's own
+    "Options", then the groups (see `_Command`), the shared output switches last."""
+    panels = getattr(command, "panels", {})
+    sections: dict[str, list] = {}
+    for param in command.get_params(ctx):
+        record = help_record(param, ctx)
+        if record is None:
+            continue
+        if getattr(param, "param_type_name", "") == "argument":
+            heading = "Arguments"
+        elif param.name == "help":
+            heading = options.PANEL_OUTPUT
+        else:
+            heading = panels.get(param.name) or getattr(param, "rich_help_panel", None) or "Options"
+        sections.setdefault(heading, []).append(record)
+    order = sorted(sections, key=lambda h: (h != "Arguments", h != "Options", h == options.PANEL_OUTPUT))
+    return {heading: sections[heading] for heading in order}
+
+
+class _Command(TyperCommand):
+    """A subcommand whose --help groups its options under headings, like timm's argument
+    groups: an option's `rich_help_panel` (the shared ones have theirs in options.py), else
+    the command module's HELP_PANELS {parameter name: heading}, else "Options"."""
+
+    panels: dict = {}
+
+    def format_options(self, ctx, formatter) -> None:
+        for heading, records in help_sections(self, ctx).items():
+            with formatter.section(heading):
+                formatter.write_dl(records)
+
+
+def _command_class(func) -> type:
+    return type("Command", (_Command,), {"panels": getattr(inspect.getmodule(func), "HELP_PANELS", {})})
+
+
 app = typer.Typer(
     name="cnntools",
     cls=_Group,
@@ -72,7 +130,7 @@ COMMANDS = [
 ]
 
 for _name, _func in COMMANDS:
-    app.command(_name, context_settings=CONTEXT)(handle_errors(_func))
+    app.command(_name, cls=_command_class(_func), context_settings=CONTEXT)(handle_errors(_func))
 
 
 def _version(value: bool) -> None:

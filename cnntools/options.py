@@ -11,6 +11,13 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
+from cnntools.completion import complete_data, complete_device, complete_layer
+
+# Help headings of the shared options (cli._Command groups options under them).
+PANEL_DATA = "Data"
+PANEL_RUN = "Running the model"
+PANEL_OUTPUT = "Output"
+
 FormatChoice = Literal["table", "json", "csv"]
 DeviceSpec = str
 PrecisionChoice = Literal["auto", "fp32", "bf16", "fp16"]
@@ -18,59 +25,59 @@ SplitChoice = Literal["train", "val", "test"]
 
 Format = Annotated[
     FormatChoice,
-    typer.Option("--format", help="Output: table for people, json (one document) or csv on stdout."),
+    typer.Option("--format", rich_help_panel=PANEL_OUTPUT, help="Output: table for people, json (one document) or csv on stdout."),
 ]
 # Commands whose output is a stream of records (train's epochs) also offer jsonl.
 StreamFormat = Annotated[
     Literal["table", "jsonl", "json", "csv"],
-    typer.Option("--format", help="Records: table (as they complete), jsonl (one object per record as it completes), json or csv."),
+    typer.Option("--format", rich_help_panel=PANEL_OUTPUT, help="Records: table (as they complete), jsonl (one object per record as it completes), json or csv."),
 ]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Silence progress and notes on stderr.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", rich_help_panel=PANEL_OUTPUT, help="Silence progress and notes on stderr.")]
 Debug = Annotated[
-    bool, typer.Option("--debug", help="Show the full traceback on errors (also CNNTOOLS_DEBUG=1).")
+    bool, typer.Option("--debug", rich_help_panel=PANEL_OUTPUT, help="Show the full traceback on errors (also CNNTOOLS_DEBUG=1).")
 ]
 
 # ---------------------------------------------------------------------------- running a model
 Device = Annotated[
     DeviceSpec,
-    typer.Option("--device", metavar="DEVICE", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."),
+    typer.Option("--device", rich_help_panel=PANEL_RUN, metavar="DEVICE", autocompletion=complete_device, help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."),
 ]
 Precision = Annotated[
     PrecisionChoice,
     typer.Option(
-        "--precision",
+        "--precision", rich_help_panel=PANEL_RUN,
         help="auto: mixed precision only where the hardware runs it natively; or force fp32, bf16, fp16.",
     ),
 ]
 Seed = Annotated[
-    int, typer.Option("--seed", metavar="N", help="Seed for Python, NumPy and torch (same seed, same device: same numbers).")
+    int, typer.Option("--seed", rich_help_panel=PANEL_RUN, metavar="N", help="Seed for Python, NumPy and torch (same seed, same device: same numbers).")
 ]
 BatchSize = Annotated[
     int,
     typer.Option(
-        "--batch-size", metavar="N", min=1,
+        "--batch-size", rich_help_panel=PANEL_RUN, metavar="N", min=1,
         help="Images per batch (train: per weight update, the global batch split among the processes of a distributed run).",
     ),
 ]
 Data = Annotated[
     Optional[str],
     typer.Option(
-        "--data", metavar="DATA",
+        "--data", rich_help_panel=PANEL_DATA, metavar="DATA", autocompletion=complete_data,
         help="Dataset: digits (embedded), cifar10, cifar100, mnist, fashion-mnist, fake, fake-patch, or a folder path "
         "(commands that take a model: default the model's own).",
     ),
 ]
 DataDir = Annotated[
-    Optional[str], typer.Option("--data-dir", metavar="DIR", help="Where the dataset's files are (default ./data).")
+    Optional[str], typer.Option("--data-dir", rich_help_panel=PANEL_DATA, metavar="DIR", help="Where the dataset's files are (default ./data).")
 ]
-Split = Annotated[SplitChoice, typer.Option("--split", help="Which split: train, val or test.")]
-Download = Annotated[bool, typer.Option("--download", help="Fetch a torchvision dataset that is not on disk yet.")]
+Split = Annotated[SplitChoice, typer.Option("--split", rich_help_panel=PANEL_DATA, help="Which split: train, val or test.")]
+Download = Annotated[bool, typer.Option("--download", rich_help_panel=PANEL_DATA, help="Fetch a torchvision dataset that is not on disk yet.")]
 
 # ---------------------------------------------------------------------------- inputs and outputs
 Output = Annotated[
     Optional[str],
     typer.Option(
-        "--output", "-o", metavar="FILE",
+        "--output", "-o", rich_help_panel=PANEL_OUTPUT, metavar="FILE",
         help="The main file the command writes: the checkpoint (train), the predictions CSV (eval), "
         "otherwise the figure (PNG, SVG or PDF by extension); - for stdout.",
     ),
@@ -98,16 +105,18 @@ Images = Annotated[
 ]
 Save = Annotated[
     Optional[str],
-    typer.Option("--save", metavar="FILE", help="Write the raw tensors as safetensors (- for stdout)."),
+    typer.Option("--save", rich_help_panel=PANEL_OUTPUT, metavar="FILE", help="Write the raw tensors as safetensors (- for stdout)."),
 ]
 PerClass = Annotated[bool, typer.Option("--per-class/--no-per-class", help="Show the per-class table.")]
 Layer = Annotated[
     Optional[str],
-    typer.Option("--layer", "-l", metavar="LAYER", help="Layer name (see --list-layers), or a keyword the command names."),
+    typer.Option("--layer", "-l", metavar="LAYER", autocompletion=complete_layer,
+                 help="Layer name (see --list-layers), or a keyword the command names."),
 ]
 Layers = Annotated[
     Optional[list[str]],
-    typer.Option("--layer", "-l", metavar="LAYER", help="Layer name (see --list-layers), or a keyword the command names; repeatable."),
+    typer.Option("--layer", "-l", metavar="LAYER", autocompletion=complete_layer,
+                 help="Layer name (see --list-layers), or a keyword the command names; repeatable."),
 ]
 
 # Every shared option by its long name: the one vocabulary (README "Options"). A test walks

@@ -7,10 +7,11 @@ from typing import Annotated, List, Optional
 import typer
 
 from cnntools import options, output
+from cnntools.completion import complete_model
 
 
 def main(
-    models: Annotated[List[str], typer.Argument(help="Checkpoints (FILE.safetensors, - for stdin) or torchvision:NAME.", show_default=False, metavar="MODEL")],
+    models: Annotated[List[str], typer.Argument(help="Checkpoints (FILE.safetensors, - for stdin) or torchvision:NAME.", show_default=False, metavar="MODEL...", autocompletion=complete_model)],
     data: options.Data = None,
     data_dir: options.DataDir = None,
     split: options.Split = "test",

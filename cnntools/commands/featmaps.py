@@ -7,11 +7,12 @@ from typing import Annotated, Optional
 import typer
 
 from cnntools import options, output
+from cnntools.completion import complete_model
 from cnntools.output import CnnError
 
 
 def main(
-    model: Annotated[str, typer.Argument(help="Checkpoint (.safetensors, - for stdin) or torchvision:NAME.")],
+    model: Annotated[str, typer.Argument(metavar="MODEL", autocompletion=complete_model, help="Checkpoint (.safetensors, - for stdin) or torchvision:NAME.")],
     layer: options.Layers = None,
     index: options.Indices = None,
     image: options.Images = None,

@@ -7,11 +7,12 @@ from typing import Annotated, Literal, Optional
 import typer
 
 from cnntools import options, output
+from cnntools.completion import complete_model
 from cnntools.output import CnnError
 
 
 def main(
-    model: Annotated[str, typer.Argument(help="Checkpoint (.safetensors, - for stdin) or torchvision:NAME.")],
+    model: Annotated[str, typer.Argument(metavar="MODEL", autocompletion=complete_model, help="Checkpoint (.safetensors, - for stdin) or torchvision:NAME.")],
     layer: options.Layer = "first",
     out: options.Output = None,
     scale: Annotated[Literal["shared", "per-filter"], typer.Option("--scale", help="Colour scale of the kernel tiles: one for all, or per filter.")] = "shared",

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from cnntools import options, output
+from cnntools.completion import complete_model
 
 # Class names shown in the table before "... (N in all)"; JSON and CSV carry all of them.
 _TABLE_CLASSES = 12
@@ -14,7 +15,7 @@ _TABLE_CLASSES = 12
 
 def main(
     checkpoints: Annotated[
-        list[str], typer.Argument(metavar="CHECKPOINT...", help="cnntools .safetensors checkpoints (- for stdin).", show_default=False)
+        list[str], typer.Argument(metavar="CHECKPOINT...", autocompletion=complete_model, help="cnntools .safetensors checkpoints (- for stdin).", show_default=False)
     ],
     fmt: options.Format = "table",
     quiet: options.Quiet = False,

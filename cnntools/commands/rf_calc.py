@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from cnntools import options, output
+from cnntools.completion import complete_arch
 from cnntools.output import CnnError
 
 
@@ -31,7 +32,7 @@ def main(
     ] = None,
     arch: Annotated[
         Optional[str],
-        typer.Option("--arch", metavar="NAME", help="Every conv/pool layer of a registered architecture, or torchvision:NAME."),
+        typer.Option("--arch", metavar="ARCH", autocompletion=complete_arch, help="Every conv/pool layer of a registered architecture, or torchvision:NAME."),
     ] = None,
     input_size: Annotated[
         Optional[int],

@@ -7,6 +7,7 @@ from typing import Annotated, Literal, Optional
 import typer
 
 from cnntools import options, output
+from cnntools.completion import complete_model, complete_target
 from cnntools.output import CnnError
 
 # Kept in step with cnntools.interpret.saliency.METHODS (a test checks it); spelled out here
@@ -57,10 +58,10 @@ def _select_images(lm, indices, image_files, mistakes, n, data, data_dir, split,
 
 
 def main(
-    models: Annotated[list[str], typer.Argument(help="Checkpoint(s) or torchvision:NAME; several give one column each.")],
+    models: Annotated[list[str], typer.Argument(metavar="MODEL...", autocompletion=complete_model, help="Checkpoint(s) or torchvision:NAME; several give one column each.")],
     method: Annotated[MethodChoice, typer.Option("--method", "-m", help=METHOD_HELP)] = "gradcam",
     layer: options.Layer = "auto",
-    target: Annotated[str, typer.Option("--target", help="Class to explain: pred, true, a class index or a class name.")] = "pred",
+    target: Annotated[str, typer.Option("--target", metavar="CLASS", autocompletion=complete_target, help="Class to explain: pred, true, a class index or a class name.")] = "pred",
     indices: options.Indices = None,
     image: options.Images = None,
     mistakes: Annotated[Optional[str], typer.Option("--mistakes", metavar="FILE", help="Predictions CSV from `eval -o` (- for stdin): explain its mistakes.")] = None,

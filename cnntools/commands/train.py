@@ -7,7 +7,20 @@ from typing import Annotated, Literal, Optional
 import typer
 
 from cnntools import options, output
+from cnntools.completion import complete_arch, complete_model
 
+
+# --help headings, as timm's train script groups its arguments (the shared options carry
+# theirs: Data, Running the model, Output).
+HELP_PANELS = {
+    **dict.fromkeys(("arch", "list_archs", "batchnorm", "output_activation", "pretrained", "image_size"), "Model"),
+    **dict.fromkeys(("val_split", "augment", "normalize", "class_weights"), "Data"),
+    **dict.fromkeys(("epochs", "batch_size", "opt", "lr", "momentum", "weight_decay", "nesterov", "label_smoothing"), "Optimization"),
+    **dict.fromkeys(("schedule", "warmup", "step_size", "gamma"), "Learning-rate schedule"),
+    **dict.fromkeys(("keep", "early_stop", "resume"), "Checkpoints and stopping"),
+    **dict.fromkeys(("deterministic", "nproc", "dist_timeout"), "Running the model"),
+    **dict.fromkeys(("history", "plot", "print_every"), "Output"),
+}
 
 # Options that may differ from the stored run when resuming; the rest must match it.
 RESUMABLE_OVERRIDES = ("epochs", "early_stop", "print_every", "device", "precision", "data_dir", "download", "deterministic")
@@ -17,7 +30,7 @@ RECORD_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr
 
 def main(
     ctx: typer.Context,
-    arch: Annotated[str, typer.Option("--arch", help="Architecture (see --list-archs, or --arch help).")] = "simple-cnn",
+    arch: Annotated[str, typer.Option("--arch", metavar="ARCH", autocompletion=complete_arch, help="Architecture (see --list-archs, or --arch help).")] = "simple-cnn",
     list_archs: Annotated[bool, typer.Option("--list-archs", help="List the architectures with parameter counts and exit.")] = False,
     batchnorm: Annotated[bool, typer.Option("--batchnorm", help="lenet: BatchNorm after each conv.")] = False,
     output_activation: Annotated[
@@ -52,16 +65,16 @@ def main(
     augment: Annotated[
         str,
         typer.Option(
-            "--augment",
+            "--augment", metavar="SPEC",
             help="Batched augmentation, e.g. flip,crop:4,jitter:0.4,rotate:15,rrc:0.08; none; "
             "auto: rotate:10,crop:1 for digits/mnist, none elsewhere.",
         ),
     ] = "auto",
     normalize: Annotated[
-        str, typer.Option("--normalize", help="dataset (train mean/std), half (0.5/0.5), imagenet, none, or MEAN,STD.")
+        str, typer.Option("--normalize", metavar="SPEC", help="dataset (train mean/std), half (0.5/0.5), imagenet, none, or MEAN,STD.")
     ] = "dataset",
     class_weights: Annotated[
-        str, typer.Option("--class-weights", help="Loss weights: none, auto (balanced by class counts) or one number per class.")
+        str, typer.Option("--class-weights", metavar="SPEC", help="Loss weights: none, auto (balanced by class counts) or one number per class.")
     ] = "none",
     label_smoothing: Annotated[float, typer.Option("--label-smoothing", help="Label smoothing of the cross-entropy (0..1).")] = 0.0,
     keep: Annotated[
@@ -77,7 +90,7 @@ def main(
         typer.Option("--deterministic", help="Use only deterministic PyTorch algorithms (torch.use_deterministic_algorithms, cuDNN deterministic)."),
     ] = False,
     resume: Annotated[
-        Optional[str], typer.Option("--resume", help="Continue the run stored in this checkpoint exactly where it stopped.")
+        Optional[str], typer.Option("--resume", metavar="CHECKPOINT", autocompletion=complete_model, help="Continue the run stored in this checkpoint exactly where it stopped.")
     ] = None,
     nproc: Annotated[
         Optional[int],
@@ -90,8 +103,8 @@ def main(
                      "every exchange) before the job fails with an error."),
     ] = 300.0,
     out: options.Output = None,
-    history: Annotated[Optional[str], typer.Option("--history", help="Also write the per-epoch records to FILE (.csv or .jsonl).")] = None,
-    plot: Annotated[Optional[str], typer.Option("--plot", help="Loss and accuracy curves, train vs validation (PNG, SVG or PDF).")] = None,
+    history: Annotated[Optional[str], typer.Option("--history", metavar="FILE", help="Also write the per-epoch records to FILE (.csv or .jsonl).")] = None,
+    plot: Annotated[Optional[str], typer.Option("--plot", metavar="FILE", help="Loss and accuracy curves, train vs validation (PNG, SVG or PDF).")] = None,
     fmt: options.StreamFormat = "table",
     quiet: options.Quiet = False,
     debug: options.Debug = False,

@@ -7,6 +7,7 @@ from typing import Annotated, Literal, Optional
 import typer
 
 from cnntools import options, output
+from cnntools.completion import complete_model
 
 MethodChoice = Literal["auto", "sklearn", "opentsne"]
 DEFAULT_POINTS = 2000
@@ -15,7 +16,7 @@ DEFAULT_POINTS = 2000
 def main(
     checkpoint: Annotated[
         Optional[str],
-        typer.Option("--checkpoint", "-c", help="Embed this model's features (FILE.safetensors, - or torchvision:NAME) instead of raw pixels."),
+        typer.Option("--checkpoint", "-c", metavar="CHECKPOINT", autocompletion=complete_model, help="Embed this model's features (FILE.safetensors, - or torchvision:NAME) instead of raw pixels."),
     ] = None,
     layer: options.Layer = None,
     data: options.Data = None,
