@@ -87,7 +87,7 @@ Indices = Annotated[
 ]
 Num = Annotated[
     Optional[int],
-    typer.Option("--num", "-n", metavar="N", min=1, help="How many: images (saliency), points (tsne), repeated layers (rf-calc)."),
+    typer.Option("--num", "-n", metavar="N", help="How many: images (saliency), points (tsne), repeated layers (rf-calc)."),
 ]
 TopK = Annotated[
     int,

@@ -104,6 +104,8 @@ def main(
     output.configure(quiet=quiet, debug=debug)
     models, image = options.split_image_files(models, image)
     image = options.expand_image_paths(image) if image else image
+    if n < 1:
+        raise CnnError(f"-n must be at least 1, got {n}")
     if not models:
         raise CnnError("name a model: a checkpoint (FILE.safetensors) or torchvision:NAME, before --image")
     from cnntools.interpret.saliency import METHODS
