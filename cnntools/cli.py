@@ -28,6 +28,7 @@ from cnntools.commands import (
     tsne,
 )
 from cnntools.output import Terminated, handle_errors
+from cnntools.runtime import prepare_threads
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -156,6 +157,7 @@ def main() -> None:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     # SIGTERM unwinds like Ctrl-C: no half-written temporary file is left, exit status 143.
     signal.signal(signal.SIGTERM, _terminate)
+    prepare_threads()  # before any command imports torch
     app(prog_name="cnntools")
 
 

@@ -176,6 +176,9 @@ def launch_local(nproc: int, command: list[str], debug: bool = False) -> None:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
+    from cnntools import runtime
+    from cnntools.runtime import usable_cores
+
     if not debug:
         # torchrun's agent logs its own account of every failure; ours is the one line below.
         for name in ("torch", "torch.distributed"):
@@ -183,7 +186,8 @@ def launch_local(nproc: int, command: list[str], debug: bool = False) -> None:
                 handler.setLevel(logging.CRITICAL + 1)
     saved = {name: os.environ.get(name) for name in ("OMP_NUM_THREADS", LAUNCHED_ENV)}
     # torchrun would pin every process to 1 thread; sharing the cores is as safe and faster on CPU.
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    # (An OMP_NUM_THREADS the user set is kept; --threads, when given, travels on the command line.)
+    os.environ["OMP_NUM_THREADS"] = runtime.user_omp_threads() or str(max(1, usable_cores() // nproc))
     os.environ[LAUNCHED_ENV] = "1"
     try:
         run(parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "cnntools", *command]))

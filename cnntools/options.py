@@ -59,6 +59,16 @@ BatchSize = Annotated[
         help="Images per batch (train: per weight update, the global batch split among the processes of a distributed run).",
     ),
 ]
+Threads = Annotated[
+    Optional[int],
+    typer.Option(
+        "--threads", rich_help_panel=PANEL_RUN, metavar="N",
+        min=1,
+        help="CPU threads for torch and image decoding (default: $CNNTOOLS_THREADS, else the cores this "
+        "process may use: its CPU affinity and cgroup CPU quota).",
+        show_default=False,
+    ),
+]
 Data = Annotated[
     Optional[str],
     typer.Option(
@@ -123,7 +133,7 @@ Layers = Annotated[
 # the command tree and checks each command's option against these definitions.
 VOCABULARY = {
     "--format": [Format, StreamFormat], "--quiet": [Quiet], "--debug": [Debug],
-    "--device": [Device], "--precision": [Precision], "--seed": [Seed], "--batch-size": [BatchSize],
+    "--device": [Device], "--precision": [Precision], "--threads": [Threads], "--seed": [Seed], "--batch-size": [BatchSize],
     "--data": [Data], "--data-dir": [DataDir], "--split": [Split], "--download": [Download],
     "--output": [Output], "--indices": [Indices], "--num": [Num], "--top-k": [TopK], "--image": [Images],
     "--save": [Save], "--per-class": [PerClass], "--layer": [Layer, Layers],

@@ -1,12 +1,149 @@
-"""Devices, precision and seeds. Imports torch, so only commands that run models use it."""
+"""Devices, precision, seeds and CPU threads. Imports torch only inside its functions."""
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import re
 
 from cnntools.output import CnnError
+
+THREADS_ENV = "CNNTOOLS_THREADS"
+_threads: int | None = None  # what --threads (or its default) resolved to in this process
+_user_omp: str | None = os.environ.get("OMP_NUM_THREADS")  # as the user started us
+
+
+def cgroup_cpu_limit(proc_cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> float | None:
+    """The CPU quota of this process's cgroup in cores (cgroup v2 `cpu.max`, v1
+    `cpu.cfs_quota_us / cpu.cfs_period_us`), the tightest along its path; None when unlimited."""
+    try:
+        with open(proc_cgroup, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return None
+    limits = []
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and controllers == "":  # v2: one unified hierarchy
+            bases = [root]
+            files = ("cpu.max",)
+        elif "cpu" in controllers.split(","):  # v1: the cpu controller's own mount
+            bases = [os.path.join(root, controllers), os.path.join(root, "cpu,cpuacct"), os.path.join(root, "cpu")]
+            files = ("cpu.cfs_quota_us", "cpu.cfs_period_us")
+        else:
+            continue
+        for base in dict.fromkeys(bases):
+            parts = [p for p in path.split("/") if p]
+            # Inside a container the cgroup root is the container's own: try the full path and its ancestors.
+            for depth in range(len(parts), -1, -1):
+                folder = os.path.join(base, *parts[:depth])
+                limit = _read_quota(folder, files)
+                if limit is not None:
+                    limits.append(limit)
+    return min(limits) if limits else None
+
+
+def _read_quota(folder: str, files: tuple[str, ...]) -> float | None:
+    try:
+        texts = []
+        for name in files:
+            with open(os.path.join(folder, name), encoding="utf-8") as handle:
+                texts.append(handle.read().split())
+    except OSError:
+        return None
+    try:
+        if len(files) == 1:  # v2 "QUOTA PERIOD" or "max PERIOD"
+            quota, period = texts[0][0], texts[0][1]
+        else:
+            quota, period = texts[0][0], texts[1][0]
+        if quota == "max" or int(quota) <= 0 or int(period) <= 0:
+            return None
+        return int(quota) / int(period)
+    except (IndexError, ValueError):
+        return None
+
+
+def usable_cores() -> int:
+    """Cores this process may actually use: its CPU affinity, capped by the cgroup CPU quota
+    (rounded up: a quota of 1.5 cores keeps two threads busy)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_limit()
+    if quota is not None:
+        cores = min(cores, max(1, math.ceil(quota - 1e-9)))
+    return max(1, cores)
+
+
+def default_threads() -> int:
+    """The default of --threads: $CNNTOOLS_THREADS, else an OMP_NUM_THREADS the user set (as
+    torch honours it), else `usable_cores()` shared among the processes torchrun started on
+    this machine (its LOCAL_WORLD_SIZE)."""
+    for name in (THREADS_ENV, "OMP_NUM_THREADS"):
+        value = (os.environ.get(name, "") if name == THREADS_ENV else _user_omp or "").strip()
+        if not value:
+            continue
+        try:
+            threads = int(value)
+        except ValueError:
+            raise CnnError(f"{name}='{value}': expected a number of threads") from None
+        if threads < 1:
+            raise CnnError(f"{name} must be at least 1")
+        return threads
+    try:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local = 1
+    return max(1, usable_cores() // local)
+
+
+def prepare_threads() -> None:
+    """Set OpenMP's environment before torch loads it (call before the first `import torch`).
+
+    OpenMP threads that finish a parallel region spin for a while before they sleep; with
+    other busy processes on the same cores that spinning steals the time the working thread
+    needs, and small models run several times slower. PASSIVE makes them sleep at once.
+    A value the user set is kept.
+    """
+    global _user_omp
+    _user_omp = os.environ.get("OMP_NUM_THREADS")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def use_threads(threads: int | None = None) -> int:
+    """Run torch on `threads` CPU threads (None: `default_threads()`); returns the number.
+
+    When torch is not imported yet only the environment is set (torch reads it on import),
+    so commands that end up not needing torch do not pay for importing it.
+    """
+    import sys
+
+    global _threads
+    threads = default_threads() if threads is None else int(threads)
+    if threads < 1:
+        raise CnnError(f"--threads {threads}: use 1 or more")
+    _threads = threads
+    if "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+    else:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    return threads
+
+
+def user_omp_threads() -> str | None:
+    """OMP_NUM_THREADS as it was when this process started (before `use_threads` set it)."""
+    return _user_omp
+
+
+def thread_count() -> int:
+    """The CPU threads this run uses (what `use_threads` chose, else the default)."""
+    return _threads if _threads is not None else default_threads()
+
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 

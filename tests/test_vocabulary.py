@@ -15,7 +15,7 @@ from cnntools import options
 from cnntools.cli import app
 
 # What every command that runs a model takes (train has no --split: it uses them all).
-MODEL_OPTIONS = {"--device", "--precision", "--batch-size", "--seed", "--data", "--data-dir", "--download", "--split"}
+MODEL_OPTIONS = {"--device", "--precision", "--threads", "--batch-size", "--seed", "--data", "--data-dir", "--download", "--split"}
 
 
 def _tree():

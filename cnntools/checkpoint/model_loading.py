@@ -99,7 +99,10 @@ class LoadedModel:
         data_dir = data_dir if data_dir is not None else (self.data.get("data_dir") if same else None)
         val_split = float(self.data.get("val_split") or 0.0) if same else 0.0
         seed = int(self.data.get("seed") or 0) if same else 0
-        imageset = load_split(spec, split, data_dir=data_dir, download=download, val_split=val_split, seed=seed)
+        # Folders decode straight to the model's size (the same decoding as `eval --image`).
+        size = self.image_size if self.resize_size is None else None
+        imageset = load_split(spec, split, data_dir=data_dir, download=download, val_split=val_split, seed=seed,
+                              image_size=size)
         if imageset.classes != self.classes:
             index = {name: i for i, name in enumerate(self.classes)}
             if all(name in index for name in imageset.classes):
@@ -113,7 +116,8 @@ class LoadedModel:
                     f"{spec} has {len(imageset.classes)} classes that the model ({len(self.classes)} classes) does not know; "
                     "evaluate on the dataset the model was trained on, or one with the same class names"
                 )
-        return replace(imageset, images=self.fit_images(imageset.images))
+        shape = (self.in_channels, self.image_size, self.image_size)
+        return imageset.transformed(self.fit_images, shape) if tuple(imageset.images.shape[1:]) != shape else imageset
 
 
 def _fit_channels(images, channels, convert_channels):

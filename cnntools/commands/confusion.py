@@ -6,7 +6,7 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from cnntools import options, output
+from cnntools import options, output, runtime
 from cnntools.output import CnnError
 
 
@@ -75,6 +75,7 @@ def main(
     download: options.Download = False,
     batch_size: options.BatchSize = 256,
     device: options.Device = "auto",
+    threads: options.Threads = None,
     precision: options.Precision = "auto",
     seed: options.Seed = 0,
     fmt: options.Format = "table",
@@ -95,6 +96,7 @@ def main(
       cnntools confusion predictions.csv --most-confused 10 --format json
     """
     output.configure(quiet=quiet, debug=debug)
+    runtime.use_threads(threads)
     import numpy as np
 
     from cnntools import files

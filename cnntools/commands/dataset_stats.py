@@ -23,7 +23,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cnntools import options
+from cnntools import options, runtime
 from cnntools.output import CnnError
 
 
@@ -67,6 +67,7 @@ def main(
     preview_images: Annotated[int, typer.Option("--preview-images", min=1, max=32, help="Originals in the preview.")] = 6,
     versions: Annotated[int, typer.Option("--versions", min=1, max=16, help="Augmented versions per original.")] = 5,
     seed: options.Seed = 0,
+    threads: options.Threads = None,
     fmt: options.Format = "table",
     quiet: options.Quiet = False,
     debug: options.Debug = False,
@@ -75,6 +76,7 @@ def main(
     from cnntools import output
 
     output.configure(quiet=quiet, debug=debug)
+    runtime.use_threads(threads)
     from cnntools import files
 
     if grid:

@@ -6,7 +6,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from cnntools import options, output
+from cnntools import options, output, runtime
 from cnntools.completion import complete_model
 
 
@@ -23,6 +23,7 @@ def main(
     logits_hist: Annotated[Optional[str], typer.Option("--logits-hist", metavar="FILE", help="Histogram of the raw outputs (PNG, SVG or PDF).")] = None,
     image: options.Images = None,
     device: options.Device = "auto",
+    threads: options.Threads = None,
     precision: options.Precision = "auto",
     seed: options.Seed = 0,
     fmt: options.Format = "table",
@@ -48,11 +49,12 @@ def main(
       cnntools eval torchvision:vgg16 --image bird.jpg dog.jpg --top-k 3
     """
     output.configure(quiet=quiet, debug=debug)
+    runtime.use_threads(threads)
     models, image = options.split_image_files(models, image)
     image = options.expand_image_paths(image) if image else image
     if not models:
         raise output.CnnError("name a model: a checkpoint (FILE.safetensors) or torchvision:NAME, before --image")
-    from cnntools import files, runtime
+    from cnntools import files
     from cnntools.checkpoint import load_model
 
     if batch_size < 1 or top_k < 1:
@@ -200,7 +202,7 @@ def _images(loaded, paths: list[str], top_k: int, fmt: str) -> None:
     rows = []
     for lm in loaded:
         for path in paths:
-            images = _read_image(path, lm.in_channels)
+            images = _read_image(path, lm.in_channels, None if lm.resize_size is not None else lm.image_size)
             with torch.inference_mode():
                 logits = lm.model(lm.prepare(images)).float().cpu()[0]
             probs = torch.softmax(logits, 0)
@@ -213,13 +215,14 @@ def _images(loaded, paths: list[str], top_k: int, fmt: str) -> None:
     output.emit({"predictions": rows}, fmt, schema="eval.images", rows=rows, columns=columns, title=f"Top {top_k} classes")
 
 
-def _read_image(path: str, channels: int):
-    """uint8 1×C×H×W tensor of an image file (- for stdin)."""
+def _read_image(path: str, channels: int, size: int | None = None):
+    """uint8 1×C×H×W tensor of an image file (- for stdin), at size×size when given: decoded
+    exactly as an image folder is decoded into its store (cnntools.data.images.decode_file)."""
     import torch
 
     from cnntools.data.images import read_image
 
-    array = read_image(path, "L" if channels == 1 else "RGB")
+    array = read_image(path, "L" if channels == 1 else "RGB", (size, size) if size else None)
     if array.ndim == 2:
         array = array[:, :, None]
     return torch.from_numpy(array.copy()).permute(2, 0, 1)[None]

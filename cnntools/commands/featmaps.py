@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cnntools import options, output
+from cnntools import options, output, runtime
 from cnntools.completion import complete_model
 from cnntools.output import CnnError
 
@@ -27,6 +27,7 @@ def main(
     download: options.Download = False,
     batch_size: options.BatchSize = 1,
     device: options.Device = "auto",
+    threads: options.Threads = None,
     precision: options.Precision = "auto",
     seed: options.Seed = 0,
     fmt: options.Format = "table",
@@ -51,6 +52,7 @@ def main(
       cnntools featmaps model.safetensors --image cat.png --save acts.safetensors --format json
     """
     output.configure(quiet=quiet, debug=debug)
+    runtime.use_threads(threads)
     from cnntools.files import check_output, figure_format
 
     if out:

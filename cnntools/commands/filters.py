@@ -6,7 +6,7 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from cnntools import options, output
+from cnntools import options, output, runtime
 from cnntools.completion import complete_model
 from cnntools.output import CnnError
 
@@ -28,6 +28,7 @@ def main(
     download: options.Download = False,
     batch_size: options.BatchSize = 256,
     device: options.Device = "auto",
+    threads: options.Threads = None,
     precision: options.Precision = "auto",
     seed: options.Seed = 0,
     fmt: options.Format = "table",
@@ -51,6 +52,7 @@ def main(
       cnntools filters model.safetensors -l last --top-k 8 -f 0-3 --score max --crop-rf --top-output rf.png
     """
     output.configure(quiet=quiet, debug=debug)
+    runtime.use_threads(threads)
     from cnntools.files import figure_format
 
     if top_k < 0:

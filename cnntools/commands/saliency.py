@@ -6,7 +6,7 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from cnntools import options, output
+from cnntools import options, output, runtime
 from cnntools.completion import complete_model, complete_target
 from cnntools.output import CnnError
 
@@ -76,6 +76,7 @@ def main(
     download: options.Download = False,
     batch_size: options.BatchSize = 64,
     device: options.Device = "auto",
+    threads: options.Threads = None,
     precision: options.Precision = "auto",
     seed: options.Seed = 0,
     fmt: options.Format = "table",
@@ -102,6 +103,7 @@ def main(
       cnntools saliency a.safetensors b.safetensors -i 0-3 -o compare.png --save maps.safetensors
     """
     output.configure(quiet=quiet, debug=debug)
+    runtime.use_threads(threads)
     models, image = options.split_image_files(models, image)
     image = options.expand_image_paths(image) if image else image
     if n < 1:

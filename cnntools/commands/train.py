@@ -6,7 +6,7 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from cnntools import options, output
+from cnntools import options, output, runtime
 from cnntools.completion import complete_arch, complete_model
 
 
@@ -84,6 +84,7 @@ def main(
     print_every: Annotated[int, typer.Option("--print-every", help="Print the mean loss every N mini-batches (stderr; 0: never).")] = 0,
     seed: options.Seed = 0,
     device: options.Device = "auto",
+    threads: options.Threads = None,
     precision: options.Precision = "auto",
     deterministic: Annotated[
         bool,
@@ -136,6 +137,7 @@ def main(
     from cnntools import distributed
 
     output.configure(quiet=quiet, debug=debug)
+    runtime.use_threads(threads)
     rank = distributed.environment()
     if rank is not None and not rank.is_main:
         output.configure(quiet=True, debug=debug)  # rank 0 speaks for the job

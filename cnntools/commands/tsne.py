@@ -6,7 +6,7 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from cnntools import options, output
+from cnntools import options, output, runtime
 from cnntools.completion import complete_model
 
 MethodChoice = Literal["auto", "sklearn", "opentsne"]
@@ -39,6 +39,7 @@ def main(
     ] = None,
     batch_size: options.BatchSize = 256,
     device: options.Device = "auto",
+    threads: options.Threads = None,
     precision: options.Precision = "auto",
     seed: options.Seed = 0,
     fmt: options.Format = "table",
@@ -74,6 +75,7 @@ def main(
       cnntools tsne --checkpoint model.safetensors --format json | jq .summary
     """
     output.configure(quiet=quiet, debug=debug)
+    runtime.use_threads(threads)
     from cnntools.output import CnnError
 
     from cnntools.files import check_output, figure_format
@@ -94,7 +96,6 @@ def main(
 
     import numpy as np
 
-    from cnntools import runtime
     from cnntools.interpret import tsne as lib
 
     runtime.seed_everything(seed)

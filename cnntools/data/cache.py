@@ -1,26 +1,31 @@
-"""On-disk cache of decoded image folders: safetensors files (tensors + JSON metadata, never pickle).
+"""Where decoded stores live, how they are named, and building one exactly once.
 
-The key hashes the folder's absolute path, the requested image size and every image file's
+The key hashes the source's absolute path, the requested image size and every image file's
 relative path, size and modification time, so adding, removing, replacing or touching a file
-gives a new key and the folder is decoded again. Older entries for the same folder are removed
+gives a new key and the source is decoded again. Older stores of the same source are removed
 when a new one is written. Location: $CNNTOOLS_CACHE, else $XDG_CACHE_HOME/cnntools, else
-~/.cache/cnntools; CNNTOOLS_CACHE=off disables it.
+~/.cache/cnntools; CNNTOOLS_CACHE=off keeps no store between runs (each run decodes into an
+unlinked temporary file, still read memory-mapped).
+
+Two processes that need the same store at once (DDP ranks, two shells) take turns on a lock
+file: the first builds it into a temporary file and renames it into place, the others wait
+and then map the finished file. A store that is truncated or otherwise damaged is reported
+and rebuilt.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
+from cnntools.data.store import StoreDamaged, StoreWriter, open_store
 from cnntools.output import warn
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 
 
 def cache_dir() -> Path | None:
@@ -34,8 +39,18 @@ def cache_dir() -> Path | None:
     return Path(base) / "cnntools"
 
 
-def cache_key(root: Path, request: str, listing: list[tuple[str, int, int]]) -> tuple[str, str]:
-    """(folder prefix, full key) for a folder, a size request and its files' (path, size, mtime_ns)."""
+def scratch_dir() -> Path:
+    """Where anonymous (unlinked) stores are written: the cache folder, else the temp folder."""
+    folder = cache_dir()
+    if folder is not None:
+        with contextlib.suppress(OSError):
+            folder.mkdir(parents=True, exist_ok=True)
+            return folder
+    return Path(tempfile.gettempdir())
+
+
+def cache_key(root: Path, request: str, listing) -> tuple[str, str]:
+    """(source prefix, full key) for a folder, a size request and its files' (path, size, mtime_ns)."""
     prefix = hashlib.sha256(f"{CACHE_VERSION}\0{root.resolve()}\0{request}".encode()).hexdigest()[:16]
     digest = hashlib.sha256(prefix.encode())
     for rel, size, mtime in listing:
@@ -48,45 +63,70 @@ def cache_file(prefix: str, key: str) -> Path | None:
     return None if folder is None else folder / f"folder-{prefix}-{key}.safetensors"
 
 
-def load(path: Path | None) -> tuple[dict[str, torch.Tensor], dict] | None:
-    """The cached tensors and metadata, or None when absent or unreadable (then it is rebuilt)."""
-    if path is None or not path.is_file():
-        return None
-    try:
-        from safetensors import safe_open
-        from safetensors.torch import load_file
+@contextlib.contextmanager
+def _locked(path: Path):
+    import fcntl
 
-        with safe_open(str(path), framework="pt") as handle:
-            meta = json.loads(handle.metadata()["cnntools"])
-        return load_file(str(path)), meta
-    except Exception:  # noqa: BLE001 - a damaged cache entry is simply rebuilt
+    lock = path.with_name(path.name + ".lock")
+    with open(lock, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _try_open(path: Path, key: str):
+    try:
+        return open_store(path, {"key": key})
+    except FileNotFoundError:
+        return None
+    except (StoreDamaged, OSError, ValueError) as error:
+        warn(f"{path}: damaged image store ({error}); decoding again")
         with contextlib.suppress(OSError):
             path.unlink()
         return None
 
 
-def store(path: Path | None, tensors: dict[str, torch.Tensor], meta: dict) -> bool:
-    """Write an entry atomically and drop older entries of the same folder; False if not possible."""
-    if path is None:
-        return False
-    from safetensors.torch import save_file
+def open_existing(path: Path | None, key: str):
+    """(arrays, meta, info) of the store at `path` when it is there and whole, else None."""
+    hit = _try_open(path, key) if path is not None else None
+    return None if hit is None else (hit[0], hit[1], {"file": str(path), "hit": True, "written": False})
 
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
-        os.close(fd)
+
+def open_or_build(path: Path | None, key: str, build: Callable[[StoreWriter], dict]):
+    """(arrays, meta, info) of the store at `path`, built by `build(writer) -> meta` when absent.
+
+    `info` says where it is and whether it was found or written. With `path=None` (caching
+    off, or the folder not writable) the store is built anonymous, for this process only.
+    """
+    if path is not None:
+        hit = _try_open(path, key)
+        if hit is not None:
+            return hit[0], hit[1], {"file": str(path), "hit": True, "written": False}
         try:
-            save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata={"cnntools": json.dumps(meta)})
-            os.replace(tmp, path)
-        finally:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with _locked(path):
+                hit = _try_open(path, key)  # another process may have built it while we waited
+                if hit is not None:
+                    return hit[0], hit[1], {"file": str(path), "hit": True, "written": False}
+                with StoreWriter(path) as writer:
+                    writer.commit({"key": key}, build(writer))
+            _remove_older(path)
+            arrays, meta, _ = open_store(path, {"key": key})
+            return arrays, meta, {"file": str(path), "hit": False, "written": True}
+        except OSError as error:
+            warn(f"could not write the image store in {path.parent} ({error.strerror}); the next run decodes again")
+    with StoreWriter(None, scratch_dir()) as writer:
+        handle = writer.commit({"key": key}, build(writer))
+    arrays, meta, _ = open_store(handle, {"key": key})
+    handle.close()
+    return arrays, meta, {"file": None, "hit": False, "written": False}
+
+
+def _remove_older(path: Path) -> None:
+    prefix = path.name.rsplit("-", 1)[0]
+    for old in path.parent.glob(f"{prefix}-*.safetensors*"):
+        if not old.name.startswith(path.name):
             with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        prefix = path.name.rsplit("-", 1)[0]
-        for old in path.parent.glob(f"{prefix}-*.safetensors"):
-            if old != path:
-                with contextlib.suppress(OSError):
-                    old.unlink()
-        return True
-    except OSError as error:
-        warn(f"could not write the image cache in {path.parent} ({error.strerror}); the next run decodes again")
-        return False
+                old.unlink()

@@ -6,7 +6,7 @@ import hashlib
 
 import numpy as np
 
-from cnntools.data.imageset import ImageSet
+from cnntools.data.imageset import ImageSet, iter_chunks
 from cnntools.data.stats import channel_stats
 
 
@@ -18,9 +18,14 @@ def balanced_class_weights(counts: list[int]) -> list[float | None]:
 
 
 def image_digests(images) -> list[bytes]:
-    """A digest of every image's bytes, in order (exact duplicates share one)."""
-    array = np.ascontiguousarray(images.numpy()).reshape(len(images), -1)
-    return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in array]
+    """A digest of every image's bytes, in order (exact duplicates share one); `images` is a
+    uint8 tensor or an ImageSet, read in pieces bounded in bytes."""
+    chunks = images.chunks() if hasattr(images, "chunks") else iter_chunks(images)
+    digests = []
+    for _, chunk in chunks:
+        array = np.ascontiguousarray(chunk.numpy()).reshape(len(chunk), -1)
+        digests.extend(hashlib.blake2b(row.data, digest_size=16).digest() for row in array)
+    return digests
 
 
 def count_duplicates(reference: ImageSet, other: ImageSet, digests=None) -> int:
@@ -31,7 +36,7 @@ def count_duplicates(reference: ImageSet, other: ImageSet, digests=None) -> int:
     """
     if reference.images.shape[1:] != other.images.shape[1:]:
         return 0
-    digests = digests or (lambda s: image_digests(s.images))
+    digests = digests or image_digests
     known = set(digests(reference))
     return sum(1 for digest in digests(other) if digest in known)
 
@@ -54,7 +59,7 @@ def describe(spec: str, splits: dict[str, ImageSet]) -> dict:
     classes = first.classes
     stats_split = "train" if "train" in splits else names[0]
     base = splits[stats_split]
-    mean, std = channel_stats(base.images)
+    mean, std = channel_stats(base)
     doc: dict = {
         "dataset": spec,
         "classes": classes,
@@ -83,7 +88,7 @@ def describe(spec: str, splits: dict[str, ImageSet]) -> dict:
 
     def digests(s: ImageSet) -> list[bytes]:
         if id(s) not in hashed:
-            hashed[id(s)] = image_digests(s.images)
+            hashed[id(s)] = image_digests(s)
         return hashed[id(s)]
 
     for a, b in (("train", "test"), ("train", "val"), ("val", "test")):

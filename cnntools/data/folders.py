@@ -5,7 +5,8 @@ RGBA, palette, CMYK and 16-bit images are converted consistently (L when every i
 composited over white), images of different sizes are resized (bilinear, antialiased, aspect
 not kept) to one common size — `image_size` when given, else the median height and the median
 width of the readable files — and files that cannot be decoded are reported with the reason
-and skipped. The result is cached on disk (cnntools.data.cache).
+and skipped. The decoded images are written, chunk by chunk as they are decoded, into a
+store on disk (cnntools.data.cache) that later runs map instead of decoding again.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import numpy as np
 import torch
 
 from cnntools.data import cache
-from cnntools.data.imageset import ImageSet
+from cnntools.data.imageset import ImageSet, chunk_rows, mapped_tensor
+from cnntools.data.progress import decode_progress, decode_workers, ordered_map
 from cnntools.output import CnnError, info, warn
 
 SPLIT_DIRS = {"train": ("train", "training"), "val": ("valid", "val", "validation"), "test": ("test", "testing")}
@@ -80,7 +82,9 @@ def _size_request(image_size) -> tuple[int, int] | None:
 
 
 class FolderSource:
-    """Image class folders, decoded once into uint8 tensors (all splits at once, then cached)."""
+    """Image class folders, decoded once into a store on disk (all splits at once) and mapped."""
+
+    decodes_files = True  # its images come from decoding files at a size it is asked for
 
     def __init__(self, root: Path, image_size=None) -> None:
         self.root = root
@@ -121,7 +125,7 @@ class FolderSource:
             self._loaded = self._load_all()
         return self._loaded[split]
 
-    # ------------------------------------------------------------------ decoding and cache
+    # ------------------------------------------------------------------ decoding into the store
 
     def _listing(self) -> list[tuple[str, int, int]]:
         listing = []
@@ -136,24 +140,25 @@ class FolderSource:
         return listing
 
     def _load_all(self) -> dict[str, ImageSet]:
-        request = "median" if self.request is None else f"{self.request[0]}x{self.request[1]}"
-        prefix, key = cache.cache_key(self.root, request, self._listing())
-        path = cache.cache_file(prefix, key)
-        hit = cache.load(path)
-        if hit is not None:
-            tensors, meta = hit
-            stored = False
-        else:
-            tensors, meta = self._decode()
-            stored = cache.store(path, tensors, meta)
+        listing = self._listing()
+        prefix, key = cache.cache_key(self.root, "median", listing)
+        found = None
+        if self.request is not None:
+            # The median-size store holds the same pixels when the median is what is asked for.
+            found = cache.open_existing(cache.cache_file(prefix, key), key)
+            if found is not None and tuple(found[1]["common_size"]) != self.request:
+                found = None
+            if found is None:
+                prefix, key = cache.cache_key(self.root, f"{self.request[0]}x{self.request[1]}", listing)
+        arrays, meta, cache_info = found or cache.open_or_build(cache.cache_file(prefix, key), key, self._decode)
         for bad_path, reason, _ in meta["unreadable"]:
             warn(f"{bad_path}: cannot decode ({reason}); skipped")
-        cache_info = {"file": str(path) if path else None, "hit": hit is not None, "written": stored}
         result = {}
         for split in meta["splits"]:
             result[split] = ImageSet(
-                images=tensors[f"{split}.images"],
-                labels=tensors[f"{split}.labels"],
+                images=mapped_tensor(arrays[f"{split}.images"]),
+                mapped=True,
+                labels=torch.from_numpy(arrays[f"{split}.labels"]),
                 classes=list(meta["classes"]),
                 paths=[str(self.root / p) for p in meta["paths"][split]],
                 spec=self.spec,
@@ -168,12 +173,12 @@ class FolderSource:
             )
         return result
 
-    def _decode(self) -> tuple[dict[str, torch.Tensor], dict]:
-        from cnntools.data.images import pil, to_array
+    def _decode(self, writer) -> dict:
+        """Decode every file into `writer`, chunk by chunk; returns the store's meta document."""
+        from cnntools.data.images import decode_file, pil
 
         Image = pil()  # the decompression-bomb limit, set before the worker threads start
         all_files = [(split, p, c) for split in self.splits() for p, c in self.files[split]]
-        workers = min(8, os.cpu_count() or 1)
 
         def header(item):
             _, path, _ = item
@@ -183,8 +188,8 @@ class FolderSource:
             except Exception as error:  # noqa: BLE001 - every decoder error is a report, not a crash
                 return None, None, _reason(error, path)
 
-        with ThreadPoolExecutor(workers) as pool:
-            headers = list(pool.map(header, all_files))
+        with ThreadPoolExecutor(decode_workers()) as pool:
+            headers = list(pool.map(header, all_files, chunksize=64))
         good = [h for h in headers if h[0] is not None]
         if not good:
             raise CnnError(f"{self.root}: none of the {len(all_files)} image files could be decoded")
@@ -198,53 +203,60 @@ class FolderSource:
             height, width = int(round(float(np.median(heights)))), int(round(float(np.median(widths))))
             rule = "all files" if widths.min() == widths.max() and heights.min() == heights.max() else "median"
         target_mode = "L" if grey else "RGB"
-        info(f"Decoding {len(all_files)} images from {self.root} ({target_mode} {height}x{width}) ...")
+        channels = 1 if grey else 3
 
-        def decode(item_header):
-            (split, path, _), (size, _, reason) = item_header
+        def decode(job):
+            path, reason = job
             if reason is not None:
                 return None, reason
             try:
-                with Image.open(path) as im:
-                    array = to_array(im, target_mode, (width, height))
-                return array, None
+                return decode_file(path, target_mode, (width, height)), None
             except Exception as error:  # noqa: BLE001
                 return None, _reason(error, path)
 
-        with ThreadPoolExecutor(workers) as pool:
-            decoded = list(pool.map(decode, zip(all_files, headers)))
-
         class_index = {c: i for i, c in enumerate(self.classes)}
-        tensors: dict[str, torch.Tensor] = {}
         meta = {"classes": self.classes, "splits": [], "paths": {}, "sizes": {}, "unreadable": [],
                 "common_size": [height, width], "size_rule": rule, "mode": target_mode}
-        channels = 1 if grey else 3
-        for split in self.splits():
-            arrays, labels, paths, sizes = [], [], [], []
-            for (s, path, cls), (array, reason), (size, _, _) in zip(all_files, decoded, headers):
-                if s != split:
+        per_chunk = chunk_rows(channels * height * width)
+        info(f"Decoding {len(all_files)} images from {self.root} ({target_mode} {height}x{width}) ...")
+        with ThreadPoolExecutor(decode_workers()) as pool, decode_progress(len(all_files)) as advance:
+            done = 0
+            for split in self.splits():
+                jobs = [(i, f) for i, f in enumerate(all_files) if f[0] == split]
+                labels, paths, sizes, pending = [], [], [], []
+                writer.begin(f"{split}.images", (channels, height, width))
+                results = ordered_map(pool, decode, [(p, headers[i][2]) for i, (_, p, _) in jobs], window=2 * per_chunk)
+                for (i, (_, path, cls)), (array, reason) in zip(jobs, results):
+                    done += 1
+                    if array is None:
+                        meta["unreadable"].append([str(path), reason, split])
+                    else:
+                        pending.append(array)
+                        labels.append(class_index[cls])
+                        paths.append(str(path.relative_to(self.root)))
+                        sizes.append(list(headers[i][0]))
+                    if len(pending) >= per_chunk:
+                        writer.write(_chw(pending, channels))
+                        pending = []
+                    advance(done)
+                if pending:
+                    writer.write(_chw(pending, channels))
+                writer.end()
+                writer.add(f"{split}.labels", np.asarray(labels, dtype=np.int64))
+                if not labels:
+                    warn(f"{self.layout[split]}: no readable images; the {split} split is left out")
                     continue
-                rel = str(path.relative_to(self.root))
-                if array is None:
-                    meta["unreadable"].append([str(path), reason, split])
-                    continue
-                arrays.append(array)
-                labels.append(class_index[cls])
-                paths.append(rel)
-                sizes.append(list(size))
-            if not arrays:
-                warn(f"{self.layout[split]}: no readable images; the {split} split is left out")
-                continue
-            stacked = np.stack(arrays)
-            stacked = stacked[:, None] if channels == 1 else stacked.transpose(0, 3, 1, 2)
-            tensors[f"{split}.images"] = torch.from_numpy(np.ascontiguousarray(stacked))
-            tensors[f"{split}.labels"] = torch.tensor(labels, dtype=torch.int64)
-            meta["splits"].append(split)
-            meta["paths"][split] = paths
-            meta["sizes"][split] = sizes
+                meta["splits"].append(split)
+                meta["paths"][split] = paths
+                meta["sizes"][split] = sizes
         if not meta["splits"]:
             raise CnnError(f"{self.root}: no readable images in any split")
-        return tensors, meta
+        return meta
+
+
+def _chw(arrays: list[np.ndarray], channels: int) -> np.ndarray:
+    stacked = np.stack(arrays)
+    return stacked[:, None] if channels == 1 else stacked.transpose(0, 3, 1, 2)
 
 
 def _reason(error: Exception, path: Path | None = None) -> str:

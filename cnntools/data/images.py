@@ -91,14 +91,30 @@ def to_array(im, target_mode: str, size: tuple[int, int] | None = None) -> np.nd
     return np.asarray(im, dtype=np.uint8)
 
 
-def decode_image(data: bytes, name: str, mode: str = "RGB") -> np.ndarray:
+def decode_file(source, target_mode: str, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A file (path or binary stream) decoded by `to_array` at `size` (width, height).
+
+    JPEGs are decoded with DCT scaling (`Image.draft`) when the target is at most half the
+    file's size: libjpeg then skips most of the work and the resize starts from an image
+    at least as large as the target. Folders and `eval --image` both decode through here,
+    so a file gives the same pixels whichever way it reaches a model. Call `pil()` once
+    first (from the main thread) so the pixel limit applies.
+    """
+    from PIL import Image
+
+    with Image.open(source) as im:
+        if size is not None and im.format == "JPEG":
+            im.draft(None, size)
+        return to_array(im, target_mode, size)
+
+
+def decode_image(data: bytes, name: str, mode: str = "RGB", size: tuple[int, int] | None = None) -> np.ndarray:
     """The image in `data` as a uint8 array H×W (mode L) or H×W×3 (RGB); one clear error otherwise."""
     if not data:
         raise CnnError(f"{name}: empty file (0 bytes), not an image")
-    Image = pil()
+    pil()
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            return to_array(im, mode)
+        return decode_file(io.BytesIO(data), mode, size)
     except Exception as error:  # noqa: BLE001 - every decoder failure is one line for the user
         if is_bomb(error):
             raise CnnError(bomb_message(name)) from None
@@ -109,10 +125,10 @@ def decode_image(data: bytes, name: str, mode: str = "RGB") -> np.ndarray:
         raise CnnError(f"{name}: not a readable image ({detail[:200]})") from None
 
 
-def read_image(path: str, mode: str = "RGB") -> np.ndarray:
-    """An image file (or stdin for `-`) decoded by `decode_image`."""
+def read_image(path: str, mode: str = "RGB", size: tuple[int, int] | None = None) -> np.ndarray:
+    """An image file (or stdin for `-`) decoded by `decode_image`, at `size` (width, height) if given."""
     from cnntools import files
 
     if path != files.STDIO and not os.path.exists(path):
         raise CnnError(f"{path}: no such image file")
-    return decode_image(files.read_bytes(path), files.display_name(path), mode)
+    return decode_image(files.read_bytes(path), files.display_name(path), mode, size)

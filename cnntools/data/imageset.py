@@ -1,7 +1,14 @@
-"""The in-memory dataset: uint8 images N×C×H×W, int64 labels, class names, source files."""
+"""The dataset every command reads: uint8 images N×C×H×W, int64 labels, class names, source files.
+
+The images are a CPU tensor either held in memory (small sources) or mapped from a decoded
+store on disk (cnntools.data.store): readers index batches out of it (`images[idx]`, slices)
+and never need to know which. Whole-dataset passes go through `chunks()`, which bounds each
+piece in bytes, so nothing the size of the dataset is ever made in memory.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -10,13 +17,34 @@ import torch.nn.functional as F
 
 # ITU-R 601-2 luma, the weights PIL's convert("L") and torchvision's rgb_to_grayscale use.
 LUMA = (0.299, 0.587, 0.114)
+# Whole-dataset passes read this many bytes of images at a time (float temporaries: 4× that).
+CHUNK_BYTES = 32 * 1024**2
+
+
+def chunk_rows(item_bytes: int, max_bytes: int = CHUNK_BYTES) -> int:
+    """How many items of `item_bytes` fit in `max_bytes` (at least one)."""
+    return max(1, int(max_bytes) // max(1, int(item_bytes)))
+
+
+def mapped_tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor over a store's memmap (no copy: the page cache holds the pixels)."""
+    return torch.from_numpy(array)
+
+
+def iter_chunks(images: torch.Tensor, max_bytes: int = CHUNK_BYTES) -> Iterator[tuple[int, torch.Tensor]]:
+    """(start, images[start:start+k]) slices of at most `max_bytes` each, in order."""
+    step = chunk_rows(images[0].numel() * images.element_size() if len(images) else 1, max_bytes)
+    for start in range(0, images.shape[0], step):
+        yield start, images[start : start + step]
 
 
 @dataclass
 class ImageSet:
-    """One split of a dataset, held in memory.
+    """One split of a dataset.
 
-    `images` is a uint8 CPU tensor N×C×H×W, `labels` int64 N, `classes` the class names
+    `images` is a uint8 CPU tensor N×C×H×W (in memory, or mapped from a store when `mapped`
+    is true: then every derived set — a subset, another size — is written to a new anonymous
+    store chunk by chunk instead of being made in memory), `labels` int64 N, `classes` the class names
     (label i is `classes[i]`), `paths` the source file of each image (folders only),
     `spec` the dataset spec it came from and `split` its split name. `meta` carries
     what a source knows beyond that (original file sizes, unreadable files, patch boxes).
@@ -29,6 +57,7 @@ class ImageSet:
     spec: str = ""
     split: str = ""
     meta: dict = field(default_factory=dict)
+    mapped: bool = False
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -52,6 +81,11 @@ class ImageSet:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def chunks(self, max_bytes: int = CHUNK_BYTES) -> Iterator[tuple[int, torch.Tensor]]:
+        """(start, uint8 images) pieces of at most `max_bytes` each, in order: the way every
+        whole-dataset computation reads the images."""
+        return iter_chunks(self.images, max_bytes)
+
     def class_counts(self) -> list[int]:
         """Images per class, in class order (zero for classes absent from this split)."""
         return torch.bincount(self.labels, minlength=len(self.classes)).tolist()
@@ -69,7 +103,13 @@ class ImageSet:
                 meta[key] = [value[i] for i in index.tolist()]
             else:
                 meta[key] = value
-        return replace(self, images=self.images[index], labels=self.labels[index], paths=paths, meta=meta)
+        if self.mapped:
+            step = chunk_rows(self.images[0].numel()) if len(self) else 1
+            pieces = (self.images[index[i : i + step]] for i in range(0, len(index), step))
+            images = _to_store(len(index), tuple(self.images.shape[1:]), pieces)
+        else:
+            images = self.images[index]
+        return replace(self, images=images, labels=self.labels[index], paths=paths, meta=meta)
 
     def resized(self, size: int | tuple[int, int] | None = None, channels: int | None = None) -> "ImageSet":
         """A copy at another size and/or channel count.
@@ -77,12 +117,47 @@ class ImageSet:
         Resizing is bilinear with antialiasing (as torchvision's `Resize`); 1→3 channels
         replicates the grey channel, 3→1 takes the ITU-R 601-2 luminance.
         """
-        images = convert_channels(self.images, channels) if channels is not None else self.images
-        if size is not None:
-            images = resize_uint8(images, size)
-        if images is self.images:
+        c = self.channels if channels is None else channels
+        target = self.image_size if size is None else ((size, size) if isinstance(size, int) else tuple(int(v) for v in size))
+        if (c, *target) == tuple(self.images.shape[1:]):
             return self
+
+        def fit(chunk: torch.Tensor) -> torch.Tensor:
+            return resize_uint8(convert_channels(chunk, c), target)
+
+        return self.transformed(fit, (c, *target))
+
+    def transformed(self, fn: Callable[[torch.Tensor], torch.Tensor], item_shape: tuple[int, ...]) -> "ImageSet":
+        """A copy whose images are `fn(images)`, applied piece by piece (`fn` maps a uint8 batch to
+        uint8 batch of items shaped `item_shape`); mapped sets get a new anonymous store."""
+        # Pieces are bounded by the larger of the input and output item, float temporaries included.
+        item = max(int(np.prod(item_shape)), self.images[0].numel() if len(self) else 1) * 4
+        step = chunk_rows(item)
+        pieces = (fn(self.images[i : i + step]) for i in range(0, len(self), step))
+        if self.mapped:
+            images = _to_store(len(self), tuple(item_shape), pieces)
+        else:
+            images = torch.empty((len(self), *item_shape), dtype=torch.uint8)
+            for i, piece in zip(range(0, len(self), step), pieces):
+                images[i : i + len(piece)] = piece
         return replace(self, images=images)
+
+
+def _to_store(n: int, item_shape: tuple[int, ...], pieces) -> torch.Tensor:
+    """Write uint8 pieces (n items in all) to an anonymous store and map it."""
+    from cnntools.data.cache import scratch_dir
+    from cnntools.data.store import StoreWriter, open_store
+
+    with StoreWriter(None, scratch_dir()) as writer:
+        writer.begin("derived.images", item_shape)
+        for piece in pieces:
+            writer.write(piece.numpy())
+        if writer.end() != n:
+            raise RuntimeError("derived store has the wrong number of images")
+        handle = writer.commit({}, {})
+    arrays, _, _ = open_store(handle)
+    handle.close()
+    return mapped_tensor(arrays["derived.images"]) if n else torch.empty((0, *item_shape), dtype=torch.uint8)
 
 
 def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
@@ -95,7 +170,7 @@ def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
     if have == 3 and channels == 1:
         weights = torch.tensor(LUMA, dtype=torch.float32).view(1, 3, 1, 1)
         out = []
-        for chunk in images.split(8192):
+        for _, chunk in iter_chunks(images):
             out.append((chunk.float() * weights).sum(1, keepdim=True).round_().clamp_(0, 255).to(torch.uint8))
         return torch.cat(out) if out else images[:, :1]
     raise ValueError(f"cannot convert {have} channels to {channels} (only 1 and 3 are supported)")
@@ -107,7 +182,7 @@ def resize_uint8(images: torch.Tensor, size: int | tuple[int, int]) -> torch.Ten
     if tuple(images.shape[2:]) == target:
         return images
     out = []
-    for chunk in images.split(2048):
+    for _, chunk in iter_chunks(images, CHUNK_BYTES // 4):
         resized = F.interpolate(chunk.float(), size=target, mode="bilinear", align_corners=False, antialias=True)
         out.append(resized.round_().clamp_(0, 255).to(torch.uint8))
     if not out:

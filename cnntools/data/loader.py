@@ -86,13 +86,16 @@ class BatchLoader:
         self._mean = torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1).to(self.device)
         self._std = torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1).to(self.device)
         on_accelerator = self.device.type != "cpu"
+        self._pin_batches = False
         if on_accelerator and data.images.numel() <= _RESIDENT_BYTES:
             self._images = data.images.to(self.device)
             self._labels = data.labels.to(self.device)
         else:
-            pin = on_accelerator and self.device.type == "cuda" if pin_memory is None else pin_memory
-            self._images = data.images.pin_memory() if pin and torch.cuda.is_available() else data.images
+            pin = (on_accelerator and self.device.type == "cuda" if pin_memory is None else pin_memory) and torch.cuda.is_available()
+            # A mapped store stays on disk: each batch is pinned as it is gathered, not the whole set.
+            self._images = data.images.pin_memory() if pin and not data.mapped else data.images
             self._labels = data.labels
+            self._pin_batches = pin
         self._aug_gen = None
         self._aug_exact, self._aug_float = augment.split_exact() if augment is not None else (None, None)
         if augment is not None:
@@ -162,6 +165,6 @@ class BatchLoader:
             idx = order[step * self.batch_size : (step + 1) * self.batch_size]
             images = self._images[idx]
             labels = self._labels[idx]
-            if images.device.type == "cpu" and self._images.is_pinned():
+            if images.device.type == "cpu" and self._pin_batches:
                 images = images.pin_memory()
             yield self.prepare(images), labels.to(self.device, non_blocking=True)

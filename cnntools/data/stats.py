@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from cnntools.data.imageset import iter_chunks
 from cnntools.output import CnnError
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -13,24 +14,28 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 NORMALIZATIONS = ("none", "half", "imagenet", "dataset")
 
 
-def channel_stats(images: torch.Tensor, scale: float = 255.0) -> tuple[list[float], list[float]]:
-    """Exact per-channel mean and population std over every pixel of a uint8 N×C×H×W batch.
+def channel_stats(images, scale: float = 255.0) -> tuple[list[float], list[float]]:
+    """Exact per-channel mean and population std over every pixel of uint8 N×C×H×W images
+    (a tensor, or an ImageSet, read in pieces bounded in bytes).
 
-    Sums of values and of squares are accumulated in int64 (exact for uint8), and the
-    variance is formed as (n·Σx² − (Σx)²) / n² in Python integers before the single
+    Each channel's 256-bin histogram is counted exactly; Σx and Σx² follow from it in
+    Python integers and the variance is formed as (n·Σx² − (Σx)²) / n² before the single
     division, so the result is the float64 rounding of the exact value. Values are divided
     by `scale` (255 → pixels in 0..1, the scale models see).
     """
-    if images.numel() == 0:
+    chunks = images.chunks() if hasattr(images, "chunks") else iter_chunks(images)
+    tensor = images.images if hasattr(images, "chunks") else images
+    if tensor.numel() == 0:
         raise CnnError("cannot compute mean/std of an empty split")
-    c = images.shape[1]
-    total = [0] * c
-    squares = [0] * c
-    for chunk in images.split(4096):
-        values = chunk.to(torch.int64).transpose(0, 1).reshape(c, -1)
-        total = [t + int(s) for t, s in zip(total, values.sum(1).tolist())]
-        squares = [q + int(s) for q, s in zip(squares, (values * values).sum(1).tolist())]
-    n = images.numel() // c
+    c = tensor.shape[1]
+    counts = torch.zeros(c, 256, dtype=torch.int64)
+    for _, chunk in chunks:
+        for channel in range(c):
+            counts[channel] += torch.bincount(chunk[:, channel].reshape(-1), minlength=256)
+    values = list(range(256))
+    n = tensor.numel() // c
+    total = [sum(v * k for v, k in zip(values, row)) for row in counts.tolist()]
+    squares = [sum(v * v * k for v, k in zip(values, row)) for row in counts.tolist()]
     means = [t / n / scale for t in total]
     stds = [math.sqrt((n * q - t * t) / (n * n)) / scale for t, q in zip(total, squares)]
     return means, stds
@@ -56,7 +61,7 @@ def normalization(spec: str, train_set=None) -> tuple[list[float], list[float]]:
     if name == "dataset":
         if train_set is None:
             raise CnnError("--normalize dataset needs the training split to measure")
-        mean, std = channel_stats(train_set.images)
+        mean, std = channel_stats(train_set)
         # A channel that never varies (a constant colour plane) has nothing to scale: leave it
         # at std 1 rather than divide by zero.
         return mean, [v if v > 0 else 1.0 for v in std]

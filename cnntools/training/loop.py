@@ -86,6 +86,11 @@ def load_training_data(cfg: TrainConfig):
         raise CnnError(f"{cfg.data}: the train split is empty")
     h, w = train_set.image_size
     size = cfg.image_size or input_size_for(cfg.arch, min(h, w))
+    if getattr(source, "decodes_files", False) and (h, w) != (size, size):
+        # Decode the files straight to the model's size, as `eval --image` will decode one file.
+        source = open_source(cfg.data, cfg.data_dir, cfg.download, size)
+        splits = load_splits(cfg.data, wanted, cfg.data_dir, cfg.download, cfg.val_split, cfg.seed, size, source=source)
+        train_set = splits["train"]
     channels = cfg.channels or train_set.channels
     train_set = train_set.resized(size, channels)
     val_set = splits.get("val")

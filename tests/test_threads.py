@@ -1,0 +1,94 @@
+"""--threads and its default: the cores this process may use (affinity, cgroup v1/v2 quota)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cnntools import runtime
+
+
+def _cgroup(tmp_path: Path, proc_lines: str, files: dict[str, str]) -> tuple[str, str]:
+    proc = tmp_path / "cgroup"
+    proc.write_text(proc_lines)
+    root = tmp_path / "fs"
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return str(proc), str(root)
+
+
+@pytest.mark.parametrize(
+    "proc_lines, files, expected",
+    [
+        ("0::/\n", {"cpu.max": "200000 100000\n"}, 2.0),  # a container started with --cpus 2
+        ("0::/\n", {"cpu.max": "max 100000\n"}, None),
+        ("0::/user.slice/job\n", {"user.slice/job/cpu.max": "150000 100000\n", "user.slice/cpu.max": "400000 100000\n"}, 1.5),
+        ("0::/a/b\n", {"cpu.max": "50000 100000\n"}, 0.5),  # only the (container's) root is visible
+        ("4:cpu,cpuacct:/docker/x\n", {"cpu,cpuacct/docker/x/cpu.cfs_quota_us": "300000\n",
+                                      "cpu,cpuacct/docker/x/cpu.cfs_period_us": "100000\n"}, 3.0),
+        ("4:cpu,cpuacct:/\n", {"cpu,cpuacct/cpu.cfs_quota_us": "-1\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}, None),
+        ("1:memory:/x\n", {}, None),
+    ],
+)
+def test_cgroup_cpu_limit_reads_v1_and_v2(tmp_path, proc_lines, files, expected):
+    proc, root = _cgroup(tmp_path, proc_lines, files)
+    assert runtime.cgroup_cpu_limit(proc, root) == expected
+
+
+def test_usable_cores_is_the_affinity_capped_by_the_quota(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    monkeypatch.setattr(runtime, "cgroup_cpu_limit", lambda: 2.5)
+    assert runtime.usable_cores() == 3
+    monkeypatch.setattr(runtime, "cgroup_cpu_limit", lambda: None)
+    assert runtime.usable_cores() == 8
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
+    assert runtime.usable_cores() == 1
+
+
+def test_default_threads_env_and_torchrun_share(monkeypatch):
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 8)
+    monkeypatch.setattr(runtime, "_user_omp", None)
+    monkeypatch.delenv("CNNTOOLS_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert runtime.default_threads() == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert runtime.default_threads() == 2
+    monkeypatch.setattr(runtime, "_user_omp", "3")
+    assert runtime.default_threads() == 3
+    monkeypatch.setenv("CNNTOOLS_THREADS", "5")
+    assert runtime.default_threads() == 5
+    monkeypatch.setenv("CNNTOOLS_THREADS", "lots")
+    with pytest.raises(runtime.CnnError, match="CNNTOOLS_THREADS"):
+        runtime.default_threads()
+
+
+def test_threads_option_sets_torchs_threads(cli):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        result = cli("dataset-stats", "--data", "fake:20,size=8", "--threads", "1", "--format", "json")
+        assert result.exit_code == 0, result.stderr
+        assert torch.get_num_threads() == 1
+        bad = cli("eval", "x.safetensors", "--threads", "0")
+        assert bad.exit_code == 2 and "--threads" in bad.stderr
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity")
+def test_one_allowed_core_gives_one_thread_and_a_passive_openmp():
+    code = ("from cnntools import runtime; runtime.prepare_threads(); import torch, os; runtime.use_threads(); "
+            "print(torch.get_num_threads(), os.environ['OMP_WAIT_POLICY'])")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "CNNTOOLS_THREADS", "OMP_WAIT_POLICY")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")]))
+    first = sorted(os.sched_getaffinity(0))[0]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
+                         preexec_fn=lambda: os.sched_setaffinity(0, {first}))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "PASSIVE"]
