@@ -56,7 +56,8 @@ def help_record(param, ctx) -> tuple[str, str] | None:
     if getattr(param, "param_type_name", "") == "argument":
         if getattr(param, "hidden", False):
             return None
-        return (param.metavar or (param.name or "").upper(), getattr(param, "help", "") or "")
+        term = param.metavar or (param.name or "").upper()
+        return (term + ("..." if param.nargs == -1 else ""), getattr(param, "help", "") or "")
     record = param.get_help_record(ctx)
     if record is None:
         return None

@@ -146,3 +146,17 @@ def test_the_readme_table_lists_the_vocabulary():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     for long in options.VOCABULARY:
         assert f"`{long}" in readme, long
+
+
+def test_image_folders_expand_to_their_images_sorted(tmp_path):
+    (tmp_path / "b").mkdir()
+    for name in ("b/2.png", "a.JPG", "b/1.jpeg", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    assert options.expand_image_paths([str(tmp_path), "x.png"]) == [
+        str(tmp_path / "a.JPG"), str(tmp_path / "b" / "1.jpeg"), str(tmp_path / "b" / "2.png"), "x.png"
+    ]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(Exception, match="no image files"):
+        options.expand_image_paths([str(tmp_path / "empty")])
+    # A folder after `--image a.png` belongs to --image, not to the models.
+    assert options.split_image_files(["m.safetensors", str(tmp_path)], ["a.png"]) == (["m.safetensors"], ["a.png", str(tmp_path)])

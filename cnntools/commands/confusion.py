@@ -61,7 +61,7 @@ def _from_predictions(text, source):
 
 
 def main(
-    source: Annotated[str, typer.Argument(help="Checkpoint (.safetensors, torchvision:NAME) or predictions CSV; - for stdin.")],
+    source: Annotated[str, typer.Argument(metavar="SOURCE", help="Checkpoint (.safetensors, torchvision:NAME) or predictions CSV; - for stdin.")],
     normalize: Annotated[
         Literal["none", "true", "pred", "all"],
         typer.Option("--normalize", help="none (counts), true (rows sum to 1), pred (columns sum to 1), all."),

@@ -11,7 +11,7 @@ from cnntools.completion import complete_model
 
 
 def main(
-    models: Annotated[List[str], typer.Argument(help="Checkpoints (FILE.safetensors, - for stdin) or torchvision:NAME.", show_default=False, metavar="MODEL...", autocompletion=complete_model)],
+    models: Annotated[List[str], typer.Argument(help="Checkpoints (FILE.safetensors, - for stdin) or torchvision:NAME.", show_default=False, metavar="MODEL", autocompletion=complete_model)],
     data: options.Data = None,
     data_dir: options.DataDir = None,
     split: options.Split = "test",

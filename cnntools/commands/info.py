@@ -15,7 +15,7 @@ _TABLE_CLASSES = 12
 
 def main(
     checkpoints: Annotated[
-        list[str], typer.Argument(metavar="CHECKPOINT...", autocompletion=complete_model, help="cnntools .safetensors checkpoints (- for stdin).", show_default=False)
+        list[str], typer.Argument(metavar="CHECKPOINT", autocompletion=complete_model, help="cnntools .safetensors checkpoints (- for stdin).", show_default=False)
     ],
     fmt: options.Format = "table",
     quiet: options.Quiet = False,

@@ -58,7 +58,7 @@ def _select_images(lm, indices, image_files, mistakes, n, data, data_dir, split,
 
 
 def main(
-    models: Annotated[list[str], typer.Argument(metavar="MODEL...", autocompletion=complete_model, help="Checkpoint(s) or torchvision:NAME; several give one column each.")],
+    models: Annotated[list[str], typer.Argument(metavar="MODEL", autocompletion=complete_model, help="Checkpoint(s) or torchvision:NAME; several give one column each.")],
     method: Annotated[MethodChoice, typer.Option("--method", "-m", help=METHOD_HELP)] = "gradcam",
     layer: options.Layer = "auto",
     target: Annotated[str, typer.Option("--target", metavar="CLASS", autocompletion=complete_target, help="Class to explain: pred, true, a class index or a class name.")] = "pred",
