@@ -17,6 +17,7 @@ from cnntools import __version__, options
 from cnntools.commands import (
     confusion,
     conv_calc,
+    curves,
     dataset_stats,
     eval as eval_cmd,
     featmaps,
@@ -124,6 +125,7 @@ COMMANDS = [
     ("rf-calc", rf_calc.main),
     ("train", train.main),
     ("info", info.main),
+    ("curves", curves.main),
     ("eval", eval_cmd.main),
     ("confusion", confusion.main),
     ("saliency", saliency.main),

@@ -151,6 +151,7 @@ DEPRECATED = {
     "rf-calc": {"--num-layers": "--num", "-l": "--layers"},
     "conv-calc": {"-i": "--input", "-l": "--layers"},
     "dataset-stats": {"--per-class": "--grid-per-class"},
+    "curves": {"-l": "--label"},
 }
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")

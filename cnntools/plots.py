@@ -196,27 +196,73 @@ def confusion_heatmap(cm, classes, title: str = "Confusion matrix", normalized: 
     return fig
 
 
-def training_curves(history: list[dict], path: str | os.PathLike, title: str | None = None) -> None:
-    """Loss and accuracy per epoch, train against validation, side by side (from `train`'s history)."""
-    epochs = [r["epoch"] for r in history]
-    fig = new_figure(10, 4)
+def training_curves(runs, title: str | None = None):
+    """Loss and accuracy panels of one or more runs (`cnntools.runs.Run`), one colour per run.
+
+    Train is solid, validation dashed, test dotted (where recorded); per-step training losses
+    and `--val-every` validations are thin lines at fractional epochs (updates / updates per
+    epoch); a star marks each run's kept epoch. The legends sit below the panels, so they
+    cover no curve. Returns the Figure.
+    """
+    from matplotlib.lines import Line2D
+
+    colors = class_colors(max(1, len(runs)))
+    fig = new_figure(11, 4.4 + 0.22 * ((len(runs) + 2) // 3))
     loss_ax, acc_ax = fig.subplots(1, 2)
-    for ax, key, label in ((loss_ax, "loss", "loss"), (acc_ax, "acc", "accuracy")):
-        ax.plot(epochs, [r.get(f"train_{key}") for r in history], marker="o", label="train")
-        val = [r.get(f"val_{key}") for r in history]
-        if any(v is not None for v in val):
-            ax.plot(epochs, [float("nan") if v is None else v for v in val], marker="o", label="validation")
+    styles = {"train": "-", "val": "--", "test": ":"}
+    kinds_drawn, has_steps, has_best = set(), False, False
+    max_epoch = 0
+    for run, color in zip(runs, colors):
+        epochs = [r["epoch"] for r in run.epochs]
+        max_epoch = max([max_epoch] + epochs)
+        for ax, key in ((loss_ax, "loss"), (acc_ax, "acc")):
+            for kind, style in styles.items():
+                values = [r.get(f"{kind}_{key}") for r in run.epochs]
+                if all(v is None for v in values):
+                    continue
+                kinds_drawn.add(kind)
+                ax.plot(epochs, [float("nan") if v is None else v for v in values], linestyle=style, color=color,
+                        marker="o", markersize=3.5, linewidth=1.8)
+            spe = run.steps_per_epoch
+            if spe:
+                for kind, column, style in (("step", "train", "-"), ("val", "val", "--")):
+                    points = [(r["updates"] / spe, r.get(f"{column}_{key}")) for r in run.steps if r.get("kind") == kind]
+                    points = [(x, y) for x, y in points if y is not None]
+                    if points:
+                        has_steps = True
+                        ax.plot([x for x, _ in points], [y for _, y in points], linestyle=style, color=color,
+                                linewidth=0.9, alpha=0.45)
+            best = next((r for r in run.epochs if r["epoch"] == run.best_epoch), None)
+            value = best.get(f"val_{key}") if best else None
+            if value is not None:
+                has_best = True
+                ax.plot([best["epoch"]], [value], marker="*", markersize=14, color=color,
+                        markeredgecolor="black", markeredgewidth=0.8, linestyle="none", zorder=5)
+    for ax, name in ((loss_ax, "loss (cross-entropy)"), (acc_ax, "accuracy")):
         ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
-        ax.set_title(label)
+        ax.set_ylabel(name)
+        ax.set_title(name.split(" ")[0])
         ax.grid(True, alpha=0.3)
-        ax.legend()
-    if epochs and max(epochs) < 20:
+    if 0 < max_epoch < 20:
         for ax in (loss_ax, acc_ax):
-            ax.set_xticks(epochs)
+            ax.set_xticks(range(0 if has_steps else 1, max_epoch + 1))
+    run_handles = [Line2D([], [], color=c, linewidth=2.5, label=run.label) for run, c in zip(runs, colors)]
+    names = {"train": "train", "val": "validation", "test": "test"}
+    style_handles = [Line2D([], [], color="0.3", linestyle=styles[k], marker="o", markersize=3.5, label=names[k])
+                     for k in styles if k in kinds_drawn]
+    if has_steps:
+        style_handles.append(Line2D([], [], color="0.3", linewidth=0.9, alpha=0.6, label="per step (thin)"))
+    if has_best:
+        style_handles.append(Line2D([], [], color="0.6", marker="*", markersize=12, markeredgecolor="black",
+                                    linestyle="none", label="kept epoch"))
+    legend_rows = max((len(runs) + 2) // 3, (len(style_handles) + 1) // 2)
+    fig.tight_layout(rect=(0, (0.05 + 0.19 * legend_rows) / fig.get_figheight(), 1, 0.93 if title else 1))
+    fig.legend(handles=run_handles, loc="lower left", bbox_to_anchor=(0.01, 0.0), ncol=min(3, len(runs)),
+               frameon=False, fontsize=9, title="run", title_fontsize=9, alignment="left")
+    fig.legend(handles=style_handles, loc="lower right", bbox_to_anchor=(0.99, 0.0), ncol=2, frameon=False, fontsize=9)
     if title:
-        fig.suptitle(title)
-    save_figure(fig, path)
+        fig.suptitle(title, fontsize=12)
+    return fig
 
 
 def logits_histogram(values: dict, path: str | os.PathLike, bins: int = 60) -> None:

@@ -14,6 +14,8 @@ map) holds one JSON value per key:
     train_config      the resolved training options, seed included
     metrics           final metrics (of the kept epoch)
     history           one record per epoch
+    steps             step records: the training loss every --print-every updates, --val-every validations
+    label             the run's name in figures and tables (train --label, or derived from its options)
     written_by        {"cnntools": VERSION, "torch": VERSION} of the program that wrote the file
     resume            (resumable files only) JSON part of the training state, see below
 

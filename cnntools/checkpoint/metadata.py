@@ -31,6 +31,9 @@ _METADATA_SCHEMA = {
     "train_config": (lambda v: isinstance(v, dict), "an object"),
     "metrics": (lambda v: isinstance(v, dict), "an object"),
     "history": (lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v), "a list of objects"),
+    "steps": (lambda v: isinstance(v, list) and all(isinstance(r, dict) and _is_int(r.get("updates"), 0, 2**62) for r in v),
+              "a list of objects with an integer 'updates'"),
+    "label": (lambda v: isinstance(v, str), "a string"),
     "resume": (lambda v: isinstance(v, dict), "an object"),
     "written_by": (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()), "an object of version strings"),
 }

@@ -60,6 +60,13 @@ class LoadedModel:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def label(self) -> str:
+        """The run's name in figures and tables (see `cnntools.runs.model_label`)."""
+        from cnntools.runs import model_label
+
+        return model_label(self.meta, self.source)
+
     def fit_images(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 N×C×H×W at the model's channels and size (resized, or resized + centre-cropped)."""
         from cnntools.data.imageset import convert_channels, resize_uint8

@@ -17,15 +17,16 @@ HELP_PANELS = {
     **dict.fromkeys(("val_split", "augment", "normalize", "class_weights"), "Data"),
     **dict.fromkeys(("epochs", "batch_size", "opt", "lr", "momentum", "weight_decay", "nesterov", "label_smoothing"), "Optimization"),
     **dict.fromkeys(("schedule", "warmup", "step_size", "gamma"), "Learning-rate schedule"),
-    **dict.fromkeys(("keep", "early_stop", "resume"), "Checkpoints and stopping"),
+    **dict.fromkeys(("val_every", "test_each_epoch", "keep", "early_stop", "resume"), "Validation, checkpoints and stopping"),
     **dict.fromkeys(("deterministic", "nproc", "dist_timeout"), "Running the model"),
-    **dict.fromkeys(("history", "plot", "print_every"), "Output"),
+    **dict.fromkeys(("label", "history", "plot", "print_every"), "Output"),
 }
 
 # Options that may differ from the stored run when resuming; the rest must match it.
-RESUMABLE_OVERRIDES = ("epochs", "early_stop", "print_every", "device", "precision", "data_dir", "download", "deterministic")
+RESUMABLE_OVERRIDES = ("label", "epochs", "early_stop", "print_every", "device", "precision", "data_dir", "download", "deterministic")
 
 RECORD_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s", "updates"]
+TEST_COLUMNS = ["test_loss", "test_acc"]  # with --test-each-epoch
 
 
 def main(
@@ -74,14 +75,29 @@ def main(
         str, typer.Option("--normalize", metavar="SPEC", help="dataset (train mean/std), half (0.5/0.5), imagenet, none, or MEAN,STD.")
     ] = "dataset",
     class_weights: Annotated[
-        str, typer.Option("--class-weights", metavar="SPEC", help="Loss weights: none, auto (balanced by class counts) or one number per class.")
+        str, typer.Option("--class-weights", metavar="SPEC", help="Loss weights: none, auto (balanced by class counts), smooth:ALPHA "
+                          "(weights ∝ (1/count)^ALPHA; 0.5 halves the imbalance's effect) or one number per class.")
     ] = "none",
     label_smoothing: Annotated[float, typer.Option("--label-smoothing", help="Label smoothing of the cross-entropy (0..1).")] = 0.0,
     keep: Annotated[
         Literal["best", "last"], typer.Option("--keep", help="Checkpoint weights: best validation accuracy or the last epoch.")
     ] = "best",
     early_stop: Annotated[int, typer.Option("--early-stop", help="Stop after N epochs without a better validation accuracy (0: never).")] = 0,
-    print_every: Annotated[int, typer.Option("--print-every", help="Print the mean loss every N mini-batches (stderr; 0: never).")] = 0,
+    print_every: Annotated[
+        int, typer.Option("--print-every", help="Print the mean loss every N mini-batches (stderr) and record it as a step "
+                          "record in the checkpoint's history (0: never).")
+    ] = 0,
+    val_every: Annotated[
+        int, typer.Option("--val-every", help="Also validate every N weight updates (step records drawn by curves; 0: once per epoch).")
+    ] = 0,
+    test_each_epoch: Annotated[
+        bool, typer.Option("--test-each-epoch", help="Also record test loss/accuracy after every epoch (test_loss, test_acc; "
+                           "the kept epoch is still chosen on validation).")
+    ] = False,
+    label: Annotated[
+        Optional[str], typer.Option("--label", help="Name of this run in figures and tables (default: the architecture and "
+                                    "its non-default options, e.g. 'lenet relu-out').")
+    ] = None,
     seed: options.Seed = 0,
     device: options.Device = "auto",
     threads: options.Threads = None,
@@ -130,6 +146,7 @@ def main(
       cnntools train --arch lenet --data cifar10 --opt sgd --lr 0.001 --momentum 0.9 --batch-size 4 --epochs 2
       cnntools train --arch resnet18 --data cifar10 --augment flip,crop:4 --batch-size 64 --epochs 10
       cnntools train --resume model.safetensors --epochs 30
+      cnntools train --arch lenet --output-activation relu --val-every 20 --print-every 10 -o relu.safetensors
       cnntools train --nproc 2 --batch-size 64        # 2 processes, 32 images each per update
       torchrun --nproc-per-node 4 -m cnntools train --arch resnet18 --data cifar10 --batch-size 256
       cnntools train --format jsonl -q | jq .val_acc
@@ -172,7 +189,7 @@ def main(
         "weight_decay": weight_decay, "nesterov": nesterov, "schedule": schedule, "warmup": warmup,
         "step_size": step_size, "gamma": gamma, "augment": augment, "normalize": normalize,
         "class_weights": class_weights, "label_smoothing": label_smoothing, "keep": keep, "early_stop": early_stop,
-        "print_every": print_every, "seed": seed, "device": device, "precision": precision, "deterministic": deterministic,
+        "print_every": print_every, "val_every": val_every, "test_each_epoch": test_each_epoch, "label": label, "seed": seed, "device": device, "precision": precision, "deterministic": deterministic,
     }
     resumed = None
     if resume is not None:
@@ -215,8 +232,10 @@ def _train(cfg, resumed, resume, target, fmt, history, plot, data_sets=None, ran
     from dataclasses import replace
 
     from cnntools.training import Trainer, TrainingInterrupted, load_training_data
+    from cnntools.training.loop import load_test_split
 
     train_set, val_set, _ = data_sets if data_sets is not None else load_training_data(cfg)
+    test_set = load_test_split(cfg, train_set) if cfg.test_each_epoch else None
     if resumed is not None:
         meta = resumed["meta"]
         train_set, val_set = _match_stored_size(train_set, val_set, meta)
@@ -226,14 +245,15 @@ def _train(cfg, resumed, resume, target, fmt, history, plot, data_sets=None, ran
             cfg = replace(cfg, val_split=0.0)
     is_main = rank is None or rank.is_main
     trainer = Trainer(cfg, train_set, val_set, output=target, rank=rank.rank if rank else 0,
-                      world_size=rank.world_size if rank else 1, device=device_used)
+                      world_size=rank.world_size if rank else 1, device=device_used, test_set=test_set)
     if resumed is not None:
         try:
-            trainer.restore(resumed["state"], resumed["meta"].get("history", []), resumed["weights"])
+            trainer.restore(resumed["state"], resumed["meta"].get("history", []), resumed["weights"],
+                            resumed["meta"].get("steps", []))
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as error:
             raise output.CnnError(f"{resume}: its resume state does not fit the run it describes ({type(error).__name__}); the file is damaged") from None
 
-    printer = _RecordPrinter(fmt)
+    printer = _RecordPrinter(fmt, test=cfg.test_each_epoch)
     if is_main:  # under DDP only rank 0 prints and writes
         _describe_run(trainer, cfg, resumed is not None, backend)
         for record in trainer.history:
@@ -244,7 +264,7 @@ def _train(cfg, resumed, resume, target, fmt, history, plot, data_sets=None, ran
             return
         printer.add(record)
         if history:
-            _write_history(history, trainer.history)
+            _write_history(history, trainer.history, trainer.steps)
 
     trainer.on_epoch = on_epoch
     trainer.on_print = output.info
@@ -266,9 +286,13 @@ def _train(cfg, resumed, resume, target, fmt, history, plot, data_sets=None, ran
         if trainer.progress is not None:
             trainer.progress.stop()
         if plot and trainer.history and is_main:
-            from cnntools.plots import training_curves
+            from cnntools.plots import save_figure, training_curves
+            from cnntools.runs import Run, best_epoch
 
-            training_curves(trainer.history, plot, title=f"{cfg.arch} on {cfg.data}")
+            meta = trainer.metadata()
+            run = Run(label=meta["label"], source=target, epochs=trainer.history, steps=trainer.steps,
+                      best_epoch=best_epoch(trainer.history, meta), steps_per_epoch=trainer.steps_per_epoch)
+            save_figure(training_curves([run], title=f"{meta['label']} on {cfg.data}"), plot)
     if finished and is_main:
         printer.finish(trainer)
         _summary(trainer, target)
@@ -321,15 +345,23 @@ def _history_kind(path: str) -> str:
     raise output.CnnError(f"{path}: --history writes .csv or .jsonl files")
 
 
-def _write_history(path: str, records: list[dict]) -> None:
+def record_columns(records: list[dict]) -> list[str]:
+    """The epoch record's columns: test ones only when the run measured the test split."""
+    return RECORD_COLUMNS + (TEST_COLUMNS if any("test_loss" in r for r in records) else [])
+
+
+def _write_history(path: str, records: list[dict], steps: list[dict] = ()) -> None:
+    """Per-epoch records; a .jsonl file also gets the step records (`kind` step/val), in update order."""
     import json
 
     from cnntools import files
 
     if _history_kind(path) == "csv":
-        files.write_text(path, output.csv_text(records, RECORD_COLUMNS))
+        files.write_text(path, output.csv_text(records, record_columns(records)))
     else:
-        files.write_text(path, "".join(json.dumps(output.to_jsonable(r)) + "\n" for r in records))
+        lines = [(r.get("updates", 0), 1, r) for r in records] + [(r["updates"], 0, r) for r in steps]
+        lines.sort(key=lambda item: (item[0], item[1]))
+        files.write_text(path, "".join(json.dumps(output.to_jsonable(r)) + "\n" for _, _, r in lines))
 
 
 def _resume_config(ctx, resume: str, given: dict):
@@ -410,9 +442,11 @@ class _RecordPrinter:
     WIDTHS = {"epoch": 5, "train_loss": 10, "train_acc": 9, "val_loss": 8, "val_acc": 7, "lr": 9, "seconds": 7,
               "images_per_s": 12, "updates": 7}
 
-    def __init__(self, fmt: str):
+    def __init__(self, fmt: str, test: bool = False):
         self.fmt = fmt
         self.started = False
+        self.widths = {**self.WIDTHS, **({"test_loss": 9, "test_acc": 8} if test else {})}
+        self.columns = RECORD_COLUMNS + (TEST_COLUMNS if test else [])
 
     def add(self, record: dict, replay: bool = False) -> None:
         stream = output.data_stream()
@@ -423,12 +457,12 @@ class _RecordPrinter:
         if self.fmt == "json":
             return
         if self.fmt == "csv":
-            text = output.csv_text([record], RECORD_COLUMNS)
+            text = output.csv_text([record], self.columns)
             stream.write(text if not self.started else text.split("\n", 1)[1])
         else:
             if not self.started:
-                stream.write("  ".join(c.rjust(w) for c, w in self.WIDTHS.items()) + "\n")
-            stream.write("  ".join(self._cell(record.get(c), c).rjust(w) for c, w in self.WIDTHS.items()) + "\n")
+                stream.write("  ".join(c.rjust(w) for c, w in self.widths.items()) + "\n")
+            stream.write("  ".join(self._cell(record.get(c), c).rjust(w) for c, w in self.widths.items()) + "\n")
         stream.flush()
         self.started = True
 
@@ -448,12 +482,14 @@ class _RecordPrinter:
             output.print_json(
                 {
                     "checkpoint": trainer.output,
+                    "label": meta["label"],
                     "arch": meta["arch"],
                     "data": meta["data"],
                     "train_config": meta["train_config"],
                     "metrics": meta["metrics"],
                     "updates": trainer.position.updates,
                     "history": trainer.history,
+                    "steps": trainer.steps,
                 },
                 schema="train",
             )

@@ -48,6 +48,9 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     deterministic: bool = False  # torch.use_deterministic_algorithms and cuDNN's deterministic mode
+    label: str | None = None  # None: derived from the options (cnntools.runs.derive_label)
+    val_every: int = 0  # also validate every N weight updates (0: once per epoch only)
+    test_each_epoch: bool = False  # also measure the test split after every epoch (never used to select)
 
     def resolved_lr(self) -> float:
         return self.lr if self.lr is not None else DEFAULT_LR[self.opt]
@@ -74,7 +77,7 @@ def validate_config(cfg: TrainConfig) -> None:
         raise CnnError("--keep takes best or last")
     if not 0.0 <= cfg.label_smoothing < 1.0:
         raise CnnError("--label-smoothing must be in [0, 1)")
-    if cfg.warmup < 0 or cfg.early_stop < 0 or cfg.print_every < 0:
-        raise CnnError("--warmup, --early-stop and --print-every cannot be negative")
+    if cfg.warmup < 0 or cfg.early_stop < 0 or cfg.print_every < 0 or cfg.val_every < 0:
+        raise CnnError("--warmup, --early-stop, --print-every and --val-every cannot be negative")
     if cfg.nesterov and (cfg.opt != "sgd" or cfg.momentum <= 0):
         raise CnnError("--nesterov needs --opt sgd and a positive --momentum")

@@ -99,10 +99,27 @@ def load_training_data(cfg: TrainConfig):
     return train_set, val_set, size
 
 
+def load_test_split(cfg: TrainConfig, like):
+    """The test split for `--test-each-epoch`, at the size and channels of the train set `like`."""
+    from cnntools.data import load_split
+
+    try:
+        test_set = load_split(cfg.data, "test", cfg.data_dir, cfg.download, 0.0, cfg.seed, cfg.image_size)
+    except CnnError as error:
+        raise CnnError(f"--test-each-epoch: {error}") from None
+    if len(test_set) == 0:
+        raise CnnError(f"--test-each-epoch: the test split of {cfg.data} is empty")
+    if list(test_set.classes) != list(like.classes):
+        raise CnnError(f"--test-each-epoch: the test split of {cfg.data} names other classes than its train split")
+    return test_set.resized(int(like.image_size[0]), like.channels)
+
+
 class Trainer:
     """One training run. Construct, optionally `restore(...)`, then `run()`.
 
     Callbacks: `on_epoch(record)` after each epoch (record = the history row),
+    `on_step(record)` after each step record (`kind` step: the mean training loss of the last
+    `print_every` updates; `kind` val: a `val_every` validation; both kept in `steps`),
     `on_batch(epoch, batch, loss)` after each weight update (loss: a float, or None where
     the loss is only checked every few batches), `on_print(text)` for `--print-every`
     lines. `request_stop()` (Ctrl-C does it) ends the run at the next batch boundary with a
@@ -118,6 +135,7 @@ class Trainer:
         rank: int = 0,
         world_size: int = 1,
         device=None,
+        test_set=None,
     ):
         from cnntools.data import BatchLoader, normalization, parse_augment
         from cnntools.models import arch_config, create_model
@@ -164,6 +182,15 @@ class Trainer:
                 augment=None, mean=self.mean, std=self.std, drop_last=False, rank=rank, world_size=world_size, pad=False,
                 channels_last=self.channels_last,
             )
+        self.test_loader = None
+        if test_set is not None and len(test_set):
+            self.test_loader = BatchLoader(
+                test_set, batch_size=max(per_rank, 256), shuffle=False, seed=cfg.seed, device=self.device,
+                augment=None, mean=self.mean, std=self.std, drop_last=False, rank=rank, world_size=world_size, pad=False,
+                channels_last=self.channels_last,
+            )
+        if cfg.val_every and self.val_loader is None:
+            raise CnnError("--val-every needs a validation split: pass --val-split F (e.g. 0.1)")
         self.steps_per_epoch = len(self.train_loader)
         if self.steps_per_epoch == 0:
             raise CnnError("the train split has no batches")
@@ -175,12 +202,14 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.position = Position()
         self.history: list[dict] = []
+        self.steps: list[dict] = []  # step records (kind step / val), see on_step
         self.best_state: dict | None = None
         self._stop = threading.Event()
         self._stop_signal = signal.SIGINT  # which signal asked to stop (request_stop: as Ctrl-C)
         self.on_epoch: Callable[[dict], None] | None = None
         self.on_batch: Callable[[int, int, float | None], None] | None = None
         self.on_print: Callable[[str], None] | None = None
+        self.on_step: Callable[[dict], None] | None = None
         self.progress = None  # object with start(epoch, total), advance(n, loss), stop()
         self._decorrelate_ranks()
 
@@ -192,9 +221,12 @@ class Trainer:
 
     def metadata(self) -> dict:
         """The checkpoint metadata of the current state of the run."""
+        from cnntools.runs import derive_label
+
         pos = self.position
         kept = self._kept_record()
         return {
+            "label": self.cfg.label or derive_label(asdict(self.cfg)),
             "arch": self.arch_config,
             "classes": self.classes,
             "mean": list(self.mean),
@@ -207,6 +239,7 @@ class Trainer:
             "metrics": {**(kept or {}), "updates": pos.updates, "epochs_completed": pos.epoch,
                         "kept": self.cfg.keep if self.val_loader is not None else "last"},
             "history": self.history,
+            "steps": self.steps,
         }
 
     def _kept_record(self) -> dict | None:
@@ -239,7 +272,7 @@ class Trainer:
         pos = self.position
         return self.cfg.keep == "best" and self.best_state is not None and (pos.best_epoch != pos.epoch or pos.batch > 0)
 
-    def restore(self, resume: dict, history: list[dict], weights: dict) -> None:
+    def restore(self, resume: dict, history: list[dict], weights: dict, steps: list[dict] | None = None) -> None:
         """Continue from a checkpoint's resume state (see `checkpoint.resume_state`)."""
         model = unwrap_model(self.model)
         best_epoch = int(resume.get("best_epoch") or 0)
@@ -265,6 +298,7 @@ class Trainer:
             partial=dict(resume.get("partial") or {}),
         )
         self.history = [dict(r) for r in history][: self.position.epoch]
+        self.steps = [dict(r) for r in steps or [] if int(r.get("updates", 0)) <= self.position.updates]
         set_rng_state(resume["rng"])
         self._decorrelate_ranks()
 
@@ -366,9 +400,17 @@ class Trainer:
                 self.progress.advance(1, loss_value)
             if cfg.print_every and batch_index % cfg.print_every == 0:
                 w = reduce_sum(window).cpu()  # every rank takes part in the sum; rank 0 prints it
+                mean_loss = float(w[0]) / max(1.0, float(w[1]))
+                self._add_step({"kind": "step", "epoch": epoch, "batch": batch_index, "updates": pos.updates,
+                                "train_loss": mean_loss})
                 if self.on_print is not None and self.is_main:
-                    self.on_print(f"[epoch {epoch}, batch {batch_index:5d}] loss {float(w[0]) / max(1.0, float(w[1])):.3f}")
+                    self.on_print(f"[epoch {epoch}, batch {batch_index:5d}] loss {mean_loss:.3f}")
                 window.zero_()
+            if cfg.val_every and pos.updates % cfg.val_every == 0:
+                metrics = evaluate(unwrap_model(model), self.val_loader, self.eval_criterion, device, self.precision)
+                model.train()
+                self._add_step({"kind": "val", "epoch": epoch, "batch": batch_index, "updates": pos.updates,
+                                "val_loss": metrics["loss"], "val_acc": metrics["acc"]})
             if self.on_batch is not None:
                 self.on_batch(epoch, batch_index, loss_value)
             if self.world_size == 1:
@@ -402,6 +444,10 @@ class Trainer:
             # The plain module: evaluation needs no gradient exchange, and the shards differ in length.
             metrics = evaluate(unwrap_model(model), self.val_loader, self.eval_criterion, device, self.precision)
             record["val_loss"], record["val_acc"] = metrics["loss"], metrics["acc"]
+        if self.test_loader is not None:
+            # Measured, never used to choose: model selection stays on validation.
+            metrics = evaluate(unwrap_model(model), self.test_loader, self.eval_criterion, device, self.precision)
+            record["test_loss"], record["test_acc"] = metrics["loss"], metrics["acc"]
         pos.epoch, pos.batch, pos.partial = epoch, 0, {}
         self.history.append(record)
         stop_early = self._track_best(record)
@@ -411,6 +457,11 @@ class Trainer:
         if (stop if self.world_size > 1 else self._stop.is_set()) and pos.epoch < cfg.epochs:
             self._interrupt(epoch, 0)
         return None if stop_early else record
+
+    def _add_step(self, record: dict) -> None:
+        self.steps.append(record)
+        if self.on_step is not None and self.is_main:
+            self.on_step(record)
 
     def _track_best(self, record: dict) -> bool:
         """Keep the best weights by validation accuracy; True when early stopping triggers."""

@@ -12,14 +12,20 @@ from cnntools.training.config import TrainConfig
 
 def class_weight_tensor(spec: str, train_set, device) -> torch.Tensor | None:
     """Cross-entropy class weights: none, auto (n_samples / (n_classes × count), sklearn's
+    "balanced"), smooth:ALPHA (∝ (1/count)^ALPHA, scaled to mean 1: 0 is no weighting, 1 is
     "balanced") or an explicit comma-separated list."""
     spec = (spec or "none").strip().lower()
     k = len(train_set.classes)
     if spec == "none":
         return None
-    if spec == "auto":
+    if spec == "auto" or spec.startswith("smooth:"):
+        alpha = 1.0 if spec == "auto" else _smooth_alpha(spec)
         counts = torch.bincount(train_set.labels, minlength=k).double()
-        weights = len(train_set) / (k * counts.clamp(min=1))
+        if spec == "auto":
+            weights = len(train_set) / (k * counts.clamp(min=1))
+        else:
+            weights = counts.clamp(min=1).pow(-alpha)
+            weights = weights * k / weights.sum()
         return weights.float().to(device)
     try:
         values = [float(v) for v in spec.split(",")]
@@ -30,6 +36,16 @@ def class_weight_tensor(spec: str, train_set, device) -> torch.Tensor | None:
     if any(v < 0 for v in values) or sum(values) <= 0:
         raise CnnError("--class-weights must be non-negative and not all zero")
     return torch.tensor(values, dtype=torch.float32, device=device)
+
+
+def _smooth_alpha(spec: str) -> float:
+    try:
+        alpha = float(spec.split(":", 1)[1])
+    except ValueError:
+        raise CnnError(f"--class-weights '{spec}': smooth takes a number, e.g. smooth:0.5") from None
+    if not 0.0 <= alpha <= 4.0 or not math.isfinite(alpha):
+        raise CnnError(f"--class-weights '{spec}': ALPHA must be between 0 (no weighting) and 4 (1 is balanced)")
+    return alpha
 
 
 def build_optimizer(model, cfg: TrainConfig):

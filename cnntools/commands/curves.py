@@ -1,0 +1,118 @@
+"""`cnntools curves`: training histories of several runs on one figure, and their merged records."""
+
+from __future__ import annotations
+
+from typing import Annotated, List, Optional
+
+import typer
+
+from cnntools import options, output
+from cnntools.output import CnnError
+
+COLUMNS = ["run", "kind", "epoch", "batch", "updates", "train_loss", "train_acc", "val_loss", "val_acc",
+           "test_loss", "test_acc", "lr", "best"]
+
+
+def main(
+    runs: Annotated[
+        List[str],
+        typer.Argument(help="Checkpoints (.safetensors) or history files from train --history (.csv, .jsonl); - for stdin.",
+                       show_default=False, metavar="RUN"),
+    ],
+    out: options.Output = None,
+    label: Annotated[
+        Optional[List[str]],
+        typer.Option("--label", help="Name the runs in order (repeat the flag); default: the checkpoint's label, "
+                     "or a history file's name."),
+    ] = None,
+    steps: Annotated[bool, typer.Option("--steps", help="Also list the step records (per-step losses, --val-every) in the table/CSV.")] = False,
+    log_loss: Annotated[bool, typer.Option("--log-loss", help="Draw the loss on a logarithmic axis (a learning-rate sweep's diverging runs).")] = False,
+    title: Annotated[Optional[str], typer.Option("--title", help="Figure title (default: the runs and their data).")] = None,
+    fmt: options.Format = "table",
+    quiet: options.Quiet = False,
+    debug: options.Debug = False,
+) -> None:
+    """Training histories of several runs on one figure, and their records merged into one table.
+
+    Each RUN is a checkpoint written by `cnntools train` (its history and step records are
+    stored in it) or a `train --history` file. The figure (-o) has a loss and an accuracy panel,
+    one colour per run: train solid, validation dashed, test dotted (--test-each-epoch), thin
+    lines for per-step losses (--print-every) and --val-every validations, a star at the epoch
+    whose weights the run kept. Stdout gets every run's records with a `run` column.
+
+    \b
+    Examples:
+      cnntools curves none.safetensors relu.safetensors tanh.safetensors -o curves.png
+      cnntools curves lr-*.safetensors --log-loss -o sweep.png --format csv > sweep.csv
+      cnntools train --history h.jsonl -q && cnntools curves h.jsonl -o h.png
+    """
+    output.configure(quiet=quiet, debug=debug)
+    from cnntools import files, runs as runlib
+
+    if out:
+        files.figure_format(out)
+    if sum(r == "-" for r in runs) > 1:
+        raise CnnError("only one run can come from stdin (-)")
+    if label and len(label) != len(runs):
+        raise CnnError(f"--label was given {len(label)} time(s) for {len(runs)} run(s); name every run or none")
+    loaded = [_read_run(path, label[i] if label else None) for i, path in enumerate(runs)]
+    names = runlib.distinct_labels([r.label for r in loaded], [r.source for r in loaded])
+    for run, name in zip(loaded, names):
+        run.label = name
+
+    if out:
+        from cnntools.plots import save_figure, training_curves
+
+        fig = training_curves(loaded, title=title or _title(loaded))
+        if log_loss:
+            fig.axes[0].set_yscale("log")
+        save_figure(fig, out)
+        output.info(f"Wrote {out}")
+
+    records = runlib.merged_rows(loaded, include_steps=True)
+    shown = records if steps else [r for r in records if r["kind"] == "epoch"]
+    present = [c for c in COLUMNS if any(r.get(c) is not None for r in shown)]
+    doc = {
+        "runs": [{"label": r.label, "source": r.source, "best_epoch": r.best_epoch, "epochs": len(r.epochs),
+                  "step_records": len(r.steps), "data": r.data} for r in loaded],
+        "records": records,
+    }
+    output.emit(doc, fmt, schema="curves", rows=shown, columns=present, title=_table_title(loaded))
+
+
+def _read_run(path: str, label: str | None):
+    """A Run from a checkpoint or a history file (told apart by their first bytes)."""
+    from cnntools import files, runs as runlib
+
+    name = files.display_name(path)
+    data = files.read_bytes(path)
+    if _is_safetensors(data):
+        from cnntools.checkpoint import read_checkpoint
+
+        _, meta = read_checkpoint(path, data)
+        run = runlib.run_from_checkpoint_meta(meta, name)
+        if label:
+            run.label = label
+        return run
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise CnnError(f"{name}: neither a cnntools checkpoint nor a history file (.csv or .jsonl)") from None
+    return runlib.run_from_history_text(text, name, label)
+
+
+def _is_safetensors(data: bytes) -> bool:
+    return len(data) > 9 and data[8:9] == b"{" and int.from_bytes(data[:8], "little") < len(data)
+
+
+def _title(loaded) -> str:
+    data = sorted({r.data for r in loaded if r.data})
+    on = f" on {', '.join(data)}" if data else ""
+    if len(loaded) == 1:
+        return f"Training curves: {loaded[0].label}{on}"
+    return f"Training curves of {len(loaded)} runs{on}"
+
+
+def _table_title(loaded) -> str:
+    return "Training records: " + ", ".join(f"{r.label} (kept epoch {r.best_epoch})" if r.best_epoch else r.label
+                                            for r in loaded)
