@@ -154,6 +154,11 @@ DEPRECATED = {
     "curves": {"-l": "--label"},
 }
 
+Channels = Annotated[
+    Optional[str],
+    typer.Option("--channels", metavar="LIST", help="Exactly these channels, in this order: 0-7 or 3,0,5 (default: the most active)."),
+]
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 

@@ -114,6 +114,19 @@ def show_overlay(ax, image, heatmap, alpha: float = 0.5, title: str | None = Non
               interpolation="bilinear")
 
 
+def show_map(ax, heatmap, title: str | None = None, fontsize: float = 8, cmap: str = "hot", vmin=0.0, vmax=1.0):
+    """A map drawn alone, pixel for pixel (nearest neighbour), without axes ticks; returns the image artist."""
+    import numpy as np
+
+    heat = heatmap.detach().cpu().numpy() if hasattr(heatmap, "detach") else np.asarray(heatmap)
+    artist = ax.imshow(heat, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=fontsize)
+    return artist
+
+
 def grid_shape(n: int) -> tuple[int, int]:
     """Rows and columns for `n` tiles, about square."""
     import math
@@ -265,31 +278,77 @@ def training_curves(runs, title: str | None = None):
     return fig
 
 
-def logits_histogram(values: dict, path: str | os.PathLike, bins: int = 60) -> None:
-    """Histogram of raw model outputs (one series per model), with zero marked.
+def logits_histogram(values: dict, title: str = "Raw outputs", bins: int = 60, log_count: bool = False):
+    """Histogram of raw model outputs (one series per model, by label), with zero marked.
 
-    A ReLU output layer shows up as a spike at zero and nothing left of it.
+    A ReLU output layer shows up as a spike at zero and nothing left of it; `log_count`
+    puts the counts on a log axis so the spike does not flatten the rest. The legend sits
+    below the axes, so it covers no bar. Returns the Figure.
     """
     import numpy as np
 
-    fig = new_figure(7, 4)
+    fig = new_figure(8, 4.6 + 0.2 * len(values))
     ax = fig.subplots()
     arrays = {name: np.asarray(v, dtype=np.float64).ravel() for name, v in values.items()}
     finite = [a[np.isfinite(a)] for a in arrays.values() if a.size]
+    colors = class_colors(max(1, len(arrays)))
     if finite:
         low = min(float(a.min()) for a in finite)
         high = max(float(a.max()) for a in finite)
         edges = np.linspace(low, high if high > low else low + 1.0, bins + 1)
-        for name, a in arrays.items():
+        for (name, a), color in zip(arrays.items(), colors):
             a = a[np.isfinite(a)]
             share = float((a < 0).mean()) if a.size else 0.0
-            ax.hist(a, bins=edges, alpha=0.6 if len(arrays) > 1 else 0.9, label=f"{name} ({share:.1%} negative)")
+            ax.hist(a, bins=edges, alpha=0.55 if len(arrays) > 1 else 0.9, color=color, histtype="stepfilled",
+                    edgecolor=color, linewidth=1.2,
+                    label=f"{name}: {share:.1%} negative, range {float(a.min()):.3g} to {float(a.max()):.3g}")
     ax.axvline(0.0, color="black", linewidth=1)
-    ax.set_xlabel("raw output (logit)")
-    ax.set_ylabel("count")
-    ax.set_title("Distribution of raw outputs")
-    ax.legend()
-    save_figure(fig, path)
+    if log_count:
+        ax.set_yscale("log")
+    ax.set_xlabel("raw output (logit), every class of every image")
+    ax.set_ylabel("count (log scale)" if log_count else "count")
+    ax.set_title(title, fontsize=11)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.16), frameon=False, fontsize=9, ncol=1)
+    fig.tight_layout()
+    return fig
+
+
+def logit_bars(panels: list[dict], models: list[str], classes: list[str]):
+    """Per-class raw outputs of several models for the same images: one row per image, its
+    thumbnail on the left, grouped bars (one colour per model) on the right. Each panel is
+    {"name", "label" (true class name or None), "image" (C×H×W), "logits" (one list per model)}.
+    Returns the Figure."""
+    import numpy as np
+
+    k, m = len(classes), len(models)
+    colors = class_colors(max(1, m))
+    width = min(16.0, max(7.0, 0.32 * k * max(1, m) ** 0.5 + 3.0))
+    fig = new_figure(width, 2.5 * len(panels) + 0.9 + 0.22 * ((m + 2) // 3))
+    grid = fig.add_gridspec(len(panels), 2, width_ratios=[1, max(3.0, width - 2.0)])
+    x = np.arange(k)
+    bar = 0.8 / max(1, m)
+    for row, panel in enumerate(panels):
+        show_image(fig.add_subplot(grid[row, 0]), panel["image"],
+                   panel["name"] + (f"\nlabel: {panel['label']}" if panel["label"] is not None else ""), fontsize=9)
+        ax = fig.add_subplot(grid[row, 1])
+        for j, (name, values, color) in enumerate(zip(models, panel["logits"], colors)):
+            ax.bar(x - 0.4 + bar * (j + 0.5), values, width=bar, color=color, label=name if row == 0 else None)
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.set_xticks(x)
+        ax.set_xticklabels([str(c) for c in classes], rotation=90 if k > 12 or max(len(str(c)) for c in classes) > 4 else 0,
+                           fontsize=8 if k <= 30 else 6)
+        ax.set_xlim(-0.6, k - 0.4)
+        ax.set_ylabel("logit")
+        ax.grid(True, axis="y", alpha=0.3)
+        if row == len(panels) - 1:
+            ax.set_xlabel("class")
+    fig.suptitle(f"Raw outputs per class of {m} model{'s' if m > 1 else ''} for the same {len(panels)} image"
+                 f"{'s' if len(panels) > 1 else ''}", fontsize=12)
+    # Constrained layout sizes every row's tick labels and keeps the legend outside the panels.
+    fig.set_layout_engine("constrained")
+    fig.legend(loc="outside lower center", ncol=min(3, m), frameon=False, fontsize=9, title="model", title_fontsize=9)
+    return fig
 
 
 # ---------------------------------------------------------------------------- dataset figures

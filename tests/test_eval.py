@@ -91,7 +91,8 @@ def test_eval_json_equals_scikit_learn_on_its_own_predictions(cli, trained, tmp_
     assert result.exit_code == 0, result.stderr
     doc = result.json()["models"][0]
     rows = list(csv.DictReader(preds.open()))
-    assert list(rows[0]) == ["index", "path", "label", "label_name", "pred", "pred_name", "prob", "loss"]
+    assert list(rows[0]) == ["model", "data", "index", "path", "label", "label_name", "pred", "pred_name", "prob", "loss"]
+    assert {r["model"] for r in rows} == {"simple-cnn"} and {r["data"] for r in rows} == {"digits:test"}
     y = np.array([int(r["label"]) for r in rows])
     p = np.array([int(r["pred"]) for r in rows])
     assert doc["images"] == len(rows) == 359  # digits test split
@@ -122,7 +123,9 @@ def test_several_models_side_by_side(cli, trained, tmp_path):
     result = cli("eval", *trained, "--logits-hist", hist, "-q")
     assert result.exit_code == 0, result.stderr
     assert "Models side by side" in result.stdout and "Per-class accuracy" in result.stdout
-    assert str(trained[0]) in result.stdout and str(trained[1]) in result.stdout
+    # Columns are headed by the runs' labels (derived: the architecture and its non-default options).
+    header = [line for line in result.stdout.splitlines() if line.startswith("metric")][0]
+    assert header.split()[1:] == ["simple-cnn", "mlp"]
     assert hist.read_bytes()[:4] == b"\x89PNG"
     doc = cli("eval", *trained, "--format", "json", "-q").json()
     assert [m["arch"] for m in doc["models"]] == ["simple-cnn", "mlp"]

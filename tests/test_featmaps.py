@@ -99,7 +99,7 @@ def test_cli_list_layers_json_figure_and_saved_tensors(checkpoint, tmp_path):
     doc = json.loads(result.stdout)
     assert [e["layer"] for e in doc["layers"]] == ["features.1", "features.7"]
     assert doc["layers"][0]["shape"] == [32, 32, 32] and doc["layers"][0]["min"] >= 0.0
-    assert len(doc["layers"][1]["most_active_channels"]) == 6
+    assert len(doc["layers"][1]["channels"]) == 6 and doc["layers"][1]["chosen"] == "most active"
     assert png.stat().st_size > 10_000
     tensors = load_file(str(saved))
     assert tensors["features.7"].shape == (128, 8, 8)
@@ -111,6 +111,8 @@ def test_cli_list_layers_json_figure_and_saved_tensors(checkpoint, tmp_path):
         expected = torch.relu(lm.model.features[:7](tensors["__input__"][None]))[0]
     torch.testing.assert_close(tensors["features.7"], expected, atol=1e-5, rtol=1e-5)
     assert n_hooks(lm.model) == 0
+    means = tensors["features.7"].flatten(1).mean(1)
+    assert doc["layers"][1]["channels"] == means.argsort(descending=True)[:6].tolist()
 
     result = runner.invoke(app, ["featmaps", str(checkpoint), "-l", "nope"], prog_name="cnntools")
     assert result.exit_code == 1 and "no layer named 'nope'" in result.stderr

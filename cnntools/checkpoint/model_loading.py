@@ -270,3 +270,26 @@ def _load_torchvision(name: str, device) -> LoadedModel:
         source=f"torchvision:{name}",
         resize_size=resize,
     )
+
+
+def load_architecture(spec: str, device="cpu") -> tuple[Any, int, int]:
+    """(untrained model in eval mode, input channels, input size) of a checkpoint or
+    `torchvision:NAME`, for questions about the architecture alone (`--list-layers`):
+    torchvision's weight file is never needed, and a checkpoint's weights are not loaded."""
+    device = torch.device(device) if not isinstance(device, torch.device) else device
+    if spec.startswith(TORCHVISION_PREFIX):
+        import torchvision.models as tvm
+
+        from cnntools.models import no_inplace
+        from cnntools.models.hub import default_weights
+
+        name = spec[len(TORCHVISION_PREFIX):]
+        weights = default_weights(name)  # metadata only: the crop size the weights were trained at
+        extra = {"googlenet": {"aux_logits": False, "init_weights": False},
+                 "inception_v3": {"aux_logits": False, "init_weights": False}}.get(name, {})
+        model = tvm.get_model(name, weights=None, **extra)
+        return no_inplace(model).to(device).eval(), 3, int(weights.transforms().crop_size[0])
+    _, meta = read_checkpoint(spec)
+    model = build_model(meta, files.display_name(spec)).to(device).eval()
+    config = meta["arch"]
+    return model, int(meta.get("in_channels", config["in_channels"])), int(meta.get("image_size", config["image_size"]))

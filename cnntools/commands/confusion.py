@@ -40,7 +40,7 @@ def _from_checkpoint(source, data, data_dir, split, download, batch_size, device
     else:
         lm = load_model(source, dev)
     imageset = lm.load_split(split, data_override=data, data_dir=data_dir, download=download)
-    output.info(f"Running {lm.arch} on {imageset.spec} {imageset.split} ({len(imageset)} images)")
+    output.info(f"Running {lm.label} on {imageset.spec}:{imageset.split} ({len(imageset)} images)")
     logits, labels = predict(lm, imageset, batch_size, dev, prec)
     preds = logits.argmax(1).numpy().astype(np.int64)
     return (
@@ -49,7 +49,7 @@ def _from_checkpoint(source, data, data_dir, split, download, batch_size, device
         list(lm.classes),
         list(range(len(imageset))),
         imageset.paths,
-        f"{imageset.spec}:{imageset.split}",
+        f"{lm.label} on {imageset.spec}:{imageset.split}",
     )
 
 
@@ -57,7 +57,9 @@ def _from_predictions(text, source):
     from cnntools.interpret.confusion import read_predictions
 
     table = read_predictions(text, source)
-    return table.label, table.pred, table.classes, table.index, table.paths, source
+    # Name what the predictions are of: the model's label and the data the eval ran on.
+    origin = " on ".join(x for x in (table.model, table.data) if x) or source
+    return table.label, table.pred, table.classes, table.index, table.paths, origin
 
 
 def main(
@@ -150,7 +152,9 @@ def main(
     if plot:
         from cnntools.plots import confusion_heatmap, save_figure
 
-        title = f"Confusion matrix ({origin}, {total} images" + (f", normalised over {normalize})" if normalize != "none" else ")")
+        accuracy = float(np.trace(counts) / total) if total else 0.0
+        title = (f"Confusion matrix: {origin}\n{total} images, accuracy {accuracy:.1%}"
+                 + (f", normalised over {normalize}" if normalize != "none" else ", counts"))
         save_figure(confusion_heatmap(matrix, classes, title=title, normalized=normalize != "none"), plot)
         output.info(f"Wrote {plot}")
 
@@ -177,7 +181,8 @@ def main(
         output.print_table(
             rows,
             columns,
-            title=f"Confusion matrix, {label} (rows: true class, columns: predicted) — {total} images, accuracy {doc['accuracy']:.4f}",
+            title=f"Confusion matrix of {origin}, {label} (rows: true class, columns: predicted) — {total} images, "
+                  f"accuracy {doc['accuracy']:.4f}",
         )
         if pairs:
             stream = output.data_stream()

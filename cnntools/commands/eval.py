@@ -8,6 +8,7 @@ import typer
 
 from cnntools import options, output, runtime
 from cnntools.completion import complete_model
+from cnntools.runs import distinct_labels
 
 
 def main(
@@ -20,7 +21,20 @@ def main(
     top_k: options.TopK = 5,
     per_class: options.PerClass = True,
     predictions: options.Output = None,
-    logits_hist: Annotated[Optional[str], typer.Option("--logits-hist", metavar="FILE", help="Histogram of the raw outputs (PNG, SVG or PDF).")] = None,
+    logits: Annotated[
+        bool, typer.Option("--logits", rich_help_panel=options.PANEL_OUTPUT, help="Add the raw outputs to the -o predictions CSV: one column logit_CLASS per class.")
+    ] = False,
+    logits_hist: Annotated[Optional[str], typer.Option("--logits-hist", rich_help_panel=options.PANEL_OUTPUT, metavar="FILE", help="Histogram of the raw outputs (PNG, SVG or PDF).")] = None,
+    log_count: Annotated[
+        bool, typer.Option("--log-count", rich_help_panel=options.PANEL_OUTPUT, help="--logits-hist: counts on a logarithmic axis (a ReLU output's spike at 0 "
+                           "hides the rest otherwise).")
+    ] = False,
+    logits_plot: Annotated[
+        Optional[str],
+        typer.Option("--logits-plot", rich_help_panel=options.PANEL_OUTPUT, metavar="FILE", help="Per-class bars of every model's raw outputs for the same images: the --image "
+                     "files, or --indices of the split (PNG, SVG or PDF)."),
+    ] = None,
+    indices: options.Indices = None,
     image: options.Images = None,
     device: options.Device = "auto",
     threads: options.Threads = None,
@@ -46,6 +60,8 @@ def main(
       cnntools eval model.safetensors
       cnntools eval lenet.safetensors simple.safetensors --split test
       cnntools eval model.safetensors -o - | cnntools confusion -
+      cnntools eval model.safetensors -o pred.csv --logits
+      cnntools eval none.safetensors relu.safetensors -i 0,1 --logits-plot logits.png
       cnntools eval torchvision:vgg16 --image bird.jpg dog.jpg --top-k 3
     """
     output.configure(quiet=quiet, debug=debug)
@@ -61,8 +77,13 @@ def main(
         raise output.CnnError("--batch-size and --top-k must be at least 1")
     if sum(1 for m in models if m == "-") > 1:
         raise output.CnnError("only one model can come from stdin (-)")
-    if logits_hist:
-        files.figure_format(logits_hist)
+    for figure in (logits_hist, logits_plot):
+        if figure:
+            files.figure_format(figure)
+    if logits and not predictions:
+        raise output.CnnError("--logits adds columns to the predictions CSV: name it with -o FILE")
+    if indices and image:
+        raise output.CnnError("choose images one way: --indices (dataset) or --image (files)")
     files.check_output(predictions)
     if predictions == "-":
         output.claim_stdout()
@@ -70,25 +91,41 @@ def main(
     dev = runtime.resolve_device(device)
     prec = runtime.resolve_precision(precision, dev)
     loaded = [load_model(m, dev) for m in models]
+    labels = distinct_labels([lm.label for lm in loaded], [lm.source for lm in loaded])
 
     if image:
-        _images(loaded, image, top_k, fmt)
+        shown = _images(loaded, labels, image, top_k, fmt)
+        if logits_plot:
+            _logits_plot(loaded, labels, shown, logits_plot)
         return
 
     results, all_rows, hist = [], [], {}
-    for lm in loaded:
-        results.append(_evaluate(lm, data, data_dir, split, download, batch_size, top_k, prec, all_rows if predictions else None, hist))
+    for lm, label in zip(loaded, labels):
+        results.append(_evaluate(lm, label, data, data_dir, split, download, batch_size, top_k, prec,
+                                 all_rows if predictions else None, hist, logits))
     if predictions:
-        columns = (["model"] if len(loaded) > 1 else []) + ["index", "path", "label", "label_name", "pred", "pred_name", "prob", "loss"]
+        columns = PREDICTION_COLUMNS + (_logit_columns(loaded[0].classes) if logits else [])
         files.write_text(predictions, output.csv_text(all_rows, columns))
     if logits_hist:
-        from cnntools.plots import logits_histogram
+        from cnntools.plots import logits_histogram, save_figure
 
-        logits_histogram(hist, logits_hist)
+        first = results[0]
+        title = f"Raw outputs on {first['data']}:{first['split']} ({first['images']} images)"
+        save_figure(logits_histogram(hist, title=title, log_count=log_count), logits_hist)
+    if logits_plot:
+        shown = _dataset_images(loaded[0], indices or "0-2", data, data_dir, split, download)
+        _logits_plot(loaded, labels, shown, logits_plot)
     _report(results, fmt, per_class)
 
 
-def _evaluate(lm, data, data_dir, split, download, batch_size, top_k, precision, pred_rows, hist) -> dict:
+PREDICTION_COLUMNS = ["model", "data", "index", "path", "label", "label_name", "pred", "pred_name", "prob", "loss"]
+
+
+def _logit_columns(classes) -> list[str]:
+    return [f"logit_{name}" for name in classes]
+
+
+def _evaluate(lm, label, data, data_dir, split, download, batch_size, top_k, precision, pred_rows, hist, with_logits) -> dict:
     import time
 
     import torch.nn.functional as F
@@ -112,16 +149,20 @@ def _evaluate(lm, data, data_dir, split, download, batch_size, top_k, precision,
     seconds = time.perf_counter() - start
     metrics = classification_metrics(logits, labels, lm.classes, top_k=(top_k,))
     metrics.pop("count")  # the same number as "images"
-    hist[lm.source] = logits.flatten().numpy()
+    hist[label] = logits.flatten().numpy()
+    where = f"{imageset.spec}:{split}"
     if pred_rows is not None:
         probs = F.softmax(logits, dim=1)
         pred = logits.argmax(1)
         losses = F.cross_entropy(logits, labels, reduction="none")
         conf = probs.gather(1, pred[:, None])[:, 0]
         paths = imageset.paths
+        names = _logit_columns(lm.classes) if with_logits else []
+        values = logits.tolist() if with_logits else None
         for i in range(len(imageset)):
             row = {
-                "model": lm.source,
+                "model": label,
+                "data": where,
                 "index": i,
                 "path": paths[i] if paths else "",
                 "label": int(labels[i]),
@@ -131,9 +172,12 @@ def _evaluate(lm, data, data_dir, split, download, batch_size, top_k, precision,
                 "prob": round(float(conf[i]), 6),
                 "loss": round(float(losses[i]), 6),
             }
+            if with_logits:
+                row.update(zip(names, values[i]))
             pred_rows.append(row)
     return {
         "model": lm.source,
+        "label": label,
         "arch": lm.arch,
         "data": data or lm.data.get("spec") or imageset.spec,
         "split": split,
@@ -169,17 +213,18 @@ def _report(results: list[dict], fmt: str, per_class: bool) -> None:
     def render() -> None:
         if len(results) == 1:
             row = rows[0]
-            title = f"{row['model']} ({row['arch']}) on {row['data']} {row['split']}: {row['images']} images"
-            skip = {"model", "arch", "data", "split"}
+            title = f"{row['label']} ({row['model']}) on {row['data']}:{row['split']}, {row['images']} images"
+            skip = {"model", "label", "arch", "data", "split"}
             output.print_table([{"metric": k, "value": v} for k, v in row.items() if k not in skip], ["metric", "value"], title=title)
         else:
             # One column per model (as in the single-model view): a row per model would be
             # seventeen columns wide.
-            metrics = [c for c in rows[0] if c not in ("model", "arch", "data", "split")]
-            names = [f"{r['model']} ({r['arch']})" for r in rows]
+            metrics = [c for c in rows[0] if c not in ("model", "label", "arch", "data", "split")]
+            names = [r["label"] for r in rows]
             table = [{"metric": m, **{name: r[m] for name, r in zip(names, rows)}} for m in metrics]
             first = rows[0]
-            output.print_table(table, ["metric"] + names, title=f"Models side by side on {first['data']} {first['split']}")
+            output.print_table(table, ["metric"] + names, title=f"Models side by side on {first['data']}:{first['split']}, "
+                               f"{first['images']} images")
         if per_class:
             classes = [c["class"] for c in results[0]["per_class"]]
             if len(results) == 1:
@@ -189,30 +234,67 @@ def _report(results: list[dict], fmt: str, per_class: bool) -> None:
                 for i, name in enumerate(classes):
                     line = {"class": name}
                     for r in results:
-                        line[r["model"]] = r["per_class"][i]["accuracy"]
+                        line[r["label"]] = r["per_class"][i]["accuracy"]
                     table.append(line)
                 output.print_table(table, title="Per-class accuracy")
 
     output.emit(doc, fmt, schema="eval", rows=rows, render_table=render)
 
 
-def _images(loaded, paths: list[str], top_k: int, fmt: str) -> None:
+def _images(loaded, labels, paths: list[str], top_k: int, fmt: str):
+    """Print each model's top classes of each image file; returns the images as --logits-plot draws them."""
     import torch
 
     rows = []
-    for lm in loaded:
+    raw = {}
+    for lm, label in zip(loaded, labels):
         for path in paths:
             images = _read_image(path, lm.in_channels, None if lm.resize_size is not None else lm.image_size)
+            raw.setdefault(path, images)
             with torch.inference_mode():
                 logits = lm.model(lm.prepare(images)).float().cpu()[0]
             probs = torch.softmax(logits, 0)
             k = min(top_k, probs.numel())
             values, indices = probs.topk(k)
             for rank, (p, c) in enumerate(zip(values.tolist(), indices.tolist()), start=1):
-                rows.append({"model": lm.source, "image": path, "rank": rank, "class": lm.classes[c], "index": c,
+                rows.append({"model": label, "image": path, "rank": rank, "class": lm.classes[c], "index": c,
                              "prob": p, "logit": float(logits[c])})
     columns = (["model"] if len(loaded) > 1 else []) + ["image", "rank", "class", "index", "prob", "logit"]
     output.emit({"predictions": rows}, fmt, schema="eval.images", rows=rows, columns=columns, title=f"Top {top_k} classes")
+    from cnntools.files import display_name
+
+    return [(display_name(path), None, images) for path, images in raw.items()]
+
+
+def _dataset_images(lm, indices: str, data, data_dir, split, download):
+    """(name, label, uint8 1×C×H×W) of the split's images at `indices`, for --logits-plot."""
+    from cnntools.interpret.inputs import check_indices, parse_int_list
+
+    imageset = lm.load_split(split, data_override=data, data_dir=data_dir, download=download)
+    picked = parse_int_list(indices)
+    check_indices(picked, len(imageset), f"{imageset.spec} {split}")
+    return [(f"{imageset.spec}:{split} #{i}", int(imageset.labels[i]), imageset.images[i : i + 1]) for i in picked]
+
+
+def _logits_plot(loaded, labels, shown, path: str) -> None:
+    """Per-class logit bars of every model for the same images (one panel per image)."""
+    import torch
+
+    from cnntools.plots import logit_bars, save_figure
+
+    classes = loaded[0].classes
+    if any(lm.classes != classes for lm in loaded[1:]):
+        raise output.CnnError("--logits-plot compares models over the same classes; these models name different classes")
+    panels = []
+    for name, label, images in shown:
+        values = []
+        for lm in loaded:
+            with torch.inference_mode():
+                values.append(lm.model(lm.prepare(images)).float().cpu()[0].tolist())
+        panels.append({"name": name, "label": classes[label] if label is not None else None, "image": images[0],
+                       "logits": values})
+    save_figure(logit_bars(panels, labels, classes), path)
+    output.info(f"Wrote {path}")
 
 
 def _read_image(path: str, channels: int, size: int | None = None):

@@ -19,6 +19,7 @@ def main(
     list_layers: Annotated[bool, typer.Option("--list-layers", help="Print every layer with its output shape and parameters, then exit.")] = False,
     out: options.Output = None,
     max_channels: Annotated[int, typer.Option("--max-channels", min=1, help="Channels drawn per layer (the most active first).")] = 16,
+    channels: options.Channels = None,
     overlay: Annotated[bool, typer.Option("--overlay", help="Draw each channel over the image, resized to the image's size.")] = False,
     save: options.Save = None,
     data: options.Data = None,
@@ -48,6 +49,7 @@ def main(
     Examples:
       cnntools featmaps model.safetensors --list-layers
       cnntools featmaps model.safetensors -i 3 -o featmaps.png
+      cnntools featmaps model.safetensors -l features.0 --channels 0-7 -o f0-f7.png
       cnntools featmaps model.safetensors -l features.0 -l features.3 --overlay -o over.png
       cnntools featmaps model.safetensors --image cat.png --save acts.safetensors --format json
     """
@@ -67,13 +69,21 @@ def main(
 
     seed_everything(seed)
     dev = resolve_device(device)
-    lm = load_model(model, dev)
-    if list_layers:
-        rows = layer_rows(lm.model, lm.in_channels, lm.image_size)
-        output.emit({"model": model, "input_shape": [lm.in_channels, lm.image_size, lm.image_size], "layers": rows}, fmt,
+    if list_layers:  # the architecture alone: no weight file needed
+        from cnntools.checkpoint.model_loading import load_architecture
+
+        net, in_channels, size = load_architecture(model, dev)
+        rows = layer_rows(net, in_channels, size)
+        output.emit({"model": model, "input_shape": [in_channels, size, size], "layers": rows}, fmt,
                     schema="featmaps.layers", rows=rows, columns=["layer", "type", "output_shape", "params"],
-                    title=f"Layers of {model} (input {lm.in_channels}×{lm.image_size}×{lm.image_size})")
+                    title=f"Layers of {model} (input {in_channels}×{size}×{size})")
         return
+    lm = load_model(model, dev)
+    wanted = None
+    if channels is not None:
+        from cnntools.interpret.inputs import parse_int_list
+
+        wanted = parse_int_list(channels, "--channels")
 
     if image and index is not None:
         raise CnnError("choose the image one way: -i (a dataset index) or --image")
@@ -95,7 +105,7 @@ def main(
         imageset = lm.load_split(split, data_override=data, data_dir=data_dir, download=download)
         check_indices([index], len(imageset), f"{imageset.spec} {imageset.split}")
         raw = imageset.images[index : index + 1]
-        label, name = int(imageset.labels[index]), f"{imageset.spec} {imageset.split} #{index}"
+        label, name = int(imageset.labels[index]), f"{imageset.spec}:{imageset.split} #{index}"
     names = list(layer) if layer else activation_layer_names(lm.model)
     if not names:
         raise CnnError("the model has no Conv2d layer; name layers with --layer (see --list-layers)")
@@ -114,16 +124,24 @@ def main(
         stats = activation_stats(a)
         entry = {"layer": n, "type": type(get_layer(lm.model, n)).__name__, **stats}
         if a.dim() == 3:
-            order = a.flatten(1).mean(1).argsort(descending=True)
-            entry["most_active_channels"] = order[:max_channels].tolist()
+            if wanted is not None:
+                bad = [c for c in wanted if not 0 <= c < a.shape[0]]
+                if bad:
+                    raise CnnError(f"--channels {bad[0]}: layer {n} has {a.shape[0]} channels (0..{a.shape[0] - 1})")
+                entry["channels"] = list(wanted)
+            else:
+                order = a.flatten(1).mean(1).argsort(descending=True)
+                entry["channels"] = order[:max_channels].tolist()
+            entry["chosen"] = "given" if wanted is not None else "most active"
         layers_doc.append(entry)
 
     if out:
         from cnntools.plots import save_figure
 
         shown = lm.fit_images(raw)[0]
-        title = f"{name}" + (f" — label {lm.classes[label]}" if label is not None else "") + f" — pred {lm.classes[pred]} ({probs[pred]:.0%})"
-        save_figure(_figure(acts, layers_doc, shown, max_channels, overlay, title), out)
+        title = (f"Feature maps of {lm.label}: {name}" + (f", label {lm.classes[label]}" if label is not None else "")
+                 + f", pred {lm.classes[pred]} ({probs[pred]:.0%})")
+        save_figure(_figure(acts, layers_doc, shown, overlay, title), out)
         output.info(f"Wrote {out}")
     if save:
         from safetensors.torch import save as st_save
@@ -137,6 +155,7 @@ def main(
 
     doc = {
         "model": model,
+        "label_of_model": lm.label,
         "image": name,
         "label": label,
         "label_name": lm.classes[label] if label is not None else None,
@@ -149,49 +168,73 @@ def main(
                 title=f"Activations for {name} (pred {lm.classes[pred]}, {probs[pred]:.1%})")
 
 
-def _figure(acts, layers_doc, shown, max_channels, overlay, title):
+def _figure(acts, layers_doc, shown, overlay, title):
+    """One block per layer: the input image first, then the chosen channels on one colour scale
+    (its range printed and on a colour bar); 1×1 maps as one strip of values."""
     import math
 
     import torch.nn.functional as F
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
 
-    from cnntools.plots import new_figure, show_overlay
+    from cnntools.plots import new_figure, show_image, show_map, show_overlay
 
     blocks = []
     for entry in layers_doc:
         a = acts[entry["layer"]]
         if a.dim() != 3:
             continue  # linear layers have no spatial map to draw
-        blocks.append((entry, a[entry["most_active_channels"]]))
+        blocks.append((entry, a[entry["channels"]]))
     if not blocks:
         raise CnnError("none of the chosen layers has spatial feature maps to draw (pick conv layers)")
-    cols = min(8, max(b[1].shape[0] for b in blocks))
-    heights = [math.ceil(b[1].shape[0] / cols) for b in blocks]
+    strips = [tuple(m.shape[1:]) == (1, 1) for _, m in blocks]
+    cols = min(8, max(m.shape[0] + 1 for (_, m), strip in zip(blocks, strips) if not strip) if not all(strips) else 8)
+    heights = [1 if strip else math.ceil((m.shape[0] + 1) / cols) for (_, m), strip in zip(blocks, strips)]
     tile = 1.25
-    fig = new_figure(cols * tile + 0.8, sum(h * (tile + 0.25) + 0.55 for h in heights) + 0.5)
-    subfigs = fig.subfigures(len(blocks), 1, height_ratios=[h * (tile + 0.25) + 0.55 for h in heights], squeeze=False)[:, 0]
-    for number, (sub, (entry, maps), h) in enumerate(zip(subfigs, blocks, heights)):
-        axes = sub.subplots(h, cols, squeeze=False)
+    block_h = [h * (tile + 0.25) + 0.6 for h in heights]
+    fig = new_figure(cols * tile + 1.2, sum(block_h) + 0.5)
+    subfigs = fig.subfigures(len(blocks), 1, height_ratios=block_h, squeeze=False)[:, 0]
+    for number, (sub, (entry, maps), h, strip) in enumerate(zip(subfigs, blocks, heights, strips)):
         low, high = float(maps.min()), float(maps.max())
-        image_ax = None
-        for k, ax in enumerate(axes.flat):
+        if high <= low:
+            high = low + 1e-6
+        shape = "×".join(str(d) for d in entry["shape"])
+        heading = (f"{entry['layer']} ({entry['type']}, {shape}): {maps.shape[0]} {entry['chosen']} channel"
+                   f"{'s' if maps.shape[0] != 1 else ''}, range {low:.3g} to {high:.3g}")
+        sub.suptitle(f"{title}\n{heading}" if number == 0 else heading, fontsize=9)
+        if strip:
+            _strip(sub, maps[:, 0, 0], entry["channels"], shown, low, high, show_image, show_map)
+            continue
+        axes = sub.subplots(h, cols, squeeze=False)
+        flat = list(axes.flat)
+        show_image(flat[0], shown, "input", fontsize=7)
+        for k, ax in enumerate(flat[1:]):
             if k >= maps.shape[0]:
                 ax.axis("off")
                 continue
-            channel = entry["most_active_channels"][k]
+            channel = entry["channels"][k]
             if overlay:
-                m = maps[k]
-                up = F.interpolate(m[None, None], size=tuple(shown.shape[1:]), mode="bilinear", align_corners=False)[0, 0]
-                up = (up - low) / max(high - low, 1e-12)
-                show_overlay(ax, shown, up.clamp(0, 1), alpha=0.55, title=f"ch {channel}", fontsize=7)
+                up = F.interpolate(maps[k][None, None], size=tuple(shown.shape[1:]), mode="bilinear", align_corners=False)[0, 0]
+                show_overlay(ax, shown, ((up - low) / (high - low)).clamp(0, 1), alpha=0.55, title=f"ch {channel}", fontsize=7)
             else:
-                image_ax = ax.imshow(maps[k].numpy(), cmap="viridis", vmin=low, vmax=high, interpolation="nearest")
-                ax.set_xticks([])
-                ax.set_yticks([])
-                ax.set_title(f"ch {channel}", fontsize=7)
-        shape = "×".join(str(d) for d in entry["shape"])
-        heading = f"{entry['layer']} ({entry['type']}, {shape}): {maps.shape[0]} most active channels, range {low:.2f}…{high:.2f}"
-        # The figure's own title goes above the first block so the two never overlap.
-        sub.suptitle(f"{title}\n{heading}" if number == 0 else heading, fontsize=9)
-        if image_ax is not None:
-            sub.colorbar(image_ax, ax=list(axes.flat), fraction=0.02, pad=0.02).ax.tick_params(labelsize=7)
+                show_map(ax, maps[k], f"ch {channel}", fontsize=7, cmap="viridis", vmin=low, vmax=high)
+        mappable = ScalarMappable(Normalize(low, high), colormaps["jet" if overlay else "viridis"])
+        bar = sub.colorbar(mappable, ax=flat, fraction=0.02, pad=0.02)
+        bar.ax.tick_params(labelsize=7)
+        bar.set_label("activation", fontsize=7)
     return fig
+
+
+def _strip(sub, values, channels, shown, low, high, show_image, show_map):
+    """1×1 feature maps are single numbers: one strip of values with the input beside it."""
+    axes = sub.subplots(1, 2, width_ratios=[1, 7])
+    show_image(axes[0], shown, "input", fontsize=7)
+    artist = show_map(axes[1], values[None, :], cmap="viridis", vmin=low, vmax=high)
+    axes[1].set_xticks(range(len(channels)))
+    axes[1].set_xticklabels([f"ch {c}" for c in channels], fontsize=6, rotation=90 if len(channels) > 8 else 0)
+    if len(channels) <= 24:
+        mid = (low + high) / 2
+        for k, v in enumerate(values.tolist()):
+            axes[1].text(k, 0, f"{v:.2g}", ha="center", va="center", fontsize=7, color="white" if v < mid else "black")
+    sub.colorbar(artist, ax=axes[1], fraction=0.03, pad=0.02).ax.tick_params(labelsize=7)

@@ -82,17 +82,19 @@ def main(
         raise CnnError(f"layer '{layer}' is a {type(module).__name__}, not a Conv2d; conv layers: {', '.join(convs)}")
     weight = module.weight.detach().cpu()
     doc = {"model": model, "layer": layer, "weight_shape": list(weight.shape), "scale": scale}
-    if top_k > 0:  # checked before any figure is written: a failed command leaves no file behind
-        chosen = parse_int_list(filter_ or "0-3", "--filter")
-        chosen = [f for f in chosen if f < weight.shape[0]] if filter_ is None else chosen
-        bad = [f for f in chosen if not 0 <= f < weight.shape[0]]
-        if bad:
-            raise CnnError(f"layer '{layer}' has {weight.shape[0]} filters (0..{weight.shape[0] - 1}); got {bad}")
+    # Checked before any figure is written: a failed command leaves no file behind.
+    chosen = parse_int_list(filter_ or "0-3", "--filter")
+    chosen = [f for f in chosen if f < weight.shape[0]] if filter_ is None else chosen
+    bad = [f for f in chosen if not 0 <= f < weight.shape[0]]
+    if bad:
+        raise CnnError(f"layer '{layer}' has {weight.shape[0]} filters (0..{weight.shape[0] - 1}); got {bad}")
 
     if out:
         from cnntools.plots import save_figure
 
-        save_figure(_kernel_figure(weight, layer, scale, max_filters), out)
+        # --filter draws exactly those kernels in that order; otherwise the first --max-filters.
+        shown = chosen if filter_ is not None else list(range(min(max_filters, weight.shape[0])))
+        save_figure(_kernel_figure(weight, layer, scale, shown, lm.label), out)
         output.info(f"Wrote {out}")
 
     rows = [
@@ -139,17 +141,22 @@ def main(
     output.emit(doc, fmt, schema="filters", rows=rows, title=f"Filters of {layer} (weights {'×'.join(map(str, weight.shape))})")
 
 
-def _kernel_figure(weight, layer, scale, max_filters):
+def _kernel_figure(weight, layer, scale, shown, label):
     import math
 
     from cnntools.interpret.filters import kernel_tiles
     from cnntools.plots import new_figure
 
-    tiles, rgb = kernel_tiles(weight[:max_filters], scale)
+    # Scaled over the whole layer, so the tiles drawn compare with the rest of it.
+    all_tiles, rgb = kernel_tiles(weight, scale)
+    tiles = all_tiles[shown]
+    bound = float(weight.abs().max())
     n = tiles.shape[0]
     shape = f"{weight.shape[1]}×{weight.shape[2]}×{weight.shape[3]}"
+    scale_text = (f"{scale} scale: black -{bound:.3g}, grey 0, white +{bound:.3g}" if scale == "shared"
+                  else "per-filter scale: grey = 0")
     if rgb or tiles.shape[1] == 1:
-        title = f"{layer}: {n} of {weight.shape[0]} filters, {shape} ({'RGB, ' if rgb else ''}{scale} scale; grey = 0)"
+        title = (f"{label}: {layer}, {n} of {weight.shape[0]} filters, {shape}{', RGB' if rgb else ''}\n{scale_text}")
         cols = min(8, n)
         rows = math.ceil(n / cols)
         fig = new_figure(cols * 1.1 + 0.4, rows * 1.3 + 0.6)
@@ -163,12 +170,12 @@ def _kernel_figure(weight, layer, scale, max_filters):
                 continue
             img = tiles[k].numpy() if rgb else tiles[k, 0].numpy()
             ax.imshow(img, cmap=None if rgb else "gray", vmin=0, vmax=1, interpolation="nearest")
-            ax.set_title(f"{k}", fontsize=8)
+            ax.set_title(f"{shown[k]}", fontsize=8)
     else:
         # One row per filter, one tile per input channel (at most 32 × 16 shown).
         cin = min(tiles.shape[1], 16)
         n = min(n, 32)
-        title = (f"{layer}: filters 0–{n - 1} of {weight.shape[0]}, {shape} ({scale} scale; grey = 0)\n"
+        title = (f"{label}: {layer}, {n} of {weight.shape[0]} filters, {shape}; {scale_text}\n"
                  f"rows: filters, columns: input channels 0–{cin - 1} of {weight.shape[1]}")
         fig = new_figure(cin * 0.7 + 0.9, n * 0.72 + 0.9)
         fig.set_layout_engine("constrained")
@@ -180,7 +187,7 @@ def _kernel_figure(weight, layer, scale, max_filters):
                 ax.set_xticks([])
                 ax.set_yticks([])
                 if c == 0:
-                    ax.set_ylabel(f"f{r}", fontsize=7, rotation=0, labelpad=12, va="center")
+                    ax.set_ylabel(f"f{shown[r]}", fontsize=7, rotation=0, labelpad=12, va="center")
                 if r == 0:
                     ax.set_title(f"in {c}", fontsize=7)
     fig.suptitle(title, fontsize=10)

@@ -9,6 +9,7 @@ import typer
 from cnntools import options, output, runtime
 from cnntools.completion import complete_model, complete_target
 from cnntools.output import CnnError
+from cnntools.runs import distinct_labels
 
 # Kept in step with cnntools.interpret.saliency.METHODS (a test checks it); spelled out here
 # so that --help and shell completion need no torch import.
@@ -61,7 +62,20 @@ def main(
     models: Annotated[list[str], typer.Argument(metavar="MODEL", autocompletion=complete_model, help="Checkpoint(s) or torchvision:NAME; several give one column each.")],
     method: Annotated[MethodChoice, typer.Option("--method", "-m", help=METHOD_HELP)] = "gradcam",
     layer: options.Layer = "auto",
-    target: Annotated[str, typer.Option("--target", metavar="CLASS", autocompletion=complete_target, help="Class to explain: pred, true, a class index or a class name.")] = "pred",
+    target: Annotated[
+        str, typer.Option("--target", metavar="CLASS", autocompletion=complete_target,
+                          help="Class to explain: pred, true, a class index or name; several separated by "
+                          "commas (3,5 or pred,true) give one column each for the same image.")
+    ] = "pred",
+    reduce: Annotated[
+        Literal["max", "mean", "abs-mean"],
+        typer.Option("--reduce", help="Gradient methods: channels to one map by max of |g| (Simonyan), |mean of g| "
+                     "or mean of |g|."),
+    ] = "max",
+    overlay: Annotated[
+        bool, typer.Option("--overlay/--no-overlay", help="Blend the map over the image, or draw it alone (nearest "
+                           "neighbour, hot colour map) to see its pixel structure.")
+    ] = True,
     indices: options.Indices = None,
     image: options.Images = None,
     mistakes: Annotated[Optional[str], typer.Option("--mistakes", metavar="FILE", help="Predictions CSV from `eval -o` (- for stdin): explain its mistakes.")] = None,
@@ -98,6 +112,7 @@ def main(
     Examples:
       cnntools saliency model.safetensors -i 0-7 -o gradcam.png
       cnntools saliency model.safetensors --method gradient --target 3 -i 0,5 -o grad.png
+      cnntools saliency model.safetensors -m gradient --target 3,5 --reduce mean --no-overlay -i 0 -o two.png
       cnntools eval model.safetensors -o pred.csv
       cnntools saliency model.safetensors --mistakes pred.csv -n 8 -o mistakes.png
       cnntools saliency a.safetensors b.safetensors -i 0-3 -o compare.png --save maps.safetensors
@@ -127,27 +142,35 @@ def main(
     from cnntools.checkpoint import load_model
     from cnntools.interpret.activations import layer_rows, resolve_layer_name
     from cnntools.interpret.inputs import resolve_targets
-    from cnntools.interpret.saliency import saliency_maps, uses_layer
+    from cnntools.interpret.saliency import GRADIENT_METHODS, saliency_maps, uses_layer
     from cnntools.runtime import resolve_device, seed_everything
 
     seed_everything(seed)
     dev = resolve_device(device)
-    loaded = [load_model(spec, dev) for spec in models]
-    first = loaded[0]
-    if list_layers:
-        rows = layer_rows(first.model, first.in_channels, first.image_size)
+    if list_layers:  # the architecture alone: no weight file needed
+        from cnntools.checkpoint.model_loading import load_architecture
+
+        net, in_channels, size = load_architecture(models[0], dev)
+        rows = layer_rows(net, in_channels, size)
         columns = ["layer", "type", "output_shape", "params"]
-        output.emit({"model": models[0], "input_shape": [first.in_channels, first.image_size, first.image_size], "layers": rows},
+        output.emit({"model": models[0], "input_shape": [in_channels, size, size], "layers": rows},
                     fmt, schema="saliency.layers", rows=rows, columns=columns, title=f"Layers of {_model_name(models[0])}")
         return
+    loaded = [load_model(spec, dev) for spec in models]
+    first = loaded[0]
 
     # Resolve every model's layer first: a wrong --layer fails before any work is announced.
     layer_names = [resolve_layer_name(lm.model, layer) if uses_layer(method) else None for lm in loaded]
+    if reduce != "max" and method not in GRADIENT_METHODS:
+        raise CnnError(f"--reduce applies to the gradient methods ({', '.join(GRADIENT_METHODS)}); {method} maps have one channel")
+    target_specs = _target_specs(target, first.classes)
     raw, labels, names, picked = _select_images(first, indices, image, mistakes, n, data, data_dir, split, download)
+    where = None if image else _where(first, data, split)
     output.info(f"Explaining {len(names)} image(s) with {method} on {len(loaded)} model(s)")
+    model_names = distinct_labels([lm.label for lm in loaded], [_model_name(spec) for spec in models])
 
-    results = []  # one dict per model
-    for spec, lm, layer_name in zip(models, loaded, layer_names):
+    results = []  # one dict per (model, target) column
+    for spec, lm, layer_name, model_name in zip(models, loaded, layer_names, model_names):
         shown = lm.fit_images(raw)
         x = lm.prepare(raw)
         probs = []
@@ -159,25 +182,28 @@ def main(
         # Labels are indices into the first model's classes; map them by name for the others.
         index = {name: k for k, name in enumerate(lm.classes)}
         model_labels = [index.get(first.classes[lab], -1) if lab >= 0 else -1 for lab in labels]
-        targets = resolve_targets(target, preds, None if min(model_labels) < 0 else model_labels, lm.classes)
-        maps = []
-        for start in range(0, x.shape[0], batch_size):
-            maps.append(
-                saliency_maps(
-                    lm.model,
-                    x[start : start + batch_size],
-                    targets[start : start + batch_size],
-                    method=method,
-                    layer=layer_name,
-                    batch_size=batch_size,
-                    seed=seed,
+        for target_spec in target_specs:
+            targets = resolve_targets(target_spec, preds, None if min(model_labels) < 0 else model_labels, lm.classes)
+            maps = []
+            for start in range(0, x.shape[0], batch_size):
+                maps.append(
+                    saliency_maps(
+                        lm.model,
+                        x[start : start + batch_size],
+                        targets[start : start + batch_size],
+                        method=method,
+                        layer=layer_name,
+                        batch_size=batch_size,
+                        seed=seed,
+                        reduce=reduce,
+                    )
                 )
+            maps = torch.cat(maps)
+            _warn_flat(maps, names, targets, lm.classes, model_name, method, layer_name)
+            results.append(
+                {"spec": spec, "name": model_name, "lm": lm, "shown": shown, "layer": layer_name, "target_spec": target_spec,
+                 "probs": probs, "preds": preds, "targets": targets, "maps": maps, "labels": model_labels}
             )
-        maps = torch.cat(maps)
-        results.append(
-            {"spec": spec, "name": _model_name(spec), "lm": lm, "shown": shown, "layer": layer_name,
-             "probs": probs, "preds": preds, "targets": targets, "maps": maps, "labels": model_labels}
-        )
 
     rows = []
     for i, image_name in enumerate(names):
@@ -192,6 +218,7 @@ def main(
                     "index": picked[i] if picked else None,
                     "path": image[i] if image else None,
                     "model": r["name"],
+                    "target_spec": r["target_spec"],
                     "label": label if label >= 0 else None,
                     "label_name": classes[label] if 0 <= label < len(classes) else None,
                     "pred": r["preds"][i],
@@ -208,7 +235,8 @@ def main(
     if out:
         from cnntools.plots import save_figure
 
-        save_figure(_grid(results, names, labels, method, alpha), out)
+        title = _figure_title(method, results[0]["layer"], reduce, target, len(names), where)
+        save_figure(_grid(results, names, labels, method, alpha, overlay, title), out)
         output.info(f"Wrote {out}")
     if save_maps:
         from safetensors.torch import save
@@ -217,19 +245,22 @@ def main(
 
         tensors = {}
         for k, r in enumerate(results):
-            key = "maps" if len(results) == 1 else f"maps.{k}"
+            key = "maps" if len(results) == 1 else f"maps.{k}"  # column k: model k // targets, target k % targets
             tensors[key] = r["maps"].contiguous()
             tensors[key.replace("maps", "targets")] = torch.tensor(r["targets"], dtype=torch.long)
         if picked:
             tensors["indices"] = torch.tensor(picked, dtype=torch.long)
-        meta = {"method": method, "models": ",".join(r["spec"] for r in results), "layers": ",".join(str(r["layer"]) for r in results), "images": ",".join(names)}
+        meta = {"method": method, "models": ",".join(r["spec"] for r in results), "layers": ",".join(str(r["layer"]) for r in results),
+                "targets": ",".join(r["target_spec"] for r in results), "reduce": reduce, "images": ",".join(names)}
         files.write_bytes(save_maps, save(tensors, metadata=meta))
         output.info(f"Wrote {save_maps}")
 
     doc = {
         "method": method,
         "target": target,
-        "models": [{"model": r["spec"], "layer": r["layer"]} for r in results],
+        "reduce": reduce if method in GRADIENT_METHODS else None,
+        "models": [{"model": spec, "label": name, "layer": layer_name}
+                   for spec, name, layer_name in zip(models, model_names, layer_names)],
         "images": rows,
     }
     columns = ["image", "model", "label_name", "pred_name", "prob", "target_name", "target_prob", "peak_row", "peak_col"]
@@ -237,34 +268,88 @@ def main(
     output.emit(doc, fmt, schema="saliency", rows=rows, columns=columns if fmt == "table" else None, title=title)
 
 
-def _grid(results, names, labels, method, alpha):
-    from cnntools.plots import new_figure, show_image, show_overlay
+def _target_specs(target: str, classes) -> list[str]:
+    """`--target 3,5` → ["3", "5"]; a class name that itself holds a comma stays whole."""
+    if target in classes or "," not in target:
+        return [target]
+    parts = [p.strip() for p in target.split(",") if p.strip()]
+    if not parts:
+        raise CnnError("--target: name at least one class (pred, true, an index or a name)")
+    return parts
+
+
+def _where(lm, data, split) -> str:
+    return f"{data or lm.data.get('spec') or 'data'}:{split}"
+
+
+def _warn_flat(maps, names, targets, classes, model_name, method, layer_name) -> None:
+    """A map with nothing in it is a finding, not a picture: say what most likely caused it."""
+    flat = [i for i in range(maps.shape[0]) if float(maps[i].max()) <= 0.0]
+    if not flat:
+        return
+    shown = ", ".join(names[i] for i in flat[:5]) + (" ..." if len(flat) > 5 else "")
+    if layer_name:
+        cause = (f"the gradient at layer {layer_name} vanished (its activations are zero or do not reach the "
+                 "target class); try another --layer or --method gradient")
+    else:
+        cause = "the input gradient vanished (a saturated output or dead ReLUs); try --method smoothgrad"
+    output.warn(f"{model_name}: the {method} map of {shown} for class {classes[targets[flat[0]]]} is all zero: {cause}")
+
+
+def _figure_title(method, layer, reduce, target, n, where) -> str:
+    from cnntools.interpret.saliency import GRADIENT_METHODS
+
+    how = method + (f" @ {layer}" if layer else "") + (f", {reduce} over channels" if method in GRADIENT_METHODS else "")
+    images = f"{n} image{'s' if n != 1 else ''}" + (f" of {where}" if where else "")
+    return f"Saliency: {how}; target {target}; {images}"
+
+
+def _grid(results, names, labels, method, alpha, overlay=True, title=None):
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    from cnntools.plots import new_figure, show_image, show_map, show_overlay
 
     n, m = len(names), len(results)
     tile = 2.0
-    fig = new_figure((m + 1) * tile + 0.4, n * (tile + 0.45) + 0.6)
+    fig = new_figure((m + 1) * tile + 1.0, n * (tile + 0.45) + 1.1)
     axes = fig.subplots(n, m + 1, squeeze=False)
     classes = results[0]["lm"].classes
     for i in range(n):
         label = labels[i]
-        label_text = f"  label: {classes[label]}" if 0 <= label < len(classes) else ""
+        label_text = f"\nlabel: {classes[label]}" if 0 <= label < len(classes) else ""
         show_image(axes[i, 0], results[0]["shown"][i], f"{names[i]}{label_text}", fontsize=9)
         for j, r in enumerate(results):
             cls = r["lm"].classes
             pred, tgt = r["preds"][i], r["targets"][i]
             prob = r["probs"][i, pred].item()
-            text = f"pred: {cls[pred]} ({prob:.0%})"
-            if tgt != pred:
-                text += f"\nmap for: {cls[tgt]}"
+            text = f"pred: {cls[pred]} ({prob:.0%})\nmap for: {cls[tgt]} ({r['probs'][i, tgt].item():.0%})"
             own_label = r["labels"][i]
             color = "black" if own_label < 0 or own_label == pred else "firebrick"
-            show_overlay(axes[i, j + 1], r["shown"][i], r["maps"][i], alpha=alpha)
-            axes[i, j + 1].set_title(text, fontsize=9, color=color)
+            if overlay:
+                show_overlay(axes[i, j + 1], r["shown"][i], r["maps"][i], alpha=alpha)
+            else:
+                show_map(axes[i, j + 1], r["maps"][i])
+            axes[i, j + 1].set_title(text, fontsize=8.5, color=color)
+    several_targets = len({r["target_spec"] for r in results}) > 1
     for j, r in enumerate(results):
-        header = f"{r['name']}\n{method}" + (f" @ {r['layer']}" if r["layer"] else "")
-        axes[0, j + 1].annotate(header, xy=(0.5, 1.0), xytext=(0, 28), xycoords="axes fraction",
+        header = r["name"] + (f"\ntarget {r['target_spec']}" if several_targets else "")
+        axes[0, j + 1].annotate(header, xy=(0.5, 1.0), xytext=(0, 34), xycoords="axes fraction",
                                 textcoords="offset points", ha="center", va="bottom", fontsize=10, weight="bold")
-    axes[0, 0].annotate("image", xy=(0.5, 1.0), xytext=(0, 28), xycoords="axes fraction",
+    axes[0, 0].annotate("image", xy=(0.5, 1.0), xytext=(0, 34), xycoords="axes fraction",
                         textcoords="offset points", ha="center", va="bottom", fontsize=10, weight="bold")
-    fig.tight_layout()
+    if title:
+        fig.suptitle(title, fontsize=11)
+    width = fig.get_figwidth()
+    fig.tight_layout(rect=(0, 0, 1 - 0.9 / width, 1))
+    # Every map is scaled to [0, 1] on its own: one bar serves them all and says so. It spans
+    # the rows of maps, in the strip kept free on the right.
+    boxes = [ax.get_position() for ax in axes[:, 1:].flat]
+    low, high = min(b.y0 for b in boxes), max(b.y1 for b in boxes)
+    span = min(high - low, 3.0 / fig.get_figheight())
+    cax = fig.add_axes((1 - 0.75 / width, (low + high - span) / 2, 0.14 / width, span))
+    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), colormaps["jet" if overlay else "hot"]), cax=cax)
+    bar.set_label("saliency, scaled to 0-1 per map", fontsize=9)
+    bar.ax.tick_params(labelsize=8)
     return fig

@@ -33,6 +33,10 @@ def main(
     ] = "auto",
     k: Annotated[int, typer.Option("--k", help="Neighbours for k-NN mixing, k-NN accuracy and trustworthiness.")] = 10,
     top_pairs: Annotated[int, typer.Option("--top-pairs", help="How many most-overlapping class pairs to show.")] = 5,
+    centroids: Annotated[
+        bool, typer.Option("--centroids", help="Print the full class-centroid distance matrix of the 2-D embedding "
+                           "(rows and columns labelled; csv: the matrix instead of the pairs).")
+    ] = False,
     plot: options.Output = None,
     embedding: Annotated[
         Optional[str], typer.Option("--embedding", help="Write the 2-D points as CSV (index,label,label_name,x,y); - for stdout.")
@@ -72,6 +76,7 @@ def main(
       cnntools tsne --data digits -o pixels.png
       cnntools tsne --checkpoint model.safetensors -o features.png --top-pairs 3
       cnntools tsne --embedding - -q | head
+      cnntools tsne --centroids --format csv > centroids.csv
       cnntools tsne --checkpoint model.safetensors --format json | jq .summary
     """
     output.configure(quiet=quiet, debug=debug)
@@ -179,12 +184,25 @@ def main(
         "embedding": embedding,
     }
     columns = ["rank", "class_a", "class_b", "knn_mixing", "centroid_distance_embedding", "centroid_distance_features"]
+    headers = {"knn_mixing": "kNN mixing", "centroid_distance_embedding": "centroid dist (2-D)",
+               "centroid_distance_features": "centroid dist (features)"}
+
+    matrix = [{"class": a, **{b: float(d) for b, d in zip(classes, row)}}
+              for a, row in zip(classes, result.centroid_distance_embedding)]
+
     def render() -> None:
         output.print_table([{"measure": key, "value": value} for key, value in summary.items()], ["measure", "value"],
                            title=f"t-SNE of {what} ({source['data']} {split})")
-        output.print_table(pairs[:top_pairs], columns, title=f"Most overlapping class pairs (k-NN mixing, k={result.k})")
+        output.print_table(pairs[:top_pairs], columns, title=f"Most overlapping class pairs (k-NN mixing, k={result.k})",
+                           headers=headers)
+        if centroids:
+            output.print_table(matrix, ["class"] + list(classes),
+                               title="Class-centroid distances in the 2-D embedding (row class to column class)")
 
-    output.emit(doc, fmt, schema="tsne", rows=pairs, columns=columns, render_table=render)
+    if centroids and fmt == "csv":
+        output.emit(doc, fmt, schema="tsne", rows=matrix, columns=["class"] + list(classes))
+    else:
+        output.emit(doc, fmt, schema="tsne", rows=pairs, columns=columns, render_table=render)
 
 
 def _pixels(images, idx):

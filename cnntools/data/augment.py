@@ -27,7 +27,9 @@ OPS = {
     "crop": (4.0, "zero padding in pixels before a random crop back to the original size"),
     "jitter": (0.4, "brightness/contrast/saturation factors drawn from [1-J, 1+J]"),
     "rotate": (15.0, "rotation angle drawn from [-D, D] degrees (bilinear, zero fill)"),
-    "rrc": (0.08, "random resized crop: smallest area fraction (aspect 3/4..4/3)"),
+    "hue": (0.1, "hue shift drawn from [-H, H] turns of the colour wheel (H at most 0.5)"),
+    "rrc": (0.08, "random resized crop: smallest area fraction (aspect from the aspect op, default 3/4..4/3)"),
+    "aspect": (4 / 3, "random resized crop's aspect-ratio range [1/R, R] (R at least 1)"),
 }
 
 
@@ -105,6 +107,40 @@ def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return (f * x + (1 - f) * _gray(x)).clamp_(0, 1)
 
 
+def adjust_hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Shift each image's hue by its factor (in turns, -0.5..0.5), through HSV as torchvision does."""
+    if x.shape[1] == 1:
+        return x
+    r, g, b = x.unbind(1)
+    maxc, _ = x.max(dim=1)
+    minc, _ = x.min(dim=1)
+    eqc = maxc == minc
+    cr = maxc - minc
+    ones = torch.ones_like(maxc)
+    s = cr / torch.where(eqc, ones, maxc)
+    cr_divisor = torch.where(eqc, ones, cr)
+    rc, gc, bc = (maxc - r) / cr_divisor, (maxc - g) / cr_divisor, (maxc - b) / cr_divisor
+    hr = (maxc == r) * (bc - gc)
+    hg = ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
+    hb = ((maxc != g) & (maxc != r)) * (4.0 + gc - rc)
+    h = torch.fmod((hr + hg + hb) / 6.0 + 1.0, 1.0)
+    h = torch.remainder(h + factor.view(-1, 1, 1).to(h.dtype), 1.0)
+    # HSV back to RGB
+    v = maxc
+    i = torch.floor(h * 6.0)
+    f = h * 6.0 - i
+    i = i.to(torch.int32) % 6
+    p = (v * (1.0 - s)).clamp(0.0, 1.0)
+    q = (v * (1.0 - s * f)).clamp(0.0, 1.0)
+    t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0)
+    mask = i.unsqueeze(1) == torch.arange(6, device=x.device).view(-1, 1, 1)
+    a1 = torch.stack((v, q, p, p, t, v), dim=1)
+    a2 = torch.stack((t, v, v, q, p, p), dim=1)
+    a3 = torch.stack((p, p, t, v, v, q), dim=1)
+    a4 = torch.stack((a1, a2, a3), dim=1)
+    return torch.einsum("...ijk, ...xijk -> ...xjk", mask.to(x.dtype), a4)
+
+
 def rotate(x: torch.Tensor, angle_deg: torch.Tensor) -> torch.Tensor:
     """Rotate each image counter-clockwise by its angle about the centre (bilinear, zero fill)."""
     n, _, h, w = x.shape
@@ -169,6 +205,12 @@ class Augment:
     ops: list[tuple[str, float]]
 
     @property
+    def aspect_range(self) -> tuple[float, float]:
+        """The aspect-ratio range of random resized crops: [1/R, R] of the `aspect` op, else 3/4..4/3."""
+        r = next((p for name, p in self.ops if name == "aspect"), 4 / 3)
+        return (1 / r, r)
+
+    @property
     def spec(self) -> str:
         return ",".join(f"{name}:{param:g}" for name, param in self.ops)
 
@@ -220,10 +262,12 @@ class Augment:
                 x = adjust_brightness(x, factors[0].clamp_min(0))
                 x = adjust_contrast(x, factors[1].clamp_min(0))
                 x = adjust_saturation(x, factors[2].clamp_min(0))
+            elif name == "hue":
+                x = adjust_hue(x, (rand(n) * 2 - 1) * p)
             elif name == "rotate":
                 x = rotate(x, (rand(n) * 2 - 1) * p)
             elif name == "rrc":
-                top, left, bh, bw = sample_resized_crop_boxes(n, h, w, p, generator, dev)
+                top, left, bh, bw = sample_resized_crop_boxes(n, h, w, p, generator, dev, ratio=self.aspect_range)
                 x = resized_crop(x, top, left, bh, bw)
         return x
 
@@ -231,8 +275,8 @@ class Augment:
 def parse_augment(spec: str | None) -> Augment | None:
     """`flip,crop:4,jitter:0.4,rotate:15,rrc:0.08` → Augment; None for "" or "none".
 
-    Each op takes an optional `:PARAM` (defaults: flip 0.5, crop 4, jitter 0.4, rotate 15,
-    rrc 0.08).
+    Each op takes an optional `:PARAM` (defaults: flip 0.5, crop 4, jitter 0.4, hue 0.1,
+    rotate 15, rrc 0.08, aspect 4/3). `aspect` sets the aspect-ratio range of the `rrc` crops.
     """
     if spec is None or spec.strip().lower() in ("", "none"):
         return None
@@ -248,6 +292,10 @@ def parse_augment(spec: str | None) -> Augment | None:
             raise CnnError(f"augmentation '{part}': the parameter after ':' must be a number") from None
         if name in ("flip", "vflip", "rrc") and not 0 <= param <= 1:
             raise CnnError(f"augmentation '{part}': {name} takes a fraction from 0 to 1")
+        if name == "hue" and not 0 <= param <= 0.5:
+            raise CnnError(f"augmentation '{part}': hue takes a shift from 0 to 0.5 (turns of the colour wheel)")
+        if name == "aspect" and param < 1:
+            raise CnnError(f"augmentation '{part}': aspect takes R >= 1 (crops with aspect ratio from 1/R to R)")
         if name in ("crop", "jitter", "rotate") and param < 0:
             raise CnnError(f"augmentation '{part}': the parameter must not be negative")
         if name == "crop" and param != int(param):

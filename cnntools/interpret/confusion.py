@@ -72,6 +72,8 @@ class Predictions:
     classes: list[str]
     paths: list[str] | None = None
     prob: np.ndarray | None = None
+    model: str | None = None  # the model's label, from the `model` column
+    data: str | None = None  # dataset:split, from the `data` column
 
     @property
     def mistakes(self) -> np.ndarray:
@@ -92,7 +94,7 @@ def read_predictions(text: str, source: str = "predictions") -> Predictions:
         )
     index, labels, preds, paths, probs = [], [], [], [], []
     names: dict[int, str] = {}
-    models = set()
+    models, datas = set(), set()
     for line_no, row in enumerate(reader, start=2):
         try:
             label, pred = int(row["label"]), int(row["pred"])
@@ -104,7 +106,8 @@ def read_predictions(text: str, source: str = "predictions") -> Predictions:
         labels.append(label)
         preds.append(pred)
         paths.append(row.get("path") or "")
-        models.add(row.get("model"))
+        models.add(row.get("model") or None)
+        datas.add(row.get("data") or None)
         if row.get("label_name"):
             names.setdefault(label, row["label_name"])
         if row.get("pred_name"):
@@ -112,6 +115,7 @@ def read_predictions(text: str, source: str = "predictions") -> Predictions:
     if not labels:
         raise CnnError(f"{source}: no prediction rows")
     models.discard(None)
+    datas.discard(None)
     if len(models) > 1:
         raise CnnError(
             f"{source}: predictions of {len(models)} models in one file; write them per model "
@@ -128,4 +132,6 @@ def read_predictions(text: str, source: str = "predictions") -> Predictions:
         classes=classes,
         paths=paths if any(paths) else None,
         prob=np.asarray(probs, dtype=np.float64) if len(probs) == len(labels) else None,
+        model=models.pop() if models else None,
+        data=datas.pop() if len(datas) == 1 else None,
     )

@@ -45,6 +45,19 @@ def _cam_classes() -> dict[str, type]:
 
 CAM_METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam", "scorecam", "ablationcam")
 GRADIENT_METHODS = ("gradient", "smoothgrad", "guided-backprop")
+REDUCTIONS = ("max", "mean", "abs-mean")
+
+
+def reduce_channels(grad: torch.Tensor, reduce: str = "max") -> torch.Tensor:
+    """N×C×H×W input gradients → N×H×W: `max` = max over channels of |g| (Simonyan et al.),
+    `abs-mean` = mean over channels of |g|, `mean` = |mean over channels of g| (signs cancel)."""
+    if reduce == "max":
+        return grad.abs().amax(dim=1)
+    if reduce == "abs-mean":
+        return grad.abs().mean(dim=1)
+    if reduce == "mean":
+        return grad.mean(dim=1).abs()
+    raise CnnError(f"unknown --reduce '{reduce}': use {', '.join(REDUCTIONS)}")
 METHODS = CAM_METHODS + GRADIENT_METHODS
 
 
@@ -195,11 +208,12 @@ def input_gradients(
     return grad, log_scale.cpu()
 
 
-def gradient_maps(model: nn.Module, x: torch.Tensor, targets: Sequence[int]) -> torch.Tensor:
-    """Vanilla gradient saliency (Simonyan et al. 2014): |∂ loss/∂ input|, max over channels, scaled to [0, 1]."""
+def gradient_maps(model: nn.Module, x: torch.Tensor, targets: Sequence[int], reduce: str = "max") -> torch.Tensor:
+    """Vanilla gradient saliency (Simonyan et al. 2014): |∂ loss/∂ input| reduced over channels
+    (`reduce_channels`), scaled to [0, 1]."""
     with _relu_not_inplace(model):
         grad, _ = input_gradients(model, x, targets)
-    return _normalize_per_image(grad.abs().amax(dim=1)).float().cpu()
+    return _normalize_per_image(reduce_channels(grad, reduce)).float().cpu()
 
 
 def smoothgrad_maps(
@@ -210,6 +224,7 @@ def smoothgrad_maps(
     noise: float = 0.15,
     seed: int = 0,
     batch_size: int = 256,
+    reduce: str = "max",
 ) -> torch.Tensor:
     """SmoothGrad (Smilkov et al. 2017): mean |gradient| over noisy copies of each image.
 
@@ -230,14 +245,14 @@ def smoothgrad_maps(
             eps = torch.randn((idx.numel(),) + tuple(x.shape[1:]), generator=generator).to(x.device, x.dtype)
             noisy = x[idx.to(x.device)] + eps * sigma[idx.to(x.device)]
             grad, log_scale = input_gradients(model, noisy, target[idx].tolist())
-            grads.append(grad.abs().cpu())
+            grads.append((grad if reduce == "mean" else grad.abs()).cpu())
             scales.append(log_scale)
     grads = torch.cat(grads).reshape((n, samples) + tuple(x.shape[1:]))
     scales = torch.cat(scales).reshape(n, samples)
     # Mean of the true |gradients|: rescale each sample relative to its image's largest scale.
     weights = torch.exp(scales - scales.amax(dim=1, keepdim=True)).to(grads.dtype)
     mean = (grads * weights.reshape(n, samples, 1, 1, 1)).sum(1) / samples
-    return _normalize_per_image(mean.amax(dim=1)).float().cpu()
+    return _normalize_per_image(reduce_channels(mean, reduce)).float().cpu()
 
 
 @contextlib.contextmanager
@@ -258,15 +273,15 @@ def _guided_relus(model: nn.Module):
             handle.remove()
 
 
-def guided_backprop_maps(model: nn.Module, x: torch.Tensor, targets: Sequence[int]) -> torch.Tensor:
-    """Guided backpropagation of the target logit: |guided gradient|, max over channels, scaled to [0, 1]."""
+def guided_backprop_maps(model: nn.Module, x: torch.Tensor, targets: Sequence[int], reduce: str = "max") -> torch.Tensor:
+    """Guided backpropagation of the target logit: |guided gradient| reduced over channels, scaled to [0, 1]."""
     inputs = x.detach().clone().requires_grad_(True)
     index = torch.as_tensor(list(targets), dtype=torch.long, device=x.device)
     with _relu_not_inplace(model), _guided_relus(model), torch.enable_grad():
         logits = model(inputs)
         score = logits.float().gather(1, index[:, None]).sum()
         (grad,) = torch.autograd.grad(score, inputs)
-    return _normalize_per_image(grad.abs().amax(dim=1)).float().cpu()
+    return _normalize_per_image(reduce_channels(grad, reduce)).float().cpu()
 
 
 def saliency_maps(
@@ -277,8 +292,11 @@ def saliency_maps(
     layer: str | None = None,
     batch_size: int = 32,
     seed: int = 0,
+    reduce: str = "max",
 ) -> torch.Tensor:
-    """Saliency maps of any supported method for the batch `x` (N×H×W, each in [0, 1])."""
+    """Saliency maps of any supported method for the batch `x` (N×H×W, each in [0, 1]).
+
+    `reduce` (gradient methods): how the input gradient's channels become one map."""
     if len(targets) != x.shape[0]:
         raise ValueError("one target class per image")
     if method in CAM_METHODS:
@@ -286,11 +304,11 @@ def saliency_maps(
             raise ValueError("CAM methods need a layer")
         return cam_maps(model, layer, x, targets, method=method, batch_size=batch_size)
     if method == "gradient":
-        return gradient_maps(model, x, targets)
+        return gradient_maps(model, x, targets, reduce)
     if method == "smoothgrad":
-        return smoothgrad_maps(model, x, targets, seed=seed)
+        return smoothgrad_maps(model, x, targets, seed=seed, reduce=reduce)
     if method == "guided-backprop":
-        return guided_backprop_maps(model, x, targets)
+        return guided_backprop_maps(model, x, targets, reduce)
     raise CnnError(f"unknown saliency method '{method}': use one of {', '.join(METHODS)}")
 
 
