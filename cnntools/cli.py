@@ -28,7 +28,8 @@ from cnntools.commands import (
     train,
     tsne,
 )
-from cnntools.output import Terminated, handle_errors
+from cnntools.options import with_checked_numbers
+from cnntools.output import Terminated, handle_errors, plug_closed_stdio
 from cnntools.runtime import prepare_threads
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -134,7 +135,8 @@ COMMANDS = [
 ]
 
 for _name, _func in COMMANDS:
-    app.command(_name, cls=_command_class(_func), context_settings=CONTEXT)(handle_errors(_func))
+    # Numbers are checked first (a usage error, exit 2), then the command runs under handle_errors.
+    app.command(_name, cls=_command_class(_func), context_settings=CONTEXT)(with_checked_numbers(handle_errors(_func)))
 
 
 def _version(value: bool) -> None:
@@ -160,6 +162,7 @@ def main() -> None:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     # SIGTERM unwinds like Ctrl-C: no half-written temporary file is left, exit status 143.
     signal.signal(signal.SIGTERM, _terminate)
+    plug_closed_stdio()
     prepare_threads()  # before any command imports torch
     app(prog_name="cnntools")
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
 
 from cnntools import runtime
+from cnntools.data.imageset import CHUNK_BYTES, chunk_rows
 
 
 def wants_channels_last(device, precision: str, arch: str) -> bool:
@@ -55,14 +57,17 @@ def predict(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     outputs = []
+    # Large images go fewer per forward pass (inputs bounded in bytes), so the activations of
+    # a batch of 224-px photos do not dwarf the rest of the process; small ones keep `batch_size`.
+    step = min(batch_size, chunk_rows(4 * math.prod(imageset.images.shape[1:]), CHUNK_BYTES // 2))
     with torch.inference_mode():
-        for start in range(0, len(imageset), batch_size):
-            x = prepare(imageset.images[start : start + batch_size], channels_last)
+        for start in range(0, len(imageset), step):
+            x = prepare(imageset.images[start : start + step], channels_last)
             with runtime.autocast(device, precision):
                 logits = model(x)
             outputs.append(logits.float().cpu())
             if progress is not None:
-                progress(min(len(imageset), start + batch_size))
+                progress(min(len(imageset), start + step))
     k = outputs[0].shape[1] if outputs else 0
     logits = torch.cat(outputs) if outputs else torch.empty(0, k)
     return logits, imageset.labels.clone()

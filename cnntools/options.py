@@ -230,3 +230,77 @@ def rewrite_deprecated(command: str, args: list[str], takes_value: set[str], not
         out.append(arg)
         expect_value = not eq and name in takes_value
     return out
+# ---------------------------------------------------------------------------- numeric ranges
+
+# The valid range of numeric options, by flag: (lowest, highest, lowest excluded). cli.py checks
+# every command's numbers against it before the command starts, so `--lr nan` or `--seed -1`
+# stops with the range in the message instead of failing (or allocating) halfway through.
+# Every float option, listed or not, must be finite.
+NUMBER_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
+    "--seed": (0, 2**32 - 1, False),  # NumPy's seed range (torch's is wider)
+    "--image-size": (1, 4096, False),  # 4096² RGB is 48 MiB an image before a batch is formed
+    "--batch-size": (1, 2**20, False),
+    "--epochs": (1, 10**6, False),
+    "--lr": (0, None, True),
+    "--momentum": (0, 1, False),
+    "--weight-decay": (0, None, False),
+    "--warmup": (0, None, False),
+    "--gamma": (0, None, True),
+    "--step-size": (0, None, False),
+    "--val-split": (0, 1, False),
+    "--perplexity": (0, None, True),
+}
+
+
+def _range_text(low, high, open_low: bool) -> str:
+    def num(v):
+        return f"{v:,}" if isinstance(v, int) and abs(v) >= 10**5 else f"{v:g}" if isinstance(v, float) else str(v)
+
+    if low is not None and high is not None:
+        return f"from {num(low)} to {num(high)}" if not open_low else f"> {num(low)} and <= {num(high)}"
+    if low is not None:
+        return f"{'>' if open_low else '>='} {num(low)}"
+    return f"<= {num(high)}"
+
+
+def check_number(flag: str, value) -> None:
+    """Raise typer.BadParameter (usage error, exit 2) when `value` is not finite or out of `flag`'s range."""
+    import math
+
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            check_number(flag, item)
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    low, high, open_low = NUMBER_RANGES.get(flag, (None, None, False))
+    wanted = _range_text(low, high, open_low) if (low, high) != (None, None) else ""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number; expected {'a number ' + wanted if wanted else 'a finite number'}",
+                                 param_hint=f"'{flag}'")
+    if (low is not None and (value < low or (open_low and value == low))) or (high is not None and value > high):
+        raise typer.BadParameter(f"{value} is out of range; expected a number {wanted}", param_hint=f"'{flag}'")
+
+
+def with_checked_numbers(func):
+    """Wrap a command so that every numeric option is checked (check_number) before it runs."""
+    import functools
+    import typing
+
+    flags = {}
+    for name, hint in typing.get_type_hints(func, include_extras=True).items():
+        for info in getattr(hint, "__metadata__", ()):
+            decls = [info.default] if isinstance(getattr(info, "default", None), str) else []
+            decls += list(getattr(info, "param_decls", None) or ())
+            long = [d for d in decls if isinstance(d, str) and d.startswith("--")]
+            if long:
+                flags[name] = long[0]
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        for name, value in kwargs.items():
+            if name in flags:
+                check_number(flags[name], value)
+        return func(*args, **kwargs)
+
+    return wrapper

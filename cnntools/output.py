@@ -74,8 +74,50 @@ def data_stream():
     Moved to stderr they are chatter beside the real output, so --quiet silences them.
     """
     if not _state.stdout_claimed:
-        return sys.stdout
+        return stdout()
     return io.StringIO() if _state.quiet else sys.stderr
+
+
+def stdout():
+    """sys.stdout, or one clean error when the shell closed it (`>&-` leaves it None)."""
+    if sys.stdout is None:
+        raise CnnError("stdout: cannot write (it is closed); redirect it to a file or to /dev/null")
+    return sys.stdout
+
+
+def write_data(text: str, stream=None) -> None:
+    """Write and flush data text; a failing stdout (disk full, closed, I/O error) is one `Error:` line.
+
+    A file name that is not valid UTF-8 is written back as its original bytes (lossless), where
+    a strict UTF-8 stream would refuse it.
+    """
+    stream = stream or data_stream()
+
+    def write() -> None:
+        try:
+            stream.write(text)
+        except UnicodeEncodeError:
+            stream.flush()
+            buffer = getattr(stream, "buffer", None)
+            if buffer is None:
+                stream.write(text.encode("utf-8", "backslashreplace").decode("ascii", "replace"))
+            else:
+                buffer.write(text.encode("utf-8", "surrogateescape"))
+        stream.flush()
+
+    guarded_write(write, stream)
+
+
+def guarded_write(write: Callable[[], None], stream=None) -> None:
+    """Run `write`; an OSError from the stream becomes one `Error: stdout: cannot write (...)` line."""
+    try:
+        write()
+    except BrokenPipeError:
+        raise
+    except (OSError, ValueError) as error:  # ValueError: the stream was closed under us
+        name = {id(sys.stdout): "stdout", id(sys.stderr): "stderr"}.get(id(stream), "stdout")
+        reason = getattr(error, "strerror", None) or str(error)
+        raise CnnError(f"{name}: cannot write ({reason})") from None
 
 
 def use_color(stream) -> bool:
@@ -91,13 +133,13 @@ def use_color(stream) -> bool:
 def info(message: str) -> None:
     """A progress note for people, on stderr; silent under --quiet."""
     if not _state.quiet:
-        print(message, file=sys.stderr, flush=True)
+        print(escape(message), file=sys.stderr, flush=True)
 
 
 def warn(message: str) -> None:
     """A warning on stderr; silent under --quiet."""
     if not _state.quiet:
-        print(f"Warning: {message}", file=sys.stderr, flush=True)
+        print(f"Warning: {escape(message)}", file=sys.stderr, flush=True)
 
 
 def err_console():
@@ -143,7 +185,7 @@ def format_cell(value: Any, digits: int = 4) -> str:
         return f"{value:.{digits}f}"
     if isinstance(value, (list, tuple)):
         return " ".join(format_cell(v, digits) for v in value)
-    return one_line(str(value))  # a string read from a file is shown, never executed
+    return escape(str(value))
 
 
 def _columns_of(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None) -> list[str]:
@@ -167,7 +209,8 @@ def print_table(
     stream = stream or data_stream()
     cols = _columns_of(rows, columns)
     headers = headers or {}
-    names = [headers.get(c, c) for c in cols]
+    names = [escape(str(headers.get(c, c))) for c in cols]
+    title = escape(title) if title else title
     cells = [[format_cell(row.get(c)) for c in cols] for row in rows]
     numeric = [
         all(isinstance(row.get(c), (int, float)) and not isinstance(row.get(c), bool) for row in rows if row.get(c) is not None)
@@ -182,7 +225,8 @@ def print_table(
             table.add_column(name, justify="right" if is_num else "left")
         for line in cells:
             table.add_row(*line)
-        Console(file=stream, highlight=False).print(table)
+        # markup=False: a class name such as "[red]" is text, not a style
+        guarded_write(lambda: Console(file=stream, highlight=False, markup=False).print(table), stream)
         return
     widths = [max([len(n)] + [len(line[i]) for line in cells]) for i, n in enumerate(names)]
 
@@ -195,8 +239,7 @@ def print_table(
         out.append(title)
     out.append(fmt(names))
     out.extend(fmt(line) for line in cells)
-    stream.write("\n".join(out) + "\n")
-    stream.flush()
+    write_data("\n".join(out) + "\n", stream)
 
 
 SCHEMA_VERSION = 1
@@ -218,16 +261,12 @@ def stamped(doc: Mapping[str, Any], schema: str) -> dict:
 
 def print_json(doc: Mapping[str, Any], *, schema: str, stream=None) -> None:
     """One JSON document, stamped with its schema (non-finite floats become null)."""
-    stream = stream or data_stream()
-    stream.write(json.dumps(to_jsonable(stamped(doc, schema)), indent=2, allow_nan=False) + "\n")
-    stream.flush()
+    write_data(json.dumps(to_jsonable(stamped(doc, schema)), indent=2, allow_nan=False) + "\n", stream)
 
 
 def print_jsonl(record: Mapping[str, Any], *, schema: str, stream=None) -> None:
     """One JSON object on one line (streams such as `train --format jsonl`), stamped with its schema."""
-    stream = stream or data_stream()
-    stream.write(json.dumps(to_jsonable(stamped(record, schema)), allow_nan=False) + "\n")
-    stream.flush()
+    write_data(json.dumps(to_jsonable(stamped(record, schema)), allow_nan=False) + "\n", stream)
 
 
 def csv_text(rows: Iterable[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
@@ -272,9 +311,7 @@ def long_rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def print_csv(rows: Iterable[Mapping[str, Any]], columns: Sequence[str] | None = None, stream=None) -> None:
-    stream = stream or data_stream()
-    stream.write(csv_text(rows, columns))
-    stream.flush()
+    write_data(csv_text(rows, columns), stream)
 
 
 def emit(
@@ -349,10 +386,30 @@ def handle_errors(func: Callable) -> Callable:
     return wrapper
 
 
+def escape(text: str) -> str:
+    """Text safe to show on a terminal: control characters as `\\x1b`, `\\n`, `\\t`; the bytes of a
+    file name that is not valid UTF-8 (decoded by Python as lone surrogates) as `\\xff`.
+
+    Every string that came from a file (class names, paths, CSV cells) passes through here
+    before it reaches a table or a message, so it can neither recolour nor rewrite the
+    user's terminal nor split a row. JSON and CSV keep the exact value.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape_char(c) for c in text)
+
+
+def _escape_char(c: str) -> str:
+    code = ord(c)
+    if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's surrogateescape of one undecodable byte
+        return f"\\x{code - 0xDC00:02x}"
+    return repr(c)[1:-1] if c != "'" else c
+
+
 def one_line(message: str) -> str:
     """The message with control characters escaped, so an error stays one line whatever the
     input it quotes (a file name or argument with a newline or carriage return in it)."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+    return escape(message)
 
 
 def first_line(error: BaseException) -> str:
@@ -395,5 +452,26 @@ def _silence_broken_pipe() -> None:
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         pass
+
+
+def plug_closed_stdio() -> None:
+    """Give a closed fd 0, 1 or 2 (`cnntools ... >&-`) a harmless stand-in.
+
+    Otherwise the next file opened (a checkpoint being written) would get fd 1, and anything
+    written to "stdout" by a library or a child process would land inside it. The stand-in is
+    /dev/null opened read-only, so writes to it still fail (EBADF) and are reported, never
+    silently lost. Python has already set sys.stdout to None, which `stdout()` reports.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            try:
+                stand_in = os.open(os.devnull, os.O_RDONLY)
+            except OSError:
+                return
+            if stand_in != fd:
+                os.dup2(stand_in, fd)
+                os.close(stand_in)

@@ -184,6 +184,8 @@ def _jsonl(text: str, source: str) -> list[dict]:
             record = json.loads(line)
         except json.JSONDecodeError as error:
             raise CnnError(f"{source}: line {number} is not JSON ({error.msg})") from None
+        except RecursionError:
+            raise CnnError(f"{source}: line {number} is nested too deeply to be a history record") from None
         if not isinstance(record, dict):
             raise CnnError(f"{source}: line {number} is not a JSON object")
         records.append(record)
@@ -191,10 +193,13 @@ def _jsonl(text: str, source: str) -> list[dict]:
 
 
 def _csv(text: str, source: str) -> list[dict]:
-    reader = csv.DictReader(io.StringIO(text))
-    if not reader.fieldnames or "epoch" not in reader.fieldnames:
-        raise CnnError(f"{source}: not a history CSV (it needs an 'epoch' column, as cnntools train --history writes)")
-    return [{k: _cell(v) for k, v in row.items() if k is not None} for row in reader]
+    reader = csv.DictReader(io.StringIO(text, newline=""))  # quoted cells may hold line breaks
+    try:
+        if not reader.fieldnames or "epoch" not in reader.fieldnames:
+            raise CnnError(f"{source}: not a history CSV (it needs an 'epoch' column, as cnntools train --history writes)")
+        return [{k: _cell(v) for k, v in row.items() if k is not None} for row in reader]
+    except csv.Error as error:
+        raise CnnError(f"{source}: not a readable CSV ({error})") from None
 
 
 def _cell(text):

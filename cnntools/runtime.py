@@ -258,3 +258,46 @@ def deterministic_algorithms(enabled: bool):
             cudnn.deterministic, cudnn.benchmark = previous[1], previous[2]
 
     return scope()
+
+
+def available_memory() -> int | None:
+    """Bytes of RAM this process can still get (Linux MemAvailable, capped by a cgroup limit); None if unknown."""
+    avail = None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),):
+        try:
+            with open(limit_file, encoding="ascii") as a, open(usage_file, encoding="ascii") as b:
+                limit, usage = a.read().strip(), int(b.read().strip())
+            if limit != "max":
+                avail = min(avail, int(limit) - usage) if avail is not None else int(limit) - usage
+        except (OSError, ValueError):
+            pass
+    return avail
+
+
+def check_allocation(nbytes: int, what: str) -> None:
+    """Refuse, as one line, an allocation derived from input that the machine cannot give.
+
+    Called before the allocation, with an estimate of the bytes it needs: a one-line error
+    beats a MemoryError or the kernel's OOM killer halfway through.
+    """
+    avail = available_memory()
+    if avail is not None and nbytes > avail:
+        raise CnnError(f"{what} needs about {_human(nbytes)} of memory, more than the {_human(avail)} available")
+
+
+def _human(nbytes: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if nbytes < 1024 or unit == "PiB":
+            return f"{nbytes:.0f} {unit}" if unit == "bytes" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return ""

@@ -202,7 +202,7 @@ def test_huge_header_claim_is_refused_without_reading_the_file(work, monkeypatch
         def close(self):
             self.handle.close()
 
-    monkeypatch.setattr("builtins.open", lambda path, mode="r", *a, **k: Counting(path) if mode == "rb" else real_open(path, mode, *a, **k))
+    monkeypatch.setattr("cnntools.files.open_binary", Counting)
     with pytest.raises(CnnError, match="100 MB limit"):
         checkpoint.read_checkpoint(str(files["huge-header.safetensors"]))
     assert reads == [9]
@@ -406,7 +406,7 @@ def test_classes_layers_and_indices_that_do_not_exist(cli, work, tmp_path):
         (["featmaps", good, "-i", "5000", "-o", out / "f.png"], "index 5000 is out of range"),
         (["featmaps", good, "-l", "head.fc", "-o", out / "f.png"], "no layer named 'head.fc'"),
         (["filters", good, "-l", "conv9", "-o", out / "k.png"], "no layer named 'conv9'"),
-        (["filters", good, "-f", "999", "--top-k", "2", "-o", out / "k.png"], "has 32 filters (0..31); got [999]"),
+        (["filters", good, "-f", "999", "--top-k", "2", "-o", out / "k.png"], "index 999 is out of range: layer 'features.0' has 32 filters (0..31)"),
         (["tsne", "-c", good, "--layer", "nope", "-n", "20", "-o", out / "t.png"], "no layer named 'nope'"),
     ]
     for args, expected in cases:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -151,7 +152,8 @@ def test_broken_pipe_is_quiet():
 
 
 def test_shell_pipeline_head(tmp_path):
-    script = "set -o pipefail; python -m cnntools rf-calc -k 3 -n 20000 --format json | head -c 10; echo; echo rc=$?"
+    # The interpreter under test, not whichever `python` is first on PATH (a venv not activated).
+    script = f"set -o pipefail; {shlex.quote(sys.executable)} -m cnntools rf-calc -k 3 -n 20000 --format json | head -c 10; echo; echo rc=$?"
     proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
     assert proc.stdout.startswith("{")
     assert proc.stderr == ""

@@ -128,7 +128,14 @@ def _write_batch(path, data, labels, label_key="labels", protocol=2):
         pickle.dump({"batch_label": "x", label_key: labels, "data": data}, handle, protocol=protocol)
 
 
-def test_cifar_layout_folder_with_custom_label_names(tmp_path):
+@pytest.mark.parametrize("stored", [False, True])
+def test_cifar_layout_folder_with_custom_label_names(tmp_path, monkeypatch, stored):
+    # Above the store threshold the batches go through a mapped store, batch file by batch file.
+    from cnntools.data import cache
+
+    monkeypatch.setenv("CNNTOOLS_CACHE", str(tmp_path / "cache"))
+    if stored:
+        monkeypatch.setattr(cache, "STORE_THRESHOLD", 0)
     rng = np.random.default_rng(0)
     root = tmp_path / "course"
     root.mkdir()
@@ -151,6 +158,7 @@ def test_cifar_layout_folder_with_custom_label_names(tmp_path):
     assert np.array_equal(train.images.numpy(), expected)
     assert train.labels.tolist() == sum((lab for _, lab in batches), [])
     assert np.array_equal(splits["test"].images.numpy(), test.reshape(-1, 3, 32, 32))
+    assert train.mapped == stored and len(list((tmp_path / "cache").glob("*.safetensors"))) == (2 if stored else 0)
 
 
 def test_cifar_pickle_that_runs_code_is_refused(tmp_path):

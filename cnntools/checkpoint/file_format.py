@@ -247,20 +247,20 @@ def _read_validated(path: str, data: bytes | None = None) -> tuple[bytes, dict]:
     stdin = path == files.STDIO and data is None
     stream = io.BytesIO(data) if data is not None else sys.stdin.buffer if stdin else files.open_binary(path)
     try:
-        size = None if stdin else len(data) if data is not None else os.fstat(stream.fileno()).st_size
+        size = None if stdin else len(data) if data is not None else _regular_size(stream.fileno())
         start = stream.read(9)
-        if stdin and not start:
-            raise CnnError("nothing arrived on stdin (expected a file piped into '-')")
+        if size is None and not start:
+            raise CnnError("nothing arrived on stdin (expected a file piped into '-')" if stdin else f"{name}: empty pipe, nothing arrived")
         header_len = _header_length(start, size, name)
         raw = start[8:] + stream.read(header_len - 1)
         if len(raw) < header_len:
             raise CnnError(f"{name}: truncated safetensors file (the header needs {header_len + 8} bytes)")
         header = _decode_header(raw, name)
-        need = _check_tensors(header, None if stdin else size - 8 - header_len, name)
+        need = _check_tensors(header, None if size is None else size - 8 - header_len, name)
         rest = stream.read(need)
         if len(rest) < need:
             raise CnnError(f"{name}: truncated safetensors file (tensor data needs {need} bytes, {len(rest)} present); the file was cut short — write it again")
-        if stdin and stream.read(1):
+        if size is None and stream.read(1):
             raise CnnError(f"{name}: unexpected bytes after the tensor data; the input is damaged")
         return start[:8] + raw + rest, header
     except OSError as error:
@@ -268,6 +268,15 @@ def _read_validated(path: str, data: bytes | None = None) -> tuple[bytes, dict]:
     finally:
         if not stdin:
             stream.close()
+
+
+def _regular_size(fd: int) -> int | None:
+    """The size of a regular file; None for a pipe (`<(command)`), read like stdin."""
+    import os
+    import stat
+
+    st = os.fstat(fd)
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
 def read_checkpoint(path: str, data: bytes | None = None) -> tuple[dict, dict]:

@@ -161,7 +161,7 @@ def _formula_mode(in_size, kernel, stride, padding, dilation, layer_type, ceil_m
     final = rows[-1].out_shape
     final_text = str(final[1]) if final[1] == final[2] else f"{final[1]}x{final[2]}"
     if quiet and fmt == "table":
-        print(final_text, file=output.data_stream())
+        output.write_data(f"{final_text}\n")
         return
 
     def formula_of(row) -> str:
@@ -218,7 +218,7 @@ def _formula_mode(in_size, kernel, stride, padding, dilation, layer_type, ceil_m
             columns.remove("params")
         output.print_table(table, columns)
         if total is not None and len(rows) > 1:
-            print(f"total parameters: {total:,}", file=output.data_stream())
+            output.write_data(f"total parameters: {total:,}\n")
 
     output.emit(doc, fmt, schema="conv-calc", rows=csv_rows, render_table=render)
 

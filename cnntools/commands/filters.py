@@ -82,12 +82,9 @@ def main(
         raise CnnError(f"layer '{layer}' is a {type(module).__name__}, not a Conv2d; conv layers: {', '.join(convs)}")
     weight = module.weight.detach().cpu()
     doc = {"model": model, "layer": layer, "weight_shape": list(weight.shape), "scale": scale}
-    # Checked before any figure is written: a failed command leaves no file behind.
-    chosen = parse_int_list(filter_ or "0-3", "--filter")
-    chosen = [f for f in chosen if f < weight.shape[0]] if filter_ is None else chosen
-    bad = [f for f in chosen if not 0 <= f < weight.shape[0]]
-    if bad:
-        raise CnnError(f"layer '{layer}' has {weight.shape[0]} filters (0..{weight.shape[0] - 1}); got {bad}")
+    # Checked before any figure is written: a failed command leaves no file behind. Checked against
+    # the layer's filters while parsing: `--filter 0-999999999` is refused, not expanded.
+    chosen = parse_int_list(filter_, "--filter", weight.shape[0], f"layer '{layer}'", "filters") if filter_ else list(range(min(4, weight.shape[0])))
 
     if out:
         from cnntools.plots import save_figure

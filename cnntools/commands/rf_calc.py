@@ -91,7 +91,7 @@ def main(
     else:
         final = rows[-1]["receptive_field"]
     if quiet and fmt == "table":
-        print(final, file=output.data_stream())
+        output.write_data(f"{final}\n")
         return
     columns = ["layer"] + (["name"] if arch else []) + ["type", "kernel", "stride", "padding", "dilation"]
     if any(row.get("size") is not None for row in rows):

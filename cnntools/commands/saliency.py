@@ -49,7 +49,7 @@ def _select_images(lm, indices, image_files, mistakes, n, data, data_dir, split,
             raise CnnError(f"{mistakes}: the predictions contain no mistakes")
         picked = [table.index[i] for i in rows]
     elif indices:
-        picked = parse_int_list(indices)
+        picked = parse_int_list(indices, size=len(imageset), where=where)
     else:
         picked = list(range(min(n, len(imageset))))
     check_indices(picked, len(imageset), where)

@@ -26,6 +26,9 @@ from cnntools.data.store import StoreDamaged, StoreWriter, open_store
 from cnntools.output import warn
 
 CACHE_VERSION = "2"
+# Sources that decode to more than this (image folders always) are read through a store on
+# disk; smaller ones (digits, CIFAR-10, MNIST) are faster held in memory.
+STORE_THRESHOLD = 256 * 1024**2
 
 
 def cache_dir() -> Path | None:
@@ -51,10 +54,10 @@ def scratch_dir() -> Path:
 
 def cache_key(root: Path, request: str, listing) -> tuple[str, str]:
     """(source prefix, full key) for a folder, a size request and its files' (path, size, mtime_ns)."""
-    prefix = hashlib.sha256(f"{CACHE_VERSION}\0{root.resolve()}\0{request}".encode()).hexdigest()[:16]
+    prefix = hashlib.sha256(f"{CACHE_VERSION}\0{root.resolve()}\0{request}".encode("utf-8", "surrogateescape")).hexdigest()[:16]
     digest = hashlib.sha256(prefix.encode())
     for rel, size, mtime in listing:
-        digest.update(f"{rel}\0{size}\0{mtime}\n".encode())
+        digest.update(f"{rel}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))  # any byte in a name
     return prefix, digest.hexdigest()[:24]
 
 

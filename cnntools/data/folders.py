@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cnntools import files
 from cnntools.data import cache
 from cnntools.data.imageset import ImageSet, chunk_rows, mapped_tensor
 from cnntools.data.progress import decode_progress, decode_workers, ordered_map
@@ -40,14 +41,8 @@ def _visible_dirs(path: Path) -> list[Path]:
         raise CnnError(f"{path}: cannot list the folder ({error.strerror})") from None
 
 
-def _image_files(folder: Path, extensions: set[str]) -> list[Path]:
-    files = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in extensions:
-                files.append(Path(dirpath) / name)
-    return files
+def _image_files(folder: Path, extensions: set[str]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    return files.walk_files(folder, lambda name: os.path.splitext(name)[1].lower() in extensions)
 
 
 def _layout(root: Path) -> dict[str, Path]:
@@ -93,11 +88,15 @@ class FolderSource:
         self.layout = _layout(root)
         exts = image_extensions()
         self.files: dict[str, list[tuple[Path, str]]] = {}
+        self.skipped: list[tuple[Path, str]] = []  # FIFOs, devices, dead links: never opened
         class_names: set[str] = set()
         for split, folder in self.layout.items():
             entries = []
             for class_dir in _visible_dirs(folder):
-                found = _image_files(class_dir, exts)
+                found, skipped = _image_files(class_dir, exts)
+                for path, reason in skipped:
+                    warn(f"{path}: {reason}; skipped")
+                self.skipped.extend(skipped)
                 if not found:
                     warn(f"{class_dir}: no image files; class folder ignored")
                     continue

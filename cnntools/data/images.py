@@ -130,5 +130,8 @@ def read_image(path: str, mode: str = "RGB", size: tuple[int, int] | None = None
     from cnntools import files
 
     if path != files.STDIO and not os.path.exists(path):
-        raise CnnError(f"{path}: no such image file")
-    return decode_image(files.read_bytes(path), files.display_name(path), mode, size)
+        raise CnnError(f"{files.display_name(path)}: no such image file")
+    # No image file worth decoding is larger than its pixels stored raw (4 bytes each) plus
+    # headroom; a pipe or stdin that keeps going is cut off there, before any decoding.
+    limit = 4 * max_pixels() + 16 * 2**20
+    return decode_image(files.read_bytes(path, limit), files.display_name(path), mode, size)

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnntools.data.imageset import ImageSet
+from cnntools.data import cache
+from cnntools.data.imageset import ImageSet, mapped_tensor
 from cnntools.output import CnnError, info
 
 _SAFE_GLOBALS = {
@@ -40,13 +41,16 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 def read_cifar_pickle(path: Path) -> dict:
     """One CIFAR python batch as a dict with str keys, loaded without running foreign code."""
-    try:
-        with open(path, "rb") as handle:
+    from cnntools import files
+
+    with files.open_binary(path) as handle:  # stat first: a FIFO or device named data_batch_1 never blocks
+        try:
             obj = _RestrictedUnpickler(handle, encoding="latin1").load()
-    except FileNotFoundError:
-        raise CnnError(f"{path}: no such file") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as error:
-        raise CnnError(f"{path}: not a readable CIFAR python batch ({error})") from None
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
+                KeyError, OverflowError, MemoryError, RecursionError, UnicodeDecodeError) as error:
+            raise CnnError(f"{files.display_name(path)}: not a readable CIFAR python batch ({type(error).__name__}: {str(error)[:200]})") from None
+        except OSError as error:
+            raise CnnError(f"{files.display_name(path)}: cannot read ({error.strerror})") from None
     if not isinstance(obj, dict):
         raise CnnError(f"{path}: not a CIFAR python batch (expected a dict, found {type(obj).__name__})")
     out = {}
@@ -58,6 +62,30 @@ def read_cifar_pickle(path: Path) -> dict:
     return out
 
 
+def _pixels(value, path: Path) -> np.ndarray:
+    """A batch's `data` entry as uint8 rows, or one clear error: it must be a numeric array of
+    N ≥ 1 images with values 0..255 (never wrapped round into a byte)."""
+    if not isinstance(value, np.ndarray):
+        raise CnnError(f"{path}: entry 'data' is a {type(value).__name__}, expected an array of pixel bytes (N×3072 for CIFAR)")
+    if value.dtype.kind not in "biuf" or value.ndim < 2 or value.shape[0] == 0 or value.size == 0:
+        raise CnnError(f"{path}: entry 'data' is a {value.dtype} array of shape {value.shape}, expected N×3072 unsigned bytes")
+    if value.dtype != np.uint8:
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise CnnError(f"{path}: entry 'data' holds NaN or infinite pixel values")
+        low, high = value.min(), value.max()
+        if low < 0 or high > 255 or (value.dtype.kind == "f" and not np.array_equal(value, np.round(value))):
+            raise CnnError(f"{path}: entry 'data' holds pixel values from {low} to {high}; expected whole numbers 0..255")
+    return value.reshape(len(value), -1).astype(np.uint8, copy=False)
+
+
+def _labels(value, key: str, path: Path) -> np.ndarray:
+    array = value if isinstance(value, np.ndarray) else np.asarray(value) if isinstance(value, (list, tuple)) else None
+    if array is None or array.ndim != 1 or (array.size and array.dtype.kind not in "biu"):
+        what = type(value).__name__ if array is None else f"{array.dtype} array of shape {array.shape}"
+        raise CnnError(f"{path}: entry '{key}' is a {what}, expected a list of integer class indices")
+    return array.astype(np.int64)
+
+
 def _cifar_shape(row_length: int, path: Path) -> tuple[int, int]:
     for channels in (3, 1):
         side = int(round((row_length / channels) ** 0.5))
@@ -66,10 +94,13 @@ def _cifar_shape(row_length: int, path: Path) -> tuple[int, int]:
     raise CnnError(f"{path}: rows of {row_length} bytes are not square C×S×S images (C = 3 or 1)")
 
 
-def _names(meta: dict, keys: tuple[str, ...]) -> list[str] | None:
+def _names(meta: dict, keys: tuple[str, ...], path: Path | None = None) -> list[str] | None:
     for key in keys:
         if key in meta:
-            return [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in meta[key]]
+            names = meta[key]
+            if not isinstance(names, (list, tuple, np.ndarray)) or not all(isinstance(n, (str, bytes, np.str_, np.bytes_)) for n in names):
+                raise CnnError(f"{path}: entry '{key}' is not a list of class names (found {type(names).__name__})")
+            return [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in names]
     return None
 
 
@@ -79,16 +110,15 @@ def read_cifar_batches(files: list[Path], label_keys: tuple[str, ...]) -> tuple[
         batch = read_cifar_pickle(path)
         if "data" not in batch:
             raise CnnError(f"{path}: no 'data' entry (not a CIFAR python batch)")
-        data = np.asarray(batch["data"])
+        data = _pixels(batch["data"], path)
         key = next((k for k in label_keys if k in batch), None)
         if key is None:
             raise CnnError(f"{path}: no labels (looked for {', '.join(label_keys)})")
-        lab = np.asarray(batch[key], dtype=np.int64)
-        data = data.reshape(len(data), -1)
+        lab = _labels(batch[key], key, path)
         if len(lab) != len(data):
             raise CnnError(f"{path}: {len(data)} images but {len(lab)} labels")
         c, s = _cifar_shape(data.shape[1], path)
-        images.append(data.astype(np.uint8, copy=False).reshape(-1, c, s, s))
+        images.append(data.reshape(-1, c, s, s))
         labels.append(lab)
     if len({im.shape[1:] for im in images}) > 1:
         raise CnnError(f"{files[0].parent}: batches hold images of different shapes")
@@ -113,7 +143,7 @@ class CifarPickleSource:
 
     def classes(self, labels: torch.Tensor) -> list[str]:
         if self._classes is None and self.meta_file is not None and self.meta_file.exists():
-            self._classes = _names(read_cifar_pickle(self.meta_file), self.name_keys)
+            self._classes = _names(read_cifar_pickle(self.meta_file), self.name_keys, self.meta_file)
         count = int(labels.max()) + 1 if len(labels) else 0
         if self._classes is None:
             self._classes = [str(i) for i in range(count)]
@@ -123,8 +153,45 @@ class CifarPickleSource:
 
     def load(self, split: str) -> ImageSet:
         files = self.train_files if split == "train" else self.test_files
+        if sum(_file_size(f) for f in files) > cache.STORE_THRESHOLD:
+            return self._load_stored(split, files)
         images, labels = read_cifar_batches(files, self.label_keys)
         return ImageSet(images=images, labels=labels, classes=self.classes(labels), spec=self.spec, split=split)
+
+    def _load_stored(self, split: str, files: list[Path]) -> ImageSet:
+        """A large layout goes through a store on disk, written one batch file at a time."""
+        listing = []
+        for path in files:
+            st = path.stat()
+            listing.append((path.name, st.st_size, st.st_mtime_ns))
+        prefix, key = cache.cache_key(self.root, f"cifar-{split}", listing)
+
+        def build(writer) -> dict:
+            labels, shape = [], None
+            for path in files:
+                images, batch_labels = read_cifar_batches([path], self.label_keys)
+                if shape is None:
+                    shape = tuple(images.shape[1:])
+                    writer.begin(f"{split}.images", shape)
+                elif tuple(images.shape[1:]) != shape:
+                    raise CnnError(f"{files[0].parent}: batches hold images of different shapes")
+                writer.write(images.numpy())
+                labels.append(batch_labels.numpy())
+            writer.end()
+            writer.add(f"{split}.labels", np.concatenate(labels))
+            return {"split": split}
+
+        arrays, _, info = cache.open_or_build(cache.cache_file(prefix, key), key, build)
+        labels = torch.from_numpy(arrays[f"{split}.labels"])
+        return ImageSet(images=mapped_tensor(arrays[f"{split}.images"]), labels=labels, classes=self.classes(labels),
+                        spec=self.spec, split=split, meta={"cache": info}, mapped=True)
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def cifar_folder(root: Path, spec: str) -> CifarPickleSource | None:
@@ -148,22 +215,42 @@ def cifar_folder(root: Path, spec: str) -> CifarPickleSource | None:
 # ---------------------------------------------------------------------------- MNIST idx
 
 
+IDX_LIMIT = 2**30  # bytes of an idx file (after gunzip); MNIST's largest is 47 MB
+
+
 def read_idx(path: Path) -> np.ndarray:
-    """An idx file (optionally .gz) as a NumPy array: magic 0 0 dtype ndim, big-endian dims."""
-    raw = path.read_bytes()
+    """An idx file (optionally .gz) as a NumPy array: magic 0 0 dtype ndim, big-endian dims.
+
+    The header is checked against the data before anything is shaped, and a .gz file is
+    decompressed only up to IDX_LIMIT bytes (a gzip bomb stops there)."""
+    import io
+
+    from cnntools import files
+
+    name = files.display_name(path)
+    raw = files.read_bytes(path, IDX_LIMIT)
     if path.suffix == ".gz":
         try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as error:
-            raise CnnError(f"{path}: not a readable gzip file ({error})") from None
+            with gzip.GzipFile(fileobj=io.BytesIO(raw)) as stream:
+                raw = stream.read(IDX_LIMIT + 1)
+        except (OSError, EOFError, ValueError) as error:
+            raise CnnError(f"{name}: not a readable gzip file ({error})") from None
+        if len(raw) > IDX_LIMIT:
+            raise CnnError(f"{name}: decompresses to more than {IDX_LIMIT:,} bytes; not an MNIST idx file")
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise CnnError(f"{path}: not an idx file of unsigned bytes (bad magic number)")
+        raise CnnError(f"{name}: not an idx file of unsigned bytes (bad magic number)")
     ndim = raw[3]
-    dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4).astype(np.int64)
-    expected = int(np.prod(dims))
+    if not 1 <= ndim <= 4:
+        raise CnnError(f"{name}: idx header claims {ndim} dimensions; MNIST files have 1 (labels) or 3 (images)")
+    if len(raw) < 4 + 4 * ndim:
+        raise CnnError(f"{name}: truncated or padded idx file (the header of {ndim} dimensions needs {4 + 4 * ndim} bytes, {len(raw)} present)")
+    dims = [int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4)]
+    expected = 1
+    for d in dims:
+        expected *= d  # Python ints: a header of huge dimensions cannot overflow
     body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != expected:
-        raise CnnError(f"{path}: truncated or padded idx file ({body.size} bytes of data, header says {expected})")
+        raise CnnError(f"{name}: truncated or padded idx file ({body.size} bytes of data, header says {expected})")
     return body.reshape(*dims)
 
 

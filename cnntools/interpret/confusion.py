@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cnntools.output import CnnError
+from cnntools.runtime import check_allocation
 
 NORMALIZE = ("none", "true", "pred", "all")
 
@@ -87,7 +88,14 @@ def read_predictions(text: str, source: str = "predictions") -> Predictions:
     `label` and `pred` are required; class names come from `label_name`/`pred_name` where
     present (classes never seen are named by their index).
     """
-    reader = csv.DictReader(io.StringIO(text))
+    try:
+        # newline="": quoted cells may hold line breaks (class names), as csv.writer wrote them
+        return _read_predictions(csv.DictReader(io.StringIO(text, newline="")), source)
+    except csv.Error as error:
+        raise CnnError(f"{source}: not a readable CSV ({error})") from None
+
+
+def _read_predictions(reader: csv.DictReader, source: str) -> Predictions:
     if not reader.fieldnames or "label" not in reader.fieldnames or "pred" not in reader.fieldnames:
         raise CnnError(
             f"{source}: not a predictions CSV (needs columns label and pred, as `cnntools eval --predictions` writes)"
@@ -124,6 +132,8 @@ def read_predictions(text: str, source: str = "predictions") -> Predictions:
     if min(labels + preds) < 0:
         raise CnnError(f"{source}: negative class index")
     k = max(max(labels), max(preds), max(names, default=0)) + 1
+    # The matrix is k×k: counts, a normalised copy and the heatmap's array (8 bytes a cell each).
+    check_allocation(3 * 8 * k * k, f"{source}: a confusion matrix of {k:,} classes")
     classes = [names.get(i, str(i)) for i in range(k)]
     return Predictions(
         index=index,

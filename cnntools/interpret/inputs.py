@@ -11,8 +11,12 @@ import torch
 from cnntools.output import CnnError
 
 
-def parse_int_list(text: str, what: str = "indices") -> list[int]:
-    """`0,5,7` or `0-3,9` → [0, 5, 7] / [0, 1, 2, 3, 9]."""
+def parse_int_list(text: str, what: str = "indices", size: int | None = None, where: str = "", unit: str = "images") -> list[int]:
+    """`0,5,7` or `0-3,9` → [0, 5, 7] / [0, 1, 2, 3, 9].
+
+    `size`: how many items there are (`where` names them); an index or range end outside
+    0..size-1 is refused before a range is expanded, so `0-999999999` costs nothing.
+    """
     out: list[int] = []
     for part in text.replace(" ", "").split(","):
         if not part:
@@ -20,20 +24,23 @@ def parse_int_list(text: str, what: str = "indices") -> list[int]:
         try:
             if "-" in part[1:]:
                 low, high = part.split("-", 1) if not part.startswith("-") else (part, "")
-                out.extend(range(int(low), int(high) + 1))
+                low, high = int(low), int(high)
             else:
-                out.append(int(part))
+                low = high = int(part)
         except ValueError:
             raise CnnError(f"{what} '{text}': expected integers such as 0,5,7 or 0-3") from None
+        if size is not None:
+            check_indices([low, high], size, where or what, unit)
+        out.extend(range(low, high + 1))
     if not out:
         raise CnnError(f"{what}: none given")
     return out
 
 
-def check_indices(indices: Sequence[int], n: int, where: str) -> None:
+def check_indices(indices: Sequence[int], n: int, where: str, unit: str = "images") -> None:
     bad = [i for i in indices if not 0 <= i < n]
     if bad:
-        raise CnnError(f"index {bad[0]} is out of range: {where} has {n} images (0..{n - 1})")
+        raise CnnError(f"index {bad[0]} is out of range: {where} has {n} {unit} (0..{n - 1})")
 
 
 def read_image_files(paths: Sequence[str]) -> torch.Tensor:

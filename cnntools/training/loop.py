@@ -31,6 +31,7 @@ from cnntools import runtime
 from cnntools.checkpoint import clean_state_dict, save_checkpoint, unwrap_model
 from cnntools.collectives import broadcast_buffers, check_global_batch, reduce_sum, wrap_model
 from cnntools.data.augment import resolve_augment
+from cnntools.data.imageset import CHUNK_BYTES, chunk_rows
 from cnntools.inference import wants_channels_last
 from cnntools.output import CnnError
 from cnntools.training.config import TrainConfig, validate_config
@@ -175,17 +176,20 @@ class Trainer:
             augment=self.augment, mean=self.mean, std=self.std, drop_last=False, rank=rank, world_size=world_size,
             channels_last=self.channels_last,
         )
+        # Evaluation batches: 256 small images, fewer large ones (inputs bounded in bytes, so the
+        # activations of a validation pass do not grow with the split up to 256 photos).
+        eval_batch = max(per_rank, min(256, chunk_rows(4 * math.prod(train_set.images.shape[1:]), CHUNK_BYTES // 2)))
         self.val_loader = None
         if val_set is not None and len(val_set):
             self.val_loader = BatchLoader(
-                val_set, batch_size=max(per_rank, 256), shuffle=False, seed=cfg.seed, device=self.device,
+                val_set, batch_size=eval_batch, shuffle=False, seed=cfg.seed, device=self.device,
                 augment=None, mean=self.mean, std=self.std, drop_last=False, rank=rank, world_size=world_size, pad=False,
                 channels_last=self.channels_last,
             )
         self.test_loader = None
         if test_set is not None and len(test_set):
             self.test_loader = BatchLoader(
-                test_set, batch_size=max(per_rank, 256), shuffle=False, seed=cfg.seed, device=self.device,
+                test_set, batch_size=eval_batch, shuffle=False, seed=cfg.seed, device=self.device,
                 augment=None, mean=self.mean, std=self.std, drop_last=False, rank=rank, world_size=world_size, pad=False,
                 channels_last=self.channels_last,
             )

@@ -1,9 +1,11 @@
 """The long fuzz run: the properties of tests/fuzz_cases.py with many fresh random cases.
 
-Every calculator argument list, mutated checkpoint and mutated image must end in a result or
-one clean `Error:` line — never a traceback, hang (30 s per case) or crash. Prints one JSON
-line per property (cases, seconds, ok); a failure prints hypothesis' minimal failing case and
-exits 1.
+Every reader's generated input (calculator arguments, checkpoint bytes, safetensors headers and
+metadata, predictions CSVs, matrix files, CIFAR batches, MNIST idx files, images, folders)
+must end in a result or one clean `Error:` line — never a traceback, an "unexpected" error, a
+hang (30 s per case), a crash or more than 6 GiB of memory. Prints one JSON line per property
+(inputs tried, results, clean errors, seconds, ok) and a total line; a failure prints
+hypothesis' minimal failing case and exits 1.
 
     PYTHONPATH=. python tests/benchmarks/fuzz.py --examples 2000
     PYTHONPATH=. python tests/benchmarks/fuzz.py --examples 500 --only "mutated checkpoints"
@@ -31,6 +33,7 @@ def main() -> int:
     args = parser.parse_args()
     os.environ["CNNTOOLS_CACHE"] = "off"
     failed = False
+    totals: dict = {}
     for name, prop in fuzz_cases.properties(args.examples, derandomize=args.repeatable).items():
         if args.only and name not in args.only:
             continue
@@ -41,7 +44,12 @@ def main() -> int:
         except Exception:  # noqa: BLE001 - report and go on with the other properties
             traceback.print_exc()
             ok, failed = False, True
-        print(json.dumps({"property": name, "cases": args.examples, "seconds": round(time.perf_counter() - start, 1), "ok": ok}), flush=True)
+        counts = {k: sum(c[k] for c in fuzz_cases.COUNTS.values()) for k in ("tried", "results", "clean_errors")}
+        fuzz_cases.COUNTS.clear()
+        for key, value in counts.items():
+            totals[key] = totals.get(key, 0) + value
+        print(json.dumps({"property": name, **counts, "seconds": round(time.perf_counter() - start, 1), "ok": ok}), flush=True)
+    print(json.dumps({"total": totals, "unexpected": 0 if not failed else "see the failure above", "ok": not failed}), flush=True)
     return 1 if failed else 0
 
 

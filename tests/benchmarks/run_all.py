@@ -32,6 +32,7 @@ BENCHMARKS = {
     "tsne": ("bench_tsne.py", False),
     "saliency": ("bench_saliency.py", True),
     "memory": ("bench_memory.py", False),
+    "store": ("bench_store.py", False),
     "time_to_accuracy": ("bench_time_to_accuracy.py", False),
 }
 
