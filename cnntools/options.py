@@ -55,7 +55,7 @@ Seed = Annotated[
 BatchSize = Annotated[
     int,
     typer.Option(
-        "--batch-size", rich_help_panel=PANEL_RUN, metavar="N", min=1,
+        "--batch-size", rich_help_panel=PANEL_RUN, metavar="N",
         help="Images per batch (train: per weight update, the global batch split among the processes of a distributed run).",
     ),
 ]
