@@ -193,19 +193,18 @@ def base_files() -> dict:
     import torch
     from PIL import Image
 
-    from cnntools.checkpoint import save_checkpoint
+    from cnntools.checkpoint import CheckpointMeta, DataRecipe, save_checkpoint
     from cnntools.models import create_model
 
     folder = Path(tempfile.mkdtemp(prefix="cnntools-fuzz-"))
     torch.manual_seed(0)
     model = create_model("simple-cnn", 1, 8, 10)
-    meta = {
-        "arch": {"arch": "simple-cnn", "in_channels": 1, "image_size": 8, "num_classes": 10},
-        "classes": [str(i) for i in range(10)], "mean": [0.3], "std": [0.2], "image_size": 8, "in_channels": 1,
-        "data": {"spec": "digits", "data_dir": None, "val_split": 0.1, "seed": 0},
-        "train_config": {"seed": 0, "lr": 0.001}, "metrics": {"val_acc": 0.5},
-        "history": [{"epoch": 1, "train_loss": 1.5, "val_acc": 0.5}],
-    }
+    meta = CheckpointMeta(
+        arch={"arch": "simple-cnn", "in_channels": 1, "image_size": 8, "num_classes": 10},
+        classes=[str(i) for i in range(10)], mean=[0.3], std=[0.2], data=DataRecipe("digits", None, 0.1, 0),
+        train_config={"seed": 0, "lr": 0.001}, metrics={"val_acc": 0.5},
+        history=[{"epoch": 1, "train_loss": 1.5, "val_acc": 0.5}],
+    )
     checkpoint = folder / "model.safetensors"
     save_checkpoint(str(checkpoint), model, meta)
     data = checkpoint.read_bytes()

@@ -25,7 +25,7 @@ def train_checkpoint(path, data: str, arch: str, image_size: int, channels: int,
 
 
 def _train(path, data, arch, image_size, channels, steps, seed, batch_size, lr):
-    from cnntools.checkpoint import save_checkpoint
+    from cnntools.checkpoint import CheckpointMeta, DataRecipe, save_checkpoint
     from cnntools.data import load_split
     from cnntools.models import create_model
 
@@ -48,15 +48,10 @@ def _train(path, data, arch, image_size, channels, steps, seed, batch_size, lr):
         loss.backward()
         opt.step()
     model.eval()
-    meta = {
-        "arch": {"arch": arch, "in_channels": channels, "image_size": image_size, "num_classes": len(classes)},
-        "classes": classes,
-        "mean": mean,
-        "std": std,
-        "image_size": image_size,
-        "in_channels": channels,
-        "data": {"spec": data, "data_dir": None, "val_split": 0.0, "seed": 0},
-    }
+    meta = CheckpointMeta(
+        arch={"arch": arch, "in_channels": channels, "image_size": image_size, "num_classes": len(classes)},
+        classes=classes, mean=mean, std=std, data=DataRecipe(data),
+    )
     save_checkpoint(str(path), model, meta)
     return path
 

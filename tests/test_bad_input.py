@@ -26,7 +26,7 @@ from test_checkpoint import _meta as checkpoint_meta
 
 def meta(arch_name="simple-cnn", channels=1, size=8, **changes):
     """test_checkpoint's metadata for an untrained model, with top-level entries replaced."""
-    doc = checkpoint_meta(arch_name, channels, size)
+    doc = checkpoint_meta(arch_name, channels, size).to_json()
     doc.update(changes)
     return doc
 
@@ -86,7 +86,19 @@ def work(tmp_path_factory):
     not_json = data.replace(b'"classes":"[', b'"classes":"{', 1)
     assert not_json != data
     put("metadata-not-json.safetensors", not_json)
-    put("mismatch.safetensors", checkpoint_bytes(model, meta(arch={"arch": "lenet", "in_channels": 1, "image_size": 32, "num_classes": 10})))
+    put("mismatch.safetensors", checkpoint_bytes(
+        model, meta(arch={"arch": "lenet", "in_channels": 1, "image_size": 32, "num_classes": 10}, image_size=32)))
+    # Metadata that disagrees with itself or asks for impossible numbers (issue 14, class 4).
+    put("size-disagrees.safetensors", checkpoint_bytes(model, meta(image_size=16)))
+    put("channels-disagree.safetensors", checkpoint_bytes(model, meta(in_channels=3)))
+    put("size-65536.safetensors", checkpoint_bytes(
+        model, meta(arch={"arch": "simple-cnn", "in_channels": 1, "image_size": 65536, "num_classes": 10}, image_size=65536)))
+    put("classes-million.safetensors", checkpoint_bytes(
+        model, meta(arch={"arch": "simple-cnn", "in_channels": 1, "image_size": 8, "num_classes": 10**6}, classes=["c"] * 10**6)))
+    put("std-subnormal.safetensors", checkpoint_bytes(model, meta(std=[1e-320])))
+    put("mean-huge.safetensors", checkpoint_bytes(model, meta(mean=[1e308])))
+    put("seed-string.safetensors", checkpoint_bytes(model, meta(data={"spec": "digits", "data_dir": None, "val_split": 0.1, "seed": "x"})))
+    put("val-split-string.safetensors", checkpoint_bytes(model, meta(data={"spec": "digits", "data_dir": None, "val_split": "a", "seed": 0})))
     put("wrong-classes-count.safetensors", checkpoint_bytes(
         model, meta(arch={"arch": "simple-cnn", "in_channels": 1, "image_size": 8, "num_classes": 7}, classes=list("abcdefg"))))
     # Untrusted headers: sizes that lie.
@@ -119,9 +131,17 @@ CHECKPOINT_CASES = {
     "unknown-arch.safetensors": "unknown architecture 'transformer-xxl'",
     "arch-not-object.safetensors": "malformed cnntools metadata: 'arch'",
     "classes-wrong.safetensors": "2 class names for 10 classes",
-    "std-zero.safetensors": "'std' must be a list of positive numbers",
+    "std-zero.safetensors": "'std' must be a list of numbers in [1e-07, 1000] (not 0)",
     "metadata-not-json.safetensors": "corrupt cnntools metadata entry 'classes'",
     "mismatch.safetensors": "do not match architecture lenet",
+    "size-disagrees.safetensors": "'image_size' is 16 but the architecture simple-cnn is built for 8",
+    "channels-disagree.safetensors": "'in_channels' is 3 but the architecture simple-cnn is built for 1",
+    "size-65536.safetensors": "'arch.image_size' must be a whole number in [1, 16384] (not 65536)",
+    "classes-million.safetensors": "'arch.num_classes' must be a whole number in [1, 100000] (not 1000000)",
+    "std-subnormal.safetensors": "'std' must be a list of numbers in [1e-07, 1000] (not 9.99989e-321)",
+    "mean-huge.safetensors": "'mean' must be a list of numbers in [-1000, 1000] (not 1e+308)",
+    "seed-string.safetensors": "'data.seed' must be a whole number",
+    "val-split-string.safetensors": "'data.val_split' must be a number in [0, 1) (not \"a\")",
     "wrong-classes-count.safetensors": "do not fit architecture simple-cnn",
     "huge-header.safetensors": "more than the 100 MB limit",
     "beyond-file.safetensors": "truncated",

@@ -12,6 +12,8 @@ import torch.nn as nn
 from typer.testing import CliRunner
 
 from cnntools.checkpoint import (
+    CheckpointMeta,
+    DataRecipe,
     FORMAT,
     checkpoint_bytes,
     load_model,
@@ -29,18 +31,16 @@ CLASSES = [str(i) for i in range(10)]
 
 
 def _meta(arch="lenet", channels=3, size=32, **extra):
-    return {
-        "arch": {"arch": arch, "in_channels": channels, "image_size": size, "num_classes": 10, **extra},
-        "classes": CLASSES,
-        "mean": [0.5] * channels,
-        "std": [0.25] * channels,
-        "image_size": size,
-        "in_channels": channels,
-        "data": {"spec": "digits", "data_dir": None, "val_split": 0.0, "seed": 0},
-        "train_config": {"seed": 3, "lr": 0.1},
-        "metrics": {"val_acc": 0.5},
-        "history": [{"epoch": 1, "train_loss": 1.0}],
-    }
+    return CheckpointMeta(
+        arch={"arch": arch, "in_channels": channels, "image_size": size, "num_classes": 10, **extra},
+        classes=CLASSES,
+        mean=[0.5] * channels,
+        std=[0.25] * channels,
+        data=DataRecipe("digits", None, 0.0, 0),
+        train_config={"seed": 3, "lr": 0.1},
+        metrics={"val_acc": 0.5},
+        history=[{"epoch": 1, "train_loss": 1.0}],
+    )
 
 
 def _invoke(args, input=None):
@@ -60,8 +60,8 @@ def test_round_trip_rebuilds_the_model_from_the_file_alone(tmp_path):
     assert not lm.model.training
     assert lm.classes == CLASSES and lm.mean == [0.5] * 3 and lm.std == [0.25] * 3
     assert lm.image_size == 32 and lm.in_channels == 3 and lm.arch == "lenet"
-    assert lm.data["spec"] == "digits" and lm.meta["train_config"]["seed"] == 3
-    assert lm.meta["history"] == [{"epoch": 1, "train_loss": 1.0}]
+    assert lm.data.spec == "digits" and lm.meta.train_config["seed"] == 3
+    assert lm.meta.history == [{"epoch": 1, "train_loss": 1.0}]
     # The metadata is plain safetensors string metadata holding JSON.
     from safetensors import safe_open
 
@@ -106,7 +106,7 @@ def test_stdout_and_stdin(tmp_path, capsysbinary):
     copy.write_bytes(data)
     tensors, meta = read_checkpoint(str(copy))
     assert all(torch.equal(tensors[k], v) for k, v in model.state_dict().items())
-    assert meta["classes"] == CLASSES
+    assert meta.classes == CLASSES
     result = _invoke(["eval", "-", "--data", "fake:40", "--split", "train", "--format", "json", "-q"], input=data)
     assert result.exit_code == 0, result.stderr
     assert result.stdout and json.loads(result.stdout)["models"][0]["images"] == 40
@@ -192,7 +192,7 @@ def test_truncated_foreign_and_missing_files(tmp_path):
 def test_weights_that_do_not_fit_the_architecture(tmp_path):
     model = create_model("lenet", 3, 32, 10)
     meta = _meta()
-    meta["arch"]["arch"] = "simple-cnn"
+    meta.arch["arch"] = "simple-cnn"
     path = tmp_path / "wrong.safetensors"
     save_checkpoint(str(path), model, meta)
     assert "do not match architecture simple-cnn" in _one_error_line(_invoke(["eval", str(path)]))
@@ -241,3 +241,62 @@ def test_torchvision_model_from_the_hub_cache(tmp_path, monkeypatch):
         expected = torch.softmax(reference(lm.prepare(images[:1])), 1)[0].topk(3)
     assert [r["index"] for r in rows] == expected.indices.tolist()
     assert rows[0]["class"] == lm.classes[expected.indices[0]]
+
+
+def test_metadata_record_round_trips_through_the_header():
+    meta = _meta(batchnorm=True)
+    meta.extra["written_by"] = "a newer cnntools"  # unknown keys survive a read and rewrite
+    again = CheckpointMeta.from_header(meta.to_header(), "m")
+    assert again == meta
+    assert json.loads(meta.to_header()["image_size"]) == 32 and json.loads(meta.to_header()["in_channels"]) == 3
+
+
+def test_header_alone_gives_the_metadata_without_torch(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(str(path), create_model("lenet", 3, 32, 10), _meta())
+    code = ("import sys; from cnntools.checkpoint import read_metadata; m = read_metadata(sys.argv[1]); "
+            "print(m.arch_name, m.image_size, m.data.spec, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["lenet", "32", "digits", "False"]
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"image_size": 64}, "'image_size' is 64 but the architecture lenet is built for 32"),
+    ({"in_channels": 1}, "'in_channels' is 1 but the architecture lenet is built for 3"),
+    ({"image_size": "big"}, "'image_size' must be a positive integer"),
+    ({"std": [1e-320] * 3}, "'std' must be a list of numbers in [1e-07, 1000]"),
+    ({"std": [0.2, 0.2, float("inf")]}, "'std' must be a list of positive numbers"),
+    ({"mean": [1e308] * 3}, "'mean' must be a list of numbers in [-1000, 1000]"),
+    ({"data": {"spec": "digits", "seed": "x"}}, "'data.seed' must be a whole number in [0, 18446744073709551615] (not \"x\")"),
+    ({"data": {"spec": "digits", "seed": -1}}, "'data.seed' must be a whole number"),
+    ({"data": {"spec": "digits", "val_split": "a"}}, "'data.val_split' must be a number in [0, 1) (not \"a\")"),
+    ({"data": {"spec": "digits", "val_split": 1.5}}, "'data.val_split' must be a number in [0, 1) (not 1.5)"),
+    ({"data": {"spec": 7}}, "'data.spec' must be a string or null"),
+    ({"data": []}, "'data' must be an object"),
+    ({"arch": {"arch": "lenet", "in_channels": 3, "image_size": 4096 * 4 + 1, "num_classes": 10}}, "'arch.image_size' must be"),
+    ({"arch": {"arch": "lenet", "in_channels": 3, "image_size": 32, "num_classes": 0}}, "'arch.num_classes' must be"),
+    ({"arch": {"arch": "lenet", "in_channels": 3.0, "image_size": 32, "num_classes": 10}}, "'arch.in_channels' must be"),
+    ({"arch": {"arch": "lenet", "in_channels": 3, "image_size": 32, "num_classes": 10, "depth": [1]}}, "'arch.depth' must be"),
+    ({"classes": ["x" * 2000] * 10}, "'classes' must be a list of class names"),
+    ({"history": {"epoch": 1}}, "'history' must be a list of objects"),
+])
+def test_metadata_validator_names_the_bad_value(change, words):
+    doc = _meta().to_json()
+    doc.update(change)
+    with pytest.raises(CnnError) as error:
+        CheckpointMeta.from_json(json.loads(json.dumps(doc)), "m.safetensors")
+    assert str(error.value).startswith("m.safetensors: ") and words in str(error.value), str(error.value)
+
+
+def test_stored_training_options_are_typed():
+    from cnntools.training import TrainConfig
+
+    assert TrainConfig.from_dict({"epochs": 3, "lr": 1, "image_size": None}).lr == 1
+    for bad, words in (({"epochs": "x"}, "train_config.epochs must be int"), ({"lr": "fast"}, "train_config.lr must be float or null"),
+                       ({"batchnorm": 1}, "train_config.batchnorm must be bool"), ({"epochs": True}, "train_config.epochs must be int"),
+                       ({"warmup": float("nan")}, "train_config.warmup must be float")):
+        with pytest.raises(CnnError, match=words.replace(".", r"\.")):
+            TrainConfig.from_dict(bad, "m")

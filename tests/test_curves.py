@@ -49,7 +49,7 @@ def test_derived_labels_name_what_differs():
 
 def test_step_records_and_val_every_counts(two_runs):
     _, paths = two_runs
-    _, meta = read_checkpoint(str(paths["relu"]))
+    meta = read_checkpoint(str(paths["relu"]))[1].to_json()
     assert meta["label"] == "lenet relu-out+bs=64+no-aug"
     per_epoch = meta["history"][0]["updates"]
     total = meta["history"][-1]["updates"]
@@ -88,7 +88,7 @@ def test_curves_merges_the_records_of_every_run(cli, two_runs):
     assert doc["schema"] == "cnntools.curves/1"
     assert [r["label"] for r in doc["runs"]] == ["lenet bs=64+no-aug", "lenet relu-out+bs=64+no-aug"]
     for act, label in (("none", "lenet bs=64+no-aug"), ("relu", "lenet relu-out+bs=64+no-aug")):
-        _, meta = read_checkpoint(str(paths[act]))
+        meta = read_checkpoint(str(paths[act]))[1].to_json()
         mine = [r for r in doc["records"] if r["run"] == label]
         epochs = [{k: v for k, v in r.items() if k not in ("run", "kind", "best")} for r in mine if r["kind"] == "epoch"]
         assert epochs == meta["history"]
@@ -96,14 +96,14 @@ def test_curves_merges_the_records_of_every_run(cli, two_runs):
         assert [r["epoch"] for r in mine if r.get("best")] == [meta["metrics"]["epoch"]]
     # The history file holds the same records as the checkpoint, steps included.
     from_file = cli("curves", folder / "relu.jsonl", "--format", "json").json()
-    _, meta = read_checkpoint(str(paths["relu"]))
+    meta = read_checkpoint(str(paths["relu"]))[1].to_json()
     assert [r for r in from_file["records"] if r["kind"] == "epoch"][0]["train_loss"] == meta["history"][0]["train_loss"]
     assert len([r for r in from_file["records"] if r["kind"] != "epoch"]) == len(meta["steps"])
     # CSV: epoch rows only unless --steps.
     csv_rows = cli("curves", paths["none"], paths["relu"], "--format", "csv").stdout.splitlines()
     assert csv_rows[0].startswith("run,kind,epoch") and len(csv_rows) == 1 + 4
     with_steps = cli("curves", paths["none"], "--format", "csv", "--steps").stdout.splitlines()
-    assert len(with_steps) == 1 + 2 + len(read_checkpoint(str(paths["none"]))[1]["steps"])
+    assert len(with_steps) == 1 + 2 + len(read_checkpoint(str(paths["none"]))[1].steps)
 
 
 def test_curves_reads_stdin_and_csv_history(cli, two_runs, tmp_path):
@@ -127,7 +127,7 @@ def test_curves_figure_names_every_run(two_runs, tmp_path, cli):
     from cnntools.runs import run_from_checkpoint_meta
 
     _, paths = two_runs
-    runs = [run_from_checkpoint_meta(read_checkpoint(str(p))[1], str(p)) for p in paths.values()]
+    runs = [run_from_checkpoint_meta(read_checkpoint(str(p))[1].to_json(), str(p)) for p in paths.values()]
     fig = training_curves(runs, title="t")
     legend_texts = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
     assert {"lenet bs=64+no-aug", "lenet relu-out+bs=64+no-aug", "train", "validation", "test", "kept epoch"} <= set(legend_texts)
@@ -154,7 +154,7 @@ def test_train_plot_title_carries_the_label(cli, tmp_path, monkeypatch):
                  "-o", tmp_path / "m.safetensors", "--plot", tmp_path / "p.png", "-q")
     assert result.exit_code == 0, result.stderr
     assert titles == ["my bn run on digits"]
-    assert read_checkpoint(str(tmp_path / "m.safetensors"))[1]["label"] == "my bn run"
+    assert read_checkpoint(str(tmp_path / "m.safetensors"))[1].label == "my bn run"
 
 
 def test_history_csv_sniffed_and_jsonl_errors():

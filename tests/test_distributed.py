@@ -82,7 +82,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(runs):
     assert _close(single, ddp)
     assert not _close(single, {k: v * 1.001 for k, v in ddp.items()})  # the tolerance sees a 0.1% change
     _, meta = read_checkpoint(str(tmp / "ddp.safetensors"))
-    assert meta["train_config"]["world_size"] == 2 and meta["train_config"]["batch_size"] == 64
+    assert meta.train_config["world_size"] == 2 and meta.train_config["batch_size"] == 64
 
 
 def test_only_rank_0_writes_the_checkpoint_once_per_epoch(runs):
@@ -113,7 +113,7 @@ def test_resume_moves_from_one_process_to_torchrun_and_back(runs):
     for result, path in ((two, to_two), (one, to_one)):
         assert [(r["epoch"], r["updates"]) for r in _records(result.stdout)] == [(4, 28)]
         _, meta = read_checkpoint(str(path))
-        assert [r["epoch"] for r in meta["history"]] == [1, 2, 3, 4]
+        assert [r["epoch"] for r in meta.history] == [1, 2, 3, 4]
     assert _records(two.stdout)[0]["val_loss"] == pytest.approx(_records(one.stdout)[0]["val_loss"], rel=1e-4)
     assert _close(_weights(to_two), _weights(to_one))
     assert not _close(_weights(to_two), _weights(tmp / "single.safetensors"))
@@ -143,7 +143,7 @@ def _validates_like_eval(path) -> None:
     result = _cnntools("eval", path, "--split", "val", "--precision", "fp32", "--format", "json", "-q")
     assert result.returncode == 0, result.stderr
     model = json.loads(result.stdout)["models"][0]
-    last = read_checkpoint(str(path))[1]["history"][-1]
+    last = read_checkpoint(str(path))[1].history[-1]
     # 41 validation images split 21/20 between the ranks: each counted once.
     assert model["images"] == 41
     assert model["accuracy"] == pytest.approx(last["val_acc"], abs=1e-12)

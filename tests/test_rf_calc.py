@@ -214,10 +214,14 @@ def check_model(model: nn.Module, size: int, in_channels: int = 3, most: int = 2
     """Compare the graph walk with gradients for up to `most` layers (first ones, then spread out:
     every later layer's field already contains the unions of the branches before it)."""
     rows = model_receptive_fields(model, size, in_channels)
-    assert all(row["size"] for row in rows)  # every layer has a feature-map size
-    picked = rows if len(rows) <= most else rows[:3] + rows[3::-(-(len(rows) - 3) // (most - 4))] + rows[-1:]
+    assert all(row["size"] for row in rows if row["receptive_field"] != "global")  # every map has a size
+    maps = [row for row in rows if row["size"]]  # (a linear layer over the flattened map has none)
+    picked = maps if len(maps) <= most else maps[:3] + maps[3::-(-(len(maps) - 3) // (most - 4))] + maps[-1:]
     picked = list({row["name"]: row for row in picked}.values())
     for row, u, first, last in measure_model_layers(model, picked, size, in_channels):
+        if row["receptive_field"] == "global":
+            assert (first, last) == (0, size - 1), row["name"]
+            continue
         left = row["start"] + u * row["jump"]
         right = left + row["receptive_field"] - 1
         assert (first, last) == (max(0, left), min(size - 1, right)), row["name"]
@@ -278,7 +282,9 @@ def test_registered_architectures_match_gradient(cli, arch):
     assert result.exit_code == 0, result.stderr
     assert result.json()["layers"] == rows
     quiet = cli("rf-calc", "--arch", arch, "-q")
-    assert int(quiet.stdout) == max(r["receptive_field"] for r in rows if r["type"] != "adaptivepool")
+    local = [r["receptive_field"] for r in rows if r["receptive_field"] != "global"]
+    assert quiet.stdout == f"{result.json()['receptive_field']}\n"
+    assert result.json()["receptive_field"] == max(local)  # the last feature map holds every branch's field
 
 
 def test_functional_pool_is_named_by_its_graph_node():
@@ -295,4 +301,91 @@ def test_functional_pool_is_named_by_its_graph_node():
 
     rows = model_receptive_fields(Net(), 8)
     assert [r["name"] for r in rows] == ["conv", "adaptive_avg_pool2d"]
-    assert rows[-1]["receptive_field"] == 8
+    assert rows[-1]["receptive_field"] == "global"
+
+
+# ---------------------------------------------------------------------------- torchvision (--arch torchvision:NAME)
+
+
+def test_default_size_comes_from_the_weights_transforms(cli):
+    # inception_v3's weights use 299 crops; its aux head (training only) is not traced.
+    result = cli("rf-calc", "--arch", "torchvision:inception_v3", "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    doc = result.json()
+    assert doc["schema"] == "cnntools.rf-calc/1"
+    assert (doc["input_size"], doc["receptive_field"], doc["jump"], doc["start"]) == (299, 1311, 32, -618)  # Araujo et al.
+    assert doc["exceeds_input"] is True and doc["global_at"] is None
+    assert any(row["name"].endswith("max_pool2d") for row in doc["layers"])  # F.max_pool2d followed
+
+
+def test_gated_network_is_global_with_its_local_field_beside(cli):
+    result = cli("rf-calc", "--arch", "torchvision:efficientnet_b0", "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    doc = result.json()
+    assert doc["receptive_field"] == "global" and doc["global_at"] == "features.1.0.block.1.mul"
+    assert "features.1.0.block.1.avgpool" in doc["global_reason"]
+    assert doc["local_receptive_field"] == 851 and doc["exceeds_input"] is False
+    quiet = cli("rf-calc", "--arch", "torchvision:efficientnet_b0", "-q")
+    assert quiet.stdout == "global\n"
+    table = cli("rf-calc", "--arch", "torchvision:efficientnet_b0")
+    assert "local_rf" in table.stdout.splitlines()[0]
+    assert "local field, ignoring gating branches" in table.stderr and "851 px" in table.stderr
+
+
+def test_field_within_the_input_is_not_flagged(cli):
+    doc = cli("rf-calc", "--arch", "torchvision:alexnet", "--format", "json").json()
+    assert (doc["receptive_field"], doc["exceeds_input"]) == (195, False)
+    doc = cli("rf-calc", "--arch", "torchvision:resnet50", "--format", "json").json()
+    assert (doc["receptive_field"], doc["exceeds_input"]) == (427, True)
+
+
+def test_unfollowable_graph_is_refused_in_one_line(cli):
+    # At 512 Swin's last map is 16x16 tokens under 7x7 shifted windows: a unit's field depends
+    # on where it sits in the window grid, which a single number cannot say.
+    result = cli("rf-calc", "--arch", "torchvision:swin_t", "--input-size", "512")
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.startswith("Error: torchvision:swin_t: node ") and "windowed attention" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert cli("rf-calc", "--arch", "torchvision:swin_t", "-q").stdout == "global\n"  # 224: the 7x7 window covers the map
+
+
+def test_bad_input_size_is_one_line(cli):
+    result = cli("rf-calc", "--arch", "torchvision:vgg11", "--input-size", "8")
+    assert result.exit_code == 1 and result.stderr.startswith("Error:")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_functional_calls_are_followed():
+    import torch.nn.functional as F
+
+    from cnntools.calc.rf_graph import analyse
+
+    class Net(nn.Module):
+        def __init__(self, pool):
+            super().__init__()
+            self.pool = pool
+            self.a = nn.Conv2d(1, 2, 3)
+            self.b = nn.Conv2d(1, 2, 5, padding=2)
+
+        def forward(self, x):
+            y = self.pool(self.a(F.pad(x, (1, 1, 1, 1))), 3, stride=2, padding=1)
+            z = F.avg_pool2d(self.b(x), 2)
+            return torch.cat([y, z], 1).relu()
+
+    analysis = analyse(Net(F.max_pool2d), 48, in_channels=1)
+    assert [row["type"] for row in analysis.rows] == ["conv", "maxpool", "conv", "avgpool"]
+    assert [row["receptive_field"] for row in analysis.rows] == [3, 5, 5, 6]
+    field = analysis.true[1]  # the union of both branches
+    # Measured with the max pool as an average pool of the same geometry (a dense gradient).
+    first, last, u = measured_extent(positive_weights(Net(F.avg_pool2d)), 48)
+    assert (first, last) == (field.start + u * field.jump, field.start + u * field.jump + field.receptive_field - 1)
+
+
+def test_overflowing_arithmetic_is_caught():
+    from cnntools.calc.rf_graph import MAX_FIELD, analyse
+    from cnntools.output import CnnError
+
+    with torch.device("meta"):
+        wild = nn.Conv2d(1, 1, 3, dilation=MAX_FIELD, padding=MAX_FIELD)
+    with pytest.raises(CnnError, match="arithmetic bug"):
+        analyse(wild, 8, in_channels=1)

@@ -96,7 +96,7 @@ def test_kill_9_mid_checkpoint_write_keeps_the_previous_checkpoint(cli, tmp_path
     # The half-written temporary file is what the kill interrupted; the target is untouched.
     assert temporary.parent == tmp_path and temporary.exists() and temporary.name.startswith(".run.safetensors.")
     lm = load_model(str(out))
-    assert lm.arch == "simple-cnn" and [r["epoch"] for r in lm.meta["history"]] == [1]
+    assert lm.arch == "simple-cnn" and [r["epoch"] for r in lm.meta.history] == [1]
     state = resume_state(*read_checkpoint(str(out)))
     assert (state["epoch"], state["batch"]) == (1, 0)
     # ... and it is the real epoch-1 checkpoint: resuming it ends where an uninterrupted run ends.
@@ -252,7 +252,7 @@ def test_deterministic_flag_switches_on_deterministic_algorithms(cli, tmp_path, 
         runs.append({k: v for k, v in record.items() if k not in ("seconds", "images_per_s")})
     assert runs[0] == runs[1]
     assert _same_weights(tmp_path / "a.safetensors", tmp_path / "b.safetensors")
-    assert read_checkpoint(str(tmp_path / "a.safetensors"))[1]["train_config"]["deterministic"] is True
+    assert read_checkpoint(str(tmp_path / "a.safetensors"))[1].train_config["deterministic"] is True
 
 
 def test_inf_gradient_with_finite_loss_stops_and_keeps_the_good_checkpoint(tmp_path, small_trainer):

@@ -65,7 +65,7 @@ def test_two_epochs_equal_one_epoch_plus_resume(cli, tmp_path, keep):
     assert _same_weights(straight, split)
     assert _untimed(_records(second.stdout)) == _untimed(_records(full.stdout))[1:]
     _, meta = read_checkpoint(str(split))
-    assert [r["epoch"] for r in meta["history"]] == [1, 2] and meta["metrics"]["updates"] == 2 * 21
+    assert [r["epoch"] for r in meta.history] == [1, 2] and meta.metrics["updates"] == 2 * 21
 
 
 def test_interrupted_run_resumes_exactly(tmp_path):
@@ -94,7 +94,7 @@ def test_interrupted_run_resumes_exactly(tmp_path):
     assert (state["epoch"], state["batch"], state["updates"]) == (0, 7, 7)
 
     resumed = Trainer(cfg, train, val, output=str(cut))
-    resumed.restore(state, meta.get("history", []), model_state(tensors))
+    resumed.restore(state, meta.history, model_state(tensors))
     resumed.run()
     assert _same_weights(tmp_path / "straight.safetensors", cut)
 

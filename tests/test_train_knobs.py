@@ -115,10 +115,10 @@ def test_early_stop_and_keep_best_or_last(cli, tmp_path):
     best = int(np.argmax(accs))  # the first best epoch
     assert len(records) == best + 1 + 2 < 10
     meta = read_checkpoint(str(out))[1]
-    assert meta["metrics"]["val_acc"] == pytest.approx(accs[best])
+    assert meta.metrics["val_acc"] == pytest.approx(accs[best])
 
     last = tmp_path / "last.safetensors"
     result = cli("train", *FAST, "--epochs", "3", "--keep", "last", "-o", last, "--format", "jsonl", "-q")
     assert result.exit_code == 0, result.stderr
     records = _jsonl(result.stdout)
-    assert read_checkpoint(str(last))[1]["metrics"]["val_acc"] == pytest.approx(records[-1]["val_acc"])
+    assert read_checkpoint(str(last))[1].metrics["val_acc"] == pytest.approx(records[-1]["val_acc"])

@@ -1,136 +1,256 @@
-"""Receptive fields of every conv/pool layer of a real model, read from its own graph.
+"""Receptive fields of a real model, read from its own torch.fx graph.
 
-The model is traced with torch.fx; receptive field, jump and start flow along the graph
-(`cnntools.calc.rf.RF`). Where branches meet (a residual add, a concatenation) the field
-is the union of the incoming fields, so a residual block reports the larger one. Layers
-whose geometry does not move the field (ReLU, BatchNorm, dropout, flatten) pass it through.
-Heights are followed; the registered architectures are square.
+Every tensor in the graph carries, along each spatial axis, the field of its units
+(`cnntools.calc.rf.RF`: size, jump, start) and which of its dimensions are height, width or
+a flattened token axis. Convolutions and pools (modules or functional calls), padding and
+strided slices move the field; where branches meet (residual add, concatenation) it is the
+union. A unit sees the whole input (`Whole`) after a global pooling, attention over every
+token, a fully-connected layer over the spatial axes, or a window attention whose window
+covers the map; reshapes and permutations that only move channels keep the field.
 
-torch is imported inside the functions: only `rf-calc --arch` pays for it.
+Two fields are followed side by side: the true one, and the *local* one that ignores gating
+branches -- operands computed from a global pooling that scale or shift a feature map
+(squeeze-and-excitation, global context). The local field is what people quote for
+EfficientNet or MobileNetV3; the true one is global.
+
+Anything the walk cannot follow is `Unfollowed`, named by its node; torch is imported inside
+the functions, so only `rf-calc --arch` pays for it.
 """
 
 from __future__ import annotations
 
-import math
+import contextlib
+import io
+from dataclasses import dataclass, field, replace
 
 from cnntools.calc.rf import RF
+from cnntools.calc.rf_values import SPATIAL, Stop, Unfollowed, Value, Whole, display_name, pair, shape_of
+from cnntools.calc.rf_walk import Walk
 from cnntools.output import CnnError
 
+__all__ = ["SPATIAL", "Analysis", "Unfollowed", "Whole", "analyse", "build_torchvision", "display_name", "parameters_on_meta", "trace",
+           "torchvision_default_size"]
 
-def _pair(value) -> int:
-    """First (height) element of an int-or-tuple module argument."""
-    if isinstance(value, (tuple, list)):
-        return int(value[0])
-    return int(value)
+MAX_FIELD = 10**9  # any field past this is an arithmetic bug, not a measurement
 
 
-def _conv_geometry(module) -> tuple[int, int, int, int]:
-    kernel = _pair(module.kernel_size)
-    stride = _pair(module.stride)
-    dilation = _pair(getattr(module, "dilation", 1))
-    padding = module.padding
-    if isinstance(padding, str):  # 'same' / 'valid'
-        padding = dilation * (kernel - 1) // 2 if padding == "same" else 0
-    return kernel, stride, _pair(padding), dilation
+@dataclass
+class Analysis:
+    """The walk's result: one row per field-moving layer and the field of the last feature map."""
+
+    rows: list = field(default_factory=list)
+    feature_map: str | None = None  # its layer path
+    node: str | None = None  # its torch.fx node name
+    axes: tuple = ()
+    shape: tuple = ()
+    layouts: dict = field(default_factory=dict)  # layer path -> layout of its output
+    true: object = None
+    local: object = None
 
 
-def _adaptive_geometry(in_size: int, out_size) -> tuple[int, int]:
-    """Largest window and smallest step of an adaptive pool (exact when sizes divide)."""
-    out = out_size[0] if isinstance(out_size, (tuple, list)) else out_size
-    out = in_size if out is None else int(out)  # None: that dimension keeps its size
-    kernel = max(math.ceil((i + 1) * in_size / out) - (i * in_size) // out for i in range(out))
-    stride = in_size // out if out > 1 else in_size
-    return kernel, max(1, stride)
+# ---------------------------------------------------------------------------- the walk
 
 
-def model_receptive_fields(model, input_size: int, in_channels: int = 3) -> list[dict]:
-    """RF, jump, start and output size of every conv/pool layer of `model` (an nn.Module).
+def analyse(model, input_size, in_channels: int = 3) -> Analysis:
+    """Trace `model` (an nn.Module, or a GraphModule traced in eval mode) and follow the
+    receptive field of every tensor.
 
-    `input_size` is the (square) input side; shapes come from a forward pass on zeros.
+    `input_size` is the input side, or (height, width); shapes come from a forward pass on
+    zeros on the model's own device (the meta device costs nothing).
     """
     import torch
-    from torch import fx, nn
-    from torch.fx.passes.shape_prop import ShapeProp
 
-    try:
-        traced = fx.symbolic_trace(model)
-    except Exception as error:  # noqa: BLE001 - fx raises many kinds on dynamic control flow
-        raise CnnError(f"cannot trace the model's graph with torch.fx ({type(error).__name__}: {error})") from None
-    was_training = model.training
+    height, width = pair(input_size)
+    traced = model if isinstance(model, torch.fx.GraphModule) else trace(model)
     traced.eval()
-    with torch.no_grad():
-        ShapeProp(traced).propagate(torch.zeros(1, in_channels, input_size, input_size))
-    if was_training:
-        model.train()
-    modules = dict(traced.named_modules())
-    fields: dict = {}
-    rows: list[dict] = []
-
-    def height(node) -> int | None:
-        meta = node.meta.get("tensor_meta")
-        shape = getattr(meta, "shape", None)
-        return int(shape[2]) if shape is not None and len(shape) == 4 else None
-
-    def inputs(node) -> list:
-        found = []
-
-        def visit(arg):
-            if isinstance(arg, fx.Node) and arg in fields:
-                found.append(fields[arg])
-            elif isinstance(arg, (list, tuple)):
-                for a in arg:
-                    visit(a)
-            elif isinstance(arg, dict):
-                for a in arg.values():
-                    visit(a)
-
-        visit(node.args)
-        visit(node.kwargs)
-        return found
-
-    def record(node, kind: str, rf: RF, kernel: int, stride: int, padding: int, dilation: int) -> None:
-        rows.append(
-            {"layer": len(rows) + 1, "name": node.target if node.op == "call_module" else node.name, "type": kind, "kernel": kernel, "stride": stride,
-             "padding": padding, "dilation": dilation, "size": height(node), **rf.as_dict()}
-        )
-
+    parameter = next(traced.parameters(), None)
+    device = parameter.device if parameter is not None else "cpu"
+    prop = _FastShapeProp(traced)
+    try:
+        # ShapeProp prints the traceback of a failing node itself; the user gets one line.
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
+            prop.propagate(torch.zeros(1, in_channels, height, width, device=device))
+    except Exception as error:  # noqa: BLE001 - the model's own shape errors, as one line
+        while error.__cause__ is not None:
+            error = error.__cause__
+        raise CnnError(f"the model cannot run on a {height}x{width} input: node {display_name(prop.current)}: "
+                       f"{_first_line(error)}; try another --input-size") from None
+    walk = Walk(dict(traced.named_modules()))
+    values: dict = {}
+    layouts: dict = {}  # tensor shape -> the layout last seen with it
+    result = Analysis(rows=walk.rows)
     for node in traced.graph.nodes:
         if node.op == "placeholder":
-            fields[node] = RF()
+            values[node] = Value((RF(), RF()), (RF(), RF()), (None, None, "H", "W"))
             continue
-        incoming = inputs(node)
+        meta = node.meta.get("tensor_meta")
+        if meta is None or node.op == "output":
+            continue  # sizes, flags and other non-tensor values
+        incoming = []
+        _collect(node.args, values, incoming)
+        _collect(node.kwargs, values, incoming)
         if not incoming:
+            continue  # parameters, buffers and what is computed from them alone
+        try:
+            value = walk.step(node, values, incoming)
+        except Stop as stop:
+            value = _stopped(node, incoming, str(stop))
+        if value is None:
             continue
-        rf = incoming[0]
-        for other in incoming[1:]:
-            rf = rf.union(other)
-        target = modules.get(node.target) if node.op == "call_module" else None
-        fn = node.target if node.op == "call_function" else None
-        in_height = height(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else None
-        if isinstance(target, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
-            raise CnnError(f"layer {node.target}: transposed convolutions have no receptive field in this sense")
-        if isinstance(target, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            kind, geometry = "conv", _conv_geometry(target)
-        elif isinstance(target, (nn.MaxPool2d, nn.AvgPool2d, nn.MaxPool1d, nn.AvgPool1d)):
-            kind = "maxpool" if "Max" in type(target).__name__ else "avgpool"
-            geometry = _conv_geometry(target)
-        elif isinstance(target, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)) and in_height is not None:
-            kind, geometry = "adaptivepool", (*_adaptive_geometry(in_height, target.output_size), 0, 1)
-        elif fn is not None and getattr(fn, "__name__", "") in ("max_pool2d", "avg_pool2d", "conv2d"):
-            raise CnnError(
-                f"node {node.name}: functional {fn.__name__} calls are not followed; use nn modules in the model"
-            )
-        elif fn is not None and getattr(fn, "__name__", "") in ("adaptive_avg_pool2d", "adaptive_max_pool2d"):
-            out_size = node.args[1] if len(node.args) > 1 else 1
-            kind, geometry = "adaptivepool", (*_adaptive_geometry(in_height, out_size), 0, 1)
-        elif height(node) is None:
-            # Flattened or fully connected: no spatial structure left to follow.
-            continue
-        else:
-            fields[node] = rf
-            continue
-        fields[node] = rf.after(*geometry)
-        record(node, kind, fields[node], *geometry)
-    if not rows:
-        raise CnnError("the model has no convolution or pooling layers to report")
-    return rows
+        if isinstance(value, Value):
+            shape = shape_of(node)
+            if "?" not in value.axes:
+                layouts.setdefault(shape, value.axes)
+            elif shape in layouts and not isinstance(value.true, tuple):
+                # A lost layout back in a shape seen before (a window partition undone): the
+                # field stays unfollowed or whole, but global layers after it can be read again.
+                value = replace(value, axes=layouts[shape])
+        values[node] = value
+        _check_bound(node, value)
+        if isinstance(value, (Value, list)):
+            result.layouts[display_name(node)] = (value[0] if isinstance(value, list) else value).axes
+        if isinstance(value, Value) and not value.pooled and any(a in SPATIAL + ("?",) for a in value.axes):
+            result.feature_map, result.node, result.axes, result.shape = display_name(node), node.name, value.axes, shape
+            result.true, result.local = value.true, value.local
+    if result.feature_map is None:
+        raise CnnError("the model has no spatial layers to follow")
+    return result
+
+
+def trace(model):
+    """The model's torch.fx graph in eval mode (auxiliary heads and stochastic depth are
+    training-only branches), or one line saying why it cannot be traced."""
+    from torch import fx
+
+    was_training = model.training
+    model.eval()
+    try:
+        return fx.symbolic_trace(model)
+    except Exception as error:  # noqa: BLE001 - fx raises many kinds on dynamic control flow
+        raise CnnError(f"cannot trace the model's graph with torch.fx ({type(error).__name__}: {_first_line(error)})") from None
+    finally:
+        model.train(was_training)
+
+
+def _FastShapeProp(traced):
+    """ShapeProp that skips shape-keeping normalisations: on the meta device batch_norm runs
+    through Python decompositions and took half the time of a DenseNet's walk."""
+    from torch import nn
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    class Prop(ShapeProp):
+        current = None
+
+        def run_node(self, node):
+            self.current = node
+            return super().run_node(node)
+
+        def call_module(self, target, args, kwargs):
+            module = self.fetch_attr(target)
+            if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)) and args and not kwargs:
+                return args[0]
+            return super().call_module(target, args, kwargs)
+
+    return Prop(traced)
+
+
+def _first_line(error) -> str:
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def _collect(arg, values, found) -> None:
+    from torch import fx
+
+    if isinstance(arg, fx.Node):
+        if arg in values:
+            found.append(values[arg])
+    elif isinstance(arg, (list, tuple)):
+        for a in arg:
+            _collect(a, values, found)
+    elif isinstance(arg, dict):
+        for a in arg.values():
+            _collect(a, values, found)
+
+
+def _stopped(node, incoming, why) -> Value:
+    """A node the walk cannot follow: a whole field stays whole, anything else is unfollowed."""
+    values = [v for v in incoming if isinstance(v, Value)] or [v for t in incoming for v in t]
+    true = local = Unfollowed(display_name(node), why)
+    for v in values:  # whole stays whole; an unfollowed field keeps its first reason
+        true = v.true if isinstance(v.true, (Whole, Unfollowed)) and not isinstance(true, Whole) else true
+        local = v.local if isinstance(v.local, (Whole, Unfollowed)) and not isinstance(local, Whole) else local
+    shape = shape_of(node)
+    return Value(true, local, ("?",) * len(shape) if shape else ("?",), pooled=all(v.pooled for v in values))
+
+
+def _check_bound(node, value) -> None:
+    items = value if isinstance(value, list) else [value]
+    for v in items:
+        for extent in (v.true, v.local):
+            if isinstance(extent, tuple) and max(extent[0].receptive_field, extent[1].receptive_field) > MAX_FIELD:
+                raise CnnError(f"node {node.name}: the receptive field passed {MAX_FIELD:,} pixels (an arithmetic bug; please report it)")
+
+
+def model_receptive_fields(model, input_size, in_channels: int = 3) -> list[dict]:
+    """One row per field-moving layer of `model` (conv, pool, attention, gate)."""
+    return analyse(model, input_size, in_channels).rows
+
+
+# ---------------------------------------------------------------------------- torchvision models
+
+
+def torchvision_default_size(name: str) -> int:
+    """The crop size of the model's default weights' transforms (299 for inception_v3), read from
+    torchvision's metadata: no weight file is needed."""
+    import torchvision
+
+    try:
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+    except (ValueError, KeyError, AttributeError):
+        return 224
+    crop = getattr(weights.transforms(), "crop_size", None) or [224]
+    return int(crop[0])
+
+
+def build_torchvision(name: str, input_size: int):
+    """torchvision model `name` without weights, on the meta device when it can be (nothing is
+    allocated: a 600M-parameter ViT costs nothing); ViTs are built for `input_size`."""
+    import torch
+    import torchvision
+
+    if name not in torchvision.models.list_models():
+        raise CnnError(f"torchvision has no model '{name}' (e.g. torchvision:resnet18, torchvision:vgg16)")
+    kwargs = {"image_size": input_size} if name.startswith("vit_") else {}
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # googlenet/inception's notes about their weight initialisation
+        try:
+            with torch.device("meta"):
+                return torchvision.models.get_model(name, weights=None, **kwargs)
+        except Exception:  # noqa: BLE001
+            pass  # builders that compute widths with tensors (RegNet): only parameters go to meta
+        try:
+            with parameters_on_meta():
+                return torchvision.models.get_model(name, weights=None, **kwargs)
+        except Exception as error:  # noqa: BLE001 - e.g. a ViT input size its patches do not divide
+            raise CnnError(f"cannot build torchvision:{name} for a {input_size}-pixel input ({_first_line(error)})") from None
+
+
+def parameters_on_meta():
+    """Create empty/zeros/ones tensors (parameters and buffers) on the meta device."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    factories = {torch.empty, torch.zeros, torch.ones, torch.full, torch.rand, torch.randn}
+
+    class Mode(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func in factories and kwargs.get("device") is None:
+                kwargs["device"] = "meta"
+            return func(*args, **kwargs)
+
+    return Mode()
+

@@ -2,22 +2,7 @@
 
 A cnntools checkpoint is a plain `.safetensors` file. Its tensors are the model's state
 dict (no `module.`/`_orig_mod.` prefixes); its metadata (safetensors' string-to-string
-map) holds one JSON value per key:
-
-    format            "cnntools-checkpoint"
-    format_version    1
-    arch              {"arch": "lenet", "in_channels": 3, "image_size": 32, "num_classes": 10, ...}
-    classes           ["airplane", ...]
-    mean, std         per-channel normalisation, [0, 1] pixel scale
-    image_size        input side in pixels;  in_channels
-    data              {"spec": "digits", "data_dir": null, "val_split": 0.1, "seed": 0}
-    train_config      the resolved training options, seed included
-    metrics           final metrics (of the kept epoch)
-    history           one record per epoch
-    steps             step records: the training loss every --print-every updates, --val-every validations
-    label             the run's name in figures and tables (train --label, or derived from its options)
-    written_by        {"cnntools": VERSION, "torch": VERSION} of the program that wrote the file
-    resume            (resumable files only) JSON part of the training state, see below
+map) is one `CheckpointMeta` record, one JSON value per key (`metadata` lists the keys).
 
 Resume state lives in the same file. Tensors whose names start with `_resume/` hold its
 tensor part (optimizer moments as `_resume/optimizer/state/<param>/<key>`, RNG states as
@@ -37,8 +22,6 @@ weights for `torchvision:NAME`, read from the local torch hub cache with torch's
 
 from cnntools.checkpoint.file_format import (
     DTYPE_BYTES,
-    FORMAT,
-    FORMAT_VERSION,
     MAX_HEADER_BYTES,
     MAX_METADATA_BYTES,
     RESUME_PREFIX,
@@ -47,12 +30,13 @@ from cnntools.checkpoint.file_format import (
     model_state,
     pack,
     read_checkpoint,
+    read_metadata,
     resume_state,
     save_checkpoint,
     unpack,
     unwrap_model,
 )
-from cnntools.checkpoint.metadata import validate_metadata
+from cnntools.checkpoint.metadata import FORMAT, FORMAT_VERSION, CheckpointMeta, DataRecipe, validate_metadata
 
 # Loading a model needs torch; reading and validating a file's header does not, so these are
 # imported on first use (PEP 562) and `cnntools.checkpoint` itself stays torch-free.
@@ -68,6 +52,8 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "CheckpointMeta",
+    "DataRecipe",
     "DTYPE_BYTES",
     "FORMAT",
     "FORMAT_VERSION",
@@ -84,6 +70,7 @@ __all__ = [
     "model_state",
     "pack",
     "read_checkpoint",
+    "read_metadata",
     "resume_state",
     "save_checkpoint",
     "unpack",

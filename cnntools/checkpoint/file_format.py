@@ -12,11 +12,9 @@ import struct
 from typing import Any
 
 from cnntools import files
-from cnntools.checkpoint.metadata import validate_metadata
+from cnntools.checkpoint.metadata import FORMAT, FORMAT_VERSION, CheckpointMeta
 from cnntools.output import CnnError, to_jsonable
 
-FORMAT = "cnntools-checkpoint"
-FORMAT_VERSION = 1
 RESUME_PREFIX = "_resume/"
 _STRIP_PREFIXES = ("module.", "_orig_mod.")
 
@@ -94,24 +92,28 @@ def unpack(obj: Any, tensors: dict) -> Any:
     return obj
 
 
-def checkpoint_bytes(model, meta: dict, resume: dict | None = None) -> bytes:
-    """The checkpoint as bytes: weights + JSON metadata (+ packed resume state)."""
+def checkpoint_bytes(model, meta: CheckpointMeta | dict, resume: dict | None = None) -> bytes:
+    """The checkpoint as bytes: weights + JSON metadata (+ packed resume state).
+
+    `meta` is a `CheckpointMeta`; a plain dict is written as given (key → JSON value), which
+    is how tests and tools craft files no writer of ours would produce. Either way the file
+    records `written_by`, the versions of the program writing it (a resumed run: its latest).
+    """
     import torch
     from safetensors.torch import save
 
     from cnntools import __version__
 
     tensors = clean_state_dict(unwrap_model(model).state_dict())
-    metadata = {
-        "format": json.dumps(FORMAT),
-        "format_version": json.dumps(FORMAT_VERSION),
-        # The versions that wrote the file (a resumed run records its latest writer).
-        "written_by": json.dumps({"cnntools": __version__, "torch": torch.__version__}),
-    }
-    for key, value in meta.items():
-        if key in ("format", "format_version", "resume", "written_by"):
-            continue
-        metadata[key] = json.dumps(to_jsonable(value), allow_nan=False)
+    if isinstance(meta, CheckpointMeta):
+        metadata = meta.to_header()
+    else:
+        metadata = {"format": json.dumps(FORMAT), "format_version": json.dumps(FORMAT_VERSION)}
+        metadata.update({key: json.dumps(to_jsonable(value), allow_nan=False)
+                         for key, value in meta.items() if key not in ("format", "format_version")})
+    metadata.pop("resume", None)
+    if isinstance(meta, CheckpointMeta) or "written_by" not in meta:
+        metadata["written_by"] = json.dumps({"cnntools": __version__, "torch": torch.__version__})
     if resume is not None:
         resume_tensors: dict = {}
         packed = pack(resume, RESUME_PREFIX.rstrip("/"), resume_tensors)
@@ -120,11 +122,10 @@ def checkpoint_bytes(model, meta: dict, resume: dict | None = None) -> bytes:
     return save(tensors, metadata=metadata)
 
 
-def save_checkpoint(path: str, model, meta: dict, resume: dict | None = None) -> None:
+def save_checkpoint(path: str, model, meta: CheckpointMeta | dict, resume: dict | None = None) -> None:
     """Write a checkpoint atomically (temporary file, then rename); `-` writes to stdout.
 
-    `meta` holds the metadata entries listed in this module's docstring (any JSON-able
-    values); `resume`, when given, makes the file resumable by `train --resume`.
+    `resume`, when given, makes the file resumable by `train --resume`.
     """
     files.write_bytes(path, checkpoint_bytes(model, meta, resume))
 
@@ -231,10 +232,11 @@ def _decode_header(raw: bytes, name: str) -> dict:
     return header
 
 
-def _read_validated(path: str, data: bytes | None = None) -> tuple[bytes, dict]:
+def _read_validated(path: str, data: bytes | None = None, header_only: bool = False) -> tuple[bytes, dict]:
     """(bytes, header) of a safetensors file or of stdin, validated before the tensor data is read.
 
     `data`: the file's bytes when a caller has read them already (`path` then only names them).
+    `header_only`: stop after the header of a file (the bytes returned are then empty).
 
     The 8-byte length and the JSON header are read and checked first, so a file that claims a
     gigantic header, or whose tensors do not add up, is refused without reading the rest.
@@ -257,6 +259,8 @@ def _read_validated(path: str, data: bytes | None = None) -> tuple[bytes, dict]:
             raise CnnError(f"{name}: truncated safetensors file (the header needs {header_len + 8} bytes)")
         header = _decode_header(raw, name)
         need = _check_tensors(header, None if size is None else size - 8 - header_len, name)
+        if header_only and size is not None:
+            return b"", header
         rest = stream.read(need)
         if len(rest) < need:
             raise CnnError(f"{name}: truncated safetensors file (tensor data needs {need} bytes, {len(rest)} present); the file was cut short — write it again")
@@ -279,8 +283,8 @@ def _regular_size(fd: int) -> int | None:
     return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
-def read_checkpoint(path: str, data: bytes | None = None) -> tuple[dict, dict]:
-    """(tensors, metadata) of a cnntools checkpoint file or stdin, metadata JSON-decoded and validated.
+def read_checkpoint(path: str, data: bytes | None = None) -> tuple[dict, CheckpointMeta]:
+    """(tensors, metadata) of a cnntools checkpoint file or stdin, the metadata validated.
 
     `data`: the checkpoint's bytes when they were read already (e.g. from stdin).
     """
@@ -288,7 +292,7 @@ def read_checkpoint(path: str, data: bytes | None = None) -> tuple[dict, dict]:
 
     name = files.display_name(path)
     data, header = _read_validated(path, data)
-    meta = decode_metadata(header, name)
+    meta = CheckpointMeta.from_header(header.get("__metadata__") or {}, name)
     try:
         tensors = load(data)
     except Exception as error:  # noqa: BLE001 - safetensors' own error, as one line
@@ -325,29 +329,24 @@ def read_header(path: str) -> tuple[dict, int, int]:
 
 
 def decode_metadata(header: dict, name: str) -> dict:
-    """The cnntools metadata of a safetensors header, each value JSON-decoded and validated."""
-    raw = header.get("__metadata__") or {}
-    if raw.get("format") != json.dumps(FORMAT):
-        raise CnnError(
-            f"{name}: a safetensors file but not a cnntools checkpoint (no cnntools metadata); "
-            "cnntools needs the architecture and classes that cnntools train stores — for torchvision models use torchvision:NAME"
-        )
-    meta = {}
-    for key, value in raw.items():
-        try:
-            meta[key] = json.loads(value)
-        except (json.JSONDecodeError, RecursionError):
-            raise CnnError(f"{name}: corrupt cnntools metadata entry '{key[:80]}'") from None
-    validate_metadata(meta, name)
-    return meta
+    """The cnntools metadata of a safetensors header, validated (CheckpointMeta), as its JSON
+    document: key → value, unknown keys (`written_by`, a newer writer's) included."""
+    return CheckpointMeta.from_header(header.get("__metadata__") or {}, name).to_json()
 
 
-def resume_state(tensors: dict, meta: dict, path: str = "checkpoint") -> dict:
-    """The training state stored by a resumable checkpoint (see the module docstring)."""
-    if "resume" not in meta:
+def read_metadata(path: str) -> CheckpointMeta:
+    """The validated metadata of a checkpoint, read from its header alone (no torch, no
+    tensor data read beyond what validating the header needs)."""
+    _, header = _read_validated(path, header_only=True)
+    return CheckpointMeta.from_header(header.get("__metadata__") or {}, files.display_name(path))
+
+
+def resume_state(tensors: dict, meta: CheckpointMeta, path: str = "checkpoint") -> dict:
+    """The training state stored by a resumable checkpoint (see the package docstring)."""
+    if meta.resume is None:
         raise CnnError(f"{files.display_name(path)}: holds no resume state (it was written by an older cnntools or stripped); start a new run instead")
     try:
-        state = unpack(meta["resume"], tensors)
+        state = unpack(meta.resume, tensors)
     except (KeyError, TypeError, ValueError, AttributeError):
         state = None
     types = {"epoch": int, "batch": int, "updates": int, "optimizer": dict, "scheduler": dict}

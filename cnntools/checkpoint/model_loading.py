@@ -10,19 +10,20 @@ import torch
 
 from cnntools import files
 from cnntools.checkpoint.file_format import model_state, read_checkpoint
+from cnntools.checkpoint.metadata import CheckpointMeta, DataRecipe
 from cnntools.output import CnnError, first_line
 
 TORCHVISION_PREFIX = "torchvision:"
 
 
-def build_model(meta: dict, name: str = "checkpoint", device=None):
+def build_model(meta: CheckpointMeta, name: str = "checkpoint", device=None):
     """An untrained model of the architecture and config a checkpoint's metadata names.
 
     `device="meta"` builds it without allocating memory (to compare shapes first).
     """
     from cnntools.models import create_model
 
-    config = dict(meta.get("arch") or {})
+    config = dict(meta.arch)
     arch = config.pop("arch", None)
     config.pop("pretrained", None)  # the weights come from the file, never from the hub
     if not arch:
@@ -49,8 +50,8 @@ class LoadedModel:
     std: list[float]
     image_size: int
     in_channels: int
-    meta: dict
-    data: dict
+    meta: CheckpointMeta
+    data: DataRecipe
     device: Any = None
     source: str = ""
     resize_size: int | None = None  # torchvision: shorter side resized to this, then centre-cropped
@@ -65,7 +66,7 @@ class LoadedModel:
         """The run's name in figures and tables (see `cnntools.runs.model_label`)."""
         from cnntools.runs import model_label
 
-        return model_label(self.meta, self.source)
+        return model_label(self.meta.to_json(), self.source)
 
     def fit_images(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 N×C×H×W at the model's channels and size (resized, or resized + centre-cropped)."""
@@ -99,13 +100,13 @@ class LoadedModel:
         from cnntools.data import load_split
         from cnntools.output import warn
 
-        spec = data_override or self.data.get("spec")
+        spec = data_override or self.data.spec
         if not spec:
             raise CnnError(f"{self.source}: no dataset recorded in the model; name one with --data")
-        same = data_override is None or data_override == self.data.get("spec")
-        data_dir = data_dir if data_dir is not None else (self.data.get("data_dir") if same else None)
-        val_split = float(self.data.get("val_split") or 0.0) if same else 0.0
-        seed = int(self.data.get("seed") or 0) if same else 0
+        same = data_override is None or data_override == self.data.spec
+        data_dir = data_dir if data_dir is not None else (self.data.data_dir if same else None)
+        val_split = self.data.val_split if same else 0.0
+        seed = self.data.seed if same else 0
         # Folders decode straight to the model's size (the same decoding as `eval --image`).
         size = self.image_size if self.resize_size is None else None
         imageset = load_split(spec, split, data_dir=data_dir, download=download, val_split=val_split, seed=seed,
@@ -173,28 +174,25 @@ def load_model(spec: str, device="cpu", data: bytes | None = None) -> LoadedMode
         model.load_state_dict(weights)
     except RuntimeError as error:
         first = str(error).strip().splitlines()[-1].strip()
-        raise CnnError(f"{name}: weights do not fit architecture {meta['arch'].get('arch')} ({first})") from None
+        raise CnnError(f"{name}: weights do not fit architecture {meta.arch_name} ({first})") from None
     model.to(device).eval()
-    config = meta["arch"]
-    classes = list(meta.get("classes") or [str(i) for i in range(config.get("num_classes", 0))])
-    channels = int(meta.get("in_channels", config.get("in_channels", 3)))
     return LoadedModel(
         model=model,
-        arch=config.get("arch", ""),
-        classes=classes,
-        mean=list(meta.get("mean") or [0.0] * channels),
-        std=list(meta.get("std") or [1.0] * channels),
-        image_size=int(meta.get("image_size", config.get("image_size", 32))),
-        in_channels=channels,
+        arch=meta.arch_name,
+        classes=list(meta.classes),
+        mean=list(meta.mean),
+        std=list(meta.std),
+        image_size=meta.image_size,
+        in_channels=meta.in_channels,
         meta=meta,
-        data=dict(meta.get("data") or {}),
+        data=meta.data,
         device=device,
         source=name,
         state=tensors,
     )
 
 
-def check_weights(meta: dict, weights: dict, name: str = "checkpoint") -> None:
+def check_weights(meta: CheckpointMeta, weights: dict, name: str = "checkpoint") -> None:
     """The weights' names and shapes must be exactly those of the architecture the metadata names.
 
     The model is built on the meta device for this, so metadata naming a huge model
@@ -204,13 +202,13 @@ def check_weights(meta: dict, weights: dict, name: str = "checkpoint") -> None:
     missing, unexpected = _compare_keys(expected, weights)
     if missing or unexpected:
         raise CnnError(
-            f"{name}: weights do not match architecture {meta['arch'].get('arch')} "
+            f"{name}: weights do not match architecture {meta.arch_name} "
             f"(missing {len(missing)}, unexpected {len(unexpected)}, e.g. {(missing or unexpected)[0]})"
         )
     wrong = [k for k, v in expected.items() if tuple(v.shape) != tuple(weights[k].shape)]
     if wrong:
         raise CnnError(
-            f"{name}: weights do not fit architecture {meta['arch'].get('arch')} ({wrong[0]} has shape "
+            f"{name}: weights do not fit architecture {meta.arch_name} ({wrong[0]} has shape "
             f"{tuple(weights[wrong[0]].shape)}, the architecture needs {tuple(expected[wrong[0]].shape)})"
         )
 
@@ -244,18 +242,15 @@ def _load_torchvision(name: str, device) -> LoadedModel:
     crop = int(preprocess.crop_size[0])
     resize = int(preprocess.resize_size[0])
     categories = list(weights.meta["categories"])
-    meta = {
-        "format": "torchvision",
-        "arch": {"arch": f"torchvision:{name}", "in_channels": 3, "image_size": crop, "num_classes": len(categories)},
-        "classes": categories,
-        "mean": list(preprocess.mean),
-        "std": list(preprocess.std),
-        "image_size": crop,
-        "in_channels": 3,
-        "weights": str(weights),
-        "resize_size": resize,
-        "metrics": {k: v for k, v in weights.meta.get("_metrics", {}).get("ImageNet-1K", {}).items()},
-    }
+    meta = CheckpointMeta(
+        format="torchvision",
+        arch={"arch": f"torchvision:{name}", "in_channels": 3, "image_size": crop, "num_classes": len(categories)},
+        classes=categories,
+        mean=list(preprocess.mean),
+        std=list(preprocess.std),
+        metrics=dict(weights.meta.get("_metrics", {}).get("ImageNet-1K", {})),
+        extra={"weights": str(weights), "resize_size": resize},
+    )
     return LoadedModel(
         model=model,
         arch=f"torchvision:{name}",
@@ -265,7 +260,7 @@ def _load_torchvision(name: str, device) -> LoadedModel:
         image_size=crop,
         in_channels=3,
         meta=meta,
-        data={"spec": None, "data_dir": None, "val_split": 0.0, "seed": 0},
+        data=meta.data,
         device=device,
         source=f"torchvision:{name}",
         resize_size=resize,
@@ -291,5 +286,4 @@ def load_architecture(spec: str, device="cpu") -> tuple[Any, int, int]:
         return no_inplace(model).to(device).eval(), 3, int(weights.transforms().crop_size[0])
     _, meta = read_checkpoint(spec)
     model = build_model(meta, files.display_name(spec)).to(device).eval()
-    config = meta["arch"]
-    return model, int(meta.get("in_channels", config["in_channels"])), int(meta.get("image_size", config["image_size"]))
+    return model, meta.in_channels, meta.image_size

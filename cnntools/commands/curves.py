@@ -90,7 +90,7 @@ def _read_run(path: str, label: str | None):
         from cnntools.checkpoint import read_checkpoint
 
         _, meta = read_checkpoint(path, data)
-        run = runlib.run_from_checkpoint_meta(meta, name)
+        run = runlib.run_from_checkpoint_meta(meta.to_json(), name)
         if label:
             run.label = label
         return run

@@ -133,7 +133,7 @@ def _evaluate(lm, label, data, data_dir, split, download, batch_size, top_k, pre
     from cnntools.inference import predict
     from cnntools.metrics import classification_metrics
 
-    if data is None and not lm.data.get("spec"):
+    if data is None and not lm.data.spec:
         raise output.CnnError(f"{lm.source} records no dataset; name one with --data, or use --image FILE")
     imageset = lm.load_split(split, data_override=data, data_dir=data_dir, download=download)
     if len(imageset) == 0:
@@ -179,7 +179,7 @@ def _evaluate(lm, label, data, data_dir, split, download, batch_size, top_k, pre
         "model": lm.source,
         "label": label,
         "arch": lm.arch,
-        "data": data or lm.data.get("spec") or imageset.spec,
+        "data": data or lm.data.spec or imageset.spec,
         "split": split,
         "images": len(imageset),
         "seconds": round(seconds, 3),

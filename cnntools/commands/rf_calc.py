@@ -36,7 +36,7 @@ def main(
     ] = None,
     input_size: Annotated[
         Optional[int],
-        typer.Option("--input-size", metavar="N", help="Input side in pixels: adds feature-map sizes (--arch default: the architecture's usual size; torchvision: 224)."),
+        typer.Option("--input-size", metavar="N", help="Input side in pixels: adds feature-map sizes (--arch default: the architecture's usual size; torchvision: its weights' crop size)."),
     ] = None,
     in_channels: Annotated[int, typer.Option("--in-channels", metavar="N", help="--arch: input channels.")] = 3,
     fmt: options.Format = "table",
@@ -52,7 +52,10 @@ def main(
     between neighbouring units; start is the input coordinate of the first unit's
     receptive-field edge (negative: it reaches into the padding), center its centre.
     --arch NAME reads the layers of a registered architecture (or torchvision:NAME) from the
-    model's own graph; where residual branches meet, the larger field counts.
+    model's own graph; where residual branches meet, the larger field counts. Its answer is
+    the field of the last feature map: pixels, or `global` where a global pooling, attention
+    or gating makes every unit see the whole input (the local field, ignoring gating
+    branches, is given beside it); a graph it cannot follow is refused, naming the node.
 
     \b
     Examples:
@@ -62,6 +65,7 @@ def main(
       cnntools rf-calc -k 3 -d 1,2,4 --format json
       cnntools rf-calc --layers "conv5,maxpool2,conv5,maxpool2"
       cnntools rf-calc --arch resnet18 --input-size 32
+      cnntools rf-calc --arch torchvision:efficientnet_b0 --format json
     """
     output.configure(quiet=quiet, debug=debug)
     from cnntools.calc import rf
@@ -76,34 +80,95 @@ def main(
         raise CnnError(f"--input-size must be positive (got {input_size})")
     if arch is not None:
         _reject_stack_options(stride, padding, dilation, num_layers, types)
-        rows, input_size = _arch_rows(arch, input_size, in_channels)
-    elif layers is not None:
+        _emit_arch(arch, *_analyse_arch(arch, input_size, in_channels), fmt, quiet)
+        return
+    if layers is not None:
         _reject_stack_options(stride, padding, dilation, num_layers, types)
         rows = rf.receptive_fields(_layers_from_spec(layers), input_size)
     else:
         rows = rf.receptive_fields(rf.expand_layers(kernel, stride, padding, dilation, types, num_layers), input_size)
 
-    if arch:
-        # A global pool sees the whole input by construction; the answer people want is the
-        # largest field of the conv/pool layers themselves.
-        local = [row for row in rows if row["type"] != "adaptivepool"] or rows
-        final = max(row["receptive_field"] for row in local)
-    else:
-        final = rows[-1]["receptive_field"]
+    final = rows[-1]["receptive_field"]
     if quiet and fmt == "table":
         output.write_data(f"{final}\n")
         return
-    columns = ["layer"] + (["name"] if arch else []) + ["type", "kernel", "stride", "padding", "dilation"]
+    columns = ["layer", "type", "kernel", "stride", "padding", "dilation"]
     if any(row.get("size") is not None for row in rows):
         columns.append("size")
     columns += ["receptive_field", "jump", "start", "center"]
     doc = {"receptive_field": final, "input_size": input_size, "layers": rows}
-    if arch:
-        doc = {"arch": arch, **doc}
     output.emit(
         doc, fmt, schema="rf-calc", rows=rows, columns=columns,
-        render_table=lambda: output.print_table([{**row, "center": _number_text(row["center"])} for row in rows], columns),
+        render_table=lambda: output.print_table(
+            [{**row, "center": _number_text(row["center"])} for row in rows], columns, headers=HEADERS,
+        ),
     )
+
+
+HEADERS = {"receptive_field": "rf", "dilation": "dil", "padding": "pad", "local_receptive_field": "local_rf"}
+
+
+def _emit_arch(arch: str, analysis, size: int, fmt: str, quiet: bool) -> None:
+    """The field of the model's last feature map, then every layer that moves it."""
+    from cnntools.calc.rf_graph import Unfollowed, Whole
+
+    true, local = analysis.true, analysis.local
+    if isinstance(true, Unfollowed):
+        raise CnnError(f"{arch}: node {true.at}: {true.why}")
+    summary = {"arch": arch, "input_size": size, "feature_map": analysis.feature_map}
+    summary.update(_field_summary(true, size))
+    summary["global_at"] = true.at if isinstance(true, Whole) else None
+    summary["global_reason"] = true.why if isinstance(true, Whole) else None
+    local_summary = _field_summary(local, size) if not isinstance(local, Unfollowed) else {"receptive_field": None}
+    summary["local_receptive_field"] = local_summary["receptive_field"]
+    summary["local_unfollowed"] = f"node {local.at}: {local.why}" if isinstance(local, Unfollowed) else None
+    rows = analysis.rows
+    final = summary["receptive_field"]
+    if quiet and fmt == "table":
+        print(_cell(final), file=output.data_stream())
+        return
+    columns = ["layer", "name", "type", "kernel", "stride", "padding", "dilation", "size", "receptive_field", "jump",
+               "start", "center"]
+    if any(row["local_receptive_field"] != row["receptive_field"] for row in rows):
+        columns.append("local_receptive_field")
+    text_rows = [{key: _cell(value) for key, value in row.items()} for row in rows]
+    output.emit(
+        {**summary, "layers": rows}, fmt, schema="rf-calc", rows=text_rows, columns=columns,
+        render_table=lambda: (output.print_table(text_rows, columns, headers=HEADERS), _say_summary(summary)),
+    )
+
+
+def _field_summary(extent, size: int) -> dict:
+    from cnntools.calc.rf_graph import Whole
+
+    if isinstance(extent, Whole):
+        return {"receptive_field": "global", "jump": None, "start": None, "exceeds_input": False}
+    h, w = extent
+    pick = lambda a, b: a if a == b else [a, b]  # noqa: E731 - one number for square fields
+    return {"receptive_field": pick(h.receptive_field, w.receptive_field), "jump": pick(h.jump, w.jump),
+            "start": pick(h.as_dict()["start"], w.as_dict()["start"]),
+            "exceeds_input": max(h.receptive_field, w.receptive_field) > size}
+
+
+def _say_summary(summary: dict) -> None:
+    """The answer in words, on stderr (the table above is the data)."""
+    where = summary["feature_map"]
+    if summary["receptive_field"] == "global":
+        text = f"receptive field of {where}: global from {summary['global_at']} ({summary['global_reason']})"
+    else:
+        text = f"receptive field of {where}: {_cell(summary['receptive_field'])} px"
+        if summary["exceeds_input"]:
+            text += f" (larger than the {summary['input_size']}-pixel input: the centre units reach into the padding)"
+    output.info(text)
+    if summary["local_receptive_field"] != summary["receptive_field"]:
+        local = summary["local_receptive_field"]
+        output.info("local field, ignoring gating branches (squeeze-and-excitation, global context): "
+                    + (f"{_cell(local)} px" if local is not None else f"not followed ({summary['local_unfollowed']})"))
+
+
+def _cell(value):
+    """[height, width] pairs as HxW for tables and CSV."""
+    return "x".join(str(v) for v in value) if isinstance(value, list) else value
 
 
 def _number_text(value) -> str:
@@ -129,20 +194,15 @@ def _layers_from_spec(spec: str) -> list[dict]:
     return result
 
 
-def _arch_rows(arch: str, input_size: int | None, in_channels: int) -> tuple[list[dict], int]:
-    from cnntools.calc.rf_graph import model_receptive_fields
+def _analyse_arch(arch: str, input_size: int | None, in_channels: int):
+    from cnntools.calc import rf_graph
 
     if arch.startswith("torchvision:"):
-        import torchvision
-
         name = arch.split(":", 1)[1]
-        try:
-            model = torchvision.models.get_model(name, weights=None)
-        except ValueError:
-            raise CnnError(f"torchvision has no model '{name}' (e.g. torchvision:resnet18, torchvision:vgg16)") from None
-        size = input_size or 224
         if in_channels != 3:
             raise CnnError("torchvision models take 3 input channels")
+        size = input_size or rf_graph.torchvision_default_size(name)
+        model = rf_graph.build_torchvision(name, size)
     else:
         from cnntools.models import create_model, get_architecture
 
@@ -155,9 +215,6 @@ def _arch_rows(arch: str, input_size: int | None, in_channels: int) -> tuple[lis
         except Exception as error:  # noqa: BLE001 - a size the architecture cannot take
             raise CnnError(f"cannot build {arch} for {in_channels}x{size}x{size} input ({error})") from None
     try:
-        return model_receptive_fields(model, size, in_channels), size
+        return rf_graph.analyse(model, size, in_channels), size
     except CnnError as error:
         raise CnnError(f"{arch}: {error}") from None
-    except RuntimeError as error:
-        message = str(error).strip().splitlines()[0]
-        raise CnnError(f"{arch} cannot run on a {size}x{size} input ({message}); try a larger --input-size") from None

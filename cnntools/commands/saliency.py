@@ -279,7 +279,7 @@ def _target_specs(target: str, classes) -> list[str]:
 
 
 def _where(lm, data, split) -> str:
-    return f"{data or lm.data.get('spec') or 'data'}:{split}"
+    return f"{data or lm.data.spec or 'data'}:{split}"
 
 
 def _warn_flat(maps, names, targets, classes, model_name, method, layer_name) -> None:

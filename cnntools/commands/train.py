@@ -239,7 +239,7 @@ def _train(cfg, resumed, resume, target, fmt, history, plot, data_sets=None, ran
     if resumed is not None:
         meta = resumed["meta"]
         train_set, val_set = _match_stored_size(train_set, val_set, meta)
-        if list(train_set.classes) != list(meta.get("classes", [])):
+        if list(train_set.classes) != list(meta.classes):
             raise output.CnnError(f"{resume}: the data's classes differ from the stored run's; resume on the same dataset")
         if cfg.val_split and val_set is None:
             cfg = replace(cfg, val_split=0.0)
@@ -248,8 +248,7 @@ def _train(cfg, resumed, resume, target, fmt, history, plot, data_sets=None, ran
                       world_size=rank.world_size if rank else 1, device=device_used, test_set=test_set)
     if resumed is not None:
         try:
-            trainer.restore(resumed["state"], resumed["meta"].get("history", []), resumed["weights"],
-                            resumed["meta"].get("steps", []))
+            trainer.restore(resumed["state"], resumed["meta"].history, resumed["weights"], resumed["meta"].steps)
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as error:
             raise output.CnnError(f"{resume}: its resume state does not fit the run it describes ({type(error).__name__}); the file is damaged") from None
 
@@ -289,7 +288,7 @@ def _train(cfg, resumed, resume, target, fmt, history, plot, data_sets=None, ran
             from cnntools.plots import save_figure, training_curves
             from cnntools.runs import Run, best_epoch
 
-            meta = trainer.metadata()
+            meta = trainer.metadata().to_json()
             run = Run(label=meta["label"], source=target, epochs=trainer.history, steps=trainer.steps,
                       best_epoch=best_epoch(trainer.history, meta), steps_per_epoch=trainer.steps_per_epoch)
             save_figure(training_curves([run], title=f"{meta['label']} on {cfg.data}"), plot)
@@ -375,7 +374,7 @@ def _resume_config(ctx, resume: str, given: dict):
     weights = model_state(tensors)
     check_weights(meta, weights, files.display_name(resume))
     state = resume_state(tensors, meta, resume)
-    stored = TrainConfig.from_dict(meta.get("train_config") or {})
+    stored = TrainConfig.from_dict(meta.train_config, files.display_name(resume))
     changes = {}
     for name, value in given.items():
         source = ctx.get_parameter_source(name) if ctx is not None else None
@@ -402,7 +401,7 @@ def _resume_config(ctx, resume: str, given: dict):
 
 
 def _match_stored_size(train_set, val_set, meta):
-    size, channels = int(meta["image_size"]), int(meta["in_channels"])
+    size, channels = meta.image_size, meta.in_channels
     train_set = train_set.resized(size, channels)
     val_set = val_set.resized(size, channels) if val_set is not None else None
     return train_set, val_set
@@ -482,11 +481,11 @@ class _RecordPrinter:
             output.print_json(
                 {
                     "checkpoint": trainer.output,
-                    "label": meta["label"],
-                    "arch": meta["arch"],
-                    "data": meta["data"],
-                    "train_config": meta["train_config"],
-                    "metrics": meta["metrics"],
+                    "label": meta.label,
+                    "arch": meta.arch,
+                    "data": meta.data.to_json(),
+                    "train_config": meta.train_config,
+                    "metrics": meta.metrics,
                     "updates": trainer.position.updates,
                     "history": trainer.history,
                     "steps": trainer.steps,

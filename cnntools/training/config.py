@@ -3,6 +3,7 @@ impossible combination before any work starts. Stored in the checkpoint as `trai
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 from cnntools.output import CnnError
@@ -56,9 +57,22 @@ class TrainConfig:
         return self.lr if self.lr is not None else DEFAULT_LR[self.opt]
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
+    def from_dict(cls, values: dict, name: str = "checkpoint") -> "TrainConfig":
+        """The options stored in a checkpoint's `train_config`, each of its declared type
+        (a stored value of another type is one error naming the file and the option)."""
+        kinds = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,)}
+        config = {}
+        for f in fields(cls):
+            if f.name not in values:
+                continue
+            value = values[f.name]
+            allowed = tuple(t for part in str(f.type).split(" | ") for t in kinds.get(part, ()))
+            optional = "None" in str(f.type)
+            ok = (value is None and optional) or (isinstance(value, allowed) and (bool not in allowed) == (type(value) is not bool))
+            if not ok or (isinstance(value, float) and not math.isfinite(value)):
+                raise CnnError(f"{name}: malformed cnntools metadata: train_config.{f.name} must be {str(f.type).replace(' | None', ' or null')}")
+            config[f.name] = value
+        return cls(**config)
 
 
 def validate_config(cfg: TrainConfig) -> None:

@@ -219,32 +219,27 @@ class Trainer:
 
     # -- state --------------------------------------------------------------------------
 
-    @property
-    def data_spec(self) -> dict:
-        return {"spec": self.cfg.data, "data_dir": self.cfg.data_dir, "val_split": self.cfg.val_split, "seed": self.cfg.seed}
-
-    def metadata(self) -> dict:
+    def metadata(self):
         """The checkpoint metadata of the current state of the run."""
+        from cnntools.checkpoint import CheckpointMeta, DataRecipe
         from cnntools.runs import derive_label
 
         pos = self.position
         kept = self._kept_record()
-        return {
-            "label": self.cfg.label or derive_label(asdict(self.cfg)),
-            "arch": self.arch_config,
-            "classes": self.classes,
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "image_size": self.image_size,
-            "in_channels": self.in_channels,
-            "data": self.data_spec,
-            "train_config": {**asdict(self.cfg), "lr": self.cfg.resolved_lr(), "precision_used": self.precision,
-                             "world_size": self.world_size},
-            "metrics": {**(kept or {}), "updates": pos.updates, "epochs_completed": pos.epoch,
-                        "kept": self.cfg.keep if self.val_loader is not None else "last"},
-            "history": self.history,
-            "steps": self.steps,
-        }
+        return CheckpointMeta(
+            arch=self.arch_config,
+            classes=self.classes,
+            mean=list(self.mean),
+            std=list(self.std),
+            data=DataRecipe(self.cfg.data, self.cfg.data_dir, self.cfg.val_split, self.cfg.seed),
+            train_config={**asdict(self.cfg), "lr": self.cfg.resolved_lr(), "precision_used": self.precision,
+                          "world_size": self.world_size},
+            metrics={**(kept or {}), "updates": pos.updates, "epochs_completed": pos.epoch,
+                     "kept": self.cfg.keep if self.val_loader is not None else "last"},
+            history=self.history,
+            steps=self.steps,
+            label=self.cfg.label or derive_label(asdict(self.cfg)),
+        )
 
     def _kept_record(self) -> dict | None:
         if not self.history:
