@@ -39,7 +39,7 @@ def test_info_reports_what_the_run_wrote(cli, trained):
     doc = result.json()
     assert doc["schema"] == "cnntools.info/1"
     (record,) = doc["checkpoints"]
-    _, meta = read_checkpoint(str(path))
+    meta = read_checkpoint(str(path))[1].to_json()
     assert record["arch"] == trainer.cfg.arch == meta["arch"]["arch"]
     assert record["classes"] == meta["classes"] and record["num_classes"] == len(meta["classes"])
     assert record["normalization"] == {"mean": meta["mean"], "std": meta["std"]}

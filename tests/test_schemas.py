@@ -38,7 +38,7 @@ def test_the_checker_catches_departures():
                        "receptive_field": 3, "jump": 1, "start": 0, "center": 1}]}
     assert schemas.problems(doc, "rf-calc") == []
     assert schemas.problems({**doc, "extra": 1}, "rf-calc") == ["extra: not declared"]
-    assert schemas.problems({**doc, "receptive_field": "7"}, "rf-calc") == ["receptive_field: str is not integer"]
+    assert schemas.problems({**doc, "input_size": "7"}, "rf-calc") == ["input_size: str is not integer|null"]
     broken = json.loads(json.dumps(doc))
     del broken["layers"][0]["jump"]
     assert schemas.problems(broken, "rf-calc") == ["layers[].jump: missing"]
