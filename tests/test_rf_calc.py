@@ -53,7 +53,7 @@ def test_json_document(cli):
 def test_table_and_csv(cli):
     table = cli("rf-calc", "-k", "3", "-n", "3")
     header = table.stdout.splitlines()[0].split()
-    assert header == ["layer", "type", "kernel", "stride", "padding", "dilation", "receptive_field", "jump", "start", "center"]
+    assert header == ["layer", "type", "kernel", "stride", "pad", "dil", "rf", "jump", "start", "center"]
     assert table.stdout.splitlines()[-1].split() == ["3", "conv", "3", "1", "0", "1", "7", "1", "0", "3"]
     csv = cli("rf-calc", "-k", "2", "--type", "pool", "-n", "2", "--format", "csv").stdout.splitlines()
     assert csv[0] == "layer,type,kernel,stride,padding,dilation,receptive_field,jump,start,center"
