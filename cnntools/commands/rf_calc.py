@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from cnntools import options, output
+from cnntools.completion import complete_arch
 from cnntools.output import CnnError
 
 
@@ -21,19 +22,17 @@ def main(
     dilation: Annotated[
         Optional[str], typer.Option("--dilation", "-d", metavar="D[,D...]", help="Dilation or comma list (default 1).")
     ] = None,
-    num_layers: Annotated[
-        Optional[int], typer.Option("--num-layers", "-n", metavar="N", help="Repeat single values this many times.")
-    ] = None,
+    num_layers: options.Num = None,
     types: Annotated[
         Optional[str], typer.Option("--type", "-t", metavar="TYPE[,TYPE...]", help="Layer kinds: conv or pool, or a comma list (default conv).")
     ] = None,
     layers: Annotated[
         Optional[str],
-        typer.Option("--layers", "-l", metavar="SPEC", help="A chain in conv-calc's syntax, e.g. 'conv3-p1,maxpool2,conv3-s2'."),
+        typer.Option("--layers", metavar="SPEC", help="A chain in conv-calc's syntax, e.g. 'conv3-p1,maxpool2,conv3-s2'."),
     ] = None,
     arch: Annotated[
         Optional[str],
-        typer.Option("--arch", metavar="NAME", help="Every conv/pool layer of a registered architecture, torchvision:NAME, timm:NAME, or your own FILE.py:NAME."),
+        typer.Option("--arch", metavar="ARCH", autocompletion=complete_arch, help="Every conv/pool layer of a registered architecture, torchvision:NAME, timm:NAME, or your own FILE.py:NAME."),
     ] = None,
     arch_args: options.ArchArgs = None,
     input_size: Annotated[
@@ -101,9 +100,9 @@ def main(
     if any(row.get("size") is not None for row in rows):
         columns.append("size")
     columns += ["receptive_field", "jump", "start", "center"]
-    doc = {"schema": "cnntools.rf-calc/1", "receptive_field": final, "input_size": input_size, "layers": rows}
+    doc = {"receptive_field": final, "input_size": input_size, "layers": rows}
     output.emit(
-        doc, fmt, rows=rows, columns=columns,
+        doc, fmt, schema="rf-calc", rows=rows, columns=columns,
         render_table=lambda: output.print_table(
             [{**row, "center": _number_text(row["center"])} for row in rows], columns, headers=HEADERS,
         ),
@@ -120,7 +119,7 @@ def _emit_arch(arch: str, analysis, size: int, fmt: str, quiet: bool) -> None:
     true, local = analysis.true, analysis.local
     if isinstance(true, Unfollowed):
         raise CnnError(f"{arch}: node {true.at}: {true.why}")
-    summary = {"schema": "cnntools.rf-calc/1", "arch": arch, "input_size": size, "feature_map": analysis.feature_map}
+    summary = {"arch": arch, "input_size": size, "feature_map": analysis.feature_map}
     summary.update(_field_summary(true, size))
     summary["global_at"] = true.at if isinstance(true, Whole) else None
     summary["global_reason"] = true.why if isinstance(true, Whole) else None
@@ -138,7 +137,7 @@ def _emit_arch(arch: str, analysis, size: int, fmt: str, quiet: bool) -> None:
         columns.append("local_receptive_field")
     text_rows = [{key: _cell(value) for key, value in row.items()} for row in rows]
     output.emit(
-        {**summary, "layers": rows}, fmt, rows=text_rows, columns=columns,
+        {**summary, "layers": rows}, fmt, schema="rf-calc", rows=text_rows, columns=columns,
         render_table=lambda: (output.print_table(text_rows, columns, headers=HEADERS), _say_summary(summary)),
     )
 

@@ -7,11 +7,20 @@ from typing import Annotated, Literal, Optional
 import typer
 
 from cnntools import options, output, runtime
+from cnntools.completion import complete_arch, complete_model
 
-TrainFormat = Annotated[
-    Literal["table", "jsonl", "json", "csv"],
-    typer.Option("--format", help="Per-epoch records: table (as epochs complete), jsonl (one object per epoch), json or csv."),
-]
+
+# --help headings, as timm's train script groups its arguments (the shared options carry
+# theirs: Data, Running the model, Output).
+HELP_PANELS = {
+    **dict.fromkeys(("arch", "list_archs", "batchnorm", "output_activation", "pretrained", "image_size"), "Model"),
+    **dict.fromkeys(("val_split", "augment", "normalize", "class_weights"), "Data"),
+    **dict.fromkeys(("epochs", "batch_size", "opt", "lr", "momentum", "weight_decay", "nesterov", "label_smoothing"), "Optimization"),
+    **dict.fromkeys(("schedule", "warmup", "step_size", "gamma"), "Learning-rate schedule"),
+    **dict.fromkeys(("val_every", "test_each_epoch", "keep", "early_stop", "resume"), "Validation, checkpoints and stopping"),
+    **dict.fromkeys(("deterministic", "nproc", "dist_timeout"), "Running the model"),
+    **dict.fromkeys(("label", "history", "plot", "print_every"), "Output"),
+}
 
 # Options that may differ from the stored run when resuming; the rest must match it.
 RESUMABLE_OVERRIDES = ("label", "epochs", "early_stop", "print_every", "device", "precision", "data_dir", "download", "deterministic")
@@ -24,7 +33,8 @@ def main(
     ctx: typer.Context,
     arch: Annotated[
         str,
-        typer.Option("--arch", help="Architecture: a registered name (--list-archs), timm:NAME, or your own model "
+        typer.Option("--arch", metavar="ARCH", autocompletion=complete_arch,
+                     help="Architecture: a registered name (--list-archs), timm:NAME, or your own model "
                      "as FILE.py:NAME or package.module:NAME (an nn.Module class or a function returning one)."),
     ] = "simple-cnn",
     arch_args: options.ArchArgs = None,
@@ -47,11 +57,7 @@ def main(
         Optional[int], typer.Option("--image-size", help="Input side in pixels (default: the data's own, or the architecture's usual size).")
     ] = None,
     epochs: Annotated[int, typer.Option("--epochs", help="Epochs to train (with --resume: the total to reach).")] = 20,
-    batch_size: Annotated[
-        int,
-        typer.Option("--batch-size", help="Images per weight update: the global batch, split evenly among the processes of a "
-                     "distributed run (the learning rate is not rescaled)."),
-    ] = 32,
+    batch_size: options.BatchSize = 32,
     opt: Annotated[Literal["sgd", "adam", "adamw"], typer.Option("--opt", help="Optimizer.")] = "adam",
     lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate (default 0.01 for sgd, 0.001 for adam/adamw).")] = None,
     momentum: Annotated[float, typer.Option("--momentum", help="SGD momentum.")] = 0.9,
@@ -66,16 +72,16 @@ def main(
     augment: Annotated[
         str,
         typer.Option(
-            "--augment",
+            "--augment", metavar="SPEC",
             help="Batched augmentation, e.g. flip,crop:4,jitter:0.4,rotate:15,rrc:0.08; none; "
             "auto: rotate:10,crop:1 for digits/mnist, none elsewhere.",
         ),
     ] = "auto",
     normalize: Annotated[
-        str, typer.Option("--normalize", help="dataset (train mean/std), half (0.5/0.5), imagenet, none, or MEAN,STD.")
+        str, typer.Option("--normalize", metavar="SPEC", help="dataset (train mean/std), half (0.5/0.5), imagenet, none, or MEAN,STD.")
     ] = "dataset",
     class_weights: Annotated[
-        str, typer.Option("--class-weights", help="Loss weights: none, auto (balanced by class counts), smooth:ALPHA "
+        str, typer.Option("--class-weights", metavar="SPEC", help="Loss weights: none, auto (balanced by class counts), smooth:ALPHA "
                           "(weights ∝ (1/count)^ALPHA; 0.5 halves the imbalance's effect) or one number per class.")
     ] = "none",
     label_smoothing: Annotated[float, typer.Option("--label-smoothing", help="Label smoothing of the cross-entropy (0..1).")] = 0.0,
@@ -107,7 +113,7 @@ def main(
         typer.Option("--deterministic", help="Use only deterministic PyTorch algorithms (torch.use_deterministic_algorithms, cuDNN deterministic)."),
     ] = False,
     resume: Annotated[
-        Optional[str], typer.Option("--resume", help="Continue the run stored in this checkpoint exactly where it stopped.")
+        Optional[str], typer.Option("--resume", metavar="CHECKPOINT", autocompletion=complete_model, help="Continue the run stored in this checkpoint exactly where it stopped.")
     ] = None,
     trust_code: options.TrustCode = False,
     nproc: Annotated[
@@ -120,13 +126,10 @@ def main(
         typer.Option("--dist-timeout", help="Distributed runs: seconds to wait for the other processes (start-up and "
                      "every exchange) before the job fails with an error."),
     ] = 300.0,
-    out: Annotated[
-        Optional[str],
-        typer.Option("--output", "-o", help="Checkpoint to write (.safetensors; default model.safetensors, or the --resume file; - for stdout)."),
-    ] = None,
-    history: Annotated[Optional[str], typer.Option("--history", help="Also write the per-epoch records to FILE (.csv or .jsonl).")] = None,
-    plot: Annotated[Optional[str], typer.Option("--plot", help="Loss and accuracy curves, train vs validation (PNG, SVG or PDF).")] = None,
-    fmt: TrainFormat = "table",
+    out: options.Output = None,
+    history: Annotated[Optional[str], typer.Option("--history", metavar="FILE", help="Also write the per-epoch records to FILE (.csv or .jsonl).")] = None,
+    plot: Annotated[Optional[str], typer.Option("--plot", metavar="FILE", help="Loss and accuracy curves, train vs validation (PNG, SVG or PDF).")] = None,
+    fmt: options.StreamFormat = "table",
     quiet: options.Quiet = False,
     debug: options.Debug = False,
 ) -> None:
@@ -139,7 +142,9 @@ def main(
     (table, jsonl, json or csv); the progress bar goes to stderr. The checkpoint is rewritten
     after every epoch and can be resumed exactly with --resume; Ctrl-C saves a resumable
     checkpoint and exits 130 (SIGTERM: 143). NaN or inf in the loss or the gradients stops the run
-    and keeps the last good checkpoint. Under torchrun (or with --nproc N) it trains with
+    and keeps the last good checkpoint. -o names the checkpoint (.safetensors; default
+    model.safetensors, or the --resume file; - for stdout); the learning rate is not rescaled
+    with --batch-size. Under torchrun (or with --nproc N) it trains with
     DistributedDataParallel; only rank 0 prints and writes, and the checkpoint is the same.
 
     \b
@@ -335,9 +340,9 @@ def _list_archs(fmt: str) -> None:
     columns = ["arch", "parameters", "input", "min_size", "pretrained", "description"]
     if fmt == "jsonl":
         for row in rows:
-            output.print_jsonl(row)
+            output.print_jsonl(row, schema="train.archs")
         return
-    output.emit({"architectures": rows}, fmt, rows=rows, columns=columns,
+    output.emit({"architectures": rows}, fmt, schema="train.archs", rows=rows, columns=columns,
                 title="Architectures (parameters at 3x32x32 input, 10 classes)")
 
 
@@ -460,7 +465,7 @@ class _RecordPrinter:
         stream = output.data_stream()
         if self.fmt == "jsonl":
             if not replay:
-                output.print_jsonl(record)
+                output.print_jsonl(record, schema="train.epoch")
             return
         if self.fmt == "json":
             return
@@ -498,7 +503,8 @@ class _RecordPrinter:
                     "updates": trainer.position.updates,
                     "history": trainer.history,
                     "steps": trainer.steps,
-                }
+                },
+                schema="train",
             )
 
 

@@ -218,13 +218,14 @@ def activation_stats(t: torch.Tensor) -> dict:
 
 
 def layer_rows(model: nn.Module, in_channels: int, image_size: int, device=None) -> list[dict]:
-    """`layer_table` for one image of the model's input size, shapes written as C×H×W strings."""
+    """`layer_table` for one image of the model's input size; output shapes as [C, H, W] lists
+    (None for a layer the forward pass did not reach)."""
     device = device if device is not None else next(model.parameters()).device
     example = torch.zeros(1, in_channels, image_size, image_size, device=device)
     rows = layer_table(model, example)
     for row in rows:
         shape = row["output_shape"]
-        row["output_shape"] = "×".join(str(d) for d in shape[1:]) if shape else "(not run)"
+        row["output_shape"] = list(shape[1:]) if shape else None
     return rows
 
 
