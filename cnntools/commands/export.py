@@ -12,20 +12,17 @@ from cnntools.output import CnnError
 
 def main(
     model: Annotated[str, typer.Argument(help="Checkpoint (.safetensors, - for stdin), torchvision:NAME or timm:NAME.")],
-    out: Annotated[
-        str,
-        typer.Option("--output", "-o", help="File to write: .onnx, .pt2 (torch.export) or .safetensors (weights only, no resume state)."),
-    ],
+    out: options.Output = None,
     verify: Annotated[
         bool, typer.Option("--verify/--no-verify", help="Run the exported model and PyTorch on the same dataset images and compare.")
     ] = True,
-    num: Annotated[int, typer.Option("--num", "-n", min=1, help="Images the check runs on.")] = 64,
+    num: options.Num = 64,
     tolerance: Annotated[
         float,
         typer.Option("--tolerance", min=0.0, help="Largest |Δlogit| the check accepts, relative to the largest |logit| (at least 1)."),
     ] = 1e-4,
     opset: Annotated[Optional[int], typer.Option("--opset", min=7, help="ONNX opset version (default: the exporter's).")] = None,
-    data: Annotated[Optional[str], typer.Option("--data", help="Dataset the check takes images from (default: the model's own).")] = None,
+    data: options.Data = None,
     data_dir: options.DataDir = None,
     split: options.Split = "test",
     download: options.Download = False,
@@ -35,6 +32,8 @@ def main(
     debug: options.Debug = False,
 ) -> None:
     """A trained model leaves the tool: ONNX, torch.export .pt2, or weights-only safetensors.
+
+    -n/--num images (default 64) of --data (default: the model's own dataset) are used for the check.
 
     .onnx and .pt2 take normalised float32 N x C x H x W inputs with a dynamic batch axis; the
     preprocessing (size, resize and crop, mean/std), the class names and the architecture are
@@ -56,16 +55,16 @@ def main(
     from cnntools import export as ex
     from cnntools import files
 
+    if out is None or out == "-":
+        raise CnnError("export writes a file: name it with -o FILE.onnx, FILE.pt2 or FILE.safetensors (weights only)")
     kind = ex.export_format(out)
-    if out == "-":
-        raise CnnError("export writes a file; name it with -o")
     files.check_output(out)
     if kind == "safetensors":
         doc = _weights_only(model, out, trust_code, download)
     else:
         doc = _export_model(model, out, kind, verify, num, tolerance, opset, data, data_dir, split, download, trust_code)
-    rows = [{"metric": k, "value": v} for k, v in _flat(doc).items() if k != "schema"]
-    output.emit(doc, fmt, rows=rows, columns=["metric", "value"], title=f"Exported {doc['model']} to {out}")
+    rows = [{"field": k, "value": v} for k, v in _flat(doc).items()]
+    output.emit(doc, fmt, schema="export", rows=rows, columns=["field", "value"], title=f"Exported {doc['model']} to {out}")
 
 
 def _weights_only(model: str, out: str, trust_code: bool, download: bool) -> dict:
@@ -86,7 +85,7 @@ def _weights_only(model: str, out: str, trust_code: bool, download: bool) -> dic
     data = ex.weights_only_bytes(tensors, meta)
     files.write_bytes(out, data)
     output.info(f"Wrote {out}: {len(data):,} bytes" + (f" (was {before:,} with the resume state)" if before else ""))
-    return {"schema": "cnntools.export/1", "model": files.display_name(model), "output": out, "format": "safetensors",
+    return {"model": files.display_name(model), "output": out, "format": "safetensors",
             "bytes": len(data), "source_bytes": before}
 
 
@@ -112,7 +111,7 @@ def _export_model(model, out, kind, verify, num, tolerance, opset, data, data_di
         inputs = lm.prepare(imageset.images[picked]).float().cpu()
         spec = f"{imageset.spec} {imageset.split}"
     output.info(f"Exporting {lm.arch} ({lm.in_channels}x{lm.image_size}x{lm.image_size} inputs) to {kind}")
-    doc = {"schema": "cnntools.export/1", "model": lm.source, "output": out, "format": kind, "arch": lm.arch,
+    doc = {"model": lm.source, "output": out, "format": kind, "arch": lm.arch,
            "input_shape": ["batch", lm.in_channels, lm.image_size, lm.image_size], "classes": len(lm.classes)}
     with files.atomic_path(out) as tmp:
         (ex.export_onnx(lm, tmp, opset) if kind == "onnx" else ex.export_pt2(lm, tmp))
