@@ -6,20 +6,24 @@ nothing heavy at module level, so `--help` and shell completion stay fast.
 
 from __future__ import annotations
 
+import inspect
 import signal
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
-from cnntools import __version__
+from cnntools import __version__, options
 from cnntools.commands import (
     confusion,
     conv_calc,
     curves,
     dataset_stats,
     eval as eval_cmd,
+    export,
     featmaps,
     filters,
+    info,
     lr_find,
     rf_calc,
     saliency,
@@ -32,8 +36,81 @@ from cnntools.runtime import prepare_threads
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
+
+
+class _Group(TyperGroup):
+    """The root command: keeps the deprecated spellings of options working (options.DEPRECATED)."""
+
+    def resolve_command(self, ctx, args):
+        name, command, rest = super().resolve_command(ctx, args)
+        if command is not None:
+            takes_value = {opt for p in command.params if getattr(p, "param_type_name", "") == "option"
+                           and not getattr(p, "is_flag", False) for opt in p.opts}
+            rest = options.rewrite_deprecated(name, rest, takes_value, notes=not ctx.resilient_parsing)
+        return name, command, rest
+
+
+# Python types as Typer shows them → metavars that name the thing (an option with its own
+# metavar keeps it; choices keep their <a|b|c> list).
+_METAVARS = {"<int>": "N", "<float>": "NUM", "<str>": "TEXT", "<list[str]>": "TEXT...", "<list[int]>": "N..."}
+
+
+def help_record(param, ctx) -> tuple[str, str] | None:
+    """(term, help) of a parameter as --help and the man pages show it."""
+    if getattr(param, "param_type_name", "") == "argument":
+        if getattr(param, "hidden", False):
+            return None
+        term = param.metavar or (param.name or "").upper()
+        return (term + ("..." if param.nargs == -1 else ""), getattr(param, "help", "") or "")
+    record = param.get_help_record(ctx)
+    if record is None:
+        return None
+    term, text = record
+    for shown, name in _METAVARS.items():
+        term = term.replace(f" {shown}", f" {name}")
+    return term, text
+
+
+def help_sections(command, ctx) -> dict[str, list[tuple[str, str]]]:
+    """A command's parameters as {heading: [(term, help)]}: "Arguments", the command's own
+    "Options", then the groups (see `_Command`), the shared output switches last."""
+    panels = getattr(command, "panels", {})
+    sections: dict[str, list] = {}
+    for param in command.get_params(ctx):
+        record = help_record(param, ctx)
+        if record is None:
+            continue
+        if getattr(param, "param_type_name", "") == "argument":
+            heading = "Arguments"
+        elif param.name == "help":
+            heading = options.PANEL_OUTPUT
+        else:
+            heading = panels.get(param.name) or getattr(param, "rich_help_panel", None) or "Options"
+        sections.setdefault(heading, []).append(record)
+    order = sorted(sections, key=lambda h: (h != "Arguments", h != "Options", h == options.PANEL_OUTPUT))
+    return {heading: sections[heading] for heading in order}
+
+
+class _Command(TyperCommand):
+    """A subcommand whose --help groups its options under headings, like timm's argument
+    groups: an option's `rich_help_panel` (the shared ones have theirs in options.py), else
+    the command module's HELP_PANELS {parameter name: heading}, else "Options"."""
+
+    panels: dict = {}
+
+    def format_options(self, ctx, formatter) -> None:
+        for heading, records in help_sections(self, ctx).items():
+            with formatter.section(heading):
+                formatter.write_dl(records)
+
+
+def _command_class(func) -> type:
+    return type("Command", (_Command,), {"panels": getattr(inspect.getmodule(func), "HELP_PANELS", {})})
+
+
 app = typer.Typer(
     name="cnntools",
+    cls=_Group,
     help="Small Unix-style tools to build, train and inspect convolutional neural networks.",
     epilog="Run 'cnntools COMMAND --help' for a command's options and an example.",
     no_args_is_help=True,
@@ -51,17 +128,19 @@ COMMANDS = [
     ("rf-calc", rf_calc.main),
     ("train", train.main),
     ("lr-find", lr_find.main),
+    ("info", info.main),
     ("curves", curves.main),
     ("eval", eval_cmd.main),
     ("confusion", confusion.main),
     ("saliency", saliency.main),
     ("featmaps", featmaps.main),
     ("filters", filters.main),
+    ("export", export.main),
 ]
 
 for _name, _func in COMMANDS:
     # Numbers are checked first (a usage error, exit 2), then the command runs under handle_errors.
-    app.command(_name, context_settings=CONTEXT)(with_checked_numbers(handle_errors(_func)))
+    app.command(_name, cls=_command_class(_func), context_settings=CONTEXT)(with_checked_numbers(handle_errors(_func)))
 
 
 def _version(value: bool) -> None:

@@ -1,6 +1,6 @@
-"""Generate the man pages, shell completions and README command reference from the CLI.
+"""Generate the man pages, shell completions, README command reference and output schemas.
 
-    python -m cnntools.docs            # rewrite man/, completions/ and the README block
+    python -m cnntools.docs            # rewrite man/, completions/, docs/schemas/ and the README block
     python -m cnntools.docs --check    # exit 1 and list what differs (CI)
 
 Everything is rendered from `typer.main.get_command(app)` and Typer's own completion
@@ -62,9 +62,16 @@ def command_help(args: list[str]) -> str:
 # ---------------------------------------------------------------------------- roff
 
 
+# Named roff glyphs for the non-ASCII characters help texts use; any other becomes \[uXXXX].
+_GLYPHS = {"\u00d7": "\\(mu", "\u2014": "\\(em", "\u2013": "\\(en", "\u2192": "\\(->", "\u2264": "\\(<=",
+           "\u2265": "\\(>=", "\u2018": "\\(oq", "\u2019": "\\(cq", "\u201c": "\\(lq", "\u201d": "\\(rq"}
+
+
 def _roff(text: str) -> str:
-    """Escape text for roff: backslashes, hyphens, and lines starting with . or '."""
+    """Escape text for roff: backslashes, hyphens, lines starting with . or ', and every
+    non-ASCII character as a glyph escape (the pages are ASCII; `groff -ww` stays silent)."""
     text = text.replace("\\", "\\e").replace("-", "\\-")
+    text = "".join(c if ord(c) < 128 else _GLYPHS.get(c, f"\\[u{ord(c):04X}]") for c in text)
     lines = []
     for line in text.split("\n"):
         if line.startswith((".", "'")):
@@ -102,21 +109,6 @@ def _split_doc(command) -> tuple[str, list[str], list[str]]:
     return summary, description, examples
 
 
-def _option_records(command, ctx) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    options, arguments = [], []
-    for param in command.get_params(ctx) if hasattr(command, "get_params") else command.params:
-        if getattr(param, "hidden", False):
-            continue
-        record = param.get_help_record(ctx)
-        is_argument = getattr(param, "param_type_name", "") == "argument"
-        if record is None:
-            if not is_argument:
-                continue
-            record = ((param.metavar or param.name or "").upper(), getattr(param, "help", "") or "")
-        (arguments if is_argument else options).append(record)
-    return options, arguments
-
-
 def _roff_description(paragraphs: list[str]) -> list[str]:
     out = []
     for para in paragraphs:
@@ -137,8 +129,11 @@ def _roff_records(records: list[tuple[str, str]]) -> list[str]:
 def man_page(name: str | None, command, ctx, version: str, commands=()) -> str:
     """roff for `cnntools` (name None) or `cnntools NAME`."""
     full = f"{PROG}-{name}" if name else PROG
+    from cnntools.cli import help_sections
+
     summary, description, examples = _split_doc(command)
-    options, arguments = _option_records(command, ctx)
+    sections = help_sections(command, ctx)
+    arguments = sections.pop("Arguments", [])
     lines = [
         f'.TH "{full.upper()}" "1" "" "{PROG} {version}" "User Commands"',
         ".SH NAME",
@@ -153,7 +148,11 @@ def man_page(name: str | None, command, ctx, version: str, commands=()) -> str:
     ]
     if arguments:
         lines += [".SH ARGUMENTS", *_roff_records(arguments)]
-    lines += [".SH OPTIONS", *_roff_records(options)]
+    lines.append(".SH OPTIONS")
+    for heading, records in sections.items():
+        if heading != "Options" or len(sections) > 1:
+            lines.append(f".SS {_roff(heading)}")
+        lines += _roff_records(records)
     if commands:
         lines.append(".SH COMMANDS")
         for sub_name, sub_command, _ in commands:
@@ -221,6 +220,7 @@ def generated(root: Path = REPO) -> dict[Path, str]:
         files[root / "man" / f"{PROG}-{name}.1"] = man_page(name, sub, sub_ctx, __version__)
     for shell in SHELLS:
         files[root / "completions" / f"{PROG}.{shell}"] = completion_script(shell)
+    files.update(schema_pages(root))
     readme = root / "README.md"
     if readme.is_file():
         updated = replace_block(readme.read_text(encoding="utf-8"), command_reference([name for name, _, _ in subs]))
@@ -229,12 +229,23 @@ def generated(root: Path = REPO) -> dict[Path, str]:
     return files
 
 
+def schema_pages(root: Path) -> dict[Path, str]:
+    """docs/schemas/: one page per JSON document kind, and an index."""
+    from cnntools.schemas import SCHEMAS, index_page, schema_page
+
+    folder = root / "docs" / "schemas"
+    pages = {folder / f"{name}.md": schema_page(schema) for name, schema in SCHEMAS.items()}
+    pages[folder / "README.md"] = index_page()
+    return pages
+
+
 def stale_man_pages(root: Path, expected: dict[Path, str]) -> list[Path]:
-    """Man pages in man/ that no command generates any more."""
-    folder = root / "man"
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.glob(f"{PROG}*.1") if p not in expected)
+    """Man pages in man/ and schema pages in docs/schemas/ that nothing generates any more."""
+    found = []
+    for folder, pattern in ((root / "man", f"{PROG}*.1"), (root / "docs" / "schemas", "*.md")):
+        if folder.is_dir():
+            found += [p for p in folder.glob(pattern) if p not in expected]
+    return sorted(found)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -242,14 +242,31 @@ def print_table(
     write_data("\n".join(out) + "\n", stream)
 
 
-def print_json(doc: Any, stream=None) -> None:
-    """One JSON document (non-finite floats become null)."""
-    write_data(json.dumps(to_jsonable(doc), indent=2, allow_nan=False) + "\n", stream)
+SCHEMA_VERSION = 1
 
 
-def print_jsonl(record: Mapping[str, Any], stream=None) -> None:
-    """One JSON object on one line (streams such as `train --format jsonl`)."""
-    write_data(json.dumps(to_jsonable(record), allow_nan=False) + "\n", stream)
+def schema_id(name: str) -> str:
+    """`cnntools.NAME/1`, the `schema` every JSON document carries (docs/schemas/NAME.md).
+
+    NAME is the command's name; a command with a second kind of document names it
+    `COMMAND.KIND` (`featmaps.layers`).
+    """
+    return f"cnntools.{name}/{SCHEMA_VERSION}"
+
+
+def stamped(doc: Mapping[str, Any], schema: str) -> dict:
+    """The document with `"schema"` as its first key."""
+    return {"schema": schema_id(schema), **{k: v for k, v in doc.items() if k != "schema"}}
+
+
+def print_json(doc: Mapping[str, Any], *, schema: str, stream=None) -> None:
+    """One JSON document, stamped with its schema (non-finite floats become null)."""
+    write_data(json.dumps(to_jsonable(stamped(doc, schema)), indent=2, allow_nan=False) + "\n", stream)
+
+
+def print_jsonl(record: Mapping[str, Any], *, schema: str, stream=None) -> None:
+    """One JSON object on one line (streams such as `train --format jsonl`), stamped with its schema."""
+    write_data(json.dumps(to_jsonable(stamped(record, schema)), allow_nan=False) + "\n", stream)
 
 
 def csv_text(rows: Iterable[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
@@ -260,8 +277,37 @@ def csv_text(rows: Iterable[Mapping[str, Any]], columns: Sequence[str] | None = 
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(cols)
     for row in rows:
-        writer.writerow(["" if row.get(c) is None else to_jsonable(row.get(c)) for c in cols])
+        writer.writerow([csv_cell(row.get(c)) for c in cols])
     return buffer.getvalue()
+
+
+def csv_cell(value: Any) -> str:
+    """A CSV cell as JSON spells it: true/false, lists and objects as JSON text, None empty."""
+    value = to_jsonable(value)
+    if value is None:
+        return ""
+    if isinstance(value, bool) or isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def flatten(doc: Mapping[str, Any], prefix: str = "", lists: bool = False) -> dict[str, Any]:
+    """Nested objects as dotted keys (`bytes.weights`): the names of a document's values in
+    tables and CSV. With `lists`, list items too (`mean.0`); otherwise lists stay values."""
+    out: dict[str, Any] = {}
+    items = enumerate(doc) if isinstance(doc, list) else doc.items()
+    for key, value in items:
+        name = f"{prefix}{key}"
+        if (isinstance(value, Mapping) or (lists and isinstance(value, list))) and value:
+            out.update(flatten(value, name + ".", lists))
+        else:
+            out[name] = value
+    return out
+
+
+def long_rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A document as long-format rows `{"field": PATH, "value": V}`, one per value it holds."""
+    return [{"field": k, "value": v} for k, v in flatten(doc, lists=True).items() if k != "schema"]
 
 
 def print_csv(rows: Iterable[Mapping[str, Any]], columns: Sequence[str] | None = None, stream=None) -> None:
@@ -269,9 +315,10 @@ def print_csv(rows: Iterable[Mapping[str, Any]], columns: Sequence[str] | None =
 
 
 def emit(
-    doc: Any,
+    doc: Mapping[str, Any],
     fmt: str,
     *,
+    schema: str,
     rows: Sequence[Mapping[str, Any]] | None = None,
     columns: Sequence[str] | None = None,
     title: str | None = None,
@@ -281,10 +328,10 @@ def emit(
 
     `doc` is the JSON document; `rows`/`columns` the table (and CSV) view of it;
     `render_table` replaces the default table rendering when a command shows more than
-    one table.
+    one table. `schema` names the document's kind (see `schema_id`).
     """
     if fmt == "json":
-        print_json(doc)
+        print_json(doc, schema=schema)
     elif fmt == "csv":
         if rows is None:
             raise CnnError("this command's result is not a table; use --format json or table")
@@ -294,7 +341,7 @@ def emit(
     elif rows is not None:
         print_table(rows, columns, title=title)
     else:
-        print_json(doc)
+        print_json(doc, schema=schema)
 
 
 # ---------------------------------------------------------------------------- errors

@@ -43,7 +43,22 @@ class Result:
         self.exception = exception
 
     def json(self):
-        return json.loads(self.stdout)
+        """stdout as a JSON document, checked against the schema it names (cnntools/schema_fields.py):
+        every JSON output a test reads is a check of the documented contract."""
+        doc = json.loads(self.stdout)
+        assert_schema(doc)
+        return doc
+
+
+def assert_schema(doc) -> None:
+    """The document names a declared schema and conforms to it."""
+    from cnntools.schemas import SCHEMAS, problems
+
+    name = doc.get("schema", "") if isinstance(doc, dict) else ""
+    name = name[len("cnntools."):].rsplit("/", 1)[0] if name.startswith("cnntools.") else None
+    assert name in SCHEMAS, f"JSON document without a declared schema: {str(doc)[:200]}"
+    found = problems(doc, name)
+    assert not found, f"{doc['schema']} differs from cnntools/schema_fields.py: " + "; ".join(found[:10])
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ def test_logit_columns_equal_a_forward_pass(cli, labelled, tmp_path):
     from cnntools.checkpoint import load_model
 
     preds = tmp_path / "p.csv"
-    result = cli("eval", labelled[0], "--predictions", preds, "--logits", "-q", "--precision", "fp32", "--device", "cpu")
+    result = cli("eval", labelled[0], "-o", preds, "--logits", "-q", "--precision", "fp32", "--device", "cpu")
     assert result.exit_code == 0, result.stderr
     rows = list(csv.DictReader(preds.open()))
     lm = load_model(str(labelled[0]))
@@ -48,7 +48,7 @@ def test_logit_columns_equal_a_forward_pass(cli, labelled, tmp_path):
     got = torch.tensor([[float(r[n]) for n in names] for r in rows])
     assert torch.allclose(got, expected, atol=1e-5)
     assert [int(r["pred"]) for r in rows] == expected.argmax(1).tolist()
-    assert cli("eval", labelled[0], "--logits").exit_code == 1  # --logits needs --predictions
+    assert cli("eval", labelled[0], "--logits").exit_code == 1  # --logits needs -o
 
 
 def test_confusion_through_a_pipe_names_the_model(cli, labelled, tmp_path, monkeypatch):
@@ -62,15 +62,15 @@ def test_confusion_through_a_pipe_names_the_model(cli, labelled, tmp_path, monke
         return original(cm, classes, title=title, normalized=normalized)
 
     monkeypatch.setattr(plots, "confusion_heatmap", spy)
-    piped = cli("eval", labelled[0], "--predictions", "-", "-q").stdout
-    result = cli("confusion", "-", "--plot", tmp_path / "c.png", "--format", "json", input=piped)
+    piped = cli("eval", labelled[0], "-o", "-", "-q").stdout
+    result = cli("confusion", "-", "-o", tmp_path / "c.png", "--format", "json", input=piped)
     assert result.exit_code == 0, result.stderr
     accuracy = result.json()["accuracy"]
     assert titles[0].startswith("Confusion matrix: baseline run on digits:test\n359 images")
     assert f"accuracy {accuracy:.1%}" in titles[0]
     assert result.json()["source"] == "baseline run on digits:test"
     # From the checkpoint itself: the same title.
-    assert cli("confusion", labelled[0], "--plot", tmp_path / "d.png").exit_code == 0
+    assert cli("confusion", labelled[0], "-o", tmp_path / "d.png").exit_code == 0
     assert titles[1] == titles[0]
 
 
@@ -120,13 +120,13 @@ def test_multi_target_saliency_equals_single_target_runs(cli, digits_checkpoint,
 
     both = tmp_path / "both.safetensors"
     args = ["-m", "gradient", "-i", "0,1", "--device", "cpu", "-q", "--reduce", "mean"]
-    result = cli("saliency", digits_checkpoint, *args, "--target", "3,5", "--save-maps", both, "--format", "json",
+    result = cli("saliency", digits_checkpoint, *args, "--target", "3,5", "--save", both, "--format", "json",
                  "-o", tmp_path / "both.png", "--no-overlay")
     assert result.exit_code == 0, result.stderr
     maps = load_file(str(both))
     for k, target in enumerate(("3", "5")):
         single = tmp_path / f"t{target}.safetensors"
-        assert cli("saliency", digits_checkpoint, *args, "--target", target, "--save-maps", single).exit_code == 0
+        assert cli("saliency", digits_checkpoint, *args, "--target", target, "--save", single).exit_code == 0
         alone = load_file(str(single))
         assert torch.equal(maps[f"maps.{k}"], alone["maps"])
         assert alone["targets"].tolist() == [int(target)] * 2
@@ -180,7 +180,7 @@ def test_torchvision_layers_need_no_weight_file(cli, tmp_path):
     result = cli("featmaps", "torchvision:resnet18", "--list-layers", "--format", "json", "--device", "cpu", env=env)
     assert result.exit_code == 0, result.stderr
     rows = {r["layer"]: r for r in result.json()["layers"]}
-    assert rows["fc"]["output_shape"] == "1000" and "layer4.1.conv2" in rows
+    assert rows["fc"]["output_shape"] == [1000] and "layer4.1.conv2" in rows
     sal = cli("saliency", "torchvision:resnet18", "--list-layers", "--format", "json", "--device", "cpu", env=env)
     assert sal.exit_code == 0, sal.stderr
 

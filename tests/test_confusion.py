@@ -67,7 +67,7 @@ def _predictions_csv(n=120, k=4, seed=0):
 
 def test_cli_from_stdin_json_matches_sklearn():
     text, labels, preds, names = _predictions_csv()
-    result = invoke(["confusion", "-", "--format", "json", "--normalize", "true", "-k", "3"], input=text)
+    result = invoke(["confusion", "-", "--format", "json", "--normalize", "true", "--most-confused", "3"], input=text)
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["classes"] == names
@@ -98,7 +98,7 @@ def test_cli_csv_table_and_plot(tmp_path):
     assert [[int(r[c]) for c in names] for r in rows] == cm.tolist()
 
     plot = tmp_path / "cm.png"
-    result = invoke(["confusion", str(src), "--plot", str(plot), "--normalize", "pred"])
+    result = invoke(["confusion", str(src), "-o", str(plot), "--normalize", "pred"])
     assert result.exit_code == 0, result.output
     assert "Most confused pairs" in result.stdout and "cat" in result.stdout
     assert plot.stat().st_size > 10_000
@@ -126,7 +126,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
     result = invoke(["confusion", "-"], input=two)
     assert result.exit_code == 1 and "2 models" in result.stderr
     text, *_ = _predictions_csv()
-    result = invoke(["confusion", "-", "--plot", str(tmp_path / "cm.jpg")], input=text)
+    result = invoke(["confusion", "-", "-o", str(tmp_path / "cm.jpg")], input=text)
     assert result.exit_code == 1 and ".png, .svg or .pdf" in result.stderr
 
 
@@ -161,7 +161,7 @@ def test_from_checkpoint_matches_manual_predictions(patch_checkpoint):
 
 def test_eval_predictions_file_gives_the_same_matrix_as_the_checkpoint(patch_checkpoint, tmp_path):
     pred = tmp_path / "pred.csv"
-    result = invoke(["eval", str(patch_checkpoint), "--predictions", str(pred), "--device", "cpu", "-q"])
+    result = invoke(["eval", str(patch_checkpoint), "-o", str(pred), "--device", "cpu", "-q"])
     assert result.exit_code == 0, result.output
     from_csv = invoke(["confusion", str(pred), "--format", "json"])
     from_model = invoke(["confusion", str(patch_checkpoint), "--format", "json", "--device", "cpu"])

@@ -102,7 +102,7 @@ def test_matrices_from_files_and_stdin(cli, tmp_path):
 
 
 def test_per_kernel_bias_and_floats(cli):
-    result = cli("conv-calc", "-i", "1,2;3,4", "-k", "1", "-k", "0.5", "-b", "1", "-b", "-0.25", "--format", "json")
+    result = cli("conv-calc", "--input", "1,2;3,4", "-k", "1", "-k", "0.5", "-b", "1", "-b", "-0.25", "--format", "json")
     assert result.exit_code == 0, result.stderr
     assert result.json()["outputs"] == [[[2, 3], [4, 5]], [[0.25, 0.75], [1.25, 1.75]]]
 
@@ -110,17 +110,17 @@ def test_per_kernel_bias_and_floats(cli):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["-i", "1 2; 3", "-k", "1"], "rows have different lengths"),
-        (["-i", "1 x; 3 4", "-k", "1"], "not a number"),
-        (["-i", "1 2; 3 4", "-k", "1 1 1; 1 1 1; 1 1 1"], "does not fit"),
-        (["-i", "1 2; 3 4", "-k", "1", "-k", "2", "-b", "1", "-b", "2", "-b", "3"], "one per kernel"),
-        (["-i", "1 2; 3 4"], "at least one --kernel"),
-        (["-i", "no-such-file.csv", "-k", "1"], "neither a matrix"),
-        (["-i", "-", "-k", "-"], "only one matrix"),
-        (["-i", "1 2; 3 4", "-k", "1", "-s", "0"], "stride"),
-        (["-i", "1 2; 3 4", "-k", "1", "--type", "maxpool"], "formula mode"),
-        (["-i", "[[1, 2], [3]]", "-k", "1"], "different lengths"),
-        (["-i", "[1, 2]", "-k", "1"], "list of rows"),
+        (["--input", "1 2; 3", "-k", "1"], "rows have different lengths"),
+        (["--input", "1 x; 3 4", "-k", "1"], "not a number"),
+        (["--input", "1 2; 3 4", "-k", "1 1 1; 1 1 1; 1 1 1"], "does not fit"),
+        (["--input", "1 2; 3 4", "-k", "1", "-k", "2", "-b", "1", "-b", "2", "-b", "3"], "one per kernel"),
+        (["--input", "1 2; 3 4"], "at least one --kernel"),
+        (["--input", "no-such-file.csv", "-k", "1"], "neither a matrix"),
+        (["--input", "-", "-k", "-"], "only one matrix"),
+        (["--input", "1 2; 3 4", "-k", "1", "-s", "0"], "stride"),
+        (["--input", "1 2; 3 4", "-k", "1", "--type", "maxpool"], "formula mode"),
+        (["--input", "[[1, 2], [3]]", "-k", "1"], "different lengths"),
+        (["--input", "[1, 2]", "-k", "1"], "list of rows"),
     ],
 )
 def test_kernel_mode_errors(cli, args, message):

@@ -44,9 +44,11 @@ def test_val_split_csv_and_table(cli):
     result = cli("dataset-stats", "--val-split", "0.2", "--format", "csv")
     assert result.exit_code == 0, result.stderr
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
-    assert list(rows[0]) == ["class", "train", "val", "test", "class_weight"]
-    assert len(rows) == 10
-    assert sum(int(r["train"]) + int(r["val"]) for r in rows) == 1438
+    assert list(rows[0]) == ["field", "value"]  # long: one row per number of the JSON document
+    values = {r["field"]: r["value"] for r in rows}
+    counts = {split: [int(values[f"splits.{split}.class_counts.{c}"]) for c in range(10)] for split in ("train", "val", "test")}
+    assert sum(counts["train"]) + sum(counts["val"]) == 1438
+    assert int(values["splits.val.count"]) == sum(counts["val"]) and "class_weights.0" in values
     table = cli("dataset-stats", "--data", "fake:100,size=8", "-q")
     assert table.exit_code == 0
     assert "train images" in table.stdout and "3×8×8" in table.stdout and "Class counts" in table.stdout

@@ -145,7 +145,7 @@ def _validates_like_eval(path) -> None:
     model = json.loads(result.stdout)["models"][0]
     last = read_checkpoint(str(path))[1].history[-1]
     # 41 validation images split 21/20 between the ranks: each counted once.
-    assert model["count"] == 41
+    assert model["images"] == 41
     assert model["accuracy"] == pytest.approx(last["val_acc"], abs=1e-12)
     assert model["loss"] == pytest.approx(last["val_loss"], rel=1e-6)
 

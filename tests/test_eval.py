@@ -87,7 +87,7 @@ def trained(tmp_path_factory):
 def test_eval_json_equals_scikit_learn_on_its_own_predictions(cli, trained, tmp_path):
     model = trained[0]
     preds = tmp_path / "p.csv"
-    result = cli("eval", model, "--format", "json", "-q", "--predictions", preds, "--top-k", "2", "--precision", "fp32")
+    result = cli("eval", model, "--format", "json", "-q", "-o", preds, "--top-k", "2", "--precision", "fp32")
     assert result.exit_code == 0, result.stderr
     doc = result.json()["models"][0]
     rows = list(csv.DictReader(preds.open()))
@@ -109,12 +109,12 @@ def test_eval_json_equals_scikit_learn_on_its_own_predictions(cli, trained, tmp_
 
 
 def test_predictions_to_stdout_move_tables_to_stderr(cli, trained):
-    result = cli("eval", trained[0], "--predictions", "-")
+    result = cli("eval", trained[0], "-o", "-")
     assert result.exit_code == 0, result.stderr
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert len(rows) == 359 and rows[0]["label_name"] in [str(i) for i in range(10)]
     assert "accuracy" in result.stderr and "Per class" in result.stderr
-    quiet = cli("eval", trained[0], "--predictions", "-", "-q")
+    quiet = cli("eval", trained[0], "-o", "-", "-q")
     assert quiet.exit_code == 0 and quiet.stdout == result.stdout and quiet.stderr == ""
 
 

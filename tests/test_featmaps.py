@@ -86,7 +86,7 @@ def test_cli_list_layers_json_figure_and_saved_tensors(checkpoint, tmp_path):
     result = runner.invoke(app, ["featmaps", str(checkpoint), "--list-layers", "--format", "json"], prog_name="cnntools")
     assert result.exit_code == 0, result.output
     layers = {r["layer"]: r for r in json.loads(result.stdout)["layers"]}
-    assert layers["features.0"]["output_shape"] == "32×32×32" and layers["features.6"]["output_shape"] == "128×8×8"
+    assert layers["features.0"]["output_shape"] == [32, 32, 32] and layers["features.6"]["output_shape"] == [128, 8, 8]
 
     png, saved = tmp_path / "fm.png", tmp_path / "acts.safetensors"
     result = runner.invoke(

@@ -90,7 +90,7 @@ def test_cli_kernels_and_top_images(checkpoint, tmp_path):
     assert doc["layer"] == "features.0" and doc["weight_shape"] == [32, 3, 3, 3] and len(doc["filters"]) == 32
     assert kern.stat().st_size > 10_000
 
-    args = ["filters", str(checkpoint), "-l", "features.6", "-k", "4", "-f", "0,3", "--score", "max",
+    args = ["filters", str(checkpoint), "-l", "features.6", "--top-k", "4", "-f", "0,3", "--score", "max",
             "--crop-rf", "--top-output", str(top), "--format", "json", "--device", "cpu"]
     result = runner.invoke(app, args, prog_name="cnntools")
     assert result.exit_code == 0, result.output
@@ -124,10 +124,10 @@ def test_dead_filter_is_named_and_bad_filter_indices_fail_before_ranking(checkpo
         lm.model.features[0].bias[2] = -1e4  # filter 2 can never pass its ReLU
     dead = tmp_path / "dead.safetensors"
     save_checkpoint(str(dead), lm.model, read_checkpoint(str(checkpoint))[1])
-    result = runner.invoke(app, ["filters", str(dead), "-k", "2", "-f", "1,2", "--format", "json", "--device", "cpu"],
+    result = runner.invoke(app, ["filters", str(dead), "--top-k", "2", "-f", "1,2", "--format", "json", "--device", "cpu"],
                            prog_name="cnntools")
     assert result.exit_code == 0, result.output
     assert "filter 2 of features.0 never activates" in result.stderr and "filter 1 " not in result.stderr
     assert json.loads(result.stdout)["top"][1]["scores"] == [0.0, 0.0]
-    result = runner.invoke(app, ["filters", str(checkpoint), "-k", "2", "-f", "40"], prog_name="cnntools")
+    result = runner.invoke(app, ["filters", str(checkpoint), "--top-k", "2", "-f", "40"], prog_name="cnntools")
     assert result.exit_code == 1 and "has 32 filters" in result.stderr and "Ranking" not in result.stderr

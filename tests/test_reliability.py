@@ -197,7 +197,7 @@ def test_closed_and_full_stdout_are_one_error_line(tmp_path):
 def test_output_to_dev_stdout_is_stdout(tmp_path, checkpoint):
     # /dev/stdout is this process's own stdout (a pipe here): written like `-`, the summary moves to stderr
     python = shlex.quote(sys.executable)
-    proc = _shell(f"{python} -m cnntools eval {checkpoint} --data fake:6,size=8,channels=1 --predictions /dev/stdout "
+    proc = _shell(f"{python} -m cnntools eval {checkpoint} --data fake:6,size=8,channels=1 -o /dev/stdout "
                   "--format json | cat", tmp_path)
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.DictReader(io.StringIO(proc.stdout)))
@@ -316,7 +316,7 @@ def test_table_rows_stay_one_line_each_csv_and_json_keep_values():
     back = list(csv.DictReader(io.StringIO(output.csv_text(rows))))
     assert [r["class"] for r in back] == [r["class"] for r in rows]
     stream = io.StringIO()
-    output.print_json({"rows": rows}, stream=stream)
+    output.print_json({"rows": rows}, schema="eval", stream=stream)
     assert json.loads(stream.getvalue())["rows"] == rows
 
 

@@ -190,7 +190,7 @@ def test_cli_on_fake_patch_checkpoint(checkpoint, tmp_path):
         png = tmp_path / f"{method}.png"
         figure = ["-o", str(png)] if method == "gradcam" else []
         result = invoke(["saliency", checkpoint, "-m", method, "-i", "0-15", "--format", "json", "--device", "cpu",
-                         "--save-maps", str(maps_file), *figure])
+                         "--save", str(maps_file), *figure])
         assert result.exit_code == 0, result.output
         doc = json.loads(result.stdout)
         assert len(doc["images"]) == 16
@@ -256,7 +256,7 @@ def test_auto_layer_is_the_rectified_last_conv_so_confident_maps_are_not_blank(t
 
     checkpoint = cached_checkpoint("digits")
     maps_file = tmp_path / "maps.safetensors"
-    result = invoke(["saliency", checkpoint, "-i", "0-31", "--format", "json", "--device", "cpu", "--save-maps", str(maps_file)])
+    result = invoke(["saliency", checkpoint, "-i", "0-31", "--format", "json", "--device", "cpu", "--save", str(maps_file)])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["models"][0]["layer"] == "features.7"  # the ReLU after the last conv
     from safetensors.torch import load_file

@@ -1,6 +1,6 @@
 """`cnntools tsne` and cnntools.interpret.tsne: measures against NumPy brute force and scikit-learn.
 
-The CLI runs on digits' test split (359 images) with small --n to stay fast; one run with
+The CLI runs on digits' test split (359 images) with small -n to stay fast; one run with
 plot, embedding CSV and JSON is shared by several tests.
 """
 
@@ -150,7 +150,7 @@ def pixels_run(tmp_path_factory):
     plot, emb = folder / "pixels.png", folder / "emb.csv"
     runner = CliRunner(env={"NO_COLOR": "1"})
     result = runner.invoke(
-        app, ["tsne", "--n", "200", "--plot", str(plot), "--embedding", str(emb), "--format", "json", "--top-pairs", "4"],
+        app, ["tsne", "-n", "200", "-o", str(plot), "--embedding", str(emb), "--format", "json", "--top-pairs", "4"],
         prog_name="cnntools",
     )
     assert result.exit_code == 0, result.stderr
@@ -214,7 +214,7 @@ def test_figure_is_written_and_not_blank(pixels_run):
 
 
 def test_embedding_dash_owns_stdout(cli):
-    result = cli("tsne", "--n", "120", "--embedding", "-", "--top-pairs", "2")
+    result = cli("tsne", "-n", "120", "--embedding", "-", "--top-pairs", "2")
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert lines[0] == "index,label,label_name,x,y" and len(lines) == 121
@@ -222,7 +222,7 @@ def test_embedding_dash_owns_stdout(cli):
 
 
 def test_csv_format_is_every_pair(cli):
-    result = cli("tsne", "--n", "120", "--format", "csv", "-q", "--method", "sklearn")
+    result = cli("tsne", "-n", "120", "--format", "csv", "-q", "--method", "sklearn")
     assert result.exit_code == 0, result.stderr
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert len(rows) == 45 and rows[0]["rank"] == "1"
@@ -240,7 +240,7 @@ def digits_checkpoint(tmp_path_factory):
 
 def test_checkpoint_features_separate_better_than_raw_pixels(cli, digits_checkpoint):
     ckpt = digits_checkpoint
-    args = ["--n", "300", "--format", "json", "-q"]
+    args = ["-n", "300", "--format", "json", "-q"]
     feats = cli("tsne", "--checkpoint", ckpt, *args)
     assert feats.exit_code == 0, feats.stderr
     pixels = cli("tsne", *args)
@@ -256,15 +256,15 @@ def test_checkpoint_features_separate_better_than_raw_pixels(cli, digits_checkpo
 
 
 def test_bad_inputs(cli, tmp_path, digits_checkpoint):
-    result = cli("tsne", "--checkpoint", digits_checkpoint, "--layer", "nope", "--n", "50")
+    result = cli("tsne", "--checkpoint", digits_checkpoint, "--layer", "nope", "-n", "50")
     assert result.exit_code == 1 and result.stderr.startswith("Error: no layer named 'nope'")
     result = cli("tsne", "--layer", "fc")
     assert result.exit_code == 1 and "--layer needs --checkpoint" in result.stderr
-    result = cli("tsne", "--n", "20", "--perplexity", "30")
+    result = cli("tsne", "-n", "20", "--perplexity", "30")
     assert result.exit_code == 1 and "perplexity" in result.stderr
-    result = cli("tsne", "--plot", str(tmp_path / "plot.jpg"))
+    result = cli("tsne", "-o", str(tmp_path / "plot.jpg"))
     assert result.exit_code == 1 and ".png, .svg or .pdf" in result.stderr
     # more points asked for than the split has: all of them, said on stderr
-    result = cli("tsne", "--n", "5000", "--format", "json")
+    result = cli("tsne", "-n", "5000", "--format", "json")
     assert result.exit_code == 0, result.stderr
-    assert result.json()["summary"]["points"] == 359 and "fewer than --n 5000" in result.stderr
+    assert result.json()["summary"]["points"] == 359 and "fewer than -n 5000" in result.stderr

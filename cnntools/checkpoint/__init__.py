@@ -40,7 +40,7 @@ from cnntools.checkpoint.metadata import FORMAT, FORMAT_VERSION, CheckpointMeta,
 
 # Loading a model needs torch; reading and validating a file's header does not, so these are
 # imported on first use (PEP 562) and `cnntools.checkpoint` itself stays torch-free.
-_MODEL_LOADING = ("TORCHVISION_PREFIX", "LoadedModel", "build_model", "check_weights", "load_model")
+_MODEL_LOADING = ("TORCHVISION_PREFIX", "LoadedModel", "build_model", "check_weights", "load_model", "model_code")
 
 
 def __getattr__(name: str):
@@ -67,6 +67,7 @@ __all__ = [
     "checkpoint_bytes",
     "clean_state_dict",
     "load_model",
+    "model_code",
     "model_state",
     "pack",
     "read_checkpoint",

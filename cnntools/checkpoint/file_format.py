@@ -96,9 +96,13 @@ def checkpoint_bytes(model, meta: CheckpointMeta | dict, resume: dict | None = N
     """The checkpoint as bytes: weights + JSON metadata (+ packed resume state).
 
     `meta` is a `CheckpointMeta`; a plain dict is written as given (key → JSON value), which
-    is how tests and tools craft files no writer of ours would produce.
+    is how tests and tools craft files no writer of ours would produce. Either way the file
+    records `written_by`, the versions of the program writing it (a resumed run: its latest).
     """
+    import torch
     from safetensors.torch import save
+
+    from cnntools import __version__
 
     tensors = clean_state_dict(unwrap_model(model).state_dict())
     if isinstance(meta, CheckpointMeta):
@@ -108,6 +112,8 @@ def checkpoint_bytes(model, meta: CheckpointMeta | dict, resume: dict | None = N
         metadata.update({key: json.dumps(to_jsonable(value), allow_nan=False)
                          for key, value in meta.items() if key not in ("format", "format_version")})
     metadata.pop("resume", None)
+    if isinstance(meta, CheckpointMeta) or "written_by" not in meta:
+        metadata["written_by"] = json.dumps({"cnntools": __version__, "torch": torch.__version__})
     if resume is not None:
         resume_tensors: dict = {}
         packed = pack(resume, RESUME_PREFIX.rstrip("/"), resume_tensors)
@@ -292,6 +298,40 @@ def read_checkpoint(path: str, data: bytes | None = None) -> tuple[dict, Checkpo
     except Exception as error:  # noqa: BLE001 - safetensors' own error, as one line
         raise CnnError(f"{name}: unreadable safetensors data ({error})") from None
     return tensors, meta
+
+
+def read_header(path: str) -> tuple[dict, int, int]:
+    """(header, header bytes, file bytes) of a safetensors file, validated, without torch
+    (`-`: stdin, read to its end). Header bytes count the 8-byte length prefix.
+
+    From a file only the header is read; the tensor entries are still checked against the
+    file's size, so a truncated or padded file is refused as `read_checkpoint` refuses it.
+    """
+    import os
+
+    if path == files.STDIO:
+        data, header = _read_validated(path)
+        return header, 8 + struct.unpack("<Q", data[:8])[0], len(data)
+    name = files.display_name(path)
+    with files.open_binary(path) as stream:
+        try:
+            size = os.fstat(stream.fileno()).st_size
+            start = stream.read(9)
+            header_len = _header_length(start, size, name)
+            raw = start[8:] + stream.read(header_len - 1)
+        except OSError as error:
+            raise CnnError(f"{name}: cannot read ({error.strerror or error})") from None
+    if len(raw) < header_len:
+        raise CnnError(f"{name}: truncated safetensors file (the header needs {header_len + 8} bytes)")
+    header = _decode_header(raw, name)
+    _check_tensors(header, size - 8 - header_len, name)
+    return header, 8 + header_len, size
+
+
+def decode_metadata(header: dict, name: str) -> dict:
+    """The cnntools metadata of a safetensors header, validated (CheckpointMeta), as its JSON
+    document: key → value, unknown keys (`written_by`, a newer writer's) included."""
+    return CheckpointMeta.from_header(header.get("__metadata__") or {}, name).to_json()
 
 
 def read_metadata(path: str) -> CheckpointMeta:

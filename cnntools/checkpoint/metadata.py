@@ -17,6 +17,9 @@ In the file, safetensors' string-to-string metadata holds one JSON value per key
     steps             step records: the training loss every --print-every updates, --val-every validations
     label             the run's name in figures and tables (train --label, or derived from its options)
     resume            (resumable files only) JSON part of the training state
+    arch_args         (your own model, timm) constructor arguments given with --arch-args
+    code              (your own model) {"reference", "kind", "name", "path", "path_given",
+                      "module", "sha256", "args"}: where the code is, never the code itself
 
 A checkpoint comes from anywhere, so every value is checked here for its type, its range
 and its agreement with the others; the weights are then checked against the architecture
@@ -102,6 +105,8 @@ class CheckpointMeta:
     steps: list[dict] = field(default_factory=list)
     label: str | None = None
     resume: dict | None = None  # packed JSON part of the resume state (see file_format)
+    arch_args: dict | None = None  # --arch-args of your own model or timm:NAME
+    code: dict | None = None  # where your own model's code is (reference, sha256, ...), never the code
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
     extra: dict = field(default_factory=dict)
@@ -146,6 +151,10 @@ class CheckpointMeta:
             doc["label"] = self.label
         if self.resume is not None:
             doc["resume"] = self.resume
+        if self.arch_args:
+            doc["arch_args"] = self.arch_args
+        if self.code is not None:
+            doc["code"] = self.code
         return doc
 
     def to_header(self) -> dict[str, str]:
@@ -215,11 +224,18 @@ class CheckpointMeta:
         resume = doc.get("resume")
         if resume is not None and not isinstance(resume, dict):
             raise _malformed(name, "resume", "an object")
+        arch_args = doc.get("arch_args")
+        if arch_args is not None and not isinstance(arch_args, dict):
+            raise _malformed(name, "arch_args", "an object (constructor arguments)")
+        code = doc.get("code")
+        if code is not None and not (isinstance(code, dict) and isinstance(code.get("reference"), str)):
+            raise _malformed(name, "code", "an object with the code reference")
         known = {f.name for f in fields(cls)} | {"image_size", "in_channels"}
         return cls(
             arch=arch, classes=list(classes), mean=mean, std=std, data=data,
             train_config=dict(doc.get("train_config") or {}), metrics=dict(doc.get("metrics") or {}),
-            history=[dict(r) for r in history], steps=[dict(r) for r in steps], label=label, resume=resume, format=str(doc.get("format", FORMAT)),
+            history=[dict(r) for r in history], steps=[dict(r) for r in steps], label=label, resume=resume,
+            arch_args=dict(arch_args) if arch_args else None, code=dict(code) if code is not None else None, format=str(doc.get("format", FORMAT)),
             format_version=version, extra={k: v for k, v in doc.items() if k not in known},
         )
 

@@ -16,10 +16,12 @@ from cnntools.output import CnnError, first_line
 TORCHVISION_PREFIX = "torchvision:"
 
 
-def build_model(meta: CheckpointMeta, name: str = "checkpoint", device=None):
+def build_model(meta: CheckpointMeta, name: str = "checkpoint", device=None, trust_code: bool = False, code=None):
     """An untrained model of the architecture and config a checkpoint's metadata names.
 
-    `device="meta"` builds it without allocating memory (to compare shapes first).
+    `device="meta"` builds it without allocating memory (to compare shapes first). A model
+    defined by the user's code runs that code only with `trust_code` (see
+    `cnntools.models.user_code`); `code` is the result of `model_code` when the caller has it.
     """
     from cnntools.models import create_model
 
@@ -28,15 +30,35 @@ def build_model(meta: CheckpointMeta, name: str = "checkpoint", device=None):
     config.pop("pretrained", None)  # the weights come from the file, never from the hub
     if not arch:
         raise CnnError(f"{name}: cnntools metadata names no architecture")
+    if code is None:
+        code = model_code(meta, name, trust_code)
     try:
         if device is not None:
             with torch.device(device):
-                return create_model(arch, **config)
-        return create_model(arch, **config)
+                return create_model(arch, **config, arch_args=meta.arch_args, code=code)
+        return create_model(arch, **config, arch_args=meta.arch_args, code=code)
     except CnnError as error:
         raise CnnError(f"{name}: {error}") from None
     except (TypeError, ValueError, RuntimeError) as error:
         raise CnnError(f"{name}: architecture config {config} does not fit {arch} ({error})") from None
+
+
+def model_code(meta: CheckpointMeta, name: str = "checkpoint", trust_code: bool = False):
+    """(CodeReference, source) of a model defined by the user's code, checked; None for the others.
+
+    Without `trust_code` such a checkpoint is refused with one line naming the file and the
+    flag; a code reference without its `code` record is refused outright, so metadata alone
+    can never name a file to run.
+    """
+    from cnntools.models import user_code
+
+    arch = meta.arch_name
+    if not user_code.is_code_reference(arch):
+        return None
+    record = meta.code
+    if not isinstance(record, dict) or record.get("reference") != arch:
+        raise CnnError(f"{name}: the architecture {arch} refers to code but the checkpoint holds no matching code record")
+    return user_code.from_record(record, trust_code, name)
 
 
 @dataclass
@@ -55,6 +77,7 @@ class LoadedModel:
     device: Any = None
     source: str = ""
     resize_size: int | None = None  # torchvision: shorter side resized to this, then centre-cropped
+    interpolation: str = "bilinear"  # of that resize (timm's data config may say bicubic)
     state: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -74,7 +97,7 @@ class LoadedModel:
 
         images = _fit_channels(images, self.in_channels, convert_channels)
         if self.resize_size is not None:
-            return _resize_crop(images, self.resize_size, self.image_size)
+            return _resize_crop(images, self.resize_size, self.image_size, self.interpolation)
         if tuple(images.shape[2:]) != (self.image_size, self.image_size):
             images = resize_uint8(images, self.image_size)
         return images
@@ -139,7 +162,7 @@ def _fit_channels(images, channels, convert_channels):
     return convert_channels(images, channels)
 
 
-def _resize_crop(images: torch.Tensor, resize: int, crop: int) -> torch.Tensor:
+def _resize_crop(images: torch.Tensor, resize: int, crop: int, interpolation: str = "bilinear") -> torch.Tensor:
     """torchvision's ImageNet preprocessing on uint8 tensors: shorter side to `resize`, centre crop."""
     import torch.nn.functional as F
 
@@ -150,26 +173,35 @@ def _resize_crop(images: torch.Tensor, resize: int, crop: int) -> torch.Tensor:
         nh, nw = max(1, round(h * resize / w)), resize
     out = []
     for chunk in images.split(256):
-        x = F.interpolate(chunk.float(), size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+        mode = interpolation if interpolation in ("bilinear", "bicubic") else "bilinear"
+        x = F.interpolate(chunk.float(), size=(nh, nw), mode=mode, align_corners=False, antialias=True)
         top, left = (nh - crop) // 2, (nw - crop) // 2
         out.append(x[:, :, top : top + crop, left : left + crop].round_().clamp_(0, 255).to(torch.uint8))
     return torch.cat(out) if out else images.new_empty((0, images.shape[1], crop, crop))
 
 
-def load_model(spec: str, device="cpu", data: bytes | None = None) -> LoadedModel:
-    """A model from a cnntools checkpoint (path or `-` for stdin) or `torchvision:NAME`.
+def load_model(spec: str, device="cpu", data: bytes | None = None, trust_code: bool = False,
+               download: bool = False) -> LoadedModel:
+    """A model from a cnntools checkpoint (path or `-` for stdin), `torchvision:NAME` or `timm:NAME`.
 
     The model comes back in eval mode on `device` (a torch.device or a string). `data`: the
     checkpoint's bytes when they were read already (`spec` then only names them).
+    `trust_code`: run the user's code a checkpoint refers to (--trust-code). `download`:
+    timm may fetch its pretrained weights from the network.
     """
     device = torch.device(device) if not isinstance(device, torch.device) else device
     if spec.startswith(TORCHVISION_PREFIX):
         return _load_torchvision(spec[len(TORCHVISION_PREFIX):], device)
+    if spec.startswith("timm:"):
+        from cnntools.models.timm_models import load_pretrained_model
+
+        return load_pretrained_model(spec[len("timm:"):], device, download)
     name = files.display_name(spec)
     tensors, meta = read_checkpoint(spec, data)
     weights = model_state(tensors)
-    check_weights(meta, weights, name)
-    model = build_model(meta, name)
+    code = model_code(meta, name, trust_code)
+    check_weights(meta, weights, name, code=code)
+    model = build_model(meta, name, code=code)
     try:
         model.load_state_dict(weights)
     except RuntimeError as error:
@@ -192,13 +224,13 @@ def load_model(spec: str, device="cpu", data: bytes | None = None) -> LoadedMode
     )
 
 
-def check_weights(meta: CheckpointMeta, weights: dict, name: str = "checkpoint") -> None:
+def check_weights(meta: CheckpointMeta, weights: dict, name: str = "checkpoint", trust_code: bool = False, code=None) -> None:
     """The weights' names and shapes must be exactly those of the architecture the metadata names.
 
     The model is built on the meta device for this, so metadata naming a huge model
     allocates nothing.
     """
-    expected = build_model(meta, name, device="meta").state_dict()
+    expected = build_model(meta, name, device="meta", trust_code=trust_code, code=code).state_dict()
     missing, unexpected = _compare_keys(expected, weights)
     if missing or unexpected:
         raise CnnError(
@@ -267,7 +299,7 @@ def _load_torchvision(name: str, device) -> LoadedModel:
     )
 
 
-def load_architecture(spec: str, device="cpu") -> tuple[Any, int, int]:
+def load_architecture(spec: str, device="cpu", trust_code: bool = False) -> tuple[Any, int, int]:
     """(untrained model in eval mode, input channels, input size) of a checkpoint or
     `torchvision:NAME`, for questions about the architecture alone (`--list-layers`):
     torchvision's weight file is never needed, and a checkpoint's weights are not loaded."""
@@ -284,6 +316,10 @@ def load_architecture(spec: str, device="cpu") -> tuple[Any, int, int]:
                  "inception_v3": {"aux_logits": False, "init_weights": False}}.get(name, {})
         model = tvm.get_model(name, weights=None, **extra)
         return no_inplace(model).to(device).eval(), 3, int(weights.transforms().crop_size[0])
+    if spec.startswith("timm:"):
+        from cnntools.models.timm_models import architecture
+
+        return architecture(spec[len("timm:"):], device)
     _, meta = read_checkpoint(spec)
-    model = build_model(meta, files.display_name(spec)).to(device).eval()
+    model = build_model(meta, files.display_name(spec), trust_code=trust_code).to(device).eval()
     return model, meta.in_channels, meta.image_size

@@ -25,20 +25,21 @@ def _sniff(path: str) -> bytes:
         return b""  # the CSV reader reports what is wrong with the file
 
 
-def _from_checkpoint(source, data, data_dir, split, batch_size, device, precision):
+def _from_checkpoint(source, data, data_dir, split, download, batch_size, device, precision, seed, trust_code=False):
     import numpy as np
 
     from cnntools.checkpoint import load_model
     from cnntools.inference import predict
-    from cnntools.runtime import resolve_device, resolve_precision
+    from cnntools.runtime import resolve_device, resolve_precision, seed_everything
 
+    seed_everything(seed)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     if isinstance(source, bytes):  # a checkpoint that arrived on stdin
-        lm = load_model("-", dev, data=source)
+        lm = load_model("-", dev, data=source, trust_code=trust_code)
     else:
-        lm = load_model(source, dev)
-    imageset = lm.load_split(split, data_override=data, data_dir=data_dir)
+        lm = load_model(source, dev, trust_code=trust_code)
+    imageset = lm.load_split(split, data_override=data, data_dir=data_dir, download=download)
     output.info(f"Running {lm.label} on {imageset.spec}:{imageset.split} ({len(imageset)} images)")
     logits, labels = predict(lm, imageset, batch_size, dev, prec)
     preds = logits.argmax(1).numpy().astype(np.int64)
@@ -62,36 +63,39 @@ def _from_predictions(text, source):
 
 
 def main(
-    source: Annotated[str, typer.Argument(help="Checkpoint (.safetensors, torchvision:NAME) or predictions CSV; - for stdin.")],
+    source: Annotated[str, typer.Argument(metavar="SOURCE", help="Checkpoint (.safetensors, torchvision:NAME) or predictions CSV; - for stdin.")],
     normalize: Annotated[
         Literal["none", "true", "pred", "all"],
         typer.Option("--normalize", help="none (counts), true (rows sum to 1), pred (columns sum to 1), all."),
     ] = "none",
-    most_confused: Annotated[int, typer.Option("--most-confused", "-k", min=0, help="List the K most confused (true, predicted) pairs.")] = 5,
+    most_confused: Annotated[int, typer.Option("--most-confused", metavar="N", min=0, help="List the N most confused (true, predicted) pairs.")] = 5,
     examples: Annotated[int, typer.Option("--examples", min=0, help="Example image indices listed per confused pair.")] = 5,
-    plot: Annotated[Optional[str], typer.Option("--plot", help="Write the labelled heatmap here (PNG, SVG or PDF).")] = None,
-    data: Annotated[Optional[str], typer.Option("--data", help="Dataset to run a checkpoint on (default: the one it was trained on).")] = None,
+    plot: options.Output = None,
+    data: options.Data = None,
     data_dir: options.DataDir = None,
     split: options.Split = "test",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass (checkpoint mode).")] = 256,
+    download: options.Download = False,
+    batch_size: options.BatchSize = 256,
     device: options.Device = "auto",
     threads: options.Threads = None,
     precision: options.Precision = "auto",
+    seed: options.Seed = 0,
     fmt: options.Format = "table",
     quiet: options.Quiet = False,
+    trust_code: options.TrustCode = False,
     debug: options.Debug = False,
 ) -> None:
     """Confusion matrix of a checkpoint on a split, or of a predictions CSV, with the most confused pairs.
 
     SOURCE is a checkpoint (runs the model on --split) or the predictions CSV that `cnntools eval
-    --predictions` writes (`-` reads either from stdin; no model is run again). Rows are true
+    -o FILE` writes (`-` reads either from stdin; no model is run again). Rows are true
     classes, columns predicted classes; --normalize follows scikit-learn (true: rows sum to 1,
-    pred: columns sum to 1, all: the whole matrix sums to 1).
+    pred: columns sum to 1, all: the whole matrix sums to 1). -o writes the labelled heatmap.
 
     \b
     Examples:
-      cnntools confusion model.safetensors --plot confusion.png
-      cnntools eval model.safetensors --predictions - | cnntools confusion - --normalize true
+      cnntools confusion model.safetensors -o confusion.png
+      cnntools eval model.safetensors -o - | cnntools confusion - --normalize true
       cnntools confusion predictions.csv --most-confused 10 --format json
     """
     output.configure(quiet=quiet, debug=debug)
@@ -103,14 +107,14 @@ def main(
 
     if plot:
         files.figure_format(plot)
-    is_model = source.startswith("torchvision:") or source.lower().endswith((".safetensors", ".pt", ".pth", ".pkl", ".ckpt")) or (
+    is_model = source.startswith(("torchvision:", "timm:")) or source.lower().endswith((".safetensors", ".pt", ".pth", ".pkl", ".ckpt")) or (
         source != "-" and _is_model_file(_sniff(source))
     )
     if source == "-":
         raw = files.read_bytes("-")
         if _is_model_file(raw):
             labels, preds, classes, index, paths, origin = _from_checkpoint(
-                raw, data, data_dir, split, batch_size, device, precision
+                raw, data, data_dir, split, download, batch_size, device, precision, seed, trust_code
             )
         else:
             try:
@@ -120,7 +124,7 @@ def main(
             labels, preds, classes, index, paths, origin = _from_predictions(text, "stdin")
     elif is_model:
         labels, preds, classes, index, paths, origin = _from_checkpoint(
-            source, data, data_dir, split, batch_size, device, precision
+            source, data, data_dir, split, download, batch_size, device, precision, seed, trust_code
         )
     else:
         labels, preds, classes, index, paths, origin = _from_predictions(files.read_text(source), source)
@@ -187,15 +191,15 @@ def main(
             output.print_table(
                 [
                     {
-                        "true": p["true_name"],
-                        "predicted": p["pred_name"],
+                        "true_name": p["true_name"],
+                        "pred_name": p["pred_name"],
                         "count": p["count"],
-                        "share of true": p["share_of_true"],
-                        "examples": " ".join(str(e) for e in p["examples"]),
+                        "share_of_true": p["share_of_true"],
+                        "examples": p["examples"],
                     }
                     for p in pairs
                 ],
                 title="Most confused pairs",
             )
 
-    output.emit(doc, fmt, rows=rows, columns=columns, render_table=render)
+    output.emit(doc, fmt, schema="confusion", rows=rows, columns=columns, render_table=render)

@@ -46,11 +46,11 @@ def main(
         Optional[int], typer.Option("--out-channels", metavar="N", help="Single layer: output channels.")
     ] = None,
     layers: Annotated[
-        Optional[str], typer.Option("--layers", "-l", metavar="SPEC", help="A chain of layers. " + LAYER_SPEC_HELP)
+        Optional[str], typer.Option("--layers", metavar="SPEC", help="A chain of layers. " + LAYER_SPEC_HELP)
     ] = None,
     input_matrix: Annotated[
         Optional[str],
-        typer.Option("--input", "-i", metavar="MATRIX", help="Kernel mode: the input matrix, inline ('1 0; 0 1'), a CSV/JSON file or -."),
+        typer.Option("--input", metavar="MATRIX", help="Kernel mode: the input matrix, inline ('1 0; 0 1'), a CSV/JSON file or -."),
     ] = None,
     bias: Annotated[
         Optional[list[float]],
@@ -220,7 +220,7 @@ def _formula_mode(in_size, kernel, stride, padding, dilation, layer_type, ceil_m
         if total is not None and len(rows) > 1:
             output.write_data(f"total parameters: {total:,}\n")
 
-    output.emit(doc, fmt, rows=csv_rows, render_table=render)
+    output.emit(doc, fmt, schema="conv-calc", rows=csv_rows, render_table=render)
 
 
 def _kernel_mode(input_matrix, kernel_args, bias_args, stride, padding, dilation, activation, explain,
@@ -264,7 +264,7 @@ def _kernel_mode(input_matrix, kernel_args, bias_args, stride, padding, dilation
                 ]
                 for cells in results
             ]
-        output.print_json(doc)
+        output.print_json(doc, schema="conv-calc.kernel")
         return
     if fmt == "csv":
         rows = [

@@ -22,7 +22,7 @@ def main(
     out: options.Output = None,
     label: Annotated[
         Optional[List[str]],
-        typer.Option("--label", "-l", help="Name the runs in order (repeat the flag); default: the checkpoint's label, "
+        typer.Option("--label", help="Name the runs in order (repeat the flag); default: the checkpoint's label, "
                      "or a history file's name."),
     ] = None,
     steps: Annotated[bool, typer.Option("--steps", help="Also list the step records (per-step losses, --val-every) in the table/CSV.")] = False,
@@ -73,12 +73,11 @@ def main(
     shown = records if steps else [r for r in records if r["kind"] == "epoch"]
     present = [c for c in COLUMNS if any(r.get(c) is not None for r in shown)]
     doc = {
-        "schema": "cnntools.curves/1",
         "runs": [{"label": r.label, "source": r.source, "best_epoch": r.best_epoch, "epochs": len(r.epochs),
                   "step_records": len(r.steps), "data": r.data} for r in loaded],
         "records": records,
     }
-    output.emit(doc, fmt, rows=shown, columns=present, title=_table_title(loaded))
+    output.emit(doc, fmt, schema="curves", rows=shown, columns=present, title=_table_title(loaded))
 
 
 def _read_run(path: str, label: str | None):

@@ -53,7 +53,7 @@ def main(
     ] = None,
     grid: Annotated[Optional[str], typer.Option("--grid", help="Write a labelled grid of sample images (PNG, SVG, PDF).")] = None,
     grid_split: Annotated[options.SplitChoice, typer.Option("--grid-split", help="Split the grid and preview draw from.")] = "train",
-    per_class: Annotated[int, typer.Option("--per-class", min=1, max=32, help="Grid images per class.")] = 8,
+    per_class: Annotated[int, typer.Option("--grid-per-class", metavar="N", min=1, max=32, help="Grid images per class.")] = 8,
     augment_preview: Annotated[
         Optional[str], typer.Option("--augment-preview", help="Write originals next to augmented versions (PNG, SVG, PDF).")
     ] = None,
@@ -138,7 +138,9 @@ def main(
          "class_weight": doc["class_weights"][name]}
         for name in doc["classes"]
     ]
-    output.emit(doc, fmt, rows=rows, columns=["class", *split_names, "class_weight"],
+    # CSV is long (one row per number, named by its path in the JSON document): a wide
+    # table cannot hold the per-split counts, the per-channel statistics and the sizes at once.
+    output.emit(doc, fmt, schema="dataset-stats", rows=output.long_rows(doc), columns=["field", "value"],
                 render_table=lambda: _render_tables(doc, rows, split_names))
 
 
@@ -177,8 +179,7 @@ def _render_tables(doc: dict, rows: list[dict], split_names: list[str]) -> None:
             overview.append({"property": key.replace("_", " "), "value": doc[key]})
     print_table(overview, ["property", "value"], title="Dataset")
     stream.write("\n")
-    print_table(rows, ["class", *split_names, "class_weight"], title="Class counts",
-                headers={"class_weight": "balanced weight"})
+    print_table(rows, ["class", *split_names, "class_weight"], title="Class counts (class_weight: balanced)")
     if folder:
         stream.write("\n")
         size_rows = [

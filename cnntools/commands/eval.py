@@ -7,48 +7,44 @@ from typing import Annotated, List, Optional
 import typer
 
 from cnntools import options, output, runtime
+from cnntools.completion import complete_model
 from cnntools.runs import distinct_labels
 
 LOGITS_PLOT_IMAGES = 16  # --logits-plot panels at most (a folder could hold thousands)
 
 
 def main(
-    models: Annotated[List[str], typer.Argument(help="Checkpoints (FILE.safetensors, - for stdin) or torchvision:NAME.", show_default=False, metavar="MODEL")],
-    data: Annotated[Optional[str], typer.Option("--data", help="Evaluate on this dataset instead of the checkpoint's own.")] = None,
+    models: Annotated[List[str], typer.Argument(help="Checkpoints (FILE.safetensors, - for stdin) or torchvision:NAME.", show_default=False, metavar="MODEL", autocompletion=complete_model)],
+    data: options.Data = None,
     data_dir: options.DataDir = None,
     split: options.Split = "test",
     download: options.Download = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 256,
-    top_k: Annotated[int, typer.Option("--top-k", help="Also report top-k accuracy (and k classes per --image).")] = 5,
-    per_class: Annotated[bool, typer.Option("--per-class/--no-per-class", help="Show the per-class table.")] = True,
-    predictions: Annotated[
-        Optional[str], typer.Option("--predictions", help="Write one CSV row per image to FILE (with --image: one per image and "
-                                    "rank, or JSON for FILE.json; - for stdout, tables then go to stderr).")
-    ] = None,
+    batch_size: options.BatchSize = 256,
+    top_k: options.TopK = 5,
+    per_class: options.PerClass = True,
+    predictions: options.Output = None,
     logits: Annotated[
-        bool, typer.Option("--logits", help="Add the raw outputs to --predictions: one column logit_CLASS per class.")
+        bool, typer.Option("--logits", rich_help_panel=options.PANEL_OUTPUT, help="Add the raw outputs to the -o predictions CSV: one column logit_CLASS per class.")
     ] = False,
-    logits_hist: Annotated[Optional[str], typer.Option("--logits-hist", help="Histogram of the raw outputs (PNG, SVG or PDF).")] = None,
+    logits_hist: Annotated[Optional[str], typer.Option("--logits-hist", rich_help_panel=options.PANEL_OUTPUT, metavar="FILE", help="Histogram of the raw outputs (PNG, SVG or PDF).")] = None,
     log_count: Annotated[
-        bool, typer.Option("--log-count", help="--logits-hist: counts on a logarithmic axis (a ReLU output's spike at 0 "
+        bool, typer.Option("--log-count", rich_help_panel=options.PANEL_OUTPUT, help="--logits-hist: counts on a logarithmic axis (a ReLU output's spike at 0 "
                            "hides the rest otherwise).")
     ] = False,
     logits_plot: Annotated[
         Optional[str],
-        typer.Option("--logits-plot", help="Per-class bars of every model's raw outputs for the same images: the --image "
+        typer.Option("--logits-plot", rich_help_panel=options.PANEL_OUTPUT, metavar="FILE", help="Per-class bars of every model's raw outputs for the same images: the --image "
                      "files, or --indices of the split (PNG, SVG or PDF)."),
     ] = None,
     indices: options.Indices = None,
-    image: Annotated[
-        Optional[List[str]],
-        typer.Option("--image", metavar="PATH...", help="Image files or folders (walked recursively, in sorted order), several after one "
-                     "--image or the flag repeated: each image's top-k classes instead of dataset metrics."),
-    ] = None,
+    image: options.Images = None,
     device: options.Device = "auto",
     threads: options.Threads = None,
     precision: options.Precision = "auto",
+    seed: options.Seed = 0,
     fmt: options.Format = "table",
     quiet: options.Quiet = False,
+    trust_code: options.TrustCode = False,
     debug: options.Debug = False,
 ) -> None:
     """Metrics of one or more models on a dataset split, or their top classes for image files.
@@ -58,23 +54,26 @@ def main(
     checkpoint unless --data names another. Reports accuracy, loss, top-k accuracy,
     precision/recall/F1 (scikit-learn's definitions, macro and weighted), per-class accuracy
     and statistics of the raw outputs (min, max, mean, share negative); several models are
-    compared side by side. --predictions writes one CSV row per image (for `cnntools
-    confusion`); --image prints the top classes of image files, or of every image in a folder
-    (recursively, in batches; unreadable files are listed and skipped), instead.
+    compared side by side. -o writes the predictions CSV, one row per image (for `cnntools
+    confusion`; - for stdout, the tables then go to stderr); --image prints the top-k classes
+    of image files, or of every image in a folder (recursively, in batches; unreadable files
+    are listed and skipped), instead of dataset metrics, and -o then writes those rows (CSV,
+    or JSON for FILE.json).
 
     \b
     Examples:
       cnntools eval model.safetensors
       cnntools eval lenet.safetensors simple.safetensors --split test
-      cnntools eval model.safetensors --predictions - | cnntools confusion -
-      cnntools eval model.safetensors --predictions pred.csv --logits
+      cnntools eval model.safetensors -o - | cnntools confusion -
+      cnntools eval model.safetensors -o pred.csv --logits
       cnntools eval none.safetensors relu.safetensors -i 0,1 --logits-plot logits.png
       cnntools eval torchvision:vgg16 --image bird.jpg dog.jpg --top-k 3
-      cnntools eval model.safetensors --image photos/ --predictions predictions.csv   # a folder, recursively
+      cnntools eval model.safetensors --image photos/ -o predictions.csv   # a folder, recursively
     """
     output.configure(quiet=quiet, debug=debug)
     runtime.use_threads(threads)
     models, image = options.split_image_files(models, image)
+    image = options.expand_image_paths(image) if image else image
     if not models:
         raise output.CnnError("name a model: a checkpoint (FILE.safetensors) or torchvision:NAME, before --image")
     from cnntools import files
@@ -88,15 +87,16 @@ def main(
         if figure:
             files.figure_format(figure)
     if logits and not predictions:
-        raise output.CnnError("--logits adds columns to the predictions CSV: name it with --predictions FILE")
+        raise output.CnnError("--logits adds columns to the predictions CSV: name it with -o FILE")
     if indices and image:
         raise output.CnnError("choose images one way: --indices (dataset) or --image (files)")
     files.check_output(predictions)
     if predictions == "-":
         output.claim_stdout()
+    runtime.seed_everything(seed)
     dev = runtime.resolve_device(device)
     prec = runtime.resolve_precision(precision, dev)
-    loaded = [load_model(m, dev) for m in models]
+    loaded = [load_model(m, dev, trust_code=trust_code, download=download) for m in models]
     labels = distinct_labels([lm.label for lm in loaded], [lm.source for lm in loaded])
 
     if image:
@@ -121,7 +121,7 @@ def main(
     if logits_plot:
         shown = _dataset_images(loaded[0], indices or "0-2", data, data_dir, split, download)
         _logits_plot(loaded, labels, shown, logits_plot)
-    _report(results, fmt, per_class, top_k)
+    _report(results, fmt, per_class)
 
 
 PREDICTION_COLUMNS = ["model", "data", "index", "path", "label", "label_name", "pred", "pred_name", "prob", "loss"]
@@ -154,6 +154,7 @@ def _evaluate(lm, label, data, data_dir, split, download, batch_size, top_k, pre
             progress.stop()
     seconds = time.perf_counter() - start
     metrics = classification_metrics(logits, labels, lm.classes, top_k=(top_k,))
+    metrics.pop("count")  # the same number as "images"
     hist[label] = logits.flatten().numpy()
     where = f"{imageset.spec}:{split}"
     if pred_rows is not None:
@@ -205,35 +206,14 @@ def _progress(label: str, total: int):
     return bar
 
 
-def _summary_row(result: dict, top_k: int) -> dict:
-    logits = result["logits"]
-    row = {
-        "model": result["model"],
-        "label": result["label"],
-        "arch": result["arch"],
-        "data": result["data"],
-        "split": result["split"],
-        "images": result["images"],
-        "accuracy": result["accuracy"],
-        "loss": result["loss"],
-        f"top{top_k}": result["top_k"].get(str(top_k)),
-        "precision_macro": result["precision_macro"],
-        "recall_macro": result["recall_macro"],
-        "f1_macro": result["f1_macro"],
-        "precision_weighted": result["precision_weighted"],
-        "recall_weighted": result["recall_weighted"],
-        "f1_weighted": result["f1_weighted"],
-        "logit_min": logits["min"],
-        "logit_max": logits["max"],
-        "logit_mean": logits["mean"],
-        "share_negative": logits["share_negative"],
-        "images_per_s": round(result["images_per_s"]),
-    }
-    return row
+def _summary_row(result: dict) -> dict:
+    """A model's JSON record as one table/CSV row: nested values under dotted names
+    (`top_k.5`, `logits.min`), the per-class list left to its own table."""
+    return output.flatten({k: v for k, v in result.items() if k != "per_class"})
 
 
-def _report(results: list[dict], fmt: str, per_class: bool, top_k: int) -> None:
-    rows = [_summary_row(r, top_k) for r in results]
+def _report(results: list[dict], fmt: str, per_class: bool) -> None:
+    rows = [_summary_row(r) for r in results]
     doc = {"models": results}
 
     def render() -> None:
@@ -264,7 +244,7 @@ def _report(results: list[dict], fmt: str, per_class: bool, top_k: int) -> None:
                     table.append(line)
                 output.print_table(table, title="Per-class accuracy")
 
-    output.emit(doc, fmt, rows=rows, render_table=render)
+    output.emit(doc, fmt, schema="eval", rows=rows, render_table=render)
 
 
 def _images(loaded, labels, paths: list[str], top_k: int, fmt: str, predictions: str | None, batch_size: int, precision: str):
@@ -318,9 +298,9 @@ def _images(loaded, labels, paths: list[str], top_k: int, fmt: str, predictions:
         output.warn(f"{count} unreadable image file{'s' if count != 1 else ''} skipped")
     doc = {"predictions": rows_all, "skipped": skipped}
     if pred_json:
-        files.write_text(predictions, json.dumps(output.to_jsonable(doc), indent=2) + "\n")
+        files.write_text(predictions, json.dumps(output.to_jsonable(output.stamped(doc, "eval.images")), indent=2) + "\n")
     if not stream_stdout:
-        output.emit(doc, fmt, rows=rows_all, columns=columns, title=f"Top {top_k} classes")
+        output.emit(doc, fmt, schema="eval.images", rows=rows_all, columns=columns, title=f"Top {top_k} classes")
     return [(files.display_name(path), None, images) for path, images in raw.items()]
 
 

@@ -7,35 +7,44 @@ from typing import Annotated, Optional
 import typer
 
 from cnntools import options, output, runtime
+from cnntools.completion import complete_model
 from cnntools.output import CnnError
 
 
 def main(
-    model: Annotated[str, typer.Argument(help="Checkpoint (.safetensors, - for stdin) or torchvision:NAME.")],
-    layer: Annotated[Optional[list[str]], typer.Option("--layer", "-l", help="Layer name (repeatable; see --list-layers). Default: each conv layer's activation (its ReLU, else the conv).")] = None,
-    index: Annotated[int, typer.Option("--index", "-i", min=0, help="Dataset image to look at.")] = 0,
-    image: Annotated[Optional[str], typer.Option("--image", help="An image file instead of a dataset image.")] = None,
+    model: Annotated[str, typer.Argument(metavar="MODEL", autocompletion=complete_model, help="Checkpoint (.safetensors, - for stdin) or torchvision:NAME.")],
+    layer: options.Layers = None,
+    index: options.Indices = None,
+    image: options.Images = None,
     list_layers: Annotated[bool, typer.Option("--list-layers", help="Print every layer with its output shape and parameters, then exit.")] = False,
     out: options.Output = None,
     max_channels: Annotated[int, typer.Option("--max-channels", min=1, help="Channels drawn per layer (the most active first).")] = 16,
     channels: options.Channels = None,
     overlay: Annotated[bool, typer.Option("--overlay", help="Draw each channel over the image, resized to the image's size.")] = False,
-    save: Annotated[Optional[str], typer.Option("--save", help="Write the raw activations (one tensor per layer) as safetensors (- for stdout).")] = None,
-    data: Annotated[Optional[str], typer.Option("--data", help="Dataset to take --index from (default: the model's own).")] = None,
+    save: options.Save = None,
+    data: options.Data = None,
     data_dir: options.DataDir = None,
     split: options.Split = "test",
+    download: options.Download = False,
+    batch_size: options.BatchSize = 1,
     device: options.Device = "auto",
     threads: options.Threads = None,
+    precision: options.Precision = "auto",
+    seed: options.Seed = 0,
     fmt: options.Format = "table",
     quiet: options.Quiet = False,
+    trust_code: options.TrustCode = False,
     debug: options.Debug = False,
 ) -> None:
     """Activations (feature maps) of named layers for one image, as a grid per layer.
 
-    Forward hooks record the outputs of the chosen layers during one forward pass and are
-    removed afterwards. Channels are drawn most active first (by mean activation), each layer
+    The image is one dataset image (-i, default 0) or one image file (--image; a folder must
+    hold exactly one image). -l names the layers (repeatable; default: each conv layer's
+    activation, its ReLU or else the conv itself). Forward hooks record the outputs of the
+    chosen layers during one forward pass and are removed afterwards. Channels are drawn most active first (by mean activation), each layer
     with one colour scale; --overlay blends them over the image instead. The numbers (shape,
-    min, max, mean, share of zeros) come as a table or JSON.
+    min, max, mean, share of zeros) come as a table or JSON; --save writes the raw activations
+    (one tensor per layer) as safetensors.
 
     \b
     Examples:
@@ -56,44 +65,56 @@ def main(
     import torch
 
     from cnntools.checkpoint import load_model
-    from cnntools.interpret.activations import activation_layer_names, activation_stats, activations_of, get_layer, layer_rows
-    from cnntools.runtime import resolve_device
+    from cnntools.interpret.activations import activation_layer_names, activation_stats, example_input, activations_of, get_layer, layer_rows
+    from cnntools.runtime import autocast, resolve_device, resolve_precision, seed_everything
 
+    seed_everything(seed)
     dev = resolve_device(device)
     if list_layers:  # the architecture alone: no weight file needed
         from cnntools.checkpoint.model_loading import load_architecture
 
-        net, in_channels, size = load_architecture(model, dev)
+        net, in_channels, size = load_architecture(model, dev, trust_code=trust_code)
         rows = layer_rows(net, in_channels, size)
-        output.emit({"model": model, "layers": rows}, fmt, rows=rows, columns=["layer", "type", "output_shape", "params"],
+        output.emit({"model": model, "input_shape": [in_channels, size, size], "layers": rows}, fmt,
+                    schema="featmaps.layers", rows=rows, columns=["layer", "type", "output_shape", "params"],
                     title=f"Layers of {model} (input {in_channels}×{size}×{size})")
         return
-    lm = load_model(model, dev)
+    lm = load_model(model, dev, trust_code=trust_code, download=download)
     wanted = None
     if channels is not None:
         from cnntools.interpret.inputs import parse_int_list
 
         wanted = parse_int_list(channels, "--channels")
 
+    if image and index is not None:
+        raise CnnError("choose the image one way: -i (a dataset index) or --image")
     if image:
         from cnntools.interpret.inputs import read_image_files
 
-        raw = read_image_files([image])
-        label, name = None, image
+        image = options.expand_image_paths(image)
+        if len(image) != 1:
+            raise CnnError(f"featmaps shows one image; --image names {len(image)} ({', '.join(image[:3])}{', ...' if len(image) > 3 else ''})")
+        raw = read_image_files(image)
+        label, name = None, image[0]
     else:
-        from cnntools.interpret.inputs import check_indices
+        from cnntools.interpret.inputs import check_indices, parse_int_list
 
-        imageset = lm.load_split(split, data_override=data, data_dir=data_dir)
+        chosen = parse_int_list(index, "-i") if index is not None else [0]
+        if len(chosen) != 1:
+            raise CnnError(f"featmaps shows one image; -i names {len(chosen)}")
+        index = chosen[0]
+        imageset = lm.load_split(split, data_override=data, data_dir=data_dir, download=download)
         check_indices([index], len(imageset), f"{imageset.spec} {imageset.split}")
         raw = imageset.images[index : index + 1]
         label, name = int(imageset.labels[index]), f"{imageset.spec}:{imageset.split} #{index}"
-    names = list(layer) if layer else activation_layer_names(lm.model)
+    names = list(layer) if layer else activation_layer_names(lm.model, example_input(lm))
     if not names:
         raise CnnError("the model has no Conv2d layer; name layers with --layer (see --list-layers)")
     for n in names:
         get_layer(lm.model, n)
     x = lm.prepare(raw)
-    logits, captured = activations_of(lm.model, x, names)
+    with autocast(dev, resolve_precision(precision, dev)):
+        logits, captured = activations_of(lm.model, x, names)
     probs = torch.softmax(logits.float(), dim=1)[0].cpu()
     acts = {n: a[0].float().cpu() for n, a in captured.items()}
     pred = int(probs.argmax())
@@ -144,8 +165,7 @@ def main(
         "prob": probs[pred].item(),
         "layers": layers_doc,
     }
-    rows = [{**e, "shape": "×".join(str(d) for d in e["shape"])} for e in layers_doc]
-    output.emit(doc, fmt, rows=rows, columns=["layer", "type", "shape", "min", "max", "mean", "std", "zero_fraction"],
+    output.emit(doc, fmt, schema="featmaps", rows=layers_doc, columns=["layer", "type", "shape", "min", "max", "mean", "std", "zero_fraction"],
                 title=f"Activations for {name} (pred {lm.classes[pred]}, {probs[pred]:.1%})")
 
 

@@ -7,49 +7,57 @@ from typing import Annotated, Literal, Optional
 import typer
 
 from cnntools import options, output, runtime
+from cnntools.completion import complete_model
 from cnntools.output import CnnError
 
 
 def main(
-    model: Annotated[str, typer.Argument(help="Checkpoint (.safetensors, - for stdin) or torchvision:NAME.")],
-    layer: Annotated[str, typer.Option("--layer", "-l", help="Conv layer: first (the first Conv2d), last, or a name (see featmaps --list-layers).")] = "first",
+    model: Annotated[str, typer.Argument(metavar="MODEL", autocompletion=complete_model, help="Checkpoint (.safetensors, - for stdin) or torchvision:NAME.")],
+    layer: options.Layer = "first",
     out: options.Output = None,
     scale: Annotated[Literal["shared", "per-filter"], typer.Option("--scale", help="Colour scale of the kernel tiles: one for all, or per filter.")] = "shared",
     max_filters: Annotated[int, typer.Option("--max-filters", min=1, help="Kernels drawn at most.")] = 64,
-    top_k: Annotated[int, typer.Option("--top-k", "-k", min=0, help="Rank the split's images for each --filter and keep the top K (0: kernels only).")] = 0,
+    top_k: options.TopK = 0,
     filter_: Annotated[Optional[str], typer.Option("--filter", "-f", help="Filters to rank images for: 0,5,10 or 0-3 (default: 0-3).")] = None,
     score: Annotated[Literal["mean", "max"], typer.Option("--score", help="Image score: mean or max of the filter's post-ReLU feature map.")] = "mean",
     crop_rf: Annotated[bool, typer.Option("--crop-rf", help="Show the receptive-field patch around the strongest unit instead of the whole image.")] = False,
-    top_output: Annotated[Optional[str], typer.Option("--top-output", help="Write the grid of top images here (PNG, SVG or PDF).")] = None,
-    data: Annotated[Optional[str], typer.Option("--data", help="Dataset to rank (default: the model's own).")] = None,
+    top_output: Annotated[Optional[str], typer.Option("--top-output", metavar="FILE", help="Write the grid of top images here (PNG, SVG or PDF).")] = None,
+    data: options.Data = None,
     data_dir: options.DataDir = None,
     split: options.Split = "test",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass when ranking.")] = 256,
+    download: options.Download = False,
+    batch_size: options.BatchSize = 256,
     device: options.Device = "auto",
     threads: options.Threads = None,
+    precision: options.Precision = "auto",
+    seed: options.Seed = 0,
     fmt: options.Format = "table",
     quiet: options.Quiet = False,
+    trust_code: options.TrustCode = False,
     debug: options.Debug = False,
 ) -> None:
     """Kernel weights as an image grid, and the images that activate chosen filters most.
 
-    The first conv layer of a 3-channel model is drawn as one RGB tile per filter (grey 0.5
+    --layer is first (the first Conv2d, the default), last, or a name (see featmaps
+    --list-layers). The first conv layer of a 3-channel model is drawn as one RGB tile per filter (grey 0.5
     is a zero weight); other layers as one tile per input channel. With --top-k, every image
     of the split is scored for each --filter (mean or max of its post-ReLU feature map, in
     batches under inference_mode) and the top K are listed and drawn, optionally cropped to
-    the receptive field of the strongest unit.
+    the receptive field of the strongest unit. Without --top-k (0) only the kernels are shown.
 
     \b
     Examples:
       cnntools filters model.safetensors -o kernels.png
       cnntools filters model.safetensors --layer features.3 --scale per-filter -o k3.png
       cnntools filters model.safetensors --top-k 9 --filter 0,5,10 --top-output top.png --format json
-      cnntools filters model.safetensors -l last -k 8 -f 0-3 --score max --crop-rf --top-output rf.png
+      cnntools filters model.safetensors -l last --top-k 8 -f 0-3 --score max --crop-rf --top-output rf.png
     """
     output.configure(quiet=quiet, debug=debug)
     runtime.use_threads(threads)
     from cnntools.files import figure_format
 
+    if top_k < 0:
+        raise CnnError(f"--top-k must be 0 (kernels only) or more, got {top_k}")
     for path in (out, top_output):
         if path:
             figure_format(path)
@@ -57,14 +65,15 @@ def main(
     from torch import nn
 
     from cnntools.checkpoint import load_model
-    from cnntools.interpret.activations import conv_layer_names, get_layer
+    from cnntools.interpret.activations import conv_layer_names, example_input, get_layer
     from cnntools.interpret.filters import batches_of, receptive_field_boxes, top_activating
     from cnntools.interpret.inputs import parse_int_list
-    from cnntools.runtime import resolve_device
+    from cnntools.runtime import autocast, resolve_device, resolve_precision, seed_everything
 
+    seed_everything(seed)
     dev = resolve_device(device)
-    lm = load_model(model, dev)
-    convs = conv_layer_names(lm.model)
+    lm = load_model(model, dev, trust_code=trust_code)
+    convs = conv_layer_names(lm.model, example_input(lm))
     if layer in ("first", "last"):
         if not convs:
             raise CnnError("the model has no Conv2d layer")
@@ -93,9 +102,10 @@ def main(
     ]
     doc["filters"] = rows
     if top_k > 0:
-        imageset = lm.load_split(split, data_override=data, data_dir=data_dir)
+        imageset = lm.load_split(split, data_override=data, data_dir=data_dir, download=download)
         output.info(f"Ranking {len(imageset)} images of {imageset.spec} {imageset.split} for filters {chosen} of {layer}")
-        ranked = top_activating(lm.model, layer, batches_of(imageset.images, lm.prepare, batch_size), chosen, k=top_k, score=score)
+        with autocast(dev, resolve_precision(precision, dev)):
+            ranked = top_activating(lm.model, layer, batches_of(imageset.images, lm.prepare, batch_size), chosen, k=top_k, score=score)
         top = []
         for j, f in enumerate(chosen):
             entry = {"filter": f, "indices": ranked["top"][j].tolist(), "scores": ranked["top_scores"][j].tolist(),
@@ -124,9 +134,9 @@ def main(
             {"filter": e["filter"], "rank": r + 1, "index": i, "label": lab, "score": s}
             for e in top for r, (i, s, lab) in enumerate(zip(e["indices"], e["scores"], e["labels"]))
         ]
-        output.emit(doc, fmt, rows=table_rows, title=f"Top {top_k} images per filter of {layer} ({score} of post-ReLU map)")
+        output.emit(doc, fmt, schema="filters", rows=table_rows, title=f"Top {top_k} images per filter of {layer} ({score} of post-ReLU map)")
         return
-    output.emit(doc, fmt, rows=rows, title=f"Filters of {layer} (weights {'×'.join(map(str, weight.shape))})")
+    output.emit(doc, fmt, schema="filters", rows=rows, title=f"Filters of {layer} (weights {'×'.join(map(str, weight.shape))})")
 
 
 def _kernel_figure(weight, layer, scale, shown, label):

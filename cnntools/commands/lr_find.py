@@ -21,7 +21,7 @@ def main(
     val_split: options.ValSplit = 0.1,
     download: options.Download = False,
     image_size: options.ImageSize = None,
-    batch_size: options.TrainBatchSize = 32,
+    batch_size: options.BatchSize = 32,
     opt: options.Optimizer = "adam",
     momentum: options.Momentum = 0.9,
     weight_decay: options.WeightDecay = 0.0,

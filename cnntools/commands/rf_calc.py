@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from cnntools import options, output
+from cnntools.completion import complete_arch
 from cnntools.output import CnnError
 
 
@@ -21,20 +22,19 @@ def main(
     dilation: Annotated[
         Optional[str], typer.Option("--dilation", "-d", metavar="D[,D...]", help="Dilation or comma list (default 1).")
     ] = None,
-    num_layers: Annotated[
-        Optional[int], typer.Option("--num-layers", "-n", metavar="N", help="Repeat single values this many times.")
-    ] = None,
+    num_layers: options.Num = None,
     types: Annotated[
         Optional[str], typer.Option("--type", "-t", metavar="TYPE[,TYPE...]", help="Layer kinds: conv or pool, or a comma list (default conv).")
     ] = None,
     layers: Annotated[
         Optional[str],
-        typer.Option("--layers", "-l", metavar="SPEC", help="A chain in conv-calc's syntax, e.g. 'conv3-p1,maxpool2,conv3-s2'."),
+        typer.Option("--layers", metavar="SPEC", help="A chain in conv-calc's syntax, e.g. 'conv3-p1,maxpool2,conv3-s2'."),
     ] = None,
     arch: Annotated[
         Optional[str],
-        typer.Option("--arch", metavar="NAME", help="Every conv/pool layer of a registered architecture, or torchvision:NAME."),
+        typer.Option("--arch", metavar="ARCH", autocompletion=complete_arch, help="Every conv/pool layer of a registered architecture, torchvision:NAME, timm:NAME, or your own FILE.py:NAME."),
     ] = None,
+    arch_args: options.ArchArgs = None,
     input_size: Annotated[
         Optional[int],
         typer.Option("--input-size", metavar="N", help="Input side in pixels: adds feature-map sizes (--arch default: the architecture's usual size; torchvision: its weights' crop size)."),
@@ -67,6 +67,7 @@ def main(
       cnntools rf-calc --layers "conv5,maxpool2,conv5,maxpool2"
       cnntools rf-calc --arch resnet18 --input-size 32
       cnntools rf-calc --arch torchvision:efficientnet_b0 --format json
+      cnntools rf-calc --arch examples/mynet.py:MyNet --arch-args width=16
     """
     output.configure(quiet=quiet, debug=debug)
     from cnntools.calc import rf
@@ -81,7 +82,9 @@ def main(
         raise CnnError(f"--input-size must be positive (got {input_size})")
     if arch is not None:
         _reject_stack_options(stride, padding, dilation, num_layers, types)
-        _emit_arch(arch, *_analyse_arch(arch, input_size, in_channels), fmt, quiet)
+        from cnntools.models.user_code import parse_arch_args
+
+        _emit_arch(arch, *_analyse_arch(arch, input_size, in_channels, parse_arch_args(arch_args)), fmt, quiet)
         return
     if layers is not None:
         _reject_stack_options(stride, padding, dilation, num_layers, types)
@@ -97,9 +100,9 @@ def main(
     if any(row.get("size") is not None for row in rows):
         columns.append("size")
     columns += ["receptive_field", "jump", "start", "center"]
-    doc = {"schema": "cnntools.rf-calc/1", "receptive_field": final, "input_size": input_size, "layers": rows}
+    doc = {"receptive_field": final, "input_size": input_size, "layers": rows}
     output.emit(
-        doc, fmt, rows=rows, columns=columns,
+        doc, fmt, schema="rf-calc", rows=rows, columns=columns,
         render_table=lambda: output.print_table(
             [{**row, "center": _number_text(row["center"])} for row in rows], columns, headers=HEADERS,
         ),
@@ -116,7 +119,7 @@ def _emit_arch(arch: str, analysis, size: int, fmt: str, quiet: bool) -> None:
     true, local = analysis.true, analysis.local
     if isinstance(true, Unfollowed):
         raise CnnError(f"{arch}: node {true.at}: {true.why}")
-    summary = {"schema": "cnntools.rf-calc/1", "arch": arch, "input_size": size, "feature_map": analysis.feature_map}
+    summary = {"arch": arch, "input_size": size, "feature_map": analysis.feature_map}
     summary.update(_field_summary(true, size))
     summary["global_at"] = true.at if isinstance(true, Whole) else None
     summary["global_reason"] = true.why if isinstance(true, Whole) else None
@@ -134,7 +137,7 @@ def _emit_arch(arch: str, analysis, size: int, fmt: str, quiet: bool) -> None:
         columns.append("local_receptive_field")
     text_rows = [{key: _cell(value) for key, value in row.items()} for row in rows]
     output.emit(
-        {**summary, "layers": rows}, fmt, rows=text_rows, columns=columns,
+        {**summary, "layers": rows}, fmt, schema="rf-calc", rows=text_rows, columns=columns,
         render_table=lambda: (output.print_table(text_rows, columns, headers=HEADERS), _say_summary(summary)),
     )
 
@@ -195,7 +198,7 @@ def _layers_from_spec(spec: str) -> list[dict]:
     return result
 
 
-def _analyse_arch(arch: str, input_size: int | None, in_channels: int):
+def _analyse_arch(arch: str, input_size: int | None, in_channels: int, arch_args: dict | None = None):
     from cnntools.calc import rf_graph
 
     if arch.startswith("torchvision:"):
@@ -210,7 +213,7 @@ def _analyse_arch(arch: str, input_size: int | None, in_channels: int):
         entry = get_architecture(arch)  # one-line error naming the known ones
         size = input_size or entry.default_size
         try:
-            model = create_model(arch, in_channels=in_channels, image_size=size, num_classes=10)
+            model = create_model(arch, in_channels=in_channels, image_size=size, num_classes=10, arch_args=arch_args)
         except CnnError:
             raise
         except Exception as error:  # noqa: BLE001 - a size the architecture cannot take

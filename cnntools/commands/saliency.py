@@ -7,6 +7,7 @@ from typing import Annotated, Literal, Optional
 import typer
 
 from cnntools import options, output, runtime
+from cnntools.completion import complete_model, complete_target
 from cnntools.output import CnnError
 from cnntools.runs import distinct_labels
 
@@ -25,7 +26,7 @@ def _model_name(spec: str) -> str:
     return spec if spec.startswith("torchvision:") or spec == "-" else Path(spec).stem
 
 
-def _select_images(lm, indices, image_files, mistakes, n, data, data_dir, split):
+def _select_images(lm, indices, image_files, mistakes, n, data, data_dir, split, download=False):
     """uint8 images (raw, before fitting to any model), labels (-1 unknown) and names."""
     import torch
 
@@ -39,7 +40,7 @@ def _select_images(lm, indices, image_files, mistakes, n, data, data_dir, split)
     if image_files:
         images = read_image_files(image_files)
         return images, [-1] * len(image_files), [_model_name(p) for p in image_files], None
-    imageset = lm.load_split(split, data_override=data, data_dir=data_dir)
+    imageset = lm.load_split(split, data_override=data, data_dir=data_dir, download=download)
     where = f"{imageset.spec} {imageset.split}"
     if mistakes:
         table = cmath.read_predictions(files.read_text(mistakes), files.display_name(mistakes))
@@ -58,11 +59,12 @@ def _select_images(lm, indices, image_files, mistakes, n, data, data_dir, split)
 
 
 def main(
-    models: Annotated[list[str], typer.Argument(help="Checkpoint(s) or torchvision:NAME; several give one column each.")],
+    models: Annotated[list[str], typer.Argument(metavar="MODEL", autocompletion=complete_model, help="Checkpoint(s) or torchvision:NAME; several give one column each.")],
     method: Annotated[MethodChoice, typer.Option("--method", "-m", help=METHOD_HELP)] = "gradcam",
-    layer: Annotated[str, typer.Option("--layer", help="Layer for CAM methods: auto (the activation of the last conv layer; a residual block's output) or a name from --list-layers.")] = "auto",
+    layer: options.Layer = "auto",
     target: Annotated[
-        str, typer.Option("--target", help="Class to explain: pred, true, a class index or name; several separated by "
+        str, typer.Option("--target", metavar="CLASS", autocompletion=complete_target,
+                          help="Class to explain: pred, true, a class index or name; several separated by "
                           "commas (3,5 or pred,true) give one column each for the same image.")
     ] = "pred",
     reduce: Annotated[
@@ -74,25 +76,26 @@ def main(
         bool, typer.Option("--overlay/--no-overlay", help="Blend the map over the image, or draw it alone (nearest "
                            "neighbour, hot colour map) to see its pixel structure.")
     ] = True,
-    indices: Annotated[Optional[str], typer.Option("--indices", "-i", help="Dataset images by index: 0,5,7 or 0-7.")] = None,
-    image: Annotated[
-        Optional[list[str]], typer.Option("--image", metavar="FILE...", help="Image file(s), several after one --image or the flag repeated.")
-    ] = None,
-    mistakes: Annotated[Optional[str], typer.Option("--mistakes", help="Predictions CSV from `eval --predictions` (- for stdin): explain its mistakes.")] = None,
-    n: Annotated[int, typer.Option("-n", "--num", min=1, help="How many images with --mistakes or by default (the first N).")] = 8,
+    indices: options.Indices = None,
+    image: options.Images = None,
+    mistakes: Annotated[Optional[str], typer.Option("--mistakes", metavar="FILE", help="Predictions CSV from `eval -o` (- for stdin): explain its mistakes.")] = None,
+    n: options.Num = 8,
     list_layers: Annotated[bool, typer.Option("--list-layers", help="Print the model's layers with output shapes and exit.")] = False,
     out: options.Output = None,
-    save_maps: Annotated[Optional[str], typer.Option("--save-maps", help="Write the raw maps (N×H×W per model) as safetensors (- for stdout).")] = None,
+    save_maps: options.Save = None,
     alpha: Annotated[float, typer.Option("--alpha", min=0.0, max=1.0, help="Opacity of the heatmap over the image.")] = 0.5,
-    data: Annotated[Optional[str], typer.Option("--data", help="Dataset to take --indices from (default: the model's own).")] = None,
+    data: options.Data = None,
     data_dir: options.DataDir = None,
     split: options.Split = "test",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward/backward pass.")] = 64,
+    download: options.Download = False,
+    batch_size: options.BatchSize = 64,
     device: options.Device = "auto",
     threads: options.Threads = None,
+    precision: options.Precision = "auto",
     seed: options.Seed = 0,
     fmt: options.Format = "table",
     quiet: options.Quiet = False,
+    trust_code: options.TrustCode = False,
     debug: options.Debug = False,
 ) -> None:
     """Grad-CAM family and gradient saliency maps, several models side by side.
@@ -100,20 +103,27 @@ def main(
     Each image is explained for its predicted class (--target pred), its true class or a
     chosen class. All images go through the model together: one forward and one backward pass
     per batch. The grid (-o) has one row per image: the image with its label, then one overlay
-    per model titled with the prediction and its probability.
+    per model titled with the prediction and its probability. Images come from -i (dataset
+    indices, default the first -n), --image (files or folders) or --mistakes (eval's
+    predictions CSV). --layer auto explains the activation of the last conv layer (a residual
+    block's output); --list-layers names the others. --save writes the raw maps (N×H×W per
+    model). Gradients and maps are computed in fp32 whatever --precision says.
 
     \b
     Examples:
       cnntools saliency model.safetensors -i 0-7 -o gradcam.png
       cnntools saliency model.safetensors --method gradient --target 3 -i 0,5 -o grad.png
       cnntools saliency model.safetensors -m gradient --target 3,5 --reduce mean --no-overlay -i 0 -o two.png
-      cnntools eval model.safetensors --predictions pred.csv
+      cnntools eval model.safetensors -o pred.csv
       cnntools saliency model.safetensors --mistakes pred.csv -n 8 -o mistakes.png
-      cnntools saliency a.safetensors b.safetensors -i 0-3 -o compare.png --save-maps maps.safetensors
+      cnntools saliency a.safetensors b.safetensors -i 0-3 -o compare.png --save maps.safetensors
     """
     output.configure(quiet=quiet, debug=debug)
     runtime.use_threads(threads)
     models, image = options.split_image_files(models, image)
+    image = options.expand_image_paths(image) if image else image
+    if n < 1:
+        raise CnnError(f"-n must be at least 1, got {n}")
     if not models:
         raise CnnError("name a model: a checkpoint (FILE.safetensors) or torchvision:NAME, before --image")
     from cnntools.interpret.saliency import METHODS
@@ -131,7 +141,7 @@ def main(
     import torch
 
     from cnntools.checkpoint import load_model
-    from cnntools.interpret.activations import layer_rows, resolve_layer_name
+    from cnntools.interpret.activations import example_input, layer_rows, resolve_layer_name
     from cnntools.interpret.inputs import resolve_targets
     from cnntools.interpret.saliency import GRADIENT_METHODS, saliency_maps, uses_layer
     from cnntools.runtime import resolve_device, seed_everything
@@ -141,20 +151,21 @@ def main(
     if list_layers:  # the architecture alone: no weight file needed
         from cnntools.checkpoint.model_loading import load_architecture
 
-        net, in_channels, size = load_architecture(models[0], dev)
+        net, in_channels, size = load_architecture(models[0], dev, trust_code=trust_code)
         rows = layer_rows(net, in_channels, size)
         columns = ["layer", "type", "output_shape", "params"]
-        output.emit({"model": models[0], "layers": rows}, fmt, rows=rows, columns=columns, title=f"Layers of {_model_name(models[0])}")
+        output.emit({"model": models[0], "input_shape": [in_channels, size, size], "layers": rows},
+                    fmt, schema="saliency.layers", rows=rows, columns=columns, title=f"Layers of {_model_name(models[0])}")
         return
-    loaded = [load_model(spec, dev) for spec in models]
+    loaded = [load_model(spec, dev, trust_code=trust_code, download=download) for spec in models]
     first = loaded[0]
 
     # Resolve every model's layer first: a wrong --layer fails before any work is announced.
-    layer_names = [resolve_layer_name(lm.model, layer) if uses_layer(method) else None for lm in loaded]
+    layer_names = [resolve_layer_name(lm.model, layer, example_input(lm)) if uses_layer(method) else None for lm in loaded]
     if reduce != "max" and method not in GRADIENT_METHODS:
         raise CnnError(f"--reduce applies to the gradient methods ({', '.join(GRADIENT_METHODS)}); {method} maps have one channel")
     target_specs = _target_specs(target, first.classes)
-    raw, labels, names, picked = _select_images(first, indices, image, mistakes, n, data, data_dir, split)
+    raw, labels, names, picked = _select_images(first, indices, image, mistakes, n, data, data_dir, split, download)
     where = None if image else _where(first, data, split)
     output.info(f"Explaining {len(names)} image(s) with {method} on {len(loaded)} model(s)")
     model_names = distinct_labels([lm.label for lm in loaded], [_model_name(spec) for spec in models])
@@ -255,7 +266,7 @@ def main(
     }
     columns = ["image", "model", "label_name", "pred_name", "prob", "target_name", "target_prob", "peak_row", "peak_col"]
     title = f"Saliency ({method}" + (f", layer {results[0]['layer']}" if results[0]["layer"] else "") + ")"
-    output.emit(doc, fmt, rows=rows, columns=columns if fmt == "table" else None, title=title)
+    output.emit(doc, fmt, schema="saliency", rows=rows, columns=columns if fmt == "table" else None, title=title)
 
 
 def _target_specs(target: str, classes) -> list[str]:

@@ -7,11 +7,20 @@ from typing import Annotated, Literal, Optional
 import typer
 
 from cnntools import config, options, output, runtime
+from cnntools.completion import complete_model
 
-TrainFormat = Annotated[
-    Literal["table", "jsonl", "json", "csv"],
-    typer.Option("--format", help="Per-epoch records: table (as epochs complete), jsonl (one object per epoch), json or csv."),
-]
+
+# --help headings, as timm's train script groups its arguments (the shared options carry
+# theirs: Data, Running the model, Output).
+HELP_PANELS = {
+    **dict.fromkeys(("arch", "list_archs", "batchnorm", "output_activation", "pretrained", "image_size"), "Model"),
+    **dict.fromkeys(("val_split", "augment", "normalize", "class_weights"), "Data"),
+    **dict.fromkeys(("epochs", "batch_size", "opt", "lr", "momentum", "weight_decay", "nesterov", "label_smoothing"), "Optimization"),
+    **dict.fromkeys(("schedule", "warmup", "step_size", "gamma"), "Learning-rate schedule"),
+    **dict.fromkeys(("val_every", "test_each_epoch", "keep", "early_stop", "resume"), "Validation, checkpoints and stopping"),
+    **dict.fromkeys(("deterministic", "nproc", "dist_timeout"), "Running the model"),
+    **dict.fromkeys(("label", "history", "plot", "print_every"), "Output"),
+}
 
 # Options that may differ from the stored run when resuming; the rest must match it.
 RESUMABLE_OVERRIDES = ("label", "epochs", "early_stop", "print_every", "device", "precision", "data_dir", "download", "deterministic")
@@ -23,6 +32,7 @@ TEST_COLUMNS = ["test_loss", "test_acc"]  # with --test-each-epoch
 def main(
     ctx: typer.Context,
     arch: options.Arch = "simple-cnn",
+    arch_args: options.ArchArgs = None,
     list_archs: Annotated[bool, typer.Option("--list-archs", help="List the architectures with parameter counts and exit.")] = False,
     batchnorm: options.Batchnorm = False,
     output_activation: options.OutputActivation = "none",
@@ -33,7 +43,7 @@ def main(
     download: options.Download = False,
     image_size: options.ImageSize = None,
     epochs: Annotated[int, typer.Option("--epochs", help="Epochs to train (with --resume: the total to reach).")] = 20,
-    batch_size: options.TrainBatchSize = 32,
+    batch_size: options.BatchSize = 32,
     opt: options.Optimizer = "adam",
     lr: options.LearningRate = None,
     momentum: options.Momentum = 0.9,
@@ -77,8 +87,9 @@ def main(
         typer.Option("--deterministic", help="Use only deterministic PyTorch algorithms (torch.use_deterministic_algorithms, cuDNN deterministic)."),
     ] = False,
     resume: Annotated[
-        Optional[str], typer.Option("--resume", help="Continue the run stored in this checkpoint exactly where it stopped.")
+        Optional[str], typer.Option("--resume", metavar="CHECKPOINT", autocompletion=complete_model, help="Continue the run stored in this checkpoint exactly where it stopped.")
     ] = None,
+    trust_code: options.TrustCode = False,
     nproc: Annotated[
         Optional[int],
         typer.Option("--nproc", help="Train with N processes on this machine (DistributedDataParallel through torch's "
@@ -89,18 +100,15 @@ def main(
         typer.Option("--dist-timeout", help="Distributed runs: seconds to wait for the other processes (start-up and "
                      "every exchange) before the job fails with an error."),
     ] = 300.0,
-    out: Annotated[
-        Optional[str],
-        typer.Option("--output", "-o", help="Checkpoint to write (.safetensors; default model.safetensors, or the --resume file; - for stdout)."),
-    ] = None,
-    history: Annotated[Optional[str], typer.Option("--history", help="Also write the per-epoch records to FILE (.csv or .jsonl).")] = None,
-    plot: Annotated[Optional[str], typer.Option("--plot", help="Loss and accuracy curves, train vs validation (PNG, SVG or PDF).")] = None,
+    out: options.Output = None,
+    history: Annotated[Optional[str], typer.Option("--history", metavar="FILE", help="Also write the per-epoch records to FILE (.csv or .jsonl).")] = None,
+    plot: Annotated[Optional[str], typer.Option("--plot", metavar="FILE", help="Loss and accuracy curves, train vs validation (PNG, SVG or PDF).")] = None,
+    fmt: options.StreamFormat = "table",
     tensorboard: Annotated[
         Optional[str],
         typer.Option("--tensorboard", metavar="DIR", help="Also log to TensorBoard in DIR: scalars per epoch and per --print-every "
                      "window, the model graph, a grid of training images (needs the tensorboard extra)."),
     ] = None,
-    fmt: TrainFormat = "table",
     config_file: Annotated[
         Optional[str],
         typer.Option("--config", callback=config.load_config, is_eager=True,
@@ -120,14 +128,16 @@ def main(
 ) -> None:
     """Train a CNN on a dataset and write a self-describing safetensors checkpoint.
 
-    Trains a registered architecture (--list-archs) on digits, CIFAR, MNIST, a folder of images
+    Trains a registered architecture (--list-archs), a timm model or your own nn.Module (FILE.py:NAME) on digits, CIFAR, MNIST, a folder of images
     or fake data, with the knobs of the course notebooks: optimizer, learning rate and
     schedule, batch size, validation split, augmentation, normalisation, class weights, label
     smoothing, keep-the-best checkpoint and early stopping. One record per epoch goes to stdout
     (table, jsonl, json or csv); the progress bar goes to stderr. The checkpoint is rewritten
     after every epoch and can be resumed exactly with --resume; Ctrl-C saves a resumable
     checkpoint and exits 130 (SIGTERM: 143). NaN or inf in the loss or the gradients stops the run
-    and keeps the last good checkpoint. Under torchrun (or with --nproc N) it trains with
+    and keeps the last good checkpoint. -o names the checkpoint (.safetensors; default
+    model.safetensors, or the --resume file; - for stdout); the learning rate is not rescaled
+    with --batch-size. Under torchrun (or with --nproc N) it trains with
     DistributedDataParallel; only rank 0 prints and writes, and the checkpoint is the same.
 
     \b
@@ -135,6 +145,8 @@ def main(
       cnntools train                                   # simple-cnn on digits -> model.safetensors
       cnntools train --arch lenet --data cifar10 --opt sgd --lr 0.001 --momentum 0.9 --batch-size 4 --epochs 2
       cnntools train --arch resnet18 --data cifar10 --augment flip,crop:4 --batch-size 64 --epochs 10
+      cnntools train --arch examples/mynet.py:MyNet --arch-args width=16 --epochs 3
+      cnntools train --arch timm:resnet18 --data cifar10 --epochs 5
       cnntools train --resume model.safetensors --epochs 30
       cnntools train --arch lenet --output-activation relu --val-every 20 --print-every 10 -o relu.safetensors
       cnntools train --nproc 2 --batch-size 64        # 2 processes, 32 images each per update
@@ -182,8 +194,10 @@ def main(
         _history_kind(history)
     if plot is not None:
         files.figure_format(plot)
+    from cnntools.models.user_code import parse_arch_args
+
     given = {
-        "arch": arch, "batchnorm": batchnorm, "output_activation": output_activation, "pretrained": pretrained,
+        "arch": arch, "arch_args": parse_arch_args(arch_args), "batchnorm": batchnorm, "output_activation": output_activation, "pretrained": pretrained,
         "data": data, "data_dir": data_dir, "val_split": val_split, "download": download, "image_size": image_size,
         "epochs": epochs, "batch_size": batch_size, "opt": opt, "lr": lr, "momentum": momentum,
         "weight_decay": weight_decay, "nesterov": nesterov, "schedule": schedule, "warmup": warmup,
@@ -193,7 +207,7 @@ def main(
     }
     resumed = None
     if resume is not None:
-        cfg, resumed = _resume_config(ctx, resume, given)
+        cfg, resumed = _resume_config(ctx, resume, given, trust_code)
         target = out or (resume if resume != "-" else "model.safetensors")
     else:
         cfg = TrainConfig(**given)
@@ -253,7 +267,8 @@ def _train(cfg, resumed, resume, target, fmt, history, plot, data_sets=None, ran
             cfg = replace(cfg, val_split=0.0)
     is_main = rank is None or rank.is_main
     trainer = Trainer(cfg, train_set, val_set, output=target, rank=rank.rank if rank else 0,
-                      world_size=rank.world_size if rank else 1, device=device_used, test_set=test_set)
+                      world_size=rank.world_size if rank else 1, device=device_used, test_set=test_set,
+                      code=resumed["code"] if resumed is not None else None)
     if resumed is not None:
         try:
             trainer.restore(resumed["state"], resumed["meta"].history, resumed["weights"], resumed["meta"].steps)
@@ -398,9 +413,9 @@ def _list_archs(fmt: str) -> None:
     columns = ["arch", "parameters", "input", "min_size", "pretrained", "description"]
     if fmt == "jsonl":
         for row in rows:
-            output.print_jsonl(row)
+            output.print_jsonl(row, schema="train.archs")
         return
-    output.emit({"architectures": rows}, fmt, rows=rows, columns=columns,
+    output.emit({"architectures": rows}, fmt, schema="train.archs", rows=rows, columns=columns,
                 title="Architectures (parameters at 3x32x32 input, 10 classes)")
 
 
@@ -433,16 +448,18 @@ def _write_history(path: str, records: list[dict], steps: list[dict] = ()) -> No
         files.write_text(path, "".join(json.dumps(output.to_jsonable(r)) + "\n" for _, _, r in lines))
 
 
-def _resume_config(ctx, resume: str, given: dict):
+def _resume_config(ctx, resume: str, given: dict, trust_code: bool = False):
     from dataclasses import replace
 
     from cnntools import files
     from cnntools.checkpoint import check_weights, model_state, read_checkpoint, resume_state
+    from cnntools.checkpoint.model_loading import model_code
     from cnntools.training import TrainConfig
 
     tensors, meta = read_checkpoint(resume)
     weights = model_state(tensors)
-    check_weights(meta, weights, files.display_name(resume))
+    code = model_code(meta, files.display_name(resume), trust_code)
+    check_weights(meta, weights, files.display_name(resume), code=code)
     state = resume_state(tensors, meta, resume)
     stored = TrainConfig.from_dict(meta.train_config, files.display_name(resume))
     changes = {}
@@ -467,7 +484,7 @@ def _resume_config(ctx, resume: str, given: dict):
             raise output.CnnError("a onecycle schedule is fixed to the run's length; resume with the stored --epochs")
         if cfg.schedule == "cosine":
             output.warn(f"the cosine schedule now spans {cfg.epochs} epochs instead of {stored.epochs}: the learning rate jumps")
-    return cfg, {"meta": meta, "state": state, "weights": weights}
+    return cfg, {"meta": meta, "state": state, "weights": weights, "code": code}
 
 
 def _match_stored_size(train_set, val_set, meta):
@@ -525,7 +542,7 @@ class _RecordPrinter:
         stream = output.data_stream()
         if self.fmt == "jsonl":
             if not replay:
-                output.print_jsonl(record)
+                output.print_jsonl(record, schema="train.epoch")
             return
         if self.fmt == "json":
             return
@@ -565,5 +582,6 @@ class _RecordPrinter:
                     "updates": trainer.position.updates,
                     "history": trainer.history,
                     "steps": trainer.steps,
-                }
+                },
+                schema="train",
             )

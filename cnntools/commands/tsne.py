@@ -7,6 +7,7 @@ from typing import Annotated, Literal, Optional
 import typer
 
 from cnntools import options, output, runtime
+from cnntools.completion import complete_model
 
 MethodChoice = Literal["auto", "sklearn", "opentsne"]
 DEFAULT_POINTS = 2000
@@ -15,23 +16,14 @@ DEFAULT_POINTS = 2000
 def main(
     checkpoint: Annotated[
         Optional[str],
-        typer.Option("--checkpoint", "-c", help="Embed this model's features (FILE.safetensors, - or torchvision:NAME) instead of raw pixels."),
+        typer.Option("--checkpoint", "-c", metavar="CHECKPOINT", autocompletion=complete_model, help="Embed this model's features (FILE.safetensors, - or torchvision:NAME) instead of raw pixels."),
     ] = None,
-    layer: Annotated[
-        Optional[str],
-        typer.Option("--layer", help="Module whose output to embed (default: the input of the last Linear layer)."),
-    ] = None,
-    data: Annotated[
-        Optional[str],
-        typer.Option("--data", help="Dataset (default: digits, or the checkpoint's own dataset): digits, cifar10, mnist, fake, a folder..."),
-    ] = None,
+    layer: options.Layer = None,
+    data: options.Data = None,
     data_dir: options.DataDir = None,
     split: options.Split = "test",
     download: options.Download = False,
-    n: Annotated[
-        Optional[int],
-        typer.Option("--n", help="Points to embed: a seeded stratified subset [default: 2000, or all when the split is smaller]."),
-    ] = None,
+    n: options.Num = None,
     pca: Annotated[
         Optional[int], typer.Option("--pca", help="PCA components before t-SNE (default 50 when the dimension is larger; 0 = off).")
     ] = None,
@@ -45,23 +37,24 @@ def main(
         bool, typer.Option("--centroids", help="Print the full class-centroid distance matrix of the 2-D embedding "
                            "(rows and columns labelled; csv: the matrix instead of the pairs).")
     ] = False,
-    plot: Annotated[
-        Optional[str], typer.Option("--plot", "-o", "--output", help="Write the scatter plot here (PNG, SVG or PDF).")
-    ] = None,
+    plot: options.Output = None,
     embedding: Annotated[
         Optional[str], typer.Option("--embedding", help="Write the 2-D points as CSV (index,label,label_name,x,y); - for stdout.")
     ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass when extracting features.")] = 256,
+    batch_size: options.BatchSize = 256,
     device: options.Device = "auto",
     threads: options.Threads = None,
+    precision: options.Precision = "auto",
     seed: options.Seed = 0,
     fmt: options.Format = "table",
     quiet: options.Quiet = False,
+    trust_code: options.TrustCode = False,
     debug: options.Debug = False,
 ) -> None:
     """t-SNE of raw pixels or a checkpoint's layer features: plot, centroid distances, overlapping pairs.
 
-    Embeds a seeded, stratified subset of a split in 2-D (PCA to 50 dimensions first when the
+    Embeds a seeded, stratified subset of a split (-n points, default 2,000 or all when the
+    split is smaller) in 2-D (PCA to 50 dimensions first when the
     input is larger), plots it by class, and measures how well the classes separate: the
     class-centroid distance matrix in the embedding (as the course notebooks compute it) and
     in the original feature space, the k-NN class mixing of every class pair in the original
@@ -72,7 +65,8 @@ def main(
     reported beside the features' (knn_accuracy_pixels, knn_mixing_pixels): did training
     separate the classes?
     With --checkpoint the features are the input of the last Linear layer (the classifier)
-    unless --layer names another module (its output is used). --method auto uses openTSNE
+    unless --layer names another module (its output is used); the dataset defaults to
+    digits, or the checkpoint's own. -o writes the scatter plot. --method auto uses openTSNE
     when installed (Barnes-Hut below 10,000 points, FFT-accelerated above; several times
     faster than scikit-learn at the same trustworthiness), sklearn forces scikit-learn's
     TSNE with its defaults. The default split is test. Table: summary and top pairs; csv:
@@ -80,8 +74,8 @@ def main(
 
     \b
     Examples:
-      cnntools tsne --data digits --plot pixels.png
-      cnntools tsne --checkpoint model.safetensors --plot features.png --top-pairs 3
+      cnntools tsne --data digits -o pixels.png
+      cnntools tsne --checkpoint model.safetensors -o features.png --top-pairs 3
       cnntools tsne --embedding - -q | head
       cnntools tsne --centroids --format csv > centroids.csv
       cnntools tsne --checkpoint model.safetensors --format json | jq .summary
@@ -96,7 +90,7 @@ def main(
         figure_format(plot)
     check_output(embedding)
     if n is not None and n < 4:
-        raise CnnError(f"--n must be at least 4 (t-SNE needs a few points), got {n}")
+        raise CnnError(f"--num must be at least 4 (t-SNE needs a few points), got {n}")
     if k < 1:
         raise CnnError(f"--k must be at least 1, got {k}")
     if top_pairs < 0:
@@ -125,12 +119,13 @@ def main(
         from cnntools.checkpoint import load_model
 
         dev = runtime.resolve_device(device)
-        lm = load_model(checkpoint, dev)
-        images = lm.load_split(split, data_override=data, data_dir=data_dir)
+        lm = load_model(checkpoint, dev, trust_code=trust_code)
+        images = lm.load_split(split, data_override=data, data_dir=data_dir, download=download)
         idx = _subset(images.labels.numpy(), n, seed, lib)
-        features, layer_name, hook = lib.layer_features(
-            lm.model, lm.prepare, images.images[idx], layer=layer, batch_size=batch_size
-        )
+        with runtime.autocast(dev, runtime.resolve_precision(precision, dev)):
+            features, layer_name, hook = lib.layer_features(
+                lm.model, lm.prepare, images.images[idx], layer=layer, batch_size=batch_size
+            )
         source.update(kind="features", data=images.spec, checkpoint=checkpoint, arch=getattr(lm, "arch", None),
                       layer=layer_name, hook=hook)
         what = f"{getattr(lm, 'arch', 'model')} {layer_name} {'input' if hook == 'input' else 'output'}"
@@ -206,9 +201,9 @@ def main(
                                title="Class-centroid distances in the 2-D embedding (row class to column class)")
 
     if centroids and fmt == "csv":
-        output.emit(doc, fmt, rows=matrix, columns=["class"] + list(classes))
+        output.emit(doc, fmt, schema="tsne", rows=matrix, columns=["class"] + list(classes))
     else:
-        output.emit(doc, fmt, rows=pairs, columns=columns, render_table=render)
+        output.emit(doc, fmt, schema="tsne", rows=pairs, columns=columns, render_table=render)
 
 
 def _pixels(images, idx):
@@ -222,5 +217,5 @@ def _subset(labels, n, seed, lib):
     if n is None:
         n = DEFAULT_POINTS
     elif n > len(labels):
-        output.info(f"the split has {len(labels)} images, fewer than --n {n}: using all of them")
+        output.info(f"the split has {len(labels)} images, fewer than -n {n}: using all of them")
     return lib.stratified_subset(labels, n, seed)

@@ -20,16 +20,59 @@ def named_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {name: module for name, module in model.named_modules() if name}
 
 
-def conv_layer_names(model: nn.Module) -> list[str]:
-    """Names of the model's Conv2d layers in registration (forward) order."""
-    return [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+def example_input(lm) -> torch.Tensor:
+    """One blank image at a loaded model's input size: what `forward_order` runs."""
+    return torch.zeros(1, lm.in_channels, lm.image_size, lm.image_size, device=lm.device)
 
 
-def last_conv_name(model: nn.Module) -> str:
-    """The last Conv2d layer: the usual Grad-CAM target layer."""
-    names = conv_layer_names(model)
+def forward_order(model: nn.Module, example: torch.Tensor | None) -> list[tuple[str, nn.Module]]:
+    """The model's leaf layers in the order its forward pass first calls them.
+
+    Registration order is not call order in models people write (timm's blocks register the
+    shortcut's conv after the main path's, a user's __init__ may list layers in any order).
+    Without `example`, or when the forward pass fails, registration order is used.
+    """
+    layers = named_layers(model)
+    if example is not None:
+        order: list[str] = []
+        leaves = {id(m) for m in layers.values() if not any(True for _ in m.children())}
+        handles = []
+
+        def hook_for(name: str):
+            def hook(module, inputs):
+                if name not in order:
+                    order.append(name)
+
+            return hook
+
+        try:
+            for name, module in layers.items():
+                if id(module) in leaves:
+                    handles.append(module.register_forward_pre_hook(hook_for(name)))
+            with torch.no_grad():
+                model(example)
+            return [(name, layers[name]) for name in order]
+        except Exception:  # noqa: BLE001 - a model that cannot run the probe: registration order
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+    return list(layers.items())
+
+
+def conv_layer_names(model: nn.Module, example: torch.Tensor | None = None) -> list[str]:
+    """Names of the model's Conv2d layers in forward order (see `forward_order`)."""
+    return [name for name, module in forward_order(model, example) if isinstance(module, nn.Conv2d)]
+
+
+def last_conv_name(model: nn.Module, example: torch.Tensor | None = None) -> str:
+    """The last Conv2d layer the forward pass calls: the usual Grad-CAM target layer."""
+    names = conv_layer_names(model, example)
     if not names:
-        raise CnnError("the model has no Conv2d layer; name a layer with --layer (see --list-layers)")
+        raise CnnError(
+            "the model has no Conv2d layer, so there is no default layer: name one with --layer (see --list-layers), "
+            "or for saliency use --method gradient, which needs no layer"
+        )
     return names[-1]
 
 
@@ -42,7 +85,7 @@ def get_layer(model: nn.Module, name: str) -> nn.Module:
     return layers[name]
 
 
-def cam_layer_name(model: nn.Module) -> str:
+def cam_layer_name(model: nn.Module, example: torch.Tensor | None = None) -> str:
     """The usual Grad-CAM target: the rectified feature maps of the last conv layer.
 
     Grad-CAM keeps only the positive part of sum_k w_k A_k; on a raw (pre-ReLU) conv output
@@ -51,8 +94,8 @@ def cam_layer_name(model: nn.Module) -> str:
     residual block that adds its shortcut and applies a functional or shared ReLU), the
     block that contains the conv (torchvision ResNets: layer4's last block); else the conv.
     """
-    conv = last_conv_name(model)
-    activation = activation_layer_names(model)[-1]
+    conv = last_conv_name(model, example)
+    activation = activation_layer_names(model, example)[-1]
     if activation != conv and _called_once(model, activation):
         return activation
     parent = conv.rpartition(".")[0]
@@ -68,10 +111,10 @@ def _called_once(model: nn.Module, name: str) -> bool:
     return sum(1 for _, m in model.named_modules(remove_duplicate=False) if m is module) == 1
 
 
-def resolve_layer_name(model: nn.Module, name: str) -> str:
+def resolve_layer_name(model: nn.Module, name: str, example: torch.Tensor | None = None) -> str:
     """`auto` → the rectified output of the last conv layer (`cam_layer_name`); otherwise the name, checked."""
     if name == "auto":
-        return cam_layer_name(model)
+        return cam_layer_name(model, example)
     get_layer(model, name)
     return name
 
@@ -175,26 +218,28 @@ def activation_stats(t: torch.Tensor) -> dict:
 
 
 def layer_rows(model: nn.Module, in_channels: int, image_size: int, device=None) -> list[dict]:
-    """`layer_table` for one image of the model's input size, shapes written as C×H×W strings."""
+    """`layer_table` for one image of the model's input size; output shapes as [C, H, W] lists
+    (None for a layer the forward pass did not reach)."""
     device = device if device is not None else next(model.parameters()).device
     example = torch.zeros(1, in_channels, image_size, image_size, device=device)
     rows = layer_table(model, example)
     for row in rows:
         shape = row["output_shape"]
-        row["output_shape"] = "×".join(str(d) for d in shape[1:]) if shape else "(not run)"
+        row["output_shape"] = list(shape[1:]) if shape else None
     return rows
 
 
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Tanh, nn.Sigmoid)
 
 
-def activation_layer_names(model: nn.Module) -> list[str]:
+def activation_layer_names(model: nn.Module, example: torch.Tensor | None = None) -> list[str]:
     """For each Conv2d, the activation module right after it (skipping a BatchNorm or Identity), else the conv.
 
     These are the post-activation feature maps people mean by "activations"; models that call
-    F.relu in forward() have no module for it, so their conv outputs are used instead.
+    F.relu in forward() have no module for it, so their conv outputs are used instead. With
+    `example`, "after" is in the order the forward pass calls the layers.
     """
-    entries = [(name, m) for name, m in model.named_modules() if name]
+    entries = forward_order(model, example)
     names = []
     for i, (name, module) in enumerate(entries):
         if not isinstance(module, nn.Conv2d):

@@ -166,7 +166,15 @@ def cam_maps(
         with classes[method](model=model, target_layers=[target_layer], **kwargs) as cam:
             if method == "scorecam":
                 cam.batch_size = batch_size
-            maps = cam(input_tensor=inputs, targets=cam_targets)
+            try:
+                maps = cam(input_tensor=inputs, targets=cam_targets)
+            except ValueError as error:  # pytorch-grad-cam on a layer without 2-D maps (a Linear)
+                if "shape" not in str(error).lower():
+                    raise
+                raise CnnError(
+                    f"{method} needs a layer with 2-D feature maps (N x C x H x W) and layer '{layer}' has none; "
+                    "pick a conv layer (see --list-layers), or use --method gradient, which needs no layer"
+                ) from None
     if maps is None:
         raise CnnError(f"{method} produced no map for layer '{layer}'; pick a convolutional layer (see --list-layers)")
     return torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))

@@ -397,7 +397,7 @@ def stratified_subset(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     if n >= total:
         return np.arange(total)
     if n < 1:
-        raise TsneInputError(f"--n must be at least 1, got {n}")
+        raise TsneInputError(f"-n must be at least 1, got {n}")
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(total)

@@ -13,8 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from cnntools.models.user_code import is_code_reference
 from cnntools.output import CnnError
 
+TIMM_PREFIX = "timm:"
 OUTPUT_ACTIVATIONS = ("none", "relu", "tanh")
 
 
@@ -46,11 +48,21 @@ def count_parameters(model, trainable_only: bool = False) -> int:
 
 
 def get_architecture(name: str) -> Architecture:
-    """The registry entry for `name`, or a one-line error listing the known ones."""
+    """The registry entry for `name`, or a one-line error listing the known ones.
+
+    The user's own code (FILE.py:NAME, package.module:NAME) and timm:NAME get an entry made
+    on the spot: any input size, tiny images upsampled to 32 px.
+    """
     _load_families()
+    if name not in ARCHITECTURES and (is_code_reference(name) or name.startswith(TIMM_PREFIX)):
+        what = "timm model" if name.startswith(TIMM_PREFIX) else "your own model"
+        return Architecture(name, builder=None, description=what, min_size=1, default_size=32)
     if name not in ARCHITECTURES:
         known = ", ".join(ARCHITECTURES)
-        raise CnnError(f"unknown architecture '{name}': choose one of {known} (cnntools train --list-archs)")
+        raise CnnError(
+            f"unknown architecture '{name}': choose one of {known} (cnntools train --list-archs), "
+            "timm:NAME, or your own model as FILE.py:NAME or package.module:NAME"
+        )
     return ARCHITECTURES[name]
 
 
@@ -77,16 +89,37 @@ def create_model(
     batchnorm: bool = False,
     output_activation: str = "none",
     pretrained: bool = False,
+    arch_args: dict | None = None,
+    code=None,
 ):
-    """Build a registered architecture for `in_channels`x`image_size`² inputs and `num_classes`.
+    """Build an architecture for `in_channels`x`image_size`² inputs and `num_classes`.
 
     `batchnorm` and `output_activation` apply to the architectures that offer them (lenet);
     `pretrained` loads torchvision's ImageNet weights from the local torch hub cache (the
-    classifier is replaced when `num_classes` differs from 1,000).
+    classifier is replaced when `num_classes` differs from 1,000), or timm's from the local
+    Hugging Face cache. `arch_args` are constructor arguments of the user's own model or of a
+    timm model. `code`: (CodeReference, source bytes) checked by `user_code.from_record` —
+    how a checkpoint's code is run; without it a code reference is resolved as named on
+    the command line.
     """
     arch = get_architecture(name)
     if in_channels < 1 or num_classes < 1:
         raise CnnError(f"{name}: need at least one input channel and one class")
+    if arch.builder is None:
+        if batchnorm or output_activation != "none":
+            raise CnnError(f"{name}: --batchnorm and --output-activation are options of the registered architectures")
+        if name.startswith(TIMM_PREFIX):
+            from cnntools.models import timm_models
+
+            return timm_models.create(name[len(TIMM_PREFIX):], in_channels, image_size, num_classes, pretrained, arch_args or {})
+        from cnntools.models import user_code
+
+        if pretrained:
+            raise CnnError(f"{name}: --pretrained loads torchvision or timm weights; your own model starts from its own init")
+        ref, source = code if code is not None else user_code.resolve(name)
+        return user_code.build(ref, arch_args or {}, in_channels, image_size, num_classes, source)
+    if arch_args:
+        raise CnnError(f"{name}: --arch-args are constructor arguments of your own model or of timm:NAME; {name} takes none")
     if image_size < arch.min_size:
         raise CnnError(
             f"{name} needs inputs of at least {arch.min_size}x{arch.min_size} pixels (got {image_size}); "
@@ -108,6 +141,34 @@ def create_model(
     if arch.torchvision_name is not None:
         kwargs["pretrained"] = pretrained
     return arch.builder(in_channels, image_size, num_classes, **kwargs)
+
+
+def check_outputs(model, name: str, in_channels: int, image_size: int, num_classes: int) -> None:
+    """Run a model that cnntools did not write on two blank images: it must take
+    `in_channels`x`image_size`² inputs and give `num_classes` logits each (one clear error if not)."""
+    import torch
+
+    was_training = model.training
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    try:
+        with torch.no_grad():
+            model.eval()
+            out = model(torch.zeros(2, in_channels, image_size, image_size, device=device))
+    except Exception as error:  # noqa: BLE001 - whatever the user's forward raises
+        from cnntools.output import first_line
+
+        raise CnnError(
+            f"{name} cannot run on {in_channels}x{image_size}x{image_size} inputs ({type(error).__name__}: "
+            f"{first_line(error)}); pass the size it was written for with --image-size"
+        ) from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise CnnError(
+            f"{name} must return one row of {num_classes} logits per image (N x {num_classes}); it returned {got}. "
+            "Give its constructor a num_classes parameter (or set it with --arch-args)"
+        )
 
 
 def arch_config(name: str, in_channels: int, image_size: int, num_classes: int, **options) -> dict:

@@ -4,7 +4,7 @@ impossible combination before any work starts. Stored in the checkpoint as `trai
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from cnntools.output import CnnError
 
@@ -18,6 +18,7 @@ class TrainConfig:
     """Every training option, resolved; stored in the checkpoint as `train_config`."""
 
     arch: str = "simple-cnn"
+    arch_args: dict = field(default_factory=dict)  # constructor arguments of your own model or timm:NAME
     batchnorm: bool = False
     output_activation: str = "none"
     pretrained: bool = False
@@ -60,7 +61,7 @@ class TrainConfig:
     def from_dict(cls, values: dict, name: str = "checkpoint") -> "TrainConfig":
         """The options stored in a checkpoint's `train_config`, each of its declared type
         (a stored value of another type is one error naming the file and the option)."""
-        kinds = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,)}
+        kinds = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,), "dict": (dict,)}
         config = {}
         for f in fields(cls):
             if f.name not in values:

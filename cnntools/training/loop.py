@@ -136,10 +136,11 @@ class Trainer:
         rank: int = 0,
         world_size: int = 1,
         device=None,
+        code=None,
         test_set=None,
     ):
         from cnntools.data import BatchLoader, normalization, parse_augment
-        from cnntools.models import arch_config, create_model
+        from cnntools.models import arch_config, check_outputs, create_model, get_architecture, user_code
 
         validate_config(cfg)
         self.cfg = cfg
@@ -161,10 +162,15 @@ class Trainer:
             cfg.arch, self.in_channels, self.image_size, len(self.classes),
             batchnorm=cfg.batchnorm, output_activation=cfg.output_activation,
         )
+        # The user's code: resolved and hashed once (or, resuming, the checkpoint's checked record).
+        self.code = code if code is not None or not user_code.is_code_reference(cfg.arch) else user_code.resolve(cfg.arch)
         model = create_model(
             cfg.arch, self.in_channels, self.image_size, len(self.classes),
             batchnorm=cfg.batchnorm, output_activation=cfg.output_activation, pretrained=cfg.pretrained,
+            arch_args=cfg.arch_args, code=self.code,
         ).to(self.device)
+        if get_architecture(cfg.arch).builder is None:  # code cnntools did not write: check it fits the data
+            check_outputs(model, cfg.arch, self.in_channels, self.image_size, len(self.classes))
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = wrap_model(model, self.device, world_size)
@@ -239,6 +245,8 @@ class Trainer:
             history=self.history,
             steps=self.steps,
             label=self.cfg.label or derive_label(asdict(self.cfg)),
+            arch_args=self.cfg.arch_args or None,
+            code=self.code[0].record(self.cfg.arch_args) if self.code else None,
         )
 
     def _kept_record(self) -> dict | None:
