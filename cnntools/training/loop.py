@@ -185,20 +185,19 @@ class Trainer:
         # Evaluation batches: 256 small images, fewer large ones (inputs bounded in bytes, so the
         # activations of a validation pass do not grow with the split up to 256 photos).
         eval_batch = max(per_rank, min(256, chunk_rows(4 * math.prod(train_set.images.shape[1:]), CHUNK_BYTES // 2)))
-        self.val_loader = None
-        if val_set is not None and len(val_set):
-            self.val_loader = BatchLoader(
-                val_set, batch_size=eval_batch, shuffle=False, seed=cfg.seed, device=self.device,
+
+        def eval_loader(split_set):
+            """In-order, unaugmented batches of a validation or test split (None when it is empty)."""
+            if split_set is None or not len(split_set):
+                return None
+            return BatchLoader(
+                split_set, batch_size=eval_batch, shuffle=False, seed=cfg.seed, device=self.device,
                 augment=None, mean=self.mean, std=self.std, drop_last=False, rank=rank, world_size=world_size, pad=False,
                 channels_last=self.channels_last,
             )
-        self.test_loader = None
-        if test_set is not None and len(test_set):
-            self.test_loader = BatchLoader(
-                test_set, batch_size=eval_batch, shuffle=False, seed=cfg.seed, device=self.device,
-                augment=None, mean=self.mean, std=self.std, drop_last=False, rank=rank, world_size=world_size, pad=False,
-                channels_last=self.channels_last,
-            )
+
+        self.val_loader = eval_loader(val_set)
+        self.test_loader = eval_loader(test_set)
         if cfg.val_every and self.val_loader is None:
             raise CnnError("--val-every needs a validation split: pass --val-split F (e.g. 0.1)")
         self.steps_per_epoch = len(self.train_loader)
