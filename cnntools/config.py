@@ -44,7 +44,9 @@ def read_values(path: str, ctx) -> dict[str, Any]:
     if path.endswith(CHECKPOINT_SUFFIX):
         raw, source = _checkpoint_options(path), "checkpoint"
         # A checkpoint stores more than the flags (precision_used, channels, ...): keep the flags.
-        raw = {k: v for k, v in raw.items() if k.replace("_", "-") in params and v is not None}
+        raw = {k: v for k, v in raw.items() if k.replace("_", "-") in params and v not in (None, {}, [])}
+        # Structured values (--arch-args) are stored parsed; their flag takes them as JSON text.
+        raw = {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in raw.items()}
     else:
         raw, source = _toml_values(path), "config"
     values = {}

@@ -9,40 +9,15 @@ skipped; a file named on the command line that cannot be decoded is an error.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 
 import torch
 
-from cnntools import files, runtime
+from cnntools import runtime
+from cnntools.data.images import image_paths
 from cnntools.output import CnnError
 
 PREDICTION_COLUMNS = ["image", "rank", "class", "index", "prob", "logit"]
-
-
-def image_suffixes() -> set[str]:
-    """Every file suffix Pillow decodes (`.png`, `.jpg`, ...)."""
-    from PIL import Image
-
-    return {ext.lower() for ext in Image.registered_extensions()}
-
-
-def expand_paths(paths: list[str], on_skip: Callable[[str, str], None]) -> Iterator[tuple[str, bool]]:
-    """(path, named) for every image: files as given (`named`), folders walked recursively
-    (`files.walk_files`: each folder's files sorted, then its sub-folders)."""
-    suffixes = None
-    for path in paths:
-        if path != files.STDIO and os.path.isdir(path):
-            suffixes = suffixes or image_suffixes()
-            found, skipped = files.walk_files(path, lambda name: os.path.splitext(name)[1].lower() in suffixes)
-            for where, reason in skipped:
-                on_skip(str(where), f"{where}: {reason}")
-            if not found and not skipped:
-                raise CnnError(f"{path}: no image files in the folder (looked for {', '.join(sorted(suffixes)[:6])}, ...)")
-            for found_path in found:
-                yield str(found_path), False
-        else:
-            yield path, True
 
 
 def read_uint8(path: str, channels: int, size: int | None = None) -> torch.Tensor:
@@ -70,7 +45,7 @@ def batches(lm, paths: list[str], batch_size: int, on_skip: Callable[[str, str],
             on_image: Callable[[str, torch.Tensor], None] | None = None) -> Iterator[tuple[list[str], torch.Tensor]]:
     """(paths, N×C×H×W model inputs) batches of the readable images, in order."""
     names, images = [], []
-    for path, named in expand_paths(paths, on_skip):
+    for path, named in image_paths(paths, on_skip):
         try:
             raw, prepared = _read(path, lm)
             images.append(prepared)

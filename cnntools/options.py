@@ -254,22 +254,12 @@ def split_image_files(positional: list[str], images: list[str] | None) -> tuple[
 
 
 def expand_image_paths(paths: list[str]) -> list[str]:
-    """Image files as given, and for each folder every image file inside it (recursive, sorted)."""
-    import os
-    from pathlib import Path
+    """Image files as given, and for each folder every image file inside it (recursive,
+    sorted, hidden names left out; files that cannot be read are skipped with a warning)."""
+    from cnntools.data.images import image_paths
+    from cnntools.output import warn
 
-    out: list[str] = []
-    for path in paths:
-        if path != "-" and os.path.isdir(path):
-            found = sorted(str(p) for p in Path(path).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-            if not found:
-                from cnntools.output import CnnError
-
-                raise CnnError(f"{path}: no image files in this folder ({', '.join(IMAGE_SUFFIXES)})")
-            out.extend(found)
-        else:
-            out.append(path)
-    return out
+    return [path for path, _ in image_paths(paths, lambda where, message: warn(f"skipped {message}"))]
 
 
 def rewrite_deprecated(command: str, args: list[str], takes_value: set[str], notes: bool = True) -> list[str]:
@@ -326,6 +316,10 @@ NUMBER_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "--step-size": (0, None, False),
     "--val-split": (0, 1, False),
     "--perplexity": (0, None, True),
+    "--start-lr": (0, None, True),  # lr-find
+    "--end-lr": (0, None, True),
+    "--steps": (10, 10**6, False),  # lr-find: fewer steps cannot show a curve
+    "--diverge": (1, None, True),
 }
 
 

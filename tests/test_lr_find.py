@@ -67,4 +67,7 @@ def test_divergence_stops_the_sweep_and_bad_options_are_refused(cli, tmp_path):
     smoothed = [r["smoothed_loss"] for r in doc["sweep"]]
     assert smoothed[-1] > 4 * min(smoothed[:-1])
     assert cli("lr-find", "--start-lr", "1", "--end-lr", "0.1").exit_code == 1
+    for flag, bad in (("--steps", "5"), ("--diverge", "1"), ("--start-lr", "nan"), ("--end-lr", "0")):
+        refused = cli("lr-find", flag, bad)
+        assert refused.exit_code == 2 and flag in refused.stderr, (flag, refused.stderr)
     assert "figures" in cli("lr-find", "-o", tmp_path / "x.txt").stderr

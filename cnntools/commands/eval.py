@@ -73,7 +73,6 @@ def main(
     output.configure(quiet=quiet, debug=debug)
     runtime.use_threads(threads)
     models, image = options.split_image_files(models, image)
-    image = options.expand_image_paths(image) if image else image
     if not models:
         raise output.CnnError("name a model: a checkpoint (FILE.safetensors) or torchvision:NAME, before --image")
     from cnntools import files
@@ -287,8 +286,7 @@ def _images(loaded, labels, paths: list[str], top_k: int, fmt: str, predictions:
                 sinks.append(_CsvSink(stack.enter_context(open(tmp, "w", encoding="utf-8", newline="")), columns))
         for lm, label in zip(loaded, labels):
             for rows in predict_images(lm, paths, batch_size, top_k, precision, on_skip, on_image if lm is loaded[0] else None):
-                if several:
-                    rows = [{"model": label, **row} for row in rows]
+                rows = [{"model": label, **row} for row in rows]  # JSON names the model; one model's table and CSV leave it out
                 for sink in sinks:
                     sink.write(rows)
                 if keep:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -44,10 +44,7 @@ def main(
     sweep: Annotated[
         Optional[str], typer.Option("--sweep", help="Also write every step (step, lr, loss, smoothed_loss) to FILE (.csv or .json).")
     ] = None,
-    fmt: Annotated[
-        Literal["table", "json", "csv"],
-        typer.Option("--format", help="table: the suggested rates; json: suggestions and every step; csv: every step."),
-    ] = "table",
+    fmt: options.Format = "table",
     quiet: options.Quiet = False,
     debug: options.Debug = False,
 ) -> None:
@@ -59,6 +56,7 @@ def main(
     when it diverges. Suggests two rates from the smoothed curve: steepest (the fastest fall
     of the loss per unit of log learning rate) and valley (two thirds down the longest
     falling stretch, fastai's default and the steadier of the two). Writes no checkpoint.
+    The table shows the suggestions; JSON has them and every step; CSV is every step.
 
     \b
     Examples:
@@ -72,12 +70,8 @@ def main(
 
     runtime.use_threads(threads)
 
-    if not 0 < start_lr < end_lr:
-        raise output.CnnError("--start-lr must be positive and below --end-lr")
-    if steps < 10:
-        raise output.CnnError("--steps must be at least 10 (a few hundred reads best)")
-    if diverge <= 1:
-        raise output.CnnError("--diverge must be above 1")
+    if start_lr >= end_lr:
+        raise output.CnnError("--start-lr must be below --end-lr")
     if plot is not None:
         files.figure_format(plot)
     if sweep is not None and not sweep.endswith((".csv", ".json")):
@@ -113,12 +107,12 @@ def main(
         raise output.CnnError(f"the sweep stopped after {len(records)} steps, too few to suggest a rate; "
                               "lower --start-lr or raise --steps")
     doc = {
-        "schema": "cnntools.lr-find/1", "arch": arch, "data": data, "opt": opt, "batch_size": batch_size,
+        "arch": arch, "data": data, "opt": opt, "batch_size": batch_size,
         "start_lr": start_lr, "end_lr": end_lr, "steps": steps, "steps_run": len(records), "stopped": result["stopped"],
         "suggestions": suggestions, "sweep": records,
     }
     if sweep is not None:
-        text = output.csv_text(records, SWEEP_COLUMNS) if sweep.endswith(".csv") else _json(doc)
+        text = output.csv_text(records, SWEEP_COLUMNS) if sweep.endswith(".csv") else _json(output.stamped(doc, "lr-find"))
         files.write_text(sweep, text)
     if plot is not None:
         lr_find.plot(result, plot, f"{arch} on {data}, {opt}, batch {batch_size}")
@@ -128,7 +122,7 @@ def main(
     if fmt == "csv":
         output.print_csv(records, SWEEP_COLUMNS)
     else:
-        output.emit(doc, fmt, rows=rows, columns=["method", "lr", "smoothed_loss", "step"],
+        output.emit(doc, fmt, schema="lr-find", rows=rows, columns=["method", "lr", "smoothed_loss", "step"],
                     title="Suggested learning rates (valley: fastai's default)")
 
 

@@ -394,10 +394,10 @@ def _dry_run(cfg, fmt: str) -> None:
     trainer = Trainer(cfg, train_set, val_set, output=None, test_set=test_set)
     report = dry_run.estimate(trainer, setup_seconds=time.perf_counter() - start)
     if fmt in ("json", "jsonl"):
-        output.print_json({"schema": "cnntools.train.dry-run/1", **report})
+        output.print_json(report, schema="train.dry-run")
     else:
         rows = dry_run.table_rows(report)
-        output.emit(report, fmt, rows=rows, columns=["item", "value"], title="Dry run: nothing was trained or written")
+        output.emit(report, fmt, schema="train.dry-run", rows=rows, columns=["item", "value"], title="Dry run: nothing was trained or written")
 
 
 def _same_file(a: str, b: str) -> bool:
