@@ -202,7 +202,8 @@ def table_rows(report: dict) -> list[dict]:
         ("peak process memory", human_bytes(report["peak_rss_bytes"])),
         ("time per step", f"{report['seconds_per_step'] * 1000:.1f} ms (mean of {report['timed_steps']} timed steps)"),
         ("evaluation per epoch", f"{report['seconds_per_val_batch'] * report['val_batches_per_epoch'] * 1000:.1f} ms "
-                                 f"({report['val_batches_per_epoch']} batches: validation, --val-every, --test-each-epoch)"),
+                                 f"({report['val_batches_per_epoch']} batch{'es' if report['val_batches_per_epoch'] != 1 else ''}: "
+                                 "validation, --val-every, --test-each-epoch)"),
         ("setup", f"{report['setup_seconds']:.1f} s (data and model)"),
         ("estimated epoch", format_duration(report["estimated_epoch_seconds"])),
         ("estimated run", format_duration(report["estimated_seconds"])),
