@@ -47,3 +47,11 @@ def test_epoch_table_fits_80_columns_and_final_line_counts_epochs(cli, tmp_path)
     assert lines[0].split() == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "img/s", "updates"]
     assert all(len(line) <= 80 for line in lines)
     assert "in 1 epoch;" in result.stderr
+    # --test-each-epoch: the test columns take seconds' and updates' place, still 80 wide.
+    result = cli("train", "--arch", "simple-cnn", "--image-size", "8", "--device", "cpu", "--batch-size", "256",
+                 "--augment", "none", "--epochs", "2", "--test-each-epoch", "-o", tmp_path / "t.safetensors")
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "img/s"]
+    assert len(lines) == 3 and all(len(line) <= 80 for line in lines)
+    assert "in 2 epochs;" in result.stderr

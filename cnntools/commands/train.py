@@ -527,15 +527,19 @@ def _summary(trainer, target: str) -> None:
 class _RecordPrinter:
     """Epoch records on stdout as they complete: a growing table, jsonl or csv; json at the end."""
 
-    # Fits 80 columns (76 wide; 94 with --test-each-epoch's two columns): one-space gutters, img/s for images_per_s.
+    # The table fits 80 columns: one-space gutters, img/s for images_per_s (76 wide). With
+    # --test-each-epoch the test columns take the place of seconds and updates (79 wide);
+    # those stay in the CSV, JSONL and the checkpoint's history.
     WIDTHS = {"epoch": 5, "train_loss": 10, "train_acc": 9, "val_loss": 8, "val_acc": 7, "lr": 8, "seconds": 7,
               "images_per_s": 7, "updates": 7}
+    TEST_WIDTHS = {"epoch": 5, "train_loss": 10, "train_acc": 9, "val_loss": 8, "val_acc": 7, "test_loss": 9,
+                   "test_acc": 8, "lr": 8, "images_per_s": 7}
     HEADERS = {"images_per_s": "img/s"}
 
     def __init__(self, fmt: str, test: bool = False):
         self.fmt = fmt
         self.started = False
-        self.widths = {**self.WIDTHS, **({"test_loss": 9, "test_acc": 8} if test else {})}
+        self.widths = self.TEST_WIDTHS if test else self.WIDTHS
         self.columns = RECORD_COLUMNS + (TEST_COLUMNS if test else [])
 
     def add(self, record: dict, replay: bool = False) -> None:
