@@ -4,7 +4,7 @@ The data, model and options are resolved exactly as the run would (a `Trainer` w
 output file), then a few real training steps and validation batches are timed on the chosen
 device; the run's wall time is extrapolated from them:
 
-    setup + epochs × (updates per epoch × seconds per update + validation batches × seconds per batch)
+    start-up + epochs × (updates per epoch × seconds per update + validation batches × seconds per batch)
 
 Memory: parameters, gradients and optimizer state are counted exactly; activations are the
 measured peak of the timed steps on CUDA, and on the CPU the sum of every module's output
@@ -209,7 +209,7 @@ def table_rows(report: dict) -> list[dict]:
         ("evaluation per epoch", f"{report['seconds_per_val_batch'] * report['val_batches_per_epoch'] * 1000:.1f} ms "
                                  f"({report['val_batches_per_epoch']} batch{'es' if report['val_batches_per_epoch'] != 1 else ''}: "
                                  "validation, --val-every, --test-each-epoch)"),
-        ("setup", f"{report['setup_seconds']:.1f} s (data and model)"),
+        ("setup", f"{report['setup_seconds']:.1f} s (start-up, data and model)"),
         ("estimated epoch", _duration(report["estimated_epoch_seconds"])),
         ("estimated run", _duration(report["estimated_seconds"])),
     ]
@@ -221,3 +221,17 @@ def _duration(seconds: float) -> str:
     from cnntools.progress import format_duration
 
     return f"{seconds:.1f} s" if seconds < 60 else format_duration(seconds)
+
+
+def process_seconds() -> float | None:
+    """Seconds since this process started (Linux: from /proc), None where that is unknown."""
+    import os
+
+    try:
+        with open("/proc/self/stat", encoding="ascii") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        with open("/proc/uptime", encoding="ascii") as handle:
+            uptime = float(handle.read().split()[0])
+        return max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))  # field 22: start time in ticks
+    except (OSError, ValueError, IndexError):
+        return None

@@ -276,7 +276,7 @@ SCHEMAS: dict[str, dict] = {
             ("seconds_per_step", "number", "mean seconds per timed training step"),
             ("seconds_per_val_batch", "number", "mean seconds per timed evaluation batch"),
             ("estimated_epoch_seconds", "number", "steps x step time + evaluation batches x batch time"),
-            ("setup_seconds", "number", "seconds to load the data and build the model"),
+            ("setup_seconds", "number", "seconds from the process start to a built model with its data (Python, imports, data, model)"),
             ("estimated_seconds", "number", "set-up + epochs x epoch time"),
         ],
     },
