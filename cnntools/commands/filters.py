@@ -66,9 +66,10 @@ def main(
 
     from cnntools.checkpoint import load_model
     from cnntools.interpret.activations import conv_layer_names, example_input, get_layer
-    from cnntools.interpret.filters import batches_of, receptive_field_boxes, top_activating
+    from cnntools.inference import forward_batches
+    from cnntools.interpret.filters import receptive_field_boxes, top_activating
     from cnntools.interpret.inputs import parse_int_list
-    from cnntools.runtime import autocast, resolve_device, resolve_precision, seed_everything
+    from cnntools.runtime import resolve_device, resolve_precision, seed_everything
 
     seed_everything(seed)
     dev = resolve_device(device)
@@ -104,8 +105,9 @@ def main(
     if top_k > 0:
         imageset = lm.load_split(split, data_override=data, data_dir=data_dir, download=download)
         output.info(f"Ranking {len(imageset)} images of {imageset.spec} {imageset.split} for filters {chosen} of {layer}")
-        with autocast(dev, resolve_precision(precision, dev)):
-            ranked = top_activating(lm.model, layer, batches_of(imageset.images, lm.prepare, batch_size), chosen, k=top_k, score=score)
+        batches = forward_batches(lm.model, imageset.images, lm.preprocessing, batch_size=batch_size,
+                                  precision=resolve_precision(precision, dev), arch=lm.arch, layers=[layer])
+        ranked = top_activating(layer, (batch.activations[layer] for batch in batches), chosen, k=top_k, score=score)
         top = []
         for j, f in enumerate(chosen):
             entry = {"filter": f, "indices": ranked["top"][j].tolist(), "scores": ranked["top_scores"][j].tolist(),
