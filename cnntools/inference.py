@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -43,6 +43,11 @@ class Preprocessing:
         """`mean`/`std` normalisation (default none: [0, 1] pixels) at `size`×`size`."""
         return cls(tuple(mean) if mean is not None else (0.0,) * channels,
                    tuple(std) if std is not None else (1.0,) * channels, size, channels)
+
+    def for_fitted(self) -> Preprocessing:
+        """The same normalisation for images `fit` has fitted already: they are not fitted
+        again (torchvision's resize + centre crop is not idempotent)."""
+        return replace(self, resize=None)
 
     @property
     def shape(self) -> tuple[int, int, int]:

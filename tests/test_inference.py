@@ -221,3 +221,27 @@ def test_featmaps_and_saliency_outputs_at_bf16_differ_from_fp32_only_within_its_
     assert not torch.equal(maps32["maps"], maps16["maps"])
     diff = (maps32["maps"] - maps16["maps"]).abs().flatten()
     assert diff.mean() < 0.01 and diff.max() < 0.1  # gradcam: see the library test above
+
+
+def test_a_model_with_a_resize_rule_fits_dataset_images_once():
+    """torchvision's resize + centre crop is not idempotent: a dataset's images go through it
+    exactly once on their way to the model (eval, confusion, filters, ... all feed
+    `lm.load_split` images to `forward_batches`), as they do for image files."""
+    from cnntools.checkpoint import LoadedModel
+    from cnntools.checkpoint.metadata import DataRecipe
+    from cnntools.data import load_split
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 10)).eval()
+    classes = [f"class{i}" for i in range(10)]
+    lm = LoadedModel(model, "x", classes, list(MEAN), list(STD), 20, 3, None, DataRecipe("fake:20"),
+                     device=torch.device("cpu"), resize_size=24)
+    native = load_split("fake:20", "test").images
+    once = Preprocessing(MEAN, STD, 20, 3, resize=24)(native)
+    assert once.shape[2:] == (20, 20)
+    with torch.no_grad():
+        expected = model(once)
+    got = predict(lm.model, lm.load_split("test").images, lm.preprocessing)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    # Images fitted already (eval --image fits each file as it reads it) are not fitted again.
+    torch.testing.assert_close(predict(model, Preprocessing(MEAN, STD, 20, 3, resize=24).fit(native),
+                                       lm.preprocessing.for_fitted()), expected, rtol=1e-5, atol=1e-5)

@@ -103,7 +103,8 @@ class LoadedModel:
                              self.resize_size, self.interpolation)
 
     def load_split(self, split: str, data_override: str | None = None, data_dir: str | None = None, download: bool = False):
-        """The split of the model's own dataset (or `data_override`), fitted to the model.
+        """The split of the model's own dataset (or `data_override`), fitted to the model (for a
+        model with a resize rule, at the dataset's own size: `preprocessing` fits it).
 
         Labels are mapped onto the model's classes by name when the dataset names them in
         another order; a dataset whose classes the model does not know is refused unless its
@@ -138,6 +139,10 @@ class LoadedModel:
                     f"{spec} has {len(imageset.classes)} classes that the model ({len(self.classes)} classes) does not know; "
                     "evaluate on the dataset the model was trained on, or one with the same class names"
                 )
+        if self.resize_size is not None:
+            # torchvision's resize + centre crop is not idempotent: the forward passes fit the
+            # images (once), batch by batch; fitted here they would be zoomed in twice.
+            return imageset
         shape = (self.in_channels, self.image_size, self.image_size)
         return imageset.transformed(self.preprocessing.fit, shape) if tuple(imageset.images.shape[1:]) != shape else imageset
 

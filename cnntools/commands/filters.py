@@ -123,14 +123,14 @@ def main(
         boxes = None
         if crop_rf and ranked["argmax"] is not None:
             units = ranked["argmax"].reshape(-1, 2)
-            boxes = receptive_field_boxes(lm.model, layer, tuple(imageset.images.shape[1:]), units).reshape(len(chosen), -1, 4)
+            boxes = receptive_field_boxes(lm.model, layer, lm.preprocessing.shape, units).reshape(len(chosen), -1, 4)
             for j, entry in enumerate(top):
                 entry["rf_boxes"] = boxes[j].tolist()
         doc.update({"score": score, "split": f"{imageset.spec}:{imageset.split}", "top": top})
         if top_output:
             from cnntools.plots import save_figure
 
-            save_figure(_top_figure(imageset, top, layer, score, boxes), top_output)
+            save_figure(_top_figure(imageset, lm.preprocessing.fit, top, layer, score, boxes), top_output)
             output.info(f"Wrote {top_output}")
         table_rows = [
             {"filter": e["filter"], "rank": r + 1, "index": i, "label": lab, "score": s}
@@ -194,7 +194,7 @@ def _kernel_figure(weight, layer, scale, shown, label):
     return fig
 
 
-def _top_figure(imageset, top, layer, score, boxes):
+def _top_figure(imageset, fit, top, layer, score, boxes):
     from cnntools.plots import new_figure, show_image
 
     k = max(len(e["indices"]) for e in top)
@@ -206,7 +206,7 @@ def _top_figure(imageset, top, layer, score, boxes):
             if c >= len(entry["indices"]):
                 ax.axis("off")
                 continue
-            image = imageset.images[entry["indices"][c]]
+            image = fit(imageset.images[entry["indices"][c]][None])[0]  # as the model saw it
             if boxes is not None:
                 t, left, b, right = boxes[r][c].tolist()
                 image = image[:, t:b, left:right]
