@@ -107,7 +107,10 @@ def main(
     indices, default the first -n), --image (files or folders) or --mistakes (eval's
     predictions CSV). --layer auto explains the activation of the last conv layer (a residual
     block's output); --list-layers names the others. --save writes the raw maps (N×H×W per
-    model). Gradients and maps are computed in fp32 whatever --precision says.
+    model). --precision bf16 or fp16 runs the forward passes under autocast (the backward then
+    runs in the forward's dtypes; maps come back as float32): CAM maps barely change, input
+    gradient maps get visibly noisier, so use fp32 for the finest gradient maps. auto picks
+    reduced precision only where the hardware runs it natively.
 
     \b
     Examples:
@@ -144,10 +147,12 @@ def main(
     from cnntools.interpret.activations import example_input, layer_rows, resolve_layer_name
     from cnntools.interpret.inputs import resolve_targets
     from cnntools.interpret.saliency import GRADIENT_METHODS, saliency_maps, uses_layer
-    from cnntools.runtime import resolve_device, seed_everything
+    from cnntools.inference import predict
+    from cnntools.runtime import resolve_device, resolve_precision, seed_everything
 
     seed_everything(seed)
     dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
     if list_layers:  # the architecture alone: no weight file needed
         from cnntools.checkpoint.model_loading import load_architecture
 
@@ -172,13 +177,9 @@ def main(
 
     results = []  # one dict per (model, target) column
     for spec, lm, layer_name, model_name in zip(models, loaded, layer_names, model_names):
-        shown = lm.fit_images(raw)
-        x = lm.prepare(raw)
-        probs = []
-        with torch.inference_mode():
-            for start in range(0, x.shape[0], batch_size):
-                probs.append(torch.softmax(lm.model(x[start : start + batch_size]).float(), dim=1).cpu())
-        probs = torch.cat(probs)
+        shown = lm.preprocessing.fit(raw)
+        probs = torch.softmax(predict(lm.model, raw, lm.preprocessing, batch_size=batch_size, precision=prec, arch=lm.arch), dim=1)
+        x = lm.preprocessing(raw, lm.device)
         preds = probs.argmax(1).tolist()
         # Labels are indices into the first model's classes; map them by name for the others.
         index = {name: k for k, name in enumerate(lm.classes)}
@@ -197,6 +198,7 @@ def main(
                         batch_size=batch_size,
                         seed=seed,
                         reduce=reduce,
+                        precision=prec,
                     )
                 )
             maps = torch.cat(maps)
