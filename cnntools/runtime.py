@@ -137,6 +137,7 @@ def use_threads(threads: int | None = None) -> int:
     if threads < 1:
         raise CnnError(f"--threads {threads}: use 1 or more")
     _threads = threads
+    return_large_blocks()
     if "torch" in sys.modules:
         torch = sys.modules["torch"]
         if torch.get_num_threads() != threads:
@@ -144,6 +145,34 @@ def use_threads(threads: int | None = None) -> int:
     else:
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
     return threads
+
+
+MMAP_THRESHOLD = 4 * 2**20
+
+
+def return_large_blocks() -> None:
+    """Make glibc's malloc give every block of 4 MiB or more its own mapping, returned to the
+    system when freed.
+
+    By default glibc raises that threshold each time such a block is freed (up to 32 MiB), so
+    batches of activations end up in the heaps of torch's OpenMP threads, which fragment and
+    keep growing pass after pass: `eval` over 4,000 images of 128 px peaked 1.5x higher than
+    over 1,000. With a fixed threshold the process stays flat (tests/benchmarks/bench_store.py).
+    Nothing happens on other C libraries; MALLOC_MMAP_THRESHOLD_ set by the user wins.
+    """
+    global _heap_bounded
+    if _heap_bounded or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return
+    _heap_bounded = True
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+_heap_bounded = False
 
 
 def user_omp_threads() -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,34 @@ def test_one_allowed_core_gives_one_thread_and_a_passive_openmp():
                          preexec_fn=lambda: os.sched_setaffinity(0, {first}))
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["1", "PASSIVE"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc and /proc")
+def test_large_blocks_go_back_to_the_system_once_commands_set_threads():
+    """runtime.use_threads (every model-running command calls it) fixes glibc's mmap threshold:
+    freed batches of several MiB leave the process instead of staying in a heap that grows."""
+    probe = textwrap.dedent('''
+        import sys
+        from cnntools import runtime
+        if sys.argv[1] == "on":
+            runtime.use_threads(1)
+        import torch
+
+        def anon():
+            for line in open("/proc/self/status"):
+                if line.startswith("RssAnon"):
+                    return int(line.split()[1]) * 1024
+
+        sizes = [24, 20, 16, 22, 18]
+        for mb in sizes:  # glibc's default raises its threshold past these on the first frees
+            x = torch.ones(mb * 2**20, dtype=torch.uint8); del x
+        base = anon()
+        for mb in sizes:
+            x = torch.ones(mb * 2**20, dtype=torch.uint8); del x
+        print((anon() - base) / 2**20)
+    ''')
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    kept = {mode: float(subprocess.run([sys.executable, "-c", probe, mode], capture_output=True, text=True, env=env,
+                                       check=True).stdout) for mode in ("on", "off")}
+    assert kept["on"] < 2, kept  # every block returned
+    assert kept["off"] > 10, kept  # the default keeps them: the probe can tell the difference
