@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cnntools import runtime
 from cnntools.output import CnnError
 
 METHODS = ("auto", "sklearn", "opentsne")
@@ -434,7 +435,12 @@ def layer_features(model, prepare, images, layer: str | None = None, batch_size:
     captured: list = []
 
     def keep(tensor):
-        captured.append(tensor.detach().float().flatten(1).cpu())
+        rows = tensor.detach().float().flatten(1).cpu()
+        if not captured:  # the first batch tells the width: refuse the whole matrix before it grows
+            # The features, PCA's centred copy and its working matrix: three N×D float32 arrays.
+            runtime.check_allocation(3 * len(images) * rows.shape[1] * 4,
+                                     f"the features of {len(images):,} images ({rows.shape[1]:,} values each from '{layer}')")
+        captured.append(rows)
 
     module = modules[layer]
     if kind == "input":
