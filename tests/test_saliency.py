@@ -50,7 +50,7 @@ def patch_model_and_data():
 
     lm = load_model(cached_checkpoint("patch"), "cpu")
     test = lm.load_split("test")
-    return lm.model, lm.prepare(test.images), test.labels, test.meta["patch_boxes"].tolist()
+    return lm.model, lm.preprocessing(test.images, lm.device), test.labels, test.meta["patch_boxes"].tolist()
 
 
 @pytest.mark.parametrize("method", sal.CAM_METHODS)
@@ -265,7 +265,7 @@ def test_auto_layer_is_the_rectified_last_conv_so_confident_maps_are_not_blank(t
     assert (maps.flatten(1).amax(1) > 0).all()
     # The raw conv output itself leaves most of these maps blank: the choice matters.
     lm = load_model(checkpoint, "cpu")
-    x = lm.prepare(lm.load_split("test").images[:32])
+    x = lm.preprocessing(lm.load_split("test").images[:32], lm.device)
     targets = [row["target"] for row in json.loads(result.stdout)["images"]]
     raw = sal.saliency_maps(lm.model, x, targets, method="gradcam", layer="features.6")
     assert (raw.flatten(1).amax(1) > 0).float().mean() < 0.5

@@ -107,7 +107,10 @@ def main(
     indices, default the first -n), --image (files or folders) or --mistakes (eval's
     predictions CSV). --layer auto explains the activation of the last conv layer (a residual
     block's output); --list-layers names the others. --save writes the raw maps (N×H×W per
-    model). Gradients and maps are computed in fp32 whatever --precision says.
+    model). --precision bf16 or fp16 runs the forward passes under autocast (the backward then
+    runs in the forward's dtypes; maps come back as float32): CAM maps barely change, input
+    gradient maps get visibly noisier, so use fp32 for the finest gradient maps. auto picks
+    reduced precision only where the hardware runs it natively.
 
     \b
     Examples:
@@ -145,10 +148,12 @@ def main(
     from cnntools.interpret.activations import example_input, layer_rows, resolve_layer_name
     from cnntools.interpret.inputs import resolve_targets
     from cnntools.interpret.saliency import GRADIENT_METHODS, saliency_maps, uses_layer
-    from cnntools.runtime import resolve_device, seed_everything
+    from cnntools.inference import predict
+    from cnntools.runtime import resolve_device, resolve_precision, seed_everything
 
     seed_everything(seed)
     dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
     if list_layers:  # the architecture alone: no weight file needed
         from cnntools.checkpoint.model_loading import load_architecture
 
@@ -179,13 +184,9 @@ def main(
         # All chosen images at the model's size at once: uint8 to draw, float32 to run.
         runtime.check_allocation(gathered_bytes(len(raw), lm.in_channels, lm.image_size, lm.image_size, itemsize=5),
                                  f"{lm.source}: {len(raw):,} images at {lm.image_size}×{lm.image_size}")
-        shown = lm.fit_images(raw)
-        x = lm.prepare(raw)
-        probs = []
-        with torch.inference_mode():
-            for start in range(0, x.shape[0], batch):
-                probs.append(torch.softmax(lm.model(x[start : start + batch]).float(), dim=1).cpu())
-        probs = torch.cat(probs)
+        shown = lm.preprocessing.fit(raw)
+        probs = torch.softmax(predict(lm.model, raw, lm.preprocessing, batch_size=batch, precision=prec, arch=lm.arch), dim=1)
+        x = lm.preprocessing(raw, lm.device)
         preds = probs.argmax(1).tolist()
         # Labels are indices into the first model's classes; map them by name for the others.
         index = {name: k for k, name in enumerate(lm.classes)}
@@ -204,6 +205,7 @@ def main(
                         batch_size=batch,
                         seed=seed,
                         reduce=reduce,
+                        precision=prec,
                     )
                 )
             maps = torch.cat(maps)
