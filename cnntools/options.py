@@ -63,7 +63,6 @@ Threads = Annotated[
     Optional[int],
     typer.Option(
         "--threads", rich_help_panel=PANEL_RUN, metavar="N",
-        min=1,
         help="CPU threads for torch and image decoding (default: $CNNTOOLS_THREADS, else the cores this "
         "process may use: its CPU affinity and cgroup CPU quota).",
         show_default=False,
@@ -307,6 +306,7 @@ NUMBER_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "--seed": (0, 2**32 - 1, False),  # NumPy's seed range (torch's is wider)
     "--image-size": (1, 4096, False),  # 4096² RGB is 48 MiB an image before a batch is formed
     "--batch-size": (1, 2**20, False),
+    "--threads": (1, 4096, False),
     "--epochs": (1, 10**6, False),
     "--lr": (0, None, True),
     "--momentum": (0, 1, False),

@@ -324,18 +324,21 @@ def available_memory() -> int | None:
     return avail
 
 
-def check_allocation(nbytes: int, what: str) -> None:
+def check_allocation(nbytes: int, what: str, share: float = 1.0) -> None:
     """Refuse, as one line, an allocation derived from input that the machine cannot give.
 
     Called before the allocation, with an estimate of the bytes it needs: a one-line error
-    beats a MemoryError or the kernel's OOM killer halfway through.
+    beats a MemoryError or the kernel's OOM killer halfway through. `share`: the part of the
+    available memory this allocation may take (0.5 for data that a model must still run beside).
     """
     avail = available_memory()
-    if avail is not None and nbytes > avail:
-        raise CnnError(f"{what} needs about {_human(nbytes)} of memory, more than the {_human(avail)} available")
+    if avail is not None and nbytes > avail * share:
+        part = "the" if share >= 1 else "half the" if share == 0.5 else f"{share:.0%} of the"
+        raise CnnError(f"{what} needs about {human_bytes(nbytes)} of memory, more than {part} {human_bytes(avail)} available")
 
 
-def _human(nbytes: float) -> str:
+def human_bytes(nbytes: float) -> str:
+    """1536 → "1.5 KiB": a size for people."""
     for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if nbytes < 1024 or unit == "PiB":
             return f"{nbytes:.0f} {unit}" if unit == "bytes" else f"{nbytes:.1f} {unit}"

@@ -288,5 +288,10 @@ def load_architecture(spec: str, device="cpu", trust_code: bool = False) -> tupl
 
         return architecture(spec[len("timm:"):], device)
     _, meta = read_checkpoint(spec)
-    model = build_model(meta, files.display_name(spec), trust_code=trust_code).to(device).eval()
+    from cnntools.memory import check_weights as check_weight_bytes
+
+    name = files.display_name(spec)
+    # No weights are read here, so nothing bounds the architecture's size but its metadata.
+    check_weight_bytes(build_model(meta, name, device="meta", trust_code=trust_code), name)
+    model = build_model(meta, name, trust_code=trust_code).to(device).eval()
     return model, meta.in_channels, meta.image_size

@@ -39,6 +39,9 @@ def _from_checkpoint(source, data, data_dir, split, download, batch_size, device
         lm = load_model("-", dev, data=source, trust_code=trust_code)
     else:
         lm = load_model(source, dev, trust_code=trust_code)
+    from cnntools.memory import fit_model_batch
+
+    batch_size = fit_model_batch(lm, batch_size)
     imageset = lm.load_split(split, data_override=data, data_dir=data_dir, download=download)
     output.info(f"Running {lm.label} on {imageset.spec}:{imageset.split} ({len(imageset)} images)")
     logits = predict(lm.model, imageset.images, lm.preprocessing, batch_size=batch_size, device=dev, precision=prec, arch=lm.arch)

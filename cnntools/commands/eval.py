@@ -97,6 +97,10 @@ def main(
     prec = runtime.resolve_precision(precision, dev)
     loaded = [load_model(m, dev, trust_code=trust_code, download=download) for m in models]
     labels = distinct_labels([lm.label for lm in loaded], [lm.source for lm in loaded])
+    from cnntools.memory import fit_model_batch
+
+    # Before the first forward pass: a batch the memory cannot hold is made smaller, an image it cannot hold refused.
+    batches = [fit_model_batch(lm, 1 if image else batch_size) for lm in loaded]
 
     if image:
         shown = _images(loaded, labels, image, top_k, fmt, predictions, batch_size, prec)
@@ -105,8 +109,8 @@ def main(
         return
 
     results, all_rows, hist = [], [], {}
-    for lm, label in zip(loaded, labels):
-        results.append(_evaluate(lm, label, data, data_dir, split, download, batch_size, top_k, prec,
+    for lm, label, batch in zip(loaded, labels, batches):
+        results.append(_evaluate(lm, label, data, data_dir, split, download, batch, top_k, prec,
                                  all_rows if predictions else None, hist, logits))
     if predictions:
         columns = PREDICTION_COLUMNS + (_logit_columns(loaded[0].classes) if logits else [])

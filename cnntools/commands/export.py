@@ -99,6 +99,9 @@ def _export_model(model, out, kind, verify, num, tolerance, opset, data, data_di
     from cnntools.checkpoint import load_model
 
     lm = load_model(model, "cpu", trust_code=trust_code, download=download)  # exported on the CPU in fp32
+    from cnntools.memory import fit_model_batch
+
+    fit_model_batch(lm, 1)  # tracing runs one image
     inputs = spec = None
     if verify:
         try:

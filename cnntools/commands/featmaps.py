@@ -65,8 +65,10 @@ def main(
 
     import torch
 
+    from cnntools import files
     from cnntools.checkpoint import load_model
     from cnntools.inference import forward_batches
+    from cnntools.memory import fit_batch, fit_model_batch
     from cnntools.interpret.activations import activation_layer_names, activation_stats, example_input, get_layer, layer_rows
     from cnntools.runtime import resolve_device, resolve_precision, seed_everything
 
@@ -76,12 +78,14 @@ def main(
         from cnntools.checkpoint.model_loading import load_architecture
 
         net, in_channels, size = load_architecture(model, dev, trust_code=trust_code)
+        fit_batch(net, (in_channels, size, size), 1, dev, files.display_name(model))  # layer_rows runs one image
         rows = layer_rows(net, in_channels, size)
         output.emit({"model": model, "input_shape": [in_channels, size, size], "layers": rows}, fmt,
                     schema="featmaps.layers", rows=rows, columns=["layer", "type", "output_shape", "params"],
                     title=f"Layers of {model} (input {in_channels}×{size}×{size})")
         return
     lm = load_model(model, dev, trust_code=trust_code, download=download)
+    fit_model_batch(lm, 1)  # before the probe that names the layers
     wanted = None
     if channels is not None:
         from cnntools.interpret.inputs import parse_int_list
@@ -114,6 +118,7 @@ def main(
         raise CnnError("the model has no Conv2d layer; name layers with --layer (see --list-layers)")
     for n in names:
         get_layer(lm.model, n)
+    fit_model_batch(lm, 1, keep=tuple(names))  # every captured map is held until drawn
     # One image: one forward pass, whatever --batch-size says.
     (batch,) = forward_batches(lm.model, raw, lm.preprocessing, batch_size=batch_size, precision=resolve_precision(precision, dev),
                                arch=lm.arch, layers=names)

@@ -74,6 +74,9 @@ def main(
     seed_everything(seed)
     dev = resolve_device(device)
     lm = load_model(model, dev, trust_code=trust_code)
+    from cnntools.memory import fit_model_batch
+
+    batch_size = fit_model_batch(lm, batch_size if top_k > 0 else 1)  # before the layer probe's forward pass
     convs = conv_layer_names(lm.model, example_input(lm))
     if layer in ("first", "last"):
         if not convs:

@@ -144,6 +144,7 @@ def main(
     import torch
 
     from cnntools.checkpoint import load_model
+    from cnntools.memory import fit_batch, fit_model_batch, gathered_bytes
     from cnntools.interpret.activations import example_input, layer_rows, resolve_layer_name
     from cnntools.interpret.inputs import resolve_targets
     from cnntools.interpret.saliency import GRADIENT_METHODS, saliency_maps, uses_layer
@@ -157,6 +158,7 @@ def main(
         from cnntools.checkpoint.model_loading import load_architecture
 
         net, in_channels, size = load_architecture(models[0], dev, trust_code=trust_code)
+        fit_batch(net, (in_channels, size, size), 1, dev, _model_name(models[0]))  # layer_rows runs one image
         rows = layer_rows(net, in_channels, size)
         columns = ["layer", "type", "output_shape", "params"]
         output.emit({"model": models[0], "input_shape": [in_channels, size, size], "layers": rows},
@@ -164,6 +166,8 @@ def main(
         return
     loaded = [load_model(spec, dev, trust_code=trust_code, download=download) for spec in models]
     first = loaded[0]
+    # Before the first forward pass (the layer probe below): maps need the backward pass too.
+    batches = [fit_model_batch(lm, batch_size, training=True) for lm in loaded]
 
     # Resolve every model's layer first: a wrong --layer fails before any work is announced.
     layer_names = [resolve_layer_name(lm.model, layer, example_input(lm)) if uses_layer(method) else None for lm in loaded]
@@ -176,9 +180,12 @@ def main(
     model_names = distinct_labels([lm.label for lm in loaded], [_model_name(spec) for spec in models])
 
     results = []  # one dict per (model, target) column
-    for spec, lm, layer_name, model_name in zip(models, loaded, layer_names, model_names):
+    for spec, lm, layer_name, model_name, batch in zip(models, loaded, layer_names, model_names, batches):
+        # All chosen images at the model's size at once: uint8 to draw, float32 to run.
+        runtime.check_allocation(gathered_bytes(len(raw), lm.in_channels, lm.image_size, lm.image_size, itemsize=5),
+                                 f"{lm.source}: {len(raw):,} images at {lm.image_size}×{lm.image_size}")
         shown = lm.preprocessing.fit(raw)
-        probs = torch.softmax(predict(lm.model, raw, lm.preprocessing, batch_size=batch_size, precision=prec, arch=lm.arch), dim=1)
+        probs = torch.softmax(predict(lm.model, raw, lm.preprocessing, batch_size=batch, precision=prec, arch=lm.arch), dim=1)
         x = lm.preprocessing(raw, lm.device)
         preds = probs.argmax(1).tolist()
         # Labels are indices into the first model's classes; map them by name for the others.
@@ -187,15 +194,15 @@ def main(
         for target_spec in target_specs:
             targets = resolve_targets(target_spec, preds, None if min(model_labels) < 0 else model_labels, lm.classes)
             maps = []
-            for start in range(0, x.shape[0], batch_size):
+            for start in range(0, x.shape[0], batch):
                 maps.append(
                     saliency_maps(
                         lm.model,
-                        x[start : start + batch_size],
-                        targets[start : start + batch_size],
+                        x[start : start + batch],
+                        targets[start : start + batch],
                         method=method,
                         layer=layer_name,
-                        batch_size=batch_size,
+                        batch_size=batch,
                         seed=seed,
                         reduce=reduce,
                         precision=prec,

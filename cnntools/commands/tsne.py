@@ -113,6 +113,7 @@ def main(
         images = load_split(data or "digits", split, data_dir=data_dir, download=download, seed=seed)
         source.update(kind="pixels", data=images.spec)
         idx = _subset(images.labels.numpy(), n, seed, lib)
+        _check_sample(images, idx)
         features = _pixels(images, idx)
         what = "raw pixels"
     else:
@@ -120,8 +121,12 @@ def main(
 
         dev = runtime.resolve_device(device)
         lm = load_model(checkpoint, dev, trust_code=trust_code)
+        from cnntools.memory import fit_model_batch
+
+        batch_size = fit_model_batch(lm, batch_size)  # before the first forward pass
         images = lm.load_split(split, data_override=data, data_dir=data_dir, download=download)
         idx = _subset(images.labels.numpy(), n, seed, lib)
+        _check_sample(images, idx)
         features, layer_name, hook = lib.layer_features(
             lm.model, lm.preprocessing, images.images[idx], layer=layer, batch_size=batch_size,
             precision=runtime.resolve_precision(precision, dev), arch=lm.arch,
@@ -204,6 +209,15 @@ def main(
         output.emit(doc, fmt, schema="tsne", rows=matrix, columns=["class"] + list(classes))
     else:
         output.emit(doc, fmt, schema="tsne", rows=pairs, columns=columns, render_table=render)
+
+
+def _check_sample(images, idx) -> None:
+    """Refuse a sample whose pixels cannot be held: the uint8 images gathered, their float32
+    rows and the scaled copy `_pixels` makes (9 bytes a value), before any of it is made."""
+    from cnntools.memory import gathered_bytes
+
+    runtime.check_allocation(gathered_bytes(len(idx), *images.images.shape[1:], itemsize=9),
+                             f"a t-SNE sample of {len(idx):,} {'×'.join(map(str, images.images.shape[1:]))} images")
 
 
 def _pixels(images, idx):

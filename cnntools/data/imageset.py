@@ -137,6 +137,11 @@ class ImageSet:
         if self.mapped:
             images = _to_store(len(self), tuple(item_shape), pieces)
         else:
+            from cnntools.runtime import check_allocation
+
+            # Held in RAM beside the model that runs on them: at most half of what is free.
+            check_allocation(len(self) * int(np.prod(item_shape)),
+                             f"{self.spec}: {len(self):,} images at {'×'.join(map(str, item_shape))}", share=0.5)
             images = torch.empty((len(self), *item_shape), dtype=torch.uint8)
             for i, piece in zip(range(0, len(self), step), pieces):
                 images[i : i + len(piece)] = piece

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cnntools import runtime
 from cnntools.output import CnnError
 
 METHODS = ("auto", "sklearn", "opentsne")
@@ -434,11 +435,15 @@ def layer_features(model, preprocessing, images, layer: str | None = None, batch
             shown = ", ".join(names[:25]) + (" ..." if len(names) > 25 else "")
             raise TsneInputError(f"no layer named '{layer}' in the model; layers: {shown}")
         kind = "output"
-    captured = [
-        batch.activations[layer].float().flatten(1).cpu()
-        for batch in forward_batches(model, images, preprocessing, batch_size=batch_size, precision=precision,
-                                     arch=arch, layers=[layer], layer_inputs=kind == "input")
-    ]
+    captured: list = []
+    for batch in forward_batches(model, images, preprocessing, batch_size=batch_size, precision=precision,
+                                 arch=arch, layers=[layer], layer_inputs=kind == "input"):
+        rows = batch.activations[layer].float().flatten(1).cpu()
+        if not captured:  # the first batch tells the width: refuse the whole matrix before it grows
+            # The features, PCA's centred copy and its working matrix: three N×D float32 arrays.
+            runtime.check_allocation(3 * len(images) * rows.shape[1] * 4,
+                                     f"the features of {len(images):,} images ({rows.shape[1]:,} values each from '{layer}')")
+        captured.append(rows)
     if not captured:
         raise TsneInputError("no images to extract features from")
     return torch.cat(captured).numpy(), layer, kind

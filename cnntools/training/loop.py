@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from cnntools import runtime
+from cnntools import memory, runtime
 from cnntools.checkpoint import clean_state_dict, save_checkpoint, unwrap_model
 from cnntools.collectives import broadcast_buffers, check_global_batch, reduce_sum, wrap_model
 from cnntools.data.augment import resolve_augment
@@ -36,7 +36,7 @@ from cnntools.output import CnnError
 from cnntools.training.config import DEFAULT_LR, TrainConfig, validate_config
 from cnntools.training.meters import EpochMeters
 from cnntools.training.control import NonFiniteLoss, TrainingInterrupted, gradient_sum, install_stop_signals, restore_signals
-from cnntools.training.optimization import build_optimizer, build_scheduler, class_weight_tensor
+from cnntools.training.optimization import build_optimizer, build_scheduler, class_weight_tensor, optimizer_states
 from cnntools.training.rng_state import rng_state, set_rng_state
 
 
@@ -165,11 +165,15 @@ class Trainer:
         )
         # The user's code: resolved and hashed once (or, resuming, the checkpoint's checked record).
         self.code = code if code is not None or not user_code.is_code_reference(cfg.arch) else user_code.resolve(cfg.arch)
-        model = create_model(
-            cfg.arch, self.in_channels, self.image_size, len(self.classes),
-            batchnorm=cfg.batchnorm, output_activation=cfg.output_activation, pretrained=cfg.pretrained,
-            arch_args=cfg.arch_args, code=self.code,
-        ).to(self.device)
+        build = dict(batchnorm=cfg.batchnorm, output_activation=cfg.output_activation, arch_args=cfg.arch_args, code=self.code)
+        if not cfg.pretrained:  # a layer sized by the image (LeNet's fc at --image-size 4096) is refused before it exists
+            with torch.device("meta"):
+                memory.check_weights(create_model(cfg.arch, self.in_channels, self.image_size, len(self.classes), **build), cfg.arch)
+        model = create_model(cfg.arch, self.in_channels, self.image_size, len(self.classes), pretrained=cfg.pretrained,
+                             **build).to(self.device)
+        shape = (self.in_channels, self.image_size, self.image_size)
+        memory.check_training(model, shape, per_rank, self.device, f"{cfg.arch} at {self.image_size}×{self.image_size}",
+                              optimizer_states(cfg))
         if get_architecture(cfg.arch).builder is None:  # code cnntools did not write: check it fits the data
             check_outputs(model, cfg.arch, self.in_channels, self.image_size, len(self.classes))
         if self.channels_last:
@@ -186,6 +190,8 @@ class Trainer:
         # Evaluation batches: 256 small images, fewer large ones (inputs bounded in bytes, so the
         # activations of a validation pass do not grow with the split up to 256 photos).
         eval_batch = max(per_rank, min(256, chunk_rows(4 * math.prod(train_set.images.shape[1:]), CHUNK_BYTES // 2)))
+        if val_set is not None or test_set is not None:
+            eval_batch = memory.fit_batch(model, shape, eval_batch, self.device, "validation")
 
         def eval_loader(split_set):
             """In-order, unaugmented batches of a validation or test split (None when it is empty)."""

@@ -48,6 +48,13 @@ def _smooth_alpha(spec: str) -> float:
     return alpha
 
 
+def optimizer_states(cfg: TrainConfig) -> int:
+    """Parameter-sized buffers the optimizer keeps: SGD's momentum (when used), Adam's two moments."""
+    if cfg.opt == "sgd":
+        return 1 if cfg.momentum else 0
+    return 2
+
+
 def build_optimizer(model, cfg: TrainConfig):
     lr = cfg.resolved_lr()
     params = model.parameters()
