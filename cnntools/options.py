@@ -97,7 +97,7 @@ ArchArgs = Annotated[
     typer.Option(
         "--arch-args",
         metavar="ARGS",
-        help="Constructor arguments of your own model or of timm:NAME: a JSON object or key=value,... "
+        help="Constructor arguments of your own model, timm:NAME or torchvision:NAME: a JSON object or key=value,... "
         "(in_channels, num_classes, image_size are passed when the signature names them).",
     ),
 ]

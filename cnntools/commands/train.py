@@ -34,7 +34,7 @@ def main(
     arch: Annotated[
         str,
         typer.Option("--arch", metavar="ARCH", autocompletion=complete_arch,
-                     help="Architecture: a registered name (--list-archs), timm:NAME, or your own model "
+                     help="Architecture: a registered name (--list-archs), torchvision:NAME, timm:NAME, or your own model "
                      "as FILE.py:NAME or package.module:NAME (an nn.Module class or a function returning one)."),
     ] = "simple-cnn",
     arch_args: options.ArchArgs = None,
@@ -45,7 +45,7 @@ def main(
         typer.Option("--output-activation", help="lenet: activation on the output layer (none keeps raw logits)."),
     ] = "none",
     pretrained: Annotated[
-        bool, typer.Option("--pretrained", help="Start from torchvision's ImageNet weights (local torch cache only).")
+        bool, typer.Option("--pretrained", help="Start from ImageNet weights: torchvision's from the local torch cache, timm's from the Hugging Face cache.")
     ] = False,
     data: options.Data = "digits",
     data_dir: options.DataDir = None,
