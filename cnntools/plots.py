@@ -102,16 +102,18 @@ def show_image(ax, image, title: str | None = None, fontsize: float = 8) -> None
         ax.set_title(title, fontsize=fontsize)
 
 
-def show_overlay(ax, image, heatmap, alpha: float = 0.5, title: str | None = None, fontsize: float = 8) -> None:
-    """An image in grey/colour with a [0, 1] heatmap (jet) blended on top, at the image's size."""
+def show_overlay(ax, image, heatmap, alpha: float = 0.5, title: str | None = None, fontsize: float = 8,
+                 vmin: float = 0.0, vmax: float = 1.0):
+    """An image in grey/colour with a heatmap (jet, `vmin`..`vmax`) blended on top, at the image's
+    size; returns the heatmap's artist."""
     import numpy as np
 
     show_image(ax, image, title, fontsize)
     heat = heatmap.detach().cpu().numpy() if hasattr(heatmap, "detach") else np.asarray(heatmap)
     h, w = image.shape[-2:]
     # Stretched over the image's pixels (imshow's default extent for it), whatever the heatmap's size.
-    ax.imshow(heat, cmap="jet", alpha=alpha, vmin=0, vmax=1, extent=(-0.5, w - 0.5, h - 0.5, -0.5),
-              interpolation="bilinear")
+    return ax.imshow(heat, cmap="jet", alpha=alpha, vmin=vmin, vmax=vmax, extent=(-0.5, w - 0.5, h - 0.5, -0.5),
+                     interpolation="bilinear")
 
 
 def show_map(ax, heatmap, title: str | None = None, fontsize: float = 8, cmap: str = "hot", vmin=0.0, vmax=1.0):
