@@ -9,7 +9,7 @@ import typer
 from cnntools import options, output, runtime
 from cnntools.completion import complete_model, complete_target
 from cnntools.output import CnnError
-from cnntools.runs import distinct_labels
+from cnntools.runs import distinct_labels, shown_labels
 
 # Kept in step with cnntools.interpret.saliency.METHODS (a test checks it); spelled out here
 # so that --help and shell completion need no torch import.
@@ -172,9 +172,10 @@ def main(
     where = None if image else _where(first, data, split)
     output.info(f"Explaining {len(names)} image(s) with {method} on {len(loaded)} model(s)")
     model_names = distinct_labels([lm.label for lm in loaded], [_model_name(spec) for spec in models])
+    short = shown_labels([lm.label for lm in loaded], [_model_name(spec) for spec in models])
 
     results = []  # one dict per (model, target) column
-    for spec, lm, layer_name, model_name in zip(models, loaded, layer_names, model_names):
+    for spec, lm, layer_name, model_name, header in zip(models, loaded, layer_names, model_names, short.labels):
         shown = lm.fit_images(raw)
         x = lm.prepare(raw)
         probs = []
@@ -205,7 +206,7 @@ def main(
             maps = torch.cat(maps)
             _warn_flat(maps, names, targets, lm.classes, model_name, method, layer_name)
             results.append(
-                {"spec": spec, "name": model_name, "lm": lm, "shown": shown, "layer": layer_name, "target_spec": target_spec,
+                {"spec": spec, "name": model_name, "header": header, "lm": lm, "shown": shown, "layer": layer_name, "target_spec": target_spec,
                  "probs": probs, "preds": preds, "targets": targets, "maps": maps, "labels": model_labels}
             )
 
@@ -241,6 +242,8 @@ def main(
         from cnntools.plots import save_figure
 
         title = _figure_title(method, results[0]["layer"], reduce, target, len(names), where, len(results))
+        if short.shared:
+            title += f"\n{short.note('all models: ')}"
         save_figure(_grid(results, names, labels, method, alpha, overlay, title, map_quantity(method, reduce)), out)
         output.info(f"Wrote {out}")
     if save_maps:
@@ -363,7 +366,7 @@ def _grid(results, names, labels, method, alpha, overlay=True, title=None, quant
             axes[i, j + 1].set_title(text, fontsize=8.5, color=color)
     several_targets = len({r["target_spec"] for r in results}) > 1
     for j, r in enumerate(results):
-        header = r["name"] + (f"\ntarget {r['target_spec']}" if several_targets else "")
+        header = r.get("header", r["name"]) + (f"\ntarget {r['target_spec']}" if several_targets else "")
         axes[0, j + 1].annotate(header, xy=(0.5, 1.0), xytext=(0, 34), xycoords="axes fraction",
                                 textcoords="offset points", ha="center", va="bottom", fontsize=10, weight="bold")
     axes[0, 0].annotate("image", xy=(0.5, 1.0), xytext=(0, 34), xycoords="axes fraction",
