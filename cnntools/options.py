@@ -11,7 +11,7 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from cnntools.completion import complete_data, complete_device, complete_layer
+from cnntools.completion import complete_arch, complete_data, complete_device, complete_layer
 
 # Help headings of the shared options (cli._Command groups options under them).
 PANEL_DATA = "Data"
@@ -101,6 +101,65 @@ ArchArgs = Annotated[
         "(in_channels, num_classes, image_size are passed when the signature names them).",
     ),
 ]
+
+# Training options that train and lr-find share: the model, the data it sees and the optimizer.
+Arch = Annotated[
+    str,
+    typer.Option("--arch", metavar="ARCH", autocompletion=complete_arch,
+                 help="Architecture: a registered name (--list-archs), torchvision:NAME, timm:NAME, or your own model "
+                 "as FILE.py:NAME or package.module:NAME (an nn.Module class or a function returning one)."),
+]
+
+Batchnorm = Annotated[bool, typer.Option("--batchnorm", help="lenet: BatchNorm after each conv.")]
+
+OutputActivation = Annotated[
+    Literal["none", "relu", "tanh"],
+    typer.Option("--output-activation", help="lenet: activation on the output layer (none keeps raw logits)."),
+]
+
+Pretrained = Annotated[
+    bool, typer.Option("--pretrained", help="Start from ImageNet weights: torchvision's from the local torch cache, "
+                       "timm's from the Hugging Face cache.")
+]
+
+ValSplit = Annotated[
+    float, typer.Option("--val-split", help="Fraction of train held out for validation when the data has no val split (0: none).")
+]
+
+ImageSize = Annotated[
+    Optional[int], typer.Option("--image-size", help="Input side in pixels (default: the data's own, or the architecture's usual size).")
+]
+
+Optimizer = Annotated[Literal["sgd", "adam", "adamw"], typer.Option("--opt", help="Optimizer.")]
+
+LearningRate = Annotated[Optional[float], typer.Option("--lr", help="Learning rate (default 0.01 for sgd, 0.001 for adam/adamw).")]
+
+Momentum = Annotated[float, typer.Option("--momentum", help="SGD momentum.")]
+
+WeightDecay = Annotated[float, typer.Option("--weight-decay", help="Weight decay (L2 for sgd/adam, decoupled for adamw).")]
+
+Nesterov = Annotated[bool, typer.Option("--nesterov", help="Nesterov momentum (sgd).")]
+
+Augment = Annotated[
+    str,
+    typer.Option(
+        "--augment", metavar="SPEC",
+        help="Batched augmentation, e.g. flip,crop:4,jitter:0.4,rotate:15,rrc:0.08; none; "
+        "auto: rotate:10,crop:1 for digits/mnist, none elsewhere.",
+    ),
+]
+
+Normalize = Annotated[
+    str, typer.Option("--normalize", metavar="SPEC", help="dataset (train mean/std), half (0.5/0.5), imagenet, none, or MEAN,STD.")
+]
+
+ClassWeights = Annotated[
+    str, typer.Option("--class-weights", metavar="SPEC", help="Loss weights: none, auto (balanced by class counts), smooth:ALPHA "
+                      "(weights ∝ (1/count)^ALPHA; 0.5 halves the imbalance's effect) or one number per class.")
+]
+
+LabelSmoothing = Annotated[float, typer.Option("--label-smoothing", help="Label smoothing of the cross-entropy (0..1).")]
+
 
 # ---------------------------------------------------------------------------- inputs and outputs
 Output = Annotated[
@@ -196,22 +255,12 @@ def split_image_files(positional: list[str], images: list[str] | None) -> tuple[
 
 
 def expand_image_paths(paths: list[str]) -> list[str]:
-    """Image files as given, and for each folder every image file inside it (recursive, sorted)."""
-    import os
-    from pathlib import Path
+    """Image files as given, and for each folder every image file inside it (recursive,
+    sorted, hidden names left out; files that cannot be read are skipped with a warning)."""
+    from cnntools.data.images import image_paths
+    from cnntools.output import warn
 
-    out: list[str] = []
-    for path in paths:
-        if path != "-" and os.path.isdir(path):
-            found = sorted(str(p) for p in Path(path).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-            if not found:
-                from cnntools.output import CnnError
-
-                raise CnnError(f"{path}: no image files in this folder ({', '.join(IMAGE_SUFFIXES)})")
-            out.extend(found)
-        else:
-            out.append(path)
-    return out
+    return [path for path, _ in image_paths(paths, lambda where, message: warn(f"skipped {message}"))]
 
 
 def rewrite_deprecated(command: str, args: list[str], takes_value: set[str], notes: bool = True) -> list[str]:
@@ -268,6 +317,10 @@ NUMBER_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "--step-size": (0, None, False),
     "--val-split": (0, 1, False),
     "--perplexity": (0, None, True),
+    "--start-lr": (0, None, True),  # lr-find
+    "--end-lr": (0, None, True),
+    "--steps": (10, 10**6, False),  # lr-find: fewer steps cannot show a curve
+    "--diverge": (1, None, True),
 }
 
 

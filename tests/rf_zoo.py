@@ -87,7 +87,11 @@ def cut(gm: fx.GraphModule, display: str) -> fx.GraphModule:
             n.args = (given["input"], given["kernel_size"])
             n.kwargs = {"stride": given.get("stride"), "padding": given.get("padding", 0),
                         "ceil_mode": given.get("ceil_mode", False)}
-    gm.graph.eliminate_dead_code()
+    # eliminate_dead_code keeps call_module nodes (torch counts them as possibly impure), so a
+    # cut at a ViT's first attention would keep (and materialise) all 32 layers: erase by hand.
+    for n in reversed(list(gm.graph.nodes)):
+        if n.op not in ("output", "placeholder") and not n.users:
+            gm.graph.erase_node(n)
     gm.delete_all_unused_submodules()
     gm.recompile()
     return gm

@@ -87,7 +87,8 @@ def test_every_command_that_runs_a_model_takes_the_model_options():
         longs = {_long(p) for p in _options(command)}
         if "--device" not in longs:
             continue
-        wanted = MODEL_OPTIONS - ({"--split"} if name == "train" else set())
+        # train and lr-find use the train split and carve validation from it.
+        wanted = MODEL_OPTIONS - ({"--split"} if name in ("train", "lr-find") else set())
         assert wanted <= longs, f"{name} lacks {sorted(wanted - longs)}"
     assert {"tsne", "eval", "confusion", "saliency", "featmaps", "filters", "train"} <= {
         name for name, c in _tree().items() if "--device" in {_long(p) for p in _options(c)}

@@ -10,6 +10,8 @@ from cnntools import options, output, runtime
 from cnntools.completion import complete_model
 from cnntools.runs import distinct_labels, shown_labels
 
+LOGITS_PLOT_IMAGES = 16  # --logits-plot panels at most (a folder could hold thousands)
+
 
 def main(
     models: Annotated[List[str], typer.Argument(help="Checkpoints (FILE.safetensors, - for stdin) or torchvision:NAME.", show_default=False, metavar="MODEL", autocompletion=complete_model)],
@@ -54,7 +56,9 @@ def main(
     and statistics of the raw outputs (min, max, mean, share negative); several models are
     compared side by side. -o writes the predictions CSV, one row per image (for `cnntools
     confusion`; - for stdout, the tables then go to stderr); --image prints the top-k classes
-    of image files (or of every image in a folder) instead of dataset metrics.
+    of image files, or of every image in a folder (recursively, in batches; unreadable files
+    are listed and skipped), instead of dataset metrics, and -o then writes those rows (CSV,
+    or JSON for FILE.json).
 
     \b
     Examples:
@@ -64,11 +68,11 @@ def main(
       cnntools eval model.safetensors -o pred.csv --logits
       cnntools eval none.safetensors relu.safetensors -i 0,1 --logits-plot logits.png
       cnntools eval torchvision:vgg16 --image bird.jpg dog.jpg --top-k 3
+      cnntools eval model.safetensors --image photos/ -o predictions.csv   # a folder, recursively
     """
     output.configure(quiet=quiet, debug=debug)
     runtime.use_threads(threads)
     models, image = options.split_image_files(models, image)
-    image = options.expand_image_paths(image) if image else image
     if not models:
         raise output.CnnError("name a model: a checkpoint (FILE.safetensors) or torchvision:NAME, before --image")
     from cnntools import files
@@ -97,7 +101,7 @@ def main(
     short = shown_labels([lm.label for lm in loaded], [lm.source for lm in loaded])
 
     if image:
-        shown = _images(loaded, labels, image, top_k, fmt)
+        shown = _images(loaded, labels, image, top_k, fmt, predictions, batch_size, prec)
         if logits_plot:
             _logits_plot(loaded, short, shown, logits_plot)
         return
@@ -249,29 +253,60 @@ def _report(results: list[dict], fmt: str, per_class: bool, short=None) -> None:
     output.emit(doc, fmt, schema="eval", rows=rows, render_table=render)
 
 
-def _images(loaded, labels, paths: list[str], top_k: int, fmt: str):
-    """Print each model's top classes of each image file; returns the images as --logits-plot draws them."""
-    import torch
+def _images(loaded, labels, paths: list[str], top_k: int, fmt: str, predictions: str | None, batch_size: int, precision: str):
+    """Top-k classes of image files and folders, batch by batch; CSV streams as it is computed.
+    Returns the first images as --logits-plot draws them."""
+    import contextlib
+    import json
+    import sys
 
-    rows = []
-    raw = {}
-    for lm, label in zip(loaded, labels):
-        for path in paths:
-            images = _read_image(path, lm.in_channels, None if lm.resize_size is not None else lm.image_size)
+    from cnntools import files
+    from cnntools.image_predict import PREDICTION_COLUMNS, predict_images
+
+    several = len(loaded) > 1
+    columns = (["model"] if several else []) + PREDICTION_COLUMNS
+    pred_json = predictions is not None and predictions.endswith(".json")
+    stream_stdout = fmt == "csv" and predictions is None
+    keep = not stream_stdout  # the table and JSON views need every row (small: no pixels)
+    rows_all: list[dict] = []
+    skipped: list[dict] = []
+
+    raw: dict = {}  # the first images, for --logits-plot (a folder would make thousands of panels)
+
+    def on_image(path: str, images) -> None:
+        if len(raw) < LOGITS_PLOT_IMAGES:
             raw.setdefault(path, images)
-            with torch.inference_mode():
-                logits = lm.model(lm.prepare(images)).float().cpu()[0]
-            probs = torch.softmax(logits, 0)
-            k = min(top_k, probs.numel())
-            values, indices = probs.topk(k)
-            for rank, (p, c) in enumerate(zip(values.tolist(), indices.tolist()), start=1):
-                rows.append({"model": label, "image": path, "rank": rank, "class": lm.classes[c], "index": c,
-                             "prob": p, "logit": float(logits[c])})
-    columns = (["model"] if len(loaded) > 1 else []) + ["image", "rank", "class", "index", "prob", "logit"]
-    output.emit({"predictions": rows}, fmt, schema="eval.images", rows=rows, columns=columns, title=f"Top {top_k} classes")
-    from cnntools.files import display_name
 
-    return [(display_name(path), None, images) for path, images in raw.items()]
+    def on_skip(path: str, reason: str) -> None:
+        skipped.append({"image": path, "reason": reason})
+        output.warn(f"skipped: {reason}")
+
+    with contextlib.ExitStack() as stack:
+        sinks = []
+        if stream_stdout:
+            sinks.append(_CsvSink(sys.stdout, columns))
+        if predictions is not None and not pred_json:
+            if predictions == "-":
+                sinks.append(_CsvSink(sys.stdout, columns))
+            else:
+                tmp = stack.enter_context(files.atomic_path(predictions))
+                sinks.append(_CsvSink(stack.enter_context(open(tmp, "w", encoding="utf-8", newline="")), columns))
+        for lm, label in zip(loaded, labels):
+            for rows in predict_images(lm, paths, batch_size, top_k, precision, on_skip, on_image if lm is loaded[0] else None):
+                rows = [{"model": label, **row} for row in rows]  # JSON names the model; one model's table and CSV leave it out
+                for sink in sinks:
+                    sink.write(rows)
+                if keep:
+                    rows_all.extend(rows)
+    if skipped:
+        count = len({s["image"] for s in skipped})
+        output.warn(f"{count} unreadable image file{'s' if count != 1 else ''} skipped")
+    doc = {"predictions": rows_all, "skipped": skipped}
+    if pred_json:
+        files.write_text(predictions, json.dumps(output.to_jsonable(output.stamped(doc, "eval.images")), indent=2) + "\n")
+    if not stream_stdout:
+        output.emit(doc, fmt, schema="eval.images", rows=rows_all, columns=columns, title=f"Top {top_k} classes")
+    return [(files.display_name(path), None, images) for path, images in raw.items()]
 
 
 def _dataset_images(lm, indices: str, data, data_dir, split, download):
@@ -306,13 +341,20 @@ def _logits_plot(loaded, short, shown, path: str) -> None:
 
 
 def _read_image(path: str, channels: int, size: int | None = None):
-    """uint8 1×C×H×W tensor of an image file (- for stdin), at size×size when given: decoded
-    exactly as an image folder is decoded into its store (cnntools.data.images.decode_file)."""
-    import torch
+    """uint8 1×C×H×W of an image file, decoded as an image folder's store holds it."""
+    from cnntools.image_predict import read_uint8
 
-    from cnntools.data.images import read_image
+    return read_uint8(path, channels, size)
 
-    array = read_image(path, "L" if channels == 1 else "RGB", (size, size) if size else None)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)[None]
+
+class _CsvSink:
+    """CSV rows written as they come, the header once."""
+
+    def __init__(self, stream, columns: list[str]):
+        self.stream, self.columns, self.started = stream, columns, False
+
+    def write(self, rows: list[dict]) -> None:
+        text = output.csv_text(rows, self.columns)
+        self.stream.write(text if not self.started else text.split("\n", 1)[1])
+        self.stream.flush()
+        self.started = True

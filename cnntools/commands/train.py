@@ -6,8 +6,8 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from cnntools import options, output, runtime
-from cnntools.completion import complete_arch, complete_model
+from cnntools import config, options, output, runtime
+from cnntools.completion import complete_model
 
 
 # --help headings, as timm's train script groups its arguments (the shared options carry
@@ -31,60 +31,34 @@ TEST_COLUMNS = ["test_loss", "test_acc"]  # with --test-each-epoch
 
 def main(
     ctx: typer.Context,
-    arch: Annotated[
-        str,
-        typer.Option("--arch", metavar="ARCH", autocompletion=complete_arch,
-                     help="Architecture: a registered name (--list-archs), torchvision:NAME, timm:NAME, or your own model "
-                     "as FILE.py:NAME or package.module:NAME (an nn.Module class or a function returning one)."),
-    ] = "simple-cnn",
+    arch: options.Arch = "simple-cnn",
     arch_args: options.ArchArgs = None,
     list_archs: Annotated[bool, typer.Option("--list-archs", help="List the architectures with parameter counts and exit.")] = False,
-    batchnorm: Annotated[bool, typer.Option("--batchnorm", help="lenet: BatchNorm after each conv.")] = False,
-    output_activation: Annotated[
-        Literal["none", "relu", "tanh"],
-        typer.Option("--output-activation", help="lenet: activation on the output layer (none keeps raw logits)."),
-    ] = "none",
-    pretrained: Annotated[
-        bool, typer.Option("--pretrained", help="Start from ImageNet weights: torchvision's from the local torch cache, timm's from the Hugging Face cache.")
-    ] = False,
+    batchnorm: options.Batchnorm = False,
+    output_activation: options.OutputActivation = "none",
+    pretrained: options.Pretrained = False,
     data: options.Data = "digits",
     data_dir: options.DataDir = None,
-    val_split: Annotated[
-        float, typer.Option("--val-split", help="Fraction of train held out for validation when the data has no val split (0: none).")
-    ] = 0.1,
+    val_split: options.ValSplit = 0.1,
     download: options.Download = False,
-    image_size: Annotated[
-        Optional[int], typer.Option("--image-size", help="Input side in pixels (default: the data's own, or the architecture's usual size).")
-    ] = None,
+    image_size: options.ImageSize = None,
     epochs: Annotated[int, typer.Option("--epochs", help="Epochs to train (with --resume: the total to reach).")] = 20,
     batch_size: options.BatchSize = 32,
-    opt: Annotated[Literal["sgd", "adam", "adamw"], typer.Option("--opt", help="Optimizer.")] = "adam",
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate (default 0.01 for sgd, 0.001 for adam/adamw).")] = None,
-    momentum: Annotated[float, typer.Option("--momentum", help="SGD momentum.")] = 0.9,
-    weight_decay: Annotated[float, typer.Option("--weight-decay", help="Weight decay (L2 for sgd/adam, decoupled for adamw).")] = 0.0,
-    nesterov: Annotated[bool, typer.Option("--nesterov", help="Nesterov momentum (sgd).")] = False,
+    opt: options.Optimizer = "adam",
+    lr: options.LearningRate = None,
+    momentum: options.Momentum = 0.9,
+    weight_decay: options.WeightDecay = 0.0,
+    nesterov: options.Nesterov = False,
     schedule: Annotated[
         Literal["none", "step", "cosine", "onecycle"], typer.Option("--schedule", help="Learning-rate schedule, stepped every update.")
     ] = "none",
     warmup: Annotated[float, typer.Option("--warmup", help="Epochs of linear learning-rate warm-up (fractions allowed).")] = 0.0,
     step_size: Annotated[int, typer.Option("--step-size", help="step schedule: epochs between decays (0: a third of the run).")] = 0,
     gamma: Annotated[float, typer.Option("--gamma", help="step schedule: decay factor.")] = 0.1,
-    augment: Annotated[
-        str,
-        typer.Option(
-            "--augment", metavar="SPEC",
-            help="Batched augmentation, e.g. flip,crop:4,jitter:0.4,rotate:15,rrc:0.08; none; "
-            "auto: rotate:10,crop:1 for digits/mnist, none elsewhere.",
-        ),
-    ] = "auto",
-    normalize: Annotated[
-        str, typer.Option("--normalize", metavar="SPEC", help="dataset (train mean/std), half (0.5/0.5), imagenet, none, or MEAN,STD.")
-    ] = "dataset",
-    class_weights: Annotated[
-        str, typer.Option("--class-weights", metavar="SPEC", help="Loss weights: none, auto (balanced by class counts), smooth:ALPHA "
-                          "(weights ∝ (1/count)^ALPHA; 0.5 halves the imbalance's effect) or one number per class.")
-    ] = "none",
-    label_smoothing: Annotated[float, typer.Option("--label-smoothing", help="Label smoothing of the cross-entropy (0..1).")] = 0.0,
+    augment: options.Augment = "auto",
+    normalize: options.Normalize = "dataset",
+    class_weights: options.ClassWeights = "none",
+    label_smoothing: options.LabelSmoothing = 0.0,
     keep: Annotated[
         Literal["best", "last"], typer.Option("--keep", help="Checkpoint weights: best validation accuracy or the last epoch.")
     ] = "best",
@@ -130,6 +104,25 @@ def main(
     history: Annotated[Optional[str], typer.Option("--history", metavar="FILE", help="Also write the per-epoch records to FILE (.csv or .jsonl).")] = None,
     plot: Annotated[Optional[str], typer.Option("--plot", metavar="FILE", help="Loss and accuracy curves, train vs validation (PNG, SVG or PDF).")] = None,
     fmt: options.StreamFormat = "table",
+    tensorboard: Annotated[
+        Optional[str],
+        typer.Option("--tensorboard", metavar="DIR", help="Also log to TensorBoard in DIR: scalars per epoch and per --print-every "
+                     "window, the model graph, a grid of training images (needs the tensorboard extra)."),
+    ] = None,
+    config_file: Annotated[
+        Optional[str],
+        typer.Option("--config", callback=config.load_config, is_eager=True,
+                     help="Read the options from FILE.toml (one key per option, e.g. batch-size = 64), or replay the "
+                     "options stored in a checkpoint (FILE.safetensors); options given on the command line win."),
+    ] = None,
+    print_config: Annotated[
+        bool, typer.Option("--print-config", help="Write the fully resolved options as TOML to stdout and exit (for --config).")
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Resolve data, model and options, time a few steps and validation batches, print the "
+                     "parameter count, steps per epoch, memory and the run's estimated wall time, and exit; writes nothing."),
+    ] = False,
     quiet: options.Quiet = False,
     debug: options.Debug = False,
 ) -> None:
@@ -159,6 +152,10 @@ def main(
       cnntools train --nproc 2 --batch-size 64        # 2 processes, 32 images each per update
       torchrun --nproc-per-node 4 -m cnntools train --arch resnet18 --data cifar10 --batch-size 256
       cnntools train --format jsonl -q | jq .val_acc
+      cnntools train --arch lenet --epochs 5 --print-config > run.toml   # write a run down ...
+      cnntools train --config run.toml --seed 1                          # ... replay it, a flag overriding
+      cnntools train --config model.safetensors --epochs 30 -o longer.safetensors   # a checkpoint's options
+      cnntools train --arch resnet18 --data cifar10 --epochs 10 --dry-run   # how long would it take?
     """
     from cnntools import distributed
 
@@ -173,6 +170,12 @@ def main(
         if rank is None or rank.is_main:
             _list_archs(fmt)
         return
+
+    if print_config:
+        _print_config(ctx)
+        return
+    if config_file is not None and resume is not None:
+        raise output.CnnError("--resume continues a run with its stored options; leave --config out")
 
     from cnntools import files
     from cnntools.collectives import check_global_batch
@@ -209,9 +212,15 @@ def main(
     else:
         cfg = TrainConfig(**given)
         target = out or "model.safetensors"
+        if config_file is not None and config_file.endswith(config.CHECKPOINT_SUFFIX) and _same_file(config_file, target):
+            raise output.CnnError(f"{target}: --config replays this checkpoint's options in a new run; "
+                                  "write the new run elsewhere with -o FILE")
     if target != "-" and not target.endswith(".safetensors"):
         raise output.CnnError(f"{target}: checkpoints are .safetensors files; name it e.g. model.safetensors")
     files.check_output(target, history)  # before the first epoch, not after it
+    if dry_run:
+        _dry_run(cfg, fmt)
+        return
     if nproc is not None:
         validate_config(cfg)
         check_global_batch(cfg.batch_size, nproc)
@@ -221,7 +230,7 @@ def main(
         output.claim_stdout()
 
     if rank is None:
-        _train(cfg, resumed, resume, target, fmt, history, plot)
+        _train(cfg, resumed, resume, target, fmt, history, plot, tensorboard=tensorboard)
         return
     try:
         with distributed.peer_failures(dist_timeout):
@@ -233,15 +242,17 @@ def main(
                 data_sets = load_training_data(cfg)
                 device_used, backend = distributed.start(rank, cfg.device, dist_timeout)
             _train(cfg, resumed, resume, target, fmt, history, plot, data_sets=data_sets, rank=rank,
-                   device_used=device_used, backend=backend)
+                   device_used=device_used, backend=backend, tensorboard=tensorboard)
     finally:
         distributed.stop()
 
 
-def _train(cfg, resumed, resume, target, fmt, history, plot, data_sets=None, rank=None, device_used=None, backend=None):
+def _train(cfg, resumed, resume, target, fmt, history, plot, data_sets=None, rank=None, device_used=None, backend=None,
+           tensorboard=None):
     """The training run of this process (the only one, or one rank of a distributed job)."""
     from dataclasses import replace
 
+    from cnntools.progress import TrainProgress
     from cnntools.training import Trainer, TrainingInterrupted, load_training_data
     from cnntools.training.loop import load_test_split
 
@@ -270,16 +281,21 @@ def _train(cfg, resumed, resume, target, fmt, history, plot, data_sets=None, ran
         for record in trainer.history:
             printer.add(record, replay=True)
 
+    board = _open_tensorboard(tensorboard, trainer) if is_main and tensorboard else None
+
     def on_epoch(record: dict) -> None:
         if not is_main:
             return
         printer.add(record)
+        if board is not None:
+            board.add_epoch(record)
         if history:
             _write_history(history, trainer.history, trainer.steps)
 
     trainer.on_epoch = on_epoch
     trainer.on_print = output.info
-    trainer.progress = _Progress.create() if is_main else None
+    trainer.on_step = board.add_step if board is not None else None
+    trainer.progress = TrainProgress.create(cfg.epochs, trainer.steps_per_epoch) if is_main else None
     finished = False
     try:
         trainer.run()
@@ -296,6 +312,8 @@ def _train(cfg, resumed, resume, target, fmt, history, plot, data_sets=None, ran
     finally:
         if trainer.progress is not None:
             trainer.progress.stop()
+        if board is not None:
+            board.close()
         if plot and trainer.history and is_main:
             from cnntools.plots import save_figure, training_curves
             from cnntools.runs import Run, best_epoch
@@ -331,6 +349,61 @@ def _command_line(ctx, skip: tuple[str, ...]) -> list[str]:
         elif value is not None:
             args += [name, str(value)]
     return args
+
+
+def _print_config(ctx) -> None:
+    """The run's options after file and flags, with what train works out itself filled in."""
+    from cnntools import __version__
+    from cnntools.data.augment import resolve_augment
+    from cnntools.training import DEFAULT_LR
+
+    p = ctx.params
+    resolve = {"lr": p["lr"] if p["lr"] is not None else DEFAULT_LR[p["opt"]],
+               "augment": resolve_augment(p["augment"], p["data"]),
+               "output": p["out"] or "model.safetensors"}
+    header = f"cnntools {__version__} train options; run them with: cnntools train --config FILE.toml"
+    output.data_stream().write(config.render_toml(config.resolved_settings(ctx, resolve), header))
+
+
+def _open_tensorboard(logdir: str, trainer):
+    import torch
+
+    from cnntools.checkpoint import unwrap_model
+    from cnntools.tensorboard import TensorBoardLog
+
+    board = TensorBoardLog(logdir)
+    example = torch.zeros(1, trainer.in_channels, trainer.image_size, trainer.image_size, device=trainer.device)
+    if trainer.channels_last:
+        example = example.to(memory_format=torch.channels_last)
+    board.add_model(unwrap_model(trainer.model), example)
+    board.add_samples(trainer.train_set)
+    return board
+
+
+def _dry_run(cfg, fmt: str) -> None:
+    import time
+
+    from cnntools import dry_run
+    from cnntools.training import Trainer, load_training_data
+
+    start = time.perf_counter()
+    from cnntools.training.loop import load_test_split
+
+    train_set, val_set, _ = load_training_data(cfg)
+    test_set = load_test_split(cfg, train_set) if cfg.test_each_epoch else None
+    trainer = Trainer(cfg, train_set, val_set, output=None, test_set=test_set)
+    report = dry_run.estimate(trainer, setup_seconds=time.perf_counter() - start)
+    if fmt in ("json", "jsonl"):
+        output.print_json(report, schema="train.dry-run")
+    else:
+        rows = dry_run.table_rows(report)
+        output.emit(report, fmt, schema="train.dry-run", rows=rows, columns=["item", "value"], title="Dry run: nothing was trained or written")
+
+
+def _same_file(a: str, b: str) -> bool:
+    import os
+
+    return os.path.abspath(a) == os.path.abspath(b) or (os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b))
 
 
 def _list_archs(fmt: str) -> None:
@@ -446,19 +519,27 @@ def _summary(trainer, target: str) -> None:
         which = f"best epoch {pos.best_epoch} (val_acc {kept.get('val_acc', 0):.4f})"
     else:
         which = f"last epoch {pos.epoch}" + (f" (val_acc {kept['val_acc']:.4f})" if kept.get("val_acc") is not None else "")
-    output.info(f"{pos.updates:,} weight updates in {pos.epoch} epochs; wrote {where} with the weights of the {which}")
+    from cnntools.progress import plural
+
+    output.info(f"{plural(pos.updates, 'weight update')} in {plural(pos.epoch, 'epoch')}; wrote {where} with the weights of the {which}")
 
 
 class _RecordPrinter:
     """Epoch records on stdout as they complete: a growing table, jsonl or csv; json at the end."""
 
-    WIDTHS = {"epoch": 5, "train_loss": 10, "train_acc": 9, "val_loss": 8, "val_acc": 7, "lr": 9, "seconds": 7,
-              "images_per_s": 12, "updates": 7}
+    # The table fits 80 columns: one-space gutters, img/s for images_per_s (76 wide). With
+    # --test-each-epoch the test columns take the place of seconds and updates (79 wide);
+    # those stay in the CSV, JSONL and the checkpoint's history.
+    WIDTHS = {"epoch": 5, "train_loss": 10, "train_acc": 9, "val_loss": 8, "val_acc": 7, "lr": 8, "seconds": 7,
+              "images_per_s": 7, "updates": 7}
+    TEST_WIDTHS = {"epoch": 5, "train_loss": 10, "train_acc": 9, "val_loss": 8, "val_acc": 7, "test_loss": 9,
+                   "test_acc": 8, "lr": 8, "images_per_s": 7}
+    HEADERS = {"images_per_s": "img/s"}
 
     def __init__(self, fmt: str, test: bool = False):
         self.fmt = fmt
         self.started = False
-        self.widths = {**self.WIDTHS, **({"test_loss": 9, "test_acc": 8} if test else {})}
+        self.widths = self.TEST_WIDTHS if test else self.WIDTHS
         self.columns = RECORD_COLUMNS + (TEST_COLUMNS if test else [])
 
     def add(self, record: dict, replay: bool = False) -> None:
@@ -474,8 +555,8 @@ class _RecordPrinter:
             stream.write(text if not self.started else text.split("\n", 1)[1])
         else:
             if not self.started:
-                stream.write("  ".join(c.rjust(w) for c, w in self.widths.items()) + "\n")
-            stream.write("  ".join(self._cell(record.get(c), c).rjust(w) for c, w in self.widths.items()) + "\n")
+                stream.write(" ".join(self.HEADERS.get(c, c).rjust(w) for c, w in self.widths.items()) + "\n")
+            stream.write(" ".join(self._cell(record.get(c), c).rjust(w) for c, w in self.widths.items()) + "\n")
         stream.flush()
         self.started = True
 
@@ -485,8 +566,10 @@ class _RecordPrinter:
             return "-"
         if column == "lr":
             return f"{value:.3g}"
-        if column in ("seconds", "images_per_s"):
+        if column == "seconds":
             return f"{value:.1f}"
+        if column == "images_per_s":
+            return f"{value:.0f}"
         return output.format_cell(value)
 
     def finish(self, trainer) -> None:
@@ -506,49 +589,3 @@ class _RecordPrinter:
                 },
                 schema="train",
             )
-
-
-class _Progress:
-    """A rich progress bar per epoch on stderr (nothing under --quiet)."""
-
-    def __init__(self, console):
-        self.console = console
-        self.bar = None
-        self.task = None
-        self.last_loss = None
-
-    @classmethod
-    def create(cls):
-        console = output.err_console()
-        # A redirected stderr gets no bar: rich would leave blank lines in the log.
-        return cls(console) if console is not None and console.is_terminal else None
-
-    def start(self, epoch: int, total: int, done: int = 0) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.stop()
-        self.bar = Progress(
-            TextColumn("epoch {task.fields[epoch]}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=self.console,
-            transient=True,
-        )
-        self.bar.start()
-        self.task = self.bar.add_task("train", total=total, completed=done, epoch=epoch, loss="-")
-
-    def advance(self, n: int, loss) -> None:
-        if self.bar is None:
-            return
-        if loss is not None:
-            self.bar.update(self.task, advance=n, loss=f"{loss:.4f}")
-        else:
-            self.bar.update(self.task, advance=n)
-
-    def stop(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None

@@ -20,18 +20,13 @@ import torch
 
 from cnntools import files
 from cnntools.data import cache
+from cnntools.data.images import image_extensions
 from cnntools.data.imageset import ImageSet, chunk_rows, mapped_tensor
 from cnntools.data.progress import decode_progress, decode_workers, ordered_map
 from cnntools.output import CnnError, info, warn
 
 SPLIT_DIRS = {"train": ("train", "training"), "val": ("valid", "val", "validation"), "test": ("test", "testing")}
 _GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
-
-
-def image_extensions() -> set[str]:
-    from PIL import Image
-
-    return {ext.lower() for ext in Image.registered_extensions()}
 
 
 def _visible_dirs(path: Path) -> list[Path]:

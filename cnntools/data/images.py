@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -135,3 +136,33 @@ def read_image(path: str, mode: str = "RGB", size: tuple[int, int] | None = None
     # headroom; a pipe or stdin that keeps going is cut off there, before any decoding.
     limit = 4 * max_pixels() + 16 * 2**20
     return decode_image(files.read_bytes(path, limit), files.display_name(path), mode, size)
+
+
+def image_extensions() -> set[str]:
+    """Every file suffix Pillow decodes (`.png`, `.jpg`, ...)."""
+    from PIL import Image
+
+    return {ext.lower() for ext in Image.registered_extensions()}
+
+
+def image_paths(paths: list[str], on_skip) -> Iterator[tuple[str, bool]]:
+    """(path, named) for every image in `paths`: files as given (`named`: a file the user
+    named, whose failure is an error) and each folder walked with `files.walk_files` (hidden
+    names left out, link cycles entered once, non-regular files passed to `on_skip(path,
+    message)` with their reason and never opened)."""
+    from cnntools import files
+
+    suffixes = None
+    for path in paths:
+        if path != files.STDIO and os.path.isdir(path):
+            suffixes = suffixes or image_extensions()
+            found, skipped = files.walk_files(path, lambda name: os.path.splitext(name)[1].lower() in suffixes)
+            for where, reason in skipped:
+                on_skip(str(where), f"{files.display_name(str(where))}: {reason}")
+            if not found and not skipped:
+                raise CnnError(f"{files.display_name(path)}: no image files in the folder "
+                               f"(looked for {', '.join(sorted(suffixes)[:6])}, ...)")
+            for found_path in found:
+                yield str(found_path), False
+        else:
+            yield path, True

@@ -219,7 +219,7 @@ class Trainer:
         self.on_batch: Callable[[int, int, float | None], None] | None = None
         self.on_print: Callable[[str], None] | None = None
         self.on_step: Callable[[dict], None] | None = None
-        self.progress = None  # object with start(epoch, total), advance(n, loss), stop()
+        self.progress = None  # a progress.TrainProgress: start(epoch, total, done), advance(images, running), stop()
         self._decorrelate_ranks()
 
     # -- state --------------------------------------------------------------------------
@@ -364,7 +364,8 @@ class Trainer:
         skip = pos.batch
         check_every = 1 if device.type == "cpu" else 20
         pending: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []  # batch, loss, gradient sum
-        window = torch.zeros(2, dtype=torch.float64, device=device)  # --print-every loss sum, batches
+        window = torch.zeros(4, dtype=torch.float64, device=device)  # --print-every: loss sum, batches, correct, images
+        window_start = time.perf_counter()
         start = time.perf_counter()
         if self.progress is not None:
             self.progress.start(epoch, self.steps_per_epoch, skip)
@@ -393,25 +394,36 @@ class Trainer:
             n = y.numel()
             images_seen += n
             totals[0] += detached.double() * n
-            totals[1] += (logits.detach().argmax(1) == y).sum()
+            correct = (logits.detach().argmax(1) == y).sum()
+            totals[1] += correct
             totals[2] += n
             window[0] += detached.double()
             window[1] += 1
+            window[2] += correct
+            window[3] += n
             pending.append((batch_index, detached, grad_sum))
             loss_value, stop = None, False
             if len(pending) >= check_every or batch_index == self.steps_per_epoch:
                 loss_value, stop = self._sync(epoch, pending)
                 pending = []
             if self.progress is not None:
-                self.progress.advance(1, loss_value)
+                running = None
+                if loss_value is not None:  # read where the loss was read: no extra device sync
+                    loss_sum, hits, count = totals.tolist()
+                    running = {"loss": loss_sum / max(1.0, count), "acc": hits / max(1.0, count), "lr": lr_used}
+                self.progress.advance(n, running)
             if cfg.print_every and batch_index % cfg.print_every == 0:
-                w = reduce_sum(window).cpu()  # every rank takes part in the sum; rank 0 prints it
-                mean_loss = float(w[0]) / max(1.0, float(w[1]))
+                w = reduce_sum(window).cpu().tolist()  # every rank takes part in the sum; rank 0 prints it
+                now = time.perf_counter()
+                mean_loss = w[0] / max(1.0, w[1])
+                # One record for the stored steps, --print-every and TensorBoard's step scalars.
                 self._add_step({"kind": "step", "epoch": epoch, "batch": batch_index, "updates": pos.updates,
-                                "train_loss": mean_loss})
+                                "train_loss": mean_loss, "train_acc": w[2] / max(1.0, w[3]), "lr": lr_used,
+                                "images_per_s": w[3] / max(1e-9, now - window_start)})
                 if self.on_print is not None and self.is_main:
                     self.on_print(f"[epoch {epoch}, batch {batch_index:5d}] loss {mean_loss:.3f}")
                 window.zero_()
+                window_start = now
             if cfg.val_every and pos.updates % cfg.val_every == 0:
                 metrics = evaluate(unwrap_model(model), self.val_loader, self.eval_criterion, device, self.precision)
                 model.train()
