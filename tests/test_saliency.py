@@ -334,18 +334,20 @@ def test_raw_maps_are_drawn_on_one_scale_per_row(overlay):
     from cnntools.commands.saliency import _grid
 
     torch.manual_seed(0)
-    a = torch.rand(2, 6, 6, dtype=torch.float64) * torch.tensor([1e-3, 1e-7], dtype=torch.float64)[:, None, None]
+    # The second image's values are below float32's range, as a confident model's loss gradient is.
+    a = torch.rand(2, 6, 6, dtype=torch.float64) * torch.tensor([1e-3, 1e-80], dtype=torch.float64)[:, None, None]
     b = a * 3  # the second model's maps are 3x larger: the row's scale is its
     quantity = sal.map_quantity("gradient", "max")
     fig = _grid(_fake_results([a, b]), ["#0", "#1"], [-1, -1], "gradient", 0.5, overlay, "t", quantity)
     grid, bars = fig.axes[:6], fig.axes[6:]  # 2 rows x (image + 2 maps), then the colour bars
     assert len(bars) == 2
     for i, bar in enumerate(sorted(bars, key=lambda ax: -ax.get_position().y0)):
-        assert bar.get_ylim() == pytest.approx((0.0, float(b[i].max())))
+        assert bar.get_ylim() == pytest.approx((0.0, float(b[i].max())), rel=1e-9, abs=0)
         assert bar.get_ylabel().replace("\n", " ") == quantity
-    for i in range(2):  # both maps of a row on that row's scale
+    for i in range(2):  # both maps of a row on that row's scale, drawn from their own values
         heat = [ax.get_images()[-1] for ax in grid[3 * i + 1:3 * i + 3]]
-        assert [im.get_clim() for im in heat] == [pytest.approx((0.0, float(b[i].max())))] * 2
+        assert [im.get_clim() for im in heat] == [pytest.approx((0.0, float(b[i].max())), rel=1e-9, abs=0)] * 2
+        assert np.array_equal(np.asarray(heat[1].get_array()), b[i].numpy())
     cam = _grid(_fake_results([torch.rand(2, 6, 6)]), ["#0", "#1"], [-1, -1], "gradcam", 0.5, overlay, "t",
                 sal.map_quantity("gradcam"))
     cam_bars = cam.axes[4:]

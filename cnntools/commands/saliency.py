@@ -358,7 +358,7 @@ def _grid(results, names, labels, method, alpha, overlay=True, title=None, quant
             text = f"pred: {cls[pred]} ({prob:.0%})\nmap for: {cls[tgt]} ({r['probs'][i, tgt].item():.0%})"
             own_label = r["labels"][i]
             color = "black" if own_label < 0 or own_label == pred else "firebrick"
-            heat = r["maps"][i].float() if per_row else r["maps"][i]
+            heat = r["maps"][i]  # float64 kept: a confident model's values are below float32's range
             if overlay:
                 show_overlay(axes[i, j + 1], r["shown"][i], heat, alpha=alpha, vmax=tops[i])
             else:
