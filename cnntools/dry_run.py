@@ -45,14 +45,20 @@ def _step(trainer, x, y) -> None:
     trainer.scaler.update()
 
 
-def _batches(loader, count: int):
+def _batches(loader, count: int) -> tuple[list, float]:
+    """The loader's first `count` batches, and the mean seconds it took to make one (reading,
+    augmenting, moving to the device), the first one left out: it pays for starting the epoch."""
     loader.set_epoch(1)
-    out = []
+    out, times = [], []
+    start = time.perf_counter()
     for batch in loader:
         out.append(batch)
+        times.append(time.perf_counter() - start)
         if len(out) == count:
             break
-    return out
+        start = time.perf_counter()
+    later = times[1:] or times
+    return out, sum(later) / max(1, len(later))
 
 
 def _activation_bytes(model, x) -> int:
@@ -98,7 +104,7 @@ def estimate(trainer, setup_seconds: float = 0.0) -> dict:
     state_bytes = grad_bytes * STATE_PER_PARAMETER.get(cfg.opt, 0) if cfg.opt != "sgd" or cfg.momentum else 0
     data_bytes = sum(s.images.numel() * s.images.element_size() for s in (trainer.train_set, trainer.val_set) if s is not None)
 
-    batches = _batches(trainer.train_loader, WARMUP_STEPS + TIMED_STEPS)
+    batches, load_seconds = _batches(trainer.train_loader, WARMUP_STEPS + TIMED_STEPS)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
@@ -113,7 +119,8 @@ def estimate(trainer, setup_seconds: float = 0.0) -> dict:
         if time.perf_counter() - start > TIMED_SECONDS:
             break
     _sync(device)
-    step_seconds = (time.perf_counter() - start) / max(1, timed)
+    # The loop makes each batch and then steps on it: an update costs both.
+    step_seconds = (time.perf_counter() - start) / max(1, timed) + load_seconds
     if device.type == "cuda":
         activation_bytes = max(0, torch.cuda.max_memory_allocated(device) - base - grad_bytes - state_bytes)
         activation_how = "measured peak"
@@ -131,7 +138,7 @@ def estimate(trainer, setup_seconds: float = 0.0) -> dict:
         val_batches += len(trainer.test_loader)
     loader = trainer.val_loader or trainer.test_loader
     if loader is not None:
-        sample = _batches(loader, EVAL_BATCHES)
+        sample, eval_load_seconds = _batches(loader, EVAL_BATCHES)
         model.eval()
         _sync(device)
         start = time.perf_counter()
@@ -140,7 +147,7 @@ def estimate(trainer, setup_seconds: float = 0.0) -> dict:
                 with runtime.autocast(device, trainer.precision):
                     model(x)
         _sync(device)
-        eval_seconds = (time.perf_counter() - start) / max(1, len(sample))
+        eval_seconds = (time.perf_counter() - start) / max(1, len(sample)) + eval_load_seconds
     epoch_seconds = trainer.steps_per_epoch * step_seconds + val_batches * eval_seconds
     total = {
         "parameters": param_bytes, "gradients": grad_bytes, "optimizer_state": state_bytes,
@@ -186,8 +193,6 @@ def human_bytes(n: int | None) -> str:
 
 def table_rows(report: dict) -> list[dict]:
     """The report as (item, value) rows for people."""
-    from cnntools.progress import format_duration
-
     mem = report["memory_bytes"]
     rows = [
         ("architecture", f"{report['arch']} ({report['parameters']:,} parameters, {report['trainable_parameters']:,} trainable)"),
@@ -205,7 +210,14 @@ def table_rows(report: dict) -> list[dict]:
                                  f"({report['val_batches_per_epoch']} batch{'es' if report['val_batches_per_epoch'] != 1 else ''}: "
                                  "validation, --val-every, --test-each-epoch)"),
         ("setup", f"{report['setup_seconds']:.1f} s (data and model)"),
-        ("estimated epoch", format_duration(report["estimated_epoch_seconds"])),
-        ("estimated run", format_duration(report["estimated_seconds"])),
+        ("estimated epoch", _duration(report["estimated_epoch_seconds"])),
+        ("estimated run", _duration(report["estimated_seconds"])),
     ]
     return [{"item": k, "value": v} for k, v in rows]
+
+
+def _duration(seconds: float) -> str:
+    """h:mm:ss, with the seconds themselves under a minute (an epoch of 1.2 s is not 0:00:01)."""
+    from cnntools.progress import format_duration
+
+    return f"{seconds:.1f} s" if seconds < 60 else format_duration(seconds)
