@@ -318,7 +318,7 @@ def _figure_title(method, layer, reduce, target, n, where, columns: int = 1) -> 
     return title
 
 
-def row_scales(results, n: int) -> list[float]:
+def _row_scales(results, n: int) -> list[float]:
     """The top of each row's colour scale: the largest value of that image's maps across the
     models and targets drawn beside it (1 for a row of all-zero maps), so the maps of one image
     compare on one scale while images of very different gradient size stay readable."""
@@ -345,7 +345,7 @@ def _grid(results, names, labels, method, alpha, overlay=True, title=None, quant
     fig = new_figure((m + 1) * tile + right + 0.1, n * (tile + 0.45) + 1.1)
     axes = fig.subplots(n, m + 1, squeeze=False)
     classes = results[0]["lm"].classes
-    tops = row_scales(results, n) if per_row else [1.0] * n
+    tops = _row_scales(results, n) if per_row else [1.0] * n
     cmap = "jet" if overlay else "hot"
     for i in range(n):
         label = labels[i]
