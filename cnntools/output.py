@@ -25,9 +25,6 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 
-# Set by `train --nproc` for the processes it starts: they leave the one error line to it.
-LAUNCHED_ENV = "CNNTOOLS_LAUNCHED"
-
 
 class CnnError(Exception):
     """A known problem, reported as one `Error: ...` line and exit status 1."""
@@ -370,7 +367,7 @@ def handle_errors(func: Callable) -> Callable:
             code = getattr(stop, "exit_code", EXIT_INTERRUPTED)
             # A stop with a message (train's) has already said what it saved; under a
             # distributed job only rank 0 speaks, and `train --nproc`'s launcher for all.
-            if not str(stop) and _distributed_rank() in (None, "0") and not os.environ.get(LAUNCHED_ENV):
+            if not str(stop) and _speaks_for_the_job():
                 print("Terminated." if code == EXIT_TERMINATED else "Interrupted.", file=sys.stderr)
             raise typer.Exit(code) from None
         except BrokenPipeError:
@@ -418,31 +415,26 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def _distributed_rank() -> str | None:
-    return os.environ.get("RANK") if "WORLD_SIZE" in os.environ else None
+def _speaks_for_the_job() -> bool:
+    """Alone, or rank 0 of a torchrun job; not a process of `train --nproc` (its launcher speaks)."""
+    from cnntools import distributed  # imported here: it imports this module
+
+    return distributed.rank_name() in (None, "0") and not distributed.launched_by_nproc()
 
 
 def report_error(message: str, secondary: bool = False) -> None:
     """The one `Error: ...` line on stderr (`rank N: ` first on the other ranks of a job).
 
-    Under torchrun the message also goes to the error file torchelastic reads
-    (TORCHELASTIC_ERROR_FILE), so the launcher's report names it; `secondary` marks an error
-    caused by another process. A process started by `train --nproc` prints nothing: its
-    launcher reports the job's root cause as the one line.
+    In a distributed job the error is also recorded for the launcher (`distributed.record_error`);
+    `secondary` marks an error caused by another process. A process started by `train --nproc`
+    prints nothing: its launcher reports the job's root cause as the one line.
     """
-    rank = _distributed_rank()
-    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
-    if error_file:
-        import time
+    from cnntools import distributed
 
-        record = {"message": message, "timestamp": str(int(time.time())), "cnntools": {"rank": rank, "secondary": secondary}}
-        try:
-            with open(error_file, "w", encoding="utf-8") as handle:
-                json.dump(record, handle)
-        except OSError:
-            pass
-    if os.environ.get(LAUNCHED_ENV):
+    distributed.record_error(message, secondary)
+    if distributed.launched_by_nproc():
         return
+    rank = distributed.rank_name()
     prefix = f"rank {rank}: " if rank not in (None, "0") else ""
     print(f"Error: {prefix}{one_line(message)}", file=sys.stderr)
 

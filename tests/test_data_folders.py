@@ -168,3 +168,22 @@ def test_cache_can_be_switched_off(tmp_path, monkeypatch):
         _save(root / cls / "0.png", np.zeros((4, 4, 3), np.uint8))
     s = load_split(str(root), "train")
     assert s.meta["cache"] == {"file": None, "hit": False, "written": False}
+
+
+def test_image_files_of_several_sizes_decode_as_the_store_does(tmp_path):
+    """saliency/featmaps --image: the files after the first are decoded at its size by the
+    folder decoder (PIL, JPEG draft), not resized afterwards by another resampler."""
+    from cnntools.data.images import read_image
+    from cnntools.interpret.inputs import read_image_files
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (w, h) in enumerate([(40, 30), (80, 64), (40, 30)]):
+        path = tmp_path / f"{i}.jpg"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path, quality=90)
+        paths.append(str(path))
+    images = read_image_files(paths)
+    assert images.shape == (3, 3, 30, 40) and images.dtype == torch.uint8
+    for path, image in zip(paths, images):
+        expected = read_image(path, "RGB", (40, 30))
+        assert torch.equal(image, torch.from_numpy(expected.copy()).permute(2, 0, 1))

@@ -111,7 +111,7 @@ def main(
     ] = None,
     config_file: Annotated[
         Optional[str],
-        typer.Option("--config", callback=config.load_config, is_eager=True,
+        typer.Option("--config", callback=config.load_config, is_eager=True, metavar="FILE",
                      help="Read the options from FILE.toml (one key per option, e.g. batch-size = 64), or replay the "
                      "options stored in a checkpoint (FILE.safetensors); options given on the command line win."),
     ] = None,

@@ -44,13 +44,14 @@ def check_indices(indices: Sequence[int], n: int, where: str, unit: str = "image
 
 
 def read_image_files(paths: Sequence[str]) -> torch.Tensor:
-    """Image files as one uint8 N×C×H×W tensor (RGB; all resized to the first image's size)."""
-    from cnntools.data import resize_uint8
+    """Image files as one uint8 N×C×H×W tensor (RGB; the others decoded at the first image's
+    size, by the same decoder and resampling an image folder's store uses)."""
     from cnntools.data.images import read_image
 
-    images = [torch.from_numpy(read_image(path, "RGB").copy()).permute(2, 0, 1) for path in paths]
-    size = tuple(images[0].shape[1:])
-    return torch.stack([img if tuple(img.shape[1:]) == size else resize_uint8(img[None], size)[0] for img in images])
+    first = read_image(paths[0], "RGB")
+    size = (first.shape[1], first.shape[0])  # (width, height)
+    arrays = [first] + [read_image(path, "RGB", size) for path in paths[1:]]
+    return torch.stack([torch.from_numpy(a.copy()).permute(2, 0, 1) for a in arrays])
 
 
 def resolve_targets(spec: str, preds: Sequence[int], labels: Sequence[int] | None, classes: Sequence[str]) -> list[int]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import signal
 import threading
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -35,6 +34,7 @@ from cnntools.data.imageset import CHUNK_BYTES, chunk_rows
 from cnntools.inference import wants_channels_last
 from cnntools.output import CnnError
 from cnntools.training.config import TrainConfig, validate_config
+from cnntools.training.meters import EpochMeters
 from cnntools.training.control import NonFiniteLoss, TrainingInterrupted, gradient_sum, install_stop_signals, restore_signals
 from cnntools.training.optimization import build_optimizer, build_scheduler, class_weight_tensor
 from cnntools.training.rng_state import rng_state, set_rng_state
@@ -350,131 +350,105 @@ class Trainer:
             restore_signals(previous)
 
     def _train_epoch(self) -> dict | None:
-        cfg, pos = self.cfg, self.position
+        """One epoch (or the rest of an interrupted one): its batches, then the record,
+        validation and checkpoint. None when early stopping ends the run."""
+        pos = self.position
         epoch = pos.epoch + 1
-        model = self.model
-        model.train()
+        self.model.train()
         self.train_loader.set_epoch(epoch)
-        device = self.device
-        part = pos.partial or {}
-        totals = torch.tensor(
-            [part.get("loss_sum", 0.0), part.get("correct", 0.0), part.get("count", 0.0)], dtype=torch.float64, device=device
-        )
-        seconds_before = float(part.get("seconds", 0.0))
+        meters = EpochMeters(self.device, pos.partial)
         skip = pos.batch
-        check_every = 1 if device.type == "cpu" else 20
+        check_every = 1 if self.device.type == "cpu" else 20  # reading the loss waits for the device
         pending: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []  # batch, loss, gradient sum
-        window = torch.zeros(4, dtype=torch.float64, device=device)  # --print-every: loss sum, batches, correct, images
-        window_start = time.perf_counter()
-        start = time.perf_counter()
         if self.progress is not None:
             self.progress.start(epoch, self.steps_per_epoch, skip)
-        images_seen = 0
         lr_used = self.optimizer.param_groups[0]["lr"]
         stop = False
         for batch_index, (x, y) in enumerate(self.train_loader, start=1):
             if batch_index <= skip:
                 continue  # replaying an interrupted epoch: these updates are in the weights already
-            # x comes from the loader in the model's memory format
-            with runtime.autocast(device, self.precision):
-                logits = model(x)
-                loss = self.criterion(logits.float(), y)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            # Checked with the loss below. Under fp16 the scaler skips steps with inf gradients
-            # itself, so there is nothing to check.
-            grad_sum = None if self.scaler.is_enabled() else gradient_sum(model)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
             lr_used = self.optimizer.param_groups[0]["lr"]  # the epoch record reports the lr it trained with
-            self.scheduler.step()
-            pos.updates += 1
+            loss, logits, grad_sum = self._step(x, y)
             pos.batch = batch_index
-            detached = loss.detach()
-            n = y.numel()
-            images_seen += n
-            totals[0] += detached.double() * n
-            correct = (logits.detach().argmax(1) == y).sum()
-            totals[1] += correct
-            totals[2] += n
-            window[0] += detached.double()
-            window[1] += 1
-            window[2] += correct
-            window[3] += n
-            pending.append((batch_index, detached, grad_sum))
-            loss_value, stop = None, False
+            meters.add(loss, logits, y)
+            pending.append((batch_index, loss, grad_sum))
+            loss_value = None
             if len(pending) >= check_every or batch_index == self.steps_per_epoch:
                 loss_value, stop = self._sync(epoch, pending)
                 pending = []
-            if self.progress is not None:
-                running = None
-                if loss_value is not None:  # read where the loss was read: no extra device sync
-                    loss_sum, hits, count = totals.tolist()
-                    running = {"loss": loss_sum / max(1.0, count), "acc": hits / max(1.0, count), "lr": lr_used}
-                self.progress.advance(n, running)
-            if cfg.print_every and batch_index % cfg.print_every == 0:
-                w = reduce_sum(window).cpu().tolist()  # every rank takes part in the sum; rank 0 prints it
-                now = time.perf_counter()
-                mean_loss = w[0] / max(1.0, w[1])
-                # One record for the stored steps, --print-every and TensorBoard's step scalars.
-                self._add_step({"kind": "step", "epoch": epoch, "batch": batch_index, "updates": pos.updates,
-                                "train_loss": mean_loss, "train_acc": w[2] / max(1.0, w[3]), "lr": lr_used,
-                                "images_per_s": w[3] / max(1e-9, now - window_start)})
-                if self.on_print is not None and self.is_main:
-                    self.on_print(f"[epoch {epoch}, batch {batch_index:5d}] loss {mean_loss:.3f}")
-                window.zero_()
-                window_start = now
-            if cfg.val_every and pos.updates % cfg.val_every == 0:
-                metrics = evaluate(unwrap_model(model), self.val_loader, self.eval_criterion, device, self.precision)
-                model.train()
-                self._add_step({"kind": "val", "epoch": epoch, "batch": batch_index, "updates": pos.updates,
-                                "val_loss": metrics["loss"], "val_acc": metrics["acc"]})
+            if self.progress is not None:  # running numbers only where the loss was read: no extra sync
+                self.progress.advance(y.numel(), meters.running(lr_used) if loss_value is not None else None)
+            self._measure_during_epoch(epoch, batch_index, meters, lr_used)
             if self.on_batch is not None:
                 self.on_batch(epoch, batch_index, loss_value)
             if self.world_size == 1:
                 stop = self._stop.is_set()  # one process stops at the next batch boundary
             if stop and batch_index < self.steps_per_epoch:
                 self._check_finite(epoch, pending)
-                pos.partial = {
-                    "loss_sum": float(totals[0]), "correct": float(totals[1]), "count": float(totals[2]),
-                    "seconds": seconds_before + time.perf_counter() - start,
-                }
+                pos.partial = meters.partial()
                 self._interrupt(epoch, batch_index)
         if self.progress is not None:
             self.progress.stop()
-        seconds = seconds_before + time.perf_counter() - start
-        totals = reduce_sum(totals).cpu()
-        count = max(1.0, float(totals[2]))
-        record = {
-            "epoch": epoch,
-            "train_loss": float(totals[0]) / count,
-            "train_acc": float(totals[1]) / count,
-            "val_loss": None,
-            "val_acc": None,
-            "lr": lr_used,
-            "seconds": round(seconds, 3),
-            "images_per_s": round(images_seen * self.world_size / max(1e-9, time.perf_counter() - start), 1),
-            "updates": pos.updates,
-        }
-        if self.world_size > 1:
-            broadcast_buffers(unwrap_model(model))  # validate and save the buffers rank 0 writes
-        if self.val_loader is not None:
-            # The plain module: evaluation needs no gradient exchange, and the shards differ in length.
-            metrics = evaluate(unwrap_model(model), self.val_loader, self.eval_criterion, device, self.precision)
-            record["val_loss"], record["val_acc"] = metrics["loss"], metrics["acc"]
-        if self.test_loader is not None:
-            # Measured, never used to choose: model selection stays on validation.
-            metrics = evaluate(unwrap_model(model), self.test_loader, self.eval_criterion, device, self.precision)
-            record["test_loss"], record["test_acc"] = metrics["loss"], metrics["acc"]
+        totals = meters.epoch_totals(self.world_size)
+        record = {"epoch": epoch, "train_loss": totals["train_loss"], "train_acc": totals["train_acc"], "val_loss": None,
+                  "val_acc": None, "lr": lr_used, "seconds": totals["seconds"], "images_per_s": totals["images_per_s"],
+                  "updates": pos.updates}
+        self._evaluate_epoch(record)
         pos.epoch, pos.batch, pos.partial = epoch, 0, {}
         self.history.append(record)
         stop_early = self._track_best(record)
         self.save()
         if self.on_epoch is not None:
             self.on_epoch(record)
-        if (stop if self.world_size > 1 else self._stop.is_set()) and pos.epoch < cfg.epochs:
+        if (stop if self.world_size > 1 else self._stop.is_set()) and pos.epoch < self.cfg.epochs:
             self._interrupt(epoch, 0)
         return None if stop_early else record
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """One weight update: (detached loss, detached logits, gradient sum or None under fp16)."""
+        with runtime.autocast(self.device, self.precision):
+            logits = self.model(x)  # x comes from the loader in the model's memory format
+            loss = self.criterion(logits.float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        # Checked with the loss at the next check point. Under fp16 the scaler skips steps with
+        # inf gradients itself, so there is nothing to check.
+        grad_sum = None if self.scaler.is_enabled() else gradient_sum(self.model)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.position.updates += 1
+        return loss.detach(), logits.detach(), grad_sum
+
+    def _measure_during_epoch(self, epoch: int, batch_index: int, meters: EpochMeters, lr: float) -> None:
+        """--print-every's step record and --val-every's validation, where they fall."""
+        cfg, pos = self.cfg, self.position
+        if cfg.print_every and batch_index % cfg.print_every == 0:
+            window = meters.take_window()  # every rank takes part in the sum; rank 0 prints it
+            # One record for the stored steps, --print-every and TensorBoard's step scalars.
+            self._add_step({"kind": "step", "epoch": epoch, "batch": batch_index, "updates": pos.updates,
+                            "train_loss": window["train_loss"], "train_acc": window["train_acc"], "lr": lr,
+                            "images_per_s": window["images_per_s"]})
+            if self.on_print is not None and self.is_main:
+                self.on_print(f"[epoch {epoch}, batch {batch_index:5d}] loss {window['train_loss']:.3f}")
+        if cfg.val_every and pos.updates % cfg.val_every == 0:
+            metrics = evaluate(unwrap_model(self.model), self.val_loader, self.eval_criterion, self.device, self.precision)
+            self.model.train()
+            self._add_step({"kind": "val", "epoch": epoch, "batch": batch_index, "updates": pos.updates,
+                            "val_loss": metrics["loss"], "val_acc": metrics["acc"]})
+
+    def _evaluate_epoch(self, record: dict) -> None:
+        """Validation (and --test-each-epoch's test split) into the epoch's record."""
+        model = unwrap_model(self.model)  # evaluation needs no gradient exchange, and the shards differ in length
+        if self.world_size > 1:
+            broadcast_buffers(model)  # validate and save the buffers rank 0 writes
+        if self.val_loader is not None:
+            metrics = evaluate(model, self.val_loader, self.eval_criterion, self.device, self.precision)
+            record["val_loss"], record["val_acc"] = metrics["loss"], metrics["acc"]
+        if self.test_loader is not None:
+            # Measured, never used to choose: model selection stays on validation.
+            metrics = evaluate(model, self.test_loader, self.eval_criterion, self.device, self.precision)
+            record["test_loss"], record["test_acc"] = metrics["loss"], metrics["acc"]
 
     def _add_step(self, record: dict) -> None:
         self.steps.append(record)
