@@ -127,9 +127,14 @@ def plot(result: dict, path: str, title: str) -> None:
     ax.set_ylabel("loss")
     ax.set_title(title)
     smoothed = [r["smoothed_loss"] for r in records]
-    if smoothed:  # the divergence would squash the interesting part
-        low, first = min(smoothed), smoothed[0]
-        ax.set_ylim(low - 0.05 * abs(first - low + 1e-9), max(first, low) + 0.25 * abs(first - low + 1e-9))
+    if smoothed:
+        # From the lowest smoothed loss to the highest before it (the divergence after it
+        # would squash the interesting part), and never narrower than 2% of the loss (a flat
+        # stretch would otherwise be drawn as noise).
+        lowest = min(range(len(smoothed)), key=smoothed.__getitem__)
+        low, top = smoothed[lowest], max(smoothed[: lowest + 1])
+        span = max(top - low, 0.02 * abs(low), 1e-6)
+        ax.set_ylim(low - 0.15 * span, top + 0.35 * span)
     ax.legend()
     ax.grid(True, which="both", alpha=0.3)
     save_figure(fig, path)

@@ -80,11 +80,11 @@ def usable_cores() -> int:
 
 def default_threads() -> int:
     """The default of --threads: $CNNTOOLS_THREADS, else an OMP_NUM_THREADS the user set (as
-    torch honours it), else `usable_cores()` shared among the processes torchrun started on
-    this machine (its LOCAL_WORLD_SIZE)."""
+    torch honours it; not torchrun's own 1), else `usable_cores()` shared among the processes
+    torchrun started on this machine (its LOCAL_WORLD_SIZE)."""
     for name in (THREADS_ENV, "OMP_NUM_THREADS"):
         value = (os.environ.get(name, "") if name == THREADS_ENV else _user_omp or "").strip()
-        if not value:
+        if not value or (name == "OMP_NUM_THREADS" and _torchruns_own_default(value)):
             continue
         try:
             threads = int(value)
@@ -98,6 +98,17 @@ def default_threads() -> int:
     except ValueError:
         local = 1
     return max(1, usable_cores() // local)
+
+
+def _torchruns_own_default(value: str) -> bool:
+    """OMP_NUM_THREADS=1 in a process torchrun started with others on this machine: torchrun
+    sets that itself when the variable is unset (with a warning that it is a guess), so it is
+    not the user's choice. To pin ranks to one thread, use CNNTOOLS_THREADS=1 or --threads 1."""
+    try:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    except ValueError:
+        return False
+    return value == "1" and local > 1 and "TORCHELASTIC_RUN_ID" in os.environ
 
 
 def prepare_threads() -> None:

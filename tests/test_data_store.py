@@ -238,3 +238,20 @@ def test_ddp_ranks_share_one_store_built_once(tmp_path, cache):
     assert len(list(cache.glob("*.safetensors"))) == 1
     assert not [p for p in cache.iterdir() if p.name.startswith(".tmp")]
     assert json.loads(ddp.stdout.splitlines()[-1])["train_acc"] >= 0
+
+
+def test_train_decodes_a_non_square_folder_once_at_the_models_size(cli, tmp_path, cache):
+    """Without --image-size the model's size comes from the files' median size, read from
+    their headers before decoding: one decode straight to that size, one store."""
+    root = _folder(tmp_path / "f", n_per_class=6, size=(40, 30))
+    out = tmp_path / "m.safetensors"
+    result = cli("train", "--data", root, "--arch", "simple-cnn", "--epochs", "1", "--val-split", "0",
+                 "--device", "cpu", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.count("Decoding 12 images") == 1, result.stderr
+    assert "(RGB 30x30)" in result.stderr
+    assert len(list(cache.rglob("*.safetensors"))) == 1
+    # A second run finds the store: nothing is decoded again.
+    again = cli("train", "--data", root, "--arch", "simple-cnn", "--epochs", "1", "--val-split", "0",
+                "--device", "cpu", "-o", tmp_path / "m2.safetensors")
+    assert again.exit_code == 0 and "Decoding" not in again.stderr, again.stderr

@@ -58,6 +58,12 @@ def test_default_threads_env_and_torchrun_share(monkeypatch):
     assert runtime.default_threads() == 8
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     assert runtime.default_threads() == 2
+    # torchrun's own OMP_NUM_THREADS=1 (set when the user left it unset) is not a choice ...
+    monkeypatch.setattr(runtime, "_user_omp", "1")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    assert runtime.default_threads() == 2
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
+    assert runtime.default_threads() == 1  # ... outside torchrun, 1 is the user's
     monkeypatch.setattr(runtime, "_user_omp", "3")
     assert runtime.default_threads() == 3
     monkeypatch.setenv("CNNTOOLS_THREADS", "5")

@@ -110,9 +110,27 @@ class FolderSource:
                 f"{root}: only one class ({self.classes[0]}) found; a classifier needs at least two class folders"
             )
         self._loaded: dict[str, ImageSet] | None = None
+        self._header_cache: list[tuple] | None = None
 
     def splits(self) -> list[str]:
         return [s for s in ("train", "val", "test") if s in self.files]
+
+    def decode_size(self) -> tuple[int, int]:
+        """(height, width) the images are decoded at: the requested size, else the median of
+        the files' sizes (from a store that already holds it, or from the files' headers)
+        — known before anything is decoded."""
+        if self.request is not None:
+            return self.request
+        prefix, key = cache.cache_key(self.root, "median", self._listing())
+        found = cache.open_existing(cache.cache_file(prefix, key), key)
+        if found is not None:
+            return tuple(found[1]["common_size"])
+        return self._common_size([h for h in self._headers() if h[0] is not None])[:2]
+
+    def at_size(self, image_size) -> "FolderSource":
+        """This folder decoded at `image_size` instead (the file headers already read are kept)."""
+        self.request, self._loaded = _size_request(image_size), None
+        return self
 
     def load(self, split: str) -> ImageSet:
         if self._loaded is None:
@@ -167,35 +185,54 @@ class FolderSource:
             )
         return result
 
+    def _all_files(self) -> list[tuple[str, Path, str]]:
+        return [(split, p, c) for split in self.splits() for p, c in self.files[split]]
+
+    def _headers(self) -> list[tuple]:
+        """(size (w, h), mode, None) or (None, None, reason) of every file, from its header
+        only; read once, on threads."""
+        if self._header_cache is None:
+            from cnntools.data.images import pil
+
+            Image = pil()  # the decompression-bomb limit, set before the worker threads start
+
+            def header(item):
+                _, path, _ = item
+                try:
+                    with Image.open(path) as im:
+                        return im.size, im.mode, None
+                except Exception as error:  # noqa: BLE001 - every decoder error is a report, not a crash
+                    return None, None, _reason(error, path)
+
+            all_files = self._all_files()
+            with ThreadPoolExecutor(decode_workers()) as pool:
+                self._header_cache = list(pool.map(header, all_files, chunksize=64))
+            if not any(h[0] is not None for h in self._header_cache):
+                raise CnnError(f"{self.root}: none of the {len(all_files)} image files could be decoded")
+        return self._header_cache
+
+    @staticmethod
+    def _common_size(good: list[tuple]) -> tuple[int, int, str]:
+        """(height, width, rule): the median height and width of the readable files."""
+        widths = np.array([s[0] for s, _, _ in good])
+        heights = np.array([s[1] for s, _, _ in good])
+        height, width = int(round(float(np.median(heights)))), int(round(float(np.median(widths))))
+        rule = "all files" if widths.min() == widths.max() and heights.min() == heights.max() else "median"
+        return height, width, rule
+
     def _decode(self, writer) -> dict:
         """Decode every file into `writer`, chunk by chunk; returns the store's meta document."""
-        from cnntools.data.images import decode_file, pil
+        from cnntools.data.images import decode_file
 
-        Image = pil()  # the decompression-bomb limit, set before the worker threads start
-        all_files = [(split, p, c) for split in self.splits() for p, c in self.files[split]]
-
-        def header(item):
-            _, path, _ = item
-            try:
-                with Image.open(path) as im:
-                    return im.size, im.mode, None
-            except Exception as error:  # noqa: BLE001 - every decoder error is a report, not a crash
-                return None, None, _reason(error, path)
-
-        with ThreadPoolExecutor(decode_workers()) as pool:
-            headers = list(pool.map(header, all_files, chunksize=64))
+        all_files = self._all_files()
+        headers = self._headers()
         good = [h for h in headers if h[0] is not None]
-        if not good:
-            raise CnnError(f"{self.root}: none of the {len(all_files)} image files could be decoded")
         grey = all(mode in _GREY_MODES for _, mode, _ in good)
         if self.request is not None:
             height, width = self.request
             rule = "requested"
         else:
-            widths = np.array([s[0] for s, _, _ in good])
-            heights = np.array([s[1] for s, _, _ in good])
-            height, width = int(round(float(np.median(heights)))), int(round(float(np.median(widths))))
-            rule = "all files" if widths.min() == widths.max() and heights.min() == heights.max() else "median"
+            height, width, rule = self._common_size(good)
         target_mode = "L" if grey else "RGB"
         channels = 1 if grey else 3
 

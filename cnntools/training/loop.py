@@ -76,6 +76,12 @@ def load_training_data(cfg: TrainConfig):
     from cnntools.models import input_size_for
 
     source = open_source(cfg.data, cfg.data_dir, cfg.download, cfg.image_size)
+    if getattr(source, "decodes_files", False) and cfg.image_size is None:
+        # Decode the files straight to the model's size (once), as `eval --image` will decode one file.
+        h, w = source.decode_size()
+        size = input_size_for(cfg.arch, min(h, w))
+        if (h, w) != (size, size):
+            source = source.at_size(size)
     have = available_splits(source, cfg.val_split)
     if "train" not in have:
         raise CnnError(f"{cfg.data} has no train split (it has: {', '.join(have)})")
@@ -87,11 +93,6 @@ def load_training_data(cfg: TrainConfig):
         raise CnnError(f"{cfg.data}: the train split is empty")
     h, w = train_set.image_size
     size = cfg.image_size or input_size_for(cfg.arch, min(h, w))
-    if getattr(source, "decodes_files", False) and (h, w) != (size, size):
-        # Decode the files straight to the model's size, as `eval --image` will decode one file.
-        source = open_source(cfg.data, cfg.data_dir, cfg.download, size)
-        splits = load_splits(cfg.data, wanted, cfg.data_dir, cfg.download, cfg.val_split, cfg.seed, size, source=source)
-        train_set = splits["train"]
     channels = cfg.channels or train_set.channels
     train_set = train_set.resized(size, channels)
     val_set = splits.get("val")
