@@ -54,6 +54,22 @@ def test_replay_a_checkpoints_options(cli, tmp_path, one_torch_thread):
     result = cli("train", "--config", first, "-o", replay, "-q")
     assert result.exit_code == 0, result.stderr
     assert same_weights(first, replay)  # the same options and seed: the same run
+    from cnntools.checkpoint import read_metadata
+
+    # lr and augment are written out in the replayed options; the label stays the original's.
+    assert read_metadata(replay).label == read_metadata(first).label == "simple-cnn bs=64+ls=0.1+no-aug"
+
+
+def test_a_toml_of_the_defaults_keeps_the_default_label(cli, tmp_path, one_torch_thread):
+    printed = cli("train", "--image-size", "8", "--epochs", "1", "--print-config").stdout
+    run_toml = tmp_path / "run.toml"
+    run_toml.write_text(printed)
+    assert 'augment = "rotate:10,crop:1"' in printed and "lr = 0.001" in printed  # resolved, written out
+    out = tmp_path / "m.safetensors"
+    assert cli("train", "--config", run_toml, "--batch-size", "128", "-o", out, "-q").exit_code == 0
+    from cnntools.checkpoint import read_metadata
+
+    assert read_metadata(out).label == "simple-cnn bs=128"
 
 
 def test_config_errors_are_one_line(cli, tmp_path):

@@ -33,7 +33,7 @@ from cnntools.data.augment import resolve_augment
 from cnntools.data.imageset import CHUNK_BYTES, chunk_rows
 from cnntools.inference import wants_channels_last
 from cnntools.output import CnnError
-from cnntools.training.config import TrainConfig, validate_config
+from cnntools.training.config import DEFAULT_LR, TrainConfig, validate_config
 from cnntools.training.meters import EpochMeters
 from cnntools.training.control import NonFiniteLoss, TrainingInterrupted, gradient_sum, install_stop_signals, restore_signals
 from cnntools.training.optimization import build_optimizer, build_scheduler, class_weight_tensor
@@ -244,10 +244,21 @@ class Trainer:
                      "kept": self.cfg.keep if self.val_loader is not None else "last"},
             history=self.history,
             steps=self.steps,
-            label=self.cfg.label or derive_label(asdict(self.cfg)),
+            label=self.cfg.label or derive_label(self._label_options()),
             arch_args=self.cfg.arch_args or None,
             code=self.code[0].record(self.cfg.arch_args) if self.code else None,
         )
+
+    def _label_options(self) -> dict:
+        """The options a derived label reads, with values that equal what the defaults resolve
+        to put back as defaults: a run replayed from --print-config's TOML or from a
+        checkpoint (where lr and augment are written out) keeps the original run's label."""
+        options = asdict(self.cfg)
+        if self.cfg.resolved_lr() == DEFAULT_LR.get(self.cfg.opt):
+            options["lr"] = None
+        if self.cfg.augment == resolve_augment("auto", self.cfg.data):
+            options["augment"] = "auto"
+        return options
 
     def _kept_record(self) -> dict | None:
         if not self.history:
