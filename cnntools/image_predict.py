@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from cnntools import runtime
 from cnntools.data.images import image_paths
 from cnntools.output import CnnError
 
@@ -32,18 +31,17 @@ def read_uint8(path: str, channels: int, size: int | None = None) -> torch.Tenso
 
 
 def _read(path: str, lm) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's float input C×H×W for one image: decoded, fitted (channels, size, or
-    torchvision's resize + centre crop from the full image) and normalised. Fitting is per
-    image because the files differ in size, and done once: torchvision's resize + crop is not
-    idempotent."""
-    size = None if lm.resize_size is not None else lm.image_size
+    """(raw 1×C×H×W, fitted C×H×W) uint8 of one image: decoded, then fitted (channels, size,
+    or torchvision's resize + centre crop from the full image). Fitting is per image because
+    the files differ in size, and done once: torchvision's resize + crop is not idempotent."""
+    size = None if lm.preprocessing.resize is not None else lm.image_size
     raw = read_uint8(path, lm.in_channels, size)
-    return raw, lm.prepare(raw)[0]
+    return raw, lm.preprocessing.fit(raw)[0]
 
 
 def batches(lm, paths: list[str], batch_size: int, on_skip: Callable[[str, str], None],
             on_image: Callable[[str, torch.Tensor], None] | None = None) -> Iterator[tuple[list[str], torch.Tensor]]:
-    """(paths, N×C×H×W model inputs) batches of the readable images, in order."""
+    """(paths, N×C×H×W fitted uint8 images) batches of the readable images, in order."""
     names, images = [], []
     for path, named in image_paths(paths, on_skip):
         try:
@@ -67,11 +65,11 @@ def batches(lm, paths: list[str], batch_size: int, on_skip: Callable[[str, str],
 def predict_images(lm, paths: list[str], batch_size: int, top_k: int, precision: str,
                    on_skip: Callable[[str, str], None], on_image=None) -> Iterator[list[dict]]:
     """Per batch, the rows of each image's top-k classes: image, rank, class, index, prob, logit."""
-    lm.model.eval()
+    from cnntools.inference import predict
+
+    fitted = lm.preprocessing.for_fitted()
     for names, images in batches(lm, paths, batch_size, on_skip, on_image):
-        with torch.inference_mode(), runtime.autocast(lm.device, precision):
-            logits = lm.model(images)
-        logits = logits.float().cpu()
+        logits = predict(lm.model, images, fitted, batch_size=batch_size, precision=precision, arch=lm.arch)
         probs = torch.softmax(logits, 1)
         k = min(top_k, probs.shape[1])
         values, indices = probs.topk(k, dim=1)

@@ -1,14 +1,78 @@
-"""Running a trained model on images: batched prediction under `torch.inference_mode()`."""
+"""Running a model on images: the one place that does it.
+
+`Preprocessing` says how a model wants its input (channels, size, resize rule, mean/std);
+`forward_batches` runs the model over uint8 images batch by batch (preprocessing on the
+device, the chosen precision under autocast, channels_last where it pays, optional hooked
+layers) and `predict` collects the logits. eval, confusion, saliency (its prediction pass),
+featmaps, filters and tsne all go through here, so a precision or memory-format choice made
+here holds everywhere. `capture_activations` is the one forward-hook helper.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Callable
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 
 from cnntools import runtime
 from cnntools.data.imageset import CHUNK_BYTES, chunk_rows
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How uint8 N×C×H×W images become a model's input.
+
+    Channels are converted to `channels` (RGBA drops alpha, grey and RGB into each other), the
+    image is resized to `size`×`size` or, with `resize` set (torchvision's and timm's ImageNet
+    rule), its shorter side to `resize` with `interpolation` and then centre-cropped to `size`;
+    then scaled to [0, 1] and normalised with `mean`/`std` per channel.
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    size: int
+    channels: int
+    resize: int | None = None
+    interpolation: str = "bilinear"
+
+    @classmethod
+    def plain(cls, channels: int, size: int, mean=None, std=None) -> Preprocessing:
+        """`mean`/`std` normalisation (default none: [0, 1] pixels) at `size`×`size`."""
+        return cls(tuple(mean) if mean is not None else (0.0,) * channels,
+                   tuple(std) if std is not None else (1.0,) * channels, size, channels)
+
+    def for_fitted(self) -> Preprocessing:
+        """The same normalisation for images `fit` has fitted already: they are not fitted
+        again (torchvision's resize + centre crop is not idempotent)."""
+        return replace(self, resize=None)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """C×H×W of the model input."""
+        return (self.channels, self.size, self.size)
+
+    def fit(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images at the model's channels and size (resized, or resized + centre-cropped)."""
+        from cnntools.data.imageset import convert_channels, resize_uint8
+
+        images = _fit_channels(images, self.channels, convert_channels)
+        if self.resize is not None:
+            return _resize_crop(images, self.resize, self.size, self.interpolation)
+        if tuple(images.shape[2:]) != (self.size, self.size):
+            images = resize_uint8(images, self.size)
+        return images
+
+    def __call__(self, images: torch.Tensor, device=None, channels_last: bool = False) -> torch.Tensor:
+        """Normalised float32 model input on `device` (default: where `images` are) from uint8
+        images, in channels_last memory format when asked."""
+        from cnntools.data.loader import fold_normalization, normalize_uint8
+
+        images = self.fit(images).to(device if device is not None else images.device, non_blocking=True)
+        scale, shift = fold_normalization(self.mean, self.std, images.device)
+        return normalize_uint8(images, scale, shift, channels_last)
 
 
 def wants_channels_last(device, precision: str, arch: str) -> bool:
@@ -18,56 +82,138 @@ def wants_channels_last(device, precision: str, arch: str) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and precision == "bf16")
 
 
-def predict(
-    lm_or_model,
-    imageset,
+@contextlib.contextmanager
+def capture_activations(model, names: Sequence[str], clone: bool = True, inputs: bool = False) -> Iterator[dict]:
+    """Record the named layers' outputs (with `inputs`: their first inputs) during the forward
+    passes inside the block; the dict holds the last pass's tensors.
+
+    Outputs are cloned by default so that a following in-place op (ReLU(inplace=True)) cannot
+    overwrite what was recorded. The hooks are removed when the block exits, errors included
+    (leaked hooks are the most reported memory problem of hook-based tools).
+    """
+    from cnntools.interpret.activations import get_layer
+
+    store: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def keep(name: str, value) -> None:
+        if isinstance(value, (tuple, list)):
+            value = value[0]
+        store[name] = value.detach().clone() if clone else value
+
+    try:
+        for name in names:
+            layer = get_layer(model, name)
+            if inputs:
+                handles.append(layer.register_forward_pre_hook(lambda _m, args, name=name: keep(name, args)))
+            else:
+                handles.append(layer.register_forward_hook(lambda _m, _args, out, name=name: keep(name, out)))
+        yield store
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@dataclass
+class Batch:
+    """One forward pass of `forward_batches`: where it starts among the images, how many it
+    holds, the logits (float32, on the model's device) and the captured layers (in the dtype
+    the model produced them: bfloat16 under bf16 autocast)."""
+
+    start: int
+    size: int
+    logits: torch.Tensor
+    activations: dict
+
+
+def batch_rows(preprocessing: Preprocessing, batch_size: int) -> int:
+    """Images per forward pass: `batch_size`, fewer for large images. The float32 inputs of a
+    pass are bounded in bytes, so the activations of a batch of 224-px photos do not dwarf
+    the rest of the process; small images keep `batch_size`."""
+    return min(batch_size, chunk_rows(4 * math.prod(preprocessing.shape), CHUNK_BYTES // 2))
+
+
+def forward_batches(
+    model,
+    images: torch.Tensor,
+    preprocessing: Preprocessing,
+    *,
     batch_size: int = 256,
     device=None,
     precision: str = "fp32",
-    mean=None,
-    std=None,
-    progress: Callable[[int], None] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits float32 CPU N×K, labels CPU N) of a model over an ImageSet, batched, under
-    `torch.inference_mode()`.
+    channels_last: bool | None = None,
+    arch: str = "",
+    layers: Sequence[str] = (),
+    layer_inputs: bool = False,
+) -> Iterator[Batch]:
+    """Run `model` over uint8 N×C×H×W `images` in batches under `torch.inference_mode()`.
 
-    `lm_or_model` is a `LoadedModel` (its own preprocessing is applied) or an `nn.Module`
-    (images scaled to [0, 1] and normalised with `mean`/`std` when given).
-    `progress(n)` is called after each batch with the number of images done.
+    Each batch (at most `batch_rows(preprocessing, batch_size)` images) is preprocessed on
+    `device` (default: the model's) and run under autocast for `precision` (a resolved one:
+    fp32, bf16 or fp16), in channels_last when `channels_last` (None: where it pays, see
+    `wants_channels_last`). `layers` are captured with forward hooks (their inputs with
+    `layer_inputs`); the hooks are removed when the iteration ends or is abandoned.
     """
-    from cnntools.checkpoint import LoadedModel
-    from cnntools.data.loader import fold_normalization, normalize_uint8
+    from cnntools.output import CnnError
 
-    if isinstance(lm_or_model, LoadedModel):
-        model = lm_or_model.model
-        prepare = lm_or_model.prepare
-        device = device or lm_or_model.device
-    else:
-        model = lm_or_model
-        device = device or next(model.parameters()).device
-        scale, shift = fold_normalization(mean if mean is not None else [0.0] * imageset.channels,
-                                          std if std is not None else [1.0] * imageset.channels, device)
-
-        def prepare(images, channels_last=False):
-            return normalize_uint8(images.to(device), scale, shift, channels_last)
-
+    if device is None:
+        device = next(iter(model.parameters()), torch.empty(0)).device
+    if channels_last is None:
+        channels_last = wants_channels_last(device, precision, arch)
     model.eval()
-    # The layout the precision runs fastest in (bf16 on CPU without it: about half the speed).
-    channels_last = wants_channels_last(device, precision, getattr(lm_or_model, "arch", ""))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    outputs = []
-    # Large images go fewer per forward pass (inputs bounded in bytes), so the activations of
-    # a batch of 224-px photos do not dwarf the rest of the process; small ones keep `batch_size`.
-    step = min(batch_size, chunk_rows(4 * math.prod(imageset.images.shape[1:]), CHUNK_BYTES // 2))
-    with torch.inference_mode():
-        for start in range(0, len(imageset), step):
-            x = prepare(imageset.images[start : start + step], channels_last)
+    step = batch_rows(preprocessing, batch_size)
+    with capture_activations(model, layers, inputs=layer_inputs) as store, torch.inference_mode():
+        for start in range(0, len(images), step):
+            x = preprocessing(images[start : start + step], device, channels_last)
+            store.clear()
             with runtime.autocast(device, precision):
                 logits = model(x)
-            outputs.append(logits.float().cpu())
-            if progress is not None:
-                progress(min(len(imageset), start + step))
+            missing = [n for n in layers if n not in store]
+            if missing:
+                raise CnnError(f"layer(s) {', '.join(missing)} did not run in the forward pass; pick another layer")
+            yield Batch(start, x.shape[0], logits.float(), dict(store))
+
+
+def predict(model, images: torch.Tensor, preprocessing: Preprocessing, *,
+            progress: Callable[[int], None] | None = None, **options) -> torch.Tensor:
+    """Logits (float32, CPU, N×K) of `model` over uint8 `images`; `options` are those of
+    `forward_batches` (batch_size, device, precision, channels_last, arch). `progress(n)` is
+    called after each batch with the number of images done."""
+    outputs = []
+    for batch in forward_batches(model, images, preprocessing, **options):
+        outputs.append(batch.logits.cpu())
+        if progress is not None:
+            progress(batch.start + batch.size)
     k = outputs[0].shape[1] if outputs else 0
-    logits = torch.cat(outputs) if outputs else torch.empty(0, k)
-    return logits, imageset.labels.clone()
+    return torch.cat(outputs) if outputs else torch.empty(0, k)
+
+
+def _fit_channels(images, channels, convert_channels):
+    have = images.shape[1]
+    if have == channels:
+        return images
+    if have == 4:  # RGBA: drop alpha
+        images = images[:, :3]
+    if have == 2:  # grey + alpha
+        images = images[:, :1]
+    return convert_channels(images, channels)
+
+
+def _resize_crop(images: torch.Tensor, resize: int, crop: int, interpolation: str = "bilinear") -> torch.Tensor:
+    """torchvision's ImageNet preprocessing on uint8 tensors: shorter side to `resize`, centre crop."""
+    import torch.nn.functional as F
+
+    h, w = images.shape[2:]
+    if h <= w:
+        nh, nw = resize, max(1, round(w * resize / h))
+    else:
+        nh, nw = max(1, round(h * resize / w)), resize
+    out = []
+    for chunk in images.split(256):
+        mode = interpolation if interpolation in ("bilinear", "bicubic") else "bilinear"
+        x = F.interpolate(chunk.float(), size=(nh, nw), mode=mode, align_corners=False, antialias=True)
+        top, left = (nh - crop) // 2, (nw - crop) // 2
+        out.append(x[:, :, top : top + crop, left : left + crop].round_().clamp_(0, 255).to(torch.uint8))
+    return torch.cat(out) if out else images.new_empty((0, images.shape[1], crop, crop))

@@ -77,7 +77,7 @@ def test_prepare_resizes_converts_and_normalises():
 
     lm = LoadedModel(model, "simple-cnn", CLASSES, [0.5] * 3, [0.25] * 3, 16, 3, {}, {}, device=torch.device("cpu"))
     images = torch.full((2, 1, 8, 8), 255, dtype=torch.uint8)
-    x = lm.prepare(images)
+    x = lm.preprocessing(images, lm.device)
     assert x.shape == (2, 3, 16, 16) and x.dtype == torch.float32
     assert torch.allclose(x, torch.full_like(x, (1.0 - 0.5) / 0.25))
 
@@ -224,7 +224,7 @@ def test_torchvision_model_from_the_hub_cache(tmp_path, monkeypatch):
     assert lm.image_size == 224 and lm.resize_size == 256
     assert lm.mean == [0.485, 0.456, 0.406] and lm.std == [0.229, 0.224, 0.225]
     images = torch.randint(0, 256, (2, 3, 300, 400), dtype=torch.uint8)
-    x = lm.prepare(images)
+    x = lm.preprocessing(images, lm.device)
     assert x.shape == (2, 3, 224, 224)
     with torch.no_grad():
         assert torch.equal(lm.model(x), reference(x))
@@ -238,7 +238,7 @@ def test_torchvision_model_from_the_hub_cache(tmp_path, monkeypatch):
     rows = json.loads(result.stdout)["predictions"]
     assert [r["rank"] for r in rows] == [1, 2, 3]
     with torch.no_grad():
-        expected = torch.softmax(reference(lm.prepare(images[:1])), 1)[0].topk(3)
+        expected = torch.softmax(reference(lm.preprocessing(images[:1], lm.device)), 1)[0].topk(3)
     assert [r["index"] for r in rows] == expected.indices.tolist()
     assert rows[0]["class"] == lm.classes[expected.indices[0]]
 

@@ -44,7 +44,7 @@ def test_logit_columns_equal_a_forward_pass(cli, labelled, tmp_path):
     assert {r["model"] for r in rows} == {"baseline run"} and {r["data"] for r in rows} == {"digits:test"}
     test = lm.load_split("test")
     with torch.inference_mode():
-        expected = lm.model(lm.prepare(test.images)).float()
+        expected = lm.model(lm.preprocessing(test.images, lm.device)).float()
     got = torch.tensor([[float(r[n]) for n in names] for r in rows])
     assert torch.allclose(got, expected, atol=1e-5)
     assert [int(r["pred"]) for r in rows] == expected.argmax(1).tolist()
@@ -102,7 +102,7 @@ def test_labels_head_multi_model_tables_and_logit_figures(cli, labelled, tmp_pat
     lm = load_model(str(labelled[1]))
     test = lm.load_split("test")
     with torch.inference_mode():
-        expected = lm.model(lm.prepare(test.images[:2])).float()
+        expected = lm.model(lm.preprocessing(test.images[:2], lm.device)).float()
     assert torch.allclose(torch.tensor([p["logits"][1] for p in panels]), expected, atol=1e-5)
     assert seen["hist"] == (["baseline run", "mlp bs=64+no-aug"], "Raw outputs on digits:test (359 images)", True)
     assert (tmp_path / "bars.png").read_bytes()[:4] == b"\x89PNG"
@@ -156,7 +156,7 @@ def test_all_zero_map_is_drawn_with_a_warning(cli, digits_checkpoint, tmp_path, 
 
 def test_featmaps_channels_by_number_and_layers_without_weights(cli, digits_checkpoint, tmp_path):
     from cnntools.checkpoint import load_model
-    from cnntools.interpret.activations import activations_of
+    from cnntools.inference import forward_batches
 
     out = tmp_path / "f.png"
     saved = tmp_path / "acts.safetensors"
@@ -166,8 +166,8 @@ def test_featmaps_channels_by_number_and_layers_without_weights(cli, digits_chec
     (layer,) = result.json()["layers"]
     assert layer["channels"] == [5, 0, 1, 2] and layer["chosen"] == "given"
     lm = load_model(str(digits_checkpoint))
-    _, captured = activations_of(lm.model, lm.prepare(lm.load_split("test").images[:1]), ["features.1"])
-    assert captured["features.1"].shape[1] > 5
+    (batch,) = forward_batches(lm.model, lm.load_split("test").images[:1], lm.preprocessing, layers=["features.1"])
+    assert batch.activations["features.1"].shape[1] > 5
     bad = cli("featmaps", digits_checkpoint, "-l", "features.1", "--channels", "999", "--device", "cpu")
     assert bad.exit_code == 1 and "999" in bad.stderr
     # --list-layers reads the architecture only: a checkpoint whose weights are damaged still lists.

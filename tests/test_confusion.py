@@ -148,7 +148,7 @@ def test_from_checkpoint_matches_manual_predictions(patch_checkpoint):
     lm = load_model(str(patch_checkpoint), "cpu")
     test = lm.load_split("test")
     with torch.inference_mode():
-        preds = lm.model(lm.prepare(test.images)).argmax(1).numpy()
+        preds = lm.model(lm.preprocessing(test.images, lm.device)).argmax(1).numpy()
     np.testing.assert_array_equal(doc["counts"], sk_confusion(test.labels.numpy(), preds, labels=range(4)))
     assert doc["classes"] == ["top-left", "top-right", "bottom-left", "bottom-right"]
     assert doc["accuracy"] > 0.5

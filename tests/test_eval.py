@@ -104,7 +104,7 @@ def test_eval_json_equals_scikit_learn_on_its_own_predictions(cli, trained, tmp_
     from cnntools.checkpoint import load_model
 
     lm = load_model(str(model))
-    logits, labels = predict(lm, lm.load_split("test"), batch_size=50, precision="fp32")
+    logits = predict(lm.model, lm.load_split("test").images, lm.preprocessing, batch_size=50, precision="fp32")
     assert torch.equal(logits.argmax(1), torch.as_tensor(p))
 
 
@@ -178,19 +178,18 @@ def test_other_split_and_dataset_override(cli, trained):
 def test_predict_matches_a_plain_forward_in_every_precision_layout():
     """predict's fast path (uint8 → float in the model's memory format, channels_last under
     bf16) computes what a plain normalise-then-forward loop computes."""
-    from cnntools.data import ImageSet
+    from cnntools.inference import Preprocessing
     from cnntools.models import create_model
 
     torch.manual_seed(0)
     images = torch.randint(0, 256, (10, 3, 16, 16), dtype=torch.uint8)
-    data = ImageSet(images=images, labels=torch.zeros(10, dtype=torch.long), classes=["a", "b", "c"])
     mean, std = [0.3, 0.4, 0.5], [0.2, 0.25, 0.3]
     x = (images.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     for precision, atol in (("fp32", 1e-5), ("bf16", 0.1)):
         model = create_model("simple-cnn", 3, 16, 3).eval()
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             expected = model(x).float()
-        logits, _ = predict(model, data, batch_size=4, precision=precision, mean=mean, std=std)
+        logits = predict(model, images, Preprocessing.plain(3, 16, mean, std), batch_size=4, precision=precision)
         torch.testing.assert_close(logits, expected, atol=atol, rtol=0.05)
         if precision == "bf16":  # the model now runs in channels_last, and still computes the same
             assert next(p for p in model.parameters() if p.dim() == 4).is_contiguous(memory_format=torch.channels_last)

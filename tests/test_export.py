@@ -22,7 +22,7 @@ def lenet(tmp_path_factory, one_torch_thread):
 
 def _digits_inputs(lm, n=10):
     imageset = lm.load_split("test")
-    return lm.prepare(imageset.images[:n]).float()
+    return lm.preprocessing(imageset.images[:n], lm.device).float()
 
 
 def test_onnx_matches_pytorch_with_dynamic_batch(cli, lenet, tmp_path):

@@ -13,6 +13,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from cnntools.cli import app
+from cnntools.inference import Preprocessing, capture_activations, forward_batches
 from cnntools.interpret import activations as act
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -34,8 +35,11 @@ def n_hooks(model):
 
 def test_captured_outputs_equal_a_manual_forward_and_hooks_are_removed():
     model = net()
-    x = torch.randn(2, 3, 16, 16)
-    got_out, got = act.activations_of(model, x, ["0", "3.0", "3.2", "5"])
+    images = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    prep = Preprocessing((0.5, 0.4, 0.3), (0.2, 0.25, 0.3), 16, 3)
+    x = prep(images)
+    (batch,) = forward_batches(model, images, prep, layers=["0", "3.0", "3.2", "5"])
+    got_out, got = batch.logits, batch.activations
     with torch.no_grad():
         conv0 = model[0](x)
         expected0 = conv0.clone()
@@ -54,7 +58,7 @@ def test_captured_outputs_equal_a_manual_forward_and_hooks_are_removed():
 def test_hooks_are_removed_when_the_block_fails():
     model = net()
     with pytest.raises(RuntimeError):
-        with act.capture_activations(model, ["0", "5"]):
+        with capture_activations(model, ["0", "5"]):
             assert n_hooks(model) == 2
             model(torch.randn(1, 2, 16, 16))  # wrong channel count
     assert n_hooks(model) == 0

@@ -13,6 +13,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from cnntools.cli import app
+from cnntools.inference import Preprocessing, forward_batches
 from cnntools.interpret import filters as flt
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -28,9 +29,12 @@ def net():
 @pytest.mark.parametrize("layer", ["0", "3"])
 def test_batched_ranking_equals_brute_force(score, layer):
     model = net()
-    images = torch.randn(37, 3, 12, 12)
+    raw = torch.randint(0, 256, (37, 3, 12, 12), dtype=torch.uint8)
+    prep = Preprocessing((0.5,) * 3, (0.25,) * 3, 12, 3)
+    images = prep(raw)
     filters = [0, 2, 4]
-    got = flt.top_activating(model, layer, (images[i : i + 8] for i in range(0, 37, 8)), filters, k=5, score=score)
+    batches = forward_batches(model, raw, prep, batch_size=8, layers=[layer])
+    got = flt.top_activating(layer, (b.activations[layer] for b in batches), filters, k=5, score=score)
     brute = torch.zeros(37, len(filters))
     upto = model[: int(layer) + 1]
     with torch.no_grad():
@@ -109,7 +113,7 @@ def test_cli_kernels_and_top_images(checkpoint, tmp_path):
     test = lm.load_split("test")
     e = doc["top"][1]
     with torch.no_grad():
-        maps = torch.relu(lm.model.features[:7](lm.prepare(test.images[e["indices"]])))[:, 3]
+        maps = torch.relu(lm.model.features[:7](lm.preprocessing(test.images[e["indices"]], lm.device)))[:, 3]
     torch.testing.assert_close(maps.flatten(1).amax(1), torch.tensor(e["scores"]), atol=1e-4, rtol=1e-4)
 
     result = runner.invoke(app, ["filters", str(checkpoint), "-l", "features.1"], prog_name="cnntools")

@@ -50,7 +50,7 @@ def patch_model_and_data():
 
     lm = load_model(cached_checkpoint("patch"), "cpu")
     test = lm.load_split("test")
-    return lm.model, lm.prepare(test.images), test.labels, test.meta["patch_boxes"].tolist()
+    return lm.model, lm.preprocessing(test.images, lm.device), test.labels, test.meta["patch_boxes"].tolist()
 
 
 @pytest.mark.parametrize("method", sal.CAM_METHODS)
@@ -304,7 +304,7 @@ def test_auto_layer_is_the_rectified_last_conv_so_confident_maps_are_not_blank(t
     assert (maps.flatten(1).amax(1) > 0).all()
     # The raw conv output itself leaves most of these maps blank: the choice matters.
     lm = load_model(checkpoint, "cpu")
-    x = lm.prepare(lm.load_split("test").images[:32])
+    x = lm.preprocessing(lm.load_split("test").images[:32], lm.device)
     targets = [row["target"] for row in json.loads(result.stdout)["images"]]
     raw = sal.saliency_maps(lm.model, x, targets, method="gradcam", layer="features.6")
     assert (raw.flatten(1).amax(1) > 0).float().mean() < 0.5
@@ -373,7 +373,7 @@ def test_cli_saves_raw_gradients_and_reports_their_peak(checkpoint, tmp_path):
         assert f.metadata()["values"] == doc["values"]
     lm = load_model(checkpoint, "cpu")
     split = lm.load_split("test")
-    expected = _loss_gradient_float64(lm.model, lm.prepare(split.images[:3]), split.labels[:3].tolist()).abs().amax(1)
+    expected = _loss_gradient_float64(lm.model, lm.preprocessing(split.images[:3]), split.labels[:3].tolist()).abs().amax(1)
     for got, want in zip(maps, expected):
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3 * float(want.max()))
     assert [r["peak_value"] for r in doc["images"]] == pytest.approx([float(m.max()) for m in maps])

@@ -117,10 +117,12 @@ def test_both_engines_separate_obvious_clusters(method):
 def test_layer_features_hooks_the_classifier_input_and_named_layers():
     import torch
 
+    from cnntools.inference import Preprocessing
+
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3)).eval()
     images = torch.randint(0, 256, (10, 3, 2, 2), dtype=torch.uint8)
-    prepare = lambda u: u.float() / 255  # noqa: E731
+    prepare = Preprocessing.plain(3, 2)
     feats, name, kind = lib.layer_features(model, prepare, images, batch_size=4)
     with torch.no_grad():
         want = model[2](model[1](model[0](prepare(images))))

@@ -63,7 +63,10 @@ def model_code(meta: CheckpointMeta, name: str = "checkpoint", trust_code: bool 
 
 @dataclass
 class LoadedModel:
-    """A model ready to run, with everything needed to feed it and read its outputs."""
+    """A model ready to run, with everything needed to feed it and read its outputs.
+
+    Running it is `cnntools.inference.predict(lm.model, images, lm.preprocessing, ...)` (or
+    `forward_batches` for captured layers)."""
 
     model: Any  # torch.nn.Module, eval mode, on `device`
     arch: str
@@ -91,28 +94,17 @@ class LoadedModel:
 
         return model_label(self.meta.to_json(), self.source)
 
-    def fit_images(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 N×C×H×W at the model's channels and size (resized, or resized + centre-cropped)."""
-        from cnntools.data.imageset import convert_channels, resize_uint8
+    @property
+    def preprocessing(self):
+        """How images become this model's input (a `cnntools.inference.Preprocessing`)."""
+        from cnntools.inference import Preprocessing
 
-        images = _fit_channels(images, self.in_channels, convert_channels)
-        if self.resize_size is not None:
-            return _resize_crop(images, self.resize_size, self.image_size, self.interpolation)
-        if tuple(images.shape[2:]) != (self.image_size, self.image_size):
-            images = resize_uint8(images, self.image_size)
-        return images
-
-    def prepare(self, images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
-        """Normalised float32 inputs on the model's device from uint8 N×C×H×W images
-        (in channels_last memory format when asked)."""
-        from cnntools.data.loader import fold_normalization, normalize_uint8
-
-        images = self.fit_images(images).to(self.device, non_blocking=True)
-        scale, shift = fold_normalization(self.mean, self.std, images.device)
-        return normalize_uint8(images, scale, shift, channels_last)
+        return Preprocessing(tuple(self.mean), tuple(self.std), self.image_size, self.in_channels,
+                             self.resize_size, self.interpolation)
 
     def load_split(self, split: str, data_override: str | None = None, data_dir: str | None = None, download: bool = False):
-        """The split of the model's own dataset (or `data_override`), fitted to the model.
+        """The split of the model's own dataset (or `data_override`), fitted to the model (for a
+        model with a resize rule, at the dataset's own size: `preprocessing` fits it).
 
         Labels are mapped onto the model's classes by name when the dataset names them in
         another order; a dataset whose classes the model does not know is refused unless its
@@ -147,37 +139,12 @@ class LoadedModel:
                     f"{spec} has {len(imageset.classes)} classes that the model ({len(self.classes)} classes) does not know; "
                     "evaluate on the dataset the model was trained on, or one with the same class names"
                 )
+        if self.resize_size is not None:
+            # torchvision's resize + centre crop is not idempotent: the forward passes fit the
+            # images (once), batch by batch; fitted here they would be zoomed in twice.
+            return imageset
         shape = (self.in_channels, self.image_size, self.image_size)
-        return imageset.transformed(self.fit_images, shape) if tuple(imageset.images.shape[1:]) != shape else imageset
-
-
-def _fit_channels(images, channels, convert_channels):
-    have = images.shape[1]
-    if have == channels:
-        return images
-    if have == 4:  # RGBA: drop alpha
-        images = images[:, :3]
-    if have == 2:  # grey + alpha
-        images = images[:, :1]
-    return convert_channels(images, channels)
-
-
-def _resize_crop(images: torch.Tensor, resize: int, crop: int, interpolation: str = "bilinear") -> torch.Tensor:
-    """torchvision's ImageNet preprocessing on uint8 tensors: shorter side to `resize`, centre crop."""
-    import torch.nn.functional as F
-
-    h, w = images.shape[2:]
-    if h <= w:
-        nh, nw = resize, max(1, round(w * resize / h))
-    else:
-        nh, nw = max(1, round(h * resize / w)), resize
-    out = []
-    for chunk in images.split(256):
-        mode = interpolation if interpolation in ("bilinear", "bicubic") else "bilinear"
-        x = F.interpolate(chunk.float(), size=(nh, nw), mode=mode, align_corners=False, antialias=True)
-        top, left = (nh - crop) // 2, (nw - crop) // 2
-        out.append(x[:, :, top : top + crop, left : left + crop].round_().clamp_(0, 255).to(torch.uint8))
-    return torch.cat(out) if out else images.new_empty((0, images.shape[1], crop, crop))
+        return imageset.transformed(self.preprocessing.fit, shape) if tuple(imageset.images.shape[1:]) != shape else imageset
 
 
 def load_model(spec: str, device="cpu", data: bytes | None = None, trust_code: bool = False,

@@ -41,7 +41,8 @@ def _from_checkpoint(source, data, data_dir, split, download, batch_size, device
         lm = load_model(source, dev, trust_code=trust_code)
     imageset = lm.load_split(split, data_override=data, data_dir=data_dir, download=download)
     output.info(f"Running {lm.label} on {imageset.spec}:{imageset.split} ({len(imageset)} images)")
-    logits, labels = predict(lm, imageset, batch_size, dev, prec)
+    logits = predict(lm.model, imageset.images, lm.preprocessing, batch_size=batch_size, device=dev, precision=prec, arch=lm.arch)
+    labels = imageset.labels
     preds = logits.argmax(1).numpy().astype(np.int64)
     return (
         np.asarray(labels, dtype=np.int64),

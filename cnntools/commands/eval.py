@@ -103,7 +103,7 @@ def main(
     if image:
         shown = _images(loaded, labels, image, top_k, fmt, predictions, batch_size, prec)
         if logits_plot:
-            _logits_plot(loaded, short, shown, logits_plot)
+            _logits_plot(loaded, short, shown, logits_plot, prec)
         return
 
     results, all_rows, hist = [], [], {}
@@ -124,7 +124,7 @@ def main(
         save_figure(logits_histogram(hist, title=title, log_count=log_count), logits_hist)
     if logits_plot:
         shown = _dataset_images(loaded[0], indices or "0-2", data, data_dir, split, download)
-        _logits_plot(loaded, short, shown, logits_plot)
+        _logits_plot(loaded, short, shown, logits_plot, prec)
     _report(results, fmt, per_class, short)
 
 
@@ -151,12 +151,13 @@ def _evaluate(lm, label, data, data_dir, split, download, batch_size, top_k, pre
     progress = _progress(f"{lm.source}", len(imageset))
     start = time.perf_counter()
     try:
-        logits, labels = predict(lm, imageset, batch_size=batch_size, precision=precision,
-                                 progress=(lambda n: progress.update(progress.task_ids[0], completed=n)) if progress else None)
+        logits = predict(lm.model, imageset.images, lm.preprocessing, batch_size=batch_size, precision=precision,
+                         arch=lm.arch, progress=(lambda n: progress.update(progress.task_ids[0], completed=n)) if progress else None)
     finally:
         if progress is not None:
             progress.stop()
     seconds = time.perf_counter() - start
+    labels = imageset.labels
     metrics = classification_metrics(logits, labels, lm.classes, top_k=(top_k,))
     metrics.pop("count")  # the same number as "images"
     hist[label] = logits.flatten().numpy()
@@ -319,10 +320,9 @@ def _dataset_images(lm, indices: str, data, data_dir, split, download):
     return [(f"{imageset.spec}:{split} #{i}", int(imageset.labels[i]), imageset.images[i : i + 1]) for i in picked]
 
 
-def _logits_plot(loaded, short, shown, path: str) -> None:
+def _logits_plot(loaded, short, shown, path: str, precision: str) -> None:
     """Per-class logit bars of every model for the same images (one panel per image)."""
-    import torch
-
+    from cnntools.inference import predict
     from cnntools.plots import logit_bars, save_figure
 
     classes = loaded[0].classes
@@ -332,8 +332,7 @@ def _logits_plot(loaded, short, shown, path: str) -> None:
     for name, label, images in shown:
         values = []
         for lm in loaded:
-            with torch.inference_mode():
-                values.append(lm.model(lm.prepare(images)).float().cpu()[0].tolist())
+            values.append(predict(lm.model, images, lm.preprocessing, precision=precision, arch=lm.arch)[0].tolist())
         panels.append({"name": name, "label": classes[label] if label is not None else None, "image": images[0],
                        "logits": values})
     save_figure(logit_bars(panels, short.labels, classes, shared=short.note("all models: ")), path)

@@ -108,7 +108,7 @@ def _export_model(model, out, kind, verify, num, tolerance, opset, data, data_di
         if len(imageset) == 0:
             raise CnnError(f"{imageset.spec} {split}: no images to check the export on; pick another --split or --no-verify")
         picked = torch.linspace(0, len(imageset) - 1, min(num, len(imageset))).round().long().unique()
-        inputs = lm.prepare(imageset.images[picked]).float().cpu()
+        inputs = lm.preprocessing(imageset.images[picked], lm.device).float().cpu()
         spec = f"{imageset.spec} {imageset.split}"
     output.info(f"Exporting {lm.arch} ({lm.in_channels}x{lm.image_size}x{lm.image_size} inputs) to {kind}")
     doc = {"model": lm.source, "output": out, "format": kind, "arch": lm.arch,

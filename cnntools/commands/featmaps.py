@@ -44,7 +44,8 @@ def main(
     chosen layers during one forward pass and are removed afterwards. Channels are drawn most active first (by mean activation), each layer
     with one colour scale; --overlay blends them over the image instead. The numbers (shape,
     min, max, mean, share of zeros) come as a table or JSON; --save writes the raw activations
-    (one tensor per layer) as safetensors.
+    (one tensor per layer) as safetensors. The pass runs at --precision (bf16 activations are
+    reported and saved as float32); it is one image, so --batch-size changes nothing here.
 
     \b
     Examples:
@@ -65,8 +66,9 @@ def main(
     import torch
 
     from cnntools.checkpoint import load_model
-    from cnntools.interpret.activations import activation_layer_names, activation_stats, example_input, activations_of, get_layer, layer_rows
-    from cnntools.runtime import autocast, resolve_device, resolve_precision, seed_everything
+    from cnntools.inference import forward_batches
+    from cnntools.interpret.activations import activation_layer_names, activation_stats, example_input, get_layer, layer_rows
+    from cnntools.runtime import resolve_device, resolve_precision, seed_everything
 
     seed_everything(seed)
     dev = resolve_device(device)
@@ -112,9 +114,10 @@ def main(
         raise CnnError("the model has no Conv2d layer; name layers with --layer (see --list-layers)")
     for n in names:
         get_layer(lm.model, n)
-    x = lm.prepare(raw)
-    with autocast(dev, resolve_precision(precision, dev)):
-        logits, captured = activations_of(lm.model, x, names)
+    # One image: one forward pass, whatever --batch-size says.
+    (batch,) = forward_batches(lm.model, raw, lm.preprocessing, batch_size=batch_size, precision=resolve_precision(precision, dev),
+                               arch=lm.arch, layers=names)
+    logits, captured = batch.logits, batch.activations
     probs = torch.softmax(logits.float(), dim=1)[0].cpu()
     acts = {n: a[0].float().cpu() for n, a in captured.items()}
     pred = int(probs.argmax())
@@ -139,7 +142,7 @@ def main(
     if out:
         from cnntools.plots import save_figure
 
-        shown = lm.fit_images(raw)[0]
+        shown = lm.preprocessing.fit(raw)[0]
         title = (f"Feature maps of {lm.label}: {name}" + (f", label {lm.classes[label]}" if label is not None else "")
                  + f", pred {lm.classes[pred]} ({probs[pred]:.0%})")
         save_figure(_figure(acts, layers_doc, shown, overlay, title), out)
@@ -150,7 +153,7 @@ def main(
         from cnntools import files
 
         tensors = {n: a.contiguous() for n, a in acts.items()}
-        tensors["__input__"] = x[0].float().cpu().contiguous()
+        tensors["__input__"] = lm.preprocessing(raw)[0].cpu().contiguous()
         files.write_bytes(save, st_save(tensors, metadata={"model": model, "image": name, "layers": ",".join(names)}))
         output.info(f"Wrote {save}")
 

@@ -66,9 +66,10 @@ def main(
 
     from cnntools.checkpoint import load_model
     from cnntools.interpret.activations import conv_layer_names, example_input, get_layer
-    from cnntools.interpret.filters import batches_of, receptive_field_boxes, top_activating
+    from cnntools.inference import forward_batches
+    from cnntools.interpret.filters import receptive_field_boxes, top_activating
     from cnntools.interpret.inputs import parse_int_list
-    from cnntools.runtime import autocast, resolve_device, resolve_precision, seed_everything
+    from cnntools.runtime import resolve_device, resolve_precision, seed_everything
 
     seed_everything(seed)
     dev = resolve_device(device)
@@ -104,8 +105,9 @@ def main(
     if top_k > 0:
         imageset = lm.load_split(split, data_override=data, data_dir=data_dir, download=download)
         output.info(f"Ranking {len(imageset)} images of {imageset.spec} {imageset.split} for filters {chosen} of {layer}")
-        with autocast(dev, resolve_precision(precision, dev)):
-            ranked = top_activating(lm.model, layer, batches_of(imageset.images, lm.prepare, batch_size), chosen, k=top_k, score=score)
+        batches = forward_batches(lm.model, imageset.images, lm.preprocessing, batch_size=batch_size,
+                                  precision=resolve_precision(precision, dev), arch=lm.arch, layers=[layer])
+        ranked = top_activating(layer, (batch.activations[layer] for batch in batches), chosen, k=top_k, score=score)
         top = []
         for j, f in enumerate(chosen):
             entry = {"filter": f, "indices": ranked["top"][j].tolist(), "scores": ranked["top_scores"][j].tolist(),
@@ -121,14 +123,14 @@ def main(
         boxes = None
         if crop_rf and ranked["argmax"] is not None:
             units = ranked["argmax"].reshape(-1, 2)
-            boxes = receptive_field_boxes(lm.model, layer, tuple(imageset.images.shape[1:]), units).reshape(len(chosen), -1, 4)
+            boxes = receptive_field_boxes(lm.model, layer, lm.preprocessing.shape, units).reshape(len(chosen), -1, 4)
             for j, entry in enumerate(top):
                 entry["rf_boxes"] = boxes[j].tolist()
         doc.update({"score": score, "split": f"{imageset.spec}:{imageset.split}", "top": top})
         if top_output:
             from cnntools.plots import save_figure
 
-            save_figure(_top_figure(imageset, top, layer, score, boxes), top_output)
+            save_figure(_top_figure(imageset, lm.preprocessing.fit, top, layer, score, boxes), top_output)
             output.info(f"Wrote {top_output}")
         table_rows = [
             {"filter": e["filter"], "rank": r + 1, "index": i, "label": lab, "score": s}
@@ -192,7 +194,7 @@ def _kernel_figure(weight, layer, scale, shown, label):
     return fig
 
 
-def _top_figure(imageset, top, layer, score, boxes):
+def _top_figure(imageset, fit, top, layer, score, boxes):
     from cnntools.plots import new_figure, show_image
 
     k = max(len(e["indices"]) for e in top)
@@ -204,7 +206,7 @@ def _top_figure(imageset, top, layer, score, boxes):
             if c >= len(entry["indices"]):
                 ax.axis("off")
                 continue
-            image = imageset.images[entry["indices"][c]]
+            image = fit(imageset.images[entry["indices"][c]][None])[0]  # as the model saw it
             if boxes is not None:
                 t, left, b, right = boxes[r][c].tolist()
                 image = image[:, t:b, left:right]

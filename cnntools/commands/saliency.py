@@ -109,8 +109,11 @@ def main(
     block's output); --list-layers names the others. Gradient maps are drawn in their own
     units (|d loss/d input|; float64, as a confident model's loss gradient is far below fp32's
     range) on one colour scale per image, shared across its row; CAM maps are pytorch-grad-cam's,
-    scaled to 0-1 per map. --save writes the maps as drawn (N×H×W per model). Gradients are
-    computed in fp32 whatever --precision says.
+    scaled to 0-1 per map. --save writes the maps as drawn (N×H×W per model). --precision bf16
+    or fp16 runs the forward passes under autocast (the backward then runs in the forward's
+    dtypes): CAM maps barely change, input gradient maps get visibly noisier, so use fp32 for
+    the finest gradient maps. auto picks reduced precision only where the hardware runs it
+    natively.
 
     \b
     Examples:
@@ -147,10 +150,12 @@ def main(
     from cnntools.interpret.activations import example_input, layer_rows, resolve_layer_name
     from cnntools.interpret.inputs import resolve_targets
     from cnntools.interpret.saliency import GRADIENT_METHODS, map_quantity, saliency_maps, uses_layer
-    from cnntools.runtime import resolve_device, seed_everything
+    from cnntools.inference import predict
+    from cnntools.runtime import resolve_device, resolve_precision, seed_everything
 
     seed_everything(seed)
     dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
     if list_layers:  # the architecture alone: no weight file needed
         from cnntools.checkpoint.model_loading import load_architecture
 
@@ -176,13 +181,9 @@ def main(
 
     results = []  # one dict per (model, target) column
     for spec, lm, layer_name, model_name, header in zip(models, loaded, layer_names, model_names, short.labels):
-        shown = lm.fit_images(raw)
-        x = lm.prepare(raw)
-        probs = []
-        with torch.inference_mode():
-            for start in range(0, x.shape[0], batch_size):
-                probs.append(torch.softmax(lm.model(x[start : start + batch_size]).float(), dim=1).cpu())
-        probs = torch.cat(probs)
+        shown = lm.preprocessing.fit(raw)
+        probs = torch.softmax(predict(lm.model, raw, lm.preprocessing, batch_size=batch_size, precision=prec, arch=lm.arch), dim=1)
+        x = lm.preprocessing(raw, lm.device)
         preds = probs.argmax(1).tolist()
         # Labels are indices into the first model's classes; map them by name for the others.
         index = {name: k for k, name in enumerate(lm.classes)}
@@ -201,6 +202,7 @@ def main(
                         batch_size=batch_size,
                         seed=seed,
                         reduce=reduce,
+                        precision=prec,
                     )
                 )
             maps = torch.cat(maps)

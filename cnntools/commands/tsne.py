@@ -122,10 +122,10 @@ def main(
         lm = load_model(checkpoint, dev, trust_code=trust_code)
         images = lm.load_split(split, data_override=data, data_dir=data_dir, download=download)
         idx = _subset(images.labels.numpy(), n, seed, lib)
-        with runtime.autocast(dev, runtime.resolve_precision(precision, dev)):
-            features, layer_name, hook = lib.layer_features(
-                lm.model, lm.prepare, images.images[idx], layer=layer, batch_size=batch_size
-            )
+        features, layer_name, hook = lib.layer_features(
+            lm.model, lm.preprocessing, images.images[idx], layer=layer, batch_size=batch_size,
+            precision=runtime.resolve_precision(precision, dev), arch=lm.arch,
+        )
         source.update(kind="features", data=images.spec, checkpoint=checkpoint, arch=getattr(lm, "arch", None),
                       layer=layer_name, hook=hook)
         what = f"{getattr(lm, 'arch', 'model')} {layer_name} {'input' if hook == 'input' else 'output'}"

@@ -1,13 +1,11 @@
-"""Layers by name, their output shapes, and activations captured with forward hooks.
+"""Layers by name, their output shapes, and statistics of captured activations.
 
-Hooks are always context-managed: they are removed when the block ends, even on errors
-(leaked hooks are the most reported memory problem of hook-based tools).
+Activations themselves are captured by `cnntools.inference` (`capture_activations`, and
+`forward_batches(..., layers=...)`, which runs a model with it).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -119,36 +117,6 @@ def resolve_layer_name(model: nn.Module, name: str, example: torch.Tensor | None
     return name
 
 
-@contextlib.contextmanager
-def capture_activations(
-    model: nn.Module, names: Sequence[str], clone: bool = True
-) -> Iterator[dict[str, torch.Tensor]]:
-    """Record the outputs of the named layers during forward passes inside the block.
-
-    Yields a dict filled on every forward (the last forward wins). Outputs are cloned by
-    default so that a following in-place ReLU cannot overwrite what was recorded. The hooks
-    are removed when the block exits.
-    """
-    store: dict[str, torch.Tensor] = {}
-    handles = []
-
-    def hook_for(name: str):
-        def hook(module, inputs, output):
-            if isinstance(output, (tuple, list)):
-                output = output[0]
-            store[name] = output.detach().clone() if clone else output
-
-        return hook
-
-    try:
-        for name in names:
-            handles.append(get_layer(model, name).register_forward_hook(hook_for(name)))
-        yield store
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 def layer_table(model: nn.Module, example: torch.Tensor) -> list[dict]:
     """One row per named layer: name, type, output shape (for `example`'s batch), parameters.
 
@@ -189,19 +157,6 @@ def layer_table(model: nn.Module, example: torch.Tensor) -> list[dict]:
             }
         )
     return rows
-
-
-def activations_of(
-    model: nn.Module, x: torch.Tensor, names: Sequence[str]
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The model's output and the outputs of the named layers for the batch `x` (one forward
-    pass, no gradients)."""
-    with capture_activations(model, names) as store, torch.inference_mode():
-        output = model(x)
-    missing = [n for n in names if n not in store]
-    if missing:
-        raise CnnError(f"layer(s) {', '.join(missing)} did not run in the forward pass; pick another layer")
-    return output, dict(store)
 
 
 def activation_stats(t: torch.Tensor) -> dict:

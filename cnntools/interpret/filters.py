@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
 
-from cnntools.interpret.activations import capture_activations, get_layer
+from cnntools.inference import capture_activations
+from cnntools.interpret.activations import get_layer
 from cnntools.output import CnnError
 
 
@@ -51,26 +52,24 @@ def filter_scores(rectified: torch.Tensor, score: str = "mean") -> torch.Tensor:
 
 
 def top_activating(
-    model: nn.Module,
     layer: str,
-    batches: Iterable[torch.Tensor],
+    activations: Iterable[torch.Tensor],
     filters: Sequence[int],
     k: int = 9,
     score: str = "mean",
 ) -> dict:
-    """Rank a dataset's images by each filter's post-ReLU activation, batched under inference_mode.
+    """Rank a dataset's images by each filter's post-ReLU activation.
 
-    `batches` yields prepared input batches in dataset order. Returns {"scores": N×F,
+    `activations` yields the layer's output batch by batch in dataset order (as
+    `inference.forward_batches(..., layers=[layer])` captures it); only the scores and peaks
+    are kept, so memory does not grow with the feature maps. Returns {"scores": N×F,
     "top": F×k indices, "top_scores": F×k, "argmax": F×k×2 (row, column) of the strongest
     unit in each top image's feature map, or None for linear layers, "map_size": (H, W)}.
     """
     channels = None
     all_scores, peaks = [], []
-    model.eval()
-    with capture_activations(model, [layer], clone=False) as store, torch.inference_mode():
-        for x in batches:
-            model(x)
-            act = store[layer]
+    with torch.inference_mode():
+        for act in activations:
             if channels is None:
                 channels = act.shape[1]
                 bad = [f for f in filters if not 0 <= f < channels]
@@ -160,9 +159,3 @@ def receptive_field_boxes(
                 cache[(row, col)] = [rows.min().item(), cols.min().item(), rows.max().item() + 1, cols.max().item() + 1]
         boxes.append(cache[(row, col)])
     return torch.tensor(boxes, dtype=torch.long).reshape(-1, 4)
-
-
-def batches_of(images: torch.Tensor, prepare: Callable[[torch.Tensor], torch.Tensor], batch_size: int = 256):
-    """Prepared batches of a uint8 N×C×H×W tensor, in order."""
-    for start in range(0, images.shape[0], batch_size):
-        yield prepare(images[start : start + batch_size])

@@ -127,7 +127,8 @@ def _gradients_from(model: nn.Module, layer: nn.Module):
     operations after the layer stay legal) and the parameters are frozen for the duration.
     """
     def reroot(module, args, out):
-        return out.detach().requires_grad_(True).clone() if isinstance(out, torch.Tensor) else None
+        # float32: pytorch-grad-cam turns activations and gradients into NumPy (no bfloat16).
+        return out.detach().float().requires_grad_(True).clone() if isinstance(out, torch.Tensor) else None
 
     frozen = [p for p in model.parameters() if p.requires_grad]
     handle = layer.register_forward_hook(reroot)
@@ -316,12 +317,41 @@ def saliency_maps(
     batch_size: int = 32,
     seed: int = 0,
     reduce: str = "max",
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """Saliency maps of any supported method for the batch `x` (N×H×W, in `map_quantity`'s units).
 
-    `reduce` (gradient methods): how the input gradient's channels become one map."""
+    `reduce` (gradient methods): how the input gradient's channels become one map.
+    `precision` (resolved: fp32, bf16 or fp16): see `_at_precision`."""
     if len(targets) != x.shape[0]:
         raise ValueError("one target class per image")
+    with _at_precision(model, x.device, precision):
+        return _maps(model, x, targets, method, layer, batch_size, seed, reduce)
+
+
+@contextlib.contextmanager
+def _at_precision(model: nn.Module, device, precision: str):
+    """Forward passes under autocast for bf16/fp16 (a no-op for fp32).
+
+    The backward of an autocast forward runs in the dtypes the forward used, so gradients
+    are as reduced as the forward; the input stays float32 and so does its gradient. The
+    model's output is cast to float32 (pytorch-grad-cam turns scores into NumPy, which has
+    no bfloat16); the CAM layer's output is too (see `_gradients_from`).
+    """
+    from cnntools import runtime
+
+    if precision == "fp32":
+        yield
+        return
+    handle = model.register_forward_hook(lambda _m, _args, out: out.float() if isinstance(out, torch.Tensor) else None)
+    try:
+        with runtime.autocast(device, precision):
+            yield
+    finally:
+        handle.remove()
+
+
+def _maps(model, x, targets, method, layer, batch_size, seed, reduce) -> torch.Tensor:
     if method in CAM_METHODS:
         if layer is None:
             raise ValueError("CAM methods need a layer")

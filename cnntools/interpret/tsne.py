@@ -408,16 +408,19 @@ def stratified_subset(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     return np.sort(chosen)
 
 
-def layer_features(model, prepare, images, layer: str | None = None, batch_size: int = 256):
-    """Activations of one module of `model` for `images`, flattened to an N×D float32 array.
+def layer_features(model, preprocessing, images, layer: str | None = None, batch_size: int = 256,
+                   precision: str = "fp32", arch: str = ""):
+    """Activations of one module of `model` for uint8 `images`, flattened to an N×D float32
+    array (one `inference.forward_batches` pass at `precision`).
 
-    `layer` None takes the input of the last `nn.Linear` (the features the classifier
-    sees) through a forward pre-hook; a module name takes that module's output. `prepare`
-    turns a uint8 batch into the model's normalised input on its device. Batched, under
-    `torch.inference_mode`; the hook is removed afterwards. Returns (features, layer name,
-    "input" or "output").
+    `layer` None takes the input of the last `nn.Linear` (the features the classifier sees);
+    a module name takes that module's output. `preprocessing` (an `inference.Preprocessing`)
+    turns the images into the model's input. Returns (features, layer name, "input" or
+    "output").
     """
     import torch
+
+    from cnntools.inference import forward_batches
 
     modules = dict(model.named_modules())
     if layer is None:
@@ -431,22 +434,11 @@ def layer_features(model, prepare, images, layer: str | None = None, batch_size:
             shown = ", ".join(names[:25]) + (" ..." if len(names) > 25 else "")
             raise TsneInputError(f"no layer named '{layer}' in the model; layers: {shown}")
         kind = "output"
-    captured: list = []
-
-    def keep(tensor):
-        captured.append(tensor.detach().float().flatten(1).cpu())
-
-    module = modules[layer]
-    if kind == "input":
-        handle = module.register_forward_pre_hook(lambda _m, inputs: keep(inputs[0]))
-    else:
-        handle = module.register_forward_hook(lambda _m, _inputs, out: keep(out[0] if isinstance(out, (tuple, list)) else out))
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(images), batch_size):
-                model(prepare(images[start : start + batch_size]))
-    finally:
-        handle.remove()
+    captured = [
+        batch.activations[layer].float().flatten(1).cpu()
+        for batch in forward_batches(model, images, preprocessing, batch_size=batch_size, precision=precision,
+                                     arch=arch, layers=[layer], layer_inputs=kind == "input")
+    ]
     if not captured:
         raise TsneInputError("no images to extract features from")
     return torch.cat(captured).numpy(), layer, kind

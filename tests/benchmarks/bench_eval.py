@@ -4,7 +4,7 @@ Issue 7, target 4: ≥ 0.9×. A checkpoint is written by a one-epoch `Trainer` r
 with `cnntools.checkpoint.load_model` (as `eval` does), and two cases run interleaved,
 median of --repeats rounds, at the same batch size and precision:
 
-- `cnntools`: `cnntools.inference.predict(loaded, imageset, batch_size, precision)` — the call
+- `cnntools`: `cnntools.inference.predict(model, images, preprocessing, ...)` — the call
   `cnntools eval` times for its images_per_s: uint8 images → float, normalised, forward under
   `inference_mode` and autocast, logits gathered on the CPU.
 - `bare`: the same model over ready-made normalised float batches in a plain
@@ -69,7 +69,7 @@ def main() -> None:
         bare_model = bare_model.to(memory_format=torch.channels_last)
 
     def cnntools_case() -> int:
-        predict(loaded, imageset, batch_size=args.batch_size, precision=precision)
+        predict(model, imageset.images, loaded.preprocessing, batch_size=args.batch_size, precision=precision, arch=loaded.arch)
         return len(imageset)
 
     def bare_case() -> int:

@@ -63,7 +63,7 @@ def accuracy(args) -> None:
     import statistics
 
     from cnntools.data import load_split
-    from cnntools.inference import predict
+    from cnntools.inference import Preprocessing, predict
     from cnntools.training import TrainConfig, Trainer, load_training_data
 
     accuracies: dict[str, list[float]] = {"auto": [], "fp32": []}
@@ -77,7 +77,9 @@ def accuracy(args) -> None:
             trainer = Trainer(cfg, train_set, None, output=None)
             trainer.run()
             test = load_split("digits", "test").resized(size, 3)
-            logits, labels = predict(trainer.model, test, batch_size=256, precision=trainer.precision, mean=trainer.mean, std=trainer.std)
+            logits = predict(trainer.model, test.images, Preprocessing.plain(3, size, trainer.mean, trainer.std),
+                             batch_size=256, precision=trainer.precision)
+            labels = test.labels
             accuracies[precision].append(float((logits.argmax(1) == labels).float().mean()))
             n = len(test)
             if precision == "auto":
