@@ -96,7 +96,7 @@ ArchArgs = Annotated[
     typer.Option(
         "--arch-args",
         metavar="ARGS",
-        help="Constructor arguments of your own model or of timm:NAME: a JSON object or key=value,... "
+        help="Constructor arguments of your own model, timm:NAME or torchvision:NAME: a JSON object or key=value,... "
         "(in_channels, num_classes, image_size are passed when the signature names them).",
     ),
 ]
@@ -105,7 +105,7 @@ ArchArgs = Annotated[
 Arch = Annotated[
     str,
     typer.Option("--arch", metavar="ARCH", autocompletion=complete_arch,
-                 help="Architecture: a registered name (--list-archs), timm:NAME, or your own model "
+                 help="Architecture: a registered name (--list-archs), torchvision:NAME, timm:NAME, or your own model "
                  "as FILE.py:NAME or package.module:NAME (an nn.Module class or a function returning one)."),
 ]
 
@@ -117,7 +117,8 @@ OutputActivation = Annotated[
 ]
 
 Pretrained = Annotated[
-    bool, typer.Option("--pretrained", help="Start from torchvision's ImageNet weights (local torch cache only).")
+    bool, typer.Option("--pretrained", help="Start from ImageNet weights: torchvision's from the local torch cache, "
+                       "timm's from the Hugging Face cache.")
 ]
 
 ValSplit = Annotated[

@@ -102,16 +102,18 @@ def show_image(ax, image, title: str | None = None, fontsize: float = 8) -> None
         ax.set_title(title, fontsize=fontsize)
 
 
-def show_overlay(ax, image, heatmap, alpha: float = 0.5, title: str | None = None, fontsize: float = 8) -> None:
-    """An image in grey/colour with a [0, 1] heatmap (jet) blended on top, at the image's size."""
+def show_overlay(ax, image, heatmap, alpha: float = 0.5, title: str | None = None, fontsize: float = 8,
+                 vmin: float = 0.0, vmax: float = 1.0):
+    """An image in grey/colour with a heatmap (jet, `vmin`..`vmax`) blended on top, at the image's
+    size; returns the heatmap's artist."""
     import numpy as np
 
     show_image(ax, image, title, fontsize)
     heat = heatmap.detach().cpu().numpy() if hasattr(heatmap, "detach") else np.asarray(heatmap)
     h, w = image.shape[-2:]
     # Stretched over the image's pixels (imshow's default extent for it), whatever the heatmap's size.
-    ax.imshow(heat, cmap="jet", alpha=alpha, vmin=0, vmax=1, extent=(-0.5, w - 0.5, h - 0.5, -0.5),
-              interpolation="bilinear")
+    return ax.imshow(heat, cmap="jet", alpha=alpha, vmin=vmin, vmax=vmax, extent=(-0.5, w - 0.5, h - 0.5, -0.5),
+                     interpolation="bilinear")
 
 
 def show_map(ax, heatmap, title: str | None = None, fontsize: float = 8, cmap: str = "hot", vmin=0.0, vmax=1.0):
@@ -209,13 +211,14 @@ def confusion_heatmap(cm, classes, title: str = "Confusion matrix", normalized: 
     return fig
 
 
-def training_curves(runs, title: str | None = None):
+def training_curves(runs, title: str | None = None, labels: list[str] | None = None):
     """Loss and accuracy panels of one or more runs (`cnntools.runs.Run`), one colour per run.
 
     Train is solid, validation dashed, test dotted (where recorded); per-step training losses
     and `--val-every` validations are thin lines at fractional epochs (updates / updates per
     epoch); a star marks each run's kept epoch. The legends sit below the panels, so they
-    cover no curve. Returns the Figure.
+    cover no curve. `labels`: the legend's names of the runs (default: their labels).
+    Returns the Figure.
     """
     from matplotlib.lines import Line2D
 
@@ -259,7 +262,8 @@ def training_curves(runs, title: str | None = None):
     if 0 < max_epoch < 20:
         for ax in (loss_ax, acc_ax):
             ax.set_xticks(range(0 if has_steps else 1, max_epoch + 1))
-    run_handles = [Line2D([], [], color=c, linewidth=2.5, label=run.label) for run, c in zip(runs, colors)]
+    run_names = labels or [run.label for run in runs]
+    run_handles = [Line2D([], [], color=c, linewidth=2.5, label=name) for name, c in zip(run_names, colors)]
     names = {"train": "train", "val": "validation", "test": "test"}
     style_handles = [Line2D([], [], color="0.3", linestyle=styles[k], marker="o", markersize=3.5, label=names[k])
                      for k in styles if k in kinds_drawn]
@@ -314,11 +318,11 @@ def logits_histogram(values: dict, title: str = "Raw outputs", bins: int = 60, l
     return fig
 
 
-def logit_bars(panels: list[dict], models: list[str], classes: list[str]):
+def logit_bars(panels: list[dict], models: list[str], classes: list[str], shared: str = ""):
     """Per-class raw outputs of several models for the same images: one row per image, its
     thumbnail on the left, grouped bars (one colour per model) on the right. Each panel is
     {"name", "label" (true class name or None), "image" (C×H×W), "logits" (one list per model)}.
-    Returns the Figure."""
+    `shared`: a line under the title naming what the models' labels share. Returns the Figure."""
     import numpy as np
 
     k, m = len(classes), len(models)
@@ -344,7 +348,7 @@ def logit_bars(panels: list[dict], models: list[str], classes: list[str]):
         if row == len(panels) - 1:
             ax.set_xlabel("class")
     fig.suptitle(f"Raw outputs per class of {m} model{'s' if m > 1 else ''} for the same {len(panels)} image"
-                 f"{'s' if len(panels) > 1 else ''}", fontsize=12)
+                 f"{'s' if len(panels) > 1 else ''}" + (f"\n{shared}" if shared else ""), fontsize=12)
     # Constrained layout sizes every row's tick labels and keeps the legend outside the panels.
     fig.set_layout_engine("constrained")
     fig.legend(loc="outside lower center", ncol=min(3, m), frameon=False, fontsize=9, title="model", title_fontsize=9)

@@ -90,6 +90,59 @@ def distinct_labels(labels: list[str], sources: list[str]) -> list[str]:
     return [f"{label} ({source})" if counts[label] > 1 else label for label, source in zip(labels, sources)]
 
 
+LABEL_WIDTH = 32  # longest label a legend or a table column shows whole
+
+
+@dataclass(frozen=True)
+class ShownLabels:
+    """How runs shown together are named: `labels` without what they all share, `shared` says
+    what that was once (for a title: "lenet, bs=64, no-aug"; "" when nothing was dropped)."""
+
+    labels: list[str]
+    shared: str = ""
+
+    def note(self, prefix: str = "all runs: ") -> str:
+        return f"{prefix}{self.shared}" if self.shared else ""
+
+
+def shown_labels(labels: list[str], sources: list[str] | None = None, width: int = LABEL_WIDTH) -> ShownLabels:
+    """Labels of several runs for one figure or table: the parts every label has (`lenet`,
+    `bs=64` in `lenet relu-out+bs=64`, `lenet tanh-out+bs=64`) are dropped and named once in
+    `shared`; what is left is capped at `width` characters (the middle elided) and made
+    unique with the source's name. The architecture stays when a label would be left empty
+    (`lenet` beside `lenet relu-out`)."""
+    sources = list(sources) if sources is not None else [""] * len(labels)
+    shown, shared = list(labels), []
+    if len(labels) > 1:
+        split = [_label_parts(label) for label in labels]
+        common = [p for p in split[0][1] if all(p in parts for _, parts in split[1:])]
+        rest = [[p for p in parts if p not in common] for _, parts in split]
+        heads = {head for head, _ in split}
+        drop_head = len(heads) == 1 and all(rest)
+        shorter = [("+".join(parts) if drop_head else " ".join(filter(None, [head, "+".join(parts)])))
+                   for (head, _), parts in zip(split, rest)]
+        if len(set(shorter)) == len(set(labels)):  # dropping must not merge two runs
+            shown = shorter
+            shared = ([split[0][0]] if drop_head else []) + common
+    capped = [_cap(label, width) for label in shown]
+    if len(set(capped)) == len(set(shown)):
+        shown = capped
+    return ShownLabels(distinct_labels(shown, sources), ", ".join(shared))
+
+
+def _label_parts(label: str) -> tuple[str, list[str]]:
+    """`lenet relu-out+bs=64` → ("lenet", ["relu-out", "bs=64"]); free text splits the same way."""
+    head, _, tail = label.strip().partition(" ")
+    return head, [p for p in tail.split("+") if p]
+
+
+def _cap(label: str, width: int) -> str:
+    if len(label) <= width:
+        return label
+    tail = max(6, width // 3)
+    return label[: width - tail - 1] + "…" + label[-tail:]
+
+
 # ---------------------------------------------------------------------------- histories
 
 

@@ -405,6 +405,7 @@ SCHEMAS: dict[str, dict] = {
             ("method", "string", "saliency method"),
             ("target", "string", "pred, true or a class; several separated by commas"),
             ("reduce", "string|null", "gradient methods: how channels become one map (max, mean, abs-mean); null otherwise"),
+            ("values", "string", "what a map's values are: the raw quantity (gradient methods), or that it is scaled to 0-1 per map (CAM methods)"),
             ("models[]", "object", "one per model"),
             ("models[].model", "string", "the model argument"),
             ("models[].label", "string", "the model's name in tables and figures"),
@@ -425,6 +426,7 @@ SCHEMAS: dict[str, dict] = {
             ("images[].target_prob", "number", "its probability"),
             ("images[].peak_row", "integer", "row of the map's maximum"),
             ("images[].peak_col", "integer", "column of the map's maximum"),
+            ("images[].peak_value", "number", "the map's largest value, in the units `values` names"),
         ],
     },
     "saliency.layers": {

@@ -205,7 +205,7 @@ def test_torchvision_model_needs_cached_weights(tmp_path, monkeypatch):
     assert str(tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in str(error.value)
     line = _one_error_line(_invoke(["eval", "torchvision:vgg16", "--image", "x.png"]))
     assert "vgg16-397923af.pth" in line and str(tmp_path) in line
-    with pytest.raises(CnnError, match="unknown torchvision model"):
+    with pytest.raises(CnnError, match="torchvision has no model"):
         load_model("torchvision:not_a_model")
 
 

@@ -80,9 +80,9 @@ def test_labels_head_multi_model_tables_and_logit_figures(cli, labelled, tmp_pat
     seen = {}
     original_bars, original_hist = plots.logit_bars, plots.logits_histogram
 
-    def bars(panels, models, classes):
+    def bars(panels, models, classes, **kw):
         seen["bars"] = (panels, models)
-        return original_bars(panels, models, classes)
+        return original_bars(panels, models, classes, **kw)
 
     def hist(values, title="", bins=60, log_count=False):
         seen["hist"] = (list(values), title, log_count)

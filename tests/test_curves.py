@@ -185,3 +185,66 @@ def test_smooth_class_weights_follow_the_power_law():
     assert torch.allclose(ratio, ratio[0].expand(3))
     with pytest.raises(CnnError, match="smooth"):
         class_weight_tensor("smooth:x", data, "cpu")
+
+
+def test_shown_labels_drop_what_all_runs_share():
+    from cnntools.runs import shown_labels
+
+    sweep = shown_labels(["lenet sgd+lr=0.3", "lenet sgd+lr=0.03", "lenet sgd+lr=0.003"])
+    assert sweep.labels == ["lr=0.3", "lr=0.03", "lr=0.003"] and sweep.shared == "lenet, sgd"
+    assert sweep.note() == "all runs: lenet, sgd"
+    # The architecture stays where a label would be left empty; shared options go.
+    outputs = shown_labels(["lenet bs=64+no-aug", "lenet relu-out+bs=64+no-aug", "lenet tanh-out+bs=64+no-aug"])
+    assert outputs.labels == ["lenet", "lenet relu-out", "lenet tanh-out"] and outputs.shared == "bs=64, no-aug"
+    # Nothing shared: unchanged. Identical labels: told apart by their sources.
+    assert shown_labels(["baseline run", "mlp bs=64"]).labels == ["baseline run", "mlp bs=64"]
+    same = shown_labels(["lenet", "lenet"], ["a.safetensors", "b.safetensors"])
+    assert same.labels == ["lenet (a.safetensors)", "lenet (b.safetensors)"] and same.shared == ""
+    # Very long labels are capped in the middle, keeping what tells them apart.
+    long = shown_labels(["nets/a_rather_long_module_name.py:WideNetwork adamw", "nets/a_rather_long_module_name.py:DeepNetwork adamw"])
+    assert long.shared == "adamw" and len(set(long.labels)) == 2
+    for name, whole in zip(long.labels, ["nets/a_rather_long_module_name.py:WideNetwork", "nets/a_rather_long_module_name.py:DeepNetwork"]):
+        head, tail = name.split("…")
+        assert len(name) == 32 and whole.startswith(head) and whole.endswith(tail) and len(tail) >= 6
+
+
+def test_figures_and_tables_name_runs_by_what_differs(two_runs, tmp_path, cli, monkeypatch):
+    """curves and eval show `lenet` / `lenet relu-out` and say once that both are bs=64, no-aug;
+    JSON and the predictions CSV keep the whole labels."""
+    import cnntools.plots as plots
+
+    _, paths = two_runs
+    seen = {}
+    originals = {name: getattr(plots, name) for name in ("training_curves", "logits_histogram", "logit_bars")}
+
+    def spy(name):
+        def call(*args, **kwargs):
+            seen[name] = (args, kwargs)
+            return originals[name](*args, **kwargs)
+        return call
+
+    for name in originals:
+        monkeypatch.setattr(plots, name, spy(name))
+    curves = cli("curves", *paths.values(), "-o", tmp_path / "c.png")
+    assert curves.exit_code == 0, curves.stderr
+    fig_args, fig_kwargs = seen["training_curves"]
+    assert fig_kwargs["labels"] == ["lenet", "lenet relu-out"]
+    assert fig_kwargs["title"] == "Training curves of 2 runs on digits\nall runs: bs=64, no-aug"
+    title = curves.stdout.splitlines()[0]
+    assert title == "Training records: lenet (kept epoch 2), lenet relu-out (kept epoch 2); all runs: bs=64, no-aug"
+    rows = curves.stdout.splitlines()[2:]
+    assert rows and not any("bs=64" in row for row in rows) and any(row.startswith("lenet relu-out ") for row in rows)
+    doc = cli("curves", *paths.values(), "--format", "json").json()
+    assert [r["label"] for r in doc["runs"]] == ["lenet bs=64+no-aug", "lenet relu-out+bs=64+no-aug"]
+
+    result = cli("eval", *paths.values(), "-i", "0", "--logits-plot", tmp_path / "b.png", "--logits-hist", tmp_path / "h.png",
+                 "-o", tmp_path / "p.csv", "--device", "cpu", "-q")
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].endswith("; all models: bs=64, no-aug") and lines[1].split() == ["metric", "lenet", "lenet", "relu-out"]
+    hist_args, hist_kwargs = seen["logits_histogram"]
+    assert list(hist_args[0]) == ["lenet", "lenet relu-out"] and hist_kwargs["title"].endswith("\nall models: bs=64, no-aug")
+    bar_args, bar_kwargs = seen["logit_bars"]
+    assert bar_args[1] == ["lenet", "lenet relu-out"] and bar_kwargs["shared"] == "all models: bs=64, no-aug"
+    models = {row.split(",")[0] for row in (tmp_path / "p.csv").read_text().splitlines()[1:]}
+    assert models == {"lenet bs=64+no-aug", "lenet relu-out+bs=64+no-aug"}

@@ -136,3 +136,74 @@ def test_list_archs_cli(cli):
 def test_list_architectures_counts_at_other_inputs():
     rows = {r["arch"]: r for r in list_architectures(in_channels=1, image_size=28, num_classes=10)}
     assert rows["mlp"]["parameters"] == 784 * 128 + 128 + 1290
+
+
+def _no_weight_file_reads(monkeypatch):
+    """Any attempt to find or read torchvision's weights fails the test."""
+    import torch.hub
+
+    from cnntools.models import hub
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a weight file was looked for")
+
+    monkeypatch.setattr(hub, "cached_weights_path", refuse)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
+
+
+def test_torchvision_arch_trains_from_scratch_without_the_weight_file(cli, tmp_path, monkeypatch):
+    """`train --arch torchvision:resnet18` with an empty torch cache: trains, writes a checkpoint
+    that eval rebuilds; only an explicit --pretrained looks for the file, and says where."""
+    home = tmp_path / "empty-torch-home"
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    data = "fake:40,size=16,channels=1,classes=3"  # 30 train images: one weight update
+    out = tmp_path / "tv.safetensors"
+    with monkeypatch.context() as m:
+        _no_weight_file_reads(m)
+        result = cli("train", "--arch", "torchvision:resnet18", "--data", data, "--epochs", "1", "--batch-size", "32",
+                     "--device", "cpu", "-o", out, "-q")
+        assert result.exit_code == 0, result.stderr
+        evaluated = cli("eval", out, "--data", data, "--format", "json", "--device", "cpu", "-q")
+        assert evaluated.exit_code == 0, evaluated.stderr
+    doc = evaluated.json()["models"][0]
+    assert doc["arch"] == "torchvision:resnet18" and doc["images"] == 8 and 0 <= doc["accuracy"] <= 1
+    from cnntools.checkpoint import read_metadata
+
+    meta = read_metadata(out)
+    assert meta.arch == {"arch": "torchvision:resnet18", "in_channels": 1, "image_size": 16, "num_classes": 3}
+    assert not home.exists()  # nothing was looked up in, or written to, the torch cache
+    pretrained = cli("train", "--arch", "torchvision:resnet18", "--pretrained", "--data", data, "--epochs", "1",
+                     "--device", "cpu", "-o", tmp_path / "p.safetensors", "-q")
+    lines = pretrained.stderr.strip().splitlines()
+    assert pretrained.exit_code == 1 and len(lines) == 1 and lines[0].startswith("Error: ")
+    assert str(home / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in lines[0]
+    assert not (tmp_path / "p.safetensors").exists()
+
+
+@pytest.mark.parametrize("name", ["googlenet", "mobilenet_v3_small"])
+def test_torchvision_builds_for_any_channels_and_classes(name, monkeypatch):
+    """One tensor of logits in training mode (no auxiliary heads), a stem remade for 1 channel."""
+    _no_weight_file_reads(monkeypatch)
+    model = create_model(f"torchvision:{name}", in_channels=1, image_size=64, num_classes=4).train()
+    out = model(torch.randn(2, 1, 64, 64))
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 4)
+    first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert first.in_channels == 1
+
+
+def test_torchvision_pretrained_fills_what_fits(tmp_path, monkeypatch):
+    """--pretrained on torchvision:NAME copies the cached weights; a 1-channel stem and a 5-class
+    head keep their own init."""
+    from torchvision.models import resnet18
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    torch.manual_seed(1)
+    reference = resnet18()
+    folder = tmp_path / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.save(reference.state_dict(), folder / "resnet18-f37072fd.pth")
+    model = create_model("torchvision:resnet18", 1, 64, 5, pretrained=True)
+    assert torch.equal(model.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+    assert model.conv1.weight.shape == (64, 1, 7, 7) and model.fc.out_features == 5
+    with pytest.raises(CnnError, match="torchvision has no model 'resnet_nope'"):
+        create_model("torchvision:resnet_nope", 3, 64, 5)

@@ -103,9 +103,49 @@ def test_gradient_map_is_abs_input_gradient_max_over_channels():
     for i, t in enumerate(targets):
         xi = x[i : i + 1].clone().requires_grad_(True)
         F.cross_entropy(model(xi), torch.tensor([t])).backward()
-        expected = xi.grad[0].abs().amax(0)
-        expected = (expected - expected.min()) / (expected.max() - expected.min())
-        torch.testing.assert_close(maps[i], expected, atol=1e-5, rtol=1e-4)
+        expected = xi.grad[0].abs().amax(0)  # raw units: no rescaling
+        torch.testing.assert_close(maps[i], expected.double(), atol=1e-9, rtol=1e-4)
+
+
+def _loss_gradient_float64(model, x, targets):
+    """∂ cross-entropy/∂ input in float64, written as Σ_{j≠t} p_j (∇l_j − ∇l_t): autograd's own
+    cross-entropy rounds p_t − 1 to 0 for a confident model and loses the target's term."""
+    import copy
+
+    double = copy.deepcopy(model).double()
+    xd = x.detach().double().requires_grad_(True)
+    logits = double(xd)
+    t = torch.as_tensor(targets)[:, None]
+    p = torch.softmax(logits.detach(), dim=1)
+    others = torch.ones_like(p).scatter(1, t, 0.0)
+    ((p * others) * (logits - logits.gather(1, t))).sum().backward()
+    return xd.grad
+
+
+def test_confident_gradient_keeps_its_true_tiny_size():
+    """A saturated image's loss gradient underflows float32 to exactly zero; the map holds its true
+    size in float64 (equal, up to float32 rounding, to the gradient computed in float64)."""
+    torch.manual_seed(5)
+    model = small_cnn().eval()
+    with torch.no_grad():
+        model[-1].bias[0] += 200.0  # class 0 by a logit gap of 200: the others' p is 1e-87
+    x = torch.randn(2, 3, 16, 16)
+    targets = [0, 0]
+    xi = x.clone().requires_grad_(True)
+    F.cross_entropy(model(xi), torch.tensor(targets), reduction="sum").backward()
+    assert float(xi.grad.abs().max()) == 0.0  # what a float32 map would draw
+    expected = _loss_gradient_float64(model, x, targets).abs().amax(1)
+    maps = sal.gradient_maps(model, x, targets)
+    assert maps.dtype == torch.float64 and (maps.flatten(1).amax(1) > 0).all()
+    for got, want in zip(maps, expected):  # float32 backward vs float64: 1e-3 of each map's peak
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3 * float(want.max()))
+
+
+def test_map_quantity_names_what_is_drawn():
+    assert sal.map_quantity("gradient", "max") == "|∂loss/∂input|, max over channels"
+    assert sal.map_quantity("gradient", "mean") == "|mean over channels of ∂loss/∂input|"
+    assert sal.map_quantity("guided-backprop", "abs-mean") == "|guided ∂logit/∂input|, mean over channels"
+    assert sal.map_quantity("gradcam") == "Grad-CAM, scaled to 0-1 per map"
 
 
 def test_smoothgrad_without_noise_is_the_gradient_map():
@@ -134,8 +174,7 @@ def test_guided_backprop_against_hand_computation():
         g_h = w2[t]
         g_pre = g_h * (pre > 0) * (g_h > 0)
         g_x = (w1.t() @ g_pre).reshape(3, 2, 2).abs().amax(0)
-        expected = (g_x - g_x.min()) / (g_x.max() - g_x.min())
-        torch.testing.assert_close(maps[i], expected.detach(), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(maps[i], g_x.detach(), atol=1e-6, rtol=1e-4)
     assert hooks_left(model) == 0
 
 
@@ -274,3 +313,67 @@ def test_auto_layer_is_the_rectified_last_conv_so_confident_maps_are_not_blank(t
     assert cam_layer_name(create_model("compact-cnn", in_channels=3, image_size=32, num_classes=10)) == "features.3.5"
     # Residual blocks add the shortcut before their (shared) ReLU: the block is the target.
     assert cam_layer_name(create_model("resnet18", in_channels=3, image_size=32, num_classes=10)) == "layer4.1"
+
+
+def _fake_results(maps_per_column, classes=("a", "b", "c")):
+    """What saliency's figure takes: one dict per (model, target) column."""
+    from types import SimpleNamespace
+
+    n = maps_per_column[0].shape[0]
+    lm = SimpleNamespace(classes=list(classes))
+    probs = torch.full((n, len(classes)), 1 / len(classes))
+    return [{"name": f"m{j}", "lm": lm, "shown": torch.zeros(n, 1, 6, 6, dtype=torch.uint8), "target_spec": "pred",
+             "probs": probs, "preds": [0] * n, "targets": [0] * n, "maps": maps, "labels": [-1] * n}
+            for j, maps in enumerate(maps_per_column)]
+
+
+@pytest.mark.parametrize("overlay", [True, False])
+def test_raw_maps_are_drawn_on_one_scale_per_row(overlay):
+    """Gradient maps keep their units: every map of a row is drawn on 0..max of that row, whose
+    colour bar shows that range and names the quantity; CAM maps get one 0-1 bar saying so."""
+    from cnntools.commands.saliency import _grid
+
+    torch.manual_seed(0)
+    # The second image's values are below float32's range, as a confident model's loss gradient is.
+    a = torch.rand(2, 6, 6, dtype=torch.float64) * torch.tensor([1e-3, 1e-80], dtype=torch.float64)[:, None, None]
+    b = a * 3  # the second model's maps are 3x larger: the row's scale is its
+    quantity = sal.map_quantity("gradient", "max")
+    fig = _grid(_fake_results([a, b]), ["#0", "#1"], [-1, -1], "gradient", 0.5, overlay, "t", quantity)
+    grid, bars = fig.axes[:6], fig.axes[6:]  # 2 rows x (image + 2 maps), then the colour bars
+    assert len(bars) == 2
+    for i, bar in enumerate(sorted(bars, key=lambda ax: -ax.get_position().y0)):
+        assert bar.get_ylim() == pytest.approx((0.0, float(b[i].max())), rel=1e-9, abs=0)
+        assert bar.get_ylabel().replace("\n", " ") == quantity
+    for i in range(2):  # both maps of a row on that row's scale, drawn from their own values
+        heat = [ax.get_images()[-1] for ax in grid[3 * i + 1:3 * i + 3]]
+        assert [im.get_clim() for im in heat] == [pytest.approx((0.0, float(b[i].max())), rel=1e-9, abs=0)] * 2
+        assert np.array_equal(np.asarray(heat[1].get_array()), b[i].numpy())
+    cam = _grid(_fake_results([torch.rand(2, 6, 6)]), ["#0", "#1"], [-1, -1], "gradcam", 0.5, overlay, "t",
+                sal.map_quantity("gradcam"))
+    cam_bars = cam.axes[4:]
+    assert len(cam_bars) == 1 and cam_bars[0].get_ylim() == (0.0, 1.0)
+    assert cam_bars[0].get_ylabel() == "Grad-CAM, scaled to 0-1 per map"
+
+
+def test_cli_saves_raw_gradients_and_reports_their_peak(checkpoint, tmp_path):
+    """--save holds |∂loss/∂input| in its own units (autograd on the model's prepared input), and
+    the JSON says so and gives each map's peak."""
+    from safetensors import safe_open
+
+    from cnntools.checkpoint import load_model
+
+    maps_file = tmp_path / "maps.safetensors"
+    result = invoke(["saliency", checkpoint, "-m", "gradient", "-i", "0-2", "--format", "json", "--device", "cpu",
+                     "--save", str(maps_file), "--target", "true"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["values"] == "|∂loss/∂input|, max over channels"
+    with safe_open(str(maps_file), "pt") as f:
+        maps = f.get_tensor("maps")
+        assert f.metadata()["values"] == doc["values"]
+    lm = load_model(checkpoint, "cpu")
+    split = lm.load_split("test")
+    expected = _loss_gradient_float64(lm.model, lm.preprocessing(split.images[:3]), split.labels[:3].tolist()).abs().amax(1)
+    for got, want in zip(maps, expected):
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3 * float(want.max()))
+    assert [r["peak_value"] for r in doc["images"]] == pytest.approx([float(m.max()) for m in maps])

@@ -201,41 +201,34 @@ def model_receptive_fields(model, input_size, in_channels: int = 3) -> list[dict
 
 
 def torchvision_default_size(name: str) -> int:
-    """The crop size of the model's default weights' transforms (299 for inception_v3), read from
-    torchvision's metadata: no weight file is needed."""
-    import torchvision
+    """The crop size of the model's default weights' transforms (299 for inception_v3); no weight file."""
+    from cnntools.models.torchvision_models import default_size
 
-    try:
-        weights = torchvision.models.get_model_weights(name).DEFAULT
-    except (ValueError, KeyError, AttributeError):
-        return 224
-    crop = getattr(weights.transforms(), "crop_size", None) or [224]
-    return int(crop[0])
+    return default_size(name)
 
 
 def build_torchvision(name: str, input_size: int):
     """torchvision model `name` without weights, on the meta device when it can be (nothing is
     allocated: a 600M-parameter ViT costs nothing); ViTs are built for `input_size`."""
     import torch
-    import torchvision
 
-    if name not in torchvision.models.list_models():
-        raise CnnError(f"torchvision has no model '{name}' (e.g. torchvision:resnet18, torchvision:vgg16)")
-    kwargs = {"image_size": input_size} if name.startswith("vit_") else {}
-    import warnings
+    from cnntools.models import torchvision_models
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # googlenet/inception's notes about their weight initialisation
-        try:
-            with torch.device("meta"):
-                return torchvision.models.get_model(name, weights=None, **kwargs)
-        except Exception:  # noqa: BLE001
-            pass  # builders that compute widths with tensors (RegNet): only parameters go to meta
-        try:
-            with parameters_on_meta():
-                return torchvision.models.get_model(name, weights=None, **kwargs)
-        except Exception as error:  # noqa: BLE001 - e.g. a ViT input size its patches do not divide
-            raise CnnError(f"cannot build torchvision:{name} for a {input_size}-pixel input ({_first_line(error)})") from None
+    torchvision_models.check_name(name)
+    try:
+        with torch.device("meta"):
+            return torchvision_models.build(name, image_size=input_size)
+    except CnnError:
+        raise
+    except Exception:  # noqa: BLE001
+        pass  # builders that compute widths with tensors (RegNet): only parameters go to meta
+    try:
+        with parameters_on_meta():
+            return torchvision_models.build(name, image_size=input_size)
+    except CnnError:
+        raise
+    except Exception as error:  # noqa: BLE001 - e.g. a ViT input size its patches do not divide
+        raise CnnError(f"cannot build torchvision:{name} for a {input_size}-pixel input ({_first_line(error)})") from None
 
 
 def parameters_on_meta():

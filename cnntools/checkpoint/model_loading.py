@@ -219,19 +219,12 @@ def _compare_keys(expected: dict, got: dict) -> tuple[list, list]:
 
 
 def _load_torchvision(name: str, device) -> LoadedModel:
-    import torchvision.models as tvm
-
-    from cnntools.models import no_inplace
+    from cnntools.models import no_inplace, torchvision_models
     from cnntools.models.hub import default_weights, load_cached_state_dict
 
     weights = default_weights(name)
     state = load_cached_state_dict(weights, name)
-    # What torchvision's builders set themselves when they are given weights.
-    extra = {
-        "googlenet": {"aux_logits": False, "transform_input": True, "init_weights": False},
-        "inception_v3": {"aux_logits": False, "transform_input": True, "init_weights": False},
-    }.get(name, {})
-    model = tvm.get_model(name, weights=None, **extra)
+    model = torchvision_models.build(name, num_classes=len(weights.meta["categories"]), imagenet_weights=True)
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
@@ -272,17 +265,11 @@ def load_architecture(spec: str, device="cpu", trust_code: bool = False) -> tupl
     torchvision's weight file is never needed, and a checkpoint's weights are not loaded."""
     device = torch.device(device) if not isinstance(device, torch.device) else device
     if spec.startswith(TORCHVISION_PREFIX):
-        import torchvision.models as tvm
-
-        from cnntools.models import no_inplace
-        from cnntools.models.hub import default_weights
+        from cnntools.models import no_inplace, torchvision_models
 
         name = spec[len(TORCHVISION_PREFIX):]
-        weights = default_weights(name)  # metadata only: the crop size the weights were trained at
-        extra = {"googlenet": {"aux_logits": False, "init_weights": False},
-                 "inception_v3": {"aux_logits": False, "init_weights": False}}.get(name, {})
-        model = tvm.get_model(name, weights=None, **extra)
-        return no_inplace(model).to(device).eval(), 3, int(weights.transforms().crop_size[0])
+        model = torchvision_models.build(name)  # no weights: nothing is read from the torch cache
+        return no_inplace(model).to(device).eval(), 3, torchvision_models.default_size(name)
     if spec.startswith("timm:"):
         from cnntools.models.timm_models import architecture
 

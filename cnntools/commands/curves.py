@@ -56,14 +56,15 @@ def main(
     if label and len(label) != len(runs):
         raise CnnError(f"--label was given {len(label)} time(s) for {len(runs)} run(s); name every run or none")
     loaded = [_read_run(path, label[i] if label else None) for i, path in enumerate(runs)]
+    short = runlib.shown_labels([r.label for r in loaded], [r.source for r in loaded])
     names = runlib.distinct_labels([r.label for r in loaded], [r.source for r in loaded])
     for run, name in zip(loaded, names):
-        run.label = name
+        run.label = name  # the records keep the whole label; figure and table title the short one
 
     if out:
         from cnntools.plots import save_figure, training_curves
 
-        fig = training_curves(loaded, title=title or _title(loaded))
+        fig = training_curves(loaded, title=title or _title(loaded, short), labels=short.labels)
         if log_loss:
             fig.axes[0].set_yscale("log")
         save_figure(fig, out)
@@ -77,7 +78,13 @@ def main(
                   "step_records": len(r.steps), "data": r.data} for r in loaded],
         "records": records,
     }
-    output.emit(doc, fmt, schema="curves", rows=shown, columns=present, title=_table_title(loaded))
+    rename = dict(zip(names, short.labels))
+
+    def render() -> None:  # the table names runs as the figure does; JSON and CSV keep whole labels
+        table = [{**r, "run": rename.get(r["run"], r["run"])} for r in shown]
+        output.print_table(table, present, title=_table_title(loaded, short))
+
+    output.emit(doc, fmt, schema="curves", rows=shown, columns=present, render_table=render)
 
 
 def _read_run(path: str, label: str | None):
@@ -105,14 +112,15 @@ def _is_safetensors(data: bytes) -> bool:
     return len(data) > 9 and data[8:9] == b"{" and int.from_bytes(data[:8], "little") < len(data)
 
 
-def _title(loaded) -> str:
+def _title(loaded, short) -> str:
     data = sorted({r.data for r in loaded if r.data})
     on = f" on {', '.join(data)}" if data else ""
     if len(loaded) == 1:
         return f"Training curves: {loaded[0].label}{on}"
-    return f"Training curves of {len(loaded)} runs{on}"
+    return f"Training curves of {len(loaded)} runs{on}" + (f"\n{short.note()}" if short.shared else "")
 
 
-def _table_title(loaded) -> str:
-    return "Training records: " + ", ".join(f"{r.label} (kept epoch {r.best_epoch})" if r.best_epoch else r.label
-                                            for r in loaded)
+def _table_title(loaded, short) -> str:
+    names = short.labels if len(loaded) > 1 else [r.label for r in loaded]
+    runs = ", ".join(f"{name} (kept epoch {r.best_epoch})" if r.best_epoch else name for name, r in zip(names, loaded))
+    return "Training records: " + runs + (f"; {short.note()}" if short.shared else "")

@@ -8,7 +8,7 @@ import typer
 
 from cnntools import options, output, runtime
 from cnntools.completion import complete_model
-from cnntools.runs import distinct_labels
+from cnntools.runs import distinct_labels, shown_labels
 
 LOGITS_PLOT_IMAGES = 16  # --logits-plot panels at most (a folder could hold thousands)
 
@@ -101,11 +101,13 @@ def main(
 
     # Before the first forward pass: a batch the memory cannot hold is made smaller, an image it cannot hold refused.
     batches = [fit_model_batch(lm, 1 if image else batch_size) for lm in loaded]
+    # Figures and tables name the models without what all their labels share (said once).
+    short = shown_labels([lm.label for lm in loaded], [lm.source for lm in loaded])
 
     if image:
         shown = _images(loaded, labels, image, top_k, fmt, predictions, batch_size, prec)
         if logits_plot:
-            _logits_plot(loaded, labels, shown, logits_plot, prec)
+            _logits_plot(loaded, short, shown, logits_plot, prec)
         return
 
     results, all_rows, hist = [], [], {}
@@ -120,11 +122,14 @@ def main(
 
         first = results[0]
         title = f"Raw outputs on {first['data']}:{first['split']} ({first['images']} images)"
+        if short.shared:
+            title += f"\n{short.note('all models: ')}"
+        hist = {name: hist[label] for name, label in zip(short.labels, labels)}
         save_figure(logits_histogram(hist, title=title, log_count=log_count), logits_hist)
     if logits_plot:
         shown = _dataset_images(loaded[0], indices or "0-2", data, data_dir, split, download)
-        _logits_plot(loaded, labels, shown, logits_plot, prec)
-    _report(results, fmt, per_class)
+        _logits_plot(loaded, short, shown, logits_plot, prec)
+    _report(results, fmt, per_class, short)
 
 
 PREDICTION_COLUMNS = ["model", "data", "index", "path", "label", "label_name", "pred", "pred_name", "prob", "loss"]
@@ -216,7 +221,7 @@ def _summary_row(result: dict) -> dict:
     return output.flatten({k: v for k, v in result.items() if k != "per_class"})
 
 
-def _report(results: list[dict], fmt: str, per_class: bool) -> None:
+def _report(results: list[dict], fmt: str, per_class: bool, short=None) -> None:
     rows = [_summary_row(r) for r in results]
     doc = {"models": results}
 
@@ -230,21 +235,23 @@ def _report(results: list[dict], fmt: str, per_class: bool) -> None:
             # One column per model (as in the single-model view): a row per model would be
             # seventeen columns wide.
             metrics = [c for c in rows[0] if c not in ("model", "label", "arch", "data", "split")]
-            names = [r["label"] for r in rows]
+            names = short.labels if short else [r["label"] for r in rows]
             table = [{"metric": m, **{name: r[m] for name, r in zip(names, rows)}} for m in metrics]
             first = rows[0]
+            shared = f"; {short.note('all models: ')}" if short and short.shared else ""
             output.print_table(table, ["metric"] + names, title=f"Models side by side on {first['data']}:{first['split']}, "
-                               f"{first['images']} images")
+                               f"{first['images']} images{shared}")
         if per_class:
             classes = [c["class"] for c in results[0]["per_class"]]
             if len(results) == 1:
                 output.print_table(results[0]["per_class"], ["class", "support", "accuracy", "precision", "recall", "f1"], title="Per class")
             elif all([c["class"] for c in r["per_class"]] == classes for r in results):
                 table = []
+                names = short.labels if short else [r["label"] for r in results]
                 for i, name in enumerate(classes):
                     line = {"class": name}
-                    for r in results:
-                        line[r["label"]] = r["per_class"][i]["accuracy"]
+                    for r, shown in zip(results, names):
+                        line[shown] = r["per_class"][i]["accuracy"]
                     table.append(line)
                 output.print_table(table, title="Per-class accuracy")
 
@@ -317,7 +324,7 @@ def _dataset_images(lm, indices: str, data, data_dir, split, download):
     return [(f"{imageset.spec}:{split} #{i}", int(imageset.labels[i]), imageset.images[i : i + 1]) for i in picked]
 
 
-def _logits_plot(loaded, labels, shown, path: str, precision: str) -> None:
+def _logits_plot(loaded, short, shown, path: str, precision: str) -> None:
     """Per-class logit bars of every model for the same images (one panel per image)."""
     from cnntools.inference import predict
     from cnntools.plots import logit_bars, save_figure
@@ -332,7 +339,7 @@ def _logits_plot(loaded, labels, shown, path: str, precision: str) -> None:
             values.append(predict(lm.model, images, lm.preprocessing, precision=precision, arch=lm.arch)[0].tolist())
         panels.append({"name": name, "label": classes[label] if label is not None else None, "image": images[0],
                        "logits": values})
-    save_figure(logit_bars(panels, labels, classes), path)
+    save_figure(logit_bars(panels, short.labels, classes, shared=short.note("all models: ")), path)
     output.info(f"Wrote {path}")
 
 

@@ -9,7 +9,7 @@ import typer
 from cnntools import options, output, runtime
 from cnntools.completion import complete_model, complete_target
 from cnntools.output import CnnError
-from cnntools.runs import distinct_labels
+from cnntools.runs import distinct_labels, shown_labels
 
 # Kept in step with cnntools.interpret.saliency.METHODS (a test checks it); spelled out here
 # so that --help and shell completion need no torch import.
@@ -106,11 +106,14 @@ def main(
     per model titled with the prediction and its probability. Images come from -i (dataset
     indices, default the first -n), --image (files or folders) or --mistakes (eval's
     predictions CSV). --layer auto explains the activation of the last conv layer (a residual
-    block's output); --list-layers names the others. --save writes the raw maps (N×H×W per
-    model). --precision bf16 or fp16 runs the forward passes under autocast (the backward then
-    runs in the forward's dtypes; maps come back as float32): CAM maps barely change, input
-    gradient maps get visibly noisier, so use fp32 for the finest gradient maps. auto picks
-    reduced precision only where the hardware runs it natively.
+    block's output); --list-layers names the others. Gradient maps are drawn in their own
+    units (|d loss/d input|; float64, as a confident model's loss gradient is far below fp32's
+    range) on one colour scale per image, shared across its row; CAM maps are pytorch-grad-cam's,
+    scaled to 0-1 per map. --save writes the maps as drawn (N×H×W per model). --precision bf16
+    or fp16 runs the forward passes under autocast (the backward then runs in the forward's
+    dtypes): CAM maps barely change, input gradient maps get visibly noisier, so use fp32 for
+    the finest gradient maps. auto picks reduced precision only where the hardware runs it
+    natively.
 
     \b
     Examples:
@@ -147,7 +150,7 @@ def main(
     from cnntools.memory import fit_batch, fit_model_batch, gathered_bytes
     from cnntools.interpret.activations import example_input, layer_rows, resolve_layer_name
     from cnntools.interpret.inputs import resolve_targets
-    from cnntools.interpret.saliency import GRADIENT_METHODS, saliency_maps, uses_layer
+    from cnntools.interpret.saliency import GRADIENT_METHODS, map_quantity, saliency_maps, uses_layer
     from cnntools.inference import predict
     from cnntools.runtime import resolve_device, resolve_precision, seed_everything
 
@@ -178,9 +181,10 @@ def main(
     where = None if image else _where(first, data, split)
     output.info(f"Explaining {len(names)} image(s) with {method} on {len(loaded)} model(s)")
     model_names = distinct_labels([lm.label for lm in loaded], [_model_name(spec) for spec in models])
+    short = shown_labels([lm.label for lm in loaded], [_model_name(spec) for spec in models])
 
     results = []  # one dict per (model, target) column
-    for spec, lm, layer_name, model_name, batch in zip(models, loaded, layer_names, model_names, batches):
+    for spec, lm, layer_name, model_name, batch, header in zip(models, loaded, layer_names, model_names, batches, short.labels):
         # All chosen images at the model's size at once: uint8 to draw, float32 to run.
         runtime.check_allocation(gathered_bytes(len(raw), lm.in_channels, lm.image_size, lm.image_size, itemsize=5),
                                  f"{lm.source}: {len(raw):,} images at {lm.image_size}×{lm.image_size}")
@@ -211,7 +215,7 @@ def main(
             maps = torch.cat(maps)
             _warn_flat(maps, names, targets, lm.classes, model_name, method, layer_name)
             results.append(
-                {"spec": spec, "name": model_name, "lm": lm, "shown": shown, "layer": layer_name, "target_spec": target_spec,
+                {"spec": spec, "name": model_name, "header": header, "lm": lm, "shown": shown, "layer": layer_name, "target_spec": target_spec,
                  "probs": probs, "preds": preds, "targets": targets, "maps": maps, "labels": model_labels}
             )
 
@@ -239,14 +243,17 @@ def main(
                     "target_prob": r["probs"][i, r["targets"][i]].item(),
                     "peak_row": peak // width,
                     "peak_col": peak % width,
+                    "peak_value": float(r["maps"][i].max()),
                 }
             )
 
     if out:
         from cnntools.plots import save_figure
 
-        title = _figure_title(method, results[0]["layer"], reduce, target, len(names), where)
-        save_figure(_grid(results, names, labels, method, alpha, overlay, title), out)
+        title = _figure_title(method, results[0]["layer"], reduce, target, len(names), where, len(results))
+        if short.shared:
+            title += f"\n{short.note('all models: ')}"
+        save_figure(_grid(results, names, labels, method, alpha, overlay, title, map_quantity(method, reduce)), out)
         output.info(f"Wrote {out}")
     if save_maps:
         from safetensors.torch import save
@@ -261,7 +268,8 @@ def main(
         if picked:
             tensors["indices"] = torch.tensor(picked, dtype=torch.long)
         meta = {"method": method, "models": ",".join(r["spec"] for r in results), "layers": ",".join(str(r["layer"]) for r in results),
-                "targets": ",".join(r["target_spec"] for r in results), "reduce": reduce, "images": ",".join(names)}
+                "targets": ",".join(r["target_spec"] for r in results), "reduce": reduce, "images": ",".join(names),
+                "values": map_quantity(method, reduce)}
         files.write_bytes(save_maps, save(tensors, metadata=meta))
         output.info(f"Wrote {save_maps}")
 
@@ -269,11 +277,13 @@ def main(
         "method": method,
         "target": target,
         "reduce": reduce if method in GRADIENT_METHODS else None,
+        "values": map_quantity(method, reduce),
         "models": [{"model": spec, "label": name, "layer": layer_name}
                    for spec, name, layer_name in zip(models, model_names, layer_names)],
         "images": rows,
     }
-    columns = ["image", "model", "label_name", "pred_name", "prob", "target_name", "target_prob", "peak_row", "peak_col"]
+    columns = ["image", "model", "label_name", "pred_name", "prob", "target_name", "target_prob", "peak_row", "peak_col",
+               "peak_value"]
     title = f"Saliency ({method}" + (f", layer {results[0]['layer']}" if results[0]["layer"] else "") + ")"
     output.emit(doc, fmt, schema="saliency", rows=rows, columns=columns if fmt == "table" else None, title=title)
 
@@ -306,26 +316,46 @@ def _warn_flat(maps, names, targets, classes, model_name, method, layer_name) ->
     output.warn(f"{model_name}: the {method} map of {shown} for class {classes[targets[flat[0]]]} is all zero: {cause}")
 
 
-def _figure_title(method, layer, reduce, target, n, where) -> str:
+def _figure_title(method, layer, reduce, target, n, where, columns: int = 1) -> str:
     from cnntools.interpret.saliency import GRADIENT_METHODS
 
     how = method + (f" @ {layer}" if layer else "") + (f", {reduce} over channels" if method in GRADIENT_METHODS else "")
     images = f"{n} image{'s' if n != 1 else ''}" + (f" of {where}" if where else "")
-    return f"Saliency: {how}; target {target}; {images}"
+    title = f"Saliency: {how}; target {target}; {images}"
+    if method in GRADIENT_METHODS and n > 1:  # raw values: say which maps share a colour scale
+        title += "\n" + ("one colour scale per image, shared across its row" if columns > 1 else "one colour scale per image")
+    return title
 
 
-def _grid(results, names, labels, method, alpha, overlay=True, title=None):
+def _row_scales(results, n: int) -> list[float]:
+    """The top of each row's colour scale: the largest value of that image's maps across the
+    models and targets drawn beside it (1 for a row of all-zero maps), so the maps of one image
+    compare on one scale while images of very different gradient size stay readable."""
+    scales = []
+    for i in range(n):
+        top = max(float(r["maps"][i].max()) for r in results)
+        scales.append(top if top > 0 else 1.0)
+    return scales
+
+
+def _grid(results, names, labels, method, alpha, overlay=True, title=None, quantity=""):
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
+    from matplotlib.ticker import MaxNLocator
 
+    from cnntools.interpret.saliency import CAM_METHODS
     from cnntools.plots import new_figure, show_image, show_map, show_overlay
 
     n, m = len(names), len(results)
     tile = 2.0
-    fig = new_figure((m + 1) * tile + 1.0, n * (tile + 0.45) + 1.1)
+    per_row = method not in CAM_METHODS  # raw values: one scale per image; CAMs are 0-1 already
+    right = 1.25 if per_row else 0.9  # inches kept free for the colour bars and their labels
+    fig = new_figure((m + 1) * tile + right + 0.1, n * (tile + 0.45) + 1.1)
     axes = fig.subplots(n, m + 1, squeeze=False)
     classes = results[0]["lm"].classes
+    tops = _row_scales(results, n) if per_row else [1.0] * n
+    cmap = "jet" if overlay else "hot"
     for i in range(n):
         label = labels[i]
         label_text = f"\nlabel: {classes[label]}" if 0 <= label < len(classes) else ""
@@ -337,14 +367,15 @@ def _grid(results, names, labels, method, alpha, overlay=True, title=None):
             text = f"pred: {cls[pred]} ({prob:.0%})\nmap for: {cls[tgt]} ({r['probs'][i, tgt].item():.0%})"
             own_label = r["labels"][i]
             color = "black" if own_label < 0 or own_label == pred else "firebrick"
+            heat = r["maps"][i]  # float64 kept: a confident model's values are below float32's range
             if overlay:
-                show_overlay(axes[i, j + 1], r["shown"][i], r["maps"][i], alpha=alpha)
+                show_overlay(axes[i, j + 1], r["shown"][i], heat, alpha=alpha, vmax=tops[i])
             else:
-                show_map(axes[i, j + 1], r["maps"][i])
+                show_map(axes[i, j + 1], heat, cmap=cmap, vmax=tops[i])
             axes[i, j + 1].set_title(text, fontsize=8.5, color=color)
     several_targets = len({r["target_spec"] for r in results}) > 1
     for j, r in enumerate(results):
-        header = r["name"] + (f"\ntarget {r['target_spec']}" if several_targets else "")
+        header = r.get("header", r["name"]) + (f"\ntarget {r['target_spec']}" if several_targets else "")
         axes[0, j + 1].annotate(header, xy=(0.5, 1.0), xytext=(0, 34), xycoords="axes fraction",
                                 textcoords="offset points", ha="center", va="bottom", fontsize=10, weight="bold")
     axes[0, 0].annotate("image", xy=(0.5, 1.0), xytext=(0, 34), xycoords="axes fraction",
@@ -352,14 +383,33 @@ def _grid(results, names, labels, method, alpha, overlay=True, title=None):
     if title:
         fig.suptitle(title, fontsize=11)
     width = fig.get_figwidth()
-    fig.tight_layout(rect=(0, 0, 1 - 0.9 / width, 1))
-    # Every map is scaled to [0, 1] on its own: one bar serves them all and says so. It spans
-    # the rows of maps, in the strip kept free on the right.
+    fig.tight_layout(rect=(0, 0, 1 - right / width, 1))
+    bar_x, bar_w = 1 - (right - 0.1) / width, 0.14 / width
+    if per_row:
+        # One bar per image, beside its row, in the units of the maps (scientific offset on top).
+        for i in range(n):
+            box = axes[i, -1].get_position()
+            cax = fig.add_axes((bar_x, box.y0, bar_w, box.height))
+            bar = fig.colorbar(ScalarMappable(Normalize(0, tops[i]), colormaps[cmap]), cax=cax)
+            bar.locator = MaxNLocator(5)
+            bar.formatter.set_powerlimits((-2, 3))  # 0.0042 reads as 4.2 with "1e-3" on top
+            bar.update_ticks()
+            bar.ax.tick_params(labelsize=7)
+            bar.ax.yaxis.get_offset_text().set_fontsize(7)
+            bar.set_label(_wrap(quantity, 30), fontsize=7)
+        return fig
+    # CAM maps are 0-1 per map: one bar serves them all and says so. It spans the rows of maps.
     boxes = [ax.get_position() for ax in axes[:, 1:].flat]
     low, high = min(b.y0 for b in boxes), max(b.y1 for b in boxes)
     span = min(high - low, 3.0 / fig.get_figheight())
-    cax = fig.add_axes((1 - 0.75 / width, (low + high - span) / 2, 0.14 / width, span))
-    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), colormaps["jet" if overlay else "hot"]), cax=cax)
-    bar.set_label("saliency, scaled to 0-1 per map", fontsize=9)
+    cax = fig.add_axes((bar_x, (low + high - span) / 2, bar_w, span))
+    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), colormaps[cmap]), cax=cax)
+    bar.set_label(quantity, fontsize=9)
     bar.ax.tick_params(labelsize=8)
     return fig
+
+
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))

@@ -1,8 +1,10 @@
 """Saliency maps: the Grad-CAM family (pytorch-grad-cam), vanilla gradient, SmoothGrad and
 guided backpropagation, all computed for a whole batch at once.
 
-Every method returns a float32 tensor N×H×W (the input's spatial size) scaled to [0, 1]
-per image, so that maps of different methods and models can be compared and drawn alike.
+Every method returns a tensor N×H×W (the input's spatial size) in its own units, which
+`map_quantity` names: the gradient methods give raw gradient magnitudes (float64 for the
+loss gradient, which for a confident model lies far below float32's range), the CAM methods
+pytorch-grad-cam's maps, which it scales to [0, 1] per image by convention.
 """
 
 from __future__ import annotations
@@ -59,6 +61,23 @@ def reduce_channels(grad: torch.Tensor, reduce: str = "max") -> torch.Tensor:
         return grad.mean(dim=1).abs()
     raise CnnError(f"unknown --reduce '{reduce}': use {', '.join(REDUCTIONS)}")
 METHODS = CAM_METHODS + GRADIENT_METHODS
+
+
+def map_quantity(method: str, reduce: str = "max") -> str:
+    """What the values of `method`'s maps are, for colour bars and --save: the raw quantity, or
+    for the CAM methods that they are scaled to 0-1 per map."""
+    if method in CAM_METHODS:
+        return f"{_CAM_NAMES.get(method, method)}, scaled to 0-1 per map"
+    grad = "guided ∂logit/∂input" if method == "guided-backprop" else "∂loss/∂input"
+    over = "noisy copies and channels" if method == "smoothgrad" else "channels"
+    if reduce == "mean":
+        return f"|mean over {over} of {grad}|"
+    copies = "mean over noisy copies of " if method == "smoothgrad" else ""
+    return f"{copies}|{grad}|, {'max' if reduce == 'max' else 'mean'} over channels"
+
+
+_CAM_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "xgradcam": "XGrad-CAM", "hirescam": "HiResCAM",
+              "layercam": "LayerCAM", "eigencam": "EigenCAM", "scorecam": "Score-CAM", "ablationcam": "Ablation-CAM"}
 
 
 def uses_layer(method: str) -> bool:
@@ -123,15 +142,6 @@ def _gradients_from(model: nn.Module, layer: nn.Module):
             p.requires_grad_(True)
 
 
-def _normalize_per_image(maps: torch.Tensor) -> torch.Tensor:
-    """Scale each N×H×W map to [0, 1] (min to 0, max to 1); constant maps become 0."""
-    flat = maps.reshape(maps.shape[0], -1)
-    low = flat.min(dim=1, keepdim=True).values
-    high = flat.max(dim=1, keepdim=True).values
-    scaled = (flat - low) / (high - low).clamp_min(1e-12)
-    return scaled.reshape(maps.shape)
-
-
 def cam_maps(
     model: nn.Module,
     layer: str,
@@ -144,7 +154,7 @@ def cam_maps(
 
     One pytorch-grad-cam call for the whole batch: one forward and one backward pass
     (ScoreCAM and AblationCAM add their own batched forward passes), in channels_last memory
-    format (the model is left in it). Returns N×H×W in [0, 1].
+    format (the model is left in it). Returns N×H×W, each map scaled to [0, 1] by pytorch-grad-cam.
     """
     classes = _cam_classes()
     if method not in classes:
@@ -217,12 +227,17 @@ def input_gradients(
     return grad, log_scale.cpu()
 
 
+def _true_scale(maps: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """Maps of scaled gradients (`input_gradients`) in the gradient's true units, in float64."""
+    return maps.double().cpu() * torch.exp(log_scale.double()).reshape(-1, *([1] * (maps.dim() - 1)))
+
+
 def gradient_maps(model: nn.Module, x: torch.Tensor, targets: Sequence[int], reduce: str = "max") -> torch.Tensor:
     """Vanilla gradient saliency (Simonyan et al. 2014): |∂ loss/∂ input| reduced over channels
-    (`reduce_channels`), scaled to [0, 1]."""
+    (`reduce_channels`), in the gradient's own units (float64)."""
     with _relu_not_inplace(model):
-        grad, _ = input_gradients(model, x, targets)
-    return _normalize_per_image(reduce_channels(grad, reduce)).float().cpu()
+        grad, log_scale = input_gradients(model, x, targets)
+    return _true_scale(reduce_channels(grad, reduce), log_scale)
 
 
 def smoothgrad_maps(
@@ -261,7 +276,7 @@ def smoothgrad_maps(
     # Mean of the true |gradients|: rescale each sample relative to its image's largest scale.
     weights = torch.exp(scales - scales.amax(dim=1, keepdim=True)).to(grads.dtype)
     mean = (grads * weights.reshape(n, samples, 1, 1, 1)).sum(1) / samples
-    return _normalize_per_image(reduce_channels(mean, reduce)).float().cpu()
+    return _true_scale(reduce_channels(mean, reduce), scales.amax(dim=1))
 
 
 @contextlib.contextmanager
@@ -283,14 +298,14 @@ def _guided_relus(model: nn.Module):
 
 
 def guided_backprop_maps(model: nn.Module, x: torch.Tensor, targets: Sequence[int], reduce: str = "max") -> torch.Tensor:
-    """Guided backpropagation of the target logit: |guided gradient| reduced over channels, scaled to [0, 1]."""
+    """Guided backpropagation of the target logit: |guided gradient| reduced over channels (float32)."""
     inputs = x.detach().clone().requires_grad_(True)
     index = torch.as_tensor(list(targets), dtype=torch.long, device=x.device)
     with _relu_not_inplace(model), _guided_relus(model), torch.enable_grad():
         logits = model(inputs)
         score = logits.float().gather(1, index[:, None]).sum()
         (grad,) = torch.autograd.grad(score, inputs)
-    return _normalize_per_image(reduce_channels(grad, reduce)).float().cpu()
+    return reduce_channels(grad, reduce).float().cpu()
 
 
 def saliency_maps(
@@ -304,7 +319,7 @@ def saliency_maps(
     reduce: str = "max",
     precision: str = "fp32",
 ) -> torch.Tensor:
-    """Saliency maps of any supported method for the batch `x` (N×H×W, each in [0, 1]).
+    """Saliency maps of any supported method for the batch `x` (N×H×W, in `map_quantity`'s units).
 
     `reduce` (gradient methods): how the input gradient's channels become one map.
     `precision` (resolved: fp32, bf16 or fp16): see `_at_precision`."""

@@ -17,6 +17,7 @@ from cnntools.models.user_code import is_code_reference
 from cnntools.output import CnnError
 
 TIMM_PREFIX = "timm:"
+TORCHVISION_PREFIX = "torchvision:"
 OUTPUT_ACTIVATIONS = ("none", "relu", "tanh")
 
 
@@ -50,12 +51,12 @@ def count_parameters(model, trainable_only: bool = False) -> int:
 def get_architecture(name: str) -> Architecture:
     """The registry entry for `name`, or a one-line error listing the known ones.
 
-    The user's own code (FILE.py:NAME, package.module:NAME) and timm:NAME get an entry made
-    on the spot: any input size, tiny images upsampled to 32 px.
+    The user's own code (FILE.py:NAME, package.module:NAME), timm:NAME and torchvision:NAME
+    get an entry made on the spot: any input size, tiny images upsampled to 32 px.
     """
     _load_families()
-    if name not in ARCHITECTURES and (is_code_reference(name) or name.startswith(TIMM_PREFIX)):
-        what = "timm model" if name.startswith(TIMM_PREFIX) else "your own model"
+    if name not in ARCHITECTURES and (is_code_reference(name) or name.startswith((TIMM_PREFIX, TORCHVISION_PREFIX))):
+        what = {TIMM_PREFIX: "timm model", TORCHVISION_PREFIX: "torchvision model"}.get(name.split(":")[0] + ":", "your own model")
         return Architecture(name, builder=None, description=what, min_size=1, default_size=32)
     if name not in ARCHITECTURES:
         known = ", ".join(ARCHITECTURES)
@@ -97,8 +98,8 @@ def create_model(
     `batchnorm` and `output_activation` apply to the architectures that offer them (lenet);
     `pretrained` loads torchvision's ImageNet weights from the local torch hub cache (the
     classifier is replaced when `num_classes` differs from 1,000), or timm's from the local
-    Hugging Face cache. `arch_args` are constructor arguments of the user's own model or of a
-    timm model. `code`: (CodeReference, source bytes) checked by `user_code.from_record` —
+    Hugging Face cache; without it no weight file is looked for. `arch_args` are constructor
+    arguments of the user's own model, of a timm or of a torchvision model. `code`: (CodeReference, source bytes) checked by `user_code.from_record` —
     how a checkpoint's code is run; without it a code reference is resolved as named on
     the command line.
     """
@@ -112,6 +113,16 @@ def create_model(
             from cnntools.models import timm_models
 
             return timm_models.create(name[len(TIMM_PREFIX):], in_channels, image_size, num_classes, pretrained, arch_args or {})
+        if name.startswith(TORCHVISION_PREFIX):
+            from cnntools.models import torchvision_models
+
+            tv_name = name[len(TORCHVISION_PREFIX):]
+            model = torchvision_models.build(tv_name, num_classes, in_channels, image_size, arch_args)
+            if pretrained:  # only now is the weight file looked for
+                from cnntools.models.hub import load_pretrained
+
+                load_pretrained(model, tv_name)  # a resized stem or classifier is left out by its shape
+            return no_inplace(model)
         from cnntools.models import user_code
 
         if pretrained:
@@ -132,7 +143,7 @@ def create_model(
     if "output_activation" not in arch.options and output_activation != "none":
         raise CnnError(f"{name} has no --output-activation option; lenet has it")
     if pretrained and arch.torchvision_name is None:
-        raise CnnError(f"{name} has no pretrained weights; --pretrained works for resnet18-imagenet and vgg16")
+        raise CnnError(f"{name} has no pretrained weights; --pretrained works for resnet18-imagenet, vgg16, torchvision:NAME and timm:NAME")
     kwargs = {}
     if "batchnorm" in arch.options:
         kwargs["batchnorm"] = batchnorm

@@ -17,16 +17,9 @@ def default_weights(name: str):
     """torchvision's DEFAULT weights enum entry for classification model `name`."""
     import torchvision.models as tvm
 
-    try:
-        builder = tvm.get_model_builder(name)
-    except ValueError:
-        raise CnnError(
-            f"unknown torchvision model '{name}': use a classification model such as resnet18, vgg16, "
-            "resnet50, mobilenet_v3_small (torchvision.models.list_models(torchvision.models))"
-        ) from None
-    if name not in tvm.list_models(module=tvm):
-        raise CnnError(f"torchvision model '{name}' is not an ImageNet classification model")
-    del builder
+    from cnntools.models.torchvision_models import check_name
+
+    check_name(name)
     weights = tvm.get_model_weights(name)
     return weights.DEFAULT
 

@@ -8,12 +8,9 @@ from cnntools.models import Architecture, no_inplace, register
 
 
 def _torchvision_resnet18(in_channels, num_classes):
-    from torchvision.models import resnet18
+    from cnntools.models.torchvision_models import build
 
-    model = resnet18(weights=None, num_classes=num_classes)
-    if in_channels != 3:
-        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    return model
+    return build("resnet18", num_classes, in_channels)
 
 
 def resnet18_cifar(in_channels=3, image_size=32, num_classes=10, pretrained=False):
