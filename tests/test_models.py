@@ -105,7 +105,8 @@ def test_pretrained_needs_the_cached_file(tmp_path, monkeypatch):
         create_model("lenet", pretrained=True)
 
 
-def test_pretrained_loads_cached_weights_and_replaces_the_head(tmp_path, monkeypatch):
+def _cached_resnet18(tmp_path, monkeypatch):
+    """A random resnet18 saved where torchvision looks for its weight file (TORCH_HOME=tmp_path)."""
     from torchvision.models import resnet18
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
@@ -114,6 +115,11 @@ def test_pretrained_loads_cached_weights_and_replaces_the_head(tmp_path, monkeyp
     folder = tmp_path / "hub" / "checkpoints"
     folder.mkdir(parents=True)
     torch.save(reference.state_dict(), folder / "resnet18-f37072fd.pth")
+    return reference
+
+
+def test_pretrained_loads_cached_weights_and_replaces_the_head(tmp_path, monkeypatch):
+    reference = _cached_resnet18(tmp_path, monkeypatch)
     model = create_model("resnet18-imagenet", 3, 64, 5, pretrained=True)
     assert torch.equal(model.conv1.weight, reference.conv1.weight)
     assert torch.equal(model.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
@@ -194,14 +200,7 @@ def test_torchvision_builds_for_any_channels_and_classes(name, monkeypatch):
 def test_torchvision_pretrained_fills_what_fits(tmp_path, monkeypatch):
     """--pretrained on torchvision:NAME copies the cached weights; a 1-channel stem and a 5-class
     head keep their own init."""
-    from torchvision.models import resnet18
-
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    torch.manual_seed(1)
-    reference = resnet18()
-    folder = tmp_path / "hub" / "checkpoints"
-    folder.mkdir(parents=True)
-    torch.save(reference.state_dict(), folder / "resnet18-f37072fd.pth")
+    reference = _cached_resnet18(tmp_path, monkeypatch)
     model = create_model("torchvision:resnet18", 1, 64, 5, pretrained=True)
     assert torch.equal(model.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
     assert model.conv1.weight.shape == (64, 1, 7, 7) and model.fc.out_features == 5
