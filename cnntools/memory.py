@@ -166,14 +166,17 @@ def fit_batch(model, sample_shape: tuple[int, ...], batch_size: int, device, wha
         raise CnnError(f"{what}: one {shape} image needs about {runtime.human_bytes(one)} of memory to run, "
                        f"more than the {runtime.human_bytes(avail)} of {where} available")
     budget = avail * BATCH_SHARE
-    if batch_size == 1 or need(batch_size) <= budget:
+    if batch_size == 1:
+        return batch_size
+    requested = need(batch_size)
+    if requested <= budget:
         return batch_size
     two = need(2)
     per_image = max(1, two - one)
     fitted = max(1, min(batch_size - 1, int((budget - (one - per_image)) // per_image)))
     while fitted > 1 and need(fitted) > budget:  # activations grow linearly; this rarely loops
         fitted = max(1, fitted * 9 // 10)
-    info(f"{what}: a batch of {batch_size:,} {shape} images needs about {runtime.human_bytes(need(batch_size))}, "
+    info(f"{what}: a batch of {batch_size:,} {shape} images needs about {runtime.human_bytes(requested)}, "
          f"more than half the {runtime.human_bytes(avail)} of {where} available; running {fitted:,} at a time")
     return fitted
 
