@@ -7,9 +7,10 @@ device; the run's wall time is extrapolated from them:
     start-up + epochs × (updates per epoch × seconds per update + validation batches × seconds per batch)
 
 Memory: parameters, gradients and optimizer state are counted exactly; activations are the
-measured peak of the timed steps on CUDA, and on the CPU the sum of every module's output
-for one batch (what autograd keeps for the backward pass, roughly); the process's peak
-resident memory after the timed steps is reported as measured. Nothing is written.
+measured peak of the timed steps on CUDA, and on the CPU the peak of one training step
+traced on the meta device (`cnntools.memory`, the estimate `train` checks a step against);
+the process's peak resident memory after the timed steps is reported as measured. Nothing
+is written.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 
 from cnntools import runtime
 from cnntools.checkpoint import unwrap_model
+from cnntools.memory import forward_peak_bytes
 
 # Optimizer state per parameter, in parameter-sized tensors.
 STATE_PER_PARAMETER = {"adam": 2, "adamw": 2, "sgd": 1}
@@ -59,25 +61,6 @@ def _batches(loader, count: int) -> tuple[list, float]:
         start = time.perf_counter()
     later = times[1:] or times
     return out, sum(later) / max(1, len(later))
-
-
-def _activation_bytes(model, x) -> int:
-    """Bytes of every leaf module's output for one forward pass of `x`."""
-    total = 0
-
-    def hook(module, inputs, output):
-        nonlocal total
-        if isinstance(output, torch.Tensor):
-            total += output.numel() * output.element_size()
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return total
 
 
 def _peak_rss_bytes() -> int | None:
@@ -125,8 +108,11 @@ def estimate(trainer, setup_seconds: float = 0.0) -> dict:
         activation_bytes = max(0, torch.cuda.max_memory_allocated(device) - base - grad_bytes - state_bytes)
         activation_how = "measured peak"
     else:
-        activation_bytes = 2 * _activation_bytes(trainer.model, batches[0][0])  # outputs + their gradients
-        activation_how = "module outputs x2"
+        # The same traced estimate `train` checks a step against (cnntools.memory), less the
+        # gradients it includes, which are counted on their own above.
+        peak = forward_peak_bytes(model, tuple(batches[0][0].shape), training=True)
+        activation_bytes = max(0, peak - grad_bytes) if peak is not None else 0
+        activation_how = "traced peak" if peak is not None else "not estimated (the model does not run on the meta device)"
 
     eval_seconds, val_batches = 0.0, 0
     # Evaluation batches per epoch: validation once per epoch and at every --val-every

@@ -270,7 +270,7 @@ SCHEMAS: dict[str, dict] = {
             ("memory_bytes.activations", "integer", "activation bytes of one training step"),
             ("memory_bytes.dataset", "integer", "bytes of the data held in memory (0 when memory-mapped)"),
             ("memory_bytes.total", "integer", "sum of the parts"),
-            ("activations_estimate", "string", "how the activation bytes were found (measured on CUDA, estimated from layer outputs on CPU)"),
+            ("activations_estimate", "string", "how the activation bytes were found (measured peak on CUDA, traced peak on CPU)"),
             ("peak_rss_bytes", "integer|null", "peak resident memory of this process after the timed steps"),
             ("timed_steps", "integer", "training steps timed"),
             ("seconds_per_step", "number", "mean seconds per timed training step"),
