@@ -343,13 +343,6 @@ def _logits_plot(loaded, short, shown, path: str, precision: str) -> None:
     output.info(f"Wrote {path}")
 
 
-def _read_image(path: str, channels: int, size: int | None = None):
-    """uint8 1×C×H×W of an image file, decoded as an image folder's store holds it."""
-    from cnntools.image_predict import read_uint8
-
-    return read_uint8(path, channels, size)
-
-
 class _CsvSink:
     """CSV rows written as they come, the header once."""
 
