@@ -5,7 +5,6 @@ same model-running options, and the spellings of earlier versions still work (wi
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Annotated
 
 import pytest
 import typer

@@ -242,7 +242,6 @@ def _read_validated(path: str, data: bytes | None = None, header_only: bool = Fa
     gigantic header, or whose tensors do not add up, is refused without reading the rest.
     """
     import io
-    import os
     import sys
 
     name = files.display_name(path)
