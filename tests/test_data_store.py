@@ -102,9 +102,29 @@ def test_the_store_is_written_in_chunks_while_decoding(tmp_path, cache, monkeypa
 
     monkeypatch.setattr(StoreWriter, "write", record)
     monkeypatch.setattr(folders_mod, "chunk_rows", lambda item_bytes: 3)  # 3 images per chunk
+    monkeypatch.setattr(folders_mod, "_GROUP", 1)  # one file per decoder task
+    monkeypatch.setattr(folders_mod, "decode_workers", lambda: 1)
     train = load_split(str(root), "train", image_size=8)
     assert writes == [3, 3, 3, 3, 2] and len(train) == 14
     assert torch.equal(train.images, _decoded_in_memory(train.paths, (8, 8)))
+
+
+@pytest.mark.parametrize("workers, group", [(1, 1), (2, 1), (2, 2), (3, 2)])
+def test_unreadable_files_leave_no_holes_when_decoder_threads_share_chunk_buffers(tmp_path, cache, monkeypatch, workers, group):
+    """Decoder threads write into two alternating chunk buffers; files that cannot be decoded
+    (here at chunk edges and inside chunks) leave slots that must not reach the store."""
+    root = _folder(tmp_path / "f", n_per_class=11)
+    files = sorted(root.glob("*/*.jpg"))
+    for i in (0, 3, 4, 9, 12, 21):
+        files[i].write_bytes(b"not a jpeg")
+    monkeypatch.setattr(folders_mod, "chunk_rows", lambda item_bytes: 3)
+    monkeypatch.setattr(folders_mod, "_GROUP", group)
+    monkeypatch.setattr(folders_mod, "decode_workers", lambda: workers)
+    train = load_split(str(root), "train", image_size=8)
+    good = [f for i, f in enumerate(files) if i not in (0, 3, 4, 9, 12, 21)]
+    assert [Path(p) for p in train.paths] == good and len(train.meta["unreadable"]) == 6
+    assert torch.equal(train.images, _decoded_in_memory(good, (8, 8)))
+    assert train.labels.tolist() == [0 if f.parent.name == "cat" else 1 for f in good]
 
 
 def test_a_changed_file_invalidates_the_store(tmp_path, cache):

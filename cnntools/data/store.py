@@ -75,7 +75,8 @@ class StoreWriter:
         items = np.ascontiguousarray(items, dtype=self._dtype)
         if tuple(items.shape[1:]) != shape:
             raise ValueError(f"{name}: items of shape {items.shape[1:]}, expected {shape}")
-        self.handle.write(memoryview(items).cast("B"))
+        if items.size:
+            self.handle.write(memoryview(items).cast("B"))
         self.offset += items.nbytes
         self._open = (name, shape, count + len(items))
 
