@@ -12,6 +12,11 @@ Cases (each prints JSON lines; ratios are of medians over interleaved rounds):
   mapped store, the page cache's). Target: every peak ≤ 1.5 GB, and the larger folder's peak
   ≤ 1.15× the smaller's. The store's size over the peak RssAnon shows how far the data
   outgrows the process (the "bigger than RAM" case: the pixels live in the page cache).
+- `bigger`: the larger folder's 224-px store (the one `dataset-stats` decodes) is 4x the memory
+  the trainer may use: `train --arch lenet --image-size 224 --epochs 1 --batch-size 16` runs in a child memory
+  cgroup capped at a quarter of the store, page cache included (its pages evicted first, so
+  each page read is charged to the child); where no cgroup can be made, RLIMIT_DATA caps the
+  anonymous memory instead. Target: the epoch completes.
 - `decode`: first decode of a folder of 400×300 JPEGs to 128×128 by cnntools (empty cache)
   against torchvision's ImageFolder + Resize((128, 128)) + PILToTensor through a
   DataLoader(batch_size=64, num_workers=2) (target ≥ 1.5×); and of 224×224 files at 224
@@ -115,6 +120,108 @@ def case_memory(work: Path, sizes: list[int]) -> None:
         a, b = results[(small, step)]["peak_anon_mb"], results[(large, step)]["peak_anon_mb"]
         emit({"benchmark": "store_memory_growth", "case": step, "ratio": f"peak RssAnon {large} / {small} images",
               "value": round(b / a, 3), "target": 1.15, "meets_target": b / a <= 1.15})
+
+
+# ---------------------------------------------------------------------------- bigger than RAM
+
+
+def _memory_cgroup() -> Path | None:
+    """This process's memory cgroup folder (v1 `memory` or v2), if it can hold a child; else None."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            folder = Path("/sys/fs/cgroup/memory") / path.lstrip("/")
+        elif controllers == "" and Path("/sys/fs/cgroup/cgroup.controllers").exists():
+            folder = Path("/sys/fs/cgroup") / path.lstrip("/")
+        else:
+            continue
+        if os.access(folder, os.W_OK):
+            return folder
+    return None
+
+
+def _evict(path: Path) -> None:
+    """Drop this file's pages from the page cache (only this file's, nothing system-wide), so
+    that the limited child has to read them again and they are charged to its cgroup."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def case_bigger(work: Path, n: int, arch: str, factor: float = 4.0) -> None:
+    """Train an epoch on a store 4x larger than all the memory the process may use.
+
+    A child memory cgroup of this process's own (removed afterwards) caps the trainer's
+    memory, page cache included, at a quarter of the store; the store's pages are evicted
+    first so that every page the trainer reads is charged to it. Without a writable cgroup
+    (containers), RLIMIT_DATA caps the anonymous memory instead (the mapped store is file-backed
+    and not counted by it).
+    """
+    import resource
+
+    folder = make_folder(work / f"f{n}", n, 224, 224, classes=5)
+    cache = work / f"cache{n}"
+    env = _env(CNNTOOLS_CACHE=str(cache))
+    cli = [sys.executable, "-m", "cnntools"]
+    subprocess.run([*cli, "dataset-stats", "--data", str(folder), "-q"], env=env, check=True, stdout=subprocess.DEVNULL)
+    stores = {p: p.stat().st_size for p in cache.glob("*.safetensors")}
+    store = max(stores, key=stores.get)  # the 224-px store (the median size)
+    limit = int(stores[store] / factor)
+    for p in stores:
+        _evict(p)
+    cgroup = _memory_cgroup()
+    group = None
+    if cgroup is not None:
+        group = cgroup / f"cnntools-bench-{os.getpid()}"
+        group.mkdir()
+        v1 = (group / "memory.limit_in_bytes").exists()
+        (group / ("memory.limit_in_bytes" if v1 else "memory.max")).write_text(str(limit))
+
+    def enter_limit():
+        if group is not None:
+            (group / "cgroup.procs").write_text(str(os.getpid()))
+        else:
+            resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+
+    argv = [*cli, "train", "--data", str(folder), "--arch", arch, "--image-size", "224", "--epochs", "1", "--batch-size", "16",
+            "-o", str(work / "bigger.safetensors"), "-q"]
+    peaks = {"RssAnon": 0, "RssFile": 0}
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, cwd=str(work), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=enter_limit)
+    err = []
+    reader = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)
+    reader.start()
+    while proc.poll() is None:
+        for key, value in _status(proc.pid).items():
+            if key in peaks:
+                peaks[key] = max(peaks[key], value)
+        time.sleep(0.02)
+    reader.join()
+    wall = time.perf_counter() - start
+    record = {"benchmark": "store_bigger_than_memory", "case": f"train {arch} 224 px, 1 epoch, {n} images",
+              "store_mb": round(stores[store] / 1e6, 1), "limit_mb": round(limit / 1e6, 1),
+              "limit_kind": "memory cgroup (page cache included)" if group is not None else "RLIMIT_DATA (anonymous memory)",
+              "exit": proc.returncode, "peak_anon_mb": round(peaks["RssAnon"] / 1e6, 1),
+              "peak_file_mb": round(peaks["RssFile"] / 1e6, 1), "wall_s": round(wall, 1)}
+    if group is not None:
+        usage = group / ("memory.max_usage_in_bytes" if v1 else "memory.peak")
+        if usage.exists():
+            record["cgroup_peak_mb"] = round(int(usage.read_text()) / 1e6, 1)
+        if v1:
+            record["times_the_limit_was_hit"] = int((group / "memory.failcnt").read_text())
+        group.rmdir()
+    record["store_over_limit"] = round(stores[store] / limit, 2)
+    record["meets_target"] = proc.returncode == 0 and stores[store] >= 4 * limit
+    if proc.returncode != 0:
+        record["stderr"] = b"".join(err).decode()[-600:]
+    emit({**record, **machine()})
 
 
 # ---------------------------------------------------------------------------- decode
@@ -288,12 +395,14 @@ def case_threads(work: Path, repeats: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default="memory,decode,train,threads")
+    parser.add_argument("--cases", default="memory,bigger,decode,train,threads")
     parser.add_argument("--sizes", default="1000,4000", help="folder sizes for the memory case")
     parser.add_argument("--issue-sizes", action="store_true", help="the issue's 5,000 and 20,000 images (needs ~4 GB of disk)")
     parser.add_argument("--decode-n", type=int, default=400, help="images per folder in the decode case")
     parser.add_argument("--train-n", type=int, default=512, help="images in the train case's folder")
     parser.add_argument("--train-archs", default="lenet,compact-cnn", help="which of lenet (32 px), compact-cnn (128 px)")
+    parser.add_argument("--bigger-arch", default="lenet", help="the model trained on the store 4x the memory limit")
+    parser.add_argument("--bigger-factor", type=float, default=4.0, help="the store's size over the memory limit")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="smaller folders and two rounds")
     parser.add_argument("--work", help="keep the generated folders here (default: a temporary folder)")
@@ -314,6 +423,8 @@ def main() -> None:
             case_threads(work, args.repeats)
         if "memory" in cases:
             case_memory(work, sizes)
+        if "bigger" in cases:
+            case_bigger(work, max(sizes), args.bigger_arch, args.bigger_factor)
     finally:
         if work_ctx is not None:
             work_ctx.cleanup()
