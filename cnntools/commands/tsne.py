@@ -121,6 +121,7 @@ def main(
 
         dev = runtime.resolve_device(device)
         lm = load_model(checkpoint, dev, trust_code=trust_code)
+        from cnntools.data.imageset import IndexedRows
         from cnntools.memory import fit_model_batch
 
         batch_size = fit_model_batch(lm, batch_size)  # before the first forward pass
@@ -128,7 +129,7 @@ def main(
         idx = _subset(images.labels.numpy(), n, seed, lib)
         _check_sample(images, idx)
         features, layer_name, hook = lib.layer_features(
-            lm.model, lm.preprocessing, images.images[idx], layer=layer, batch_size=batch_size,
+            lm.model, lm.preprocessing, IndexedRows(images.images, idx), layer=layer, batch_size=batch_size,
             precision=runtime.resolve_precision(precision, dev), arch=lm.arch,
         )
         source.update(kind="features", data=images.spec, checkpoint=checkpoint, arch=getattr(lm, "arch", None),
@@ -212,19 +213,28 @@ def main(
 
 
 def _check_sample(images, idx) -> None:
-    """Refuse a sample whose pixels cannot be held: the uint8 images gathered, their float32
-    rows and the scaled copy `_pixels` makes (9 bytes a value), before any of it is made."""
+    """Refuse a sample whose pixels cannot be held as float32 rows (what `_pixels` makes),
+    before any of it is made."""
     from cnntools.memory import gathered_bytes
 
-    runtime.check_allocation(gathered_bytes(len(idx), *images.images.shape[1:], itemsize=9),
+    runtime.check_allocation(gathered_bytes(len(idx), *images.images.shape[1:], itemsize=4),
                              f"a t-SNE sample of {len(idx):,} {'×'.join(map(str, images.images.shape[1:]))} images")
 
 
 def _pixels(images, idx):
-    """The chosen images' raw pixels as float32 rows in [0, 1] (as the model sees them, before normalisation)."""
+    """The chosen images' raw pixels as float32 rows in [0, 1] (as the model sees them, before
+    normalisation), filled piece by piece: no uint8 or unscaled copy of the whole sample."""
     import numpy as np
 
-    return images.images[idx].reshape(len(idx), -1).numpy().astype(np.float32) / 255.0
+    from cnntools.data.imageset import chunk_rows
+
+    dims = int(np.prod(images.images.shape[1:]))
+    rows = np.empty((len(idx), dims), dtype=np.float32)
+    step = chunk_rows(dims * 4)
+    for a in range(0, len(idx), step):
+        piece = images.images[idx[a:a + step]].reshape(-1, dims).numpy()
+        np.divide(piece, np.float32(255.0), out=rows[a:a + len(piece)], casting="unsafe")
+    return rows
 
 
 def _subset(labels, n, seed, lib):

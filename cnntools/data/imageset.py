@@ -38,6 +38,24 @@ def iter_chunks(images: torch.Tensor, max_bytes: int = CHUNK_BYTES) -> Iterator[
         yield start, images[start : start + step]
 
 
+class IndexedRows:
+    """`images[index]` without gathering it: a slice gathers only its own rows, so a sample
+    of a mapped store is read batch by batch (what `inference.forward_batches` takes)."""
+
+    def __init__(self, images: torch.Tensor, index) -> None:
+        self.images, self.index = images, torch.as_tensor(index, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        return self.images[self.index[rows]]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.index), *self.images.shape[1:])
+
+
 @dataclass
 class ImageSet:
     """One split of a dataset.
