@@ -269,7 +269,7 @@ def test_training_refuses_weights_sized_by_the_image(cli, monkeypatch, tmp_path)
 
 
 def test_a_tsne_sample_that_cannot_be_held_is_refused(cli, monkeypatch):
-    monkeypatch.setattr(runtime, "available_memory", lambda: 100_000)  # 500 digits: 288 KB
+    monkeypatch.setattr(runtime, "available_memory", lambda: 50_000)  # 359 test digits as float32 rows: 92 KB
     line = _one_error(cli("tsne", "--data", "digits", "-n", "500", "-q"))
     assert "a t-SNE sample of 359 1×8×8 images needs about" in line, line  # the test split holds 359
 
