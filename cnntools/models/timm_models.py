@@ -211,8 +211,4 @@ def load_pretrained_model(name: str, device, download: bool = False):
         extra={"resize_size": resize, "interpolation": config.get("interpolation", "bilinear"),
                "weights": weights_location(name)[1]},
     )
-    return LoadedModel(
-        model=model, arch=arch, classes=classes, mean=mean, std=std, image_size=crop, in_channels=in_channels,
-        meta=meta, data=meta.data, device=device, source=arch,
-        resize_size=resize, interpolation=config.get("interpolation", "bilinear"),
-    )
+    return LoadedModel.from_meta(model, meta, arch, resize=resize, interpolation=meta.extra["interpolation"])
