@@ -37,6 +37,9 @@ def test_unknown_class_names_with_the_same_count_are_taken_by_index_with_a_warni
     got = load_for_model(DataRecipe("digits"), "test", GREY8, letters)
     assert got.classes == letters and torch.equal(got.labels, plain.labels)
     assert "digits names its classes differently from the model's; labels are compared by index" in capsys.readouterr().err
+    # Messages name the dataset as the user gave it.
+    load_for_model(DataRecipe("digits"), "test", Preprocessing.plain(3, 32), letters, data="fake:20")
+    assert "Warning: fake:20 names its classes differently" in capsys.readouterr().err
     # Same names, same order: nothing changes and nothing is said.
     assert match_classes(plain, DIGITS) is plain
     assert capsys.readouterr().err == ""

@@ -196,14 +196,16 @@ def model_recipe(recipe, data: str | None = None, data_dir: str | None = None, n
     return replace(recipe, spec=data, data_dir=data_dir, val_split=0.0, seed=0)
 
 
-def match_classes(imageset: ImageSet, classes: list[str]) -> ImageSet:
+def match_classes(imageset: ImageSet, classes: list[str], spec: str | None = None) -> ImageSet:
     """`imageset` with its labels counted in `classes` (a model's outputs).
 
     Labels are mapped by class name when the dataset names its classes in another order (or
     names a subset of the model's); a dataset whose class names the model does not know is
     taken label for label (index i is the model's class i, with a warning) when it has as
-    many classes, and refused otherwise.
+    many classes, and refused otherwise. `spec`: the dataset as the user named it, for the
+    messages (default: the set's own).
     """
+    spec = spec or imageset.spec
     if imageset.classes == list(classes):
         return imageset
     index = {name: i for i, name in enumerate(classes)}
@@ -211,10 +213,10 @@ def match_classes(imageset: ImageSet, classes: list[str]) -> ImageSet:
         mapping = torch.tensor([index[name] for name in imageset.classes], dtype=torch.long)
         return replace(imageset, labels=mapping[imageset.labels], classes=list(classes))
     if len(imageset.classes) == len(classes):
-        warn(f"{imageset.spec} names its classes differently from the model's; labels are compared by index")
+        warn(f"{spec} names its classes differently from the model's; labels are compared by index")
         return replace(imageset, classes=list(classes))
     raise CnnError(
-        f"{imageset.spec} has {len(imageset.classes)} classes that the model ({len(classes)} classes) does not know; "
+        f"{spec} has {len(imageset.classes)} classes that the model ({len(classes)} classes) does not know; "
         "evaluate on the dataset the model was trained on, or one with the same class names"
     )
 
@@ -239,7 +241,7 @@ def load_for_model(recipe, split: str, preprocessing, classes: list[str], *,
     size = preprocessing.size if preprocessing.resize is None else None
     imageset = load_split(recipe.spec, split, data_dir=recipe.data_dir, download=download, val_split=recipe.val_split,
                           seed=recipe.seed, image_size=size)
-    imageset = match_classes(imageset, classes)
+    imageset = match_classes(imageset, classes, recipe.spec)
     if preprocessing.resize is not None or tuple(imageset.images.shape[1:]) == preprocessing.shape:
         return imageset
     return imageset.transformed(preprocessing.fit, preprocessing.shape)
