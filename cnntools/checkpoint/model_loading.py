@@ -106,9 +106,7 @@ def load_model(spec: str, device="cpu", data: bytes | None = None, trust_code: b
     if spec.startswith(TORCHVISION_PREFIX):
         return _load_torchvision(spec[len(TORCHVISION_PREFIX):], device)
     if spec.startswith("timm:"):
-        from cnntools.models.timm_models import load_pretrained_model
-
-        return load_pretrained_model(spec[len("timm:"):], device, download)
+        return _load_timm(spec[len("timm:"):], device, download)
     name = files.display_name(spec)
     tensors, meta = read_checkpoint(spec, data)
     weights = model_state(tensors)
@@ -177,6 +175,23 @@ def _load_torchvision(name: str, device) -> LoadedModel:
         extra={"weights": str(weights), "resize_size": resize},
     )
     return LoadedModel.from_meta(model, meta, f"torchvision:{name}", resize=resize)
+
+
+def _load_timm(name: str, device, download: bool) -> LoadedModel:
+    """`timm:NAME` as a ready model (like `torchvision:NAME`): its pretrained weights from the
+    local cache, its class names, and the preprocessing of timm's data config."""
+    from cnntools.models.timm_models import pretrained_model
+
+    model, about = pretrained_model(name, device, download)
+    arch = f"timm:{name}"
+    meta = CheckpointMeta(
+        format="timm",
+        arch={"arch": arch, "in_channels": about["in_channels"], "image_size": about["image_size"],
+              "num_classes": about["num_classes"]},
+        classes=about["classes"], mean=about["mean"], std=about["std"],
+        extra={"resize_size": about["resize"], "interpolation": about["interpolation"], "weights": about["weights"]},
+    )
+    return LoadedModel.from_meta(model, meta, arch, resize=about["resize"], interpolation=about["interpolation"])
 
 
 def load_architecture(spec: str, device="cpu", trust_code: bool = False) -> tuple[Any, int, int]:
