@@ -70,6 +70,7 @@ class Checkpointing:
         return options
 
     def kept_record(self) -> dict | None:
+        """The epoch record whose weights the checkpoint keeps (--keep best: the best epoch's)."""
         if not self.history:
             return None
         if self.cfg.keep == "best" and self.val_loader is not None and self.position.best_epoch:
