@@ -30,15 +30,16 @@ def export_format(path: str) -> str:
 
 def preprocessing(lm) -> dict:
     """How images become the exported model's input, as plain data."""
+    pre = lm.preprocessing
     doc = {
         "input": "float32 N x C x H x W, normalised: (pixel / 255 - mean) / std per channel",
-        "channels": lm.in_channels,
-        "channel_order": "RGB" if lm.in_channels == 3 else "grey" if lm.in_channels == 1 else f"{lm.in_channels} channels",
-        "image_size": lm.image_size,
-        "mean": list(lm.mean),
-        "std": list(lm.std),
-        "resize": (f"shorter side to {lm.resize_size} ({lm.interpolation}, antialiased), centre crop {lm.image_size}"
-                   if lm.resize_size else f"to {lm.image_size}x{lm.image_size} (bilinear, antialiased)"),
+        "channels": pre.channels,
+        "channel_order": "RGB" if pre.channels == 3 else "grey" if pre.channels == 1 else f"{pre.channels} channels",
+        "image_size": pre.size,
+        "mean": list(pre.mean),
+        "std": list(pre.std),
+        "resize": (f"shorter side to {pre.resize} ({pre.interpolation}, antialiased), centre crop {pre.size}"
+                   if pre.resize else f"to {pre.size}x{pre.size} (bilinear, antialiased)"),
     }
     return doc
 
@@ -47,11 +48,11 @@ def model_card(lm) -> dict[str, str]:
     """The metadata stored with an exported model (string values, JSON where structured)."""
     return {
         "producer": "cnntools",
-        "arch": lm.arch,
+        "arch": lm.meta.arch_name,
         "classes": json.dumps(lm.classes),
         "preprocessing": json.dumps(preprocessing(lm)),
         "source": lm.source,
-        "data": json.dumps(lm.data.to_json()),
+        "data": json.dumps(lm.meta.data.to_json()),
         "metrics": json.dumps({k: v for k, v in lm.meta.metrics.items()
                                if isinstance(v, (int, float, str, bool)) or v is None}),
     }
@@ -61,7 +62,7 @@ def _example(lm, batch: int = EXAMPLE_BATCH):
     import torch
 
     generator = torch.Generator().manual_seed(0)
-    return torch.randn(batch, lm.in_channels, lm.image_size, lm.image_size, generator=generator)
+    return torch.randn(batch, *lm.preprocessing.shape, generator=generator)
 
 
 @contextlib.contextmanager
@@ -93,7 +94,7 @@ def export_onnx(lm, path: str, opset: int | None = None) -> None:
     except Exception as error:  # noqa: BLE001 - the exporter's many failure kinds, as one line
         raise CnnError(f"{lm.source}: torch.onnx.export failed ({type(error).__name__}: {_first(error)})") from None
     program.model.metadata_props.update(model_card(lm))
-    program.model.doc_string = f"{lm.arch} exported by cnntools; preprocessing and classes in metadata_props"
+    program.model.doc_string = f"{lm.meta.arch_name} exported by cnntools; preprocessing and classes in metadata_props"
     program.save(path, external_data=False)
 
 

@@ -34,9 +34,9 @@ def _read(path: str, lm) -> tuple[torch.Tensor, torch.Tensor]:
     """(raw 1×C×H×W, fitted C×H×W) uint8 of one image: decoded, then fitted (channels, size,
     or torchvision's resize + centre crop from the full image). Fitting is per image because
     the files differ in size, and done once: torchvision's resize + crop is not idempotent."""
-    size = None if lm.preprocessing.resize is not None else lm.image_size
-    raw = read_uint8(path, lm.in_channels, size)
-    return raw, lm.preprocessing.fit(raw)[0]
+    pre = lm.preprocessing
+    raw = read_uint8(path, pre.channels, None if pre.resize is not None else pre.size)
+    return raw, pre.fit(raw)[0]
 
 
 def batches(lm, paths: list[str], batch_size: int, on_skip: Callable[[str, str], None],
@@ -69,7 +69,7 @@ def predict_images(lm, paths: list[str], batch_size: int, top_k: int, precision:
 
     fitted = lm.preprocessing.for_fitted()
     for names, images in batches(lm, paths, batch_size, on_skip, on_image):
-        logits = predict(lm.model, images, fitted, batch_size=batch_size, precision=precision, arch=lm.arch)
+        logits = predict(lm.model, images, fitted, batch_size=batch_size, precision=precision, arch=lm.meta.arch_name)
         probs = torch.softmax(logits, 1)
         k = min(top_k, probs.shape[1])
         values, indices = probs.topk(k, dim=1)

@@ -183,7 +183,7 @@ def fit_batch(model, sample_shape: tuple[int, ...], batch_size: int, device, wha
 
 def fit_model_batch(lm, batch_size: int, training: bool = False, keep: tuple[str, ...] = ()) -> int:
     """`fit_batch` for a loaded model (`cnntools.checkpoint.LoadedModel`) at its own input size."""
-    return fit_batch(lm.model, (lm.in_channels, lm.image_size, lm.image_size), batch_size, lm.device, lm.source,
+    return fit_batch(lm.model, lm.preprocessing.shape, batch_size, runtime.module_device(lm.model), lm.source,
                      training=training, keep=keep)
 
 

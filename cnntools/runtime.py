@@ -212,6 +212,18 @@ def resolve_device(spec: str = "auto"):
     return torch.device(spec)
 
 
+def module_device(model):
+    """The device a model's weights are on (its first parameter's, else its first buffer's;
+    the CPU for a model that holds neither)."""
+    import torch
+
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
 def _mps_available() -> bool:
     import torch
 

@@ -24,6 +24,7 @@ from cnntools.checkpoint import (
     unpack,
 )
 from cnntools.cli import app
+from cnntools.preprocessing import Preprocessing
 from cnntools.models import create_model
 from cnntools.output import CnnError
 
@@ -58,9 +59,9 @@ def test_round_trip_rebuilds_the_model_from_the_file_alone(tmp_path):
     with torch.no_grad():
         assert torch.equal(lm.model(x), model(x))
     assert not lm.model.training
-    assert lm.classes == CLASSES and lm.mean == [0.5] * 3 and lm.std == [0.25] * 3
-    assert lm.image_size == 32 and lm.in_channels == 3 and lm.arch == "lenet"
-    assert lm.data.spec == "digits" and lm.meta.train_config["seed"] == 3
+    assert lm.classes == CLASSES and lm.preprocessing == Preprocessing((0.5,) * 3, (0.25,) * 3, 32, 3)
+    assert lm.meta.arch_name == "lenet" and lm.source == str(path)
+    assert lm.meta.data.spec == "digits" and lm.meta.train_config["seed"] == 3
     assert lm.meta.history == [{"epoch": 1, "train_loss": 1.0}]
     # The metadata is plain safetensors string metadata holding JSON.
     from safetensors import safe_open
@@ -75,9 +76,9 @@ def test_prepare_resizes_converts_and_normalises():
     model = create_model("simple-cnn", 3, 16, 10)
     from cnntools.checkpoint import LoadedModel
 
-    lm = LoadedModel(model, "simple-cnn", CLASSES, [0.5] * 3, [0.25] * 3, 16, 3, {}, {}, device=torch.device("cpu"))
+    lm = LoadedModel.from_meta(model, _meta("simple-cnn", size=16), "m")
     images = torch.full((2, 1, 8, 8), 255, dtype=torch.uint8)
-    x = lm.preprocessing(images, lm.device)
+    x = lm.preprocessing(images)
     assert x.shape == (2, 3, 16, 16) and x.dtype == torch.float32
     assert torch.allclose(x, torch.full_like(x, (1.0 - 0.5) / 0.25))
 
@@ -137,7 +138,7 @@ def test_resume_state_is_stored_beside_the_weights(tmp_path):
     state = resume_state(tensors, meta)
     assert state["epoch"] == 2 and torch.equal(state["rng"], torch.get_rng_state())
     lm = load_model(str(path))  # the resume tensors do not disturb loading
-    assert lm.arch == "lenet"
+    assert lm.meta.arch_name == "lenet"
     plain = tmp_path / "p.safetensors"
     save_checkpoint(str(plain), model, _meta())
     with pytest.raises(CnnError, match="no resume state"):
@@ -221,10 +222,10 @@ def test_torchvision_model_from_the_hub_cache(tmp_path, monkeypatch):
     torch.save(reference.state_dict(), folder / "resnet18-f37072fd.pth")
     lm = load_model("torchvision:resnet18")
     assert len(lm.classes) == 1000 and lm.classes[0] == "tench"
-    assert lm.image_size == 224 and lm.resize_size == 256
-    assert lm.mean == [0.485, 0.456, 0.406] and lm.std == [0.229, 0.224, 0.225]
+    assert lm.preprocessing == Preprocessing((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 224, 3, resize=256)
+    assert lm.label == lm.source == "torchvision:resnet18"
     images = torch.randint(0, 256, (2, 3, 300, 400), dtype=torch.uint8)
-    x = lm.preprocessing(images, lm.device)
+    x = lm.preprocessing(images)
     assert x.shape == (2, 3, 224, 224)
     with torch.no_grad():
         assert torch.equal(lm.model(x), reference(x))
@@ -238,7 +239,7 @@ def test_torchvision_model_from_the_hub_cache(tmp_path, monkeypatch):
     rows = json.loads(result.stdout)["predictions"]
     assert [r["rank"] for r in rows] == [1, 2, 3]
     with torch.no_grad():
-        expected = torch.softmax(reference(lm.preprocessing(images[:1], lm.device)), 1)[0].topk(3)
+        expected = torch.softmax(reference(lm.preprocessing(images[:1])), 1)[0].topk(3)
     assert [r["index"] for r in rows] == expected.indices.tolist()
     assert rows[0]["class"] == lm.classes[expected.indices[0]]
 

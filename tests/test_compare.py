@@ -33,6 +33,7 @@ def labelled(tmp_path_factory):
 
 def test_logit_columns_equal_a_forward_pass(cli, labelled, tmp_path):
     from cnntools.checkpoint import load_model
+    from cnntools.data import load_for_model
 
     preds = tmp_path / "p.csv"
     result = cli("eval", labelled[0], "-o", preds, "--logits", "-q", "--precision", "fp32", "--device", "cpu")
@@ -42,9 +43,9 @@ def test_logit_columns_equal_a_forward_pass(cli, labelled, tmp_path):
     names = [f"logit_{c}" for c in lm.classes]
     assert list(rows[0])[:2] == ["model", "data"] and list(rows[0])[-len(names):] == names
     assert {r["model"] for r in rows} == {"baseline run"} and {r["data"] for r in rows} == {"digits:test"}
-    test = lm.load_split("test")
+    test = load_for_model(lm.meta.data, "test", lm.preprocessing, lm.classes)
     with torch.inference_mode():
-        expected = lm.model(lm.preprocessing(test.images, lm.device)).float()
+        expected = lm.model(lm.preprocessing(test.images)).float()
     got = torch.tensor([[float(r[n]) for n in names] for r in rows])
     assert torch.allclose(got, expected, atol=1e-5)
     assert [int(r["pred"]) for r in rows] == expected.argmax(1).tolist()
@@ -98,11 +99,12 @@ def test_labels_head_multi_model_tables_and_logit_figures(cli, labelled, tmp_pat
     panels, models = seen["bars"]
     assert models == ["baseline run", "mlp bs=64+no-aug"] and [p["name"] for p in panels] == ["digits:test #0", "digits:test #1"]
     from cnntools.checkpoint import load_model
+    from cnntools.data import load_for_model
 
     lm = load_model(str(labelled[1]))
-    test = lm.load_split("test")
+    test = load_for_model(lm.meta.data, "test", lm.preprocessing, lm.classes)
     with torch.inference_mode():
-        expected = lm.model(lm.preprocessing(test.images[:2], lm.device)).float()
+        expected = lm.model(lm.preprocessing(test.images[:2])).float()
     assert torch.allclose(torch.tensor([p["logits"][1] for p in panels]), expected, atol=1e-5)
     assert seen["hist"] == (["baseline run", "mlp bs=64+no-aug"], "Raw outputs on digits:test (359 images)", True)
     assert (tmp_path / "bars.png").read_bytes()[:4] == b"\x89PNG"
@@ -156,6 +158,7 @@ def test_all_zero_map_is_drawn_with_a_warning(cli, digits_checkpoint, tmp_path, 
 
 def test_featmaps_channels_by_number_and_layers_without_weights(cli, digits_checkpoint, tmp_path):
     from cnntools.checkpoint import load_model
+    from cnntools.data import load_for_model
     from cnntools.inference import forward_batches
 
     out = tmp_path / "f.png"
@@ -166,7 +169,8 @@ def test_featmaps_channels_by_number_and_layers_without_weights(cli, digits_chec
     (layer,) = result.json()["layers"]
     assert layer["channels"] == [5, 0, 1, 2] and layer["chosen"] == "given"
     lm = load_model(str(digits_checkpoint))
-    (batch,) = forward_batches(lm.model, lm.load_split("test").images[:1], lm.preprocessing, layers=["features.1"])
+    test = load_for_model(lm.meta.data, "test", lm.preprocessing, lm.classes)
+    (batch,) = forward_batches(lm.model, test.images[:1], lm.preprocessing, layers=["features.1"])
     assert batch.activations["features.1"].shape[1] > 5
     bad = cli("featmaps", digits_checkpoint, "-l", "features.1", "--channels", "999", "--device", "cpu")
     assert bad.exit_code == 1 and "999" in bad.stderr

@@ -141,14 +141,15 @@ def test_from_checkpoint_matches_manual_predictions(patch_checkpoint):
     import torch
 
     from cnntools.checkpoint import load_model
+    from cnntools.data import load_for_model
 
     result = invoke(["confusion", str(patch_checkpoint), "--format", "json", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     lm = load_model(str(patch_checkpoint), "cpu")
-    test = lm.load_split("test")
+    test = load_for_model(lm.meta.data, "test", lm.preprocessing, lm.classes)
     with torch.inference_mode():
-        preds = lm.model(lm.preprocessing(test.images, lm.device)).argmax(1).numpy()
+        preds = lm.model(lm.preprocessing(test.images)).argmax(1).numpy()
     np.testing.assert_array_equal(doc["counts"], sk_confusion(test.labels.numpy(), preds, labels=range(4)))
     assert doc["classes"] == ["top-left", "top-right", "bottom-left", "bottom-right"]
     assert doc["accuracy"] > 0.5

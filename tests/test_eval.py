@@ -102,9 +102,11 @@ def test_eval_json_equals_scikit_learn_on_its_own_predictions(cli, trained, tmp_
     assert doc["loss"] == pytest.approx(np.mean([float(r["loss"]) for r in rows]), abs=1e-5)
     # And the same numbers come from the library on the same model and data.
     from cnntools.checkpoint import load_model
+    from cnntools.data import load_for_model
 
     lm = load_model(str(model))
-    logits = predict(lm.model, lm.load_split("test").images, lm.preprocessing, batch_size=50, precision="fp32")
+    test = load_for_model(lm.meta.data, "test", lm.preprocessing, lm.classes)
+    logits = predict(lm.model, test.images, lm.preprocessing, batch_size=50, precision="fp32")
     assert torch.equal(logits.argmax(1), torch.as_tensor(p))
 
 
@@ -178,7 +180,7 @@ def test_other_split_and_dataset_override(cli, trained):
 def test_predict_matches_a_plain_forward_in_every_precision_layout():
     """predict's fast path (uint8 → float in the model's memory format, channels_last under
     bf16) computes what a plain normalise-then-forward loop computes."""
-    from cnntools.inference import Preprocessing
+    from cnntools.preprocessing import Preprocessing
     from cnntools.models import create_model
 
     torch.manual_seed(0)

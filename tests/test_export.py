@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from cnntools.checkpoint import load_model, read_checkpoint
+from cnntools.data import load_for_model
 from interpret_fixtures import train_checkpoint
 
 DATA = "fake:24,size=32,channels=1,classes=3"
@@ -21,8 +22,8 @@ def lenet(tmp_path_factory, one_torch_thread):
 
 
 def _digits_inputs(lm, n=10):
-    imageset = lm.load_split("test")
-    return lm.preprocessing(imageset.images[:n], lm.device).float()
+    imageset = load_for_model(lm.meta.data, "test", lm.preprocessing, lm.classes)
+    return lm.preprocessing(imageset.images[:n]).float()
 
 
 def test_onnx_matches_pytorch_with_dynamic_batch(cli, lenet, tmp_path):
@@ -52,7 +53,7 @@ def test_onnx_matches_pytorch_with_dynamic_batch(cli, lenet, tmp_path):
     props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert json.loads(props["classes"]) == lm.classes and props["arch"] == "lenet"
     pre = json.loads(props["preprocessing"])
-    assert pre["mean"] == pytest.approx(lm.mean) and pre["std"] == pytest.approx(lm.std) and pre["image_size"] == 32
+    assert pre["mean"] == pytest.approx(lm.preprocessing.mean) and pre["std"] == pytest.approx(lm.preprocessing.std) and pre["image_size"] == 32
 
 
 def test_pt2_round_trip(cli, lenet, tmp_path):

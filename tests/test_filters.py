@@ -13,7 +13,8 @@ from torch import nn
 from typer.testing import CliRunner
 
 from cnntools.cli import app
-from cnntools.inference import Preprocessing, forward_batches
+from cnntools.inference import forward_batches
+from cnntools.preprocessing import Preprocessing
 from cnntools.interpret import filters as flt
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -108,12 +109,13 @@ def test_cli_kernels_and_top_images(checkpoint, tmp_path):
 
     # The scores are the brute-force max of the filter's post-ReLU map on those images.
     from cnntools.checkpoint import load_model
+    from cnntools.data import load_for_model
 
     lm = load_model(str(checkpoint), "cpu")
-    test = lm.load_split("test")
+    test = load_for_model(lm.meta.data, "test", lm.preprocessing, lm.classes)
     e = doc["top"][1]
     with torch.no_grad():
-        maps = torch.relu(lm.model.features[:7](lm.preprocessing(test.images[e["indices"]], lm.device)))[:, 3]
+        maps = torch.relu(lm.model.features[:7](lm.preprocessing(test.images[e["indices"]])))[:, 3]
     torch.testing.assert_close(maps.flatten(1).amax(1), torch.tensor(e["scores"]), atol=1e-4, rtol=1e-4)
 
     result = runner.invoke(app, ["filters", str(checkpoint), "-l", "features.1"], prog_name="cnntools")

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from cnntools import inference
-from cnntools.inference import Preprocessing, capture_activations, forward_batches, predict
+from cnntools.inference import capture_activations, forward_batches, predict
+from cnntools.preprocessing import Preprocessing
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -229,22 +230,19 @@ def test_featmaps_and_saliency_outputs_at_bf16_differ_from_fp32_only_within_its_
 def test_a_model_with_a_resize_rule_fits_dataset_images_once():
     """torchvision's resize + centre crop is not idempotent: a dataset's images go through it
     exactly once on their way to the model (eval, confusion, filters, ... all feed
-    `lm.load_split` images to `forward_batches`), as they do for image files."""
-    from cnntools.checkpoint import LoadedModel
+    `load_for_model` images to `forward_batches`), as they do for image files."""
     from cnntools.checkpoint.metadata import DataRecipe
-    from cnntools.data import load_split
+    from cnntools.data import load_for_model, load_split
 
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 10)).eval()
-    classes = [f"class{i}" for i in range(10)]
-    lm = LoadedModel(model, "x", classes, list(MEAN), list(STD), 20, 3, None, DataRecipe("fake:20"),
-                     device=torch.device("cpu"), resize_size=24)
-    native = load_split("fake:20", "test").images
-    once = Preprocessing(MEAN, STD, 20, 3, resize=24)(native)
+    native = load_split("fake:20", "test")
+    preprocessing = Preprocessing(MEAN, STD, 20, 3, resize=24)
+    once = preprocessing(native.images)
     assert once.shape[2:] == (20, 20)
     with torch.no_grad():
         expected = model(once)
-    got = predict(lm.model, lm.load_split("test").images, lm.preprocessing)
+    got = predict(model, load_for_model(DataRecipe("fake:20"), "test", preprocessing, native.classes).images, preprocessing)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     # Images fitted already (eval --image fits each file as it reads it) are not fitted again.
-    torch.testing.assert_close(predict(model, Preprocessing(MEAN, STD, 20, 3, resize=24).fit(native),
-                                       lm.preprocessing.for_fitted()), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(predict(model, preprocessing.fit(native.images), preprocessing.for_fitted()),
+                               expected, rtol=1e-5, atol=1e-5)

@@ -20,7 +20,7 @@ from test_startup import HEAVY, run_wrapped
 def trained(tmp_path_factory, one_torch_thread):
     """A real 3-epoch run (digits at 8x8) with its trainer's history."""
     from cnntools import output
-    from cnntools.engine import TrainConfig, Trainer, load_training_data
+    from cnntools.training import TrainConfig, Trainer, load_training_data
 
     path = tmp_path_factory.mktemp("info") / "run.safetensors"
     output.configure(quiet=True)

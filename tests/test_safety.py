@@ -96,7 +96,7 @@ def test_kill_9_mid_checkpoint_write_keeps_the_previous_checkpoint(cli, tmp_path
     # The half-written temporary file is what the kill interrupted; the target is untouched.
     assert temporary.parent == tmp_path and temporary.exists() and temporary.name.startswith(".run.safetensors.")
     lm = load_model(str(out))
-    assert lm.arch == "simple-cnn" and [r["epoch"] for r in lm.meta.history] == [1]
+    assert lm.meta.arch_name == "simple-cnn" and [r["epoch"] for r in lm.meta.history] == [1]
     state = resume_state(*read_checkpoint(str(out)))
     assert (state["epoch"], state["batch"]) == (1, 0)
     # ... and it is the real epoch-1 checkpoint: resuming it ends where an uninterrupted run ends.

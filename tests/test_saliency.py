@@ -47,10 +47,11 @@ def patch_model_and_data():
     from interpret_fixtures import cached_checkpoint
 
     from cnntools.checkpoint import load_model
+    from cnntools.data import load_for_model
 
     lm = load_model(cached_checkpoint("patch"), "cpu")
-    test = lm.load_split("test")
-    return lm.model, lm.preprocessing(test.images, lm.device), test.labels, test.meta["patch_boxes"].tolist()
+    test = load_for_model(lm.meta.data, "test", lm.preprocessing, lm.classes)
+    return lm.model, lm.preprocessing(test.images), test.labels, test.meta["patch_boxes"].tolist()
 
 
 @pytest.mark.parametrize("method", sal.CAM_METHODS)
@@ -222,8 +223,10 @@ def test_cli_on_fake_patch_checkpoint(checkpoint, tmp_path):
     from safetensors.torch import load_file
 
     from cnntools.checkpoint import load_model
+    from cnntools.data import load_for_model
 
-    boxes = load_model(checkpoint, "cpu").load_split("test").meta["patch_boxes"]
+    lm = load_model(checkpoint, "cpu")
+    boxes = load_for_model(lm.meta.data, "test", lm.preprocessing, lm.classes).meta["patch_boxes"]
     for method in ("gradcam", "gradient"):
         maps_file = tmp_path / f"{method}.safetensors"
         png = tmp_path / f"{method}.png"
@@ -290,6 +293,7 @@ def test_auto_layer_is_the_rectified_last_conv_so_confident_maps_are_not_blank(t
     from interpret_fixtures import cached_checkpoint
 
     from cnntools.checkpoint import load_model
+    from cnntools.data import load_for_model
     from cnntools.interpret.activations import cam_layer_name
     from cnntools.models import create_model
 
@@ -304,7 +308,7 @@ def test_auto_layer_is_the_rectified_last_conv_so_confident_maps_are_not_blank(t
     assert (maps.flatten(1).amax(1) > 0).all()
     # The raw conv output itself leaves most of these maps blank: the choice matters.
     lm = load_model(checkpoint, "cpu")
-    x = lm.preprocessing(lm.load_split("test").images[:32], lm.device)
+    x = lm.preprocessing(load_for_model(lm.meta.data, "test", lm.preprocessing, lm.classes).images[:32])
     targets = [row["target"] for row in json.loads(result.stdout)["images"]]
     raw = sal.saliency_maps(lm.model, x, targets, method="gradcam", layer="features.6")
     assert (raw.flatten(1).amax(1) > 0).float().mean() < 0.5
@@ -361,6 +365,7 @@ def test_cli_saves_raw_gradients_and_reports_their_peak(checkpoint, tmp_path):
     from safetensors import safe_open
 
     from cnntools.checkpoint import load_model
+    from cnntools.data import load_for_model
 
     maps_file = tmp_path / "maps.safetensors"
     result = invoke(["saliency", checkpoint, "-m", "gradient", "-i", "0-2", "--format", "json", "--device", "cpu",
@@ -372,7 +377,7 @@ def test_cli_saves_raw_gradients_and_reports_their_peak(checkpoint, tmp_path):
         maps = f.get_tensor("maps")
         assert f.metadata()["values"] == doc["values"]
     lm = load_model(checkpoint, "cpu")
-    split = lm.load_split("test")
+    split = load_for_model(lm.meta.data, "test", lm.preprocessing, lm.classes)
     expected = _loss_gradient_float64(lm.model, lm.preprocessing(split.images[:3]), split.labels[:3].tolist()).abs().amax(1)
     for got, want in zip(maps, expected):
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3 * float(want.max()))

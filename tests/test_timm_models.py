@@ -76,10 +76,11 @@ def test_pretrained_from_local_cache_only(cli, tmp_path, monkeypatch):
         torch.testing.assert_close(value, state[key], rtol=0, atol=0)
     # timm's data config for the model: 160 px crop at crop_pct 0.95, mean/std 0.5, bilinear
     config = timm.data.resolve_data_config({}, model=lm.model)
-    assert lm.image_size == config["input_size"][-1] == 160
-    assert lm.resize_size == int(160 / config["crop_pct"])
-    assert lm.mean == list(config["mean"]) and lm.std == list(config["std"])
-    assert lm.interpolation == config["interpolation"]
+    pre = lm.preprocessing
+    assert pre.size == config["input_size"][-1] == 160 and pre.channels == 3
+    assert pre.resize == int(160 / config["crop_pct"])
+    assert pre.mean == tuple(config["mean"]) and pre.std == tuple(config["std"])
+    assert pre.interpolation == config["interpolation"]
     assert len(lm.classes) == 1000 and lm.classes[0] == "tench"
 
     # fine-tuning from the cached weights: everything but the new classifier is copied

@@ -117,7 +117,7 @@ def test_both_engines_separate_obvious_clusters(method):
 def test_layer_features_hooks_the_classifier_input_and_named_layers():
     import torch
 
-    from cnntools.inference import Preprocessing
+    from cnntools.preprocessing import Preprocessing
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3)).eval()

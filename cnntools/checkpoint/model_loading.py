@@ -3,14 +3,15 @@ architecture rebuilt from the metadata, weights checked against it, then loaded.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from cnntools import files
 from cnntools.checkpoint.file_format import model_state, read_checkpoint
-from cnntools.checkpoint.metadata import CheckpointMeta, DataRecipe
+from cnntools.checkpoint.metadata import CheckpointMeta
+from cnntools.preprocessing import Preprocessing
 from cnntools.output import CnnError, first_line
 
 TORCHVISION_PREFIX = "torchvision:"
@@ -61,90 +62,35 @@ def model_code(meta: CheckpointMeta, name: str = "checkpoint", trust_code: bool 
     return user_code.from_record(record, trust_code, name)
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoadedModel:
-    """A model ready to run, with everything needed to feed it and read its outputs.
+    """A model ready to run: the module (eval mode, on the device it was loaded to), how
+    images become its input, what its outputs are, and the name it is shown under; `meta`
+    and `source` say where it came from (architecture, data recipe, training record; the file).
 
     Running it is `cnntools.inference.predict(lm.model, images, lm.preprocessing, ...)` (or
-    `forward_batches` for captured layers)."""
+    `forward_batches` for captured layers); its data is
+    `cnntools.data.load_for_model(lm.meta.data, split, lm.preprocessing, lm.classes, ...)`.
+    """
 
-    model: Any  # torch.nn.Module, eval mode, on `device`
-    arch: str
+    model: Any  # torch.nn.Module
+    preprocessing: Preprocessing
     classes: list[str]
-    mean: list[float]
-    std: list[float]
-    image_size: int
-    in_channels: int
+    label: str  # the run's name in figures and tables (see `cnntools.runs.model_label`)
     meta: CheckpointMeta
-    data: DataRecipe
-    device: Any = None
-    source: str = ""
-    resize_size: int | None = None  # torchvision: shorter side resized to this, then centre-cropped
-    interpolation: str = "bilinear"  # of that resize (timm's data config may say bicubic)
-    state: dict = field(default_factory=dict, repr=False)
+    source: str = ""  # the file (or torchvision:NAME, timm:NAME) as messages name it
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def label(self) -> str:
-        """The run's name in figures and tables (see `cnntools.runs.model_label`)."""
+    @classmethod
+    def from_meta(cls, model, meta: CheckpointMeta, source: str, resize: int | None = None,
+                  interpolation: str = "bilinear") -> LoadedModel:
+        """The loaded `model` described by its metadata: the preprocessing from its mean, std,
+        channels and size (`resize`, `interpolation`: a published model's resize rule, which
+        a checkpoint never carries)."""
         from cnntools.runs import model_label
 
-        return model_label(self.meta.to_json(), self.source)
-
-    @property
-    def preprocessing(self):
-        """How images become this model's input (a `cnntools.inference.Preprocessing`)."""
-        from cnntools.inference import Preprocessing
-
-        return Preprocessing(tuple(self.mean), tuple(self.std), self.image_size, self.in_channels,
-                             self.resize_size, self.interpolation)
-
-    def load_split(self, split: str, data_override: str | None = None, data_dir: str | None = None, download: bool = False):
-        """The split of the model's own dataset (or `data_override`), fitted to the model (for a
-        model with a resize rule, at the dataset's own size: `preprocessing` fits it).
-
-        Labels are mapped onto the model's classes by name when the dataset names them in
-        another order; a dataset whose classes the model does not know is refused unless its
-        class count matches (then labels are taken as indices, with a warning).
-        """
-        from dataclasses import replace
-
-        from cnntools.data import load_split
-        from cnntools.output import warn
-
-        spec = data_override or self.data.spec
-        if not spec:
-            raise CnnError(f"{self.source}: no dataset recorded in the model; name one with --data")
-        same = data_override is None or data_override == self.data.spec
-        data_dir = data_dir if data_dir is not None else (self.data.data_dir if same else None)
-        val_split = self.data.val_split if same else 0.0
-        seed = self.data.seed if same else 0
-        # Folders decode straight to the model's size (the same decoding as `eval --image`).
-        size = self.image_size if self.resize_size is None else None
-        imageset = load_split(spec, split, data_dir=data_dir, download=download, val_split=val_split, seed=seed,
-                              image_size=size)
-        if imageset.classes != self.classes:
-            index = {name: i for i, name in enumerate(self.classes)}
-            if all(name in index for name in imageset.classes):
-                mapping = torch.tensor([index[name] for name in imageset.classes], dtype=torch.long)
-                imageset = replace(imageset, labels=mapping[imageset.labels], classes=list(self.classes))
-            elif len(imageset.classes) == len(self.classes):
-                warn(f"{spec} names its classes differently from the model's; labels are compared by index")
-                imageset = replace(imageset, classes=list(self.classes))
-            else:
-                raise CnnError(
-                    f"{spec} has {len(imageset.classes)} classes that the model ({len(self.classes)} classes) does not know; "
-                    "evaluate on the dataset the model was trained on, or one with the same class names"
-                )
-        if self.resize_size is not None:
-            # torchvision's resize + centre crop is not idempotent: the forward passes fit the
-            # images (once), batch by batch; fitted here they would be zoomed in twice.
-            return imageset
-        shape = (self.in_channels, self.image_size, self.image_size)
-        return imageset.transformed(self.preprocessing.fit, shape) if tuple(imageset.images.shape[1:]) != shape else imageset
+        preprocessing = Preprocessing(tuple(meta.mean), tuple(meta.std), meta.image_size, meta.in_channels,
+                                      resize, interpolation)
+        return cls(model, preprocessing, list(meta.classes), model_label(meta.to_json(), source), meta, source)
 
 
 def load_model(spec: str, device="cpu", data: bytes | None = None, trust_code: bool = False,
@@ -160,9 +106,7 @@ def load_model(spec: str, device="cpu", data: bytes | None = None, trust_code: b
     if spec.startswith(TORCHVISION_PREFIX):
         return _load_torchvision(spec[len(TORCHVISION_PREFIX):], device)
     if spec.startswith("timm:"):
-        from cnntools.models.timm_models import load_pretrained_model
-
-        return load_pretrained_model(spec[len("timm:"):], device, download)
+        return _load_timm(spec[len("timm:"):], device, download)
     name = files.display_name(spec)
     tensors, meta = read_checkpoint(spec, data)
     weights = model_state(tensors)
@@ -175,20 +119,7 @@ def load_model(spec: str, device="cpu", data: bytes | None = None, trust_code: b
         first = str(error).strip().splitlines()[-1].strip()
         raise CnnError(f"{name}: weights do not fit architecture {meta.arch_name} ({first})") from None
     model.to(device).eval()
-    return LoadedModel(
-        model=model,
-        arch=meta.arch_name,
-        classes=list(meta.classes),
-        mean=list(meta.mean),
-        std=list(meta.std),
-        image_size=meta.image_size,
-        in_channels=meta.in_channels,
-        meta=meta,
-        data=meta.data,
-        device=device,
-        source=name,
-        state=tensors,
-    )
+    return LoadedModel.from_meta(model, meta, name)
 
 
 def check_weights(meta: CheckpointMeta, weights: dict, name: str = "checkpoint", trust_code: bool = False, code=None) -> None:
@@ -243,20 +174,24 @@ def _load_torchvision(name: str, device) -> LoadedModel:
         metrics=dict(weights.meta.get("_metrics", {}).get("ImageNet-1K", {})),
         extra={"weights": str(weights), "resize_size": resize},
     )
-    return LoadedModel(
-        model=model,
-        arch=f"torchvision:{name}",
-        classes=categories,
-        mean=list(preprocess.mean),
-        std=list(preprocess.std),
-        image_size=crop,
-        in_channels=3,
-        meta=meta,
-        data=meta.data,
-        device=device,
-        source=f"torchvision:{name}",
-        resize_size=resize,
+    return LoadedModel.from_meta(model, meta, f"torchvision:{name}", resize=resize)
+
+
+def _load_timm(name: str, device, download: bool) -> LoadedModel:
+    """`timm:NAME` as a ready model (like `torchvision:NAME`): its pretrained weights from the
+    local cache, its class names, and the preprocessing of timm's data config."""
+    from cnntools.models.timm_models import pretrained_model
+
+    model, about = pretrained_model(name, device, download)
+    arch = f"timm:{name}"
+    meta = CheckpointMeta(
+        format="timm",
+        arch={"arch": arch, "in_channels": about["in_channels"], "image_size": about["image_size"],
+              "num_classes": about["num_classes"]},
+        classes=about["classes"], mean=about["mean"], std=about["std"],
+        extra={"resize_size": about["resize"], "interpolation": about["interpolation"], "weights": about["weights"]},
     )
+    return LoadedModel.from_meta(model, meta, arch, resize=about["resize"], interpolation=about["interpolation"])
 
 
 def load_architecture(spec: str, device="cpu", trust_code: bool = False) -> tuple[Any, int, int]:

@@ -29,6 +29,7 @@ def _from_checkpoint(source, data, data_dir, split, download, batch_size, device
     import numpy as np
 
     from cnntools.checkpoint import load_model
+    from cnntools.data import load_for_model
     from cnntools.inference import predict
     from cnntools.runtime import resolve_device, resolve_precision, seed_everything
 
@@ -42,9 +43,10 @@ def _from_checkpoint(source, data, data_dir, split, download, batch_size, device
     from cnntools.memory import fit_model_batch
 
     batch_size = fit_model_batch(lm, batch_size)
-    imageset = lm.load_split(split, data_override=data, data_dir=data_dir, download=download)
+    imageset = load_for_model(lm.meta.data, split, lm.preprocessing, lm.classes, data=data, data_dir=data_dir,
+                              download=download, name=lm.source)
     output.info(f"Running {lm.label} on {imageset.spec}:{imageset.split} ({len(imageset)} images)")
-    logits = predict(lm.model, imageset.images, lm.preprocessing, batch_size=batch_size, device=dev, precision=prec, arch=lm.arch)
+    logits = predict(lm.model, imageset.images, lm.preprocessing, batch_size=batch_size, device=dev, precision=prec, arch=lm.meta.arch_name)
     labels = imageset.labels
     preds = logits.argmax(1).numpy().astype(np.int64)
     return (

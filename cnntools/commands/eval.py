@@ -144,19 +144,21 @@ def _evaluate(lm, label, data, data_dir, split, download, batch_size, top_k, pre
 
     import torch.nn.functional as F
 
+    from cnntools.data import load_for_model
     from cnntools.inference import predict
     from cnntools.metrics import classification_metrics
 
-    if data is None and not lm.data.spec:
+    if not data and not lm.meta.data.spec:
         raise output.CnnError(f"{lm.source} records no dataset; name one with --data, or use --image FILE")
-    imageset = lm.load_split(split, data_override=data, data_dir=data_dir, download=download)
+    imageset = load_for_model(lm.meta.data, split, lm.preprocessing, lm.classes, data=data, data_dir=data_dir,
+                              download=download, name=lm.source)
     if len(imageset) == 0:
         raise output.CnnError(f"the {split} split of {imageset.spec} is empty")
     progress = _progress(f"{lm.source}", len(imageset))
     start = time.perf_counter()
     try:
         logits = predict(lm.model, imageset.images, lm.preprocessing, batch_size=batch_size, precision=precision,
-                         arch=lm.arch, progress=(lambda n: progress.update(progress.task_ids[0], completed=n)) if progress else None)
+                         arch=lm.meta.arch_name, progress=(lambda n: progress.update(progress.task_ids[0], completed=n)) if progress else None)
     finally:
         if progress is not None:
             progress.stop()
@@ -193,8 +195,8 @@ def _evaluate(lm, label, data, data_dir, split, download, batch_size, top_k, pre
     return {
         "model": lm.source,
         "label": label,
-        "arch": lm.arch,
-        "data": data or lm.data.spec or imageset.spec,
+        "arch": lm.meta.arch_name,
+        "data": data or lm.meta.data.spec or imageset.spec,
         "split": split,
         "images": len(imageset),
         "seconds": round(seconds, 3),
@@ -316,9 +318,11 @@ def _images(loaded, labels, paths: list[str], top_k: int, fmt: str, predictions:
 
 def _dataset_images(lm, indices: str, data, data_dir, split, download):
     """(name, label, uint8 1×C×H×W) of the split's images at `indices`, for --logits-plot."""
+    from cnntools.data import load_for_model
     from cnntools.interpret.inputs import check_indices, parse_int_list
 
-    imageset = lm.load_split(split, data_override=data, data_dir=data_dir, download=download)
+    imageset = load_for_model(lm.meta.data, split, lm.preprocessing, lm.classes, data=data, data_dir=data_dir,
+                              download=download, name=lm.source)
     picked = parse_int_list(indices)
     check_indices(picked, len(imageset), f"{imageset.spec} {split}")
     return [(f"{imageset.spec}:{split} #{i}", int(imageset.labels[i]), imageset.images[i : i + 1]) for i in picked]
@@ -336,7 +340,7 @@ def _logits_plot(loaded, short, shown, path: str, precision: str) -> None:
     for name, label, images in shown:
         values = []
         for lm in loaded:
-            values.append(predict(lm.model, images, lm.preprocessing, precision=precision, arch=lm.arch)[0].tolist())
+            values.append(predict(lm.model, images, lm.preprocessing, precision=precision, arch=lm.meta.arch_name)[0].tolist())
         panels.append({"name": name, "label": classes[label] if label is not None else None, "image": images[0],
                        "logits": values})
     save_figure(logit_bars(panels, short.labels, classes, shared=short.note("all models: ")), path)

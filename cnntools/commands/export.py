@@ -97,6 +97,7 @@ def _export_model(model, out, kind, verify, num, tolerance, opset, data, data_di
     from cnntools import export as ex
     from cnntools import files
     from cnntools.checkpoint import load_model
+    from cnntools.data import load_for_model
 
     lm = load_model(model, "cpu", trust_code=trust_code, download=download)  # exported on the CPU in fp32
     from cnntools.memory import fit_model_batch
@@ -105,17 +106,19 @@ def _export_model(model, out, kind, verify, num, tolerance, opset, data, data_di
     inputs = spec = None
     if verify:
         try:
-            imageset = lm.load_split(split, data_override=data, data_dir=data_dir, download=download)
+            imageset = load_for_model(lm.meta.data, split, lm.preprocessing, lm.classes, data=data, data_dir=data_dir,
+                                      download=download, name=lm.source)
         except CnnError as error:
             raise CnnError(f"{error} (the check of the export runs on the model's dataset; or pass --no-verify)") from None
         if len(imageset) == 0:
             raise CnnError(f"{imageset.spec} {split}: no images to check the export on; pick another --split or --no-verify")
         picked = torch.linspace(0, len(imageset) - 1, min(num, len(imageset))).round().long().unique()
-        inputs = lm.preprocessing(imageset.images[picked], lm.device).float().cpu()
+        inputs = lm.preprocessing(imageset.images[picked]).float()
         spec = f"{imageset.spec} {imageset.split}"
-    output.info(f"Exporting {lm.arch} ({lm.in_channels}x{lm.image_size}x{lm.image_size} inputs) to {kind}")
-    doc = {"model": lm.source, "output": out, "format": kind, "arch": lm.arch,
-           "input_shape": ["batch", lm.in_channels, lm.image_size, lm.image_size], "classes": len(lm.classes)}
+    arch, shape = lm.meta.arch_name, lm.preprocessing.shape
+    output.info(f"Exporting {arch} ({'x'.join(map(str, shape))} inputs) to {kind}")
+    doc = {"model": lm.source, "output": out, "format": kind, "arch": arch,
+           "input_shape": ["batch", *shape], "classes": len(lm.classes)}
     with files.atomic_path(out) as tmp:
         (ex.export_onnx(lm, tmp, opset) if kind == "onnx" else ex.export_pt2(lm, tmp))
         doc["bytes"] = os.path.getsize(tmp)

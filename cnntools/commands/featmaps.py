@@ -109,7 +109,10 @@ def main(
         if len(chosen) != 1:
             raise CnnError(f"featmaps shows one image; -i names {len(chosen)}")
         index = chosen[0]
-        imageset = lm.load_split(split, data_override=data, data_dir=data_dir, download=download)
+        from cnntools.data import load_for_model
+
+        imageset = load_for_model(lm.meta.data, split, lm.preprocessing, lm.classes, data=data, data_dir=data_dir,
+                                  download=download, name=lm.source)
         check_indices([index], len(imageset), f"{imageset.spec} {imageset.split}")
         raw = imageset.images[index : index + 1]
         label, name = int(imageset.labels[index]), f"{imageset.spec}:{imageset.split} #{index}"
@@ -121,7 +124,7 @@ def main(
     fit_model_batch(lm, 1, keep=tuple(names))  # every captured map is held until drawn
     # One image: one forward pass, whatever --batch-size says.
     (batch,) = forward_batches(lm.model, raw, lm.preprocessing, batch_size=batch_size, precision=resolve_precision(precision, dev),
-                               arch=lm.arch, layers=names)
+                               arch=lm.meta.arch_name, layers=names)
     logits, captured = batch.logits, batch.activations
     probs = torch.softmax(logits.float(), dim=1)[0].cpu()
     acts = {n: a[0].float().cpu() for n, a in captured.items()}

@@ -106,10 +106,13 @@ def main(
     ]
     doc["filters"] = rows
     if top_k > 0:
-        imageset = lm.load_split(split, data_override=data, data_dir=data_dir, download=download)
+        from cnntools.data import load_for_model
+
+        imageset = load_for_model(lm.meta.data, split, lm.preprocessing, lm.classes, data=data, data_dir=data_dir,
+                                  download=download, name=lm.source)
         output.info(f"Ranking {len(imageset)} images of {imageset.spec} {imageset.split} for filters {chosen} of {layer}")
         batches = forward_batches(lm.model, imageset.images, lm.preprocessing, batch_size=batch_size,
-                                  precision=resolve_precision(precision, dev), arch=lm.arch, layers=[layer])
+                                  precision=resolve_precision(precision, dev), arch=lm.meta.arch_name, layers=[layer])
         ranked = top_activating(layer, (batch.activations[layer] for batch in batches), chosen, k=top_k, score=score)
         top = []
         for j, f in enumerate(chosen):

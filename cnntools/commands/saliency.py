@@ -40,7 +40,10 @@ def _select_images(lm, indices, image_files, mistakes, n, data, data_dir, split,
     if image_files:
         images = read_image_files(image_files)
         return images, [-1] * len(image_files), [_model_name(p) for p in image_files], None
-    imageset = lm.load_split(split, data_override=data, data_dir=data_dir, download=download)
+    from cnntools.data import load_for_model
+
+    imageset = load_for_model(lm.meta.data, split, lm.preprocessing, lm.classes, data=data, data_dir=data_dir,
+                              download=download, name=lm.source)
     where = f"{imageset.spec} {imageset.split}"
     if mistakes:
         table = cmath.read_predictions(files.read_text(mistakes), files.display_name(mistakes))
@@ -186,11 +189,13 @@ def main(
     results = []  # one dict per (model, target) column
     for spec, lm, layer_name, model_name, batch, header in zip(models, loaded, layer_names, model_names, batches, short.labels):
         # All chosen images at the model's size at once: uint8 to draw, float32 to run.
-        runtime.check_allocation(gathered_bytes(len(raw), lm.in_channels, lm.image_size, lm.image_size, itemsize=5),
-                                 f"{lm.source}: {len(raw):,} images at {lm.image_size}×{lm.image_size}")
+        size = lm.preprocessing.size
+        runtime.check_allocation(gathered_bytes(len(raw), *lm.preprocessing.shape, itemsize=5),
+                                 f"{lm.source}: {len(raw):,} images at {size}×{size}")
         shown = lm.preprocessing.fit(raw)
-        probs = torch.softmax(predict(lm.model, raw, lm.preprocessing, batch_size=batch, precision=prec, arch=lm.arch), dim=1)
-        x = lm.preprocessing(raw, lm.device)
+        probs = torch.softmax(predict(lm.model, raw, lm.preprocessing, batch_size=batch, precision=prec,
+                                      arch=lm.meta.arch_name), dim=1)
+        x = lm.preprocessing(raw, dev)
         preds = probs.argmax(1).tolist()
         # Labels are indices into the first model's classes; map them by name for the others.
         index = {name: k for k, name in enumerate(lm.classes)}
@@ -299,7 +304,7 @@ def _target_specs(target: str, classes) -> list[str]:
 
 
 def _where(lm, data, split) -> str:
-    return f"{data or lm.data.spec or 'data'}:{split}"
+    return f"{data or lm.meta.data.spec or 'data'}:{split}"
 
 
 def _warn_flat(maps, names, targets, classes, model_name, method, layer_name) -> None:

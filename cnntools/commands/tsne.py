@@ -124,16 +124,19 @@ def main(
         from cnntools.memory import fit_model_batch
 
         batch_size = fit_model_batch(lm, batch_size)  # before the first forward pass
-        images = lm.load_split(split, data_override=data, data_dir=data_dir, download=download)
+        from cnntools.data import load_for_model
+
+        images = load_for_model(lm.meta.data, split, lm.preprocessing, lm.classes, data=data, data_dir=data_dir,
+                                download=download, name=lm.source)
         idx = _subset(images.labels.numpy(), n, seed, lib)
         _check_sample(images, idx)
         features, layer_name, hook = lib.layer_features(
             lm.model, lm.preprocessing, images.images[idx], layer=layer, batch_size=batch_size,
-            precision=runtime.resolve_precision(precision, dev), arch=lm.arch,
+            precision=runtime.resolve_precision(precision, dev), arch=lm.meta.arch_name,
         )
-        source.update(kind="features", data=images.spec, checkpoint=checkpoint, arch=getattr(lm, "arch", None),
+        source.update(kind="features", data=images.spec, checkpoint=checkpoint, arch=lm.meta.arch_name,
                       layer=layer_name, hook=hook)
-        what = f"{getattr(lm, 'arch', 'model')} {layer_name} {'input' if hook == 'input' else 'output'}"
+        what = f"{lm.meta.arch_name} {layer_name} {'input' if hook == 'input' else 'output'}"
     labels = images.labels.numpy()[idx].astype(np.int64)
     classes = [str(c) for c in images.classes]
     output.info(f"t-SNE of {what}: {len(idx)} points × {features.shape[1]} dims, {len(classes)} classes")

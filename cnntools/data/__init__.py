@@ -10,7 +10,18 @@
 from cnntools.data.augment import Augment, parse_augment
 from cnntools.data.imageset import ImageSet, convert_channels, resize_uint8, stratified_split
 from cnntools.data.loader import BatchLoader
-from cnntools.data.registry import KINDS, SPLITS, available_splits, load_split, load_splits, open_source, parse_spec
+from cnntools.data.registry import (
+    KINDS,
+    SPLITS,
+    available_splits,
+    load_for_model,
+    load_split,
+    load_splits,
+    match_classes,
+    model_recipe,
+    open_source,
+    parse_spec,
+)
 from cnntools.data.stats import channel_stats, normalization
 
 __all__ = [
@@ -22,8 +33,11 @@ __all__ = [
     "available_splits",
     "channel_stats",
     "convert_channels",
+    "load_for_model",
     "load_split",
     "load_splits",
+    "match_classes",
+    "model_recipe",
     "normalization",
     "open_source",
     "parse_augment",

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+import torch
 
 from cnntools.data.imageset import ImageSet, stratified_split
 from cnntools.output import CnnError, warn
@@ -173,3 +174,74 @@ def load_splits(
         have = ", ".join(native)
         raise CnnError(f"{spec} has no {split} split (it has: {have})")
     return result
+
+
+def model_recipe(recipe, data: str | None = None, data_dir: str | None = None, name: str = "the model"):
+    """The data recipe a model runs on: its own (`recipe`, the `DataRecipe` its checkpoint
+    records: spec, data_dir, val_split, seed) with the user's --data and --data-dir, as a
+    recipe of the same type. (Taken as given, not imported: the data layer sits below the
+    checkpoint layer.)
+
+    Without --data, or with --data naming the recorded dataset, the recipe's folder,
+    validation fraction and seed stay (so `val` is exactly the split the run held out);
+    --data naming another dataset drops all three (they describe the recorded one: the new
+    one is read with its own splits). --data-dir, when given, always wins.
+    """
+    data = data or None  # an empty --data names nothing
+    if data is None or data == recipe.spec:
+        spec = recipe.spec
+        if not spec:
+            raise CnnError(f"{name}: no dataset recorded in the model; name one with --data")
+        return replace(recipe, data_dir=data_dir if data_dir is not None else recipe.data_dir)
+    return replace(recipe, spec=data, data_dir=data_dir, val_split=0.0, seed=0)
+
+
+def match_classes(imageset: ImageSet, classes: list[str], spec: str | None = None) -> ImageSet:
+    """`imageset` with its labels counted in `classes` (a model's outputs).
+
+    Labels are mapped by class name when the dataset names its classes in another order (or
+    names a subset of the model's); a dataset whose class names the model does not know is
+    taken label for label (index i is the model's class i, with a warning) when it has as
+    many classes, and refused otherwise. `spec`: the dataset as the user named it, for the
+    messages (default: the set's own).
+    """
+    spec = spec or imageset.spec
+    if imageset.classes == list(classes):
+        return imageset
+    index = {name: i for i, name in enumerate(classes)}
+    if all(name in index for name in imageset.classes):
+        mapping = torch.tensor([index[name] for name in imageset.classes], dtype=torch.long)
+        return replace(imageset, labels=mapping[imageset.labels], classes=list(classes))
+    if len(imageset.classes) == len(classes):
+        warn(f"{spec} names its classes differently from the model's; labels are compared by index")
+        return replace(imageset, classes=list(classes))
+    raise CnnError(
+        f"{spec} has {len(imageset.classes)} classes that the model ({len(classes)} classes) does not know; "
+        "evaluate on the dataset the model was trained on, or one with the same class names"
+    )
+
+
+def load_for_model(recipe, split: str, preprocessing, classes: list[str], *,
+                   data: str | None = None, data_dir: str | None = None, download: bool = False,
+                   name: str = "the model") -> ImageSet:
+    """One split of the data a model runs on, labelled in the model's `classes` and fitted to
+    its input: the model's own dataset (`recipe`, its checkpoint's `DataRecipe`) or the
+    user's --data (see `model_recipe` for what the overrides change, `match_classes` for the
+    labels).
+
+    Images come fitted to the model's channels and size (`preprocessing`, a
+    `cnntools.preprocessing.Preprocessing`), piece by piece (a mapped dataset stays mapped),
+    except for a model with a resize rule (torchvision's and timm's resize + centre crop):
+    its images come at the dataset's own size, because that rule is not idempotent and the
+    forward pass applies it once. `name` (the model's) goes into the error when no dataset
+    is known.
+    """
+    recipe = model_recipe(recipe, data, data_dir, name)
+    # Folders decode straight to the model's size (the same decoding as `eval --image`).
+    size = preprocessing.size if preprocessing.resize is None else None
+    imageset = load_split(recipe.spec, split, data_dir=recipe.data_dir, download=download, val_split=recipe.val_split,
+                          seed=recipe.seed, image_size=size)
+    imageset = match_classes(imageset, classes, recipe.spec)
+    if preprocessing.resize is not None or tuple(imageset.images.shape[1:]) == preprocessing.shape:
+        return imageset
+    return imageset.transformed(preprocessing.fit, preprocessing.shape)

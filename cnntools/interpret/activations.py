@@ -20,7 +20,9 @@ def named_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 def example_input(lm) -> torch.Tensor:
     """One blank image at a loaded model's input size: what `forward_order` runs."""
-    return torch.zeros(1, lm.in_channels, lm.image_size, lm.image_size, device=lm.device)
+    from cnntools.runtime import module_device
+
+    return torch.zeros(1, *lm.preprocessing.shape, device=module_device(lm.model))
 
 
 def forward_order(model: nn.Module, example: torch.Tensor | None) -> list[tuple[str, nn.Module]]:

@@ -183,11 +183,11 @@ def architecture(name: str, device="cpu"):
     return create(name, channels, size, classes).to(device).eval(), channels, size
 
 
-def load_pretrained_model(name: str, device, download: bool = False):
-    """`timm:NAME` as a ready model (like `torchvision:NAME`): its pretrained weights from the
-    local cache, its class names, and the preprocessing of timm's data config."""
-    from cnntools.checkpoint import CheckpointMeta, LoadedModel
-
+def pretrained_model(name: str, device, download: bool = False) -> tuple:
+    """(model in eval mode on `device`, description) of `timm:NAME` with its pretrained weights
+    from the local cache. The description is plain data for `cnntools.checkpoint` to describe
+    the model with: in_channels, image_size (timm's crop), num_classes, classes, mean, std,
+    resize (the shorter side before the crop), interpolation and weights (where they are)."""
     timm = require_timm()
     from timm.models import get_pretrained_cfg
 
@@ -200,19 +200,14 @@ def load_pretrained_model(name: str, device, download: bool = False):
     config = data_config(model)
     crop = int(config["input_size"][-1])
     crop_pct = float(config.get("crop_pct") or 1.0)
-    resize = int(math.floor(crop / crop_pct))  # timm's eval transform: resize to crop / crop_pct, centre crop
-    classes = class_names(model, num_classes)
-    mean, std = [float(v) for v in config["mean"]], [float(v) for v in config["std"]]
-    arch = f"timm:{name}"
-    meta = CheckpointMeta(
-        format="timm",
-        arch={"arch": arch, "in_channels": in_channels, "image_size": crop, "num_classes": num_classes},
-        classes=classes, mean=mean, std=std,
-        extra={"resize_size": resize, "interpolation": config.get("interpolation", "bilinear"),
-               "weights": weights_location(name)[1]},
-    )
-    return LoadedModel(
-        model=model, arch=arch, classes=classes, mean=mean, std=std, image_size=crop, in_channels=in_channels,
-        meta=meta, data=meta.data, device=device, source=arch,
-        resize_size=resize, interpolation=config.get("interpolation", "bilinear"),
-    )
+    return model, {
+        "in_channels": in_channels,
+        "image_size": crop,
+        "num_classes": num_classes,
+        "classes": class_names(model, num_classes),
+        "mean": [float(v) for v in config["mean"]],
+        "std": [float(v) for v in config["std"]],
+        "resize": int(math.floor(crop / crop_pct)),  # timm's eval transform: resize to crop / crop_pct, centre crop
+        "interpolation": config.get("interpolation", "bilinear"),
+        "weights": weights_location(name)[1],
+    }

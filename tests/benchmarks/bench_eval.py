@@ -58,9 +58,9 @@ def main() -> None:
         bare_model = load_model(path, device).model  # its own copy, so neither case changes the other's layout
     imageset = load_split(f"fake:{args.images}", "train")
     model = loaded.model
-    channels_last = wants_channels_last(device, precision, loaded.arch)
-    mean = torch.tensor(loaded.mean).view(1, -1, 1, 1)
-    std = torch.tensor(loaded.std).view(1, -1, 1, 1)
+    channels_last = wants_channels_last(device, precision, loaded.meta.arch_name)
+    mean = torch.tensor(loaded.preprocessing.mean).view(1, -1, 1, 1)
+    std = torch.tensor(loaded.preprocessing.std).view(1, -1, 1, 1)
     ready = ((imageset.images.float() / 255 - mean) / std).to(device)
     if channels_last:
         ready = ready.contiguous(memory_format=torch.channels_last)
@@ -69,7 +69,7 @@ def main() -> None:
         bare_model = bare_model.to(memory_format=torch.channels_last)
 
     def cnntools_case() -> int:
-        predict(model, imageset.images, loaded.preprocessing, batch_size=args.batch_size, precision=precision, arch=loaded.arch)
+        predict(model, imageset.images, loaded.preprocessing, batch_size=args.batch_size, precision=precision, arch=loaded.meta.arch_name)
         return len(imageset)
 
     def bare_case() -> int:
