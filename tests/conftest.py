@@ -43,7 +43,7 @@ class Result:
         self.exception = exception
 
     def json(self):
-        """stdout as a JSON document, checked against the schema it names (cnntools/schema_fields.py):
+        """stdout as a JSON document, checked against the schema it names (cnntools/schemas/):
         every JSON output a test reads is a check of the documented contract."""
         doc = json.loads(self.stdout)
         assert_schema(doc)
@@ -58,7 +58,7 @@ def assert_schema(doc) -> None:
     name = name[len("cnntools."):].rsplit("/", 1)[0] if name.startswith("cnntools.") else None
     assert name in SCHEMAS, f"JSON document without a declared schema: {str(doc)[:200]}"
     found = problems(doc, name)
-    assert not found, f"{doc['schema']} differs from cnntools/schema_fields.py: " + "; ".join(found[:10])
+    assert not found, f"{doc['schema']} differs from cnntools/schemas/: " + "; ".join(found[:10])
 
 
 @pytest.fixture

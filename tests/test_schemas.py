@@ -1,5 +1,5 @@
 """Machine-readable output as a contract: every JSON document names its schema and conforms to
-the declaration in cnntools/schema_fields.py; CSV columns and table headers use the JSON keys.
+the declaration in cnntools/schemas/; CSV columns and table headers use the JSON keys.
 
 (conftest's Result.json() checks every document the other tests read as well.)
 """
@@ -28,7 +28,7 @@ def test_every_command_with_a_format_has_a_declared_schema():
     commands = {s.command for s in schemas.SCHEMAS.values()}
     for name, command in root.commands.items():
         if any("--format" in p.opts for p in command.params if hasattr(p, "opts")):
-            assert name in commands, f"{name} prints JSON but declares no schema in cnntools/schema_fields.py"
+            assert name in commands, f"{name} prints JSON but declares no schema in cnntools/schemas/"
     assert commands <= set(root.commands), commands - set(root.commands)
 
 

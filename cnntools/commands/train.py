@@ -251,8 +251,7 @@ def _train(cfg, resumed, resume, target, fmt, history, plot, data_sets=None, ran
     from dataclasses import replace
 
     from cnntools.progress import TrainProgress
-    from cnntools.training import Trainer, TrainingInterrupted, load_training_data
-    from cnntools.training.loop import load_test_split
+    from cnntools.training import Trainer, TrainingInterrupted, load_test_split, load_training_data
 
     train_set, val_set, _ = data_sets if data_sets is not None else load_training_data(cfg)
     test_set = load_test_split(cfg, train_set) if cfg.test_each_epoch else None
@@ -382,11 +381,9 @@ def _dry_run(cfg, fmt: str) -> None:
     import time
 
     from cnntools import dry_run
-    from cnntools.training import Trainer, load_training_data
+    from cnntools.training import Trainer, load_test_split, load_training_data
 
     start = time.perf_counter()
-    from cnntools.training.loop import load_test_split
-
     train_set, val_set, _ = load_training_data(cfg)
     test_set = load_test_split(cfg, train_set) if cfg.test_each_epoch else None
     trainer = Trainer(cfg, train_set, val_set, output=None, test_set=test_set)
@@ -483,7 +480,7 @@ def _describe_run(trainer, cfg, resumed: bool, backend: str | None = None) -> No
 
 def _summary(trainer, target: str) -> None:
     pos = trainer.position
-    kept = trainer._kept_record() or {}
+    kept = trainer.kept_record() or {}
     where = "stdout" if target == "-" else target
     if trainer.val_loader is not None and trainer.cfg.keep == "best":
         which = f"best epoch {pos.best_epoch} (val_acc {kept.get('val_acc', 0):.4f})"

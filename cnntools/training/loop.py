@@ -1,4 +1,4 @@
-"""The training loop (`Trainer`), its validation pass, and loading a run's data.
+"""The training loop (`Trainer`): construction, epochs, steps and when a run stops.
 
 One `Trainer` runs a training job end to end: data → model → optimiser/schedule → epochs of
 batches of device tensors (from `cnntools.data.BatchLoader`) → per-epoch records →
@@ -13,6 +13,8 @@ Exact resume: the checkpoint written after every epoch (and on Ctrl-C, at a batc
 boundary) stores the optimiser, schedule, gradient scaler and RNG states and the position
 (epoch, batch). Every epoch's batch order and augmentation come from the loader's per-epoch
 seed, so a resumed run replays the rest of the epoch exactly as the uninterrupted run would.
+What the checkpoint holds and how a run resumes is in `checkpointing`; a run's splits come
+from `data`, its validation pass from `evaluation`.
 """
 
 from __future__ import annotations
@@ -20,103 +22,28 @@ from __future__ import annotations
 import math
 import signal
 import threading
-from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn as nn
 
 from cnntools import memory, runtime
-from cnntools.checkpoint import clean_state_dict, save_checkpoint, unwrap_model
+from cnntools.checkpoint import clean_state_dict, unwrap_model
 from cnntools.collectives import broadcast_buffers, check_global_batch, reduce_sum, wrap_model
 from cnntools.data.augment import resolve_augment
 from cnntools.data.imageset import CHUNK_BYTES, chunk_rows
 from cnntools.inference import wants_channels_last
 from cnntools.output import CnnError
-from cnntools.training.config import DEFAULT_LR, TrainConfig, validate_config
-from cnntools.training.meters import EpochMeters
+from cnntools.training.checkpointing import Checkpointing, Position
+from cnntools.training.config import TrainConfig, validate_config
 from cnntools.training.control import NonFiniteLoss, TrainingInterrupted, gradient_sum, install_stop_signals, restore_signals
+from cnntools.training.evaluation import evaluate
+from cnntools.training.meters import EpochMeters
 from cnntools.training.optimization import build_optimizer, build_scheduler, class_weight_tensor, optimizer_states
-from cnntools.training.rng_state import rng_state, set_rng_state
+from cnntools.training.rng_state import decorrelate_ranks
 
 
-@dataclass
-class Position:
-    epoch: int = 0  # epochs completed
-    batch: int = 0  # batches completed in the current epoch
-    updates: int = 0  # weight updates so far
-    best_metric: float | None = None
-    best_epoch: int = 0
-    bad_epochs: int = 0
-    partial: dict = field(default_factory=dict)  # running sums of an epoch cut short
-
-
-def evaluate(model, loader, criterion, device, precision: str = "fp32") -> dict:
-    """Mean loss and accuracy over a loader (summed across ranks under DDP: give each rank an
-    unpadded shard and the unwrapped model). The loader yields batches in the model's memory
-    format."""
-    model.eval()
-    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
-    with torch.inference_mode():
-        for x, y in loader:
-            with runtime.autocast(device, precision):
-                logits = model(x)
-            logits = logits.float()
-            totals[0] += criterion(logits, y).double() * y.numel()
-            totals[1] += (logits.argmax(1) == y).sum()
-            totals[2] += y.numel()
-    totals = reduce_sum(totals).cpu()
-    n = max(1.0, float(totals[2]))
-    return {"loss": float(totals[0]) / n, "acc": float(totals[1]) / n, "count": int(totals[2])}
-
-
-def load_training_data(cfg: TrainConfig):
-    """(train, val or None, native size) as ImageSets at the model's input size."""
-    from cnntools.data import available_splits, load_splits, open_source
-    from cnntools.models import input_size_for
-
-    source = open_source(cfg.data, cfg.data_dir, cfg.download, cfg.image_size)
-    if getattr(source, "decodes_files", False) and cfg.image_size is None:
-        # Decode the files straight to the model's size (once), as `eval --image` will decode one file.
-        h, w = source.decode_size()
-        size = input_size_for(cfg.arch, min(h, w))
-        if (h, w) != (size, size):
-            source = source.at_size(size)
-    have = available_splits(source, cfg.val_split)
-    if "train" not in have:
-        raise CnnError(f"{cfg.data} has no train split (it has: {', '.join(have)})")
-    wanted = ["train"] + (["val"] if "val" in have else [])
-    splits = load_splits(cfg.data, wanted, cfg.data_dir, cfg.download, cfg.val_split, cfg.seed, cfg.image_size,
-                         source=source)
-    train_set = splits["train"]
-    if len(train_set) == 0:
-        raise CnnError(f"{cfg.data}: the train split is empty")
-    h, w = train_set.image_size
-    size = cfg.image_size or input_size_for(cfg.arch, min(h, w))
-    channels = cfg.channels or train_set.channels
-    train_set = train_set.resized(size, channels)
-    val_set = splits.get("val")
-    if val_set is not None:
-        val_set = val_set.resized(size, channels) if len(val_set) else None
-    return train_set, val_set, size
-
-
-def load_test_split(cfg: TrainConfig, like):
-    """The test split for `--test-each-epoch`, at the size and channels of the train set `like`."""
-    from cnntools.data import load_split
-
-    try:
-        test_set = load_split(cfg.data, "test", cfg.data_dir, cfg.download, 0.0, cfg.seed, cfg.image_size)
-    except CnnError as error:
-        raise CnnError(f"--test-each-epoch: {error}") from None
-    if len(test_set) == 0:
-        raise CnnError(f"--test-each-epoch: the test split of {cfg.data} is empty")
-    if list(test_set.classes) != list(like.classes):
-        raise CnnError(f"--test-each-epoch: the test split of {cfg.data} names other classes than its train split")
-    return test_set.resized(int(like.image_size[0]), like.channels)
-
-
-class Trainer:
+class Trainer(Checkpointing):
     """One training run. Construct, optionally `restore(...)`, then `run()`.
 
     Callbacks: `on_epoch(record)` after each epoch (record = the history row),
@@ -227,125 +154,7 @@ class Trainer:
         self.on_print: Callable[[str], None] | None = None
         self.on_step: Callable[[dict], None] | None = None
         self.progress = None  # a progress.TrainProgress: start(epoch, total, done), advance(images, running), stop()
-        self._decorrelate_ranks()
-
-    # -- state --------------------------------------------------------------------------
-
-    def metadata(self):
-        """The checkpoint metadata of the current state of the run."""
-        from cnntools.checkpoint import CheckpointMeta, DataRecipe
-        from cnntools.runs import derive_label
-
-        pos = self.position
-        kept = self._kept_record()
-        return CheckpointMeta(
-            arch=self.arch_config,
-            classes=self.classes,
-            mean=list(self.mean),
-            std=list(self.std),
-            data=DataRecipe(self.cfg.data, self.cfg.data_dir, self.cfg.val_split, self.cfg.seed),
-            train_config={**asdict(self.cfg), "lr": self.cfg.resolved_lr(), "precision_used": self.precision,
-                          "world_size": self.world_size},
-            metrics={**(kept or {}), "updates": pos.updates, "epochs_completed": pos.epoch,
-                     "kept": self.cfg.keep if self.val_loader is not None else "last"},
-            history=self.history,
-            steps=self.steps,
-            label=self.cfg.label or derive_label(self._label_options()),
-            arch_args=self.cfg.arch_args or None,
-            code=self.code[0].record(self.cfg.arch_args) if self.code else None,
-        )
-
-    def _label_options(self) -> dict:
-        """The options a derived label reads, with values that equal what the defaults resolve
-        to put back as defaults: a run replayed from --print-config's TOML or from a
-        checkpoint (where lr and augment are written out) keeps the original run's label."""
-        options = asdict(self.cfg)
-        if self.cfg.resolved_lr() == DEFAULT_LR.get(self.cfg.opt):
-            options["lr"] = None
-        if self.cfg.augment == resolve_augment("auto", self.cfg.data):
-            options["augment"] = "auto"
-        return options
-
-    def _kept_record(self) -> dict | None:
-        if not self.history:
-            return None
-        if self.cfg.keep == "best" and self.val_loader is not None and self.position.best_epoch:
-            return dict(self.history[self.position.best_epoch - 1])
-        return dict(self.history[-1])
-
-    def resume_state(self) -> dict:
-        pos = self.position
-        state = {
-            "epoch": pos.epoch,
-            "batch": pos.batch,
-            "updates": pos.updates,
-            "best_metric": pos.best_metric,
-            "best_epoch": pos.best_epoch,
-            "bad_epochs": pos.bad_epochs,
-            "partial": pos.partial,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
-            "rng": rng_state(),
-        }
-        if self._weights_differ_from_kept():
-            state["model"] = clean_state_dict(unwrap_model(self.model).state_dict())
-        return state
-
-    def _weights_differ_from_kept(self) -> bool:
-        pos = self.position
-        return self.cfg.keep == "best" and self.best_state is not None and (pos.best_epoch != pos.epoch or pos.batch > 0)
-
-    def restore(self, resume: dict, history: list[dict], weights: dict, steps: list[dict] | None = None) -> None:
-        """Continue from a checkpoint's resume state (see `checkpoint.resume_state`)."""
-        model = unwrap_model(self.model)
-        best_epoch = int(resume.get("best_epoch") or 0)
-        # --keep best: the file's main weights are the best epoch's; training continues from
-        # the last weights, stored under _resume/model/ when they differ.
-        model.load_state_dict(resume["model"] if "model" in resume else weights)
-        if self.cfg.keep == "best" and best_epoch:
-            self.best_state = clean_state_dict(weights)
-        self.optimizer.load_state_dict(resume["optimizer"])
-        try:
-            self.scheduler.load_state_dict(resume["scheduler"])
-        except (KeyError, ValueError, TypeError):
-            pass
-        if resume.get("scaler") and self.scaler.is_enabled():
-            self.scaler.load_state_dict(resume["scaler"])
-        self.position = Position(
-            epoch=int(resume["epoch"]),
-            batch=int(resume["batch"]),
-            updates=int(resume["updates"]),
-            best_metric=resume.get("best_metric"),
-            best_epoch=best_epoch,
-            bad_epochs=int(resume.get("bad_epochs") or 0),
-            partial=dict(resume.get("partial") or {}),
-        )
-        self.history = [dict(r) for r in history][: self.position.epoch]
-        self.steps = [dict(r) for r in steps or [] if int(r.get("updates", 0)) <= self.position.updates]
-        set_rng_state(resume["rng"])
-        self._decorrelate_ranks()
-
-    def _decorrelate_ranks(self) -> None:
-        # Every rank starts from the same seed (and a resumed run from rank 0's RNG state);
-        # dropout masks must still differ between ranks (timm seeds each rank apart too).
-        # Rank 0 keeps the stream a single process would have.
-        if self.rank:
-            torch.manual_seed((self.cfg.seed * 1_000_003 + self.position.updates) * 4099 + self.rank)
-
-    def save(self, resumable: bool = True, final: bool = False) -> None:
-        """Write the checkpoint (main rank only): kept weights + metadata + resume state.
-
-        A file is rewritten after every epoch; stdout (`-`) gets one checkpoint, at the end.
-        """
-        if not self.is_main or not self.output or (self.output == "-" and not final):
-            return
-        model = unwrap_model(self.model)
-        if self.best_state is not None and self.cfg.keep == "best":
-            holder = _StateHolder(self.best_state)
-        else:
-            holder = model
-        save_checkpoint(self.output, holder, self.metadata(), self.resume_state() if resumable else None)
+        decorrelate_ranks(cfg.seed, self.position.updates, rank)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -536,12 +345,3 @@ class Trainer:
         stop.exit_code = 128 + int(self._stop_signal)
         raise stop
 
-
-class _StateHolder:
-    """Looks enough like a module for `save_checkpoint` (a stored state dict)."""
-
-    def __init__(self, state: dict):
-        self._state = state
-
-    def state_dict(self):
-        return self._state

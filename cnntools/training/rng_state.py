@@ -35,3 +35,12 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def decorrelate_ranks(seed: int, updates: int, rank: int) -> None:
+    """Give each DDP rank past 0 its own torch stream, from the run's seed and position."""
+    # Every rank starts from the same seed (and a resumed run from rank 0's RNG state);
+    # dropout masks must still differ between ranks (timm seeds each rank apart too).
+    # Rank 0 keeps the stream a single process would have.
+    if rank:
+        torch.manual_seed((seed * 1_000_003 + updates) * 4099 + rank)
