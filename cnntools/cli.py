@@ -7,7 +7,9 @@ nothing heavy at module level, so `--help` and shell completion stay fast.
 from __future__ import annotations
 
 import inspect
+import os
 import signal
+import sys
 from typing import Annotated, Optional
 
 import typer
@@ -39,7 +41,15 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 class _Group(TyperGroup):
-    """The root command: keeps the deprecated spellings of options working (options.DEPRECATED)."""
+    """The root command: keeps the deprecated spellings of options working (options.DEPRECATED),
+    and has Typer's --install-completion/--show-completion write cnntools' own scripts."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:  # Typer appends its two options after building the group
+            if param.name in _COMPLETION_OPTIONS:
+                param.callback = _COMPLETION_OPTIONS[param.name]
+        return params
 
     def resolve_command(self, ctx, args):
         name, command, rest = super().resolve_command(ctx, args)
@@ -48,6 +58,29 @@ class _Group(TyperGroup):
                            and not getattr(p, "is_flag", False) for opt in p.opts}
             rest = options.rewrite_deprecated(name, rest, takes_value, notes=not ctx.resilient_parsing)
         return name, command, rest
+
+
+def _install_completion(ctx, param, value) -> None:
+    if value and not ctx.resilient_parsing:
+        from cnntools import completion_scripts
+
+        shell = completion_scripts.current_shell()
+        path = completion_scripts.install(shell)
+        typer.echo(f"{shell} completion installed in {path}", err=True)
+        typer.echo("Completion will take effect once you restart the terminal", err=True)
+        raise typer.Exit()
+
+
+def _show_completion(ctx, param, value) -> None:
+    if value and not ctx.resilient_parsing:
+        from cnntools import completion_scripts
+
+        typer.echo(completion_scripts.script(completion_scripts.current_shell()), nl=False)
+        raise typer.Exit()
+
+
+_COMPLETION_OPTIONS = {"install_completion": handle_errors(_install_completion),
+                       "show_completion": handle_errors(_show_completion)}
 
 
 # Python types as Typer shows them → metavars that name the thing (an option with its own
@@ -116,7 +149,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
-    add_completion=True,
+    add_completion=True,  # Typer's options, answered with cnntools' scripts (_Group)
     context_settings=CONTEXT,
 )
 
@@ -168,6 +201,12 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
     plug_closed_stdio()
     prepare_threads()  # before any command imports torch
+    request = os.environ.get("_CNNTOOLS_COMPLETE", "")
+    if request in ("source_bash", "source_zsh", "source_fish"):  # cnntools' own scripts; Typer's for powershell
+        from cnntools.completion_scripts import script
+
+        sys.stdout.write(script(request.removeprefix("source_")))
+        return
     app(prog_name="cnntools")
 
 

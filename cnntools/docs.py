@@ -3,8 +3,8 @@
     python -m cnntools.docs            # rewrite man/, completions/, docs/schemas/ and the README block
     python -m cnntools.docs --check    # exit 1 and list what differs (CI)
 
-Everything is rendered from `typer.main.get_command(app)` and Typer's own completion
-sources, so the documents cannot drift from the commands. The roff is written here
+Everything is rendered from `typer.main.get_command(app)` and the completion scripts the
+program prints, so the documents cannot drift from the commands. The roff is written here
 because `click-man` does not understand Typer's vendored Click and drops OPTIONS.
 """
 
@@ -17,9 +17,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cnntools.completion_scripts import SHELLS
+
 BEGIN = "<!-- BEGIN COMMAND REFERENCE -->"
 END = "<!-- END COMMAND REFERENCE -->"
-SHELLS = ("bash", "zsh", "fish")
 PROG = "cnntools"
 REPO = Path(__file__).resolve().parent.parent
 
@@ -176,7 +177,7 @@ def man_page(name: str | None, command, ctx, version: str, commands=()) -> str:
 
 @functools.lru_cache(maxsize=None)
 def completion_script(shell: str) -> str:
-    """Typer's completion source for `shell`, as `_CNNTOOLS_COMPLETE=source_SHELL cnntools` prints it."""
+    """The completion script for `shell`, as `_CNNTOOLS_COMPLETE=source_SHELL cnntools` prints it."""
     env = {**os.environ, "_CNNTOOLS_COMPLETE": f"source_{shell}", **_HELP_ENV}
     result = subprocess.run(
         [sys.executable, "-c", "from cnntools.cli import main; main()"],

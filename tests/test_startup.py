@@ -24,6 +24,7 @@ from cnntools.cli import main
 main()
 """
 
+COMPLETE = {"_CNNTOOLS_COMPLETE": "complete_fish", "_TYPER_COMPLETE_FISH_ACTION": "get-args"}
 SPEC_INPUT = "1 0 0 1 1 0; 0 1 0 0 0 1; 0 0 1 1 0 0; 1 0 0 0 1 0; 1 0 0 0 0 1"
 
 CASES = {
@@ -35,10 +36,9 @@ CASES = {
     "conv-calc-kernel": (
         ["conv-calc", "--input", SPEC_INPUT, "-k", "1 0; 0 1", "-b", "-1", "-a", "relu", "--explain"], {}
     ),
-    "complete-commands": ([], {"_CNNTOOLS_COMPLETE": "complete_bash", "COMP_WORDS": "cnntools rf", "COMP_CWORD": "1"}),
-    "complete-options": (
-        [], {"_CNNTOOLS_COMPLETE": "complete_bash", "COMP_WORDS": "cnntools conv-calc --", "COMP_CWORD": "2"}
-    ),
+    # What the shipped scripts ask on a Tab (completion_scripts): the line up to the cursor.
+    "complete-commands": ([], {**COMPLETE, "_TYPER_COMPLETE_ARGS": "cnntools rf"}),
+    "complete-options": ([], {**COMPLETE, "_TYPER_COMPLETE_ARGS": "cnntools conv-calc --"}),
     "source-bash": ([], {"_CNNTOOLS_COMPLETE": "source_bash"}),
 }
 
