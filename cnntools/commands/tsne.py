@@ -121,12 +121,11 @@ def main(
 
         dev = runtime.resolve_device(device)
         lm = load_model(checkpoint, dev, trust_code=trust_code)
+        from cnntools.data import load_for_model
         from cnntools.data.imageset import IndexedRows
         from cnntools.memory import fit_model_batch
 
         batch_size = fit_model_batch(lm, batch_size)  # before the first forward pass
-        from cnntools.data import load_for_model
-
         images = load_for_model(lm.meta.data, split, lm.preprocessing, lm.classes, data=data, data_dir=data_dir,
                                 download=download, name=lm.source)
         idx = _subset(images.labels.numpy(), n, seed, lib)

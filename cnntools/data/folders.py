@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -249,7 +250,7 @@ class FolderSource:
         # N×C×H×W: the main thread only writes full buffers out. With at most one buffer's
         # worth of files in flight, no worker reaches the buffer being written.
         workers = decode_workers()
-        rows = -(-max(chunk_rows(channels * height * width), 2 * workers * _GROUP) // _GROUP) * _GROUP
+        rows = _GROUP * math.ceil(max(chunk_rows(channels * height * width), 2 * workers * _GROUP) / _GROUP)
         buffers = [np.empty((rows, channels, height, width), dtype=np.uint8) for _ in range(2)]
 
         def decode_one(slot, path, reason):

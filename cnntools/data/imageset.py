@@ -51,10 +51,6 @@ class IndexedRows:
     def __getitem__(self, rows: slice) -> torch.Tensor:
         return self.images[self.index[rows]]
 
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (len(self.index), *self.images.shape[1:])
-
 
 @dataclass
 class ImageSet:

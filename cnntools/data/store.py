@@ -77,8 +77,9 @@ class StoreWriter:
             raise ValueError(f"{name}: items of shape {items.shape[1:]}, expected {shape}")
         if items.size:
             self.handle.write(memoryview(items).cast("B"))
-            self.handle.flush()
-            _start_writeback(self.handle.fileno(), DATA_START + self.offset, items.nbytes)
+            if self.path is not None:  # an anonymous store is never fsynced: no writeback to hurry
+                self.handle.flush()
+                _start_writeback(self.handle.fileno(), DATA_START + self.offset, items.nbytes)
         self.offset += items.nbytes
         self._open = (name, shape, count + len(items))
 

@@ -72,11 +72,15 @@ def _status(pid: int) -> dict[str, int]:
     return out
 
 
-def sampled_run(argv: list[str], env: dict, cwd: str) -> dict:
-    """Run a child; peak RssAnon / RssFile / VmRSS sampled from /proc every 20 ms, wall time."""
+def sampled_run(argv: list[str], env: dict, cwd: str, preexec_fn=None, check: bool = True) -> dict:
+    """Run a child; peak RssAnon / RssFile / VmRSS sampled from /proc every 20 ms, wall time.
+
+    `preexec_fn` runs in the child before it starts (to put it under a limit). A failing child
+    stops the benchmark, or with `check=False` comes back as `exit` and the tail of `stderr`.
+    """
     peaks = {"RssAnon": 0, "RssFile": 0, "VmRSS": 0}
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=preexec_fn)
     err_chunks = []
     reader = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True)
     reader.start()
@@ -86,10 +90,16 @@ def sampled_run(argv: list[str], env: dict, cwd: str) -> dict:
         time.sleep(0.02)
     reader.join()
     wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed:\n{b''.join(err_chunks).decode()[-3000:]}")
-    return {"peak_anon_mb": round(peaks["RssAnon"] / 1e6, 1), "peak_file_mb": round(peaks["RssFile"] / 1e6, 1),
-            "peak_rss_mb": round(peaks["VmRSS"] / 1e6, 1), "wall_s": round(wall, 1)}
+    stderr = b"".join(err_chunks).decode()
+    if proc.returncode != 0 and check:
+        raise SystemExit(f"{' '.join(argv)} failed:\n{stderr[-3000:]}")
+    record = {"peak_anon_mb": round(peaks["RssAnon"] / 1e6, 1), "peak_file_mb": round(peaks["RssFile"] / 1e6, 1),
+              "peak_rss_mb": round(peaks["VmRSS"] / 1e6, 1), "wall_s": round(wall, 1)}
+    if not check:
+        record["exit"] = proc.returncode
+        if proc.returncode != 0:
+            record["stderr"] = stderr[-600:]
+    return record
 
 
 # ---------------------------------------------------------------------------- memory
@@ -193,35 +203,23 @@ def case_bigger(work: Path, n: int, arch: str, factor: float = 4.0) -> None:
 
     argv = [*cli, "train", "--data", str(folder), "--arch", arch, "--image-size", "224", "--epochs", "1", "--batch-size", "16",
             "-o", str(work / "bigger.safetensors"), "-q"]
-    peaks = {"RssAnon": 0, "RssFile": 0}
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, cwd=str(work), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=enter_limit)
-    err = []
-    reader = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)
-    reader.start()
-    while proc.poll() is None:
-        for key, value in _status(proc.pid).items():
-            if key in peaks:
-                peaks[key] = max(peaks[key], value)
-        time.sleep(0.02)
-    reader.join()
-    wall = time.perf_counter() - start
-    record = {"benchmark": "store_bigger_than_memory", "case": f"train {arch} 224 px, 1 epoch, {n} images",
-              "store_mb": round(stores[store] / 1e6, 1), "limit_mb": round(limit / 1e6, 1),
-              "limit_kind": "memory cgroup (page cache included)" if group is not None else "RLIMIT_DATA (anonymous memory)",
-              "exit": proc.returncode, "peak_anon_mb": round(peaks["RssAnon"] / 1e6, 1),
-              "peak_file_mb": round(peaks["RssFile"] / 1e6, 1), "wall_s": round(wall, 1)}
-    if group is not None:
-        usage = group / ("memory.max_usage_in_bytes" if v1 else "memory.peak")
-        if usage.exists():
-            record["cgroup_peak_mb"] = round(int(usage.read_text()) / 1e6, 1)
-        if v1:
-            record["times_the_limit_was_hit"] = int((group / "memory.failcnt").read_text())
-        group.rmdir()
+    try:
+        run = sampled_run(argv, env, str(work), preexec_fn=enter_limit, check=False)
+        record = {"benchmark": "store_bigger_than_memory", "case": f"train {arch} 224 px, 1 epoch, {n} images",
+                  "store_mb": round(stores[store] / 1e6, 1), "limit_mb": round(limit / 1e6, 1),
+                  "limit_kind": "memory cgroup (page cache included)" if group is not None else "RLIMIT_DATA (anonymous memory)",
+                  **run}
+        if group is not None:
+            usage = group / ("memory.max_usage_in_bytes" if v1 else "memory.peak")
+            if usage.exists():
+                record["cgroup_peak_mb"] = round(int(usage.read_text()) / 1e6, 1)
+            if v1:
+                record["times_the_limit_was_hit"] = int((group / "memory.failcnt").read_text())
+    finally:
+        if group is not None:
+            group.rmdir()  # (the child has exited: the group is empty)
     record["store_over_limit"] = round(stores[store] / limit, 2)
-    record["meets_target"] = proc.returncode == 0 and stores[store] >= 4 * limit
-    if proc.returncode != 0:
-        record["stderr"] = b"".join(err).decode()[-600:]
+    record["meets_target"] = run["exit"] == 0 and stores[store] >= 4 * limit
     emit({**record, **machine()})
 
 
