@@ -18,7 +18,7 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 import pytest
 from typer.testing import CliRunner
 
-from cnntools.cli import app
+from cnntools.cli.app import app
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def run_cnntools():
 def _fresh_output_state():
     """Every test starts loud: an in-process `-q` run or Trainer test must not silence the next
     test's warnings (the output switches are process-wide)."""
-    from cnntools import output
+    from cnntools.output import emitter as output
 
     output.configure()
     yield
@@ -103,7 +103,7 @@ def small_trainer():
     """A factory of quiet in-process Trainers on digits at 8x8, CPU fp32:
     `small_trainer(path=None, **config)` writes its checkpoint to `path`; `config` overrides
     TrainConfig's fields."""
-    from cnntools import output
+    from cnntools.output import emitter as output
     from cnntools.training import TrainConfig, Trainer, load_training_data
 
     def make(path=None, **config):

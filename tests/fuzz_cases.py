@@ -59,7 +59,7 @@ def time_limit(seconds: int = SECONDS_PER_CASE):
 def run_cli(args: list, input: bytes | None = None, env: dict | None = None):
     from typer.testing import CliRunner
 
-    from cnntools.cli import app
+    from cnntools.cli.app import app
 
     runner = CliRunner(env={"NO_COLOR": "1", "CNNTOOLS_DEBUG": "", **(env or {})})
     with time_limit(), warnings.catch_warnings(record=True) as caught:

@@ -202,7 +202,7 @@ def test_pickle_from_stdin_is_refused_too(cli, work):
 def test_huge_header_claim_is_refused_without_reading_the_file(work, monkeypatch):
     """The header length is checked against the limit before anything else is read."""
     from cnntools import checkpoint
-    from cnntools.output import CnnError
+    from cnntools.core.errors import CnnError
 
     root, files = work
     reads = []
@@ -222,7 +222,7 @@ def test_huge_header_claim_is_refused_without_reading_the_file(work, monkeypatch
         def close(self):
             self.handle.close()
 
-    monkeypatch.setattr("cnntools.files.open_binary", Counting)
+    monkeypatch.setattr("cnntools.output.files.open_binary", Counting)
     with pytest.raises(CnnError, match="100 MB limit"):
         checkpoint.read_checkpoint(str(files["huge-header.safetensors"]))
     assert reads == [9]

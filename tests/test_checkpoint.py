@@ -23,10 +23,10 @@ from cnntools.checkpoint import (
     save_checkpoint,
     unpack,
 )
-from cnntools.cli import app
-from cnntools.preprocessing import Preprocessing
+from cnntools.cli.app import app
+from cnntools.inference.preprocessing import Preprocessing
 from cnntools.models import create_model
-from cnntools.output import CnnError
+from cnntools.core.errors import CnnError
 
 CLASSES = [str(i) for i in range(10)]
 

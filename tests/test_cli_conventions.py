@@ -14,8 +14,11 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from cnntools import __version__, cli as cli_module, output
-from cnntools.output import CnnError, handle_errors
+from cnntools import __version__
+from cnntools.cli import app as cli_module
+from cnntools.output import emitter as output
+from cnntools.core.errors import CnnError
+from cnntools.output.emitter import handle_errors
 
 COMMAND_NAMES = [name for name, _ in cli_module.COMMANDS]
 BOX = re.compile("[╭╮╰╯│─]")
@@ -208,7 +211,7 @@ def test_calculator_examples_run(cli, name):
 def test_commands_and_options_are_kebab_case():
     import typer.main
 
-    from cnntools.cli import app
+    from cnntools.cli.app import app
 
     root = typer.main.get_command(app)
     for name, command in root.commands.items():
@@ -224,7 +227,7 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     import os
     import stat
 
-    from cnntools import files
+    from cnntools.output import files
 
     old = os.umask(0o022)
     try:

@@ -19,7 +19,7 @@ def labelled(tmp_path_factory):
     """Two one-epoch digits runs: one with an explicit label, one with a derived label."""
     from typer.testing import CliRunner
 
-    from cnntools.cli import app
+    from cnntools.cli.app import app
 
     folder = tmp_path_factory.mktemp("labelled")
     paths = []
@@ -53,7 +53,7 @@ def test_logit_columns_equal_a_forward_pass(cli, labelled, tmp_path):
 
 
 def test_confusion_through_a_pipe_names_the_model(cli, labelled, tmp_path, monkeypatch):
-    import cnntools.plots as plots
+    import cnntools.output.plots as plots
 
     titles = []
     original = plots.confusion_heatmap
@@ -76,7 +76,7 @@ def test_confusion_through_a_pipe_names_the_model(cli, labelled, tmp_path, monke
 
 
 def test_labels_head_multi_model_tables_and_logit_figures(cli, labelled, tmp_path, monkeypatch):
-    import cnntools.plots as plots
+    import cnntools.output.plots as plots
 
     seen = {}
     original_bars, original_hist = plots.logit_bars, plots.logits_histogram
@@ -159,7 +159,7 @@ def test_all_zero_map_is_drawn_with_a_warning(cli, digits_checkpoint, tmp_path, 
 def test_featmaps_channels_by_number_and_layers_without_weights(cli, digits_checkpoint, tmp_path):
     from cnntools.checkpoint import load_model
     from cnntools.data import load_for_model
-    from cnntools.inference import forward_batches
+    from cnntools.inference.batches import forward_batches
 
     out = tmp_path / "f.png"
     saved = tmp_path / "acts.safetensors"
@@ -190,7 +190,7 @@ def test_torchvision_layers_need_no_weight_file(cli, tmp_path):
 
 
 def test_one_by_one_maps_are_drawn_as_a_strip():
-    from cnntools.commands.featmaps import _figure
+    from cnntools.cli.commands.featmaps import _figure
 
     acts = {"pool": torch.arange(6, dtype=torch.float32).view(6, 1, 1)}
     doc = [{"layer": "pool", "type": "AdaptiveAvgPool2d", "shape": [6, 1, 1], "channels": [0, 1, 2, 3, 4, 5],
@@ -227,7 +227,7 @@ def test_hue_matches_torchvision_and_aspect_sets_the_crop_ratio():
                                                   ratio=aug.aspect_range)
     ratio = (bw.float() / bh.float())
     assert ratio.max() > 2.0 and ratio.min() < 0.5  # beyond the default 3/4..4/3
-    from cnntools.output import CnnError
+    from cnntools.core.errors import CnnError
 
     with pytest.raises(CnnError, match="hue"):
         parse_augment("hue:0.7")
@@ -236,7 +236,7 @@ def test_hue_matches_torchvision_and_aspect_sets_the_crop_ratio():
 
 
 def test_filters_draws_exactly_the_given_filters_in_order():
-    from cnntools.commands.filters import _kernel_figure
+    from cnntools.cli.commands.filters import _kernel_figure
     from cnntools.interpret.filters import kernel_tiles
 
     weight = torch.randn(8, 3, 3, 3)

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from cnntools import completion, completion_scripts
-from cnntools.docs import REPO
+from cnntools.cli import completion
+from cnntools.cli import completion_scripts
+from cnntools.cli.docs import REPO
 from test_startup import HEAVY, run_wrapped
 
 CLASSES = ["cat", "dog", "bull mastiff"]

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from sklearn.metrics import confusion_matrix as sk_confusion
 from typer.testing import CliRunner
 
-from cnntools.cli import app
+from cnntools.cli.app import app
 from cnntools.interpret import confusion as cmath
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -105,7 +105,7 @@ def test_cli_csv_table_and_plot(tmp_path):
 
 
 def test_heatmap_for_100_classes_has_no_cell_numbers():
-    from cnntools.plots import confusion_heatmap
+    from cnntools.output.plots import confusion_heatmap
 
     rng = np.random.default_rng(0)
     big = confusion_heatmap(rng.integers(0, 9, (100, 100)), [f"c{i}" for i in range(100)])

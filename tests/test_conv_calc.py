@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from cnntools.calc import conv, kernel as km
-from cnntools.output import CnnError
+from cnntools.core.errors import CnnError
 
 SPEC_INPUT = "1 0 0 1 1 0; 0 1 0 0 0 1; 0 0 1 1 0 0; 1 0 0 0 1 0; 1 0 0 0 0 1"
 SPEC_KERNELS = ["1 0; 0 1", "1 0; 1 0", "1 1; 0 0"]

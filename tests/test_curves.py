@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cnntools.checkpoint import read_checkpoint
-from cnntools.runs import derive_label, distinct_labels, model_label, run_from_history_text
+from cnntools.checkpoint.runs import derive_label, distinct_labels, model_label, run_from_history_text
 
 FAST = ["--image-size", "16", "--precision", "fp32", "--device", "cpu", "--batch-size", "64", "--augment", "none"]
 
@@ -19,7 +19,7 @@ def two_runs(tmp_path_factory):
     """Two short runs that differ in their output activation, with step records and test metrics."""
     from typer.testing import CliRunner
 
-    from cnntools.cli import app
+    from cnntools.cli.app import app
 
     folder = tmp_path_factory.mktemp("runs")
     paths = {}
@@ -122,8 +122,8 @@ def test_curves_reads_stdin_and_csv_history(cli, two_runs, tmp_path):
 
 
 def test_curves_figure_names_every_run(two_runs, tmp_path, cli):
-    from cnntools.plots import training_curves
-    from cnntools.runs import run_from_checkpoint_meta
+    from cnntools.output.plots import training_curves
+    from cnntools.checkpoint.runs import run_from_checkpoint_meta
 
     _, paths = two_runs
     runs = [run_from_checkpoint_meta(read_checkpoint(str(p))[1].to_json(), str(p)) for p in paths.values()]
@@ -139,7 +139,7 @@ def test_curves_figure_names_every_run(two_runs, tmp_path, cli):
 
 
 def test_train_plot_title_carries_the_label(cli, tmp_path, monkeypatch):
-    import cnntools.plots as plots
+    import cnntools.output.plots as plots
 
     titles = []
     original = plots.training_curves
@@ -159,7 +159,7 @@ def test_train_plot_title_carries_the_label(cli, tmp_path, monkeypatch):
 def test_history_csv_sniffed_and_jsonl_errors():
     run = run_from_history_text("epoch,train_loss\n1,0.5\n", "h.csv")
     assert run.epochs == [{"epoch": 1, "train_loss": 0.5}]
-    from cnntools.output import CnnError
+    from cnntools.core.errors import CnnError
 
     with pytest.raises(CnnError, match="line 2"):
         run_from_history_text('{"epoch": 1}\n{oops\n', "h.jsonl")
@@ -169,7 +169,7 @@ def test_history_csv_sniffed_and_jsonl_errors():
 
 def test_smooth_class_weights_follow_the_power_law():
     from cnntools.training import class_weight_tensor
-    from cnntools.output import CnnError
+    from cnntools.core.errors import CnnError
 
     labels = torch.tensor([0] * 80 + [1] * 15 + [2] * 5)
     data = type("D", (), {"labels": labels, "classes": ["a", "b", "c"], "__len__": lambda self: 100})()
@@ -187,7 +187,7 @@ def test_smooth_class_weights_follow_the_power_law():
 
 
 def test_shown_labels_drop_what_all_runs_share():
-    from cnntools.runs import shown_labels
+    from cnntools.checkpoint.runs import shown_labels
 
     sweep = shown_labels(["lenet sgd+lr=0.3", "lenet sgd+lr=0.03", "lenet sgd+lr=0.003"])
     assert sweep.labels == ["lr=0.3", "lr=0.03", "lr=0.003"] and sweep.shared == "lenet, sgd"
@@ -210,7 +210,7 @@ def test_shown_labels_drop_what_all_runs_share():
 def test_figures_and_tables_name_runs_by_what_differs(two_runs, tmp_path, cli, monkeypatch):
     """curves and eval show `lenet` / `lenet relu-out` and say once that both are bs=64, no-aug;
     JSON and the predictions CSV keep the whole labels."""
-    import cnntools.plots as plots
+    import cnntools.output.plots as plots
 
     _, paths = two_runs
     seen = {}

@@ -9,7 +9,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from cnntools.data import BatchLoader, ImageSet, load_split, parse_augment
 from cnntools.data import augment as A
-from cnntools.output import CnnError
+from cnntools.core.errors import CnnError
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from cnntools.data import load_split, load_splits
-from cnntools.output import CnnError
+from cnntools.core.errors import CnnError
 
 
 @pytest.fixture(autouse=True)

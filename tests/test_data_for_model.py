@@ -10,8 +10,8 @@ from PIL import Image
 
 from cnntools.checkpoint.metadata import DataRecipe
 from cnntools.data import load_for_model, load_split, match_classes, model_recipe
-from cnntools.preprocessing import Preprocessing
-from cnntools.output import CnnError
+from cnntools.inference.preprocessing import Preprocessing
+from cnntools.core.errors import CnnError
 
 DIGITS = [str(i) for i in range(10)]
 GREY8 = Preprocessing.plain(1, 8)  # digits as they are: nothing to fit

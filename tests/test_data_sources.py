@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cnntools.data import load_split, load_splits, normalization, stratified_split
-from cnntools.output import CnnError
+from cnntools.core.errors import CnnError
 
 
 def test_digits_split_is_fixed_stratified_and_matches_sklearn():

@@ -82,7 +82,7 @@ def test_mapped_reads_equal_in_memory_decoding_bit_for_bit(tmp_path, cache, monk
 
 
 def test_eval_image_decodes_a_file_exactly_as_the_store_holds_it(tmp_path, cache):
-    from cnntools.image_predict import read_uint8 as _read_image
+    from cnntools.inference.images import read_uint8 as _read_image
 
     root = _folder(tmp_path / "f", size=(80, 64))
     stored = load_split(str(root), "train", image_size=24)

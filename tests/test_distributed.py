@@ -234,7 +234,7 @@ def test_nproc_usage_errors_before_anything_starts(cli, args, env, message):
 
 
 def test_the_launcher_reports_the_root_cause():
-    from cnntools.distributed import describe_failure
+    from cnntools.training.distributed import describe_failure
 
     class Failure:
         def __init__(self, exitcode, message="", own=None, timestamp=0, pid=10):

@@ -17,8 +17,8 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
-from cnntools.inference import predict
-from cnntools.metrics import classification_metrics, logit_stats
+from cnntools.inference.batches import predict
+from cnntools.inference.metrics import classification_metrics, logit_stats
 
 
 def _sklearn(logits: torch.Tensor, labels: torch.Tensor, k: int) -> dict:
@@ -71,7 +71,7 @@ def trained(tmp_path_factory):
     """Two small digits checkpoints written by `cnntools train`."""
     from typer.testing import CliRunner
 
-    from cnntools.cli import app
+    from cnntools.cli.app import app
 
     folder = tmp_path_factory.mktemp("eval")
     paths = []
@@ -180,7 +180,7 @@ def test_other_split_and_dataset_override(cli, trained):
 def test_predict_matches_a_plain_forward_in_every_precision_layout():
     """predict's fast path (uint8 → float in the model's memory format, channels_last under
     bf16) computes what a plain normalise-then-forward loop computes."""
-    from cnntools.preprocessing import Preprocessing
+    from cnntools.inference.preprocessing import Preprocessing
     from cnntools.models import create_model
 
     torch.manual_seed(0)

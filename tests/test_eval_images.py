@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnntools.files import walk_files
+from cnntools.output.files import walk_files
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     from typer.testing import CliRunner
 
-    from cnntools.cli import app
+    from cnntools.cli.app import app
 
     path = tmp_path_factory.mktemp("model") / "m.safetensors"
     result = CliRunner().invoke(app, ["train", "--image-size", "8", "--epochs", "1", "--batch-size", "128", "--device", "cpu",
@@ -91,7 +91,7 @@ def test_predictions_file_is_written_for_every_image_run(cli, model, folder, tmp
 
 def test_streams_in_batches(model, folder):
     from cnntools.checkpoint import load_model
-    from cnntools.image_predict import batches
+    from cnntools.inference.images import batches
 
     skipped = []
     sizes = [len(names) for names, images in batches(load_model(str(model)), [str(folder)], 3, lambda p, r: skipped.append(p))]

@@ -100,7 +100,7 @@ def test_export_refuses_unknown_suffix(cli, lenet, tmp_path):
 
 
 def test_failed_check_writes_nothing(cli, lenet, tmp_path, monkeypatch):
-    from cnntools import export
+    from cnntools.checkpoint import export
 
     monkeypatch.setattr(export, "pt2_logits", lambda path, inputs: torch.zeros(len(inputs), 10))
     out = tmp_path / "bad.pt2"

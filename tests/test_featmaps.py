@@ -12,10 +12,10 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from cnntools.cli import app
-from cnntools.inference import capture_activations, forward_batches
+from cnntools.cli.app import app
+from cnntools.inference.batches import capture_activations, forward_batches
 from cnntools.interpret import activations as act
-from cnntools.preprocessing import Preprocessing
+from cnntools.inference.preprocessing import Preprocessing
 
 sys.path.insert(0, str(Path(__file__).parent))
 runner = CliRunner()

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from cnntools.cli import app
-from cnntools.inference import forward_batches
-from cnntools.preprocessing import Preprocessing
+from cnntools.cli.app import app
+from cnntools.inference.batches import forward_batches
+from cnntools.inference.preprocessing import Preprocessing
 from cnntools.interpret import filters as flt
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -7,10 +7,10 @@ import shutil
 
 import pytest
 
-from cnntools import docs
-from cnntools.cli import COMMANDS
+from cnntools.cli import docs
+from cnntools.cli.app import COMMANDS
 
-REGENERATE = "out of date: run `python -m cnntools.docs`"
+REGENERATE = "out of date: run `python -m cnntools.cli.docs`"
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_readme_reference_matches_cli(expected):
 def test_man_pages_show_every_option(expected):
     import typer.main
 
-    from cnntools.cli import app
+    from cnntools.cli.app import app
 
     root = typer.main.get_command(app)
     for name, command in root.commands.items():

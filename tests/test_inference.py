@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from cnntools import inference
-from cnntools.inference import capture_activations, forward_batches, predict
-from cnntools.preprocessing import Preprocessing
+from cnntools.inference import batches as inference
+from cnntools.inference.batches import capture_activations, forward_batches, predict
+from cnntools.inference.preprocessing import Preprocessing
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -114,7 +114,7 @@ def test_hooks_go_when_the_iteration_is_abandoned_or_fails():
         assert n_hooks(model) == 1
         model(torch.zeros(1, 2, 8, 8))  # wrong channel count
     assert n_hooks(model) == 0
-    from cnntools.output import CnnError
+    from cnntools.core.errors import CnnError
 
     branchy = nn.ModuleDict({"used": nn.Flatten(), "unused": nn.Identity()})
     branchy.forward = lambda x: branchy["used"](x)

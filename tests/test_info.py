@@ -19,7 +19,7 @@ from test_startup import HEAVY, run_wrapped
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, one_torch_thread):
     """A real 3-epoch run (digits at 8x8) with its trainer's history."""
-    from cnntools import output
+    from cnntools.output import emitter as output
     from cnntools.training import TrainConfig, Trainer, load_training_data
 
     path = tmp_path_factory.mktemp("info") / "run.safetensors"

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from cnntools import lr_find
+from cnntools.training import lr_find
 
 FAST = ["--arch", "simple-cnn", "--image-size", "8", "--batch-size", "64", "--augment", "none", "--device", "cpu",
         "--precision", "fp32", "--opt", "adam"]

@@ -1,7 +1,7 @@
 """Memory estimates before the first forward pass (issue 14: "before any allocation derived from
 input, estimate its size and refuse with one line when it exceeds what the machine can give").
 
-The estimate (cnntools.memory) is checked against the peak RSS a real forward/backward pass
+The estimate (cnntools.inference.memory) is checked against the peak RSS a real forward/backward pass
 reaches in a fresh process; hostile checkpoints (image_size 16384 with weights that fit any
 size) are refused by every model-running command in seconds, with one line and no large
 allocation; a batch too big for the memory is made smaller, with a note, and gives the same
@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnntools import memory, runtime
+from cnntools.inference import memory
+from cnntools.core import runtime
 from cnntools.checkpoint import save_checkpoint
 from cnntools.models import create_model
 from test_checkpoint import _meta
@@ -32,7 +33,7 @@ GiB = 2**30
 # so library set-up is not counted), against the estimate made in the same process.
 MEASURE = textwrap.dedent("""
     import json, sys, torch
-    from cnntools import memory
+    from cnntools.inference import memory
     from cnntools.models import create_model
     torch.set_num_threads(1)
     arch, c, s, b, training = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"

@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cnntools.models import ARCHITECTURES, count_parameters, create_model, get_architecture, list_architectures
-from cnntools.output import CnnError
+from cnntools.core.errors import CnnError
 
 SPEC_COUNTS = {"lenet": 62_006, "simple-cnn": 620_362, "resnet18": 11_173_962, "compact-cnn": 438_386}
 

@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from cnntools.progress import TrainProgress, format_duration, plural
+from cnntools.output.progress import TrainProgress, format_duration, plural
 
 
 class FakeClock:

@@ -23,8 +23,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnntools import files, output
-from cnntools.output import CnnError
+from cnntools.output import files
+from cnntools.output import emitter as output
+from cnntools.core.errors import CnnError
 
 NULL, ZERO, FULL = (1, 3), (1, 5), (1, 7)  # the kernel's null, zero and full character devices
 
@@ -372,7 +373,7 @@ def test_index_ranges_checked_against_the_dataset_before_expanding(cli, checkpoi
 
 
 def test_confusion_refuses_a_matrix_larger_than_memory(cli, tmp_path):
-    from cnntools import runtime
+    from cnntools.core import runtime
 
     rows = "label,pred\n" + "".join(f"{i * 7},{i * 7 + 3}\n" for i in range(2000)) + "1000000,0\n"
     result = cli("confusion", "-", input=rows)

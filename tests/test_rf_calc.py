@@ -383,7 +383,7 @@ def test_functional_calls_are_followed():
 
 def test_overflowing_arithmetic_is_caught():
     from cnntools.calc.rf_graph import MAX_FIELD, analyse
-    from cnntools.output import CnnError
+    from cnntools.core.errors import CnnError
 
     with torch.device("meta"):
         wild = nn.Conv2d(1, 1, 3, dilation=MAX_FIELD, padding=MAX_FIELD)

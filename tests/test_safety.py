@@ -56,8 +56,8 @@ def _finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[str, str]:
 STALL_SECOND_CHECKPOINT = textwrap.dedent(
     """
     import os, sys, time
-    from cnntools import files
-    from cnntools.cli import main
+    from cnntools.output import files
+    from cnntools.cli.app import main
 
     real, seen = files._write_file, []
 
@@ -115,7 +115,7 @@ READY_IN_EPOCH_2 = textwrap.dedent(
     """
     import sys, time
     from cnntools import training
-    from cnntools.cli import main
+    from cnntools.cli.app import main
 
     real_run = training.Trainer.run
 
@@ -162,8 +162,8 @@ def test_sigterm_during_train_saves_resumable_checkpoint_exits_143_and_resumes_e
 
 
 def test_atomic_write_fsyncs_and_replaces_only_complete_files(tmp_path, monkeypatch):
-    from cnntools import files
-    from cnntools.output import CnnError
+    from cnntools.output import files
+    from cnntools.core.errors import CnnError
 
     target = tmp_path / "result.csv"
     target.write_text("old, complete\n")
@@ -186,7 +186,8 @@ def test_atomic_write_fsyncs_and_replaces_only_complete_files(tmp_path, monkeypa
 def test_sigterm_unwinds_any_command_with_exit_143(cli):
     import typer
 
-    from cnntools.output import Terminated, handle_errors
+    from cnntools.core.errors import Terminated
+    from cnntools.output.emitter import handle_errors
 
     def command():
         raise Terminated()

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from typer.testing import CliRunner
 
-from cnntools.cli import app
+from cnntools.cli.app import app
 from cnntools.interpret import saliency as sal
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -281,7 +281,7 @@ def test_cli_on_image_files(checkpoint, tmp_path):
 def test_cli_method_choices_match_the_library():
     import typing
 
-    from cnntools.commands.saliency import MethodChoice
+    from cnntools.cli.commands.saliency import MethodChoice
 
     assert typing.get_args(MethodChoice) == sal.METHODS
     result = invoke(["saliency", "x.safetensors", "--method", "nope"])
@@ -335,7 +335,7 @@ def _fake_results(maps_per_column, classes=("a", "b", "c")):
 def test_raw_maps_are_drawn_on_one_scale_per_row(overlay):
     """Gradient maps keep their units: every map of a row is drawn on 0..max of that row, whose
     colour bar shows that range and names the quantity; CAM maps get one 0-1 bar saying so."""
-    from cnntools.commands.saliency import _grid
+    from cnntools.cli.commands.saliency import _grid
 
     torch.manual_seed(0)
     # The second image's values are below float32's range, as a confident model's loss gradient is.

@@ -13,8 +13,9 @@ import json
 import pytest
 import typer.main
 
-from cnntools import output, schemas
-from cnntools.cli import app
+from cnntools import schemas
+from cnntools.output import emitter as output
+from cnntools.cli.app import app
 from conftest import assert_schema
 from interpret_fixtures import cached_checkpoint
 
@@ -69,7 +70,7 @@ def test_csv_columns_are_the_json_keys_of_the_rows(cli, args, rows):
     first = next(iter(table[0]))
     header = next(line for line in cli(*args).stdout.splitlines() if line.startswith(first)).split()
     # conv-calc's table shows C×H×W sizes as input/output; rf-calc's abbreviates its widest keys (rf, pad, dil)
-    from cnntools.commands.rf_calc import HEADERS
+    from cnntools.cli.commands.rf_calc import HEADERS
 
     short = {HEADERS.get(k, k) for k in keys}
     assert set(header) <= keys | short | {"input", "output"}, set(header) - keys - short

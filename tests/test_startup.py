@@ -20,7 +20,7 @@ def report():
     sys.__stderr__.write('MODULES=' + json.dumps(names) + '\\n')
 atexit.register(report)
 sys.argv = ['cnntools'] + sys.argv[1:]
-from cnntools.cli import main
+from cnntools.cli.app import main
 main()
 """
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cnntools import runtime
+from cnntools.core import runtime
 
 
 def _cgroup(tmp_path: Path, proc_lines: str, files: dict[str, str]) -> tuple[str, str]:
@@ -90,7 +90,7 @@ def test_threads_option_sets_torchs_threads(cli):
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity")
 def test_one_allowed_core_gives_one_thread_and_a_passive_openmp():
-    code = ("from cnntools import runtime; runtime.prepare_threads(); import torch, os; runtime.use_threads(); "
+    code = ("from cnntools.core import runtime; runtime.prepare_threads(); import torch, os; runtime.use_threads(); "
             "print(torch.get_num_threads(), os.environ['OMP_WAIT_POLICY'])")
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "CNNTOOLS_THREADS", "OMP_WAIT_POLICY")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")]))
@@ -107,7 +107,7 @@ def test_large_blocks_go_back_to_the_system_once_commands_set_threads():
     freed batches of several MiB leave the process instead of staying in a heap that grows."""
     probe = textwrap.dedent('''
         import sys
-        from cnntools import runtime
+        from cnntools.core import runtime
         if sys.argv[1] == "on":
             runtime.use_threads(1)
         import torch

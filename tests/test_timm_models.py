@@ -11,7 +11,7 @@ import torch
 timm = pytest.importorskip("timm", reason="timm is an optional extra: pip install 'cnntools[timm]' (CI installs it)")
 
 from cnntools.checkpoint import load_model, read_checkpoint  # noqa: E402
-from cnntools.output import CnnError  # noqa: E402
+from cnntools.output.emitter import CnnError  # noqa: E402
 
 DATA = "fake:40,size=16,channels=1,classes=3"
 NAME = "test_resnet"  # timm's own 0.4 M-parameter test model

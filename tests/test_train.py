@@ -70,7 +70,7 @@ def test_two_epochs_equal_one_epoch_plus_resume(cli, tmp_path, keep):
 
 def test_interrupted_run_resumes_exactly(tmp_path):
     """Stop in the middle of epoch 1 (what Ctrl-C does), resume, and match an uninterrupted run."""
-    from cnntools import output
+    from cnntools.output import emitter as output
     from cnntools.checkpoint import read_checkpoint as read
     from cnntools.training import TrainConfig, Trainer, TrainingInterrupted, load_training_data
 

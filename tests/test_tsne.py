@@ -117,7 +117,7 @@ def test_both_engines_separate_obvious_clusters(method):
 def test_layer_features_hooks_the_classifier_input_and_named_layers():
     import torch
 
-    from cnntools.preprocessing import Preprocessing
+    from cnntools.inference.preprocessing import Preprocessing
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3)).eval()
@@ -146,7 +146,7 @@ def test_perplexity_too_large_is_refused():
 def pixels_run(tmp_path_factory):
     from typer.testing import CliRunner
 
-    from cnntools.cli import app
+    from cnntools.cli.app import app
 
     folder = tmp_path_factory.mktemp("tsne")
     plot, emb = folder / "pixels.png", folder / "emb.csv"

@@ -14,7 +14,7 @@ import torch
 
 from cnntools.checkpoint import load_model, read_checkpoint
 from cnntools.models import user_code
-from cnntools.output import CnnError
+from cnntools.core.errors import CnnError
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "mynet.py"

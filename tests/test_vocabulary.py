@@ -10,8 +10,8 @@ import pytest
 import typer
 import typer.main
 
-from cnntools import options
-from cnntools.cli import app
+from cnntools.cli import options
+from cnntools.cli.app import app
 
 # What every command that runs a model takes (train has no --split: it uses them all).
 MODEL_OPTIONS = {"--device", "--precision", "--threads", "--batch-size", "--seed", "--data", "--data-dir", "--download", "--split"}
@@ -141,7 +141,7 @@ def test_old_spellings_run_as_before(cli, old, new):
 
 
 def test_the_readme_table_lists_the_vocabulary():
-    from cnntools.docs import REPO
+    from cnntools.cli.docs import REPO
 
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     for long in options.VOCABULARY:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from cnntools.output import CnnError
+from cnntools.core.errors import CnnError
 
 KINDS = ("conv", "maxpool", "avgpool", "convtranspose")
 

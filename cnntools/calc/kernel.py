@@ -13,9 +13,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from cnntools import files
+from cnntools.output import files
 from cnntools.calc.conv import output_length
-from cnntools.output import CnnError
+from cnntools.core.errors import CnnError
 
 Number = int | float
 Matrix = list[list[Number]]

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 from cnntools.calc.conv import output_length
 from cnntools.calc.kernel import plain_number
-from cnntools.output import CnnError
+from cnntools.core.errors import CnnError
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from cnntools.calc.rf import RF
 from cnntools.calc.rf_values import SPATIAL, Stop, Unfollowed, Value, Whole, display_name, pair, shape_of
 from cnntools.calc.rf_walk import Walk
-from cnntools.output import CnnError
+from cnntools.core.errors import CnnError
 
 __all__ = ["SPATIAL", "Analysis", "Unfollowed", "Whole", "analyse", "build_torchvision", "display_name", "parameters_on_meta", "trace",
            "torchvision_default_size"]

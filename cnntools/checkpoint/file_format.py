@@ -11,9 +11,10 @@ import json
 import struct
 from typing import Any
 
-from cnntools import files
+from cnntools.output import files
 from cnntools.checkpoint.metadata import FORMAT, FORMAT_VERSION, CheckpointMeta
-from cnntools.output import CnnError, to_jsonable
+from cnntools.core.errors import CnnError
+from cnntools.output.emitter import to_jsonable
 
 RESUME_PREFIX = "_resume/"
 _STRIP_PREFIXES = ("module.", "_orig_mod.")

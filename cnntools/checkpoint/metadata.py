@@ -33,7 +33,8 @@ import json
 import math
 from dataclasses import dataclass, field, fields
 
-from cnntools.output import CnnError, to_jsonable
+from cnntools.core.errors import CnnError
+from cnntools.output.emitter import to_jsonable
 
 FORMAT = "cnntools-checkpoint"
 FORMAT_VERSION = 1

@@ -8,11 +8,12 @@ from typing import Any
 
 import torch
 
-from cnntools import files
+from cnntools.output import files
 from cnntools.checkpoint.file_format import model_state, read_checkpoint
 from cnntools.checkpoint.metadata import CheckpointMeta
-from cnntools.preprocessing import Preprocessing
-from cnntools.output import CnnError, first_line
+from cnntools.inference.preprocessing import Preprocessing
+from cnntools.core.errors import CnnError
+from cnntools.output.emitter import first_line
 
 TORCHVISION_PREFIX = "torchvision:"
 
@@ -68,7 +69,7 @@ class LoadedModel:
     images become its input, what its outputs are, and the name it is shown under; `meta`
     and `source` say where it came from (architecture, data recipe, training record; the file).
 
-    Running it is `cnntools.inference.predict(lm.model, images, lm.preprocessing, ...)` (or
+    Running it is `cnntools.inference.batches.predict(lm.model, images, lm.preprocessing, ...)` (or
     `forward_batches` for captured layers); its data is
     `cnntools.data.load_for_model(lm.meta.data, split, lm.preprocessing, lm.classes, ...)`.
     """
@@ -76,7 +77,7 @@ class LoadedModel:
     model: Any  # torch.nn.Module
     preprocessing: Preprocessing
     classes: list[str]
-    label: str  # the run's name in figures and tables (see `cnntools.runs.model_label`)
+    label: str  # the run's name in figures and tables (see `cnntools.checkpoint.runs.model_label`)
     meta: CheckpointMeta
     source: str = ""  # the file (or torchvision:NAME, timm:NAME) as messages name it
 
@@ -86,7 +87,7 @@ class LoadedModel:
         """The loaded `model` described by its metadata: the preprocessing from its mean, std,
         channels and size (`resize`, `interpolation`: a published model's resize rule, which
         a checkpoint never carries)."""
-        from cnntools.runs import model_label
+        from cnntools.checkpoint.runs import model_label
 
         preprocessing = Preprocessing(tuple(meta.mean), tuple(meta.std), meta.image_size, meta.in_channels,
                                       resize, interpolation)
@@ -210,7 +211,7 @@ def load_architecture(spec: str, device="cpu", trust_code: bool = False) -> tupl
 
         return architecture(spec[len("timm:"):], device)
     _, meta = read_checkpoint(spec)
-    from cnntools.memory import check_weights as check_weight_bytes
+    from cnntools.inference.memory import check_weights as check_weight_bytes
 
     name = files.display_name(spec)
     # No weights are read here, so nothing bounds the architecture's size but its metadata.

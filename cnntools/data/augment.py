@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cnntools.output import CnnError
+from cnntools.core.errors import CnnError
 
 # torchvision's rgb_to_grayscale weights, so contrast/saturation match it.
 _GRAY = (0.2989, 0.587, 0.114)

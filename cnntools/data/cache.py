@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cnntools.data.store import StoreDamaged, StoreWriter, open_store
-from cnntools.output import warn
+from cnntools.output.emitter import warn
 
 CACHE_VERSION = "2"
 # Sources that decode to more than this (image folders always) are read through a store on

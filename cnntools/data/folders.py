@@ -21,12 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnntools import files
+from cnntools.output import files
 from cnntools.data import cache
 from cnntools.data.images import image_extensions
 from cnntools.data.imageset import ImageSet, chunk_rows, mapped_tensor
 from cnntools.data.progress import decode_progress, decode_workers, ordered_map
-from cnntools.output import CnnError, info, warn
+from cnntools.core.errors import CnnError
+from cnntools.output.emitter import info, warn
 
 SPLIT_DIRS = {"train": ("train", "training"), "val": ("valid", "val", "validation"), "test": ("test", "testing")}
 _GROUP = 8  # files per task given to a decoder thread

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from cnntools.output import CnnError
+from cnntools.core.errors import CnnError
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's Image.MAX_IMAGE_PIXELS
 
@@ -129,7 +129,7 @@ def decode_image(data: bytes, name: str, mode: str = "RGB", size: tuple[int, int
 
 def read_image(path: str, mode: str = "RGB", size: tuple[int, int] | None = None) -> np.ndarray:
     """An image file (or stdin for `-`) decoded by `decode_image`, at `size` (width, height) if given."""
-    from cnntools import files
+    from cnntools.output import files
 
     if path != files.STDIO and not os.path.exists(path):
         raise CnnError(f"{files.display_name(path)}: no such image file")
@@ -151,7 +151,7 @@ def image_paths(paths: list[str], on_skip) -> Iterator[tuple[str, bool]]:
     named, whose failure is an error) and each folder walked with `files.walk_files` (hidden
     names left out, link cycles entered once, non-regular files passed to `on_skip(path,
     message)` with their reason and never opened)."""
-    from cnntools import files
+    from cnntools.output import files
 
     suffixes = None
     for path in paths:

@@ -151,7 +151,7 @@ class ImageSet:
         if self.mapped:
             images = _to_store(len(self), tuple(item_shape), pieces)
         else:
-            from cnntools.runtime import check_allocation
+            from cnntools.core.runtime import check_allocation
 
             # Held in RAM beside the model that runs on them: at most half of what is free.
             check_allocation(len(self) * int(np.prod(item_shape)),

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Iterator
 def decode_workers() -> int:
     """Decoder threads: the threads this run may use (Pillow releases the GIL while it decodes
     and resizes, so threads scale without the copies a process pool would make)."""
-    from cnntools.runtime import thread_count
+    from cnntools.core.runtime import thread_count
 
     return max(1, thread_count())
 
@@ -31,7 +31,7 @@ def ordered_map(pool, fn: Callable, items: Iterable, window: int) -> Iterator:
 def decode_progress(total: int, label: str = "Decoding"):
     """A rich bar on stderr with images/s (nothing under --quiet or off a terminal); yields
     `advance(done)`."""
-    from cnntools import output
+    from cnntools.output import emitter as output
 
     console = output.err_console()
     if console is None or not console.is_terminal:

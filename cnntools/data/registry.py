@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from cnntools.data.imageset import ImageSet, stratified_split
-from cnntools.output import CnnError, warn
+from cnntools.core.errors import CnnError
+from cnntools.output.emitter import warn
 
 SPLITS = ("train", "val", "test")
 DEFAULT_DATA_DIR = "./data"
@@ -230,7 +231,7 @@ def load_for_model(recipe, split: str, preprocessing, classes: list[str], *,
     labels).
 
     Images come fitted to the model's channels and size (`preprocessing`, a
-    `cnntools.preprocessing.Preprocessing`), piece by piece (a mapped dataset stays mapped),
+    `cnntools.inference.preprocessing.Preprocessing`), piece by piece (a mapped dataset stays mapped),
     except for a model with a resize rule (torchvision's and timm's resize + centre crop):
     its images come at the dataset's own size, because that rule is not idempotent and the
     forward pass applies it once. `name` (the model's) goes into the error when no dataset

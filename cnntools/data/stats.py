@@ -7,7 +7,7 @@ import math
 import torch
 
 from cnntools.data.imageset import iter_chunks
-from cnntools.output import CnnError
+from cnntools.core.errors import CnnError
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]

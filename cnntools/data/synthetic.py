@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from cnntools.data.imageset import ImageSet, stratified_split
-from cnntools.output import CnnError
+from cnntools.core.errors import CnnError
 
 # The digits train/test split never changes with --seed: a test set must stay the test set.
 DIGITS_TEST_FRACTION = 0.2

@@ -19,7 +19,8 @@ import torch
 
 from cnntools.data import cache
 from cnntools.data.imageset import ImageSet, mapped_tensor
-from cnntools.output import CnnError, info
+from cnntools.core.errors import CnnError
+from cnntools.output.emitter import info
 
 _SAFE_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"),
@@ -41,7 +42,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 def read_cifar_pickle(path: Path) -> dict:
     """One CIFAR python batch as a dict with str keys, loaded without running foreign code."""
-    from cnntools import files
+    from cnntools.output import files
 
     with files.open_binary(path) as handle:  # stat first: a FIFO or device named data_batch_1 never blocks
         try:
@@ -225,7 +226,7 @@ def read_idx(path: Path) -> np.ndarray:
     decompressed only up to IDX_LIMIT bytes (a gzip bomb stops there)."""
     import io
 
-    from cnntools import files
+    from cnntools.output import files
 
     name = files.display_name(path)
     raw = files.read_bytes(path, IDX_LIMIT)

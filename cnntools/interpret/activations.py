@@ -1,6 +1,6 @@
 """Layers by name, their output shapes, and statistics of captured activations.
 
-Activations themselves are captured by `cnntools.inference` (`capture_activations`, and
+Activations themselves are captured by `cnntools.inference.batches` (`capture_activations`, and
 `forward_batches(..., layers=...)`, which runs a model with it).
 """
 
@@ -10,17 +10,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnntools.output import CnnError
-
-
-def named_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Every sub-module by its dotted name (the root model itself left out)."""
-    return {name: module for name, module in model.named_modules() if name}
+from cnntools.core.errors import CnnError
+from cnntools.models.layers import get_layer, named_layers
 
 
 def example_input(lm) -> torch.Tensor:
     """One blank image at a loaded model's input size: what `forward_order` runs."""
-    from cnntools.runtime import module_device
+    from cnntools.core.runtime import module_device
 
     return torch.zeros(1, *lm.preprocessing.shape, device=module_device(lm.model))
 
@@ -74,15 +70,6 @@ def last_conv_name(model: nn.Module, example: torch.Tensor | None = None) -> str
             "or for saliency use --method gradient, which needs no layer"
         )
     return names[-1]
-
-
-def get_layer(model: nn.Module, name: str) -> nn.Module:
-    """The sub-module called `name`, or a one-line error listing a few valid names."""
-    layers = named_layers(model)
-    if name not in layers:
-        some = ", ".join(list(layers)[:12])
-        raise CnnError(f"no layer named '{name}' in the model (some names: {some}; see --list-layers)")
-    return layers[name]
 
 
 def cam_layer_name(model: nn.Module, example: torch.Tensor | None = None) -> str:

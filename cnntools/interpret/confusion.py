@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cnntools.output import CnnError
-from cnntools.runtime import check_allocation
+from cnntools.core.errors import CnnError
+from cnntools.core.runtime import check_allocation
 
 NORMALIZE = ("none", "true", "pred", "all")
 

@@ -8,9 +8,9 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-from cnntools.inference import capture_activations
-from cnntools.interpret.activations import get_layer
-from cnntools.output import CnnError
+from cnntools.inference.batches import capture_activations
+from cnntools.models.layers import get_layer
+from cnntools.core.errors import CnnError
 
 
 def kernel_tiles(weight: torch.Tensor, scale: str = "shared") -> tuple[torch.Tensor, bool]:

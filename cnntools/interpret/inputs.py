@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from cnntools.output import CnnError
+from cnntools.core.errors import CnnError
 
 
 def parse_int_list(text: str, what: str = "indices", size: int | None = None, where: str = "", unit: str = "images") -> list[int]:

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnntools.interpret.activations import get_layer
-from cnntools.output import CnnError
+from cnntools.models.layers import get_layer
+from cnntools.core.errors import CnnError
 
 
 def _cam_classes() -> dict[str, type]:
@@ -338,7 +338,7 @@ def _at_precision(model: nn.Module, device, precision: str):
     model's output is cast to float32 (pytorch-grad-cam turns scores into NumPy, which has
     no bfloat16); the CAM layer's output is too (see `_gradients_from`).
     """
-    from cnntools import runtime
+    from cnntools.core import runtime
 
     if precision == "fp32":
         yield

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cnntools import runtime
-from cnntools.output import CnnError
+from cnntools.core import runtime
+from cnntools.core.errors import CnnError
 
 METHODS = ("auto", "sklearn", "opentsne")
 OPENTSNE_INTS_IN_INTERVAL = 3
@@ -421,7 +421,7 @@ def layer_features(model, preprocessing, images, layer: str | None = None, batch
     """
     import torch
 
-    from cnntools.inference import forward_batches
+    from cnntools.inference.batches import forward_batches
 
     modules = dict(model.named_modules())
     if layer is None:

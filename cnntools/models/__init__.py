@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from cnntools.models.user_code import is_code_reference
-from cnntools.output import CnnError
+from cnntools.core.errors import CnnError
 
 TIMM_PREFIX = "timm:"
 TORCHVISION_PREFIX = "torchvision:"
@@ -166,7 +166,7 @@ def check_outputs(model, name: str, in_channels: int, image_size: int, num_class
             model.eval()
             out = model(torch.zeros(2, in_channels, image_size, image_size, device=device))
     except Exception as error:  # noqa: BLE001 - whatever the user's forward raises
-        from cnntools.output import first_line
+        from cnntools.output.emitter import first_line
 
         raise CnnError(
             f"{name} cannot run on {in_channels}x{image_size}x{image_size} inputs ({type(error).__name__}: "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cnntools.output import CnnError
+from cnntools.core.errors import CnnError
 
 
 def default_weights(name: str):

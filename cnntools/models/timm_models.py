@@ -14,7 +14,7 @@ import math
 import os
 from pathlib import Path
 
-from cnntools.output import CnnError
+from cnntools.core.errors import CnnError
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 

@@ -9,7 +9,7 @@ local torch cache (models/hub.py).
 
 from __future__ import annotations
 
-from cnntools.output import CnnError
+from cnntools.core.errors import CnnError
 
 PREFIX = "torchvision:"
 

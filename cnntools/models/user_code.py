@@ -25,7 +25,8 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cnntools.output import CnnError, warn
+from cnntools.core.errors import CnnError
+from cnntools.output.emitter import warn
 
 # Arguments the data decides, passed when the constructor's signature names them.
 SIZE_ARGUMENTS = ("in_channels", "num_classes", "image_size")

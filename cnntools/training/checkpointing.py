@@ -37,7 +37,7 @@ class Checkpointing:
     def metadata(self):
         """The checkpoint metadata of the current state of the run."""
         from cnntools.checkpoint import CheckpointMeta, DataRecipe
-        from cnntools.runs import derive_label
+        from cnntools.checkpoint.runs import derive_label
 
         pos = self.position
         kept = self.kept_record()

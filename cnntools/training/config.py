@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields
 
-from cnntools.output import CnnError
+from cnntools.core.errors import CnnError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "step", "cosine", "onecycle")
@@ -50,7 +50,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     deterministic: bool = False  # torch.use_deterministic_algorithms and cuDNN's deterministic mode
-    label: str | None = None  # None: derived from the options (cnntools.runs.derive_label)
+    label: str | None = None  # None: derived from the options (cnntools.checkpoint.runs.derive_label)
     val_every: int = 0  # also validate every N weight updates (0: once per epoch only)
     test_each_epoch: bool = False  # also measure the test split after every epoch (never used to select)
 

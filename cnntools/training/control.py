@@ -8,7 +8,7 @@ import threading
 
 import torch
 
-from cnntools.output import CnnError
+from cnntools.core.errors import CnnError
 
 
 class TrainingInterrupted(KeyboardInterrupt):

@@ -3,7 +3,7 @@ and the test split `--test-each-epoch` measures."""
 
 from __future__ import annotations
 
-from cnntools.output import CnnError
+from cnntools.core.errors import CnnError
 from cnntools.training.config import TrainConfig
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from cnntools import runtime
-from cnntools.collectives import reduce_sum
+from cnntools.core import runtime
+from cnntools.training.collectives import reduce_sum
 
 
 def evaluate(model, loader, criterion, device, precision: str = "fp32") -> dict:

@@ -3,7 +3,7 @@
 One `Trainer` runs a training job end to end: data → model → optimiser/schedule → epochs of
 batches of device tensors (from `cnntools.data.BatchLoader`) → per-epoch records →
 checkpoint after every epoch. The same loop runs under DistributedDataParallel
-(`cnntools.distributed` sets up the process group): with `rank`/`world_size` each rank
+(`cnntools.training.distributed` sets up the process group): with `rank`/`world_size` each rank
 takes its shard of every epoch's permutation and `cfg.batch_size / world_size` images per
 step, so one step of all ranks is one step of the global batch; the model is wrapped in DDP
 (`wrap_model`), metric sums are reduced across ranks (`reduce_sum`), the ranks agree on a
@@ -27,13 +27,14 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from cnntools import memory, runtime
+from cnntools.inference import memory
+from cnntools.core import runtime
 from cnntools.checkpoint import clean_state_dict, unwrap_model
-from cnntools.collectives import broadcast_buffers, check_global_batch, reduce_sum, wrap_model
+from cnntools.training.collectives import broadcast_buffers, check_global_batch, reduce_sum, wrap_model
 from cnntools.data.augment import resolve_augment
 from cnntools.data.imageset import CHUNK_BYTES, chunk_rows
-from cnntools.inference import wants_channels_last
-from cnntools.output import CnnError
+from cnntools.inference.batches import wants_channels_last
+from cnntools.core.errors import CnnError
 from cnntools.training.checkpointing import Checkpointing, Position
 from cnntools.training.config import TrainConfig, validate_config
 from cnntools.training.control import NonFiniteLoss, TrainingInterrupted, gradient_sum, install_stop_signals, restore_signals

@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from cnntools.collectives import reduce_sum
+from cnntools.training.collectives import reduce_sum
 
 
 class EpochMeters:

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from cnntools.output import CnnError
+from cnntools.core.errors import CnnError
 from cnntools.training.config import TrainConfig
 
 

@@ -4,7 +4,7 @@ Issue 7, target 4: ≥ 0.9×. A checkpoint is written by a one-epoch `Trainer` r
 with `cnntools.checkpoint.load_model` (as `eval` does), and two cases run interleaved,
 median of --repeats rounds, at the same batch size and precision:
 
-- `cnntools`: `cnntools.inference.predict(model, images, preprocessing, ...)` — the call
+- `cnntools`: `cnntools.inference.batches.predict(model, images, preprocessing, ...)` — the call
   `cnntools eval` times for its images_per_s: uint8 images → float, normalised, forward under
   `inference_mode` and autocast, logits gathered on the CPU.
 - `bare`: the same model over ready-made normalised float batches in a plain
@@ -42,10 +42,10 @@ def main() -> None:
     import torch
 
     set_threads(args.threads)
-    from cnntools import runtime
+    from cnntools.core import runtime
     from cnntools.checkpoint import load_model
     from cnntools.data import load_split
-    from cnntools.inference import predict, wants_channels_last
+    from cnntools.inference.batches import predict, wants_channels_last
     from cnntools.training import TrainConfig, Trainer
 
     device = runtime.resolve_device(args.device)

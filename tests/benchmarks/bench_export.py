@@ -35,7 +35,7 @@ def main() -> None:
 
     from typer.testing import CliRunner
 
-    from cnntools.cli import app
+    from cnntools.cli.app import app
     from cnntools.models import input_size_for
     from interpret_fixtures import train_checkpoint
 

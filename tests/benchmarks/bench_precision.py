@@ -63,8 +63,8 @@ def accuracy(args) -> None:
     import statistics
 
     from cnntools.data import load_split
-    from cnntools.inference import predict
-    from cnntools.preprocessing import Preprocessing
+    from cnntools.inference.batches import predict
+    from cnntools.inference.preprocessing import Preprocessing
     from cnntools.training import TrainConfig, Trainer, load_training_data
 
     accuracies: dict[str, list[float]] = {"auto": [], "fp32": []}

@@ -258,7 +258,7 @@ def _decode_one(job):
 def _pool_pass(folder: Path, size: int, kind: str) -> int:
     from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
-    from cnntools.runtime import usable_cores
+    from cnntools.core.runtime import usable_cores
 
     files = sorted(folder.glob("*/*.jpg"))
     pool_cls = ThreadPoolExecutor if kind == "threads" else ProcessPoolExecutor
@@ -360,7 +360,7 @@ def _timed_train(work: Path, threads: str | None, env_extra: dict) -> float:
 
 
 def case_threads(work: Path, repeats: int) -> None:
-    code = "from cnntools import runtime; print(runtime.default_threads())"
+    code = "from cnntools.core import runtime; print(runtime.default_threads())"
     out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], env=_env(), capture_output=True, text=True)
     chosen = out.stdout.strip()
     emit({"benchmark": "threads_taskset", "case": "taskset -c 0: default threads", "value": chosen, "target": "1",

@@ -42,7 +42,7 @@ def run(self):
     return _run(self)
 
 training.Trainer.run = run
-from cnntools.cli import main
+from cnntools.cli.app import main
 sys.argv = ["cnntools"] + sys.argv[1:]
 main()
 """

@@ -64,7 +64,7 @@ def step_fn(trainer):
     """The bare training step with the Trainer's own model type, optimizer, precision and layout."""
     import torch
 
-    from cnntools import runtime
+    from cnntools.core import runtime
     from cnntools.training import build_optimizer
     from cnntools.models import create_model
 

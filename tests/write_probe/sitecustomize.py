@@ -1,11 +1,11 @@
 """Loaded at start-up by the processes tests/test_distributed.py starts (their PYTHONPATH
-begins with this folder): every file write through `cnntools.files.write_bytes` is logged
+begins with this folder): every file write through `cnntools.output.files.write_bytes` is logged
 with the writer's RANK to the file named by CNNTOOLS_TEST_WRITE_LOG."""
 
 import os
 
 if os.environ.get("CNNTOOLS_TEST_WRITE_LOG"):
-    import cnntools.files as _files
+    import cnntools.output.files as _files
 
     _write_bytes = _files.write_bytes
 

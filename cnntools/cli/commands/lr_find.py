@@ -1,0 +1,158 @@
+"""`cnntools lr-find`: Smith's learning-rate range test on train's model, data and optimizer."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from cnntools.cli import options
+from cnntools.output import emitter as output
+
+SWEEP_COLUMNS = ["step", "lr", "loss", "smoothed_loss"]
+
+
+def main(
+    arch: options.Arch = "simple-cnn",
+    batchnorm: options.Batchnorm = False,
+    output_activation: options.OutputActivation = "none",
+    pretrained: options.Pretrained = False,
+    data: options.Data = "digits",
+    data_dir: options.DataDir = None,
+    val_split: options.ValSplit = 0.1,
+    download: options.Download = False,
+    image_size: options.ImageSize = None,
+    batch_size: options.BatchSize = 32,
+    opt: options.Optimizer = "adam",
+    momentum: options.Momentum = 0.9,
+    weight_decay: options.WeightDecay = 0.0,
+    nesterov: options.Nesterov = False,
+    augment: options.Augment = "auto",
+    normalize: options.Normalize = "dataset",
+    class_weights: options.ClassWeights = "none",
+    label_smoothing: options.LabelSmoothing = 0.0,
+    start_lr: Annotated[float, typer.Option("--start-lr", help="Learning rate of the first step.")] = 1e-7,
+    end_lr: Annotated[float, typer.Option("--end-lr", help="Learning rate of the last step (the sweep is exponential).")] = 10.0,
+    steps: Annotated[int, typer.Option("--steps", help="Weight updates in the sweep (it stops early when the loss diverges).")] = 200,
+    diverge: Annotated[
+        float, typer.Option("--diverge", help="Stop once the smoothed loss exceeds this many times its minimum.")
+    ] = 4.0,
+    seed: options.Seed = 0,
+    device: options.Device = "auto",
+    threads: options.Threads = None,
+    precision: options.Precision = "auto",
+    plot: options.Output = None,
+    sweep: Annotated[
+        Optional[str], typer.Option("--sweep", help="Also write every step (step, lr, loss, smoothed_loss) to FILE (.csv or .json).")
+    ] = None,
+    fmt: options.Format = "table",
+    quiet: options.Quiet = False,
+    debug: options.Debug = False,
+) -> None:
+    """Find a learning rate: Smith's range test, as fastai's lr_find and Lightning's tuner run it.
+
+    Trains a fresh copy of the model (the same --arch, data and optimizer options as train)
+    for up to --steps updates while the learning rate grows exponentially from --start-lr to
+    --end-lr, records the loss, smooths it (debiased moving average, beta 0.98) and stops
+    when it diverges. Suggests two rates from the smoothed curve: steepest (the fastest fall
+    of the loss per unit of log learning rate) and valley (two thirds down the longest
+    falling stretch, fastai's default and the steadier of the two). Writes no checkpoint.
+    The table shows the suggestions; JSON has them and every step; CSV is every step.
+
+    \b
+    Examples:
+      cnntools lr-find                                         # simple-cnn on digits with Adam
+      cnntools lr-find --arch lenet --opt sgd --momentum 0.9 -o lr.png
+      cnntools lr-find --arch resnet18 --data cifar10 --batch-size 64 --steps 300 --sweep sweep.csv
+      cnntools train --lr "$(cnntools lr-find --format json -q | jq .suggestions.valley)"
+    """
+    output.configure(quiet=quiet, debug=debug)
+    from cnntools.output import files
+    from cnntools.core import runtime
+
+    runtime.use_threads(threads)
+
+    if start_lr >= end_lr:
+        raise output.CnnError("--start-lr must be below --end-lr")
+    if plot is not None:
+        files.figure_format(plot)
+    if sweep is not None and not sweep.endswith((".csv", ".json")):
+        raise output.CnnError(f"{sweep}: --sweep writes .csv or .json files")
+    files.check_output(sweep)
+
+    from cnntools.training import lr_find
+    from cnntools.training import TrainConfig, Trainer, load_training_data
+
+    cfg = TrainConfig(
+        arch=arch, batchnorm=batchnorm, output_activation=output_activation, pretrained=pretrained, data=data,
+        data_dir=data_dir, val_split=val_split, download=download, image_size=image_size, epochs=1,
+        batch_size=batch_size, opt=opt, lr=start_lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
+        augment=augment, normalize=normalize, class_weights=class_weights, label_smoothing=label_smoothing,
+        seed=seed, device=device, precision=precision,
+    )
+    train_set, _, _ = load_training_data(cfg)  # the validation carve-out stays out of the sweep, as in train
+    trainer = Trainer(cfg, train_set, None, output=None)
+    output.info(f"Range test of {arch} on {data} ({len(train_set)} train images, {trainer.steps_per_epoch} batches of "
+                f"{batch_size} per epoch): {opt}, lr {start_lr:g} to {end_lr:g} over {steps} steps")
+    progress = _Progress.create(steps)
+    try:
+        result = lr_find.range_test(trainer, start_lr, end_lr, steps, diverge=diverge,
+                                    on_step=progress.update if progress else None)
+    finally:
+        if progress is not None:
+            progress.stop()
+    records, suggestions = result["records"], result["suggestions"]
+    last = records[-1]["lr"] if records else start_lr
+    output.info(f"{len(records)} steps, {'stopped at divergence' if result['stopped'] == 'diverged' else 'the full sweep'} "
+                f"(last lr {last:.3g})")
+    if suggestions["valley"] is None:
+        raise output.CnnError(f"the sweep stopped after {len(records)} steps, too few to suggest a rate; "
+                              "lower --start-lr or raise --steps")
+    doc = {
+        "arch": arch, "data": data, "opt": opt, "batch_size": batch_size,
+        "start_lr": start_lr, "end_lr": end_lr, "steps": steps, "steps_run": len(records), "stopped": result["stopped"],
+        "suggestions": suggestions, "sweep": records,
+    }
+    if sweep is not None:
+        text = output.csv_text(records, SWEEP_COLUMNS) if sweep.endswith(".csv") else _json(output.stamped(doc, "lr-find"))
+        files.write_text(sweep, text)
+    if plot is not None:
+        lr_find.plot(result, plot, f"{arch} on {data}, {opt}, batch {batch_size}")
+    by_lr = {r["lr"]: r for r in records}
+    rows = [{"method": name, "lr": lr, "smoothed_loss": by_lr[lr]["smoothed_loss"], "step": by_lr[lr]["step"]}
+            for name, lr in suggestions.items()]
+    if fmt == "csv":
+        output.print_csv(records, SWEEP_COLUMNS)
+    else:
+        output.emit(doc, fmt, schema="lr-find", rows=rows, columns=["method", "lr", "smoothed_loss", "step"],
+                    title="Suggested learning rates (valley: fastai's default)")
+
+
+def _json(doc: dict) -> str:
+    import json
+
+    return json.dumps(output.to_jsonable(doc), indent=2) + "\n"
+
+
+class _Progress:
+    def __init__(self, bar, task):
+        self.bar, self.task = bar, task
+
+    @classmethod
+    def create(cls, steps: int):
+        console = output.err_console()
+        if console is None or not console.is_terminal:
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        bar = Progress(TextColumn("lr-find"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
+                       console=console, transient=True)
+        task = bar.add_task("lr-find", total=steps, stats="")
+        bar.start()
+        return cls(bar, task)
+
+    def update(self, step: int, steps: int, record: dict) -> None:
+        self.bar.update(self.task, completed=step, stats=f"lr {record['lr']:.2e}  loss {record['smoothed_loss']:.4f}")
+
+    def stop(self) -> None:
+        self.bar.stop()
