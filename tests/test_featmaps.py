@@ -97,7 +97,7 @@ def test_cli_list_layers_json_figure_and_saved_tensors(checkpoint, tmp_path):
     result = runner.invoke(
         app,
         ["featmaps", str(checkpoint), "-i", "2", "-l", "features.1", "-l", "features.7", "--max-channels", "6",
-         "-o", str(png), "--save", str(saved), "--format", "json", "--device", "cpu"],
+         "-o", str(png), "--save", str(saved), "--format", "json", "--device", "cpu", "--precision", "fp32"],
         prog_name="cnntools",
     )
     assert result.exit_code == 0, result.output

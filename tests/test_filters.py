@@ -96,7 +96,7 @@ def test_cli_kernels_and_top_images(checkpoint, tmp_path):
     assert kern.stat().st_size > 10_000
 
     args = ["filters", str(checkpoint), "-l", "features.6", "--top-k", "4", "-f", "0,3", "--score", "max",
-            "--crop-rf", "--top-output", str(top), "--format", "json", "--device", "cpu"]
+            "--crop-rf", "--top-output", str(top), "--format", "json", "--device", "cpu", "--precision", "fp32"]
     result = runner.invoke(app, args, prog_name="cnntools")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)

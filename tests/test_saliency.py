@@ -368,7 +368,7 @@ def test_cli_saves_raw_gradients_and_reports_their_peak(checkpoint, tmp_path):
     from cnntools.data import load_for_model
 
     maps_file = tmp_path / "maps.safetensors"
-    result = invoke(["saliency", checkpoint, "-m", "gradient", "-i", "0-2", "--format", "json", "--device", "cpu",
+    result = invoke(["saliency", checkpoint, "-m", "gradient", "-i", "0-2", "--format", "json", "--device", "cpu", "--precision", "fp32",
                      "--save", str(maps_file), "--target", "true"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
