@@ -1,6 +1,6 @@
-"""Generate the man pages, shell completions, README command reference and output schemas.
+"""Generate the man pages, shell completions, command reference and output schemas.
 
-    python -m cnntools.cli.docs            # rewrite man/, completions/, docs/schemas/ and the README block
+    python -m cnntools.cli.docs            # rewrite man/, completions/, docs/commands/, docs/schemas/
     python -m cnntools.cli.docs --check    # exit 1 and list what differs (CI)
 
 Everything is rendered from `typer.main.get_command(app)` and the completion scripts the
@@ -19,8 +19,6 @@ from pathlib import Path
 
 from cnntools.cli.completion_scripts import SHELLS
 
-BEGIN = "<!-- BEGIN COMMAND REFERENCE -->"
-END = "<!-- END COMMAND REFERENCE -->"
 PROG = "cnntools"
 REPO = Path(__file__).resolve().parents[2]
 
@@ -188,31 +186,30 @@ def completion_script(shell: str) -> str:
     return result.stdout.rstrip("\n") + "\n"
 
 
-# ---------------------------------------------------------------------------- README
+# ---------------------------------------------------------------------------- reference
 
 
-def command_reference(names: list[str]) -> str:
-    """The README's command reference: `--help` of the root and of every command in `names`."""
-    parts = ["", f"### `{PROG}`", "", "```text", command_help([]).rstrip("\n"), "```"]
-    for name in names:
-        parts += ["", f"### `{PROG} {name}`", "", "```text", command_help([name]).rstrip("\n"), "```"]
-    return "\n".join(parts) + "\n"
-
-
-def replace_block(readme: str, block: str) -> str | None:
-    """README text with the marked block replaced; None when the markers are missing."""
-    start = readme.find(BEGIN)
-    end = readme.find(END)
-    if start < 0 or end < start:
-        return None
-    return readme[: start + len(BEGIN)] + "\n" + block.strip("\n") + "\n" + readme[end:]
+def command_pages(root: Path, subs) -> dict[Path, str]:
+    """docs/commands/: `--help` of every command on a page of its own, and an index holding the
+    root's `--help` with a link to each page."""
+    folder = root / "docs" / "commands"
+    index = ["# Command reference", "", "Generated from the CLI itself (`python -m cnntools.cli.docs`); a test fails when it drifts.",
+             "", "```text", command_help([]).rstrip("\n"), "```", ""]
+    pages = {}
+    for name, command, _ in subs:
+        summary = (command.short_help or (command.help or "").split("\n")[0]).strip()
+        index.append(f"- [`{PROG} {name}`]({name}.md): {summary}")
+        pages[folder / f"{name}.md"] = "\n".join(
+            [f"# `{PROG} {name}`", "", "```text", command_help([name]).rstrip("\n"), "```", ""])
+    pages[folder / "README.md"] = "\n".join(index) + "\n"
+    return pages
 
 
 # ---------------------------------------------------------------------------- all
 
 
 def generated(root: Path = REPO) -> dict[Path, str]:
-    """Every generated file (path → content); the README only when it has the markers."""
+    """Every generated file (path → content)."""
     from cnntools import __version__
 
     command, ctx, subs = _contexts()
@@ -222,11 +219,7 @@ def generated(root: Path = REPO) -> dict[Path, str]:
     for shell in SHELLS:
         files[root / "completions" / f"{PROG}.{shell}"] = completion_script(shell)
     files.update(schema_pages(root))
-    readme = root / "README.md"
-    if readme.is_file():
-        updated = replace_block(readme.read_text(encoding="utf-8"), command_reference([name for name, _, _ in subs]))
-        if updated is not None:
-            files[readme] = updated
+    files.update(command_pages(root, subs))
     return files
 
 
@@ -241,9 +234,9 @@ def schema_pages(root: Path) -> dict[Path, str]:
 
 
 def stale_man_pages(root: Path, expected: dict[Path, str]) -> list[Path]:
-    """Man pages in man/ and schema pages in docs/schemas/ that nothing generates any more."""
+    """Man pages, schema pages and command pages that nothing generates any more."""
     found = []
-    for folder, pattern in ((root / "man", f"{PROG}*.1"), (root / "docs" / "schemas", "*.md")):
+    for folder, pattern in ((root / "man", f"{PROG}*.1"), (root / "docs" / "schemas", "*.md"), (root / "docs" / "commands", "*.md")):
         if folder.is_dir():
             found += [p for p in folder.glob(pattern) if p not in expected]
     return sorted(found)
@@ -256,9 +249,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     expected = generated(args.root)
     stale = stale_man_pages(args.root, expected)
-    readme = args.root / "README.md"
-    if readme not in expected:
-        print(f"note: {readme} is missing or has no {BEGIN} markers; README left alone", file=sys.stderr)
     changed = [p for p, text in expected.items() if not p.is_file() or p.read_text(encoding="utf-8") != text]
     if args.check:
         for path in changed + stale:
