@@ -1,7 +1,7 @@
 # bash completion for cnntools: `source` this file (`cnntools --install-completion` does it from ~/.bashrc).
 _cnntools_completion() {
     local line=${COMP_LINE:0:COMP_POINT} word prefix value answer
-    mapfile -t answer < <(env _CNNTOOLS_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS="$line" "$1" 2>/dev/null)
+    mapfile -t answer < <(env _CNNTOOLS_COMPLETE=complete_lines _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS="$line" "$1" 2>/dev/null)
     # bash replaces only the text after the word's last ':' (cuda:0): drop what precedes it.
     word=${line##*[[:space:]]}
     [[ $word == -*=* ]] && word=${word#*=}

@@ -4,7 +4,7 @@
 _cnntools() {
   local -a described nospace
   local entry value help ret=1
-  local answer="$(env _CNNTOOLS_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS="${words[1,CURRENT]}" cnntools 2>/dev/null)"
+  local answer="$(env _CNNTOOLS_COMPLETE=complete_lines _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS="${words[1,CURRENT]}" cnntools 2>/dev/null)"
   if [[ -z $answer ]]; then
     _files
     return

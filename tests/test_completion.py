@@ -30,10 +30,12 @@ SCRIPTS = {shell: REPO / "completions" / f"cnntools.{shell}" for shell in comple
 
 # (line, check) per case: what every shell must offer for the line's last word.
 CANDIDATES = [
-    ("cnntools train --arch ", lambda c: {"lenet", "simple-cnn", "resnet18", "torchvision:"} <= c),
+    ("cnntools train --arch ", lambda c: {"lenet", "simple-cnn", "resnet18", "torchvision:", "timm:"} <= c),
+    # One candidate per option: no piece of an option's wrapped help among them.
+    ("cnntools train --ar", lambda c: c == {"--arch", "--arch-args"}),
     ("cnntools rf-calc --arch res", lambda c: c == {"resnet18", "resnet18-imagenet"}),
     # Model arguments: checkpoints and folders only, plus torchvision:
-    ("cnntools eval ", lambda c: c == {"net.safetensors", "runs/", "torchvision:"}),
+    ("cnntools eval ", lambda c: c == {"net.safetensors", "runs/", "torchvision:", "timm:"}),
     ("cnntools dataset-stats --data ", lambda c: {"digits", "cifar10", "fake", "runs/"} <= c and "notes.txt" not in c),
     ("cnntools eval net.safetensors --device ", lambda c: {"auto", "cpu", "cuda", "mps"} <= c),
     ("cnntools saliency net.safetensors --target ", lambda c: c == {"pred", "true", *CLASSES}),
@@ -220,6 +222,8 @@ TYPED = [
     ("cnntools saliency net.safetensors --target bu\t", ["saliency", "net.safetensors", "--target", "bull mastiff"]),
     ("cnntools train --arch le\tX", ["train", "--arch", "lenet", "X"]),  # a whole value: a space after it
     ("cnntools train --arch torchv\tresnet18", ["train", "--arch", "torchvision:resnet18"]),  # a prefix: no space
+    ("cnntools train --arch ti\tresnet18", ["train", "--arch", "timm:resnet18"]),
+    ("cnntools train --ar\t lenet", ["train", "--arch", "lenet"]),  # --arch and --arch-args: their common prefix
     ("cnntools train --device cuda:\t", ["train", "--device", "cuda:0"]),
     ("cnntools featmaps net.safetensors --layer classifier.4\t-i 3", ["featmaps", "net.safetensors", "--layer", "classifier.4", "-i", "3"]),
 ]
@@ -294,12 +298,38 @@ def test_completing_layers_imports_no_torch(workdir):
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        proc, modules = run_wrapped([], {"_CNNTOOLS_COMPLETE": "complete_fish", "_TYPER_COMPLETE_FISH_ACTION": "get-args",
+        proc, modules = run_wrapped([], {"_CNNTOOLS_COMPLETE": "complete_lines", "_TYPER_COMPLETE_FISH_ACTION": "get-args",
                                          "_TYPER_COMPLETE_ARGS": "cnntools featmaps net.safetensors --layer "})
     finally:
         os.chdir(cwd)
     assert "features.0" in proc.stdout.split()
     assert not modules & set(HEAVY), sorted(modules & set(HEAVY))
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "saliency"])
+def test_the_answer_has_one_line_per_candidate(command):
+    # Every option of the command, each on one line with its whole help after a tab.
+    from typer.main import get_command
+
+    from cnntools.cli.app import app
+
+    params = get_command(app).commands[command].params
+    options = {"--help"} | {opt for p in params for opt in [*p.opts, *getattr(p, "secondary_opts", [])] if opt.startswith("--") and not getattr(p, "hidden", False)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "_CNNTOOLS_COMPLETE": "complete_lines", "COLUMNS": "40",
+           "_TYPER_COMPLETE_FISH_ACTION": "get-args", "_TYPER_COMPLETE_ARGS": f"cnntools {command} --"}
+    proc = subprocess.run([sys.executable, "-m", "cnntools"], capture_output=True, text=True, env=env, timeout=60)
+    lines = [line for line in proc.stdout.splitlines() if line]
+    values = [line.split("\t")[0] for line in lines]
+    assert set(values) == options and len(values) == len(lines), sorted(set(values) ^ options)
+    helps = dict(line.split("\t", 1) for line in lines if "\t" in line)
+    for param in params:
+        if getattr(param, "help", None) and param.opts[0].startswith("--"):
+            assert helps[param.opts[0]] == " ".join(param.help.split())
+
+
+def test_one_line_joins_help():
+    assert completion_scripts.one_line("--arch", "a\n  b\tc ") == "--arch\ta b c"
+    assert completion_scripts.one_line("cpu", None) == "cpu"
 
 
 @pytest.mark.parametrize("shell", completion_scripts.SHELLS)

@@ -209,6 +209,10 @@ def main() -> None:
 
         sys.stdout.write(script(request.removeprefix("source_")))
         return
+    if request.startswith("complete_"):
+        from cnntools.cli.completion_scripts import register_protocol
+
+        register_protocol()
     app(prog_name="cnntools")
 
 

@@ -12,7 +12,7 @@ import os
 # Kept in step with the architecture and dataset registries (tests/test_completion.py checks
 # it); spelled out here so a Tab press imports neither torch nor the registries.
 ARCH_NAMES = ("lenet", "simple-cnn", "resnet18", "resnet18-imagenet", "compact-cnn", "vgg16", "mlp")
-MODEL_PREFIXES = ("torchvision:",)
+MODEL_PREFIXES = ("torchvision:", "timm:")
 DATA_NAMES = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "fake", "fake-patch")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 CHECKPOINT_SUFFIX = ".safetensors"
@@ -47,7 +47,7 @@ def _paths(incomplete: str, want_file=lambda name: False) -> list[str]:
 
 
 def complete_arch(incomplete: str) -> list[str]:
-    """--arch: registered architectures and the torchvision: prefix."""
+    """--arch: registered architectures and the torchvision: and timm: prefixes."""
     return _starting((*ARCH_NAMES, *MODEL_PREFIXES), incomplete)
 
 
@@ -63,7 +63,7 @@ def complete_device(incomplete: str) -> list[str]:
 
 
 def complete_model(incomplete: str) -> list[str]:
-    """A model argument: .safetensors files (and folders to reach them), or torchvision:NAME."""
+    """A model argument: .safetensors files (and folders to reach them), torchvision:NAME or timm:NAME."""
     return _paths(incomplete, lambda name: name.endswith(CHECKPOINT_SUFFIX)) + _starting(MODEL_PREFIXES, incomplete)
 
 

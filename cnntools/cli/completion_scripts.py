@@ -6,8 +6,10 @@ in `cnntools.cli.completion`). The scripts are ours rather than Typer's because 
 space after a folder (`runs/ `) or a prefix (`torchvision: `) in bash and zsh, leave a class
 name with a space unquoted in bash, split `cuda:0` at the colon in bash, and in zsh complete
 nothing on the first Tab after an autoload from fpath. Every script asks cnntools once per Tab
-with the line up to the cursor (Typer's fish protocol: one `value<TAB>help` per line) and
-falls back to file names when it has no candidates.
+with the line up to the cursor and falls back to file names when it has no candidates. The
+answer is one candidate per line, `value<TAB>help` with the help joined into one line (the
+`lines` protocol below): Typer's fish answer wraps long help onto new lines, and every script
+splits on newlines, so those pieces of help would become candidates.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ SHELLS = ("bash", "zsh", "fish")
 
 # How each script asks: Typer's fish protocol reads the words up to the cursor from one
 # string, so every shell hands over the line as typed (bash would otherwise split words at ':').
-_ASK = f"env {COMPLETE_VAR}=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS="
+PROTOCOL = "lines"
+_ASK = f"env {COMPLETE_VAR}=complete_{PROTOCOL} _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS="
 
 BASH = f"""\
 # bash completion for {PROG}: `source` this file (`{PROG} --install-completion` does it from ~/.bashrc).
@@ -102,6 +105,31 @@ complete --command {PROG} --no-files --condition __{PROG}_complete --arguments '
 """
 
 SCRIPTS = {"bash": BASH, "zsh": ZSH, "fish": FISH}
+
+
+def one_line(value: str, help_text: str | None) -> str:
+    """A candidate as the scripts read it: `value<TAB>help`, every run of whitespace in the
+    help (its line wraps included) one space, so the answer has one line per candidate."""
+    value = " ".join(value.split("\n"))
+    help_text = " ".join((help_text or "").split())
+    return f"{value}\t{help_text}" if help_text else value
+
+
+def register_protocol() -> None:
+    """Teach Typer's completion the `lines` answer: Typer's fish protocol (the words up to the
+    cursor in _TYPER_COMPLETE_ARGS), each candidate on one line (`one_line`). Typer has no
+    public hook for this; its fish class is the one private name cnntools uses (typer is
+    pinned to a minor version in pyproject.toml, and tests/test_completion.py types Tabs)."""
+    from typer._click.shell_completion import add_completion_class
+    from typer._completion_classes import FishComplete
+
+    class LinesComplete(FishComplete):
+        name = PROTOCOL
+
+        def format_completion(self, item) -> str:
+            return one_line(item.value, item.help)
+
+    add_completion_class(LinesComplete, PROTOCOL)
 
 
 def script(shell: str) -> str:
