@@ -59,6 +59,25 @@ def assert_schema(doc) -> None:
     assert name in SCHEMAS, f"JSON document without a declared schema: {str(doc)[:200]}"
     found = problems(doc, name)
     assert not found, f"{doc['schema']} differs from cnntools/schemas/: " + "; ".join(found[:10])
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in json_schema_validator(name).iter_errors(doc)]
+    assert not errors, f"{doc['schema']} fails docs/schemas/{name}.schema.json: " + "; ".join(errors[:10])
+
+
+_VALIDATORS: dict = {}
+
+
+def json_schema_validator(name: str):
+    """A standard validator (the `jsonschema` package) for the shipped docs/schemas/NAME.schema.json."""
+    if name not in _VALIDATORS:
+        from pathlib import Path
+
+        from jsonschema import Draft202012Validator
+
+        path = Path(__file__).resolve().parents[1] / "docs" / "schemas" / f"{name}.schema.json"
+        schema = json.loads(path.read_text(encoding="utf-8"))
+        Draft202012Validator.check_schema(schema)
+        _VALIDATORS[name] = Draft202012Validator(schema)
+    return _VALIDATORS[name]
 
 
 @pytest.fixture

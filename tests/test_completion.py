@@ -26,7 +26,7 @@ from cnntools.cli.docs import REPO
 from test_startup import HEAVY, run_wrapped
 
 CLASSES = ["cat", "dog", "bull mastiff"]
-SCRIPTS = {shell: REPO / "completions" / f"cnntools.{shell}" for shell in completion_scripts.SHELLS}
+SCRIPTS = {shell: REPO / completion_scripts.checkout_path(shell) for shell in completion_scripts.SHELLS}
 
 # (line, check) per case: what every shell must offer for the line's last word.
 CANDIDATES = [

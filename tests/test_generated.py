@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 
@@ -9,6 +10,7 @@ import pytest
 
 from cnntools.cli import docs
 from cnntools.cli.app import COMMANDS
+from cnntools.cli.completion_scripts import SHIPPED, checkout_path
 
 REGENERATE = "out of date: run `python -m cnntools.cli.docs`"
 
@@ -23,7 +25,7 @@ def _rel(path):
 
 
 def test_man_pages_match_cli(expected):
-    pages = {p: text for p, text in expected.items() if p.parent == docs.REPO / "man"}
+    pages = {p: text for p, text in expected.items() if p.parent == docs.REPO / docs.MAN}
     assert len(pages) == 1 + len(COMMANDS)
     for path, text in pages.items():
         assert path.is_file(), f"{_rel(path)} missing: {REGENERATE}"
@@ -33,7 +35,7 @@ def test_man_pages_match_cli(expected):
 
 def test_completions_match_cli(expected):
     for shell in docs.SHELLS:
-        path = docs.REPO / "completions" / f"cnntools.{shell}"
+        path = docs.REPO / checkout_path(shell)
         assert path.is_file(), f"{_rel(path)} missing: {REGENERATE}"
         assert path.read_text(encoding="utf-8") == expected[path], f"{_rel(path)} {REGENERATE}"
 
@@ -42,7 +44,7 @@ def test_schema_pages_match_declarations(expected):
     pages = {p: text for p, text in expected.items() if p.parent == docs.REPO / "docs" / "schemas"}
     from cnntools.schemas import SCHEMAS
 
-    assert len(pages) == 1 + len(SCHEMAS)
+    assert len(pages) == 1 + 2 * len(SCHEMAS)  # the index, a page and a JSON Schema file each
     for path, text in pages.items():
         assert path.is_file(), f"{_rel(path)} missing: {REGENERATE}"
         assert path.read_text(encoding="utf-8") == text, f"{_rel(path)} {REGENERATE}"
@@ -64,7 +66,7 @@ def test_man_pages_show_every_option(expected):
 
     root = typer.main.get_command(app)
     for name, command in root.commands.items():
-        page = expected[docs.REPO / "man" / f"cnntools-{name}.1"]
+        page = expected[docs.REPO / docs.MAN / f"cnntools-{name}.1"]
         assert ".SH OPTIONS" in page
         for param in command.params:
             if getattr(param, "param_type_name", "") != "option" or param.hidden:
@@ -74,7 +76,7 @@ def test_man_pages_show_every_option(expected):
 
 
 def test_man_page_content_for_rf_calc(expected):
-    page = expected[docs.REPO / "man" / "cnntools-rf-calc.1"]
+    page = expected[docs.REPO / docs.MAN / "cnntools-rf-calc.1"]
     assert page.startswith('.TH "CNNTOOLS-RF-CALC" "1"')
     assert "\\fB\\-k, \\-\\-kernel K[,K...]\\fR" in page
     assert "[default: 3]" in page  # --in-channels default
@@ -96,15 +98,15 @@ def test_generator_writes_and_checks(tmp_path):
     assert docs.main(["--root", str(tmp_path), "--check"]) == 1
     assert docs.main(["--root", str(tmp_path)]) == 0
     assert docs.main(["--root", str(tmp_path), "--check"]) == 0
-    assert (tmp_path / "man" / "cnntools-conv-calc.1").is_file()
-    assert (tmp_path / "completions" / "cnntools.fish").is_file()
+    assert (tmp_path / "man" / "man1" / "cnntools-conv-calc.1").is_file()
+    assert (tmp_path / "completions" / "fish" / "cnntools.fish").is_file()
     assert "cnntools train" in (tmp_path / "docs" / "commands" / "train.md").read_text(encoding="utf-8")
-    (tmp_path / "man" / "cnntools-gone.1").write_text("old page")
+    (tmp_path / "man" / "man1" / "cnntools-gone.1").write_text("old page")
     assert docs.main(["--root", str(tmp_path), "--check"]) == 1
 
 
 def test_man_pages_are_ascii_and_groff_clean(expected):
-    pages = {p: text for p, text in expected.items() if p.parent == docs.REPO / "man"}
+    pages = {p: text for p, text in expected.items() if p.parent == docs.REPO / docs.MAN}
     for path, text in pages.items():
         assert text.isascii(), f"{_rel(path)}: non-ASCII characters (use roff glyph escapes)"
     if shutil.which("groff") is None:
@@ -117,25 +119,58 @@ def test_man_pages_are_ascii_and_groff_clean(expected):
     assert docs._roff("3×3 — ok") == "3\\(mu3 \\(em ok"
 
 
-@pytest.mark.slow
-def test_pip_install_puts_the_man_pages_where_man_finds_them(tmp_path):
-    """The wheel carries man/*.1 as data files under share/man/man1 (PREFIX/share/man is on
-    man's path for a PREFIX/bin on PATH, a venv's included)."""
+def build_wheel(tmp_path):
+    """Build the wheel from a copy of the checkout's tracked inputs; (wheel path, build log)."""
     import subprocess
     import sys
-    import zipfile
 
     source = tmp_path / "src"  # a copy, so the build leaves nothing in the checkout
-    shutil.copytree(docs.REPO / "cnntools", source / "cnntools", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(docs.REPO / "man", source / "man")
-    for name in ("pyproject.toml", "README.md"):
+    for folder in ("cnntools", "man", "completions", "docs"):
+        shutil.copytree(docs.REPO / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(docs.REPO / name, source / name)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}  # setuptools warns when it is set
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-v", "-w", str(tmp_path / "dist")],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    (wheel,) = tmp_path.glob("cnntools-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
-    pages = sorted(n.rsplit("/", 1)[1] for n in names if "/data/share/man/man1/" in n)
-    assert pages == sorted(p.name for p in (docs.REPO / "man").glob("cnntools*.1"))
+    (wheel,) = (tmp_path / "dist").glob("cnntools-*.whl")
+    return wheel, proc.stdout + proc.stderr
+
+
+def test_the_wheel_ships_man_pages_completions_and_license_without_build_warnings(tmp_path):
+    """The wheel carries man/man1/*.1 under share/man/man1 (PREFIX/share/man is on man's path
+    for a PREFIX/bin on PATH, a venv's included), each completion script in the folder its
+    shell loads from, the LICENSE (PEP 639), and setuptools says nothing to warn about."""
+    import zipfile
+
+    wheel, log = build_wheel(tmp_path)
+    warnings = [line for line in log.splitlines() if re.search(r"warn", line, re.IGNORECASE)]
+    assert not warnings, warnings
+    archive = zipfile.ZipFile(wheel)
+    names = archive.namelist()
+    record = {line.split(",")[0] for line in archive.read(next(n for n in names if n.endswith(".dist-info/RECORD"))).decode().splitlines()}
+    data = {n.split(".data/data/", 1)[1]: n for n in names if ".data/data/" in n}
+    pages = sorted(path.rsplit("/", 1)[1] for path in data if path.startswith("share/man/man1/"))
+    assert pages == sorted(p.name for p in (docs.REPO / docs.MAN).glob("cnntools*.1")) and len(pages) == 1 + len(COMMANDS)
+    for shell, (folder, name) in SHIPPED.items():
+        member = data[f"{folder}/{name}"]
+        assert member in record
+        assert archive.read(member).decode() == (docs.REPO / checkout_path(shell)).read_text(encoding="utf-8")
+    schemas = {path.rsplit("/", 1)[1] for path in data if path.startswith("share/cnntools/schemas/")}
+    assert schemas == {p.name for p in (docs.REPO / "docs" / "schemas").glob("*.schema.json")}
+    assert all(data[path] in record for path in data)
+    meta = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert "License-Expression: MIT" in meta and "Requires-Python: >=3.11" in meta and "Project-URL: " in meta
+    assert "Provides-Extra: all" in meta and "Classifier: " in meta and "Keywords: " in meta
+    assert archive.read(next(n for n in names if n.endswith(".dist-info/licenses/LICENSE"))).decode().startswith("MIT License")
+
+
+@pytest.mark.skipif(shutil.which("man") is None, reason="man not installed")
+def test_manpath_finds_the_pages_from_a_checkout():
+    import subprocess
+
+    env = {**os.environ, "MANPATH": f"{docs.REPO / 'man'}:"}
+    proc = subprocess.run(["man", "-w", "cnntools-train"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == str(docs.REPO / docs.MAN / "cnntools-train.1"), proc.stderr

@@ -16,7 +16,7 @@ import typer.main
 from cnntools import schemas
 from cnntools.output import emitter as output
 from cnntools.cli.app import app
-from conftest import assert_schema
+from conftest import assert_schema, json_schema_validator
 from interpret_fixtures import cached_checkpoint
 
 
@@ -44,6 +44,36 @@ def test_the_checker_catches_departures():
     del broken["layers"][0]["jump"]
     assert schemas.problems(broken, "rf-calc") == ["layers[].jump: missing"]
     assert "expected 'cnntools.rf-calc/1'" in schemas.problems({**doc, "schema": "cnntools.rf/1"}, "rf-calc")[0]
+
+
+def test_the_json_schema_catches_the_same_departures():
+    # The shipped 2020-12 file, through the standard validator, refuses what the checker refuses.
+    doc = {"schema": "cnntools.rf-calc/1", "receptive_field": 7, "input_size": None,
+           "layers": [{"layer": 1, "type": "conv", "kernel": 3, "stride": 1, "padding": 0, "dilation": 1,
+                       "receptive_field": 3, "jump": 1, "start": 0, "center": 1}]}
+    validator = json_schema_validator("rf-calc")
+    assert validator.is_valid(doc)
+    broken = json.loads(json.dumps(doc))
+    del broken["layers"][0]["jump"]
+    for bad in ({**doc, "extra": 1}, {**doc, "input_size": "7"}, broken, {**doc, "schema": "cnntools.rf/1"},
+                {k: v for k, v in doc.items() if k != "receptive_field"}):
+        assert not validator.is_valid(bad), bad
+        assert schemas.problems(bad, "rf-calc"), bad
+    # Data keys (`*`): any class name, each typed.
+    stats = json_schema_validator("dataset-stats").schema["properties"]["splits"]
+    assert stats["additionalProperties"]["properties"]["count"]["type"] == "integer"
+
+
+def test_every_declaration_is_a_valid_json_schema():
+    from jsonschema import Draft202012Validator
+
+    from cnntools.schemas.json_schema import json_schema
+
+    for name, schema in schemas.SCHEMAS.items():
+        doc = json_schema(schema)
+        Draft202012Validator.check_schema(doc)
+        assert doc["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+        assert doc["properties"]["schema"]["const"] == schema.id and "schema" in doc["required"]
 
 
 def test_schema_pages_name_every_field():

@@ -20,6 +20,19 @@ from pathlib import Path
 PROG = "cnntools"
 COMPLETE_VAR = "_CNNTOOLS_COMPLETE"
 SHELLS = ("bash", "zsh", "fish")
+# Where each shell looks for a script installed with the program (PREFIX/share/...; pip puts
+# the wheel's data files there), as (folder under PREFIX, file name). The checkout keeps them
+# under completions/SHELL/ with the same file names, so the wheel's data files are those files.
+SHIPPED = {
+    "bash": ("share/bash-completion/completions", PROG),  # bash-completion loads it on demand
+    "zsh": ("share/zsh/site-functions", f"_{PROG}"),  # on zsh's default $fpath
+    "fish": ("share/fish/vendor_completions.d", f"{PROG}.fish"),  # fish's vendor folder
+}
+
+
+def checkout_path(shell: str) -> str:
+    """The script's path in the checkout, relative to its root (completions/SHELL/NAME)."""
+    return f"completions/{shell}/{SHIPPED[shell][1]}"
 
 # How each script asks: Typer's fish protocol reads the words up to the cursor from one
 # string, so every shell hands over the line as typed (bash would otherwise split words at ':').

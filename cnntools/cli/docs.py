@@ -17,10 +17,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cnntools.cli.completion_scripts import SHELLS
+from cnntools.cli.completion_scripts import SHELLS, checkout_path
 
 PROG = "cnntools"
 REPO = Path(__file__).resolve().parents[2]
+# Section 1 pages under man/man1/, the layout man searches: `MANPATH=$PWD/man: man cnntools-train`
+# works from a checkout, and the wheel installs the same files into PREFIX/share/man/man1.
+MAN = Path("man") / "man1"
 
 # Deterministic help text whatever terminal the generator runs in.
 _HELP_ENV = {"COLUMNS": "100", "LINES": "50", "NO_COLOR": "1", "TERM": "dumb"}
@@ -213,30 +216,35 @@ def generated(root: Path = REPO) -> dict[Path, str]:
     from cnntools import __version__
 
     command, ctx, subs = _contexts()
-    files: dict[Path, str] = {root / "man" / f"{PROG}.1": man_page(None, command, ctx, __version__, subs)}
+    files: dict[Path, str] = {root / MAN / f"{PROG}.1": man_page(None, command, ctx, __version__, subs)}
     for name, sub, sub_ctx in subs:
-        files[root / "man" / f"{PROG}-{name}.1"] = man_page(name, sub, sub_ctx, __version__)
+        files[root / MAN / f"{PROG}-{name}.1"] = man_page(name, sub, sub_ctx, __version__)
     for shell in SHELLS:
-        files[root / "completions" / f"{PROG}.{shell}"] = completion_script(shell)
+        files[root / checkout_path(shell)] = completion_script(shell)
     files.update(schema_pages(root))
     files.update(command_pages(root, subs))
     return files
 
 
 def schema_pages(root: Path) -> dict[Path, str]:
-    """docs/schemas/: one page per JSON document kind, and an index."""
+    """docs/schemas/: per JSON document kind a page and a JSON Schema (2020-12) file, and an index."""
+    import json
+
     from cnntools.schemas import SCHEMAS, index_page, schema_page
+    from cnntools.schemas.json_schema import json_schema
 
     folder = root / "docs" / "schemas"
     pages = {folder / f"{name}.md": schema_page(schema) for name, schema in SCHEMAS.items()}
+    for name, schema in SCHEMAS.items():
+        pages[folder / f"{name}.schema.json"] = json.dumps(json_schema(schema), indent=2, ensure_ascii=False) + "\n"
     pages[folder / "README.md"] = index_page()
     return pages
 
 
 def stale_man_pages(root: Path, expected: dict[Path, str]) -> list[Path]:
-    """Man pages, schema pages and command pages that nothing generates any more."""
+    """Man pages, schema pages and files, and command pages that nothing generates any more."""
     found = []
-    for folder, pattern in ((root / "man", f"{PROG}*.1"), (root / "docs" / "schemas", "*.md"), (root / "docs" / "commands", "*.md")):
+    for folder, pattern in ((root / MAN, f"{PROG}*.1"), (root / "docs" / "schemas", "*.md"), (root / "docs" / "schemas", "*.schema.json"), (root / "docs" / "commands", "*.md")):
         if folder.is_dir():
             found += [p for p in folder.glob(pattern) if p not in expected]
     return sorted(found)
