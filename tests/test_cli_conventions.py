@@ -133,6 +133,20 @@ def test_no_color_respected(monkeypatch):
     assert plain.getvalue().splitlines()[0].split() == ["layer", "rf"]
 
 
+def test_force_color_colours_a_pipe(monkeypatch, run_cnntools):
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    monkeypatch.setenv("TERM", "dumb")
+    assert output.use_color(io.StringIO())  # not a terminal, and TERM=dumb: forced all the same
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert not output.use_color(FakeTerminal())  # NO_COLOR wins
+    monkeypatch.setenv("FORCE_COLOR", "")
+    monkeypatch.delenv("NO_COLOR")
+    assert not output.use_color(io.StringIO())  # empty: not set
+    piped = run_cnntools("rf-calc", "-k", "3", "-n", "3", env={"NO_COLOR": "", "FORCE_COLOR": "1"})
+    assert piped.exit_code == 0 and "\x1b[" in piped.stdout, piped.stdout
+
+
 def test_redirected_table_is_plain_text(run_cnntools):
     result = run_cnntools("rf-calc", "-k", "3", "-n", "3", env={"NO_COLOR": ""})
     assert result.exit_code == 0

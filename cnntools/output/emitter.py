@@ -113,10 +113,23 @@ def guarded_write(write: Callable[[], None], stream=None) -> None:
 
 
 def use_color(stream) -> bool:
-    """Colour only for a terminal, never with NO_COLOR set (no-color.org) or TERM=dumb."""
-    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+    """Colour for a terminal, never with NO_COLOR set (no-color.org) or TERM=dumb; FORCE_COLOR
+    set and not empty (force-color.org) colours a pipe or a dumb terminal too (NO_COLOR wins)."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    if os.environ.get("FORCE_COLOR"):
+        return True
+    if os.environ.get("TERM") == "dumb":
         return False
     return hasattr(stream, "isatty") and stream.isatty()
+
+
+def console_color(stream) -> dict:
+    """rich Console arguments that follow `use_color` (rich alone would not colour a pipe under
+    FORCE_COLOR, nor anything under TERM=dumb)."""
+    if not use_color(stream):
+        return {"no_color": True}
+    return {"force_terminal": True, "color_system": "standard" if os.environ.get("TERM") == "dumb" else "auto"}
 
 
 # ---------------------------------------------------------------------------- messages
@@ -140,7 +153,7 @@ def err_console():
         return None
     from rich.console import Console
 
-    return Console(stderr=True, no_color=not use_color(sys.stderr), highlight=False)
+    return Console(stderr=True, highlight=False, **console_color(sys.stderr))
 
 
 # ---------------------------------------------------------------------------- data
@@ -218,7 +231,7 @@ def print_table(
         for line in cells:
             table.add_row(*line)
         # markup=False: a class name such as "[red]" is text, not a style
-        guarded_write(lambda: Console(file=stream, highlight=False, markup=False).print(table), stream)
+        guarded_write(lambda: Console(file=stream, highlight=False, markup=False, **console_color(stream)).print(table), stream)
         return
     widths = [max([len(n)] + [len(line[i]) for line in cells]) for i, n in enumerate(names)]
 
