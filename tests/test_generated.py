@@ -174,3 +174,34 @@ def test_manpath_finds_the_pages_from_a_checkout():
     env = {**os.environ, "MANPATH": f"{docs.REPO / 'man'}:"}
     proc = subprocess.run(["man", "-w", "cnntools-train"], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == str(docs.REPO / docs.MAN / "cnntools-train.1"), proc.stderr
+
+
+def test_man_pages_have_environment_exit_status_and_files(expected):
+    from cnntools.core import errors
+    from cnntools.core.variables import ENVIRONMENT
+
+    pages = {p: text for p, text in expected.items() if p.parent == docs.REPO / docs.MAN}
+    for path, page in pages.items():
+        sections = re.findall(r"^\.SH (.+)$", page, re.MULTILINE)
+        assert sections[-4:] == ["ENVIRONMENT", "EXIT STATUS", "FILES", "SEE ALSO"], (path, sections)
+        environment = page.split(".SH ENVIRONMENT\n", 1)[1].split(".SH EXIT STATUS\n", 1)[0]
+        for name, _ in ENVIRONMENT:
+            assert f"\\fB{docs._roff(name)}\\fR" in environment, (path, name)
+        status = page.split(".SH EXIT STATUS\n", 1)[1].split(".SH FILES\n", 1)[0]
+        codes = [int(code) for code in re.findall(r"^\\fB(\d+)\\fR$", status, re.MULTILINE)]
+        assert codes == [errors.EXIT_OK, errors.EXIT_ERROR, errors.EXIT_USAGE, 130, 143]
+        assert "cache" in page.split(".SH FILES\n", 1)[1]
+
+
+def test_every_variable_the_code_reads_is_documented():
+    # Every CNNTOOLS_* name in the source, and the colour switches, are in the ENVIRONMENT list.
+    from cnntools.core.variables import ENVIRONMENT
+
+    documented = {n.strip() for name, _ in ENVIRONMENT for n in name.split(",")}
+    read = set()
+    for path in (docs.REPO / "cnntools").rglob("*.py"):
+        read |= set(re.findall(r"\b(CNNTOOLS_[A-Z_]+|NO_COLOR|FORCE_COLOR)\b", path.read_text(encoding="utf-8")))
+    internal = {"CNNTOOLS_LAUNCHED"}  # set by `train --nproc` for its own workers, not by users
+    assert read - internal <= documented, sorted(read - internal - documented)
+    assert {"CNNTOOLS_CACHE", "CNNTOOLS_DEBUG", "CNNTOOLS_THREADS", "CNNTOOLS_TRUST_CODE", "CNNTOOLS_MAX_IMAGE_PIXELS",
+            "NO_COLOR", "FORCE_COLOR"} <= documented

@@ -128,6 +128,21 @@ def _roff_records(records: list[tuple[str, str]]) -> list[str]:
     return [line for line in out if line != ""]
 
 
+def _roff_standard_sections() -> list[str]:
+    """ENVIRONMENT, EXIT STATUS and FILES, from the declarations the code itself uses."""
+    from cnntools.core.errors import EXIT_STATUS
+    from cnntools.core.variables import ENVIRONMENT
+
+    lines = [".SH ENVIRONMENT", *_roff_records(list(ENVIRONMENT)), ".SH EXIT STATUS",
+             *_roff_records([(str(code), text) for code, text in EXIT_STATUS.items()]), ".SH FILES"]
+    return lines + _roff_records([
+        ("$CNNTOOLS_CACHE, $XDG_CACHE_HOME/cnntools, ~/.cache/cnntools",
+         "The cache folder (the first of these that is set): decoded image stores, "
+         "folder-*.safetensors, one per image folder and size, with their .lock files. "
+         "cnntools cache list shows them; cnntools cache clear removes them."),
+    ])
+
+
 def man_page(name: str | None, command, ctx, version: str, commands=()) -> str:
     """roff for `cnntools` (name None) or `cnntools NAME`."""
     full = f"{PROG}-{name}" if name else PROG
@@ -165,6 +180,7 @@ def man_page(name: str | None, command, ctx, version: str, commands=()) -> str:
         lines += [".PP", _roff(epilog)]
     if examples:
         lines += [".SH EXAMPLES", ".nf", _roff("\n".join(examples).strip("\n")), ".fi"]
+    lines += _roff_standard_sections()
     lines.append(".SH SEE ALSO")
     if name:
         lines.append(f"\\fB{PROG}\\fR(1)")

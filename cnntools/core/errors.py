@@ -7,6 +7,15 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 
+# What each status means, for the man pages' EXIT STATUS section.
+EXIT_STATUS = {
+    EXIT_OK: "Success.",
+    EXIT_ERROR: "An error: one line on stderr starting with Error: (--debug adds the traceback).",
+    EXIT_USAGE: "A usage error: an unknown option, a missing argument or a value out of range.",
+    EXIT_INTERRUPTED: "Interrupted by Ctrl-C (SIGINT); no half-written output file is left.",
+    EXIT_TERMINATED: "Terminated by SIGTERM; no half-written output file is left.",
+}
+
 
 class CnnError(Exception):
     """A known problem, reported as one `Error: ...` line and exit status 1."""
