@@ -18,10 +18,12 @@ from typer.core import TyperCommand, TyperGroup
 from cnntools import __version__
 from cnntools.cli import options
 from cnntools.cli.commands import (
+    cache,
     confusion,
     conv_calc,
     curves,
     dataset_stats,
+    env,
     eval as eval_cmd,
     export,
     featmaps,
@@ -171,6 +173,8 @@ COMMANDS = [
     ("featmaps", featmaps.main),
     ("filters", filters.main),
     ("export", export.main),
+    ("env", env.main),
+    ("cache", cache.main),
 ]
 
 for _name, _func in COMMANDS:

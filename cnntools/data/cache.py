@@ -18,7 +18,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -133,3 +135,115 @@ def _remove_older(path: Path) -> None:
         if not old.name.startswith(path.name):
             with contextlib.suppress(OSError):
                 old.unlink()
+
+
+# ---------------------------------------------------------------------------- listing and clearing
+
+# The only names cnntools writes into the cache folder: stores (`cache_file`), their lock files
+# (`_locked`) and the temporary file of a build that was killed (StoreWriter's mkstemp).
+# Anything else there is someone else's and is never listed or removed.
+_OWNED = (
+    ("store", re.compile(r"folder-[0-9a-f]{16}-[0-9a-f]{24}\.safetensors")),
+    ("lock", re.compile(r"folder-[0-9a-f]{16}-[0-9a-f]{24}\.safetensors\.lock")),
+    ("partial", re.compile(r"\.tmp-store-[A-Za-z0-9_]+\.safetensors")),
+)
+# A temporary file written to in the last hour may be a build in progress: `clear` leaves it.
+PARTIAL_GRACE_S = 3600
+_DAY_S = 86400
+
+
+def _kind(name: str) -> str | None:
+    return next((kind for kind, pattern in _OWNED if pattern.fullmatch(name)), None)
+
+
+def cache_entries(older_than_days: float | None = None, now: float | None = None) -> list[dict]:
+    """The files cnntools keeps in the cache folder, oldest first: file, kind (store, lock, or
+    partial: a build that was killed), bytes, modified (UTC, ISO 8601) and age_days; only those
+    not modified for `older_than_days` when given. Empty when caching is off."""
+    import datetime
+
+    folder = cache_dir()
+    now = time.time() if now is None else now
+    entries = []
+    try:
+        found = list(os.scandir(folder)) if folder is not None else []
+    except OSError:  # no cache folder yet
+        found = []
+    for entry in found:
+        kind = _kind(entry.name)
+        if kind is None or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            stat = entry.stat(follow_symlinks=False)
+        except OSError:  # removed meanwhile
+            continue
+        age = (now - stat.st_mtime) / _DAY_S
+        if older_than_days is not None and age < older_than_days:
+            continue
+        modified = datetime.datetime.fromtimestamp(stat.st_mtime, datetime.timezone.utc)
+        entries.append({"file": entry.path, "kind": kind, "bytes": stat.st_size,
+                         "modified": modified.isoformat(timespec="seconds"), "age_days": round(age, 3)})
+    return sorted(entries, key=lambda e: (-e["age_days"], e["file"]))
+
+
+def clear_cache(older_than_days: float | None = None, now: float | None = None) -> dict:
+    """Remove what `cache_entries` lists (only cnntools' own files). A store another process
+    holds the lock of (being built) is kept, and so is a partial file written in the last hour.
+    Returns {"removed": entries, "kept": entries} (kept: the listed files left in place)."""
+    now = time.time() if now is None else now
+    entries = cache_entries(older_than_days, now)
+    removed, kept = [], []
+    for entry in sorted(entries, key=lambda e: e["kind"] == "lock"):  # a store before its lock
+        path = Path(entry["file"])
+        if entry["kind"] == "partial" and entry["age_days"] * _DAY_S < PARTIAL_GRACE_S:
+            kept.append(entry)
+        elif entry["kind"] == "store":
+            (removed if _remove_unlocked(path, path.with_name(path.name + ".lock")) else kept).append(entry)
+        elif entry["kind"] == "lock" and path.with_name(path.name[: -len(".lock")]).exists():
+            kept.append(entry)  # its store stays (in use, or newer than --older-than)
+        elif entry["kind"] == "lock":
+            (removed if _remove_unlocked(path, path) else kept).append(entry)
+        else:
+            (removed if _unlink(path) else kept).append(entry)
+    return {"removed": removed, "kept": kept}
+
+
+def _unlink(path: Path) -> bool:
+    try:
+        path.unlink()
+        return True
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+
+
+def _remove_unlocked(target: Path, lock: Path) -> bool:
+    """Unlink `target` (a store, or a lock file itself) unless another process holds `lock` (a
+    build in progress). A process that has the store mapped keeps reading it: unlinking only
+    drops the name."""
+    import fcntl
+
+    try:
+        handle = open(lock, "rb") if lock.exists() else None
+    except OSError:
+        handle = None
+    try:
+        if handle is not None:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return False
+        return _unlink(target)
+    finally:
+        if handle is not None:
+            handle.close()
+
+
+def cache_summary() -> dict:
+    """The cache folder ({"folder": None} when caching is off), how many files cnntools keeps
+    there and their bytes."""
+    folder = cache_dir()
+    entries = cache_entries()
+    return {"folder": None if folder is None else str(folder), "files": len(entries),
+            "bytes": sum(e["bytes"] for e in entries)}

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from cnntools.schemas import calc, checkpoints, data, evaluation, interpret, training
+from cnntools.schemas import calc, checkpoints, data, evaluation, interpret, system, training
 
 TYPES = {
     "integer": lambda v: type(v) is int,
@@ -64,7 +64,7 @@ class Schema:
 
 # Command groups in workflow order, from data to interpretation (the order of docs/schemas/README.md).
 _DECLARED = {**data.DECLARED, **calc.DECLARED, **training.DECLARED, **checkpoints.DECLARED,
-             **evaluation.DECLARED, **interpret.DECLARED}
+             **evaluation.DECLARED, **interpret.DECLARED, **system.DECLARED}
 
 SCHEMAS: dict[str, Schema] = {
     name: Schema(name=name, command=spec["command"], summary=spec["summary"], fields=tuple(spec["fields"]), rows=spec.get("rows"))
