@@ -55,6 +55,19 @@ class _Group(TyperGroup):
                 param.callback = _COMPLETION_OPTIONS[param.name]
         return params
 
+    def format_commands(self, ctx, formatter) -> None:
+        """The commands under their headings, in the order of PANELS, names in one column."""
+        sections: dict[str, list] = {panel: [] for panel in PANELS}
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                sections.setdefault(getattr(command, "rich_help_panel", None) or "Commands", []).append((name, command))
+        width = max((len(name) for rows in sections.values() for name, _ in rows), default=0)
+        for panel, rows in sections.items():
+            if rows:
+                with formatter.section(panel):
+                    formatter.write_dl([(name.ljust(width), command.get_short_help_str(formatter.width)) for name, command in rows])
+
     def resolve_command(self, ctx, args):
         name, command, rest = super().resolve_command(ctx, args)
         if command is not None:
@@ -103,6 +116,8 @@ def help_record(param, ctx) -> tuple[str, str] | None:
     if record is None:
         return None
     term, text = record
+    if "--output" in getattr(param, "opts", ()) and getattr(ctx.command, "output_help", None):
+        text = ctx.command.output_help  # what -o writes in this command (its module's OUTPUT_HELP)
     for shown, name in _METAVARS.items():
         term = term.replace(f" {shown}", f" {name}")
     return term, text
@@ -134,6 +149,14 @@ class _Command(TyperCommand):
     the command module's HELP_PANELS {parameter name: heading}, else "Options"."""
 
     panels: dict = {}
+    output_help: str | None = None
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        """The usage line as POSIX writes it: a required argument is plain MODEL (Typer writes
+        {MODEL}, which reads like a brace expansion), an optional one [MODEL]."""
+        import re
+
+        return [re.sub(r"^\{(.+)\}(\.\.\.)?$", r"\1\2", piece) for piece in super().collect_usage_pieces(ctx)]
 
     def format_options(self, ctx, formatter) -> None:
         for heading, records in help_sections(self, ctx).items():
@@ -142,7 +165,9 @@ class _Command(TyperCommand):
 
 
 def _command_class(func) -> type:
-    return type("Command", (_Command,), {"panels": getattr(inspect.getmodule(func), "HELP_PANELS", {})})
+    module = inspect.getmodule(func)
+    return type("Command", (_Command,), {"panels": getattr(module, "HELP_PANELS", {}),
+                                         "output_help": getattr(module, "OUTPUT_HELP", None)})
 
 
 app = typer.Typer(
@@ -177,9 +202,33 @@ COMMANDS = [
     ("cache", cache.main),
 ]
 
+# `cnntools --help` groups the commands under these headings, each with a one-liner that fits
+# an 80-column terminal (the docstring's first line stays the man page's NAME line).
+PANELS = {
+    "Data": {"dataset-stats": "Sizes, classes, balance, mean/std and sample grids.",
+             "tsne": "t-SNE of pixels or a layer's features: plot and scores."},
+    "Arithmetic": {"conv-calc": "Conv/pool output sizes, or kernels applied by hand.",
+                   "rf-calc": "Receptive field, jump and start, layer by layer."},
+    "Training": {"train": "Train a CNN and write a safetensors checkpoint.",
+                 "lr-find": "Find a learning rate with Smith's range test.",
+                 "curves": "Training histories of several runs on one figure."},
+    "Inspecting": {"eval": "Metrics of models on a split, or top classes of images.",
+                   "confusion": "Confusion matrix and the most-confused pairs.",
+                   "saliency": "Grad-CAM family and gradient saliency maps.",
+                   "featmaps": "Feature maps of named layers for one image.",
+                   "filters": "Kernel weights, and the images that excite filters."},
+    "Models": {"info": "What a checkpoint holds, read from its header.",
+               "export": "Export a model: ONNX, torch.export .pt2, weights."},
+    "Environment": {"env": "Versions, devices, threads, cache: for a bug report.",
+                    "cache": "List or clear the image stores in the cache folder."},
+}
+_PANEL_OF = {name: (panel, short) for panel, commands in PANELS.items() for name, short in commands.items()}
+
 for _name, _func in COMMANDS:
     # Numbers are checked first (a usage error, exit 2), then the command runs under handle_errors.
-    app.command(_name, cls=_command_class(_func), context_settings=CONTEXT)(with_checked_numbers(handle_errors(_func)))
+    _panel, _short = _PANEL_OF[_name]
+    app.command(_name, cls=_command_class(_func), context_settings=CONTEXT, rich_help_panel=_panel,
+                short_help=_short)(with_checked_numbers(handle_errors(_func)))
 
 
 def _version(value: bool) -> None:

@@ -70,6 +70,9 @@ def _from_predictions(text, source):
     return table.label, table.pred, table.classes, table.index, table.paths, origin
 
 
+# -o/--output in this command's --help (the shared option's help is generic).
+OUTPUT_HELP = "Write the confusion-matrix heatmap (PNG, SVG or PDF by extension); - for stdout."
+
 def main(
     source: Annotated[str, typer.Argument(metavar="SOURCE", help="Checkpoint (.safetensors, torchvision:NAME) or predictions CSV; - for stdin.")],
     normalize: Annotated[

@@ -14,6 +14,9 @@ COLUMNS = ["run", "kind", "epoch", "batch", "updates", "train_loss", "train_acc"
            "test_loss", "test_acc", "lr", "best"]
 
 
+# -o/--output in this command's --help (the shared option's help is generic).
+OUTPUT_HELP = "Write the figure of the histories (PNG, SVG or PDF by extension); - for stdout."
+
 def main(
     runs: Annotated[
         List[str],

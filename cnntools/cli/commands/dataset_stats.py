@@ -50,17 +50,17 @@ def main(
     ] = 0.0,
     image_size: Annotated[
         Optional[str],
-        typer.Option("--image-size", help="Image folders: common size S or HxW (default: median height and width of the files)."),
+        typer.Option("--image-size", metavar="SIZE", help="Image folders: common size S or HxW (default: median height and width of the files)."),
     ] = None,
-    grid: Annotated[Optional[str], typer.Option("--grid", help="Write a labelled grid of sample images (PNG, SVG, PDF).")] = None,
+    grid: Annotated[Optional[str], typer.Option("--grid", metavar="FILE", help="Write a labelled grid of sample images (PNG, SVG, PDF).")] = None,
     grid_split: Annotated[options.SplitChoice, typer.Option("--grid-split", help="Split the grid and preview draw from.")] = "train",
     per_class: Annotated[int, typer.Option("--grid-per-class", metavar="N", min=1, max=32, help="Grid images per class.")] = 8,
     augment_preview: Annotated[
-        Optional[str], typer.Option("--augment-preview", help="Write originals next to augmented versions (PNG, SVG, PDF).")
+        Optional[str], typer.Option("--augment-preview", metavar="FILE", help="Write originals next to augmented versions (PNG, SVG, PDF).")
     ] = None,
     augment: Annotated[
         str, typer.Option(
-            "--augment",
+            "--augment", metavar="SPEC",
             help="Augmentation for the preview: flip, crop:P, jitter:J, rotate:D, rrc:S, comma-separated; "
             "auto = what train uses by default (rotate:10,crop:1 for digit datasets), else flip,crop:4,jitter:0.4.",
         ),

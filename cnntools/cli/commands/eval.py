@@ -15,6 +15,9 @@ from cnntools.checkpoint.runs import distinct_labels, shown_labels
 LOGITS_PLOT_IMAGES = 16  # --logits-plot panels at most (a folder could hold thousands)
 
 
+# -o/--output in this command's --help (the shared option's help is generic).
+OUTPUT_HELP = "Write the predictions CSV, one row per image; - for stdout."
+
 def main(
     models: Annotated[List[str], typer.Argument(help="Checkpoints (FILE.safetensors, - for stdin) or torchvision:NAME.", show_default=False, metavar="MODEL", autocompletion=complete_model)],
     data: options.Data = None,

@@ -7,12 +7,16 @@ from typing import Annotated, Optional
 import typer
 
 from cnntools.cli import options
+from cnntools.cli.completion import complete_model
 from cnntools.output import emitter as output
 from cnntools.core.errors import CnnError
 
 
+# -o/--output in this command's --help (the shared option's help is generic).
+OUTPUT_HELP = "The file to write: FILE.onnx, FILE.pt2 (torch.export) or FILE.safetensors (weights only)."
+
 def main(
-    model: Annotated[str, typer.Argument(help="Checkpoint (.safetensors, - for stdin), torchvision:NAME or timm:NAME.")],
+    model: Annotated[str, typer.Argument(metavar="MODEL", autocompletion=complete_model, help="Checkpoint (.safetensors, - for stdin), torchvision:NAME or timm:NAME.")],
     out: options.Output = None,
     verify: Annotated[
         bool, typer.Option("--verify/--no-verify", help="Run the exported model and PyTorch on the same dataset images and compare.")

@@ -13,6 +13,9 @@ from cnntools.cli.completion import complete_model
 from cnntools.core.errors import CnnError
 
 
+# -o/--output in this command's --help (the shared option's help is generic).
+OUTPUT_HELP = "Write the feature-map grids (PNG, SVG or PDF by extension); - for stdout."
+
 def main(
     model: Annotated[str, typer.Argument(metavar="MODEL", autocompletion=complete_model, help="Checkpoint (.safetensors, - for stdin) or torchvision:NAME.")],
     layer: options.Layers = None,

@@ -13,6 +13,9 @@ from cnntools.cli.completion import complete_model
 from cnntools.core.errors import CnnError
 
 
+# -o/--output in this command's --help (the shared option's help is generic).
+OUTPUT_HELP = "Write the kernel grid (PNG, SVG or PDF by extension); - for stdout."
+
 def main(
     model: Annotated[str, typer.Argument(metavar="MODEL", autocompletion=complete_model, help="Checkpoint (.safetensors, - for stdin) or torchvision:NAME.")],
     layer: options.Layer = "first",
@@ -20,7 +23,7 @@ def main(
     scale: Annotated[Literal["shared", "per-filter"], typer.Option("--scale", help="Colour scale of the kernel tiles: one for all, or per filter.")] = "shared",
     max_filters: Annotated[int, typer.Option("--max-filters", min=1, help="Kernels drawn at most.")] = 64,
     top_k: options.TopK = 0,
-    filter_: Annotated[Optional[str], typer.Option("--filter", "-f", help="Filters to rank images for: 0,5,10 or 0-3 (default: 0-3).")] = None,
+    filter_: Annotated[Optional[str], typer.Option("--filter", "-f", metavar="SPEC", help="Filters to rank images for: 0,5,10 or 0-3 (default: 0-3).")] = None,
     score: Annotated[Literal["mean", "max"], typer.Option("--score", help="Image score: mean or max of the filter's post-ReLU feature map.")] = "mean",
     crop_rf: Annotated[bool, typer.Option("--crop-rf", help="Show the receptive-field patch around the strongest unit instead of the whole image.")] = False,
     top_output: Annotated[Optional[str], typer.Option("--top-output", metavar="FILE", help="Write the grid of top images here (PNG, SVG or PDF).")] = None,

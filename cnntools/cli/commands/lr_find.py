@@ -12,6 +12,9 @@ from cnntools.output import emitter as output
 SWEEP_COLUMNS = ["step", "lr", "loss", "smoothed_loss"]
 
 
+# -o/--output in this command's --help (the shared option's help is generic).
+OUTPUT_HELP = "Write the loss-against-learning-rate plot (PNG, SVG or PDF by extension); - for stdout."
+
 def main(
     arch: options.Arch = "simple-cnn",
     batchnorm: options.Batchnorm = False,
@@ -43,7 +46,7 @@ def main(
     precision: options.Precision = "auto",
     plot: options.Output = None,
     sweep: Annotated[
-        Optional[str], typer.Option("--sweep", help="Also write every step (step, lr, loss, smoothed_loss) to FILE (.csv or .json).")
+        Optional[str], typer.Option("--sweep", metavar="FILE", help="Also write every step (step, lr, loss, smoothed_loss) to FILE (.csv or .json).")
     ] = None,
     fmt: options.Format = "table",
     quiet: options.Quiet = False,

@@ -63,6 +63,9 @@ def _select_images(lm, indices, image_files, mistakes, n, data, data_dir, split,
     return imageset.images[idx], imageset.labels[idx].tolist(), names, picked
 
 
+# -o/--output in this command's --help (the shared option's help is generic).
+OUTPUT_HELP = "Write the maps over the images (PNG, SVG or PDF by extension); - for stdout."
+
 def main(
     models: Annotated[list[str], typer.Argument(metavar="MODEL", autocompletion=complete_model, help="Checkpoint(s) or torchvision:NAME; several give one column each.")],
     method: Annotated[MethodChoice, typer.Option("--method", "-m", help=METHOD_HELP)] = "gradcam",

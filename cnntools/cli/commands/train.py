@@ -16,14 +16,19 @@ from cnntools.cli.completion import complete_model
 
 # --help headings, as timm's train script groups its arguments (the shared options carry
 # theirs: Data, Running the model, Output).
+# -o/--output in this command's --help (the shared option's help is generic).
+OUTPUT_HELP = "The checkpoint to write (.safetensors; default model.safetensors, or the --resume file); - for stdout."
+
 HELP_PANELS = {
-    **dict.fromkeys(("arch", "list_archs", "batchnorm", "output_activation", "pretrained", "image_size"), "Model"),
+    **dict.fromkeys(("arch", "arch_args", "trust_code", "list_archs", "batchnorm", "output_activation", "pretrained",
+                     "image_size"), "Model"),
     **dict.fromkeys(("val_split", "augment", "normalize", "class_weights"), "Data"),
     **dict.fromkeys(("epochs", "batch_size", "opt", "lr", "momentum", "weight_decay", "nesterov", "label_smoothing"), "Optimization"),
     **dict.fromkeys(("schedule", "warmup", "step_size", "gamma"), "Learning-rate schedule"),
     **dict.fromkeys(("val_every", "test_each_epoch", "keep", "early_stop", "resume"), "Validation, checkpoints and stopping"),
     **dict.fromkeys(("deterministic", "nproc", "dist_timeout"), "Running the model"),
-    **dict.fromkeys(("label", "history", "plot", "print_every"), "Output"),
+    **dict.fromkeys(("label", "history", "plot", "print_every", "tensorboard"), "Output"),
+    **dict.fromkeys(("config_file", "print_config", "dry_run"), "Configuration and dry run"),
 }
 
 # Options that may differ from the stored run when resuming; the rest must match it.
@@ -76,7 +81,7 @@ def main(
                            "the kept epoch is still chosen on validation).")
     ] = False,
     label: Annotated[
-        Optional[str], typer.Option("--label", help="Name of this run in figures and tables (default: the architecture and "
+        Optional[str], typer.Option("--label", metavar="NAME", help="Name of this run in figures and tables (default: the architecture and "
                                     "its non-default options, e.g. 'lenet relu-out').")
     ] = None,
     seed: options.Seed = 0,

@@ -15,6 +15,9 @@ MethodChoice = Literal["auto", "sklearn", "opentsne"]
 DEFAULT_POINTS = 2000
 
 
+# -o/--output in this command's --help (the shared option's help is generic).
+OUTPUT_HELP = "Write the scatter plot (PNG, SVG or PDF by extension); - for stdout."
+
 def main(
     checkpoint: Annotated[
         Optional[str],
@@ -41,7 +44,7 @@ def main(
     ] = False,
     plot: options.Output = None,
     embedding: Annotated[
-        Optional[str], typer.Option("--embedding", help="Write the 2-D points as CSV (index,label,label_name,x,y); - for stdout.")
+        Optional[str], typer.Option("--embedding", metavar="FILE", help="Write the 2-D points as CSV (index,label,label_name,x,y); - for stdout.")
     ] = None,
     batch_size: options.BatchSize = 256,
     device: options.Device = "auto",
