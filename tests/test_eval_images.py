@@ -87,6 +87,7 @@ def test_predictions_file_is_written_for_every_image_run(cli, model, folder, tmp
     piped = cli("eval", model, "--image", folder / "sub", folder / "other", "--top-k", "1", "--predictions", "-")
     lines = piped.stdout.splitlines()
     assert lines[0] == "image,rank,class,index,prob,logit" and len(lines) == 1 + 5
+    assert "Top class" in piped.stderr and "Top 1 classes" not in piped.stderr  # one: singular
 
 
 def test_streams_in_batches(model, folder):

@@ -53,8 +53,12 @@ def test_json_document(cli):
 def test_table_and_csv(cli):
     table = cli("rf-calc", "-k", "3", "-n", "3")
     header = table.stdout.splitlines()[0].split()
-    assert header == ["layer", "type", "kernel", "stride", "pad", "dil", "rf", "jump", "start", "center"]
+    assert header == ["layer", "type", "kernel", "stride", "padding", "dilation", "receptive_field", "jump", "start", "center"]
     assert table.stdout.splitlines()[-1].split() == ["3", "conv", "3", "1", "0", "1", "7", "1", "0", "3"]
+    # The headers are the JSON/CSV keys; center is a number column, right-aligned like the others.
+    pooled = cli("rf-calc", "-k", "2", "--type", "pool", "-n", "2").stdout.splitlines()
+    assert pooled[0].endswith("center") and [line.split()[-1] for line in pooled[1:]] == ["0.5", "1.5"]
+    assert len(pooled[1]) == len(pooled[2]) == len(pooled[0])  # right-aligned: the cells end under the header
     csv = cli("rf-calc", "-k", "2", "--type", "pool", "-n", "2", "--format", "csv").stdout.splitlines()
     assert csv[0] == "layer,type,kernel,stride,padding,dilation,receptive_field,jump,start,center"
     assert csv[2] == "2,pool,2,2,0,1,4,4,0,1.5"
@@ -328,7 +332,7 @@ def test_gated_network_is_global_with_its_local_field_beside(cli):
     quiet = cli("rf-calc", "--arch", "torchvision:efficientnet_b0", "-q")
     assert quiet.stdout == "global\n"
     table = cli("rf-calc", "--arch", "torchvision:efficientnet_b0")
-    assert "local_rf" in table.stdout.splitlines()[0]
+    assert "local_receptive_field" in table.stdout.splitlines()[0]
     assert "local field, ignoring gating branches" in table.stderr and "851 px" in table.stderr
 
 

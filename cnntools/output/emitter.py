@@ -209,8 +209,10 @@ def print_table(
     title: str | None = None,
     stream=None,
     headers: Mapping[str, str] | None = None,
+    numeric_text: Sequence[str] = (),
 ) -> None:
-    """Rows as a table: rich on a terminal, plain aligned text when redirected."""
+    """Rows as a table: rich on a terminal, plain aligned text when redirected. Number columns
+    are right-aligned, and so are `numeric_text` columns (numbers the caller wrote as text)."""
     stream = stream or data_stream()
     cols = _columns_of(rows, columns)
     headers = headers or {}
@@ -218,7 +220,8 @@ def print_table(
     title = escape(title) if title else title
     cells = [[format_cell(row.get(c)) for c in cols] for row in rows]
     numeric = [
-        all(isinstance(row.get(c), (int, float)) and not isinstance(row.get(c), bool) for row in rows if row.get(c) is not None)
+        c in numeric_text
+        or all(isinstance(row.get(c), (int, float)) and not isinstance(row.get(c), bool) for row in rows if row.get(c) is not None)
         for c in cols
     ]
     if use_color(stream):

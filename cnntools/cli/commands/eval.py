@@ -317,7 +317,7 @@ def _images(loaded, labels, paths: list[str], top_k: int, fmt: str, predictions:
     if pred_json:
         files.write_text(predictions, json.dumps(output.to_jsonable(output.stamped(doc, "eval.images")), indent=2) + "\n")
     if not stream_stdout:
-        output.emit(doc, fmt, schema="eval.images", rows=rows_all, columns=columns, title=f"Top {top_k} classes")
+        output.emit(doc, fmt, schema="eval.images", rows=rows_all, columns=columns, title="Top class" if top_k == 1 else f"Top {top_k} classes")
     return [(files.display_name(path), None, images) for path, images in raw.items()]
 
 

@@ -105,12 +105,9 @@ def main(
     output.emit(
         doc, fmt, schema="rf-calc", rows=rows, columns=columns,
         render_table=lambda: output.print_table(
-            [{**row, "center": _number_text(row["center"])} for row in rows], columns, headers=HEADERS,
+            [{**row, "center": _number_text(row["center"])} for row in rows], columns, numeric_text=("center",),
         ),
     )
-
-
-HEADERS = {"receptive_field": "rf", "dilation": "dil", "padding": "pad", "local_receptive_field": "local_rf"}
 
 
 def _emit_arch(arch: str, analysis, size: int, fmt: str, quiet: bool) -> None:
@@ -139,7 +136,7 @@ def _emit_arch(arch: str, analysis, size: int, fmt: str, quiet: bool) -> None:
     text_rows = [{key: _cell(value) for key, value in row.items()} for row in rows]
     output.emit(
         {**summary, "layers": rows}, fmt, schema="rf-calc", rows=text_rows, columns=columns,
-        render_table=lambda: (output.print_table(text_rows, columns, headers=HEADERS), _say_summary(summary)),
+        render_table=lambda: (output.print_table(text_rows, columns), _say_summary(summary)),
     )
 
 
