@@ -64,10 +64,17 @@ def test_timm_trained_for_a_step_and_inspected(cli, tmp_path, monkeypatch):
 
 
 def test_pretrained_from_local_cache_only(cli, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    from huggingface_hub import constants
+
+    # huggingface_hub reads HF_HUB_CACHE when it is imported, as a fresh cnntools process does
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     missing = cli("eval", f"timm:{NAME}", "--image", "nothing.png")
     assert missing.exit_code == 1
     assert "not in the local Hugging Face cache" in missing.stderr and "--download" in missing.stderr
+    from timm.models import get_pretrained_cfg
+
+    assert f"hf download {get_pretrained_cfg(NAME).hf_hub_id} model.safetensors" in missing.stderr
+    assert str(tmp_path / "hub") in missing.stderr
     assert "model.safetensors" in missing.stderr
 
     state = _fake_hf_cache(tmp_path / "hub")

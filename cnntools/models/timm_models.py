@@ -66,10 +66,10 @@ def create(name: str, in_channels: int, image_size: int, num_classes: int, pretr
 
 
 def _hf_cache_dir() -> Path:
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
-    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface")
-    return Path(home) / "hub"
+    """The Hugging Face hub cache as huggingface_hub resolves it (HF_HUB_CACHE, HF_HOME, XDG_CACHE_HOME)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
 
 
 def weights_location(name: str) -> tuple[str, str]:
@@ -104,7 +104,7 @@ def cached_state_dict(name: str, download: bool = False) -> dict:
             raise CnnError(
                 f"timm:{name} weights are not in the local Hugging Face cache: expected {target} (from {where}); "
                 f"pass --download, or fetch them once on a machine with network with "
-                f"huggingface-cli download {where} {_WEIGHT_FILES[0]} and copy the cache (or set HF_HUB_CACHE)"
+                f"hf download {where} {_WEIGHT_FILES[0]} and copy the cache (or set HF_HUB_CACHE)"
             )
     else:
         import torch.hub
