@@ -101,11 +101,11 @@ def load_model(spec: str, device="cpu", data: bytes | None = None, trust_code: b
     The model comes back in eval mode on `device` (a torch.device or a string). `data`: the
     checkpoint's bytes when they were read already (`spec` then only names them).
     `trust_code`: run the user's code a checkpoint refers to (--trust-code). `download`:
-    timm may fetch its pretrained weights from the network.
+    timm and torchvision may fetch their pretrained weights from the network.
     """
     device = torch.device(device) if not isinstance(device, torch.device) else device
     if spec.startswith(TORCHVISION_PREFIX):
-        return _load_torchvision(spec[len(TORCHVISION_PREFIX):], device)
+        return _load_torchvision(spec[len(TORCHVISION_PREFIX):], device, download)
     if spec.startswith("timm:"):
         return _load_timm(spec[len("timm:"):], device, download)
     name = files.display_name(spec)
@@ -150,12 +150,12 @@ def _compare_keys(expected: dict, got: dict) -> tuple[list, list]:
     return missing, unexpected
 
 
-def _load_torchvision(name: str, device) -> LoadedModel:
+def _load_torchvision(name: str, device, download: bool = False) -> LoadedModel:
     from cnntools.models import no_inplace, torchvision_models
     from cnntools.models.hub import default_weights, load_cached_state_dict
 
     weights = default_weights(name)
-    state = load_cached_state_dict(weights, name)
+    state = load_cached_state_dict(weights, name, download)
     model = torchvision_models.build(name, num_classes=len(weights.meta["categories"]), imagenet_weights=True)
     try:
         model.load_state_dict(state)

@@ -80,7 +80,7 @@ DataDir = Annotated[
     Optional[str], typer.Option("--data-dir", rich_help_panel=PANEL_DATA, metavar="DIR", help="Where the dataset's files are (default ./data).")
 ]
 Split = Annotated[SplitChoice, typer.Option("--split", rich_help_panel=PANEL_DATA, help="Which split: train, val or test.")]
-Download = Annotated[bool, typer.Option("--download", rich_help_panel=PANEL_DATA, help="Fetch a torchvision dataset (or timm:NAME's pretrained weights) that is not on disk yet.")]
+Download = Annotated[bool, typer.Option("--download", rich_help_panel=PANEL_DATA, help="Fetch a torchvision dataset (or the pretrained weights of timm:NAME or torchvision:NAME) that is not on disk yet.")]
 TrustCode = Annotated[
     bool,
     typer.Option(
