@@ -139,13 +139,18 @@ def build_wheel(tmp_path):
     return wheel, proc.stdout + proc.stderr
 
 
-def test_the_wheel_ships_man_pages_completions_and_license_without_build_warnings(tmp_path):
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+def test_the_wheel_ships_man_pages_completions_and_license_without_build_warnings(wheel):
     """The wheel carries man/man1/*.1 under share/man/man1 (PREFIX/share/man is on man's path
     for a PREFIX/bin on PATH, a venv's included), each completion script in the folder its
     shell loads from, the LICENSE (PEP 639), and setuptools says nothing to warn about."""
     import zipfile
 
-    wheel, log = build_wheel(tmp_path)
+    wheel, log = wheel
     warnings = [line for line in log.splitlines() if re.search(r"warn", line, re.IGNORECASE)]
     assert not warnings, warnings
     archive = zipfile.ZipFile(wheel)
@@ -205,3 +210,49 @@ def test_every_variable_the_code_reads_is_documented():
     assert read - internal <= documented, sorted(read - internal - documented)
     assert {"CNNTOOLS_CACHE", "CNNTOOLS_DEBUG", "CNNTOOLS_THREADS", "CNNTOOLS_TRUST_CODE", "CNNTOOLS_MAX_IMAGE_PIXELS",
             "NO_COLOR", "FORCE_COLOR"} <= documented
+
+
+def _installed_data(wheel, prefix):
+    """The wheel's data files placed under `prefix` as pip places them (PREFIX/share/...), and a
+    `cnntools` in PREFIX/bin that runs this checkout."""
+    import sys
+    import zipfile
+
+    archive = zipfile.ZipFile(wheel)
+    for name in archive.namelist():
+        if ".data/data/" in name:
+            target = prefix / name.split(".data/data/", 1)[1]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(archive.read(name))
+    (prefix / "bin").mkdir()
+    program = prefix / "bin" / "cnntools"
+    program.write_text(f"#!/bin/sh\nPYTHONPATH={docs.REPO} exec {sys.executable} -m cnntools \"$@\"\n")
+    program.chmod(0o755)
+    return {**os.environ, "PATH": f"{prefix / 'bin'}:{os.environ['PATH']}", "HOME": str(prefix), "XDG_CONFIG_HOME": str(prefix / "config")}
+
+
+@pytest.mark.skipif(shutil.which("fish") is None, reason="fish not installed")
+def test_fish_finds_the_installed_script_by_itself(wheel, tmp_path):
+    # fish's own start-up (its system config; the user's is an empty HOME here) adds
+    # PREFIX/share/fish/vendor_completions.d for each PREFIX/share in XDG_DATA_DIRS: nothing is
+    # sourced or installed by hand.
+    import subprocess
+
+    env = _installed_data(wheel[0], tmp_path / "prefix")
+    env["XDG_DATA_DIRS"] = str(tmp_path / "prefix" / "share")
+    proc = subprocess.run(["fish", "-c", "complete -C 'cnntools rf-calc --arch le'; complete -C 'cnntools train --ar'"],
+                          env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    found = [line.split("\t")[0] for line in proc.stdout.splitlines()]
+    assert found == ["lenet", "--arch", "--arch-args"], proc.stdout + proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh not installed")
+def test_zsh_autoloads_the_installed_script_from_site_functions(wheel, tmp_path):
+    import subprocess
+
+    env = _installed_data(wheel[0], tmp_path / "prefix")
+    functions = tmp_path / "prefix" / "share" / "zsh" / "site-functions"
+    program = (f"fpath=({functions} $fpath); autoload -Uz compinit && compinit -u -D; "
+               "print -r -- ${_comps[cnntools]}")
+    proc = subprocess.run(["zsh", "-f", "-c", program], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.stdout.strip() == "_cnntools", proc.stdout + proc.stderr  # compinit maps cnntools to the shipped _cnntools
