@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from cnntools.cli.docs import REPO
+from conftest import assert_schema
 from cnntools.data import cache
 
 
@@ -151,3 +152,26 @@ def test_cache_with_caching_off(cli, monkeypatch):
 def test_cache_refuses_an_unknown_action(cli):
     result = cli("cache", "purge")
     assert result.exit_code == 2
+
+
+def test_env_describes_each_gpu(monkeypatch):
+    # No GPU on the test machine: torch's CUDA queries answer as on a two-GPU host.
+    import types
+
+    import torch
+
+    from cnntools.inference.environment import describe_environment
+
+    gpus = [types.SimpleNamespace(name="NVIDIA H100", total_memory=80 * 1024**3, major=9, minor=0),
+            types.SimpleNamespace(name="Tesla V100", total_memory=16 * 1024**3, major=7, minor=0)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(gpus))
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: gpus[index])
+    doc = describe_environment()
+    assert_schema({"schema": "cnntools.env/1", **doc})  # the declaration and its JSON Schema hold GPUs too
+    devices = doc["devices"]
+    assert devices["auto"] == "cuda" and devices["cuda"]["available"] is True
+    assert devices["cuda"]["devices"] == [
+        {"index": 0, "name": "NVIDIA H100", "memory_bytes": 80 * 1024**3, "capability": "9.0", "bf16": True},
+        {"index": 1, "name": "Tesla V100", "memory_bytes": 16 * 1024**3, "capability": "7.0", "bf16": False},
+    ]
