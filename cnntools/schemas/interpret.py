@@ -13,7 +13,15 @@ _LAYER_TABLE = [
     ("layers[].type", "string", "module class name"),
     ("layers[].output_shape", "array|null", "[C, H, W] (or [features]) of its output for one image; null when it did not run"),
     ("layers[].params", "integer", "parameters of this module itself (not its children)"),
+    ("layers[].macs", "integer", "multiply-accumulates of this module and its children for one image (torch's FlopCounterMode: convolutions and matrix products; FLOPs = 2 × MACs)"),
     ("layers[].depth", "integer", "nesting depth of the name (dots in it)"),
+]
+
+_TOTALS = [
+    ("totals", "object", "the whole model for one image"),
+    ("totals.parameters", "integer", "all parameters"),
+    ("totals.trainable", "integer", "parameters that require gradients"),
+    ("totals.macs", "integer", "multiply-accumulates of one forward pass (functional calls included)"),
 ]
 
 DECLARED: dict[str, dict] = {
@@ -112,9 +120,9 @@ DECLARED: dict[str, dict] = {
     },
     "featmaps.layers": {
         "command": "featmaps",
-        "summary": "the model's layers with their output shapes (`--list-layers`).",
+        "summary": "the model's layers with their output shapes, parameters and multiply-adds, and the totals (`--list-layers`).",
         "rows": "layers",
-        "fields": _LAYER_TABLE,
+        "fields": _LAYER_TABLE + _TOTALS,
     },
     "filters": {
         "command": "filters",
