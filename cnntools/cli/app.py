@@ -28,6 +28,7 @@ from cnntools.cli.commands import (
     filters,
     info,
     lr_find,
+    report,
     rf_calc,
     saliency,
     train,
@@ -170,6 +171,7 @@ COMMANDS = [
     ("saliency", saliency.main),
     ("featmaps", featmaps.main),
     ("filters", filters.main),
+    ("report", report.main),
     ("export", export.main),
 ]
 
