@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -20,12 +20,8 @@ def main(
         list[str], typer.Argument(metavar="MODEL...", autocompletion=complete_model, show_default=False,
                                   help="Checkpoints (.safetensors, - for stdin), torchvision:NAME or timm:NAME.")
     ],
-    out: Annotated[
-        Optional[str],
-        typer.Option("--output", "-o", rich_help_panel=options.PANEL_OUTPUT, metavar="FILE",
-                     help="The HTML page to write (- for stdout; the table then goes to stderr)."),
-    ] = None,
-    num: Annotated[int, typer.Option("--num", "-n", metavar="N", min=0, help="Top losses shown per model (the most confident mistakes).")] = 12,
+    out: options.Output = None,
+    num: options.Num = None,
     method: Annotated[str, typer.Option("--method", "-m", help="Saliency method of the top losses (any of `saliency --method`).")] = "gradcam",
     most_confused: Annotated[int, typer.Option("--most-confused", metavar="N", min=0, help="Most confused (true, predicted) pairs listed.")] = 5,
     top_k: options.TopK = 5,
@@ -50,7 +46,8 @@ def main(
     parameters, multiply-adds, classes, data recipe, every resolved training option, label,
     when and with what it was written), the training curves, the split's metrics and per-class
     table, the confusion heatmap with the most confused pairs, and the top losses (the most
-    confident mistakes first) with their saliency maps for the predicted class. With several
+    confident mistakes first; -n of them, default 12) with their saliency maps for the
+    predicted class. -o - writes the page to stdout (the table then goes to stderr). With several
     models the page opens with a side-by-side table and their curves overlaid. Each model runs
     on its own recorded dataset unless --data names one. The numbers are those of `info`,
     `eval`, `confusion` and `saliency`; --format json prints them as one document, the table
@@ -72,8 +69,8 @@ def main(
         raise CnnError(f"-o {out}: the report is an HTML page; name it FILE.html")
     if out == files.STDIO:
         output.claim_stdout()
-    if top_k < 1 or batch_size < 1:
-        raise CnnError("--top-k and --batch-size must be at least 1")
+    if top_k < 1 or batch_size < 1 or (num is not None and num < 0):
+        raise CnnError("--top-k and --batch-size must be at least 1, --num at least 0")
     from cnntools.interpret.saliency import METHODS
 
     if method not in METHODS:
@@ -83,7 +80,7 @@ def main(
     runtime.seed_everything(seed)
     dev = runtime.resolve_device(device)
     reports = build_report(models, dev, runtime.resolve_precision(precision, dev), split=split, data=data,
-                           data_dir=data_dir, download=download, batch_size=batch_size, top_k=top_k, top_losses=num,
+                           data_dir=data_dir, download=download, batch_size=batch_size, top_k=top_k, top_losses=12 if num is None else num,
                            most_confused=most_confused, method=method, trust_code=trust_code)
     rows = comparison_rows(reports)
     if out:
