@@ -118,7 +118,8 @@ def _model_report(spec, device, precision, split, data, data_dir, download, batc
     if mistakes:
         chosen = torch.tensor([m["index"] for m in mistakes])
         report.images = lm.preprocessing.fit(imageset.images[chosen])
-        report.maps, layer = _explain(lm, imageset.images[chosen], [m["pred"] for m in mistakes], method, precision, batch)
+        grad_batch = fit_model_batch(lm, min(batch, len(mistakes)), training=True)  # maps need the backward pass too
+        report.maps, layer = _explain(lm, imageset.images[chosen], [m["pred"] for m in mistakes], method, precision, grad_batch)
         for m, peak in zip(mistakes, _peaks(report.maps)):
             m["saliency_peak"] = peak
     else:
