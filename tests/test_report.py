@@ -183,6 +183,7 @@ def test_report_opens_in_headless_chromium_with_every_image_and_evals_numbers(cl
         comparison = page.tables["comparison"]
         row = dict(zip(comparison[0], comparison[n + 1]))
         assert row["accuracy"] == format_cell(evaluated["accuracy"]) and row["model"] == model
+        assert row["top_k.5"] == format_cell(evaluated["top_k"]["5"]) and row["f1_macro"] == format_cell(evaluated["f1_macro"])
     card = {row[0]: row[1] for row in page.tables["card-0"]}  # a card has no header row
     kept = cli("info", trained, "--format", "json").json()["checkpoints"][0]["history"]["kept_epoch"]
     assert card["kept epoch"].startswith(f"{kept} of 3 (--keep best")

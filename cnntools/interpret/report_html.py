@@ -13,10 +13,10 @@ import datetime
 import io
 from html import escape
 
-from cnntools.output.emitter import format_cell
+from cnntools.output.emitter import flatten, format_cell
 
 _CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1100px;
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1200px;
        color: #1b1b1b; line-height: 1.4; padding: 0 1em; }
 h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { border-bottom: 2px solid #ddd; padding-bottom: 0.2em; margin-top: 2em; }
 h3 { margin-top: 1.5em; } .meta { color: #666; font-size: 0.9em; }
@@ -26,7 +26,8 @@ th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: ta
 img { max-width: 100%; height: auto; display: block; margin: 0.5em 0; }
 .row { display: flex; flex-wrap: wrap; gap: 2em; align-items: flex-start; }
 details { margin: 0.5em 0 1em; } summary { cursor: pointer; color: #335; }
-.note { color: #555; font-size: 0.9em; }
+.note { color: #555; font-size: 0.9em; } .wide { overflow-x: auto; max-width: 100%; }
+#comparison { font-size: 0.85em; } #comparison td, #comparison th { white-space: nowrap; padding: 0.2em 0.4em; }
 """
 
 
@@ -43,7 +44,7 @@ def render(reports, comparison: list[dict], figures: dict, *, title: str, versio
     ]
     if len(reports) > 1:
         parts.append("<h2>Side by side</h2>")
-        parts.append(_table(comparison, "comparison"))
+        parts.append(_table([flatten(row) for row in comparison], "comparison"))
         if "curves" in figures:
             parts.append(_img(figures["curves"], "training curves of every run"))
     for n, report in enumerate(reports):
@@ -128,7 +129,7 @@ def _table(rows: list[dict], table_id: str, header: bool = True) -> str:
     if not rows:
         return f'<table id="{table_id}"><tr><td>none</td></tr></table>'
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    out = [f'<table id="{table_id}">']
+    out = [f'<div class="wide"><table id="{table_id}">']
     if header:
         out.append("<tr>" + "".join(f"<th>{escape(str(c))}</th>" for c in columns) + "</tr>")
     for row in rows:
@@ -139,7 +140,7 @@ def _table(rows: list[dict], table_id: str, header: bool = True) -> str:
             tag = "th" if not header and c == columns[0] else "td"
             cells.append(f'<{tag}{" class=num" if numeric else ""}>{escape(format_cell(value))}</{tag}>')
         out.append("<tr>" + "".join(cells) + "</tr>")
-    out.append("</table>")
+    out.append("</table></div>")
     return "".join(out)
 
 
