@@ -219,3 +219,25 @@ def test_stdin_model_and_html_on_stdout(cli, trained):
     assert result.stdout.startswith("<!DOCTYPE html>") and "Report on the test split" in result.stderr
     page = _parse(result.stdout)
     assert page.tables["card-0"][0] == ["architecture", "simple-cnn"]
+
+
+def test_a_model_without_conv_layers_gets_gradient_maps_and_its_macs(cli, tmp_path):
+    """An MLP has no CAM layer: its top losses are explained by the input gradient, as
+    `saliency --method gradient` computes it; MACs are those of its two linear layers."""
+    import torch
+
+    from cnntools.checkpoint import save_checkpoint
+    from cnntools.models import create_model
+    from test_checkpoint import _meta
+
+    torch.manual_seed(0)
+    model = create_model("mlp", 1, 8, 10).eval()  # untrained: plenty of mistakes
+    path = tmp_path / "mlp.safetensors"
+    save_checkpoint(str(path), model, _meta(arch="mlp", channels=1, size=8))
+    (doc,) = _report(cli, path, "-n", "3", "--format", "json").json()["models"]
+    assert doc["saliency"] == {"method": "gradient", "layer": None, "target": "pred"}
+    assert doc["card"]["macs"] == 64 * 128 + 128 * 10 and doc["card"]["parameters"] == sum(p.numel() for p in model.parameters())
+    indices = ",".join(str(m["index"]) for m in doc["top_losses"])
+    sal = cli("saliency", path, "-i", indices, "--method", "gradient", "--target", "pred", "--format", "json",
+              "--device", "cpu", "--precision", "fp32", "-q").json()
+    assert [m["saliency_peak"] for m in doc["top_losses"]] == [[r["peak_row"], r["peak_col"]] for r in sal["images"]]

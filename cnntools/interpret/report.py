@@ -119,7 +119,8 @@ def _model_report(spec, device, precision, split, data, data_dir, download, batc
         chosen = torch.tensor([m["index"] for m in mistakes])
         report.images = lm.preprocessing.fit(imageset.images[chosen])
         grad_batch = fit_model_batch(lm, min(batch, len(mistakes)), training=True)  # maps need the backward pass too
-        report.maps, layer = _explain(lm, imageset.images[chosen], [m["pred"] for m in mistakes], method, precision, grad_batch)
+        report.maps, method, layer = _explain(lm, imageset.images[chosen], [m["pred"] for m in mistakes], method, precision,
+                                              grad_batch)
         for m, peak in zip(mistakes, _peaks(report.maps)):
             m["saliency_peak"] = peak
     else:
@@ -168,22 +169,25 @@ def _confusion(labels, preds, classes, k) -> tuple[Any, dict]:
                     "most_confused": pairs}
 
 
-def _explain(lm, raw, targets, method, precision, batch) -> tuple[torch.Tensor, str | None]:
-    """The one place the report asks for saliency maps: (maps scaled to 0..1 per map, layer).
+def _explain(lm, raw, targets, method, precision, batch) -> tuple[torch.Tensor, str, str | None]:
+    """The one place the report asks for saliency maps: (maps scaled to 0..1 per map, method, layer).
 
     Calls `cnntools.interpret.saliency.saliency_maps` with the model's own preprocessing of the
-    source pixels, the CAM layer `saliency --layer auto` picks, and the predicted class.
+    source pixels, the CAM layer `saliency --layer auto` picks, and the predicted class. A model
+    without a conv layer (an MLP) has no CAM layer: its maps are the input gradient instead.
     """
-    from cnntools.interpret.activations import example_input, resolve_layer_name
+    from cnntools.interpret.activations import conv_layer_names, example_input, resolve_layer_name
     from cnntools.interpret.saliency import saliency_maps, uses_layer
 
+    if uses_layer(method) and not conv_layer_names(lm.model, example_input(lm)):
+        method = "gradient"
     layer = resolve_layer_name(lm.model, "auto", example_input(lm)) if uses_layer(method) else None
     x = lm.preprocessing(raw, next(lm.model.parameters()).device)
     maps = torch.cat([saliency_maps(lm.model, x[s:s + batch], targets[s:s + batch], method=method, layer=layer,
                                     batch_size=batch, precision=precision) for s in range(0, len(targets), batch)])
     low = maps.flatten(1).min(1).values[:, None, None]
     high = maps.flatten(1).max(1).values[:, None, None]
-    return ((maps - low) / (high - low).clamp_min(1e-12)).float(), layer
+    return ((maps - low) / (high - low).clamp_min(1e-12)).float(), method, layer
 
 
 def _peaks(maps: torch.Tensor) -> list[list[int]]:
