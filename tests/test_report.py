@@ -241,3 +241,28 @@ def test_a_model_without_conv_layers_gets_gradient_maps_and_its_macs(cli, tmp_pa
     sal = cli("saliency", path, "-i", indices, "--method", "gradient", "--target", "pred", "--format", "json",
               "--device", "cpu", "--precision", "fp32", "-q").json()
     assert [m["saliency_peak"] for m in doc["top_losses"]] == [[r["peak_row"], r["peak_col"]] for r in sal["images"]]
+
+
+def test_names_from_files_are_escaped_in_the_page(cli, tmp_path):
+    """Class names are data: a folder named like markup shows as text and adds no element."""
+    import numpy as np
+    from PIL import Image
+
+    from interpret_fixtures import train_checkpoint
+
+    names = ["<i>a&b", "c\"d'<script>"]
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(names):
+        folder = tmp_path / "data" / name
+        folder.mkdir(parents=True)
+        for i in range(12):
+            pixels = rng.integers(0, 80, (8, 8, 3), dtype=np.uint8) + (150 if k else 0)
+            Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
+    path = train_checkpoint(tmp_path / "m.safetensors", str(tmp_path / "data"), "simple-cnn", 8, 3, 2)
+    html = tmp_path / "r.html"
+    _report(cli, path, "-o", html, "--split", "train")
+    text = html.read_text(encoding="utf-8")
+    assert "<script" not in text and "<i>" not in text and "&lt;i&gt;a&amp;b" in text
+    page = _parse(text)
+    per_class = page.tables["per-class-0"]
+    assert [row[0] for row in per_class[1:]] == sorted(names)
