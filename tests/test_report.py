@@ -78,6 +78,7 @@ def test_report_numbers_are_evals_confusions_and_saliencys(cli, trained, tmp_pat
     card = model["card"]
     assert card["summary"] == info and card["kept_epoch"] == info["history"]["kept_epoch"]
     assert card["macs"] == layers["totals"]["macs"] > 0 and card["parameters"] == info["parameters"]
+    assert card["layers"] == [{k: r[k] for k in ("layer", "type", "output_shape", "params", "macs")} for r in layers["layers"]]
     assert doc["comparison"][0]["accuracy"] == evaluated["accuracy"]
 
 
@@ -184,7 +185,11 @@ def test_report_opens_in_headless_chromium_with_every_image_and_evals_numbers(cl
         row = dict(zip(comparison[0], comparison[n + 1]))
         assert row["accuracy"] == format_cell(evaluated["accuracy"]) and row["model"] == model
         assert row["top_k.5"] == format_cell(evaluated["top_k"]["5"]) and row["f1_macro"] == format_cell(evaluated["f1_macro"])
+    listed = cli("featmaps", trained, "--list-layers", "--format", "json", "--device", "cpu").json()
+    shown = page.tables["layers-0"]
+    assert [row[shown[0].index("macs")] for row in shown[1:]] == [str(r["macs"]) for r in listed["layers"]]
     card = {row[0]: row[1] for row in page.tables["card-0"]}  # a card has no header row
+    assert card["multiply-adds per image"] == f"{listed['totals']['macs']:,} ({2 * listed['totals']['macs']:,} FLOPs)"
     kept = cli("info", trained, "--format", "json").json()["checkpoints"][0]["history"]["kept_epoch"]
     assert card["kept epoch"].startswith(f"{kept} of 3 (--keep best")
     assert card["architecture"] == "simple-cnn" and card["parameters"].endswith("trainable)")

@@ -197,10 +197,12 @@ def _peaks(maps: torch.Tensor) -> list[list[int]]:
 
 def _card(spec: str, lm, raw: bytes | None) -> dict:
     """The model card: `info`'s header summary plus what only the built model tells (MACs)."""
-    from cnntools.interpret.activations import model_totals
+    from cnntools.interpret.activations import layer_rows, model_totals
 
     shape = lm.preprocessing.shape
     totals = model_totals(lm.model, shape[0], shape[-1])
+    layers = [{k: row[k] for k in ("layer", "type", "output_shape", "params", "macs")}
+              for row in layer_rows(lm.model, shape[0], shape[-1])]
     card: dict[str, Any] = {
         "arch": lm.meta.arch_name,
         "input_shape": list(shape),
@@ -208,6 +210,7 @@ def _card(spec: str, lm, raw: bytes | None) -> dict:
         "trainable": totals["trainable"],
         "macs": totals["macs"],
         "classes": list(lm.classes),
+        "layers": layers,
         "kept_epoch": None,
         "summary": None,
         "written": None,

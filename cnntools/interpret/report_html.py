@@ -59,6 +59,8 @@ def _section(n: int, report, figures: dict) -> str:
     out = [f'<h2 id="model-{n}">{escape(doc["label"])} <span class="meta">({escape(doc["model"])})</span></h2>']
     out.append("<h3>Model card</h3>")
     out.append(_table(_card_rows(card), f"card-{n}", header=False))
+    out.append(f"<details><summary>Layers ({len(card['layers'])}): output shape, parameters, multiply-adds per image</summary>"
+               f"{_table(card['layers'], f'layers-{n}')}</details>")
     summary = card.get("summary")
     if summary and summary.get("train_config"):
         options = [{"option": k, "value": v} for k, v in summary["train_config"].items()]

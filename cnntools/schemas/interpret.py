@@ -170,6 +170,7 @@ DECLARED: dict[str, dict] = {
             ("models[].card.trainable", "integer", "parameters that require gradients"),
             ("models[].card.macs", "integer", "multiply-accumulates per image (as featmaps --list-layers counts them)"),
             ("models[].card.classes", "array", "class names"),
+            ("models[].card.layers[]", "object", "every named layer as `featmaps --list-layers` lists it: layer, type, output_shape, params, macs"),
             ("models[].card.kept_epoch", "integer|null", "the epoch whose weights the file holds"),
             ("models[].card.summary", "object|null", "a checkpoint's `info` record (cnntools.info/1's checkpoints[] item); null for torchvision:/timm: models"),
             ("models[].card.short?", "object", "the `info` card's fields (text for people)"),
