@@ -177,3 +177,16 @@ def test_cli_list_layers_shows_macs_and_totals(tmp_path):
                           env={"NO_COLOR": "1"}).stdout
     assert "62,006 parameters (62,006 trainable)" in table and f"{macs:,} multiply-adds" in table
     assert table.splitlines()[-1].split() == ["total", "62006", str(macs)]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "efficientnet_b0"])
+def test_totals_match_torchvisions_published_operation_counts(name):
+    """torchvision's weights metadata publishes each model's multiply-adds (`_ops`, in billions,
+    3 decimals) and parameters: residual paths, depthwise convs and squeeze-excitation included."""
+    import torchvision
+
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    model = torchvision.models.get_model(name, weights=None).eval()
+    totals = act.model_totals(model, 3, 224)
+    assert round(totals["macs"] / 1e9, 3) == weights.meta["_ops"]
+    assert totals["parameters"] == totals["trainable"] == weights.meta["num_params"]
