@@ -70,6 +70,10 @@ def test_parameters_and_buffers_of_a_batchnorm_model_weights_only(cli, tmp_path)
     assert record["buffers"] == sum(b.numel() for b in model.buffers())
     assert record["resumable"] is False and record["bytes"]["resume"] == 0
     assert record["history"]["best_epoch"] is None  # no validation accuracy recorded
+    # Its card leaves out what the file does not record, and never prints "None".
+    card = cli("info", path).stdout
+    assert "kept epoch" not in card and "None" not in card and "run: best epoch" not in card
+    assert f"{record['parameters']:,}" in card
 
 
 def test_table_shows_checkpoints_side_by_side_and_csv_has_the_same_names(cli, trained, tmp_path):

@@ -126,6 +126,7 @@ def card(record: dict[str, Any]) -> dict[str, Any]:
     options = {k: v for k, v in arch_config.items() if k not in ("in_channels", "image_size", "num_classes") and v not in (None, False, "none")}
     if options:
         out["arch options"] = ", ".join(f"{k} {v}" for k, v in options.items())
+    out["kept epoch"] = None  # a weights-only file has no run to sum up: its rows stay empty
     if kept is not None:
         rule = {"best": "highest val_acc", "last": "the last"}.get(str(history.get("kept")), str(history.get("kept")))
         out["kept epoch"] = f"{kept} of {metrics.get('epochs_completed', history.get('epochs'))} (--keep {history.get('kept')}: {rule})"
@@ -182,7 +183,10 @@ def _data(data: dict) -> str | None:
 def _training(cfg: dict) -> str | None:
     if not cfg:
         return None
-    parts = [f"{cfg.get('opt')} lr {cfg.get('lr')}", f"batch {cfg.get('batch_size')}", f"{cfg.get('epochs')} epochs"]
+    optimizer = " ".join(text for text, value in ((str(cfg.get("opt")), cfg.get("opt")), (f"lr {cfg.get('lr')}", cfg.get("lr")))
+                         if value is not None)
+    parts = [text for text, value in ((optimizer, optimizer), (f"batch {cfg.get('batch_size')}", cfg.get("batch_size")),
+                                      (f"{cfg.get('epochs')} epochs", cfg.get("epochs"))) if value]
     for key in ("schedule", "augment", "label_smoothing", "weight_decay"):
         if cfg.get(key) not in (None, 0, "none", ""):
             parts.append(f"{key.replace('_', ' ')} {cfg[key]}")

@@ -105,7 +105,7 @@ def _card_rows(card: dict) -> list[dict]:
     ]
     short = card.get("short") or {}
     skip = {"arch", "parameters", "input"}
-    rows += [(k, v) for k, v in short.items() if k not in skip]
+    rows += [(k, v) for k, v in short.items() if k not in skip and v is not None]
     if not short:
         classes = card["classes"]
         rows.append(("classes", f"{len(classes)}: " + " ".join(classes[:12]) + (" ..." if len(classes) > 12 else "")))

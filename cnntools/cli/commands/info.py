@@ -63,14 +63,15 @@ def main(
         fmt,
         schema="info",
         rows=flat,
-        render_table=lambda: output.print_table(_side_by_side(shown), headers={"field": "field"}),
+        render_table=lambda: output.print_table(_side_by_side(shown, keep_empty=show_all), headers={"field": "field"}),
     )
 
 
-def _side_by_side(flat: list[dict]) -> list[dict]:
-    """One row per field, one column per checkpoint (named by its file)."""
+def _side_by_side(flat: list[dict], keep_empty: bool = True) -> list[dict]:
+    """One row per field, one column per checkpoint (named by its file); `keep_empty=False`
+    leaves out the fields no checkpoint has a value for."""
     fields: dict[str, None] = {}
-    for record in flat:
+    for record in sorted(flat, key=len, reverse=True):  # the fullest record's order first
         fields.update(dict.fromkeys(k for k in record if k != "file"))
     names = _column_names([record["file"] for record in flat])
     rows = []
@@ -78,7 +79,8 @@ def _side_by_side(flat: list[dict]) -> list[dict]:
         row = {"field": field}
         for name, record in zip(names, flat):
             row[name] = _cell(field, record.get(field))
-        rows.append(row)
+        if keep_empty or any(row[name] is not None for name in names):
+            rows.append(row)
     return rows
 
 
