@@ -17,7 +17,7 @@ COLUMNS = ["label", "arch", "parameters", "macs", "data", "images", "accuracy", 
 
 def main(
     models: Annotated[
-        list[str], typer.Argument(metavar="MODEL...", autocompletion=complete_model, show_default=False,
+        list[str], typer.Argument(metavar="MODEL", autocompletion=complete_model, show_default=False,
                                   help="Checkpoints (.safetensors, - for stdin), torchvision:NAME or timm:NAME.")
     ],
     out: options.Output = None,
