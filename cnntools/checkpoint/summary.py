@@ -106,9 +106,9 @@ _CARD_METRICS = ("val_acc", "val_loss", "test_acc", "test_loss", "train_acc", "t
 def card(record: dict[str, Any]) -> dict[str, Any]:
     """The short `info` card of one `summarize` record: field → text, for people.
 
-    The kept epoch's numbers come from its own history row (so its `updates` are the updates
-    up to that epoch) and are labelled as the kept epoch's; the run's totals (epochs completed,
-    updates, the best epoch) are labelled as the run's.
+    The kept epoch's losses and accuracies (the checkpoint's `metrics`) are labelled as the kept
+    epoch's; the run's totals (epochs completed, updates, the best epoch), which `metrics` also
+    carries, are labelled as the run's.
     """
     arch_config = record.get("arch_config") or {}
     metrics = record.get("metrics") or {}
