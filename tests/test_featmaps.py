@@ -121,3 +121,72 @@ def test_cli_list_layers_json_figure_and_saved_tensors(checkpoint, tmp_path):
 
     result = runner.invoke(app, ["featmaps", str(checkpoint), "-l", "nope"], prog_name="cnntools")
     assert result.exit_code == 1 and "no layer named 'nope'" in result.stderr
+
+
+def _hand_macs(module: nn.Module, out_shape: list[int]) -> int:
+    """torchinfo's count: conv = Cout·Hout·Wout · Cin/groups · kh·kw; linear = in · out (no bias)."""
+    if isinstance(module, nn.Conv2d):
+        cout, hout, wout = out_shape
+        kh, kw = module.kernel_size
+        return cout * hout * wout * (module.in_channels // module.groups) * kh * kw
+    if isinstance(module, nn.Linear):
+        return module.in_features * module.out_features
+    return 0
+
+
+def test_macs_per_layer_and_totals_match_hand_counts():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(4, 8, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=4, bias=False), nn.ReLU(),
+        nn.Conv2d(8, 6, (1, 3)), nn.Flatten(), nn.Linear(6 * 8 * 6, 7),
+    ).eval()
+    model[0].weight.requires_grad_(False)  # frozen: counted in parameters, not in trainable
+    rows = act.layer_rows(model, 4, 16)
+    leaves = dict(model.named_children())
+    expected = {r["layer"]: _hand_macs(leaves[r["layer"]], r["output_shape"]) for r in rows}
+    assert {r["layer"]: r["macs"] for r in rows} == expected
+    assert expected["0"] == 8 * 8 * 8 * 4 * 9 and expected["2"] == 8 * 8 * 8 * 2 * 9 and expected["6"] == 288 * 7
+    totals = act.model_totals(model, 4, 16)
+    assert totals == {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "trainable": sum(p.numel() for p in model.parameters()) - model[0].weight.numel(),
+        "macs": sum(expected.values()),
+    }
+
+
+def test_cli_list_layers_shows_macs_and_totals(tmp_path):
+    from cnntools.checkpoint import save_checkpoint
+    from cnntools.models import create_model
+    from test_checkpoint import _meta
+
+    model = create_model("lenet", 3, 32, 10).eval()
+    path = tmp_path / "lenet.safetensors"
+    save_checkpoint(str(path), model, _meta())
+    result = runner.invoke(app, ["featmaps", str(path), "--list-layers", "--format", "json", "--device", "cpu"], prog_name="cnntools")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    modules = dict(model.named_modules())
+    for row in doc["layers"]:
+        if isinstance(modules[row["layer"]], (nn.Conv2d, nn.Linear)):
+            assert row["macs"] == _hand_macs(modules[row["layer"]], row["output_shape"]), row
+    # LeNet at 3x32x32: conv1 6·28·28·3·25, conv2 16·10·10·6·25, fc 400·120 + 120·84 + 84·10.
+    macs = 6 * 28 * 28 * 75 + 16 * 10 * 10 * 150 + 400 * 120 + 120 * 84 + 84 * 10
+    assert doc["totals"] == {"parameters": 62006, "trainable": 62006, "macs": macs}
+    table = runner.invoke(app, ["featmaps", str(path), "--list-layers", "--device", "cpu"], prog_name="cnntools",
+                          env={"NO_COLOR": "1"}).stdout
+    assert "62,006 parameters (62,006 trainable)" in table and f"{macs:,} multiply-adds" in table
+    assert table.splitlines()[-1].split() == ["total", "62006", str(macs)]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "efficientnet_b0"])
+def test_totals_match_torchvisions_published_operation_counts(name):
+    """torchvision's weights metadata publishes each model's multiply-adds (`_ops`, in billions,
+    3 decimals) and parameters: residual paths, depthwise convs and squeeze-excitation included."""
+    import torchvision
+
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    model = torchvision.models.get_model(name, weights=None).eval()
+    totals = act.model_totals(model, 3, 224)
+    assert round(totals["macs"] / 1e9, 3) == weights.meta["_ops"]
+    assert totals["parameters"] == totals["trainable"] == weights.meta["num_params"]

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from cnntools.checkpoint import read_checkpoint, save_checkpoint
+from cnntools.output import emitter as output
 from cnntools.models import create_model
 from test_checkpoint import _meta
 from test_startup import HEAVY, run_wrapped
@@ -69,11 +70,15 @@ def test_parameters_and_buffers_of_a_batchnorm_model_weights_only(cli, tmp_path)
     assert record["buffers"] == sum(b.numel() for b in model.buffers())
     assert record["resumable"] is False and record["bytes"]["resume"] == 0
     assert record["history"]["best_epoch"] is None  # no validation accuracy recorded
+    # Its card leaves out what the file does not record, and never prints "None".
+    card = cli("info", path).stdout
+    assert "kept epoch" not in card and "None" not in card and "run: best epoch" not in card
+    assert f"{record['parameters']:,}" in card
 
 
 def test_table_shows_checkpoints_side_by_side_and_csv_has_the_same_names(cli, trained, tmp_path):
     path, _, _ = trained
-    table = cli("info", path, path).stdout.splitlines()
+    table = cli("info", path, path, "--all").stdout.splitlines()
     header = table[0].split()
     assert header[0] == "field" and header[1] == str(path) and "(2)" in table[0]
     fields = {line.split()[0] for line in table[1:]}
@@ -82,6 +87,28 @@ def test_table_shows_checkpoints_side_by_side_and_csv_has_the_same_names(cli, tr
     rows = list(csv.DictReader(io.StringIO(cli("info", path, "--format", "csv").stdout)))
     assert set(rows[0]) - {"file"} == fields
     assert rows[0]["resumable"] == "true" and json.loads(rows[0]["classes"]) == [str(i) for i in range(10)]
+
+
+def test_default_table_is_a_short_card_that_marks_the_kept_epoch(cli, trained):
+    path, history, _ = trained
+    record = cli("info", path, "--format", "json").json()["checkpoints"][0]
+    lines = cli("info", path).stdout.splitlines()
+    rows = {line[:24].strip(): line[24:].strip() for line in lines[1:]}
+    assert len(lines) < 25 and not any(k.startswith("train_config.") for k in rows)
+    kept = record["history"]["kept_epoch"]
+    kept_row = history[kept - 1]  # the kept epoch's own numbers, not the run's last epoch
+    assert rows["kept epoch"].startswith(f"{kept} of 3 (--keep best")
+    assert float(rows["kept epoch: val_acc"]) == pytest.approx(kept_row["val_acc"], rel=1e-5)
+    assert float(rows["kept epoch: train_loss"]) == pytest.approx(kept_row["train_loss"], rel=1e-5)
+    # Run totals are labelled as the run's.
+    assert rows["run: epochs completed"] == "3" and rows["run: updates"] == str(record["history"]["updates"])
+    assert rows["run: best epoch"] == str(record["history"]["best_epoch"])
+    assert rows["parameters"] == f"{record['parameters']:,}" and rows["arch"] == record["arch"]
+    assert rows["classes"].startswith("10: 0 1 2") and rows["input"] == "1×8×8"
+    assert rows["bytes"].startswith(f"{record['bytes']['file'] / 1e6:.3g} MB")
+    # --all is the full field list, whose names are the JSON keys joined by dots.
+    full = cli("info", path, "--all").stdout.splitlines()
+    assert {line.split()[0] for line in full[1:]} == set(output.flatten(record)) - {"file"}
 
 
 def test_stdin_and_refusals(cli, trained, tmp_path):

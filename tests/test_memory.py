@@ -159,6 +159,7 @@ HOSTILE_COMMANDS = {
     "featmaps --list-layers": lambda ck, out, image: ["featmaps", ck, "--list-layers"],
     "filters": lambda ck, out, image: ["filters", ck, "--top-k", "2", "-o", out / "k.png"],
     "export": lambda ck, out, image: ["export", ck, "-o", out / "m.onnx"],
+    "report": lambda ck, out, image: ["report", ck, "-o", out / "r.html"],
 }
 
 

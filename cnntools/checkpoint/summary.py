@@ -97,3 +97,99 @@ def summarize(header: dict, meta: dict, file: str, file_bytes: int | None, heade
         "written_by": {"cnntools": written.get("cnntools"), "torch": written.get("torch")},
     }
 
+
+
+# The kept epoch's numbers the card shows, in this order, when the history has them.
+_CARD_METRICS = ("val_acc", "val_loss", "test_acc", "test_loss", "train_acc", "train_loss")
+
+
+def card(record: dict[str, Any]) -> dict[str, Any]:
+    """The short `info` card of one `summarize` record: field → text, for people.
+
+    The kept epoch's losses and accuracies (the checkpoint's `metrics`) are labelled as the kept
+    epoch's; the run's totals (epochs completed, updates, the best epoch), which `metrics` also
+    carries, are labelled as the run's.
+    """
+    arch_config = record.get("arch_config") or {}
+    metrics = record.get("metrics") or {}
+    history = record.get("history") or {}
+    kept = history.get("kept_epoch")
+    out: dict[str, Any] = {
+        "arch": record.get("arch"),
+        "label": record.get("label"),
+        "input": _input_shape(record),
+        "parameters": _thousands(record.get("parameters")),
+        "classes": _classes(record.get("classes") or [], record.get("num_classes")),
+        "data": _data(record.get("data") or {}),
+        "training": _training(record.get("train_config") or {}),
+    }
+    options = {k: v for k, v in arch_config.items() if k not in ("in_channels", "image_size", "num_classes") and v not in (None, False, "none")}
+    if options:
+        out["arch options"] = ", ".join(f"{k} {v}" for k, v in options.items())
+    out["kept epoch"] = None  # a weights-only file has no run to sum up: its rows stay empty
+    if kept is not None:
+        rule = {"best": "highest val_acc", "last": "the last"}.get(str(history.get("kept")), str(history.get("kept")))
+        out["kept epoch"] = f"{kept} of {metrics.get('epochs_completed', history.get('epochs'))} (--keep {history.get('kept')}: {rule})"
+        for name in _CARD_METRICS:
+            if isinstance(metrics.get(name), (int, float)):
+                out[f"kept epoch: {name}"] = metrics[name]
+    out["run: epochs completed"] = metrics.get("epochs_completed", history.get("epochs"))
+    out["run: updates"] = history.get("updates")
+    out["run: best epoch"] = history.get("best_epoch")
+    size = record.get("bytes") or {}
+    parts = [f"weights {_size(size.get('weights'))}"] + ([f"resume state {_size(size['resume'])}"] if size.get("resume") else [])
+    out["bytes"] = f"{_size(size.get('file'))} ({', '.join(parts)})"
+    written = record.get("written_by") or {}
+    out["written by"] = ", ".join(f"{k} {v}" for k, v in written.items() if v) or None
+    return out
+
+
+def _thousands(value) -> str | None:
+    return f"{value:,}" if isinstance(value, int) else None
+
+
+def _size(value) -> str:
+    if not isinstance(value, int):
+        return "?"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value} B"
+
+
+def _input_shape(record: dict) -> str | None:
+    channels, size = record.get("in_channels"), record.get("image_size")
+    return f"{channels}×{size}×{size}" if channels and size else None
+
+
+def _classes(classes: list, count) -> str:
+    shown = " ".join(str(c) for c in classes[:12]) + (" ..." if len(classes) > 12 else "")
+    return f"{count or len(classes)}: {shown}" if classes else str(count)
+
+
+def _data(data: dict) -> str | None:
+    if not data:
+        return None
+    parts = [str(data.get("spec"))]
+    if data.get("data_dir"):
+        parts.append(f"in {data['data_dir']}")
+    if data.get("val_split"):
+        parts.append(f"val split {data['val_split']}")
+    if data.get("seed") is not None:
+        parts.append(f"seed {data['seed']}")
+    return ", ".join(parts)
+
+
+def _training(cfg: dict) -> str | None:
+    if not cfg:
+        return None
+    optimizer = " ".join(text for text, value in ((str(cfg.get("opt")), cfg.get("opt")), (f"lr {cfg.get('lr')}", cfg.get("lr")))
+                         if value is not None)
+    parts = [text for text, value in ((optimizer, optimizer), (f"batch {cfg.get('batch_size')}", cfg.get("batch_size")),
+                                      (f"{cfg.get('epochs')} epochs", cfg.get("epochs"))) if value]
+    for key in ("schedule", "augment", "label_smoothing", "weight_decay"):
+        if cfg.get(key) not in (None, 0, "none", ""):
+            parts.append(f"{key.replace('_', ' ')} {cfg[key]}")
+    if cfg.get("precision_used"):
+        parts.append(f"precision {cfg['precision_used']}")
+    return ", ".join(parts)

@@ -174,7 +174,7 @@ Indices = Annotated[
 ]
 Num = Annotated[
     Optional[int],
-    typer.Option("--num", "-n", metavar="N", help="How many: images (saliency, the export check), points (tsne), repeated layers (rf-calc)."),
+    typer.Option("--num", "-n", metavar="N", help="How many: images (saliency, the export check), points (tsne), repeated layers (rf-calc), top losses (report)."),
 ]
 TopK = Annotated[
     int,

@@ -107,10 +107,12 @@ def resolve_layer_name(model: nn.Module, name: str, example: torch.Tensor | None
 
 
 def layer_table(model: nn.Module, example: torch.Tensor) -> list[dict]:
-    """One row per named layer: name, type, output shape (for `example`'s batch), parameters.
+    """One row per named layer: name, type, output shape (for `example`'s batch), parameters, MACs.
 
     A torchinfo-like summary computed with one forward pass; layers that do not run in the
     forward pass get no shape. Modules called more than once keep their first output shape.
+    `macs` are the multiply-accumulates of the layer and its children for the whole batch,
+    as torch's FlopCounterMode counts them (convolutions and matrix products; FLOPs = 2×MACs).
     """
     layers = named_layers(model)
     shapes: dict[str, list[int]] = {}
@@ -128,8 +130,7 @@ def layer_table(model: nn.Module, example: torch.Tensor) -> list[dict]:
     try:
         for name, module in layers.items():
             handles.append(module.register_forward_hook(hook_for(name)))
-        with torch.inference_mode():
-            model(example)
+        macs = _count_macs(model, example)
     finally:
         for handle in handles:
             handle.remove()
@@ -142,10 +143,41 @@ def layer_table(model: nn.Module, example: torch.Tensor) -> list[dict]:
                 "type": type(module).__name__,
                 "output_shape": shapes.get(name),
                 "params": own,
+                "macs": macs.get(name, 0),
                 "depth": name.count("."),
             }
         )
     return rows
+
+
+def _count_macs(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
+    """Run `model(example)` once under FlopCounterMode: module name → MACs ("" = the whole model).
+
+    FlopCounterMode names modules after the root's class ("SimpleCNN.features.0"); its
+    "Global" entry is everything the pass computed, functional calls included.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False, depth=None)
+    with torch.no_grad(), counter:  # not inference_mode: the counter's module tracker needs autograd hooks
+        model(example)
+    root = type(model).__name__
+    out = {"": counter.get_total_flops() // 2}
+    for key, ops in counter.get_flop_counts().items():
+        if key.startswith(root + "."):
+            out[key[len(root) + 1:]] = sum(ops.values()) // 2
+    return out
+
+
+def model_totals(model: nn.Module, in_channels: int, image_size: int) -> dict:
+    """Parameters (all and trainable) and multiply-accumulates for one image of the input size."""
+    device = next(model.parameters()).device
+    macs = _count_macs(model, torch.zeros(1, in_channels, image_size, image_size, device=device))[""]
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "macs": macs,
+    }
 
 
 def activation_stats(t: torch.Tensor) -> dict:

@@ -21,7 +21,7 @@ def main(
     layer: options.Layers = None,
     index: options.Indices = None,
     image: options.Images = None,
-    list_layers: Annotated[bool, typer.Option("--list-layers", help="Print every layer with its output shape and parameters, then exit.")] = False,
+    list_layers: Annotated[bool, typer.Option("--list-layers", help="Print every layer with its output shape, parameters and multiply-adds, and the totals, then exit.")] = False,
     out: options.Output = None,
     max_channels: Annotated[int, typer.Option("--max-channels", min=1, help="Channels drawn per layer (the most active first).")] = 16,
     channels: options.Channels = None,
@@ -85,10 +85,16 @@ def main(
 
         net, in_channels, size = load_architecture(model, dev, trust_code=trust_code)
         fit_batch(net, (in_channels, size, size), 1, dev, files.display_name(model))  # layer_rows runs one image
-        rows = layer_rows(net, in_channels, size)
-        output.emit({"model": model, "input_shape": [in_channels, size, size], "layers": rows}, fmt,
-                    schema="featmaps.layers", rows=rows, columns=["layer", "type", "output_shape", "params"],
-                    title=f"Layers of {model} (input {in_channels}×{size}×{size})")
+        from cnntools.interpret.activations import model_totals
+
+        rows, totals = layer_rows(net, in_channels, size), model_totals(net, in_channels, size)
+        columns = ["layer", "type", "output_shape", "params", "macs"]
+        shown = rows + [{"layer": "total", "params": totals["parameters"], "macs": totals["macs"]}]
+        output.emit({"model": model, "input_shape": [in_channels, size, size], "layers": rows, "totals": totals}, fmt,
+                    schema="featmaps.layers", rows=rows, columns=columns,
+                    render_table=lambda: output.print_table(shown, columns, title=(
+                        f"Layers of {model} (input {in_channels}×{size}×{size}): {totals['parameters']:,} parameters "
+                        f"({totals['trainable']:,} trainable), {totals['macs']:,} multiply-adds per image")))
         return
     lm = load_model(model, dev, trust_code=trust_code, download=download)
     fit_model_batch(lm, 1)  # before the probe that names the layers

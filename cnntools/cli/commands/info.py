@@ -18,31 +18,35 @@ def main(
     checkpoints: Annotated[
         list[str], typer.Argument(metavar="CHECKPOINT", autocompletion=complete_model, help="cnntools .safetensors checkpoints (- for stdin).", show_default=False)
     ],
+    show_all: Annotated[bool, typer.Option("--all", help="Show every field in the table (the JSON and CSV always carry them all).")] = False,
     fmt: options.Format = "table",
     quiet: options.Quiet = False,
     debug: options.Debug = False,
 ) -> None:
     """Show what a checkpoint holds: model, classes, data recipe, options, history, bytes.
 
-    Reads only the safetensors header (never the weights, never torch), so it is instant
+    The table is a short card by default: architecture, label, input, parameters, classes,
+    data, the training recipe, the kept epoch and its numbers (marked "kept epoch"), the run's
+    totals (marked "run"), bytes and versions. --all shows every field. Reads only the safetensors header (never the weights, never torch), so it is instant
     even for large files. Shows the architecture and its config, the run's label, the class
     names, the normalisation mean/std, the data recipe (dataset, folder, validation split,
     seed), every resolved training option, a summary of the history (epochs, best epoch by
     validation accuracy, the kept epoch, the final epoch's numbers), the parameter count,
     what the file's bytes hold (header, weights, resume state) and the cnntools and torch
     versions that wrote it. Several checkpoints are shown side by side. The table's field
-    names are the JSON document's keys joined by dots, and the CSV's columns.
+    names under --all are the JSON document's keys joined by dots, and the CSV's columns.
 
     \b
     Examples:
       cnntools info model.safetensors
+      cnntools info model.safetensors --all              # every field
       cnntools info a.safetensors b.safetensors          # side by side
       cnntools info model.safetensors --format json | jq .checkpoints[0].history.best_epoch
       cnntools info runs/*.safetensors --format csv > runs.csv
     """
     output.configure(quiet=quiet, debug=debug)
     from cnntools.output import files
-    from cnntools.checkpoint.summary import summarize
+    from cnntools.checkpoint.summary import card, summarize
     from cnntools.checkpoint.file_format import decode_metadata, read_header
 
     if checkpoints.count(files.STDIO) > 1:
@@ -53,19 +57,21 @@ def main(
         meta = decode_metadata(header, files.display_name(path))
         records.append(summarize(header, meta, files.display_name(path), file_bytes, header_bytes))
     flat = [output.flatten(r) for r in records]
+    shown = flat if show_all else [{"file": r["file"], **card(r)} for r in records]
     output.emit(
         {"checkpoints": records},
         fmt,
         schema="info",
         rows=flat,
-        render_table=lambda: output.print_table(_side_by_side(flat), headers={"field": "field"}),
+        render_table=lambda: output.print_table(_side_by_side(shown, keep_empty=show_all), headers={"field": "field"}),
     )
 
 
-def _side_by_side(flat: list[dict]) -> list[dict]:
-    """One row per field, one column per checkpoint (named by its file)."""
+def _side_by_side(flat: list[dict], keep_empty: bool = True) -> list[dict]:
+    """One row per field, one column per checkpoint (named by its file); `keep_empty=False`
+    leaves out the fields no checkpoint has a value for."""
     fields: dict[str, None] = {}
-    for record in flat:
+    for record in sorted(flat, key=len, reverse=True):  # the fullest record's order first
         fields.update(dict.fromkeys(k for k in record if k != "file"))
     names = _column_names([record["file"] for record in flat])
     rows = []
@@ -73,7 +79,8 @@ def _side_by_side(flat: list[dict]) -> list[dict]:
         row = {"field": field}
         for name, record in zip(names, flat):
             row[name] = _cell(field, record.get(field))
-        rows.append(row)
+        if keep_empty or any(row[name] is not None for name in names):
+            rows.append(row)
     return rows
 
 
