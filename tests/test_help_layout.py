@@ -62,7 +62,7 @@ def test_output_help_is_the_commands_own(cli):
         for param in command.get_params(ctx):
             if "--output" in getattr(param, "opts", ()):
                 helps[name] = cli_app.help_record(param, ctx)[1]
-    assert len(helps) == 10 and len(set(helps.values())) == len(helps)  # one meaning each
+    assert len(helps) == 11 and len(set(helps.values())) == len(helps)  # one meaning each
     assert "checkpoint" in helps["train"] and "predictions CSV" in helps["eval"] and ".onnx" in helps["export"]
     for name, text in helps.items():
         others = {"train": "checkpoint", "eval": "predictions"}

@@ -12,6 +12,7 @@ from cnntools.core import runtime
 from cnntools.core.errors import CnnError
 from cnntools.output import emitter as output
 
+OUTPUT_HELP = "Write the HTML page (inline images and styles, no script); - for stdout."
 COLUMNS = ["label", "arch", "parameters", "macs", "data", "images", "accuracy", "loss", "f1_macro", "kept_epoch", "mistakes"]
 
 
