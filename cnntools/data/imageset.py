@@ -64,7 +64,7 @@ class CheckedImages(torch.Tensor):
                 _check_rows(tensor, args[1])
             elif name not in _NO_PIXELS and name[1:] not in _NO_PIXEL_PROPERTIES:
                 tensor.checks.everything()
-        for value in (*args[1:], *kwargs.values()):
+        for value in (*args, *kwargs.values()):
             for item in value if isinstance(value, (list, tuple)) else (value,):
                 if isinstance(item, CheckedImages) and item is not tensor:
                     item.checks.everything()
