@@ -406,7 +406,8 @@ def test_nodes_planted_at_the_store_or_lock_are_never_followed_or_opened(tmp_pat
     assert torch.equal(again.images, reference) and torch.equal(again.labels, labels)
     assert again.meta["cache"]["written"], err
     words = {"fifo": "a FIFO", "socket": "a socket"}.get(kind, "a symbolic link" if kind.startswith("symlink") else f"a {kind}")
-    assert f"{target}: {words} where an image store belongs" in err, err
+    belongs = "the image store" if where == "store" else "the image store's lock"
+    assert f"{target}: {words} where {belongs} belongs; removed without opening it" in err, err
     # What the link pointed at is as it was: not created, not written, not emptied.
     if kind == "symlink to a new file":
         assert not outside.exists()
@@ -415,6 +416,26 @@ def test_nodes_planted_at_the_store_or_lock_are_never_followed_or_opened(tmp_pat
     elif kind == "symlink to a folder":
         assert list(outside.iterdir()) == []
     assert stat.S_ISREG(os.lstat(path).st_mode) and stat.S_ISREG(os.lstat(lock).st_mode)
+
+
+@pytest.mark.parametrize("where", ["lock", "store"])
+def test_a_folder_where_the_store_or_lock_belongs_sends_the_store_elsewhere(tmp_path, cache, scratch, capsys, where):
+    root = _folder(tmp_path / "f")
+    reference, _ = _reference(root, 16)
+    load_split(str(root), "train", image_size=16)
+    path = _store(cache)
+    lock = path.with_name(path.name + ".lock")
+    path.unlink()
+    lock.unlink()
+    (lock if where == "lock" else path).mkdir()
+    capsys.readouterr()
+    again = load_split(str(root), "train", image_size=16)
+    err = capsys.readouterr().err
+    assert torch.equal(again.images, reference) and again.meta["cache"]["file"] is None
+    assert err.count("Decoding 20 images") == 1 and err.count("Warning") == 1, err
+    belongs = "the image store" if where == "store" else "the image store's lock"
+    assert f"could not write the image store in {cache} (a folder where {belongs} belongs)" in err
+    _no_leftovers(cache)
 
 
 def test_a_fifo_at_the_store_does_not_block_dataset_stats(cli, tmp_path, cache, deadline):
@@ -426,7 +447,7 @@ def test_a_fifo_at_the_store_does_not_block_dataset_stats(cli, tmp_path, cache, 
     os.mkfifo(path)
     again = cli(*args)
     assert again.exit_code == 0 and again.json()["mean"] == first.json()["mean"]
-    assert again.stderr.count("Warning") == 1 and "a FIFO where an image store belongs" in again.stderr
+    assert again.stderr.count("Warning") == 1 and "a FIFO where the image store belongs" in again.stderr
 
 
 @pytest.mark.parametrize("problem", ["world-writable", "another user's", "world-writable with sticky bit"])

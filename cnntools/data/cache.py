@@ -121,7 +121,7 @@ def cache_file(prefix: str, key: str) -> Path | None:
     return None if folder is None else folder / f"folder-{prefix}-{key}.safetensors"
 
 
-def _clear_node(path: Path) -> None:
+def _clear_node(path: Path, what: str = "the image store") -> None:
     """Remove what is not a regular file where a store or its lock belongs (a planted link,
     FIFO, device or socket), never following or opening it."""
     try:
@@ -131,8 +131,8 @@ def _clear_node(path: Path) -> None:
     if stat.S_ISREG(st.st_mode):
         return
     if stat.S_ISDIR(st.st_mode):
-        raise IsADirectoryError(21, "a folder where the image store belongs", str(path))
-    warn(f"{path}: {node_kind(st.st_mode)} where an image store belongs; removed without opening it")
+        raise IsADirectoryError(21, f"a folder where {what} belongs", str(path))
+    warn(f"{path}: {node_kind(st.st_mode)} where {what} belongs; removed without opening it")
     os.unlink(path)
 
 
@@ -141,7 +141,7 @@ def _locked(path: Path):
     import fcntl
 
     lock = path.with_name(path.name + ".lock")
-    _clear_node(lock)
+    _clear_node(lock, "the image store's lock")
     fd = open_regular(lock, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -156,6 +156,8 @@ def _try_open(path: Path, key: str):
         return open_store(path, {"key": key})
     except FileNotFoundError:
         return None
+    except IsADirectoryError:
+        raise  # nothing can be built there either: the caller goes elsewhere
     except (StoreDamaged, ValueError) as error:
         warn(f"{path}: damaged image store ({error}); decoding again")
         with contextlib.suppress(OSError):
@@ -168,7 +170,10 @@ def _try_open(path: Path, key: str):
 
 def open_existing(path: Path | None, key: str):
     """(arrays, meta, info) of the store at `path` when it is there and whole, else None."""
-    hit = _try_open(path, key) if path is not None else None
+    try:
+        hit = _try_open(path, key) if path is not None else None
+    except OSError:
+        hit = None
     return None if hit is None else (hit[0], hit[1], {"file": str(path), "hit": True, "written": False})
 
 
@@ -184,10 +189,10 @@ def open_or_build(path: Path | None, key: str, build: Callable[[StoreWriter], di
     tried: list[tuple[Path, str]] = []
     need = None
     if path is not None:
-        hit = _try_open(path, key)
-        if hit is not None:
-            return hit[0], hit[1], {"file": str(path), "hit": True, "written": False}
         try:
+            hit = _try_open(path, key)
+            if hit is not None:
+                return hit[0], hit[1], {"file": str(path), "hit": True, "written": False}
             path.parent.mkdir(parents=True, exist_ok=True)
             with _locked(path):
                 hit = _try_open(path, key)  # another process may have built it while we waited

@@ -55,7 +55,7 @@ class CheckedImages(torch.Tensor):
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        tensor = args[0] if args and isinstance(args[0], CheckedImages) else None
+        tensor = args[0] if args and getattr(args[0], "checks", None) is not None else None
         if tensor is not None and not tensor.checks.done:
             name = getattr(func, "__name__", "")
             if name == "__get__":
@@ -66,7 +66,7 @@ class CheckedImages(torch.Tensor):
                 tensor.checks.everything()
         for value in (*args, *kwargs.values()):
             for item in value if isinstance(value, (list, tuple)) else (value,):
-                if isinstance(item, CheckedImages) and item is not tensor:
+                if item is not tensor and getattr(item, "checks", None) is not None and isinstance(item, CheckedImages):
                     item.checks.everything()
         with torch._C.DisableTorchFunctionSubclass():
             return func(*args, **kwargs)
