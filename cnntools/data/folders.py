@@ -244,11 +244,12 @@ class FolderSource:
 
     def _store_bytes(self) -> int:
         """At most the bytes the store will hold (claimed on disk before decoding starts):
-        every file's pixels and label, its entry in the meta document, the checksums."""
+        every file's pixels and label, its entry in the meta document (a JSON escape is at most 6
+        bytes a character), the checksums."""
         height, width, _, _, channels = self._plan()
         files = self._all_files()
         pixels = len(files) * channels * height * width
-        return pixels + pixels // (1 << 18) + 4096 + sum(8 + 64 + 2 * len(self._relative(p).encode()) for _, p, _ in files)
+        return pixels + pixels // (1 << 18) + 4096 + sum(8 + 64 + 6 * len(self._relative(p)) for _, p, _ in files)
 
     def _decode(self, writer) -> dict:
         """Decode every file into `writer`, chunk by chunk; returns the store's meta document."""
