@@ -271,7 +271,7 @@ def _drop_first_path(path):
     ("paths list shortened", _drop_first_path),
     ("chunk size", _text_edit(b'"chunk_bytes":"1048576"', b'"chunk_bytes":"1048575"')),
     ("digest", lambda path: _text_edit(*_digest_edit(path))(path)),
-    ("format 1", _text_edit(b'"format":"cnntools.store/2"', b'"format":"cnntools.store/1"')),
+    ("another format", _text_edit(b'"format":"cnntools.store/2"', b'"format":"cnntools.stork/2"')),
 ])
 def test_an_edited_header_meta_or_label_is_found_on_open_and_rebuilt(tmp_path, cache, capsys, name, edit):
     root = _folder(tmp_path / "f")
@@ -287,6 +287,19 @@ def test_an_edited_header_meta_or_label_is_found_on_open_and_rebuilt(tmp_path, c
     assert not again.meta["cache"]["hit"] and again.meta["cache"]["written"]
     assert torch.equal(again.images, reference) and torch.equal(again.labels, labels)
     assert again.classes == ["cat", "dog"] and again.class_counts() == [10, 10]
+
+
+def test_a_store_of_the_previous_format_is_rebuilt_without_alarm(tmp_path, cache, capsys):
+    """Format 1 stores (no checksums) are decoded again after an upgrade: a note, no warning."""
+    root = _folder(tmp_path / "f")
+    load_split(str(root), "train", image_size=16)
+    path = _store(cache)
+    _text_edit(b'"format":"cnntools.store/2"', b'"format":"cnntools.store/1"')(path)
+    capsys.readouterr()
+    again = load_split(str(root), "train", image_size=16)
+    err = capsys.readouterr().err
+    assert "Warning" not in err and f"{path}: an image store of an older format" in err
+    assert again.meta["cache"]["written"] and torch.equal(again.images, _reference(root, 16)[0])
 
 
 def _write(path: Path, images: np.ndarray, labels, meta: dict, extra=None) -> None:

@@ -35,8 +35,8 @@ from pathlib import Path
 
 from cnntools.core.errors import CnnError
 from cnntools.core.runtime import human_bytes
-from cnntools.data.store import StoreDamaged, StoreWriter, node_kind, open_regular, open_store, remove_stale
-from cnntools.output.emitter import warn
+from cnntools.data.store import StoreDamaged, StoreOutdated, StoreWriter, node_kind, open_regular, open_store, remove_stale
+from cnntools.output.emitter import info, warn
 
 CACHE_VERSION = "2"
 # Sources that decode to more than this (image folders always) are read through a store on
@@ -159,7 +159,10 @@ def _try_open(path: Path, key: str):
     except IsADirectoryError:
         raise  # nothing can be built there either: the caller goes elsewhere
     except (StoreDamaged, ValueError) as error:
-        warn(f"{path}: damaged image store ({error}); decoding again")
+        if isinstance(error, StoreOutdated):
+            info(f"{path}: an image store of an older format ({error}); decoding again")
+        else:
+            warn(f"{path}: damaged image store ({error}); decoding again")
         with contextlib.suppress(OSError):
             path.unlink()
         return None

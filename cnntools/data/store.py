@@ -55,6 +55,10 @@ class StoreDamaged(Exception):
     format, or not a regular file)."""
 
 
+class StoreOutdated(StoreDamaged):
+    """A store written by an earlier version of the format: rebuilt without alarm."""
+
+
 class StoreCorrupted(CnnError):
     """A chunk of pixels failed its checksum while a command was using the store."""
 
@@ -396,7 +400,8 @@ def open_store(file, expect: dict | None = None) -> tuple[dict[str, np.ndarray],
         if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
             raise StoreDamaged("unreadable header metadata")
         if metadata.get("format") != FORMAT:
-            raise StoreDamaged(f"format {metadata.get('format')!r}, expected {FORMAT}")
+            older = str(metadata.get("format", "")).startswith(FORMAT.split("/")[0] + "/")
+            raise (StoreOutdated if older else StoreDamaged)(f"format {metadata.get('format')!r}, expected {FORMAT}")
         for key, value in (expect or {}).items():
             if metadata.get(key) != str(value):
                 raise StoreDamaged(f"{key} does not match")
