@@ -171,7 +171,7 @@ class FolderSource:
                 found = None
             if found is None:
                 prefix, key = cache.cache_key(self.root, f"{self.request[0]}x{self.request[1]}", listing)
-        arrays, meta, cache_info = found or cache.open_or_build(cache.cache_file(prefix, key), key, self._decode)
+        arrays, meta, cache_info = found or cache.open_or_build(cache.cache_file(prefix, key), key, self._decode, self._store_bytes)
         for bad_path, reason, _ in meta["unreadable"]:
             warn(f"{bad_path}: cannot decode ({reason}); skipped")
         result = {}
@@ -231,21 +231,33 @@ class FolderSource:
         rule = "all files" if widths.min() == widths.max() and heights.min() == heights.max() else "median"
         return height, width, rule
 
-    def _decode(self, writer) -> dict:
-        """Decode every file into `writer`, chunk by chunk; returns the store's meta document."""
-        from cnntools.data.images import decode_file
-
-        all_files = self._all_files()
-        headers = self._headers()
-        good = [h for h in headers if h[0] is not None]
+    def _plan(self) -> tuple[int, int, str, str, int]:
+        """(height, width, size rule, mode, channels) the files are decoded to, from their headers."""
+        good = [h for h in self._headers() if h[0] is not None]
         grey = all(mode in _GREY_MODES for _, mode, _ in good)
         if self.request is not None:
             height, width = self.request
             rule = "requested"
         else:
             height, width, rule = self._common_size(good)
-        target_mode = "L" if grey else "RGB"
-        channels = 1 if grey else 3
+        return height, width, rule, ("L" if grey else "RGB"), (1 if grey else 3)
+
+    def _store_bytes(self) -> int:
+        """At most the bytes the store will hold (claimed on disk before decoding starts):
+        every file's pixels and label, its entry in the meta document (a JSON escape is at most 6
+        bytes a character), the checksums."""
+        height, width, _, _, channels = self._plan()
+        files = self._all_files()
+        pixels = len(files) * channels * height * width
+        return pixels + pixels // (1 << 18) + 4096 + sum(8 + 64 + 6 * len(self._relative(p)) for _, p, _ in files)
+
+    def _decode(self, writer) -> dict:
+        """Decode every file into `writer`, chunk by chunk; returns the store's meta document."""
+        from cnntools.data.images import decode_file
+
+        all_files = self._all_files()
+        headers = self._headers()
+        height, width, rule, target_mode, channels = self._plan()
 
         # Workers decode groups of files straight into one of two chunk buffers, already
         # N×C×H×W: the main thread only writes full buffers out. With at most one buffer's

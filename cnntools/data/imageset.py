@@ -27,8 +27,76 @@ def chunk_rows(item_bytes: int, max_bytes: int = CHUNK_BYTES) -> int:
 
 
 def mapped_tensor(array: np.ndarray) -> torch.Tensor:
-    """A tensor over a store's memmap (no copy: the page cache holds the pixels)."""
-    return torch.from_numpy(array)
+    """A tensor over a store's memmap (no copy: the page cache holds the pixels). Where the
+    memmap carries `checks` (a store read by name), the tensor checks each chunk of pixels
+    against its checksum before the chunk is first read (`CheckedImages`)."""
+    tensor = torch.from_numpy(array)
+    checks = getattr(array, "checks", None)
+    if checks is None:
+        return tensor
+    tensor = tensor.as_subclass(CheckedImages)
+    tensor.checks = checks
+    return tensor
+
+
+# Tensor methods and properties that read no pixels: answered without a check.
+_NO_PIXELS = frozenset({"__len__", "dim", "size", "numel", "nelement", "element_size", "stride", "is_contiguous",
+                        "storage_offset", "is_pinned", "data_ptr", "ndimension"})
+_NO_PIXEL_PROPERTIES = frozenset({"shape", "dtype", "device", "ndim", "is_cuda", "layout", "requires_grad", "is_meta",
+                                  "is_sparse", "itemsize", "nbytes", "is_mps", "is_quantized", "names", "grad"})
+
+
+class CheckedImages(torch.Tensor):
+    """The images of a store read by name: every operation first checks the chunks of pixels it
+    may read (`images[rows]` and slices check only their own rows, anything else all of them),
+    then runs on a plain tensor and returns plain tensors, so the check happens once per chunk
+    and process and nothing downstream carries this type."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        tensor = args[0] if args and getattr(args[0], "checks", None) is not None else None
+        if tensor is not None and not tensor.checks.done:
+            name = getattr(func, "__name__", "")
+            if name == "__get__":
+                name = "." + getattr(getattr(func, "__self__", None), "__name__", "")
+            if name == "__getitem__" and len(args) > 1:
+                _check_rows(tensor, args[1])
+            elif name not in _NO_PIXELS and name[1:] not in _NO_PIXEL_PROPERTIES:
+                tensor.checks.everything()
+        for value in (*args, *kwargs.values()):
+            for item in value if isinstance(value, (list, tuple)) else (value,):
+                if item is not tensor and getattr(item, "checks", None) is not None and isinstance(item, CheckedImages):
+                    item.checks.everything()
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **kwargs)
+
+
+def _check_rows(tensor: CheckedImages, key) -> None:
+    """Check the chunks under the rows an index expression selects (all of them when unsure)."""
+    n = int(tensor.shape[0])
+    first = key[0] if isinstance(key, tuple) and key else key
+    if isinstance(first, (int, np.integer)) and not isinstance(first, bool):
+        row = int(first) + (n if first < 0 else 0)
+        if 0 <= row < n:  # out of range: torch raises its own IndexError
+            tensor.checks.span(row, row + 1)
+    elif isinstance(first, slice):
+        start, stop, step = first.indices(n)
+        rows = range(start, stop, step)
+        if len(rows):
+            tensor.checks.span(min(rows[0], rows[-1]), max(rows[0], rows[-1]) + 1)
+    elif isinstance(first, (torch.Tensor, np.ndarray, list)):
+        rows = first.cpu().numpy() if isinstance(first, torch.Tensor) else np.asarray(first)
+        if rows.dtype == bool:
+            rows = np.flatnonzero(rows)
+        if rows.dtype.kind not in "iu":
+            tensor.checks.everything()
+            return
+        rows = rows.reshape(-1)
+        rows = np.where(rows < 0, rows + n, rows)
+        tensor.checks.rows(rows[(rows >= 0) & (rows < n)])
+    else:
+        tensor.checks.everything()
 
 
 def iter_chunks(images: torch.Tensor, max_bytes: int = CHUNK_BYTES) -> Iterator[tuple[int, torch.Tensor]]:
@@ -164,10 +232,10 @@ class ImageSet:
 
 def _to_store(n: int, item_shape: tuple[int, ...], pieces) -> torch.Tensor:
     """Write uint8 pieces (n items in all) to an anonymous store and map it."""
-    from cnntools.data.cache import scratch_dir
-    from cnntools.data.store import StoreWriter, open_store
+    from cnntools.data.cache import scratch_store
+    from cnntools.data.store import open_store
 
-    with StoreWriter(None, scratch_dir()) as writer:
+    with scratch_store(n * int(np.prod(item_shape))) as writer:
         writer.begin("derived.images", item_shape)
         for piece in pieces:
             writer.write(piece.numpy())

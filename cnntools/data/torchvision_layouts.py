@@ -182,7 +182,7 @@ class CifarPickleSource:
             writer.add(f"{split}.labels", np.concatenate(labels))
             return {"split": split}
 
-        arrays, _, info = cache.open_or_build(cache.cache_file(prefix, key), key, build)
+        arrays, _, info = cache.open_or_build(cache.cache_file(prefix, key), key, build, sum(_file_size(f) for f in files))
         labels = torch.from_numpy(arrays[f"{split}.labels"])
         return ImageSet(images=mapped_tensor(arrays[f"{split}.images"]), labels=labels, classes=self.classes(labels),
                         spec=self.spec, split=split, meta={"cache": info}, mapped=True)

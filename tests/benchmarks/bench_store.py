@@ -25,6 +25,11 @@ Cases (each prints JSON lines; ratios are of medians over interleaved rounds):
 - `train`: steps per second of the same model over the same images, batches gathered from a
   mapped store vs from a tensor in RAM (page cache warm): LeNet at 32 px and compact-cnn at
   128 px (target ≥ 0.9×).
+- `checksum`: what checking the store costs (issue 25): a folder's store opened afresh, so every
+  chunk's CRC-32 is still to be checked, against the same mapped pixels read without checks
+  (page cache warm). A training epoch (LeNet at 128 px, flip+crop: the cheapest model on large
+  pixels, where the checks weigh most; target: ≤ 5% more time) and dataset-stats' full pass (`channel_stats`, target ≤ 15%), plus the open (header,
+  digest, labels and meta checked) and the CRC-32 rate.
 - `threads`: the thread count chosen under `taskset -c 0` (target 1); `cnntools train` on
   digits with default threads vs `--threads 1` and `--threads 2`, on the machine as it is
   and with one busy competing process per core (target: default ≤ 1.5× the best under
@@ -342,6 +347,87 @@ def case_train(work: Path, n: int, repeats: int, archs: list[str]) -> None:
               "ram_per_s": round(b, 1), "repeats": repeats, **machine()})
 
 
+# ---------------------------------------------------------------------------- checksums
+
+
+def case_checksum(work: Path, n: int, repeats: int) -> None:
+    import zlib
+
+    import numpy as np
+    import torch
+
+    from cnntools.data import BatchLoader, channel_stats, load_split, parse_augment
+    from cnntools.data.store import CHUNK_BYTES
+    from cnntools.models import create_model
+
+    folder = make_folder(work / f"k{n}", n, 160, 160, classes=5)
+    os.environ["CNNTOOLS_CACHE"] = str(work / "checksum-cache")
+    size, batch = 128, 64
+    load_split(str(folder), "train", image_size=size)  # decodes once; later opens find the store
+
+    def opened(checked: bool):
+        start = time.perf_counter()
+        data = load_split(str(folder), "train", image_size=size)  # a fresh open: no chunk checked yet
+        seconds = time.perf_counter() - start
+        if not checked:
+            from dataclasses import replace
+
+            plain = torch.from_numpy(data.images.checks.flat.reshape(tuple(data.images.shape)))
+            data = replace(data, images=plain)
+        return data, seconds
+
+    # The cheapest model on the largest pixels: the checks' share of an epoch is at its highest.
+    model = create_model("lenet", in_channels=3, image_size=size, num_classes=5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    augment = parse_augment("flip,crop:4")
+
+    def epoch(data) -> float:
+        loader = BatchLoader(data, batch_size=batch, seed=0, augment=augment, mean=[0.5] * 3, std=[0.5] * 3)
+        start = time.perf_counter()
+        for x, y in loader:
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(x), y).backward()
+            opt.step()
+        return time.perf_counter() - start
+
+    def stats_pass(data) -> float:
+        start = time.perf_counter()
+        channel_stats(data)
+        return time.perf_counter() - start
+
+    store_bytes = opened(True)[0].images.checks.flat.nbytes
+    for name, run, target in (("train epoch, lenet 128 px, batch 64, flip+crop", epoch, 0.05),
+                              ("dataset-stats full pass (channel_stats)", stats_pass, 0.15)):
+        run(opened(False)[0])  # warm the page cache and the allocator
+        times = {True: [], False: []}
+        opens = []
+        for _ in range(repeats):
+            for checked in (True, False):
+                data, seconds = opened(checked)
+                if checked:
+                    opens.append(seconds)
+                times[checked].append(run(data))
+        a, b = statistics.median(times[True]), statistics.median(times[False])
+        alone = []  # the checks by themselves (less noisy than a difference of two long runs)
+        for _ in range(repeats):
+            checks = opened(True)[0].images.checks
+            start = time.perf_counter()
+            checks.everything()
+            alone.append(time.perf_counter() - start)
+        emit({"benchmark": "store_checksum", "case": name, "images": n, "store_mb": round(store_bytes / 1e6, 1),
+              "ratio": "checked / unchecked - 1", "value": round(a / b - 1, 4), "target": target, "meets_target": a / b - 1 <= target,
+              "checked_s": round(a, 3), "unchecked_s": round(b, 3), "checks_alone_s": round(statistics.median(alone), 4),
+              "checks_alone_share": round(statistics.median(alone) / b, 4), "open_s": round(statistics.median(opens), 4),
+              "repeats": repeats, **machine()})
+    flat = np.frombuffer(os.urandom(64 * CHUNK_BYTES), dtype=np.uint8)
+    start = time.perf_counter()
+    for i in range(0, flat.size, CHUNK_BYTES):
+        zlib.crc32(flat[i : i + CHUNK_BYTES])
+    emit({"benchmark": "store_checksum_rate", "case": f"zlib.crc32 over {CHUNK_BYTES >> 20} MiB chunks, one thread",
+          "gb_per_s": round(flat.size / (time.perf_counter() - start) / GB, 2), **machine()})
+
+
 # ---------------------------------------------------------------------------- threads
 
 
@@ -394,11 +480,12 @@ def case_threads(work: Path, repeats: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default="memory,decode,train,threads", help="any of memory, bigger, decode, train, threads")
+    parser.add_argument("--cases", default="memory,decode,train,threads", help="any of memory, bigger, decode, train, threads, checksum")
     parser.add_argument("--sizes", default="1000,4000", help="folder sizes for the memory case")
     parser.add_argument("--issue-sizes", action="store_true", help="the issue's 5,000 and 20,000 images (needs ~4 GB of disk)")
     parser.add_argument("--decode-n", type=int, default=1000, help="images per folder in the decode case")
     parser.add_argument("--train-n", type=int, default=512, help="images in the train case's folder")
+    parser.add_argument("--checksum-n", type=int, default=1000, help="images in the checksum case's folder")
     parser.add_argument("--train-archs", default="lenet,compact-cnn", help="which of lenet (32 px), compact-cnn (128 px)")
     parser.add_argument("--bigger-arch", default="lenet", help="the model trained on the store 4x the memory limit")
     parser.add_argument("--bigger-factor", type=float, default=4.0, help="the store's size over the memory limit")
@@ -408,7 +495,7 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [5000, 20000] if args.issue_sizes else [int(s) for s in args.sizes.split(",")]
     if args.quick:
-        sizes, args.decode_n, args.train_n, args.repeats = [500, 2000], 200, 256, 2
+        sizes, args.decode_n, args.train_n, args.checksum_n, args.repeats = [500, 2000], 200, 256, 400, 2
     work_ctx = tempfile.TemporaryDirectory(prefix="cnntools-store-") if not args.work else None
     work = Path(args.work or work_ctx.name)
     work.mkdir(parents=True, exist_ok=True)
@@ -420,6 +507,8 @@ def main() -> None:
             case_train(work, args.train_n, args.repeats, args.train_archs.split(","))
         if "threads" in cases:
             case_threads(work, args.repeats)
+        if "checksum" in cases:
+            case_checksum(work, args.checksum_n, args.repeats)
         if "memory" in cases:
             case_memory(work, sizes)
         if "bigger" in cases:
