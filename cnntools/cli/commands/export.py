@@ -8,7 +8,7 @@ import typer
 
 from cnntools.cli import options
 from cnntools.output import emitter as output
-from cnntools.core.errors import CnnError
+from cnntools.core.errors import CnnError, UsageError
 
 
 def main(
@@ -57,7 +57,7 @@ def main(
     from cnntools.output import files
 
     if out is None or out == "-":
-        raise CnnError("export writes a file: name it with -o FILE.onnx, FILE.pt2 or FILE.safetensors (weights only)")
+        raise UsageError("export writes a file: name it with -o FILE.onnx, FILE.pt2 or FILE.safetensors (weights only)")
     kind = ex.export_format(out)
     files.check_output(out)
     if kind == "safetensors":
