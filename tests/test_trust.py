@@ -1,0 +1,225 @@
+"""Issue 25 (reliability, round three): checkpoint metadata never names a file, native writers
+fail in one line on a full disk, each image file counts once under its own class, photos are
+decoded as displayed, and exit codes and Ctrl-C hold at every point.
+
+FIFOs, links and full filesystems are made inside temporary folders (a small tmpfs this test
+mounts and unmounts; skipped with the reason where mounting is not permitted).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ENV = {**os.environ, "NO_COLOR": "1", "CNNTOOLS_DEBUG": ""}
+
+
+def run(*args, timeout: float = 120, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cnntools", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env={**ENV, **(env or {})}, cwd=cwd)
+
+
+def one_error_line(proc, code: int = 1) -> str:
+    """The one `Error:` line of a failed run (progress lines may come before it; nothing after)."""
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == code, proc.stderr[-2000:]
+    errors = [line for line in lines if line.startswith("Error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr[-2000:]
+    assert "unexpected" not in errors[0] and "Traceback" not in proc.stderr and "terminate called" not in proc.stderr
+    return errors[0]
+
+
+@contextlib.contextmanager
+def small_tmpfs(folder: Path, size: str):
+    """A tmpfs of `size` mounted at `folder` for the block; unmounted after."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0777", "tmpfs", str(folder)],
+                       check=True, capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as error:
+        pytest.skip(f"cannot mount a tmpfs here ({error}); the full-disk cases need one")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True, timeout=30)
+
+
+def fill(folder: Path, leave: int) -> None:
+    """Fill the filesystem of `folder` until about `leave` bytes are free."""
+    st = os.statvfs(folder)
+    free = st.f_bavail * st.f_frsize
+    with open(folder / "filler", "wb") as handle:
+        with contextlib.suppress(OSError):
+            handle.write(b"\0" * max(0, free - leave))
+
+
+# ---------------------------------------------------------------------------- 3. metadata never names a file
+
+
+def _timm_checkpoint(path: Path, arch_args: dict) -> Path:
+    """A valid checkpoint of timm's tiny test_resnet whose metadata carries `arch_args` (crafted:
+    no writer of ours stores these)."""
+    pytest.importorskip("timm")
+    from cnntools.checkpoint import CheckpointMeta, DataRecipe, save_checkpoint
+    from cnntools.models import create_model
+
+    model = create_model("timm:test_resnet", 3, 32, 4)
+    meta = CheckpointMeta(arch={"arch": "timm:test_resnet", "in_channels": 3, "image_size": 32, "num_classes": 4},
+                          classes=list("abcd"), mean=[0.5] * 3, std=[0.25] * 3, data=DataRecipe("fake:8,size=32,classes=4"))
+    doc = meta.to_json()
+    doc["arch_args"] = arch_args
+    save_checkpoint(str(path), model, doc)
+    return path
+
+
+def _crafted_args(target: str) -> list[dict]:
+    """arch_args that would make timm or torchvision read `target`, one key each."""
+    return [
+        {"checkpoint_path": target},
+        {"pretrained": True},
+        {"pretrained_cfg": {"file": target}},
+        {"pretrained_cfg_overlay": {"file": target, "source": "file"}},
+        {"pretrained_cfg_overlay": {"state_dict": {}}},
+        {"cache_dir": target},
+        {"weights": "DEFAULT"},
+        {"file": target},
+        {"url": f"file://{target}"},
+        {"drop_rate": target},  # an allowed key whose value is a path
+        {"global_pool": ["avg", target]},
+        {"act_layer": {"name": target}},
+    ]
+
+
+def test_metadata_naming_a_fifo_never_opens_it(tmp_path):
+    """The issue's case, end to end: timm's checkpoint_path in the metadata, a FIFO there."""
+    trap = tmp_path / "trap.pth"
+    os.mkfifo(trap)  # opening it blocks: a command that tries hangs and the timeout fails the test
+    ckpt = _timm_checkpoint(tmp_path / "m.safetensors", {"checkpoint_path": str(trap)})
+    for command in (["eval", ckpt, "--data", "fake:8,size=32,classes=4"], ["featmaps", ckpt, "--list-layers"], ["info", ckpt]):
+        line = one_error_line(run(*command, timeout=60))
+        assert "arch_args 'checkpoint_path'" in line and "m.safetensors" in line
+    with pytest.raises(OSError):  # nobody holds it open: a non-blocking writer finds no reader
+        os.close(os.open(trap, os.O_WRONLY | os.O_NONBLOCK))
+
+
+@pytest.fixture
+def opened(monkeypatch):
+    """Every path opened in this process (builtins.open, os.open, torch.load) while the test runs."""
+    import builtins
+    import io
+
+    seen: list[str] = []
+    real_open, real_os_open, real_load = builtins.open, os.open, torch.load
+
+    def record(path):
+        with contextlib.suppress(TypeError):
+            seen.append(os.fsdecode(path))
+
+    def fake_open(file, *args, **kwargs):
+        record(file)
+        return real_open(file, *args, **kwargs)
+
+    def fake_os_open(path, *args, **kwargs):
+        record(path)
+        return real_os_open(path, *args, **kwargs)
+
+    def fake_load(f, *args, **kwargs):
+        record(f)
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    monkeypatch.setattr(io, "open", fake_open)
+    monkeypatch.setattr(os, "open", fake_os_open)
+    monkeypatch.setattr(torch, "load", fake_load)
+    return seen
+
+
+@pytest.mark.parametrize("case", range(len(_crafted_args("x"))))
+def test_metadata_arch_args_never_reach_a_file(cli, tmp_path, case, opened):
+    trap = tmp_path / "trap.pth"
+    torch.save({"weight": torch.zeros(1)}, trap)  # a plain pickled state dict: torch.load would read it
+    ckpt = _timm_checkpoint(tmp_path / "m.safetensors", _crafted_args(str(trap))[case])
+    opened.clear()
+    for command in (["eval", ckpt, "--data", "fake:8,size=32,classes=4"], ["featmaps", ckpt, "--list-layers"], ["export", ckpt, "-o", tmp_path / "w.safetensors"]):
+        result = cli(*command)
+        assert result.exit_code == 1, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: ") and "arch_args" in lines[0], result.stderr
+    assert any(p.endswith("m.safetensors") for p in opened)  # the recorder sees the opens
+    assert not [p for p in opened if "trap" in p]
+
+
+def test_allowed_arch_args_still_work(tmp_path):
+    ckpt = _timm_checkpoint(tmp_path / "m.safetensors", {"drop_rate": 0.1, "global_pool": "avg"})
+    proc = run("featmaps", ckpt, "--list-layers", "--format", "json", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("family", ["timm:test_resnet", "torchvision:resnet18"])
+def test_arch_args_on_the_command_line_are_checked_too(family, tmp_path):
+    if family.startswith("timm"):
+        pytest.importorskip("timm")
+    from cnntools.core.errors import CnnError
+    from cnntools.models import create_model
+
+    with pytest.raises(CnnError, match="checkpoint_path"):
+        create_model(family, 3, 32, 4, arch_args={"checkpoint_path": str(tmp_path / "x.pth")})
+    with pytest.raises(CnnError, match="weights"):
+        create_model(family, 3, 32, 4, arch_args={"weights": "DEFAULT"})
+
+
+def test_every_torch_load_is_weights_only():
+    """pyproject allows torch >= 2.2, whose torch.load unpickles code by default before 2.6."""
+    root = Path(__file__).resolve().parents[1] / "cnntools"
+    calls = [(p, line) for p in root.rglob("*.py") for line in p.read_text().splitlines()
+             if "torch.load(" in line and not line.strip().startswith(("#", '"'))]
+    assert calls, "expected the hub/timm weight readers"
+    for path, line in calls:
+        assert "weights_only=True" in line, f"{path}: {line.strip()}"
+
+
+# ---------------------------------------------------------------------------- 4. native writers on a full disk
+
+
+@pytest.fixture(scope="module")
+def lenet(tmp_path_factory):
+    from interpret_fixtures import train_checkpoint
+
+    path = tmp_path_factory.mktemp("trust") / "lenet.safetensors"
+    return str(train_checkpoint(path, "digits", "lenet", 32, 1, steps=2))
+
+
+@pytest.mark.parametrize("suffix", [".pt2", ".onnx", ".safetensors"])
+@pytest.mark.parametrize("leave", [0, 48 * 1024])
+def test_export_on_a_full_disk_is_one_line(lenet, tmp_path, suffix, leave):
+    if suffix == ".onnx":
+        pytest.importorskip("onnxscript")
+    with small_tmpfs(tmp_path / "full", "192k") as full:
+        fill(full, leave)
+        target = full / f"m{suffix}"
+        proc = run("export", lenet, "-o", target, "--no-verify", timeout=300)
+        line = one_error_line(proc)
+        assert line == f"Error: {target}: cannot write (No space left on device)"
+        assert sorted(os.listdir(full)) == ["filler"]  # nothing left behind
+
+
+def test_pt2_export_still_round_trips(lenet, tmp_path):
+    out = tmp_path / "m.pt2"
+    proc = run("export", lenet, "-o", out, "--format", "json", "-n", "8", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    program = torch.export.load(str(out))
+    from cnntools.checkpoint import load_model
+
+    lm = load_model(lenet)
+    x = torch.randn(3, *lm.preprocessing.shape)
+    with torch.no_grad():
+        assert torch.allclose(program.module()(x), lm.model.float().eval()(x), atol=1e-5)
