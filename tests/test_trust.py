@@ -223,3 +223,84 @@ def test_pt2_export_still_round_trips(lenet, tmp_path):
     x = torch.randn(3, *lm.preprocessing.shape)
     with torch.no_grad():
         assert torch.allclose(program.module()(x), lm.model.float().eval()(x), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- 6. photos as displayed
+
+
+def _displayed() -> np.ndarray:
+    """A 24x40 RGB picture with no symmetry: flat 8-pixel blocks (JPEG keeps them to a few
+    levels), each a different colour."""
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(0, 256, size=(3, 5, 3))
+    return np.kron(blocks, np.ones((8, 8, 1))).astype(np.uint8)
+
+
+# How a camera stores the displayed picture D for each EXIF orientation (the tag says how to
+# turn the stored image for display; TIFF/EXIF 2.3 spec), written with numpy, not Pillow.
+STORED = {
+    1: lambda d: d,
+    2: lambda d: d[:, ::-1],  # mirrored horizontally
+    3: lambda d: d[::-1, ::-1],  # rotated 180
+    4: lambda d: d[::-1],  # mirrored vertically
+    5: lambda d: d.transpose(1, 0, 2),  # mirrored along the main diagonal
+    6: lambda d: np.rot90(d, 1),  # displayed = stored turned 90 clockwise
+    7: lambda d: d[::-1, ::-1].transpose(1, 0, 2),  # mirrored along the other diagonal
+    8: lambda d: np.rot90(d, -1),  # displayed = stored turned 90 anticlockwise
+}
+
+
+def _photo(path: Path, tag: int) -> Path:
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = tag
+    Image.fromarray(np.ascontiguousarray(STORED[tag](_displayed()))).save(path, quality=95, subsampling=0, exif=exif)
+    return path
+
+
+@pytest.mark.parametrize("tag", range(1, 9))
+def test_exif_orientation_gives_the_displayed_pixels(tmp_path, tag):
+    from cnntools.data.images import decode_file, pil
+    from cnntools.inference.images import read_uint8
+
+    pil()
+    path = _photo(tmp_path / f"o{tag}.jpg", tag)
+    reference = _displayed().astype(int)
+    got = decode_file(str(path), "RGB")
+    assert got.shape == reference.shape
+    assert np.abs(got.astype(int) - reference).mean() < 4  # JPEG's loss only
+    if tag in (2, 3, 4):  # (5-8 differ in shape from the stored image already)
+        assert np.abs(got.astype(int) - STORED[tag](reference)).mean() > 20  # not the stored orientation
+    # The single-image path (eval --image, saliency --image) gives the same pixels, also resized (draft).
+    single = read_uint8(str(path), 3)[0].permute(1, 2, 0).numpy()
+    assert np.array_equal(single, got)
+    small = decode_file(str(path), "RGB", (20, 12))  # (width, height)
+    assert small.shape == (12, 20, 3)
+
+
+def test_image_folder_stores_photos_as_displayed(tmp_path, monkeypatch):
+    from cnntools.data.folders import FolderSource
+    from cnntools.inference.images import read_uint8
+
+    monkeypatch.setenv("CNNTOOLS_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "photos"
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for tag in range(1, 9):
+            _photo(root / cls / f"o{tag}.jpg", tag)
+    imageset = FolderSource(root).load("train")
+    assert tuple(imageset.images.shape[1:]) == (3, 24, 40)  # every photo as displayed: the sizes agree
+    for i, path in enumerate(imageset.paths):
+        single = read_uint8(path, 3)[0]
+        assert torch.equal(imageset.images[i], single), path  # the store and the single-image path agree
+        assert (single.permute(1, 2, 0).numpy().astype(int) - _displayed()).__abs__().mean() < 4
+    assert imageset.meta["per_image_original_size"][0] == (40, 24)
+
+
+def test_the_decoder_version_is_in_the_store_key(tmp_path, monkeypatch):
+    from cnntools.data import cache, images
+
+    key = cache.cache_key(tmp_path, "median", [("a/x.jpg", 10, 1)])
+    monkeypatch.setattr(images, "DECODER_VERSION", "1")  # a store written before orientation was applied
+    assert cache.cache_key(tmp_path, "median", [("a/x.jpg", 10, 1)]) != key

@@ -201,14 +201,14 @@ class FolderSource:
         """(size (w, h), mode, None) or (None, None, reason) of every file, from its header
         only; read once, on threads."""
         if self._header_cache is None:
-            from cnntools.data.images import pil
+            from cnntools.data.images import displayed_size, pil
 
             Image = pil()  # the decompression-bomb limit, set before the worker threads start
 
             def header(path):
                 try:
                     with Image.open(path) as im:
-                        return im.size, im.mode, None
+                        return displayed_size(im), im.mode, None  # as displayed: EXIF orientation applied
                 except Exception as error:  # noqa: BLE001 - every decoder error is a report, not a crash
                     return None, None, _reason(error, path)
 
