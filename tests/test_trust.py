@@ -304,3 +304,96 @@ def test_the_decoder_version_is_in_the_store_key(tmp_path, monkeypatch):
     key = cache.cache_key(tmp_path, "median", [("a/x.jpg", 10, 1)])
     monkeypatch.setattr(images, "DECODER_VERSION", "1")  # a store written before orientation was applied
     assert cache.cache_key(tmp_path, "median", [("a/x.jpg", 10, 1)]) != key
+
+
+# ---------------------------------------------------------------------------- 5. each file counted once
+
+
+def _folder(root: Path, counts: dict[str, int]) -> Path:
+    """Class folders of small PNGs, each image different (its class and number in the pixels)."""
+    from PIL import Image
+
+    for c, (cls, n) in enumerate(counts.items()):
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((8, 8), 20 * c + i, dtype=np.uint8)).save(root / cls / f"{i}.png")
+    return root
+
+
+def _load(root: Path, capsys):
+    from cnntools.data.folders import FolderSource
+
+    source = FolderSource(root)
+    images = source.load("train")
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("Warning")]
+    return source, images, warnings
+
+
+def _labelled(images) -> dict[str, str]:
+    return {os.path.basename(os.path.dirname(p)) + "/" + os.path.basename(p): images.classes[int(y)]
+            for p, y in zip(images.paths, images.labels)}
+
+
+@pytest.mark.parametrize("shape", ["link to the root", "link to the other class", "link to the root's parent path"])
+def test_a_link_back_into_the_dataset_counts_each_file_once(tmp_path, monkeypatch, capsys, shape):
+    monkeypatch.setenv("CNNTOOLS_CACHE", "off")
+    root = _folder(tmp_path / "data", {"a": 5, "b": 8})  # the issue's 13-image folder
+    target = {"link to the root": "..", "link to the other class": "../b",
+              "link to the root's parent path": str(tmp_path / "data")}[shape]
+    os.symlink(target, root / "a" / "more")
+    source, images, warnings = _load(root, capsys)
+    assert len(images) == 13 and source.classes == ["a", "b"]
+    counts = torch.bincount(images.labels, minlength=2).tolist()
+    assert counts == [5, 8]
+    # Each file under its own class: b's files only in b, by the path inside b.
+    assert all(os.path.realpath(p).startswith(str(root / images.classes[int(y)])) for p, y in zip(images.paths, images.labels))
+    assert len(warnings) == 8 and all("b/" in w and "class b" in w and "not again under a" in w for w in warnings)
+    # The pixels are b's own: the decoded image of each path is the file's.
+    for p, img in zip(images.paths, images.images):
+        c, i = source.classes.index(os.path.basename(os.path.dirname(os.path.realpath(p)))), int(Path(p).stem)
+        assert int(img.float().mean()) == 20 * c + i
+
+
+def test_loops_and_same_class_links_are_quiet(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CNNTOOLS_CACHE", "off")
+    root = _folder(tmp_path / "data", {"a": 3, "b": 4})
+    os.symlink(".", root / "a" / "self")  # a loop
+    (root / "b" / "sub").mkdir()
+    os.symlink("..", root / "b" / "sub" / "up")  # a loop two levels deep
+    os.link(root / "a" / "0.png", root / "a" / "hard.png")  # a hard link, same class
+    source, images, warnings = _load(root, capsys)
+    assert len(images) == 7 and torch.bincount(images.labels).tolist() == [3, 4]
+    assert warnings == []
+
+
+def test_a_class_folder_that_is_a_link_to_another_is_dropped(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CNNTOOLS_CACHE", "off")
+    root = _folder(tmp_path / "data", {"b": 3, "c": 4})
+    os.symlink("b", root / "a")  # sorts first, yet b's files stay b's
+    source, images, warnings = _load(root, capsys)
+    assert source.classes == ["b", "c"] and len(images) == 7
+    assert torch.bincount(images.labels).tolist() == [3, 4]
+    assert any("class a" in w and "ignored" in w for w in warnings)
+    assert sum("not again under a" in w for w in warnings) == 3
+
+
+def test_a_hard_link_across_classes_warns_naming_both(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CNNTOOLS_CACHE", "off")
+    root = _folder(tmp_path / "data", {"a": 2, "b": 2})
+    os.link(root / "a" / "0.png", root / "b" / "dup.png")
+    source, images, warnings = _load(root, capsys)
+    assert len(images) == 4
+    assert len(warnings) == 1 and str(root / "a" / "0.png") in warnings[0] and str(root / "b" / "dup.png") in warnings[0]
+
+
+def test_a_file_in_two_splits_counts_once(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CNNTOOLS_CACHE", "off")
+    root = tmp_path / "data"
+    _folder(root / "train", {"a": 3, "b": 3})
+    _folder(root / "test", {"a": 2, "b": 2})
+    os.symlink(str(root / "train" / "a" / "0.png"), root / "test" / "a" / "leak.png")
+    from cnntools.data.folders import FolderSource
+
+    source = FolderSource(root)
+    assert len(source.load("train")) == 6 and len(source.load("test")) == 4
+    assert "test/a/leak.png" in capsys.readouterr().err
