@@ -397,3 +397,85 @@ def test_a_file_in_two_splits_counts_once(tmp_path, monkeypatch, capsys):
     source = FolderSource(root)
     assert len(source.load("train")) == 6 and len(source.load("test")) == 4
     assert "test/a/leak.png" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- 7. exit codes and Ctrl-C
+
+TRAIN = ["train", "--arch", "simple-cnn", "--image-size", "8", "--precision", "fp32", "--device", "cpu",
+         "--epochs", "1000", "--batch-size", "16", "--val-split", "0"]
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# Starts cnntools as its console script does, after telling the test it is about to.
+DRIVER = "import os, sys; from cnntools.cli.app import main; os.write(2, b'R'); sys.argv[0] = 'cnntools'; main()"
+
+
+def test_a_swallowed_ctrl_c_during_start_up_still_stops_train(tmp_path):
+    """The window: Python raises KeyboardInterrupt wherever the main thread is, and inside a
+    weakref finalizer (train's memory estimate releases every tensor through one) it is
+    swallowed ("Exception ignored"). Before the fix the run then trained every epoch and
+    exited 0; now the recorded signal stops it before the first batch with 130."""
+    script = """
+import os, signal, sys, weakref
+from cnntools.cli.app import main
+from cnntools.core import signals
+signals.install()  # what main() does first
+class Box: pass
+box = Box()
+def release():
+    os.kill(os.getpid(), signal.SIGINT)
+    for _ in range(2_000_000): pass  # the handler runs in here; a finalizer swallows its exception
+weakref.finalize(box, release)
+del box
+print("survived", file=sys.stderr, flush=True)
+sys.argv = ["cnntools", *sys.argv[1:]]
+main()
+"""
+    out = tmp_path / "m.safetensors"
+    proc = subprocess.run([sys.executable, "-c", script, *TRAIN, "--epochs", "2", "-o", out], capture_output=True,
+                          text=True, timeout=120, env={**ENV, **ONE_THREAD}, cwd=tmp_path)
+    assert "survived" in proc.stderr  # the exception was swallowed where it landed
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == "Interrupted."
+    assert not out.exists()  # nothing trained
+
+
+def test_ctrl_c_at_any_point_of_start_up_and_the_first_batches_exits_130(tmp_path):
+    """SIGINT at 12 points: from cnntools' first line through start-up (times after it began),
+    and around the first batches (times after train's "Training ..." line): 130 every time,
+    never a traceback (Click says "Aborted!" for one that lands while it parses options)."""
+    points = [("start", d) for d in (0.005, 0.05, 0.2, 0.6, 1.5, 3.0)] + \
+             [("training", d) for d in (0.0, 0.01, 0.05, 0.15, 0.4, 1.0)]
+    import threading
+
+    def interrupt(after: str, delay: float, proc: subprocess.Popen) -> None:
+        """Each process waits for its own moment (R: cnntools starts; or the Training line)."""
+        if proc.stderr.read(1) != b"R":
+            return
+        if after == "training":
+            while not (line := proc.stderr.readline()).startswith(b"Training ") and line:
+                pass
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+
+    failures, interrupted_training = [], 0
+    for batch in (points[:6], points[6:]):  # six at a time: the machine is shared
+        running = []
+        for after, delay in batch:
+            out = tmp_path / f"m-{after}-{delay}.safetensors"
+            proc = subprocess.Popen([sys.executable, "-c", DRIVER, *TRAIN, "-o", out], stderr=subprocess.PIPE,
+                                    stdout=subprocess.DEVNULL, env={**ENV, **ONE_THREAD}, cwd=tmp_path)
+            thread = threading.Thread(target=interrupt, args=(after, delay, proc))
+            thread.start()
+            running.append((after, delay, proc, thread))
+        for after, delay, proc, thread in running:
+            thread.join(timeout=300)
+            try:
+                _, err = proc.communicate(timeout=300)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+            text = err.decode(errors="replace")
+            interrupted_training += "Interrupted at epoch" in text
+            if proc.returncode != 130 or "Traceback" in text:
+                failures.append((after, delay, proc.returncode, text[-500:]))
+    assert not failures, failures
+    assert interrupted_training >= 1  # some signals did land in the batches (resumable checkpoint written)
