@@ -16,7 +16,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from cnntools.core.errors import CnnError
+from cnntools.core.errors import CnnError, UsageError
 
 FORMATS = {".onnx": "onnx", ".pt2": "pt2", ".safetensors": "safetensors"}
 EXAMPLE_BATCH = 2  # traced with 2 images, checked with another count: the batch axis must really be dynamic
@@ -27,7 +27,7 @@ def export_format(path: str) -> str:
     for suffix, kind in FORMATS.items():
         if path.lower().endswith(suffix):
             return kind
-    raise CnnError(f"{path}: export writes .onnx, .pt2 or .safetensors (weights only); name the file with one of them")
+    raise UsageError(f"{path}: export writes .onnx, .pt2 or .safetensors (weights only); name the file with one of them")
 
 
 def preprocessing(lm) -> dict:

@@ -145,7 +145,7 @@ def main(
     try:
         result = lib.analyse(features, labels, classes, method=method, perplexity=perplexity, pca=pca, k=k, seed=seed)
     except lib.TsneInputError as error:
-        raise CnnError(str(error)) from None
+        raise (UsageError if isinstance(error, UsageError) else CnnError)(str(error)) from None
     summary = result.summary()
     if checkpoint is not None:
         # The same images' raw pixels, measured the same way: did training separate the classes?
