@@ -479,3 +479,32 @@ def test_ctrl_c_at_any_point_of_start_up_and_the_first_batches_exits_130(tmp_pat
                 failures.append((after, delay, proc.returncode, text[-500:]))
     assert not failures, failures
     assert interrupted_training >= 1  # some signals did land in the batches (resumable checkpoint written)
+
+
+USAGE = [  # bad option values and combinations the commands check themselves: 2
+    ["rf-calc", "-k", "x"], ["rf-calc", "-k", "3", "-n", "0"], ["rf-calc", "-k", "3", "-n", "-1"], ["rf-calc", "-n", "0"],
+    ["rf-calc", "-k", "3", "-s", "1,x"], ["rf-calc", "-k", "3", "--type", "dense"], ["rf-calc", "--layers", "conv3,blob"],
+    ["conv-calc", "--in", "32", "-k", "3", "-s", "0"], ["conv-calc", "--in", "x", "-k", "3"], ["conv-calc", "-k", "3"],
+    ["conv-calc", "--input", "1 2; 3 x", "-k", "1"],
+    ["train", "--class-weights", "1,x", "--epochs", "1"], ["train", "--augment", "wobble", "--epochs", "1"],
+    ["train", "--arch", "simple-cnn", "--arch-args", "width=", "--epochs", "1"],
+    ["dataset-stats", "--image-size", "0x3"], ["dataset-stats", "--grid", "g.jpg"],
+    ["tsne", "--layer", "fc"], ["tsne", "-n", "20", "--perplexity", "30"], ["tsne", "--k", "0"],
+    ["saliency", "m.safetensors", "-n", "0"], ["train", "--arch", "simple-cnn", "--batchnorm", "--epochs", "1"],
+    ["export", "m.safetensors", "-o", "m.txt"], ["export", "m.safetensors"],
+    ["curves", "-", "-"],
+]
+RUNTIME = [  # problems with files and data: 1
+    ["info", "no-such.safetensors"], ["eval", "no-such.safetensors"], ["dataset-stats", "--data", "no-such-set"],
+    ["rf-calc", "--arch", "no-such-net"],
+]
+
+
+@pytest.mark.parametrize("args", USAGE + RUNTIME, ids=[" ".join(a) for a in USAGE + RUNTIME])
+def test_usage_errors_exit_2_runtime_problems_exit_1(cli, args, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = cli(*args)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == (2 if args in USAGE else 1), result.stderr
+    assert lines and lines[-1].startswith("Error: ") and sum(line.startswith("Error:") for line in lines) == 1
+    assert "unexpected" not in lines[-1]
