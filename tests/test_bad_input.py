@@ -408,7 +408,7 @@ CALCULATOR_CASES = [
 
 @pytest.mark.parametrize("args,expected", CALCULATOR_CASES, ids=[" ".join(a) for a, _ in CALCULATOR_CASES])
 def test_impossible_layer_parameters(cli, args, expected):
-    one_error(cli(*args), expected)
+    one_error(cli(*args), expected, code=2)  # the calculators' input is options: bad values are bad usage
 
 
 def test_classes_layers_and_indices_that_do_not_exist(cli, work, tmp_path):
@@ -420,8 +420,8 @@ def test_classes_layers_and_indices_that_do_not_exist(cli, work, tmp_path):
         (["saliency", good, "-i", "359", "-o", out / "s.png"], "index 359 is out of range: digits test has 359 images"),
         (["saliency", good, "-i", "0,5,100000", "-o", out / "s.png"], "index 100000 is out of range"),
         (["saliency", good, "-i", "0-x", "-o", out / "s.png"], "expected integers"),
-        (["saliency", good, "-i", "0", "--target", "10", "-o", out / "s.png"], "--target 10: the model has classes 0..9"),
-        (["saliency", good, "-i", "0", "--target", "zebra", "-o", out / "s.png"], "--target 'zebra'"),
+        (["saliency", good, "-i", "0", "--target", "10", "-o", out / "s.png"], "--target 10: the model has classes 0..9", 2),
+        (["saliency", good, "-i", "0", "--target", "zebra", "-o", out / "s.png"], "--target 'zebra'", 2),
         (["saliency", good, "-i", "0", "--layer", "features.99", "-o", out / "s.png"], "no layer named 'features.99'"),
         (["featmaps", good, "-i", "5000", "-o", out / "f.png"], "index 5000 is out of range"),
         (["featmaps", good, "-l", "head.fc", "-o", out / "f.png"], "no layer named 'head.fc'"),
@@ -429,8 +429,8 @@ def test_classes_layers_and_indices_that_do_not_exist(cli, work, tmp_path):
         (["filters", good, "-f", "999", "--top-k", "2", "-o", out / "k.png"], "index 999 is out of range: layer 'features.0' has 32 filters (0..31)"),
         (["tsne", "-c", good, "--layer", "nope", "-n", "20", "-o", out / "t.png"], "no layer named 'nope'"),
     ]
-    for args, expected in cases:
-        one_error(cli(*args, "-q"), expected)
+    for args, expected, *code in cases:  # a bad option value: 2
+        one_error(cli(*args, "-q"), expected, *code)
     assert listing(out) == {}
     one_error(cli("featmaps", good, "-i", "-1"), "index -1 is out of range")  # -i is a LIST, as in saliency
 

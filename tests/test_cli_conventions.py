@@ -62,9 +62,10 @@ def test_usage_errors_exit_2_with_plain_error_line(cli, args):
     assert not BOX.search(result.stderr)
 
 
-def test_known_error_is_one_line_exit_1(cli):
-    result = cli("rf-calc", "-k", "0")
-    assert result.exit_code == 1
+@pytest.mark.parametrize("args, code", [(["rf-calc", "-k", "0"], 2), (["info", "no-such-file.safetensors"], 1)])
+def test_known_error_is_one_line(cli, args, code):
+    result = cli(*args)
+    assert result.exit_code == code  # a bad option value the command checks: 2; a missing file: 1
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ")
@@ -75,7 +76,7 @@ def test_known_error_is_one_line_exit_1(cli):
 def test_debug_shows_traceback(cli, how):
     args = ["rf-calc", "-k", "0"] + (["--debug"] if how == "flag" else [])
     result = cli(*args, env={"CNNTOOLS_DEBUG": "1"} if how == "env" else None)
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "Traceback" in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("Error: ")
 

@@ -127,7 +127,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
     assert result.exit_code == 1 and "2 models" in result.stderr
     text, *_ = _predictions_csv()
     result = invoke(["confusion", "-", "-o", str(tmp_path / "cm.jpg")], input=text)
-    assert result.exit_code == 1 and ".png, .svg or .pdf" in result.stderr
+    assert result.exit_code == 2 and ".png, .svg or .pdf" in result.stderr
 
 
 @pytest.fixture(scope="module")

@@ -125,7 +125,7 @@ def test_per_kernel_bias_and_floats(cli):
 )
 def test_kernel_mode_errors(cli, args, message):
     result = cli("conv-calc", *args)
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # bad option values: usage errors
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error:") and message in lines[0]
 
@@ -151,7 +151,7 @@ def test_dropped_pixels_warning(cli):
 
 def test_non_positive_size_is_an_error(cli):
     result = cli("conv-calc", "--in", "4", "--layers", "conv3,conv3,conv3")
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # bad option values: usage errors
     assert result.stderr.startswith("Error: layer 2") and "non-positive" in result.stderr
 
 
@@ -205,7 +205,7 @@ def test_non_square_input_and_csv(cli):
 )
 def test_formula_mode_errors(cli, args, message):
     result = cli("conv-calc", *args)
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # bad option values: usage errors
     assert result.stderr.startswith("Error:") and message in result.stderr
 
 

@@ -118,7 +118,7 @@ def test_curves_reads_stdin_and_csv_history(cli, two_runs, tmp_path):
     doc = cli("curves", history, "--format", "json").json()
     assert doc["runs"][0]["best_epoch"] == 2 and doc["runs"][0]["label"] == "h"
     bad = cli("curves", paths["none"], "--label", "a", "--label", "b")
-    assert bad.exit_code == 1 and "--label" in bad.stderr
+    assert bad.exit_code == 2 and "--label" in bad.stderr  # bad usage
 
 
 def test_curves_figure_names_every_run(two_runs, tmp_path, cli):

@@ -96,20 +96,20 @@ def test_grid_and_augment_preview_are_written(tmp_path, cli):
 
 
 @pytest.mark.parametrize(
-    "args, message",
+    "args, message, code",
     [
-        (["--data", "cifar10", "--data-dir", "{tmp}"], "--download"),
-        (["--data", "{tmp}/empty"], "no images found"),
-        (["--data", "nonsense-set"], "unknown dataset"),
-        (["--grid", "{tmp}/g.jpg"], ".png, .svg or .pdf"),
-        (["--augment-preview", "{tmp}/a.png", "--augment", "wobble"], "unknown augmentation"),
-        (["--image-size", "big"], "--image-size"),
+        (["--data", "cifar10", "--data-dir", "{tmp}"], "--download", 1),
+        (["--data", "{tmp}/empty"], "no images found", 1),
+        (["--data", "nonsense-set"], "unknown dataset", 1),
+        (["--grid", "{tmp}/g.jpg"], ".png, .svg or .pdf", 2),  # bad option values: bad usage
+        (["--augment-preview", "{tmp}/a.png", "--augment", "wobble"], "unknown augmentation", 2),
+        (["--image-size", "big"], "--image-size", 2),
     ],
 )
-def test_bad_input_is_one_error_line(tmp_path, cli, args, message):
+def test_bad_input_is_one_error_line(tmp_path, cli, args, message, code):
     (tmp_path / "empty").mkdir()
     result = cli("dataset-stats", *[a.replace("{tmp}", str(tmp_path)) for a in args])
-    assert result.exit_code == 1
+    assert result.exit_code == code
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0]
     assert not list(tmp_path.glob("*.png")) and not list(tmp_path.glob("*.jpg"))

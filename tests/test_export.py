@@ -96,7 +96,7 @@ def test_weights_only_safetensors(cli, tmp_path, monkeypatch):
 
 def test_export_refuses_unknown_suffix(cli, lenet, tmp_path):
     bad = cli("export", lenet, "-o", tmp_path / "model.h5")
-    assert bad.exit_code == 1 and ".onnx, .pt2 or .safetensors" in bad.stderr
+    assert bad.exit_code == 2 and ".onnx, .pt2 or .safetensors" in bad.stderr
 
 
 def test_failed_check_writes_nothing(cli, lenet, tmp_path, monkeypatch):

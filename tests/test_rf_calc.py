@@ -76,13 +76,20 @@ def test_table_and_csv(cli):
         (["-k", "3", "--type", "dense"], "unknown layer type"),
         (["--layers", "convT4-s2"], "transposed"),
         (["-k", "5", "-n", "3", "--input-size", "8"], "larger --input-size"),
+        (["--layers", "conv3,blah"], "cannot read layer"),
+        (["-k", "3", "-n", "0"], "-n must be at least 1"),
+        (["-k", "3", "-n", "-1"], "-n must be at least 1"),
+        (["-k", "x"], "--kernel: 'x'"),
+        (["-k", "3", "-d", "1,x"], "--dilation"),
+        (["-k", "3", "-p", "-1"], "impossible layer"),
         (["--arch", "no-such-net"], "unknown architecture"),
         (["--arch", "torchvision:no_such_net"], "torchvision has no model"),
     ],
 )
 def test_errors(cli, args, message):
     result = cli("rf-calc", *args)
-    assert result.exit_code == 1, result.stdout
+    # A bad option value is bad usage (2, as Click's own checks); an architecture that does not exist is not
+    assert result.exit_code == (1 if "--arch" in args else 2), result.stdout
     assert result.stderr.startswith("Error:") and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 

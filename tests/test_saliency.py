@@ -257,7 +257,7 @@ def test_cli_on_fake_patch_checkpoint(checkpoint, tmp_path):
     assert result.exit_code == 1 and result.stderr.splitlines() == [result.stderr.splitlines()[0]]
     assert result.stderr.startswith("Error: no layer named 'zzz'")
     result = invoke(["saliency", checkpoint, "--target", "zebra", "-i", "0"])
-    assert result.exit_code == 1 and "--target 'zebra'" in result.stderr
+    assert result.exit_code == 2 and "--target 'zebra'" in result.stderr  # a bad option value
 
 
 def test_cli_on_image_files(checkpoint, tmp_path):
@@ -275,7 +275,7 @@ def test_cli_on_image_files(checkpoint, tmp_path):
     assert [r["pred_name"] for r in rows] == ["top-left", "bottom-right"]
     assert rows[0]["peak_row"] < 16 and rows[1]["peak_row"] >= 16  # resized to 32×32 by the model's preparation
     result = invoke(["saliency", checkpoint, "--image", paths[0], "--target", "true"])
-    assert result.exit_code == 1 and "no label" in result.stderr
+    assert result.exit_code == 2 and "no label" in result.stderr  # --target true without labels: bad usage
 
 
 def test_cli_method_choices_match_the_library():

@@ -99,7 +99,7 @@ def test_class_weights_and_label_smoothing_reach_the_training_loss(cli, tmp_path
     # Validation loss stays the plain cross-entropy, comparable between runs.
     assert float(trainer.eval_criterion(logits, y)) == pytest.approx(float(F.cross_entropy(logits, y)), rel=1e-6)
     bad = cli("train", *FAST, "--class-weights", "1,2", "--epochs", "1", "-o", tmp_path / "x.safetensors")
-    assert bad.exit_code == 1 and "10 classes" in bad.stderr and not (tmp_path / "x.safetensors").exists()
+    assert bad.exit_code == 2 and "10 classes" in bad.stderr and not (tmp_path / "x.safetensors").exists()
 
 
 def test_early_stop_and_keep_best_or_last(cli, tmp_path):

@@ -261,11 +261,11 @@ def test_bad_inputs(cli, tmp_path, digits_checkpoint):
     result = cli("tsne", "--checkpoint", digits_checkpoint, "--layer", "nope", "-n", "50")
     assert result.exit_code == 1 and result.stderr.startswith("Error: no layer named 'nope'")
     result = cli("tsne", "--layer", "fc")
-    assert result.exit_code == 1 and "--layer needs --checkpoint" in result.stderr
+    assert result.exit_code == 2 and "--layer needs --checkpoint" in result.stderr  # bad usage
     result = cli("tsne", "-n", "20", "--perplexity", "30")
-    assert result.exit_code == 1 and "perplexity" in result.stderr
+    assert result.exit_code == 2 and "perplexity" in result.stderr
     result = cli("tsne", "-o", str(tmp_path / "plot.jpg"))
-    assert result.exit_code == 1 and ".png, .svg or .pdf" in result.stderr
+    assert result.exit_code == 2 and ".png, .svg or .pdf" in result.stderr
     # more points asked for than the split has: all of them, said on stderr
     result = cli("tsne", "-n", "5000", "--format", "json")
     assert result.exit_code == 0, result.stderr

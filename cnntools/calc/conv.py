@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from cnntools.core.errors import CnnError
+from cnntools.core.errors import UsageError
 
 KINDS = ("conv", "maxpool", "avgpool", "convtranspose")
 
@@ -82,36 +82,36 @@ class SizeStep:
 
 
 def validate(layer: Layer) -> None:
-    """Raise CnnError for parameters PyTorch would reject."""
+    """Raise UsageError for parameters PyTorch would reject."""
     if layer.kind not in KINDS:
-        raise CnnError(f"unknown layer type '{layer.kind}' (use one of: {', '.join(KINDS)})")
+        raise UsageError(f"unknown layer type '{layer.kind}' (use one of: {', '.join(KINDS)})")
     if layer.kernel < 1:
-        raise CnnError(f"kernel size must be at least 1 (got {layer.kernel})")
+        raise UsageError(f"kernel size must be at least 1 (got {layer.kernel})")
     if layer.stride < 1:
-        raise CnnError(f"stride must be at least 1 (got {layer.stride})")
+        raise UsageError(f"stride must be at least 1 (got {layer.stride})")
     if layer.padding < 0:
-        raise CnnError(f"padding cannot be negative (got {layer.padding})")
+        raise UsageError(f"padding cannot be negative (got {layer.padding})")
     if layer.dilation < 1:
-        raise CnnError(f"dilation must be at least 1 (got {layer.dilation})")
+        raise UsageError(f"dilation must be at least 1 (got {layer.dilation})")
     if layer.out_channels is not None and layer.out_channels < 1:
-        raise CnnError(f"channels must be at least 1 (got {layer.out_channels})")
+        raise UsageError(f"channels must be at least 1 (got {layer.out_channels})")
     if layer.kind == "avgpool" and layer.dilation != 1:
-        raise CnnError("avgpool has no dilation (PyTorch's AvgPool2d); drop the dilation")
+        raise UsageError("avgpool has no dilation (PyTorch's AvgPool2d); drop the dilation")
     if layer.kind in ("maxpool", "avgpool") and layer.padding > layer.kernel // 2:
-        raise CnnError(
+        raise UsageError(
             f"{layer.kind} padding {layer.padding} is more than half the kernel {layer.kernel}; "
             f"PyTorch allows at most {layer.kernel // 2}"
         )
     if layer.kind == "convtranspose":
         if layer.output_padding < 0 or layer.output_padding >= max(layer.stride, layer.dilation):
-            raise CnnError(
+            raise UsageError(
                 f"output padding must be smaller than stride or dilation "
                 f"(got {layer.output_padding} with stride {layer.stride}, dilation {layer.dilation})"
             )
     elif layer.output_padding:
-        raise CnnError("output padding applies to transposed convolutions (convT) only")
+        raise UsageError("output padding applies to transposed convolutions (convT) only")
     if layer.ceil_mode and layer.kind not in ("maxpool", "avgpool"):
-        raise CnnError("ceil mode applies to pooling layers only")
+        raise UsageError("ceil mode applies to pooling layers only")
 
 
 def output_length(size: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:
@@ -172,11 +172,11 @@ class ChainRow:
 
 
 def run_chain(height: int, width: int, layers: list[Layer], in_channels: int | None = None) -> list[ChainRow]:
-    """Shapes after every layer of a chain; CnnError when a size stops being positive."""
+    """Shapes after every layer of a chain; UsageError when a size stops being positive."""
     if height < 1 or width < 1:
-        raise CnnError(f"input size must be positive (got {height}x{width})")
+        raise UsageError(f"input size must be positive (got {height}x{width})")
     if in_channels is not None and in_channels < 1:
-        raise CnnError(f"input channels must be at least 1 (got {in_channels})")
+        raise UsageError(f"input channels must be at least 1 (got {in_channels})")
     rows = []
     channels = in_channels
     h, w = height, width
@@ -184,7 +184,7 @@ def run_chain(height: int, width: int, layers: list[Layer], in_channels: int | N
         sh, sw = output_size(h, layer), output_size(w, layer)
         if sh.size < 1 or sw.size < 1:
             bad = sh if sh.size < 1 else sw
-            raise CnnError(
+            raise UsageError(
                 f"layer {i} ({layer.describe()}) turns {h}x{w} into a non-positive size: {bad.formula}; "
                 "use a smaller kernel, more padding or a larger input"
             )
@@ -205,12 +205,12 @@ def parse_layers(spec: str) -> list[Layer]:
     layers = []
     items = [item.strip() for item in re.split(r"[,;]", spec) if item.strip()]
     if not items:
-        raise CnnError("the layer list is empty (example: 'conv3-c16-p1,maxpool2')")
+        raise UsageError("the layer list is empty (example: 'conv3-c16-p1,maxpool2')")
     for item in items:
         head, *options = [part.strip() for part in item.split("-")]
         match = re.fullmatch(r"([A-Za-z]+)(\d*)", head)
         if not match or match.group(1).lower() not in _KIND_ALIASES:
-            raise CnnError(
+            raise UsageError(
                 f"cannot read layer '{item}': it must start with conv, maxpool, avgpool or convT and the "
                 "kernel size (example: 'conv3-s2-p1')"
             )
@@ -226,13 +226,13 @@ def parse_layers(spec: str) -> list[Layer]:
                 continue
             found = _TOKEN.match(token)
             if not found:
-                raise CnnError(
+                raise UsageError(
                     f"cannot read '{option}' in layer '{item}' (options: sN stride, pN padding, dN dilation, "
                     "cN channels, opN output padding, ceil)"
                 )
             values[found.group("key")] = int(found.group("value"))
         if "k" not in values:
-            raise CnnError(f"layer '{item}' has no kernel size (write e.g. '{match.group(1)}3')")
+            raise UsageError(f"layer '{item}' has no kernel size (write e.g. '{match.group(1)}3')")
         kernel = values["k"]
         pool = kind in ("maxpool", "avgpool")
         layer = Layer(
@@ -256,11 +256,11 @@ def parse_size(text: str) -> tuple[int, int]:
     try:
         values = [int(p) for p in parts]
     except ValueError:
-        raise CnnError(f"cannot read input size '{text}' (write e.g. 32 or 28x32)") from None
+        raise UsageError(f"cannot read input size '{text}' (write e.g. 32 or 28x32)") from None
     if len(values) == 1:
         values = values * 2
     if len(values) != 2:
-        raise CnnError(f"cannot read input size '{text}' (write e.g. 32 or 28x32)")
+        raise UsageError(f"cannot read input size '{text}' (write e.g. 32 or 28x32)")
     if min(values) < 1:
-        raise CnnError(f"input size must be positive (got {text})")
+        raise UsageError(f"input size must be positive (got {text})")
     return values[0], values[1]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cnntools.output import files
 from cnntools.calc.conv import output_length
-from cnntools.core.errors import CnnError
+from cnntools.core.errors import UsageError
 
 Number = int | float
 Matrix = list[list[Number]]
@@ -29,19 +29,19 @@ def _number(text: str, where: str) -> Number:
     try:
         value = float(text)
     except ValueError:
-        raise CnnError(f"{where}: '{text}' is not a number") from None
+        raise UsageError(f"{where}: '{text}' is not a number") from None
     if not math.isfinite(value):
-        raise CnnError(f"{where}: '{text}' is not a finite number")
+        raise UsageError(f"{where}: '{text}' is not a finite number")
     return value
 
 
 def _rectangular(rows: list[list[Number]], where: str) -> Matrix:
     rows = [row for row in rows if row]
     if not rows:
-        raise CnnError(f"{where}: the matrix is empty")
+        raise UsageError(f"{where}: the matrix is empty")
     widths = {len(row) for row in rows}
     if len(widths) != 1:
-        raise CnnError(f"{where}: rows have different lengths ({', '.join(str(len(r)) for r in rows)})")
+        raise UsageError(f"{where}: rows have different lengths ({', '.join(str(len(r)) for r in rows)})")
     return rows
 
 
@@ -52,7 +52,7 @@ def parse_matrix_text(text: str, where: str = "matrix") -> Matrix:
         try:
             data = json.loads(stripped)
         except json.JSONDecodeError as error:
-            raise CnnError(f"{where}: not valid JSON ({error.msg} at line {error.lineno})") from None
+            raise UsageError(f"{where}: not valid JSON ({error.msg} at line {error.lineno})") from None
         return matrix_from_json(data, where)
     rows = []
     for line in re.split(r"[;\n]", stripped):
@@ -75,7 +75,7 @@ def matrix_from_json(data, where: str = "matrix") -> Matrix:
         or not all(isinstance(row, list) for row in data)
         or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for row in data for v in row)
     ):
-        raise CnnError(f"{where}: JSON must be a list of rows of numbers, e.g. [[1, 0], [0, 1]]")
+        raise UsageError(f"{where}: JSON must be a list of rows of numbers, e.g. [[1, 0], [0, 1]]")
     return _rectangular([list(row) for row in data], where)
 
 
@@ -89,7 +89,7 @@ def load_matrix(arg: str, what: str = "matrix") -> Matrix:
     if looks_inline:
         return parse_matrix_text(arg, what)
     if not Path(arg).exists():
-        raise CnnError(f"{what} '{arg}' is neither a matrix like '1 0; 0 1' nor an existing file")
+        raise UsageError(f"{what} '{arg}' is neither a matrix like '1 0; 0 1' nor an existing file")
     return parse_matrix_text(files.read_text(arg), f"{what} {arg}")
 
 
@@ -119,20 +119,20 @@ def apply_kernel(
 ) -> list[list[Cell]]:
     """Cross-correlate `kernel` over zero-padded `matrix`, add `bias`, apply the activation."""
     if stride < 1 or dilation < 1 or padding < 0:
-        raise CnnError("stride and dilation must be at least 1 and padding at least 0")
+        raise UsageError("stride and dilation must be at least 1 and padding at least 0")
     if activation not in ("none", "relu"):
-        raise CnnError(f"unknown activation '{activation}' (use none or relu)")
+        raise UsageError(f"unknown activation '{activation}' (use none or relu)")
     rows, cols = len(matrix), len(matrix[0])
     krows, kcols = len(kernel), len(kernel[0])
     out_rows = output_length(rows, krows, stride, padding, dilation)
     out_cols = output_length(cols, kcols, stride, padding, dilation)
     if out_rows < 1 or out_cols < 1:
-        raise CnnError(
+        raise UsageError(
             f"a {krows}x{kcols} kernel (dilation {dilation}) does not fit the {rows}x{cols} input "
             f"with padding {padding}; add padding or use a smaller kernel"
         )
     if out_rows * out_cols * krows * kcols > MAX_TERMS:
-        raise CnnError(
+        raise UsageError(
             f"{out_rows}x{out_cols} output cells of {krows}x{kcols} products each is more than this hand "
             f"calculator does ({MAX_TERMS:,} multiply-adds); use smaller matrices or less padding"
         )

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 from cnntools.calc.conv import output_length
 from cnntools.calc.kernel import plain_number
-from cnntools.core.errors import CnnError
+from cnntools.core.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class RF:
     def after(self, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> "RF":
         """The field after one more conv/pool layer with these parameters."""
         if kernel < 1 or stride < 1 or dilation < 1 or padding < 0:
-            raise CnnError(
+            raise UsageError(
                 f"impossible layer: kernel {kernel}, stride {stride}, padding {padding}, dilation {dilation} "
                 "(kernel, stride and dilation must be at least 1, padding at least 0)"
             )
@@ -67,9 +67,9 @@ def _expand(name: str, text: str | None, default: int | None) -> list[int | None
     try:
         values = [int(v) for v in text.replace(" ", "").split(",") if v != ""]
     except ValueError:
-        raise CnnError(f"{name}: '{text}' must be an integer or a comma list of integers") from None
+        raise UsageError(f"{name}: '{text}' must be an integer or a comma list of integers") from None
     if not values:
-        raise CnnError(f"{name}: no value given")
+        raise UsageError(f"{name}: no value given")
     return values
 
 
@@ -89,11 +89,11 @@ def expand_layers(
     Pools default to stride = kernel (PyTorch's default), convs to stride 1.
     """
     if n is not None and n < 1:
-        raise CnnError(f"-n must be at least 1 (got {n})")
+        raise UsageError(f"-n must be at least 1 (got {n})")
     if n is not None and n > MAX_LAYERS:
-        raise CnnError(f"-n {n}: at most {MAX_LAYERS:,} layers")
+        raise UsageError(f"-n {n}: at most {MAX_LAYERS:,} layers")
     if kernel is None or not kernel.strip():
-        raise CnnError("-k/--kernel: give the kernel size, e.g. -k 3 or -k 3,3,2")
+        raise UsageError("-k/--kernel: give the kernel size, e.g. -k 3 or -k 3,3,2")
     lists = {
         "kernel": _expand("--kernel", kernel, None),
         "stride": _expand("--stride", stride, None),
@@ -103,16 +103,16 @@ def expand_layers(
     kinds = [t.strip().lower() for t in (types or "conv").split(",") if t.strip()] or ["conv"]
     for t in kinds:
         if t not in ("conv", "pool", "maxpool", "avgpool"):
-            raise CnnError(f"--type: unknown layer type '{t}' (use conv or pool, e.g. --type conv,conv,pool)")
+            raise UsageError(f"--type: unknown layer type '{t}' (use conv or pool, e.g. --type conv,conv,pool)")
     lengths = {len(v) for v in list(lists.values()) + [kinds] if len(v) > 1}
     if len(lengths) > 1:
-        raise CnnError(
+        raise UsageError(
             "comma lists must all have the same length, one value per layer "
             f"(got lengths {', '.join(str(x) for x in sorted(lengths))})"
         )
     list_length = lengths.pop() if lengths else None
     if n is not None and list_length is not None and list_length != n:
-        raise CnnError(f"-n {n} does not match the {list_length} values of the comma lists")
+        raise UsageError(f"-n {n} does not match the {list_length} values of the comma lists")
     count = list_length or n or 1
 
     def pick(values: list, i: int):
@@ -144,7 +144,7 @@ def receptive_fields(layers: list[dict], input_size: int | None = None) -> list[
         if size is not None:
             size = output_length(size, layer["kernel"], layer["stride"], layer["padding"], layer["dilation"])
             if size < 1:
-                raise CnnError(f"layer {i} leaves no output at input size {input_size}; use a larger --input-size")
+                raise UsageError(f"layer {i} leaves no output at input size {input_size}; use a larger --input-size")
             row["size"] = size
         rows.append(row)
     return rows

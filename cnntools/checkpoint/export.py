@@ -10,11 +10,13 @@ file's metadata, so a consumer needs nothing else. The batch axis is dynamic.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import os
 import sys
 from dataclasses import dataclass
 
-from cnntools.core.errors import CnnError
+from cnntools.core.errors import CnnError, UsageError
 
 FORMATS = {".onnx": "onnx", ".pt2": "pt2", ".safetensors": "safetensors"}
 EXAMPLE_BATCH = 2  # traced with 2 images, checked with another count: the batch axis must really be dynamic
@@ -25,7 +27,7 @@ def export_format(path: str) -> str:
     for suffix, kind in FORMATS.items():
         if path.lower().endswith(suffix):
             return kind
-    raise CnnError(f"{path}: export writes .onnx, .pt2 or .safetensors (weights only); name the file with one of them")
+    raise UsageError(f"{path}: export writes .onnx, .pt2 or .safetensors (weights only); name the file with one of them")
 
 
 def preprocessing(lm) -> dict:
@@ -109,7 +111,20 @@ def export_pt2(lm, path: str) -> None:
         program = torch.export.export(model, (_example(lm),), dynamic_shapes=({0: batch},))
     except Exception as error:  # noqa: BLE001
         raise CnnError(f"{lm.source}: torch.export failed ({type(error).__name__}: {_first(error)})") from None
-    torch.export.save(program, path, extra_files={"cnntools.json": json.dumps(model_card(lm))})
+    # torch's C++ archive writer aborts the whole process (std::terminate, exit 134) when the
+    # disk fills under it: the archive is built in memory, and written by Python, whose
+    # OSError the caller turns into one line (and removes the partial file).
+    archive = io.BytesIO()
+    torch.export.save(program, archive, extra_files={"cnntools.json": json.dumps(model_card(lm))})
+    _write_all(path, archive.getbuffer())
+
+
+def _write_all(path: str, data) -> None:
+    """`data` into the (temporary) file `path`; a full disk or an I/O error is an OSError."""
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())  # ENOSPC and EIO surface here at the latest, not after the rename
 
 
 def weights_only_bytes(tensors: dict, meta) -> bytes:

@@ -228,6 +228,10 @@ class CheckpointMeta:
         arch_args = doc.get("arch_args")
         if arch_args is not None and not isinstance(arch_args, dict):
             raise _malformed(name, "arch_args", "an object (constructor arguments)")
+        if arch["arch"].startswith(("timm:", "torchvision:")):
+            from cnntools.models.arch_args import check_arch_args
+
+            check_arch_args(arch_args, name)  # data only: no key of it may name a file to read
         code = doc.get("code")
         if code is not None and not (isinstance(code, dict) and isinstance(code.get("reference"), str)):
             raise _malformed(name, "code", "an object with the code reference")

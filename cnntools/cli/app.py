@@ -37,7 +37,7 @@ from cnntools.cli.commands import (
     tsne,
 )
 from cnntools.cli.options import with_checked_numbers
-from cnntools.core.errors import Terminated
+from cnntools.core import signals
 from cnntools.output.emitter import handle_errors, plug_closed_stdio
 from cnntools.core.runtime import prepare_threads
 
@@ -252,11 +252,32 @@ def _root(
 
 def main() -> None:
     """Console-script entry point."""
+    # First of all: Ctrl-C raises and is remembered, SIGTERM unwinds like Ctrl-C (no
+    # half-written temporary file is left, exit status 143). A signal whose exception some
+    # library swallowed still ends the command with 128 + its number (core/signals.py).
+    signals.install()
+    try:
+        _run()
+    except KeyboardInterrupt as stop:  # before the command's own handler (start-up, Typer building it)
+        code = getattr(stop, "exit_code", 128 + (signals.received() or signal.SIGINT))
+        print("Terminated." if code == 128 + signal.SIGTERM else "Interrupted.", file=sys.stderr)
+        raise SystemExit(code) from None
+    except SystemExit as done:
+        # Click turns a Ctrl-C outside the command itself (while parsing) into "Aborted!" and
+        # exit 1; a signal swallowed where it landed would let the command end with 0.
+        stop = signals.received()
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+        if stop is not None and code < 128:
+            raise SystemExit(128 + stop) from None
+        raise
+    if signals.received() is not None:  # (the completion scripts return without exiting)
+        raise SystemExit(128 + signals.received())
+
+
+def _run() -> None:
     # Die quietly on a closed pipe (`cnntools ... | head`), like any Unix filter.
     if hasattr(signal, "SIGPIPE"):
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    # SIGTERM unwinds like Ctrl-C: no half-written temporary file is left, exit status 143.
-    signal.signal(signal.SIGTERM, _terminate)
     plug_closed_stdio()
     prepare_threads()  # before any command imports torch
     request = os.environ.get("_CNNTOOLS_COMPLETE", "")
@@ -270,7 +291,3 @@ def main() -> None:
 
         register_protocol()
     app(prog_name="cnntools")
-
-
-def _terminate(signum, frame) -> None:
-    raise Terminated()

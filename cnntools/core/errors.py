@@ -18,7 +18,16 @@ EXIT_STATUS = {
 
 
 class CnnError(Exception):
-    """A known problem, reported as one `Error: ...` line and exit status 1."""
+    """A known problem, reported as one `Error: ...` line and exit status 1 (`exit_code`)."""
+
+    exit_code = EXIT_ERROR
+
+
+class UsageError(CnnError):
+    """Bad usage: an option value or a combination of options the command refuses itself
+    (Click's own checks exit 2 as well). One `Error: ...` line, exit status 2."""
+
+    exit_code = EXIT_USAGE
 
 
 class Terminated(KeyboardInterrupt):

@@ -7,7 +7,7 @@ import os
 import random
 import re
 
-from cnntools.core.errors import CnnError
+from cnntools.core.errors import CnnError, UsageError
 
 THREADS_ENV = "CNNTOOLS_THREADS"
 _threads: int | None = None  # what --threads (or its default) resolved to in this process
@@ -135,7 +135,7 @@ def use_threads(threads: int | None = None) -> int:
     global _threads
     threads = default_threads() if threads is None else int(threads)
     if threads < 1:
-        raise CnnError(f"--threads {threads}: use 1 or more")
+        raise UsageError(f"--threads {threads}: use 1 or more")
     _threads = threads
     return_large_blocks()
     if "torch" in sys.modules:
@@ -250,7 +250,7 @@ def resolve_precision(precision: str, device) -> str:
 
     if precision != "auto":
         if precision == "fp16" and device.type == "cpu":
-            raise CnnError("--precision fp16 is not supported on CPU; use bf16 or fp32")
+            raise UsageError("--precision fp16 is not supported on CPU; use bf16 or fp32")
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"

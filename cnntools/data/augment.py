@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cnntools.core.errors import CnnError
+from cnntools.core.errors import CnnError, UsageError
 
 # torchvision's rgb_to_grayscale weights, so contrast/saturation match it.
 _GRAY = (0.2989, 0.587, 0.114)
@@ -285,20 +285,20 @@ def parse_augment(spec: str | None) -> Augment | None:
         name, _, value = part.partition(":")
         name = name.strip().lower()
         if name not in OPS:
-            raise CnnError(f"unknown augmentation '{name}' in '{spec}': use {', '.join(OPS)} (e.g. flip,crop:4)")
+            raise UsageError(f"unknown augmentation '{name}' in '{spec}': use {', '.join(OPS)} (e.g. flip,crop:4)")
         try:
             param = float(value) if value.strip() else OPS[name][0]
         except ValueError:
-            raise CnnError(f"augmentation '{part}': the parameter after ':' must be a number") from None
+            raise UsageError(f"augmentation '{part}': the parameter after ':' must be a number") from None
         if name in ("flip", "vflip", "rrc") and not 0 <= param <= 1:
-            raise CnnError(f"augmentation '{part}': {name} takes a fraction from 0 to 1")
+            raise UsageError(f"augmentation '{part}': {name} takes a fraction from 0 to 1")
         if name == "hue" and not 0 <= param <= 0.5:
-            raise CnnError(f"augmentation '{part}': hue takes a shift from 0 to 0.5 (turns of the colour wheel)")
+            raise UsageError(f"augmentation '{part}': hue takes a shift from 0 to 0.5 (turns of the colour wheel)")
         if name == "aspect" and param < 1:
-            raise CnnError(f"augmentation '{part}': aspect takes R >= 1 (crops with aspect ratio from 1/R to R)")
+            raise UsageError(f"augmentation '{part}': aspect takes R >= 1 (crops with aspect ratio from 1/R to R)")
         if name in ("crop", "jitter", "rotate") and param < 0:
-            raise CnnError(f"augmentation '{part}': the parameter must not be negative")
+            raise UsageError(f"augmentation '{part}': the parameter must not be negative")
         if name == "crop" and param != int(param):
-            raise CnnError(f"augmentation '{part}': crop padding is a whole number of pixels")
+            raise UsageError(f"augmentation '{part}': crop padding is a whole number of pixels")
         ops.append((name, param))
     return Augment(ops) if ops else None

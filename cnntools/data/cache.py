@@ -111,7 +111,10 @@ def store_dir() -> Path | None:
 
 def cache_key(root: Path, request: str, listing) -> tuple[str, str]:
     """(source prefix, full key) for a folder, a size request and its files' (path, size, mtime_ns)."""
-    prefix = hashlib.sha256(f"{CACHE_VERSION}\0{root.resolve()}\0{request}".encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    from cnntools.data import images  # the decoder's version: a store of older pixels is rebuilt
+
+    version = f"{CACHE_VERSION}.{images.DECODER_VERSION}"
+    prefix = hashlib.sha256(f"{version}\0{root.resolve()}\0{request}".encode("utf-8", "surrogateescape")).hexdigest()[:16]
     digest = hashlib.sha256(prefix.encode())
     for rel, size, mtime in listing:
         digest.update(f"{rel}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))  # any byte in a name

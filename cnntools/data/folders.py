@@ -104,6 +104,7 @@ class FolderSource:
                 entries.extend((f, class_dir.name) for f in found)
             if entries:
                 self.files[split] = entries
+        self.files, class_names = count_once(self.files, self.layout, class_names)
         if not self.files:
             raise CnnError(
                 f"{root}: no images found; expected class folders (root/CLASS/*.png, *.jpg ...) "
@@ -201,14 +202,14 @@ class FolderSource:
         """(size (w, h), mode, None) or (None, None, reason) of every file, from its header
         only; read once, on threads."""
         if self._header_cache is None:
-            from cnntools.data.images import pil
+            from cnntools.data.images import displayed_size, pil
 
             Image = pil()  # the decompression-bomb limit, set before the worker threads start
 
             def header(path):
                 try:
                     with Image.open(path) as im:
-                        return im.size, im.mode, None
+                        return displayed_size(im), im.mode, None  # as displayed: EXIF orientation applied
                 except Exception as error:  # noqa: BLE001 - every decoder error is a report, not a crash
                     return None, None, _reason(error, path)
 
@@ -320,6 +321,56 @@ class FolderSource:
         if not meta["splits"]:
             raise CnnError(f"{self.root}: no readable images in any split")
         return meta
+
+
+def count_once(files: dict[str, list[tuple[Path, str]]], layout: dict[str, Path],
+               class_names: set[str]) -> tuple[dict[str, list[tuple[Path, str]]], set[str]]:
+    """(files, class names) with every real file once: a file reached by two paths (a link to
+    a folder, a loop back to the root) is kept under its own class, the class folder it
+    really lies in, and where the paths disagree on the class a warning names both. Keyed
+    by the real file's (st_dev, st_ino); a class left with no file of its own is dropped."""
+    seen: dict[tuple[int, int], list[tuple[str, int]]] = {}
+    for split, entries in files.items():
+        for i, (path, _) in enumerate(entries):
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue  # vanished since the walk: the decoder reports it
+            seen.setdefault((st.st_dev, st.st_ino), []).append((split, i))
+    dropped: set[tuple[str, int]] = set()
+    for reached in seen.values():
+        if len(reached) > 1:
+            dropped.update(_duplicates(files, layout, reached))
+    if not dropped:
+        return files, class_names
+    kept = {split: [e for i, e in enumerate(entries) if (split, i) not in dropped] for split, entries in files.items()}
+    kept = {split: entries for split, entries in kept.items() if entries}
+    remaining = {cls for entries in kept.values() for _, cls in entries}
+    for cls in sorted(class_names - remaining):
+        warn(f"class {cls}: every file in it is reached under another class too; class folder ignored")
+    return kept, remaining
+
+
+def _duplicates(files: dict, layout: dict[str, Path], reached: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """The entries of one real file to leave out: all but the one under its own class folder
+    (the first one if none is), with a warning when they name other classes."""
+    def own(entry: tuple[str, int]) -> bool:
+        split, i = entry
+        path, cls = files[split][i]
+        # Under the split's real folder, in the folder named for its class (a class folder that
+        # is a link to another class's folder does not make that folder its own).
+        return os.path.realpath(path).startswith(os.path.join(os.path.realpath(layout[split]), cls, ""))
+
+    keep = next((entry for entry in reached if own(entry)), reached[0])
+    path, cls = files[keep[0]][keep[1]]
+    for split, i in reached:
+        other, other_cls = files[split][i]
+        if (split, i) != keep and (split, other_cls) != (keep[0], cls):
+            where = f"{other_cls}" if split == keep[0] else f"{split}/{other_cls}"
+            here = f"{cls}" if split == keep[0] else f"{keep[0]}/{cls}"
+            warn(f"{other}: the same file as {path}, which is in class {here}; counted once, "
+                 f"there, not again under {where}")
+    return [entry for entry in reached if entry != keep]
 
 
 @contextlib.contextmanager

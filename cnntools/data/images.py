@@ -20,6 +20,10 @@ import numpy as np
 from cnntools.core.errors import CnnError
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's Image.MAX_IMAGE_PIXELS
+# Part of every image store's key: a change to the pixels a file decodes to rebuilds the
+# stores made before it. 2: the EXIF orientation is applied (photos as displayed).
+DECODER_VERSION = "2"
+EXIF_ORIENTATION = 0x0112
 
 
 def max_pixels() -> int:
@@ -93,9 +97,38 @@ def to_array(im, target_mode: str, size: tuple[int, int] | None = None) -> np.nd
     return np.asarray(im, dtype=np.uint8)
 
 
-def decode_file(source, target_mode: str, size: tuple[int, int] | None = None) -> np.ndarray:
-    """A file (path or binary stream) decoded by `to_array` at `size` (width, height).
+def orientation(im) -> int:
+    """The EXIF orientation (1-8; 1: as stored) of an opened image, from its header: phones
+    store a portrait photo sideways with a tag that says how to turn it for display. (A PNG
+    whose eXIf chunk follows the pixels reports it once loaded.)"""
+    if im.format == "PNG" and "exif" not in im.info:
+        return 1  # Pillow would decode the whole PNG to look further
+    try:
+        value = im.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - a damaged EXIF block: the image as stored
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
+
+def displayed_size(im) -> tuple[int, int]:
+    """(width, height) of the image as displayed: orientations 5-8 turn it a quarter."""
+    width, height = im.size
+    return (height, width) if orientation(im) >= 5 else (width, height)
+
+
+def upright(im):
+    """The image as displayed: its EXIF orientation applied (Pillow's exif_transpose)."""
+    if orientation(im) == 1:
+        return im
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(im)
+
+
+def decode_file(source, target_mode: str, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A file (path or binary stream) decoded by `to_array` at `size` (width, height), as displayed.
+
+    The EXIF orientation is applied (`upright`), so a portrait photo is learned upright.
     JPEGs are decoded with DCT scaling (`Image.draft`) when the target is at most half the
     file's size: libjpeg then skips most of the work and the resize starts from an image
     at least as large as the target. Folders and `eval --image` both decode through here,
@@ -106,8 +139,10 @@ def decode_file(source, target_mode: str, size: tuple[int, int] | None = None) -
 
     with Image.open(source) as im:
         if size is not None and im.format == "JPEG":
-            im.draft(None, size)
-        return to_array(im, target_mode, size)
+            turned = orientation(im) >= 5  # the stored image is the displayed one turned a quarter
+            im.draft(None, (size[1], size[0]) if turned else size)
+        im.load()
+        return to_array(upright(im), target_mode, size)
 
 
 def decode_image(data: bytes, name: str, mode: str = "RGB", size: tuple[int, int] | None = None) -> np.ndarray:

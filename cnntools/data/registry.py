@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from cnntools.data.imageset import ImageSet, stratified_split
-from cnntools.core.errors import CnnError
+from cnntools.core.errors import CnnError, UsageError
 from cnntools.output.emitter import warn
 
 SPLITS = ("train", "val", "test")
@@ -145,7 +145,7 @@ def load_splits(
     `source`: the spec's source when the caller has already opened it (`open_source`).
     """
     if not 0.0 <= val_split < 1.0:
-        raise CnnError(f"--val-split {val_split}: use a fraction from 0 (none) to below 1, e.g. 0.2")
+        raise UsageError(f"--val-split {val_split}: use a fraction from 0 (none) to below 1, e.g. 0.2")
     if source is None:
         source = open_source(spec, data_dir, download, image_size)
     native = list(source.splits())

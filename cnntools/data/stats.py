@@ -7,7 +7,7 @@ import math
 import torch
 
 from cnntools.data.imageset import iter_chunks
-from cnntools.core.errors import CnnError
+from cnntools.core.errors import CnnError, UsageError
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -60,7 +60,7 @@ def normalization(spec: str, train_set=None) -> tuple[list[float], list[float]]:
         return [sum(IMAGENET_MEAN) / 3] * channels, [sum(IMAGENET_STD) / 3] * channels
     if name == "dataset":
         if train_set is None:
-            raise CnnError("--normalize dataset needs the training split to measure")
+            raise UsageError("--normalize dataset needs the training split to measure")
         mean, std = channel_stats(train_set)
         # A channel that never varies (a constant colour plane) has nothing to scale: leave it
         # at std 1 rather than divide by zero.
@@ -76,7 +76,7 @@ def normalization(spec: str, train_set=None) -> tuple[list[float], list[float]]:
     elif len(numbers) == 2 * channels:
         mean, std = numbers[:channels], numbers[channels:]
     else:
-        raise CnnError(f"--normalize '{spec}': give MEAN,STD or {channels} means then {channels} stds")
+        raise UsageError(f"--normalize '{spec}': give MEAN,STD or {channels} means then {channels} stds")
     if any(s <= 0 for s in std):
-        raise CnnError(f"--normalize '{spec}': std must be positive")
+        raise UsageError(f"--normalize '{spec}': std must be positive")
     return mean, std

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from cnntools.core.errors import CnnError
+from cnntools.core.errors import CnnError, UsageError
 
 
 def parse_int_list(text: str, what: str = "indices", size: int | None = None, where: str = "", unit: str = "images") -> list[int]:
@@ -61,7 +61,7 @@ def resolve_targets(spec: str, preds: Sequence[int], labels: Sequence[int] | Non
         return [int(p) for p in preds]
     if spec == "true":
         if labels is None or any(label is None or label < 0 for label in labels):
-            raise CnnError("--target true needs labelled images (dataset indices or mistakes); image files have no label")
+            raise UsageError("--target true needs labelled images (dataset indices or mistakes); image files have no label")
         return [int(label) for label in labels]
     if spec in classes:
         return [classes.index(spec)] * n
@@ -69,7 +69,7 @@ def resolve_targets(spec: str, preds: Sequence[int], labels: Sequence[int] | Non
         index = int(spec)
     except ValueError:
         shown = ", ".join(classes[:10]) + (" ..." if len(classes) > 10 else "")
-        raise CnnError(f"--target '{spec}': use pred, true, a class index or a class name ({shown})") from None
+        raise UsageError(f"--target '{spec}': use pred, true, a class index or a class name ({shown})") from None
     if not 0 <= index < len(classes):
-        raise CnnError(f"--target {index}: the model has classes 0..{len(classes) - 1}")
+        raise UsageError(f"--target {index}: the model has classes 0..{len(classes) - 1}")
     return [index] * n

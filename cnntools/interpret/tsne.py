@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cnntools.core import runtime
-from cnntools.core.errors import CnnError
+from cnntools.core.errors import CnnError, UsageError
 
 METHODS = ("auto", "sklearn", "opentsne")
 OPENTSNE_INTS_IN_INTERVAL = 3
@@ -38,6 +38,10 @@ class TsneInputError(CnnError, ValueError):
     """Inputs t-SNE cannot work with (too few points, perplexity too large, a wrong layer ...)."""
 
 
+class TsneOptionError(TsneInputError, UsageError):
+    """An option value t-SNE cannot work with (--perplexity, --pca, --method, --k): exit 2."""
+
+
 # ---------------------------------------------------------------------------- embedding
 
 
@@ -46,7 +50,7 @@ def default_pca_components(dim: int, requested: int | None) -> int:
     if requested is None:
         return 50 if dim > 50 else 0
     if requested < 0:
-        raise TsneInputError(f"--pca must be 0 (off) or a positive number of components, got {requested}")
+        raise TsneOptionError(f"--pca must be 0 (off) or a positive number of components, got {requested}")
     return requested
 
 
@@ -70,7 +74,7 @@ def pca_reduce(features: np.ndarray, n_components: int, seed: int = 0) -> tuple[
 def resolve_method(method: str) -> str:
     """The engine `auto` stands for: openTSNE when installed (faster, same quality), else scikit-learn."""
     if method not in METHODS:
-        raise TsneInputError(f"unknown t-SNE method '{method}'; choose one of {', '.join(METHODS)}")
+        raise TsneOptionError(f"unknown t-SNE method '{method}'; choose one of {', '.join(METHODS)}")
     if method != "auto":
         return method
     try:
@@ -98,9 +102,9 @@ def embed(
     if n < 4:
         raise TsneInputError(f"t-SNE needs at least 4 points, got {n}")
     if not perplexity > 0:
-        raise TsneInputError(f"perplexity must be positive, got {perplexity}")
+        raise TsneOptionError(f"perplexity must be positive, got {perplexity}")
     if perplexity >= n:
-        raise TsneInputError(
+        raise TsneOptionError(
             f"perplexity {perplexity:g} must be smaller than the number of points ({n}); "
             "lower --perplexity or raise --n"
         )
@@ -170,7 +174,7 @@ def nearest_neighbors(features: np.ndarray, k: int) -> np.ndarray:
 
     n = len(features)
     if not 1 <= k < n:
-        raise TsneInputError(f"k must be between 1 and the number of points minus one ({n - 1}), got {k}")
+        raise TsneOptionError(f"k must be between 1 and the number of points minus one ({n - 1}), got {k}")
     nn = NearestNeighbors(n_neighbors=k + 1, algorithm="brute").fit(features)
     idx = nn.kneighbors(features, return_distance=False)
     # Drop each point itself. With exact duplicates the point may not come first, so remove

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from cnntools.models.user_code import is_code_reference
-from cnntools.core.errors import CnnError
+from cnntools.core.errors import CnnError, UsageError
 
 TIMM_PREFIX = "timm:"
 TORCHVISION_PREFIX = "torchvision:"
@@ -108,7 +108,7 @@ def create_model(
         raise CnnError(f"{name}: need at least one input channel and one class")
     if arch.builder is None:
         if batchnorm or output_activation != "none":
-            raise CnnError(f"{name}: --batchnorm and --output-activation are options of the registered architectures")
+            raise UsageError(f"{name}: --batchnorm and --output-activation are options of the registered architectures")
         if name.startswith(TIMM_PREFIX):
             from cnntools.models import timm_models
 
@@ -126,11 +126,11 @@ def create_model(
         from cnntools.models import user_code
 
         if pretrained:
-            raise CnnError(f"{name}: --pretrained loads torchvision or timm weights; your own model starts from its own init")
+            raise UsageError(f"{name}: --pretrained loads torchvision or timm weights; your own model starts from its own init")
         ref, source = code if code is not None else user_code.resolve(name)
         return user_code.build(ref, arch_args or {}, in_channels, image_size, num_classes, source)
     if arch_args:
-        raise CnnError(f"{name}: --arch-args are constructor arguments of your own model or of timm:NAME; {name} takes none")
+        raise UsageError(f"{name}: --arch-args are constructor arguments of your own model or of timm:NAME; {name} takes none")
     if image_size < arch.min_size:
         raise CnnError(
             f"{name} needs inputs of at least {arch.min_size}x{arch.min_size} pixels (got {image_size}); "
@@ -139,9 +139,9 @@ def create_model(
     if output_activation not in OUTPUT_ACTIVATIONS:
         raise CnnError(f"unknown output activation '{output_activation}': use none, relu or tanh")
     if "batchnorm" not in arch.options and batchnorm:
-        raise CnnError(f"{name} has no --batchnorm option (it is fixed by the architecture)")
+        raise UsageError(f"{name} has no --batchnorm option (it is fixed by the architecture)")
     if "output_activation" not in arch.options and output_activation != "none":
-        raise CnnError(f"{name} has no --output-activation option; lenet has it")
+        raise UsageError(f"{name} has no --output-activation option; lenet has it")
     if pretrained and arch.torchvision_name is None:
         raise CnnError(f"{name} has no pretrained weights; --pretrained works for resnet18-imagenet, vgg16, torchvision:NAME and timm:NAME")
     kwargs = {}

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from cnntools.core.errors import CnnError
+from cnntools.models.arch_args import check_arch_args
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -49,7 +50,8 @@ def create(name: str, in_channels: int, image_size: int, num_classes: int, pretr
     from cnntools.models import no_inplace
 
     _check_name(timm, name)
-    kwargs = {**(args or {}), "num_classes": num_classes, "in_chans": in_channels}
+    # Only architecture options: timm's own checkpoint_path/pretrained_cfg would read files.
+    kwargs = {**check_arch_args(args, f"timm:{name}"), "num_classes": num_classes, "in_chans": in_channels}
     cfg = get_pretrained_cfg(name)
     if cfg is not None and cfg.fixed_input_size and "img_size" not in kwargs:
         kwargs["img_size"] = image_size  # ViT-style models are built for one input size

@@ -10,6 +10,7 @@ local torch cache (models/hub.py).
 from __future__ import annotations
 
 from cnntools.core.errors import CnnError
+from cnntools.models.arch_args import check_arch_args
 
 PREFIX = "torchvision:"
 
@@ -42,7 +43,7 @@ def build(name: str, num_classes: int = 1000, in_channels: int = 3, image_size: 
     import torchvision.models as tvm
 
     check_name(name)
-    kwargs = {**(args or {}), "num_classes": num_classes}
+    kwargs = {**check_arch_args(args, f"torchvision:{name}"), "num_classes": num_classes}  # never `weights`
     if name.startswith("vit_") and image_size is not None:
         kwargs.setdefault("image_size", image_size)
     if name in ("googlenet", "inception_v3"):

@@ -25,7 +25,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cnntools.core.errors import CnnError
+from cnntools.core.errors import CnnError, UsageError
 from cnntools.output.emitter import warn
 
 # Arguments the data decides, passed when the constructor's signature names them.
@@ -78,16 +78,16 @@ def parse_arch_args(text: str | None) -> dict:
         try:
             value = json.loads(text)
         except json.JSONDecodeError as error:
-            raise CnnError(f"--arch-args: not valid JSON ({error.msg} at character {error.pos})") from None
+            raise UsageError(f"--arch-args: not valid JSON ({error.msg} at character {error.pos})") from None
         if not isinstance(value, dict):
-            raise CnnError("--arch-args: give a JSON object, e.g. '{\"width\": 32}'")
+            raise UsageError("--arch-args: give a JSON object, e.g. '{\"width\": 32}'")
         return value
     args = {}
     for item in _split_items(text):
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key.isidentifier():
-            raise CnnError(f"--arch-args: '{item}' is not KEY=VALUE; write e.g. width=32,dropout=0.1 or a JSON object")
+            raise UsageError(f"--arch-args: '{item}' is not KEY=VALUE; write e.g. width=32,dropout=0.1 or a JSON object")
         try:
             args[key] = json.loads(raw)
         except json.JSONDecodeError:

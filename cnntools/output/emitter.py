@@ -356,7 +356,7 @@ def emit(
 
 
 def handle_errors(func: Callable) -> Callable:
-    """Wrap a command: known errors as one line (exit 1), Ctrl-C as 130, SIGTERM as 143, quiet broken pipes.
+    """Wrap a command: known errors as one line (exit 1; bad usage 2), Ctrl-C as 130, SIGTERM as 143, quiet broken pipes.
 
     Any other exception is a bug: one line too, unless --debug/CNNTOOLS_DEBUG asks for
     the traceback.
@@ -373,7 +373,7 @@ def handle_errors(func: Callable) -> Callable:
             if debug_enabled():
                 traceback.print_exc()
             report_error(str(error), secondary=getattr(error, "secondary", False))
-            raise typer.Exit(EXIT_ERROR) from None
+            raise typer.Exit(getattr(error, "exit_code", EXIT_ERROR)) from None  # UsageError: 2
         except KeyboardInterrupt as stop:
             code = getattr(stop, "exit_code", EXIT_INTERRUPTED)
             # A stop with a message (train's) has already said what it saved; under a

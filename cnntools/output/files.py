@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from cnntools.core.errors import CnnError
+from cnntools.core.errors import CnnError, UsageError
 from cnntools.output.emitter import claim_stdout, escape
 
 STDIO = "-"
@@ -360,7 +360,7 @@ def figure_format(path: str | os.PathLike) -> str:
     """The image format named by a figure path's extension (png, svg or pdf); the path must be writable."""
     suffix = Path(path).suffix.lower().lstrip(".")
     if suffix not in ("png", "svg", "pdf"):
-        raise CnnError(f"{path}: figures are written as .png, .svg or .pdf (got '{suffix or 'no extension'}')")
+        raise UsageError(f"{path}: figures are written as .png, .svg or .pdf (got '{suffix or 'no extension'}')")
     check_output(path)
     return suffix
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import torch
 
-from cnntools.core.errors import CnnError
+from cnntools.core.errors import UsageError
 
 
 def check_global_batch(batch_size: int, world_size: int) -> None:
     """--batch-size is the global batch: each of `world_size` processes takes an equal share."""
     if batch_size % world_size:
-        raise CnnError(f"--batch-size {batch_size} is the global batch; it must divide evenly among {world_size} processes")
+        raise UsageError(f"--batch-size {batch_size} is the global batch; it must divide evenly among {world_size} processes")
 
 
 def _distributed() -> bool:

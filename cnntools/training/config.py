@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields
 
-from cnntools.core.errors import CnnError
+from cnntools.core.errors import CnnError, UsageError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "step", "cosine", "onecycle")
@@ -83,16 +83,16 @@ def validate_config(cfg: TrainConfig) -> None:
     if cfg.schedule not in SCHEDULES:
         raise CnnError(f"unknown schedule '{cfg.schedule}': use none, step, cosine or onecycle")
     if cfg.epochs < 1:
-        raise CnnError("--epochs must be at least 1")
+        raise UsageError("--epochs must be at least 1")
     if cfg.batch_size < 1:
-        raise CnnError("--batch-size must be at least 1")
+        raise UsageError("--batch-size must be at least 1")
     if cfg.resolved_lr() <= 0:
-        raise CnnError("--lr must be positive")
+        raise UsageError("--lr must be positive")
     if cfg.keep not in ("best", "last"):
-        raise CnnError("--keep takes best or last")
+        raise UsageError("--keep takes best or last")
     if not 0.0 <= cfg.label_smoothing < 1.0:
-        raise CnnError("--label-smoothing must be in [0, 1)")
+        raise UsageError("--label-smoothing must be in [0, 1)")
     if cfg.warmup < 0 or cfg.early_stop < 0 or cfg.print_every < 0 or cfg.val_every < 0:
-        raise CnnError("--warmup, --early-stop, --print-every and --val-every cannot be negative")
+        raise UsageError("--warmup, --early-stop, --print-every and --val-every cannot be negative")
     if cfg.nesterov and (cfg.opt != "sgd" or cfg.momentum <= 0):
-        raise CnnError("--nesterov needs --opt sgd and a positive --momentum")
+        raise UsageError("--nesterov needs --opt sgd and a positive --momentum")

@@ -8,6 +8,7 @@ import threading
 
 import torch
 
+from cnntools.core import signals
 from cnntools.core.errors import CnnError
 
 
@@ -34,9 +35,18 @@ def gradient_sum(model) -> torch.Tensor | None:
 
 
 def install_stop_signals(trainer) -> dict:
-    """First Ctrl-C or SIGTERM: finish the batch, save, stop. A second: stop at once."""
+    """First Ctrl-C or SIGTERM: finish the batch, save, stop. A second: stop at once.
+
+    A signal that arrived during start-up and whose KeyboardInterrupt was swallowed where it
+    landed (a finalizer, a library's bare except) stops the run here, before its first batch.
+    """
     if threading.current_thread() is not threading.main_thread():
         return {}
+    early = signals.received()
+    if early is not None:
+        stop = TrainingInterrupted()  # no message: "Interrupted." / "Terminated.", nothing was trained
+        stop.exit_code = 128 + int(early)
+        raise stop
 
     def handler(signum, frame):
         if trainer._stop.is_set():

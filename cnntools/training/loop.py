@@ -34,7 +34,7 @@ from cnntools.training.collectives import broadcast_buffers, check_global_batch,
 from cnntools.data.augment import resolve_augment
 from cnntools.data.imageset import CHUNK_BYTES, chunk_rows
 from cnntools.inference.batches import wants_channels_last
-from cnntools.core.errors import CnnError
+from cnntools.core.errors import CnnError, UsageError
 from cnntools.training.checkpointing import Checkpointing, Position
 from cnntools.training.config import TrainConfig, validate_config
 from cnntools.training.control import NonFiniteLoss, TrainingInterrupted, gradient_sum, install_stop_signals, restore_signals
@@ -134,7 +134,7 @@ class Trainer(Checkpointing):
         self.val_loader = eval_loader(val_set)
         self.test_loader = eval_loader(test_set)
         if cfg.val_every and self.val_loader is None:
-            raise CnnError("--val-every needs a validation split: pass --val-split F (e.g. 0.1)")
+            raise UsageError("--val-every needs a validation split: pass --val-split F (e.g. 0.1)")
         self.steps_per_epoch = len(self.train_loader)
         if self.steps_per_epoch == 0:
             raise CnnError("the train split has no batches")

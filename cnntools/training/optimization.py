@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from cnntools.core.errors import CnnError
+from cnntools.core.errors import UsageError
 from cnntools.training.config import TrainConfig
 
 
@@ -30,11 +30,11 @@ def class_weight_tensor(spec: str, train_set, device) -> torch.Tensor | None:
     try:
         values = [float(v) for v in spec.split(",")]
     except ValueError:
-        raise CnnError(f"--class-weights '{spec}': use auto, none or {k} comma-separated numbers") from None
+        raise UsageError(f"--class-weights '{spec}': use auto, none or {k} comma-separated numbers") from None
     if len(values) != k:
-        raise CnnError(f"--class-weights has {len(values)} numbers but the data has {k} classes")
+        raise UsageError(f"--class-weights has {len(values)} numbers but the data has {k} classes")
     if any(v < 0 for v in values) or sum(values) <= 0:
-        raise CnnError("--class-weights must be non-negative and not all zero")
+        raise UsageError("--class-weights must be non-negative and not all zero")
     return torch.tensor(values, dtype=torch.float32, device=device)
 
 
@@ -42,9 +42,9 @@ def _smooth_alpha(spec: str) -> float:
     try:
         alpha = float(spec.split(":", 1)[1])
     except ValueError:
-        raise CnnError(f"--class-weights '{spec}': smooth takes a number, e.g. smooth:0.5") from None
+        raise UsageError(f"--class-weights '{spec}': smooth takes a number, e.g. smooth:0.5") from None
     if not 0.0 <= alpha <= 4.0 or not math.isfinite(alpha):
-        raise CnnError(f"--class-weights '{spec}': ALPHA must be between 0 (no weighting) and 4 (1 is balanced)")
+        raise UsageError(f"--class-weights '{spec}': ALPHA must be between 0 (no weighting) and 4 (1 is balanced)")
     return alpha
 
 

@@ -9,7 +9,7 @@ import typer
 from cnntools.cli import options
 from cnntools.output import emitter as output
 from cnntools.calc.conv import LAYER_SPEC_HELP
-from cnntools.core.errors import CnnError
+from cnntools.core.errors import UsageError
 
 LayerType = Literal["conv", "maxpool", "avgpool", "convtranspose"]
 Activation = Literal["none", "relu"]
@@ -92,9 +92,9 @@ def main(
     output.configure(quiet=quiet, debug=debug)
     if input_matrix is not None:
         if in_size is not None or layers is not None:
-            raise CnnError("--input (kernel mode) cannot be combined with --in or --layers (formula mode)")
+            raise UsageError("--input (kernel mode) cannot be combined with --in or --layers (formula mode)")
         if layer_type != "conv" or ceil_mode or output_padding or in_channels is not None or out_channels is not None:
-            raise CnnError(
+            raise UsageError(
                 "--type, --ceil-mode, --output-padding and the channel options belong to formula mode (--in); "
                 "kernel mode applies convolutions to one matrix"
             )
@@ -102,7 +102,7 @@ def main(
                      activation, explain, fmt, quiet)
         return
     if bias or explain or activation != "none":
-        raise CnnError("--bias, --activation and --explain belong to kernel mode: give the matrix with --input")
+        raise UsageError("--bias, --activation and --explain belong to kernel mode: give the matrix with --input")
     _formula_mode(in_size, kernel or [], stride, padding, dilation, layer_type, ceil_mode, output_padding,
                   in_channels, out_channels, layers, fmt, quiet)
 
@@ -117,26 +117,26 @@ def _formula_mode(in_size, kernel, stride, padding, dilation, layer_type, ceil_m
     from cnntools.calc import conv
 
     if in_size is None:
-        raise CnnError("give the input size with --in (e.g. --in 32), or a matrix with --input for kernel mode")
+        raise UsageError("give the input size with --in (e.g. --in 32), or a matrix with --input for kernel mode")
     height, width = conv.parse_size(in_size)
     if layers is not None:
         if kernel:
-            raise CnnError("give either -k (one layer) or --layers (a chain), not both")
+            raise UsageError("give either -k (one layer) or --layers (a chain), not both")
         single = (stride is not None, padding != 0, dilation != 1, layer_type != "conv", ceil_mode,
                   output_padding != 0, out_channels is not None)
         if any(single):
-            raise CnnError(
+            raise UsageError(
                 "-s, -p, -d, --type, --ceil-mode, --output-padding and --out-channels describe one layer; "
                 "inside --layers write them per layer (e.g. 'conv3-s2-p1-c16,maxpool2-ceil')"
             )
         chain = conv.parse_layers(layers)
     else:
         if len(kernel) != 1:
-            raise CnnError("formula mode needs one kernel size, e.g. -k 5 (or --layers for a chain)")
+            raise UsageError("formula mode needs one kernel size, e.g. -k 5 (or --layers for a chain)")
         try:
             k = int(kernel[0])
         except ValueError:
-            raise CnnError(
+            raise UsageError(
                 f"kernel size '{kernel[0]}' is not an integer (to apply a kernel matrix, give the input with --input)"
             ) from None
         pool = layer_type in ("maxpool", "avgpool")
@@ -229,13 +229,13 @@ def _kernel_mode(input_matrix, kernel_args, bias_args, stride, padding, dilation
     from cnntools.calc import kernel as km
 
     if not kernel_args:
-        raise CnnError("kernel mode needs at least one --kernel matrix, e.g. --kernel '1 0; 0 1'")
+        raise UsageError("kernel mode needs at least one --kernel matrix, e.g. --kernel '1 0; 0 1'")
     if sum(1 for a in [input_matrix, *kernel_args] if a == "-") > 1:
-        raise CnnError("only one matrix can come from stdin (-)")
+        raise UsageError("only one matrix can come from stdin (-)")
     matrix = km.load_matrix(input_matrix, "--input")
     kernels = [km.load_matrix(arg, f"--kernel {i}") for i, arg in enumerate(kernel_args, 1)]
     if len(bias_args) > 1 and len(bias_args) != len(kernels):
-        raise CnnError(f"give one --bias for all kernels or one per kernel ({len(kernels)}), not {len(bias_args)}")
+        raise UsageError(f"give one --bias for all kernels or one per kernel ({len(kernels)}), not {len(bias_args)}")
     biases = [km.plain_number(b) for b in bias_args] or [0]
     if len(biases) == 1:
         biases = biases * len(kernels)

@@ -8,7 +8,7 @@ import typer
 
 from cnntools.cli import options
 from cnntools.output import emitter as output
-from cnntools.core.errors import CnnError
+from cnntools.core.errors import CnnError, UsageError
 
 COLUMNS = ["run", "kind", "epoch", "batch", "updates", "train_loss", "train_acc", "val_loss", "val_acc",
            "test_loss", "test_acc", "lr", "best"]
@@ -57,9 +57,9 @@ def main(
     if out:
         files.figure_format(out)
     if sum(r == "-" for r in runs) > 1:
-        raise CnnError("only one run can come from stdin (-)")
+        raise UsageError("only one run can come from stdin (-)")
     if label and len(label) != len(runs):
-        raise CnnError(f"--label was given {len(label)} time(s) for {len(runs)} run(s); name every run or none")
+        raise UsageError(f"--label was given {len(label)} time(s) for {len(runs)} run(s); name every run or none")
     loaded = [_read_run(path, label[i] if label else None) for i, path in enumerate(runs)]
     short = runlib.shown_labels([r.label for r in loaded], [r.source for r in loaded])
     names = runlib.distinct_labels([r.label for r in loaded], [r.source for r in loaded])

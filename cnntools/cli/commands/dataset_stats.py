@@ -25,7 +25,7 @@ import typer
 
 from cnntools.cli import options
 from cnntools.core import runtime
-from cnntools.core.errors import CnnError
+from cnntools.core.errors import UsageError
 
 
 def _parse_size(text: Optional[str]):
@@ -35,9 +35,9 @@ def _parse_size(text: Optional[str]):
     try:
         numbers = [int(p) for p in parts]
     except ValueError:
-        raise CnnError(f"--image-size '{text}': use S (square) or HxW, e.g. 64 or 48x64") from None
+        raise UsageError(f"--image-size '{text}': use S (square) or HxW, e.g. 64 or 48x64") from None
     if len(numbers) not in (1, 2) or min(numbers) < 1:
-        raise CnnError(f"--image-size '{text}': use S (square) or HxW with positive numbers")
+        raise UsageError(f"--image-size '{text}': use S (square) or HxW with positive numbers")
     return numbers[0] if len(numbers) == 1 else (numbers[0], numbers[1])
 
 
@@ -98,7 +98,7 @@ def main(
         augment = "flip,crop:4,jitter:0.4" if augment == "none" else augment
     aug = parse_augment(augment) if augment_preview else None
     if augment_preview and aug is None:
-        raise CnnError("--augment-preview needs an --augment spec other than none (e.g. flip,crop:4)")
+        raise UsageError("--augment-preview needs an --augment spec other than none (e.g. flip,crop:4)")
     splits = load_splits(data, None, data_dir, download, val_split, seed, _parse_size(image_size))
     doc = describe(data, splits)
     doc["data_dir"] = data_dir
@@ -107,7 +107,7 @@ def main(
 
     if grid or augment_preview:
         if grid_split not in splits:
-            raise CnnError(f"--grid-split {grid_split}: {data} has only {', '.join(splits)}")
+            raise UsageError(f"--grid-split {grid_split}: {data} has only {', '.join(splits)}")
         source = splits[grid_split]
         from cnntools.output import plots
 

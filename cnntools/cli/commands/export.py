@@ -9,7 +9,7 @@ import typer
 from cnntools.cli import options
 from cnntools.cli.completion import complete_model
 from cnntools.output import emitter as output
-from cnntools.core.errors import CnnError
+from cnntools.core.errors import CnnError, UsageError
 
 
 # -o/--output in this command's --help (the shared option's help is generic).
@@ -61,7 +61,7 @@ def main(
     from cnntools.output import files
 
     if out is None or out == "-":
-        raise CnnError("export writes a file: name it with -o FILE.onnx, FILE.pt2 or FILE.safetensors (weights only)")
+        raise UsageError("export writes a file: name it with -o FILE.onnx, FILE.pt2 or FILE.safetensors (weights only)")
     kind = ex.export_format(out)
     files.check_output(out)
     if kind == "safetensors":

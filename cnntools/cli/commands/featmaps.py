@@ -10,7 +10,7 @@ from cnntools.cli import options
 from cnntools.output import emitter as output
 from cnntools.core import runtime
 from cnntools.cli.completion import complete_model
-from cnntools.core.errors import CnnError
+from cnntools.core.errors import CnnError, UsageError
 
 
 # -o/--output in this command's --help (the shared option's help is generic).
@@ -105,13 +105,13 @@ def main(
         wanted = parse_int_list(channels, "--channels")
 
     if image and index is not None:
-        raise CnnError("choose the image one way: -i (a dataset index) or --image")
+        raise UsageError("choose the image one way: -i (a dataset index) or --image")
     if image:
         from cnntools.interpret.inputs import read_image_files
 
         image = options.expand_image_paths(image)
         if len(image) != 1:
-            raise CnnError(f"featmaps shows one image; --image names {len(image)} ({', '.join(image[:3])}{', ...' if len(image) > 3 else ''})")
+            raise UsageError(f"featmaps shows one image; --image names {len(image)} ({', '.join(image[:3])}{', ...' if len(image) > 3 else ''})")
         raw = read_image_files(image)
         label, name = None, image[0]
     else:
@@ -119,7 +119,7 @@ def main(
 
         chosen = parse_int_list(index, "-i") if index is not None else [0]
         if len(chosen) != 1:
-            raise CnnError(f"featmaps shows one image; -i names {len(chosen)}")
+            raise UsageError(f"featmaps shows one image; -i names {len(chosen)}")
         index = chosen[0]
         from cnntools.data import load_for_model
 
@@ -151,7 +151,7 @@ def main(
             if wanted is not None:
                 bad = [c for c in wanted if not 0 <= c < a.shape[0]]
                 if bad:
-                    raise CnnError(f"--channels {bad[0]}: layer {n} has {a.shape[0]} channels (0..{a.shape[0] - 1})")
+                    raise UsageError(f"--channels {bad[0]}: layer {n} has {a.shape[0]} channels (0..{a.shape[0] - 1})")
                 entry["channels"] = list(wanted)
             else:
                 order = a.flatten(1).mean(1).argsort(descending=True)

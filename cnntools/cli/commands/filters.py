@@ -10,7 +10,7 @@ from cnntools.cli import options
 from cnntools.output import emitter as output
 from cnntools.core import runtime
 from cnntools.cli.completion import complete_model
-from cnntools.core.errors import CnnError
+from cnntools.core.errors import CnnError, UsageError
 
 
 # -o/--output in this command's --help (the shared option's help is generic).
@@ -62,7 +62,7 @@ def main(
     from cnntools.output.files import figure_format
 
     if top_k < 0:
-        raise CnnError(f"--top-k must be 0 (kernels only) or more, got {top_k}")
+        raise UsageError(f"--top-k must be 0 (kernels only) or more, got {top_k}")
     for path in (out, top_output):
         if path:
             figure_format(path)

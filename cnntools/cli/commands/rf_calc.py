@@ -9,7 +9,7 @@ import typer
 from cnntools.cli import options
 from cnntools.output import emitter as output
 from cnntools.cli.completion import complete_arch
-from cnntools.core.errors import CnnError
+from cnntools.core.errors import CnnError, UsageError
 
 
 def main(
@@ -75,12 +75,12 @@ def main(
 
     chosen = [name for name, value in (("-k", kernel), ("--layers", layers), ("--arch", arch)) if value is not None]
     if len(chosen) != 1:
-        raise CnnError(
+        raise UsageError(
             "give the layers one way: -k (with -s/-p/-d/-n), --layers or --arch"
             + (f" (got {' and '.join(chosen)})" if chosen else "")
         )
     if input_size is not None and input_size < 1:
-        raise CnnError(f"--input-size must be positive (got {input_size})")
+        raise UsageError(f"--input-size must be positive (got {input_size})")
     if arch is not None:
         _reject_stack_options(stride, padding, dilation, num_layers, types)
         from cnntools.models.user_code import parse_arch_args
@@ -179,7 +179,7 @@ def _number_text(value) -> str:
 
 def _reject_stack_options(*values) -> None:
     if any(v is not None for v in values):
-        raise CnnError("-s, -p, -d, -n and --type go with -k; --layers and --arch carry their own")
+        raise UsageError("-s, -p, -d, -n and --type go with -k; --layers and --arch carry their own")
 
 
 def _layers_from_spec(spec: str) -> list[dict]:
@@ -188,7 +188,7 @@ def _layers_from_spec(spec: str) -> list[dict]:
     result = []
     for layer in conv.parse_layers(spec):
         if layer.kind == "convtranspose":
-            raise CnnError("rf-calc follows conv and pool layers; a transposed conv has no receptive field here")
+            raise UsageError("rf-calc follows conv and pool layers; a transposed conv has no receptive field here")
         result.append(
             {"type": "conv" if layer.kind == "conv" else "pool", "kernel": layer.kernel, "stride": layer.stride,
              "padding": layer.padding, "dilation": layer.dilation}
@@ -202,7 +202,7 @@ def _analyse_arch(arch: str, input_size: int | None, in_channels: int, arch_args
     if arch.startswith("torchvision:"):
         name = arch.split(":", 1)[1]
         if in_channels != 3:
-            raise CnnError("torchvision models take 3 input channels")
+            raise UsageError("torchvision models take 3 input channels")
         size = input_size or rf_graph.torchvision_default_size(name)
         model = rf_graph.build_torchvision(name, size)
     else:

@@ -10,7 +10,7 @@ from cnntools.cli import options
 from cnntools.output import emitter as output
 from cnntools.core import runtime
 from cnntools.cli.completion import complete_model, complete_target
-from cnntools.core.errors import CnnError
+from cnntools.core.errors import CnnError, UsageError
 from cnntools.checkpoint.runs import distinct_labels, shown_labels
 
 # Kept in step with cnntools.interpret.saliency.METHODS (a test checks it); spelled out here
@@ -38,7 +38,7 @@ def _select_images(lm, indices, image_files, mistakes, n, data, data_dir, split,
 
     chosen = [x is not None and x != [] for x in (indices, image_files, mistakes)]
     if sum(chosen) > 1:
-        raise CnnError("choose images one way: --indices, --image or --mistakes")
+        raise UsageError("choose images one way: --indices, --image or --mistakes")
     if image_files:
         images = read_image_files(image_files)
         return images, [-1] * len(image_files), [_model_name(p) for p in image_files], None
@@ -137,20 +137,20 @@ def main(
     models, image = options.split_image_files(models, image)
     image = options.expand_image_paths(image) if image else image
     if n < 1:
-        raise CnnError(f"-n must be at least 1, got {n}")
+        raise UsageError(f"-n must be at least 1, got {n}")
     if not models:
-        raise CnnError("name a model: a checkpoint (FILE.safetensors) or torchvision:NAME, before --image")
+        raise UsageError("name a model: a checkpoint (FILE.safetensors) or torchvision:NAME, before --image")
     from cnntools.interpret.saliency import METHODS
 
     if method not in METHODS:
-        raise CnnError(f"unknown --method '{method}': use one of {', '.join(METHODS)}")
+        raise UsageError(f"unknown --method '{method}': use one of {', '.join(METHODS)}")
     from cnntools.output.files import check_output, figure_format
 
     if out:
         figure_format(out)
     check_output(save_maps)
     if sum(m == "-" for m in models) + (mistakes == "-") > 1:
-        raise CnnError("only one input can come from stdin ('-')")
+        raise UsageError("only one input can come from stdin ('-')")
 
     import torch
 
@@ -183,7 +183,7 @@ def main(
     # Resolve every model's layer first: a wrong --layer fails before any work is announced.
     layer_names = [resolve_layer_name(lm.model, layer, example_input(lm)) if uses_layer(method) else None for lm in loaded]
     if reduce != "max" and method not in GRADIENT_METHODS:
-        raise CnnError(f"--reduce applies to the gradient methods ({', '.join(GRADIENT_METHODS)}); {method} maps have one channel")
+        raise UsageError(f"--reduce applies to the gradient methods ({', '.join(GRADIENT_METHODS)}); {method} maps have one channel")
     target_specs = _target_specs(target, first.classes)
     raw, labels, names, picked = _select_images(first, indices, image, mistakes, n, data, data_dir, split, download)
     where = None if image else _where(first, data, split)
@@ -304,7 +304,7 @@ def _target_specs(target: str, classes) -> list[str]:
         return [target]
     parts = [p.strip() for p in target.split(",") if p.strip()]
     if not parts:
-        raise CnnError("--target: name at least one class (pred, true, an index or a name)")
+        raise UsageError("--target: name at least one class (pred, true, an index or a name)")
     return parts
 
 

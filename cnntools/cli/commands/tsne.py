@@ -87,7 +87,7 @@ def main(
     """
     output.configure(quiet=quiet, debug=debug)
     runtime.use_threads(threads)
-    from cnntools.core.errors import CnnError
+    from cnntools.core.errors import CnnError, UsageError
 
     from cnntools.output.files import check_output, figure_format
 
@@ -95,13 +95,13 @@ def main(
         figure_format(plot)
     check_output(embedding)
     if n is not None and n < 4:
-        raise CnnError(f"--num must be at least 4 (t-SNE needs a few points), got {n}")
+        raise UsageError(f"--num must be at least 4 (t-SNE needs a few points), got {n}")
     if k < 1:
-        raise CnnError(f"--k must be at least 1, got {k}")
+        raise UsageError(f"--k must be at least 1, got {k}")
     if top_pairs < 0:
-        raise CnnError(f"--top-pairs must be 0 or more, got {top_pairs}")
+        raise UsageError(f"--top-pairs must be 0 or more, got {top_pairs}")
     if layer is not None and checkpoint is None:
-        raise CnnError("--layer needs --checkpoint (raw pixels have no layers)")
+        raise UsageError("--layer needs --checkpoint (raw pixels have no layers)")
 
     import time
 
@@ -148,7 +148,7 @@ def main(
     try:
         result = lib.analyse(features, labels, classes, method=method, perplexity=perplexity, pca=pca, k=k, seed=seed)
     except lib.TsneInputError as error:
-        raise CnnError(str(error)) from None
+        raise (UsageError if isinstance(error, UsageError) else CnnError)(str(error)) from None
     summary = result.summary()
     if checkpoint is not None:
         # The same images' raw pixels, measured the same way: did training separate the classes?
