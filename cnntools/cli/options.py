@@ -144,7 +144,8 @@ Augment = Annotated[
     typer.Option(
         "--augment", metavar="SPEC",
         help="Batched augmentation, e.g. flip,crop:4,jitter:0.4,rotate:15,rrc:0.08; none; "
-        "auto: rotate:10,crop:1 for digits/mnist, none elsewhere.",
+        "auto: rotate:10,crop:1 for digit-like data (digits/mnist, one channel or at most 28 px), none elsewhere; "
+        "a flip warns when class names suggest an orientation (left/right, deg...).",
     ),
 ]
 

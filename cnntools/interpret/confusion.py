@@ -1,5 +1,5 @@
-"""Confusion-matrix arithmetic: counts, normalisation (scikit-learn's semantics), the most
-confused class pairs, and reading `eval`'s predictions CSV."""
+"""Confusion matrices (scikit-learn's `confusion_matrix`: counts and normalisation), the most
+confused class pairs, the mistakes worst first, and reading `eval`'s predictions CSV."""
 
 from __future__ import annotations
 
@@ -24,29 +24,32 @@ def confusion_counts(labels, preds, num_classes: int) -> np.ndarray:
     bad = (labels < 0) | (labels >= num_classes) | (preds < 0) | (preds >= num_classes)
     if bad.any():
         raise CnnError(f"class indices must lie in 0..{num_classes - 1}")
-    flat = np.bincount(labels * num_classes + preds, minlength=num_classes * num_classes)
-    return flat.reshape(num_classes, num_classes)
+    if labels.size == 0:
+        return np.zeros((num_classes, num_classes), dtype=np.int64)
+    from sklearn.metrics import confusion_matrix
+
+    return confusion_matrix(labels, preds, labels=np.arange(num_classes)).astype(np.int64)
 
 
 def normalize(cm: np.ndarray, mode: str = "none") -> np.ndarray:
-    """Normalise like `sklearn.metrics.confusion_matrix(normalize=...)`.
+    """`cm` normalised by `sklearn.metrics.confusion_matrix(normalize=...)` itself (each
+    non-empty cell given as one sample weighted by its count).
 
     `true`: each row sums to 1 (recall on the diagonal); `pred`: each column sums to 1
     (precision on the diagonal); `all`: the whole matrix sums to 1. Empty rows/columns give 0.
     """
     if mode in (None, "none"):
         return cm
-    cm = cm.astype(np.float64)
-    with np.errstate(all="ignore"):
-        if mode == "true":
-            out = cm / cm.sum(axis=1, keepdims=True)
-        elif mode == "pred":
-            out = cm / cm.sum(axis=0, keepdims=True)
-        elif mode == "all":
-            out = cm / cm.sum()
-        else:
-            raise CnnError(f"unknown normalisation '{mode}': use none, true, pred or all")
-    return np.nan_to_num(out)
+    if mode not in NORMALIZE:
+        raise CnnError(f"unknown normalisation '{mode}': use none, true, pred or all")
+    cm = np.asarray(cm)
+    t, p = np.nonzero(cm)
+    if t.size == 0:
+        return np.zeros(cm.shape, dtype=np.float64)
+    from sklearn.metrics import confusion_matrix
+
+    return confusion_matrix(t, p, labels=np.arange(cm.shape[0]), sample_weight=cm[t, p].astype(np.float64),
+                            normalize=mode)
 
 
 def most_confused(cm: np.ndarray, k: int) -> list[tuple[int, int, int]]:

@@ -307,8 +307,11 @@ def _emit(columns, models, labels_of, layer_names, rows, method, target, reduce,
         doc["faithfulness"] = _faithfulness_summary(columns)
     columns_shown = ["image", "model", "label_name", "pred_name", "prob", "target_name", "target_prob", "peak_row",
                      "peak_col", "peak_value"] + (list(FAITHFULNESS) if faithful else [])
-    layers = sorted({str(n) for n in layer_names if n})
-    title = f"Saliency ({method}" + (f", layer {', '.join(layers)}" if layers else "") + ")"
+    if len(set(layer_names)) == 1:
+        where = f", layer {layer_names[0]}" if layer_names[0] else ""
+    else:  # each model at its own layer
+        where = ", " + ", ".join(f"{name} @ {layer_name}" for name, layer_name in zip(labels_of, layer_names))
+    title = f"Saliency ({method}{where})"
     output.emit(doc, fmt, schema="saliency", rows=rows, columns=columns_shown if fmt == "table" else None, title=title)
 
 
