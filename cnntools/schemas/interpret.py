@@ -60,7 +60,7 @@ DECLARED: dict[str, dict] = {
             ("models[].model", "string", "the model argument"),
             ("models[].label", "string", "the model's name in tables and figures"),
             ("models[].layer", "string|null", "target layer (null for gradient methods and fullgrad)"),
-            ("faithfulness[]?", "object", "with --faithfulness: the mean scores of each column (model and target)"),
+            ("faithfulness?", "array", "with --faithfulness: the mean scores of each column (model and target)"),
             ("faithfulness[].model", "string", "model name"),
             ("faithfulness[].layer", "string|null", "its layer"),
             ("faithfulness[].target_spec", "string", "the --target item"),

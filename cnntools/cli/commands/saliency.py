@@ -20,8 +20,9 @@ MethodChoice = Literal[
     "fullgrad", "shapleycam", "finercam", "kpcacam",
     "gradient", "smoothgrad", "guided-backprop",
 ]
-METHOD_HELP = ("CAM methods of pytorch-grad-cam (fullgrad reads every bias, not --layer; finercam contrasts the "
-               "target with its 3 most similar classes), or gradient (|d score/d input|, see --of), smoothgrad, "
+METHOD_HELP = ("CAM methods of pytorch-grad-cam: gradcam, gradcam++, xgradcam, hirescam, layercam, eigencam, "
+               "scorecam, ablationcam, fullgrad (reads every bias, not --layer), shapleycam, finercam (the target "
+               "against its 3 most similar classes), kpcacam; or gradient (|d score/d input|, see --of), smoothgrad, "
                "guided-backprop.")
 
 
@@ -108,7 +109,7 @@ def _list_layers(spec, dev, fmt, trust_code) -> None:
 
 def main(
     models: Annotated[list[str], typer.Argument(metavar="MODEL", autocompletion=complete_model, help="Checkpoint(s) or torchvision:NAME; several give one column each.")],
-    method: Annotated[MethodChoice, typer.Option("--method", "-m", help=METHOD_HELP)] = "gradcam",
+    method: Annotated[MethodChoice, typer.Option("--method", "-m", metavar="METHOD", help=METHOD_HELP)] = "gradcam",
     layer: options.Layer = "auto",
     target: Annotated[
         str, typer.Option("--target", metavar="CLASS", autocompletion=complete_target,
