@@ -64,6 +64,7 @@ def cached_checkpoint(kind: str) -> str:
 
     `patch`: simple-cnn on fake-patch 3×32×32 (the saliency localisation data), 30 Adam steps.
     `digits`: simple-cnn on digits 1×16×16, 150 Adam steps (confident, ~97% test accuracy).
+    `digits-lenet`: lenet on digits 1×32×32, 60 Adam steps (another input size on the same data).
     """
     import tempfile
     from pathlib import Path
@@ -74,6 +75,8 @@ def cached_checkpoint(kind: str) -> str:
             path = train_checkpoint(folder / "patch.safetensors", "fake-patch:400,size=32", "simple-cnn", 32, 3, 30, batch_size=32)
         elif kind == "digits":
             path = train_checkpoint(folder / "digits.safetensors", "digits", "simple-cnn", 16, 1, 150)
+        elif kind == "digits-lenet":
+            path = train_checkpoint(folder / "digits-lenet.safetensors", "digits", "lenet", 32, 1, 60)
         else:
             raise ValueError(kind)
         _CACHE[kind] = str(path)

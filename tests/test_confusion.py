@@ -169,3 +169,38 @@ def test_eval_predictions_file_gives_the_same_matrix_as_the_checkpoint(patch_che
     assert from_csv.exit_code == 0 and from_model.exit_code == 0, from_csv.output + from_model.output
     a, b = json.loads(from_csv.stdout), json.loads(from_model.stdout)
     assert a["counts"] == b["counts"] and a["classes"] == b["classes"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3), st.floats(0, 5), st.floats(0, 1)), min_size=1, max_size=40),
+       per_class=st.booleans())
+def test_top_losses_is_a_sort_by_loss_then_confidence_then_file_order(rows, per_class):
+    label, pred, loss, prob = (np.array(c) for c in zip(*rows))
+    got = cmath.top_losses(label, pred, loss, prob, per_class=per_class).tolist()
+    brute = sorted((i for i in range(len(rows)) if label[i] != pred[i]), key=lambda i: (-loss[i], -prob[i], i))
+    if per_class:  # the first (worst) of each true class, in the same order
+        seen = set()
+        brute = [i for i in brute if not (label[i] in seen or seen.add(label[i]))]
+    assert got == brute
+
+
+def test_most_confused_examples_agree_with_saliency_mistakes():
+    """confusion --most-confused lists each pair's examples worst first, by the rule
+    saliency --mistakes uses: the first example of the worst pair is saliency's first image."""
+    rng = np.random.default_rng(5)
+    n = 300
+    labels = rng.integers(0, 4, n)
+    preds = np.where(rng.random(n) < 0.6, labels, rng.integers(0, 4, n))
+    losses = rng.random(n) * 4
+    probs = rng.random(n)
+    text = "index,path,label,label_name,pred,pred_name,prob,loss\n" + "".join(
+        f"{i},,{a},c{a},{b},c{b},{float(p)!r},{float(l)!r}\n" for i, (a, b, p, l) in enumerate(zip(labels, preds, probs, losses)))
+    result = invoke(["confusion", "-", "--format", "json", "--examples", "4", "--most-confused", "12"], input=text)
+    assert result.exit_code == 0, result.output
+    order = cmath.top_losses(labels, preds, losses, probs)
+    for pair in json.loads(result.stdout)["most_confused"]:
+        mine = [int(i) for i in order if labels[i] == pair["true"] and preds[i] == pair["pred"]][:4]
+        assert pair["examples"] == mine
+    worst = int(order[0])
+    pair = next(p for p in json.loads(result.stdout)["most_confused"] if (p["true"], p["pred"]) == (labels[worst], preds[worst]))
+    assert pair["examples"][0] == worst

@@ -36,7 +36,7 @@ def two_runs(tmp_path_factory):
 def test_derived_labels_name_what_differs():
     assert derive_label({"arch": "lenet"}) == "lenet"
     assert derive_label({"arch": "lenet", "output_activation": "relu"}) == "lenet relu-out"
-    assert derive_label({"arch": "lenet", "batchnorm": True, "augment": "flip,crop:4"}) == "lenet bn+aug"
+    assert derive_label({"arch": "lenet", "batchnorm": True, "augment": "flip,crop:4"}) == "lenet bn+aug=flip,crop:4"
     assert derive_label({"arch": "lenet", "opt": "sgd", "lr": 0.1}) == "lenet sgd+lr=0.1"
     assert derive_label({"arch": "simple-cnn", "augment": "none"}) == "simple-cnn no-aug"
     # Old checkpoints without a label get one from their options; an explicit label wins.

@@ -175,3 +175,73 @@ def test_loader_batches_in_channels_last_hold_the_same_values():
             assert x_cl.is_contiguous(memory_format=torch.channels_last)
             torch.testing.assert_close(x_cl, x)
             assert torch.equal(y_cl, y)
+
+
+# ---------------------------------------------------------------------------- what `auto` resolves to
+
+
+def _image_folder(root, classes, size, mode, n=6):
+    """A train/ test/ image folder of `n` random PNGs per class (`mode` L: one channel)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for name in classes:
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                shape = (size, size) if mode == "L" else (size, size, 3)
+                Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(folder / f"{i}.png")
+    return str(root)
+
+
+@pytest.mark.parametrize("data, channels, size, expected", [
+    ("digits", 1, 8, A.DIGIT_AUGMENT), ("mnist", 3, 32, A.DIGIT_AUGMENT),  # known digits, whatever the shape
+    ("./folder", 1, 64, A.DIGIT_AUGMENT), ("./folder", 3, 28, A.DIGIT_AUGMENT),  # one channel, or small
+    ("cifar10", 3, 32, "none"), ("./photos", 3, 224, "none"),
+])
+def test_auto_resolves_by_the_data_and_never_to_a_flip(data, channels, size, expected):
+    assert A.resolve_augment("auto", data, channels, size) == expected
+    assert "flip" not in expected
+    assert A.resolve_augment("flip,crop:4", data, channels, size) == "flip,crop:4"  # a spec is taken as given
+
+
+def test_orientation_names_warn_only_for_flips():
+    classes = ["deg135_left", "deg135_right", "deg45_mirrored"]
+    assert "deg135_left" in A.orientation_warning("flip,crop:4", classes)
+    assert "deg135_left" in A.orientation_warning("vflip", classes)
+    assert A.orientation_warning("crop:4,rotate:10", classes) is None
+    assert A.orientation_warning("flip", ["cat", "dog", "leftover", "degree"]) is None
+
+
+def test_preview_applies_what_train_applies(tmp_path, cli):
+    """A grey 28-px folder (an MNIST image folder): `auto` resolves to the digits augmentation
+    in both, recorded in the checkpoint, shown by info; a flip on orientation classes warns in both."""
+    import json
+
+    folder = _image_folder(tmp_path / "grey", ["0", "1"], 28, "L")
+    preview = cli("dataset-stats", "--data", folder, "--augment-preview", str(tmp_path / "p.png"), "--format", "json")
+    assert preview.exit_code == 0, preview.stderr
+    model = tmp_path / "m.safetensors"
+    trained = cli("train", "--data", folder, "--epochs", "1", "--arch", "mlp", "--image-size", "28", "--device", "cpu",
+                  "--precision", "fp32", "-o", str(model), "-q")
+    assert trained.exit_code == 0, trained.stderr
+    info = cli("info", str(model), "--format", "json").json()
+    config = info["checkpoints"][0]["train_config"] if "checkpoints" in info else info["train_config"]
+    assert config["augment"] == "auto" and config["augment_resolved"] == A.DIGIT_AUGMENT
+    assert preview.json()["augment"] == parse_augment(config["augment_resolved"]).spec
+    assert "augment_resolved" in json.dumps(info)
+
+    # Colour photos: auto would not augment, so there is nothing to preview (train agrees).
+    colour = _image_folder(tmp_path / "colour", ["deg135_left", "deg135_right"], 32, "RGB")
+    nothing = cli("dataset-stats", "--data", colour, "--augment-preview", str(tmp_path / "q.png"))
+    assert nothing.exit_code == 1 and "resolves to none" in nothing.stderr
+    flipped = cli("dataset-stats", "--data", colour, "--augment-preview", str(tmp_path / "r.png"), "--augment", "flip,crop:4")
+    assert flipped.exit_code == 0 and "orientation" in flipped.stderr
+    model2 = tmp_path / "m2.safetensors"
+    trained = cli("train", "--data", colour, "--epochs", "1", "--arch", "mlp", "--image-size", "32", "--device", "cpu",
+                  "--precision", "fp32", "--augment", "flip,crop:4", "-o", str(model2))
+    assert trained.exit_code == 0 and "orientation" in trained.stderr
+    label = cli("info", str(model2), "--format", "json").stdout
+    assert "aug=flip,crop:4" in label

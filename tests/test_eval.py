@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from sklearn.metrics import (
     accuracy_score,
     log_loss,
@@ -209,3 +210,34 @@ def test_normalize_uint8_equals_divide_subtract_divide():
         torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
         layout = torch.channels_last if channels_last else torch.contiguous_format
         assert out.dtype == torch.float32 and out.is_contiguous(memory_format=layout)
+
+
+def test_two_class_top_k_and_metrics_equal_scikit_learn():
+    """Two classes: sklearn's top_k_accuracy_score wants the second class's score; top-1 is the accuracy."""
+    g = torch.Generator().manual_seed(11)
+    logits = torch.randn(60, 2, generator=g)
+    labels = torch.randint(0, 2, (60,), generator=g)
+    ours = classification_metrics(logits, labels, ["a", "b"], top_k=(1, 2))
+    assert ours["top_k"]["1"] == pytest.approx(accuracy_score(labels.numpy(), logits.argmax(1).numpy()))
+    assert ours["top_k"]["2"] == 1.0
+    pr, rc, f1, _ = precision_recall_fscore_support(labels.numpy(), logits.argmax(1).numpy(), average="macro", zero_division=0)
+    assert (ours["precision_macro"], ours["recall_macro"], ours["f1_macro"]) == pytest.approx((pr, rc, f1))
+
+
+def test_split_csv_writes_prob_and_loss_at_full_precision(cli, trained, tmp_path):
+    """One precision policy for both predictions CSVs: full precision. The split CSV's prob
+    and loss equal softmax/cross-entropy of its own (full-precision) logits, not a 6-decimal rounding."""
+    preds = tmp_path / "p.csv"
+    result = cli("eval", trained[0], "-q", "-o", preds, "--logits", "--precision", "fp32")
+    assert result.exit_code == 0, result.stderr
+    rows = list(csv.DictReader(preds.open()))
+    logit_cols = [c for c in rows[0] if c.startswith("logit_")]
+    logits = torch.tensor([[float(r[c]) for c in logit_cols] for r in rows])
+    labels = torch.tensor([int(r["label"]) for r in rows])
+    prob = torch.softmax(logits, 1).amax(1)
+    loss = F.cross_entropy(logits, labels, reduction="none")
+    got_prob = torch.tensor([float(r["prob"]) for r in rows])
+    got_loss = torch.tensor([float(r["loss"]) for r in rows])
+    torch.testing.assert_close(got_prob, prob, atol=1e-7, rtol=1e-6)
+    torch.testing.assert_close(got_loss, loss, atol=1e-8, rtol=1e-5)
+    assert any(len(r["prob"].split(".")[-1]) > 6 for r in rows)  # not rounded to 6 decimals

@@ -95,12 +95,12 @@ def test_cam_gradients_stopped_at_the_layer_equal_pytorch_grad_cam_on_the_full_g
         torch.testing.assert_close(ours, torch.from_numpy(np.asarray(reference, dtype=np.float32)), atol=1e-5, rtol=1e-4)
 
 
-def test_gradient_map_is_abs_input_gradient_max_over_channels():
+def test_loss_gradient_map_is_abs_input_gradient_max_over_channels():
     torch.manual_seed(2)
     model = small_cnn().eval()
     x = torch.randn(4, 3, 16, 16)
     targets = [1, 0, 3, 2]
-    maps = sal.gradient_maps(model, x, targets)
+    maps = sal.gradient_maps(model, x, targets, of="loss")
     for i, t in enumerate(targets):
         xi = x[i : i + 1].clone().requires_grad_(True)
         F.cross_entropy(model(xi), torch.tensor([t])).backward()
@@ -136,15 +136,16 @@ def test_confident_gradient_keeps_its_true_tiny_size():
     F.cross_entropy(model(xi), torch.tensor(targets), reduction="sum").backward()
     assert float(xi.grad.abs().max()) == 0.0  # what a float32 map would draw
     expected = _loss_gradient_float64(model, x, targets).abs().amax(1)
-    maps = sal.gradient_maps(model, x, targets)
+    maps = sal.gradient_maps(model, x, targets, of="loss")
     assert maps.dtype == torch.float64 and (maps.flatten(1).amax(1) > 0).all()
     for got, want in zip(maps, expected):  # float32 backward vs float64: 1e-3 of each map's peak
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3 * float(want.max()))
 
 
 def test_map_quantity_names_what_is_drawn():
-    assert sal.map_quantity("gradient", "max") == "|∂loss/∂input|, max over channels"
-    assert sal.map_quantity("gradient", "mean") == "|mean over channels of ∂loss/∂input|"
+    assert sal.map_quantity("gradient", "max") == "|∂logit/∂input|, max over channels"
+    assert sal.map_quantity("gradient", "max", of="loss") == "|∂loss/∂input|, max over channels"
+    assert sal.map_quantity("gradient", "mean", of="loss") == "|mean over channels of ∂loss/∂input|"
     assert sal.map_quantity("guided-backprop", "abs-mean") == "|guided ∂logit/∂input|, mean over channels"
     assert sal.map_quantity("gradcam") == "Grad-CAM, scaled to 0-1 per map"
 
@@ -175,7 +176,7 @@ def test_guided_backprop_against_hand_computation():
         g_h = w2[t]
         g_pre = g_h * (pre > 0) * (g_h > 0)
         g_x = (w1.t() @ g_pre).reshape(3, 2, 2).abs().amax(0)
-        torch.testing.assert_close(maps[i], g_x.detach(), atol=1e-6, rtol=1e-4)
+        torch.testing.assert_close(maps[i], g_x.detach().double(), atol=1e-6, rtol=1e-4)
     assert hooks_left(model) == 0
 
 
@@ -320,14 +321,12 @@ def test_auto_layer_is_the_rectified_last_conv_so_confident_maps_are_not_blank(t
 
 
 def _fake_results(maps_per_column, classes=("a", "b", "c")):
-    """What saliency's figure takes: one dict per (model, target) column."""
-    from types import SimpleNamespace
-
+    """What saliency's figure takes: one `Column` per (model, target)."""
     n = maps_per_column[0].shape[0]
-    lm = SimpleNamespace(classes=list(classes))
     probs = torch.full((n, len(classes)), 1 / len(classes))
-    return [{"name": f"m{j}", "lm": lm, "shown": torch.zeros(n, 1, 6, 6, dtype=torch.uint8), "target_spec": "pred",
-             "probs": probs, "preds": [0] * n, "targets": [0] * n, "maps": maps, "labels": [-1] * n}
+    shown = torch.zeros(n, 1, 6, 6, dtype=torch.uint8)
+    return [sal.Column(sal.Subject(None, None, list(classes), shown, [-1] * n, None, f"m{j}"), "pred", shown, probs,
+                       [0] * n, [0] * n, maps)
             for j, maps in enumerate(maps_per_column)]
 
 
@@ -342,7 +341,7 @@ def test_raw_maps_are_drawn_on_one_scale_per_row(overlay):
     a = torch.rand(2, 6, 6, dtype=torch.float64) * torch.tensor([1e-3, 1e-80], dtype=torch.float64)[:, None, None]
     b = a * 3  # the second model's maps are 3x larger: the row's scale is its
     quantity = sal.map_quantity("gradient", "max")
-    fig = _grid(_fake_results([a, b]), ["#0", "#1"], [-1, -1], "gradient", 0.5, overlay, "t", quantity)
+    fig = _grid(_fake_results([a, b]), ["m0", "m1"], ["#0", "#1"], [-1, -1], "gradient", 0.5, overlay, "t", quantity)
     grid, bars = fig.axes[:6], fig.axes[6:]  # 2 rows x (image + 2 maps), then the colour bars
     assert len(bars) == 2
     for i, bar in enumerate(sorted(bars, key=lambda ax: -ax.get_position().y0)):
@@ -352,7 +351,7 @@ def test_raw_maps_are_drawn_on_one_scale_per_row(overlay):
         heat = [ax.get_images()[-1] for ax in grid[3 * i + 1:3 * i + 3]]
         assert [im.get_clim() for im in heat] == [pytest.approx((0.0, float(b[i].max())), rel=1e-9, abs=0)] * 2
         assert np.array_equal(np.asarray(heat[1].get_array()), b[i].numpy())
-    cam = _grid(_fake_results([torch.rand(2, 6, 6)]), ["#0", "#1"], [-1, -1], "gradcam", 0.5, overlay, "t",
+    cam = _grid(_fake_results([torch.rand(2, 6, 6)]), ["m0"], ["#0", "#1"], [-1, -1], "gradcam", 0.5, overlay, "t",
                 sal.map_quantity("gradcam"))
     cam_bars = cam.axes[4:]
     assert len(cam_bars) == 1 and cam_bars[0].get_ylim() == (0.0, 1.0)
@@ -369,7 +368,7 @@ def test_cli_saves_raw_gradients_and_reports_their_peak(checkpoint, tmp_path):
 
     maps_file = tmp_path / "maps.safetensors"
     result = invoke(["saliency", checkpoint, "-m", "gradient", "-i", "0-2", "--format", "json", "--device", "cpu", "--precision", "fp32",
-                     "--save", str(maps_file), "--target", "true"])
+                     "--save", str(maps_file), "--target", "true", "--of", "loss"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["values"] == "|∂loss/∂input|, max over channels"
@@ -382,3 +381,188 @@ def test_cli_saves_raw_gradients_and_reports_their_peak(checkpoint, tmp_path):
     for got, want in zip(maps, expected):
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3 * float(want.max()))
     assert [r["peak_value"] for r in doc["images"]] == pytest.approx([float(m.max()) for m in maps])
+
+
+def test_score_gradient_equals_captums_saliency():
+    """--of score (the default) is Simonyan et al.'s saliency: captum's `Saliency` with abs=True,
+    max over channels, image by image for its own target."""
+    from captum.attr import Saliency
+
+    torch.manual_seed(6)
+    model = small_cnn().eval()
+    x = torch.randn(4, 3, 16, 16)
+    targets = [1, 0, 3, 2]
+    maps = sal.gradient_maps(model, x, targets)
+    with sal._relu_not_inplace(model):
+        reference = Saliency(model).attribute(x.clone(), target=targets, abs=True).amax(1)
+    torch.testing.assert_close(maps, reference.double(), atol=1e-7, rtol=1e-5)
+    # The loss gradient is another quantity: not proportional to the score gradient.
+    loss = sal.gradient_maps(model, x, targets, of="loss")
+    assert not torch.allclose(loss / loss.amax((1, 2), keepdim=True), maps / maps.amax((1, 2), keepdim=True), atol=1e-3)
+
+
+def test_cli_default_gradient_is_captums_saliency_per_target(tmp_path):
+    """`saliency -m gradient --target 5,9` on a trained checkpoint: each column is captum's
+    `Saliency` of that class's score on the model's own prepared images; --of loss is not."""
+    from captum.attr import Saliency
+    from safetensors.torch import load_file
+
+    from interpret_fixtures import cached_checkpoint
+
+    from cnntools.checkpoint import load_model
+    from cnntools.data import load_for_model
+
+    spec = cached_checkpoint("digits")
+    lm = load_model(spec, "cpu")
+    x = lm.preprocessing(load_for_model(lm.meta.data, "test", lm.preprocessing, lm.classes).images[:3])
+    for of in ("score", "loss"):
+        saved = tmp_path / f"{of}.st"
+        result = invoke(["saliency", spec, "-m", "gradient", "--target", "5,9", "-i", "0-2", "--of", of, "--device", "cpu",
+                         "--precision", "fp32", "--save", str(saved), "-q"])
+        assert result.exit_code == 0, result.output
+        maps = load_file(str(saved))
+        for k, target in enumerate((5, 9)):
+            with sal._relu_not_inplace(lm.model):
+                reference = Saliency(lm.model).attribute(x.clone(), target=target, abs=True).amax(1).double()
+            close = torch.allclose(maps[f"maps.{k}"], reference, atol=1e-7, rtol=1e-4)
+            assert close == (of == "score"), (of, target)
+
+
+def test_guided_backprop_of_the_loss_is_the_guided_gradient_of_cross_entropy():
+    torch.manual_seed(8)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 7), nn.ReLU(), nn.Linear(7, 3)).eval()
+    x = torch.randn(2, 3, 2, 2)
+    targets = [2, 0]
+    maps = sal.guided_backprop_maps(model, x, targets, of="loss")
+    w1, b1, w2 = model[1].weight, model[1].bias, model[3].weight
+    for i, t in enumerate(targets):
+        pre = w1 @ x[i].reshape(-1) + b1
+        p = torch.softmax(model(x[i : i + 1])[0], 0)
+        g_h = w2.t() @ (p - F.one_hot(torch.tensor(t), 3).float())  # ∂CE/∂hidden
+        g_pre = g_h * (pre > 0) * (g_h > 0)
+        g_x = (w1.t() @ g_pre).reshape(3, 2, 2).abs().amax(0)
+        torch.testing.assert_close(maps[i], g_x.detach().double(), atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["fullgrad", "shapleycam", "finercam", "kpcacam"])
+def test_newer_cam_methods_equal_pytorch_grad_cam_called_directly(method):
+    from pytorch_grad_cam import KPCA_CAM, FinerCAM, FullGrad, ShapleyCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, FinerWeightedTarget
+
+    torch.manual_seed(9)
+    model = small_cnn(classes=6).eval()
+    x = torch.randn(3, 3, 16, 16)
+    targets = [1, 4, 5]
+    ours = sal.cam_maps(model, "5", x, targets, method=method)
+    assert hooks_left(model) == 0 and all(p.requires_grad for p in model.parameters())
+    cam_class = {"fullgrad": FullGrad, "shapleycam": ShapleyCAM, "finercam": FinerCAM, "kpcacam": KPCA_CAM}[method]
+    goals = [ClassifierOutputTarget(t) for t in targets]
+    if method == "finercam":  # the 3 classes whose logits lie closest to the target's
+        logits = model(x).detach()
+        goals = []
+        for row, t in zip(logits, targets):
+            others = sorted((c for c in range(6) if c != t), key=lambda c: abs(float(row[c] - row[t])))
+            goals.append(FinerWeightedTarget(t, others[:3], 1.0))
+    layers = [] if method == "fullgrad" else [model[5]]
+    with sal._relu_not_inplace(model), cam_class(model=model, target_layers=layers) as cam:
+        reference = cam(input_tensor=x.clone(), targets=goals)
+    torch.testing.assert_close(ours, torch.from_numpy(np.asarray(reference, dtype=np.float32)), atol=1e-5, rtol=1e-4)
+
+
+def test_faithfulness_is_the_probability_change_and_road_by_hand():
+    """confidence_change = p_t(x · map) − p_t(x), the map scaled to 0-1; ROAD equals
+    pytorch-grad-cam's ROADCombined; an informative map scores better than its opposite."""
+    from pytorch_grad_cam.metrics.road import ROADCombined
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+    torch.manual_seed(10)
+    model = small_cnn().eval()
+    x = torch.randn(3, 3, 16, 16)
+    targets = [0, 1, 2]
+    maps = sal.gradient_maps(model, x, targets)
+    scores = sal.faithfulness(model, x, maps, targets, seed=4)
+    unit = maps / maps.amax((1, 2), keepdim=True)
+    with torch.no_grad():
+        before = torch.softmax(model(x), 1)[range(3), targets]
+        after = torch.softmax(model(x * unit[:, None].float()), 1)[range(3), targets]
+    np.testing.assert_allclose(scores["confidence_change"], (after - before).numpy(), atol=1e-6)
+    torch.manual_seed(4)
+    road = ROADCombined(percentiles=list(sal.ROAD_PERCENTILES))(
+        x, unit.float().numpy(), [ClassifierOutputSoftmaxTarget(t) for t in targets], model)
+    np.testing.assert_allclose(scores["road"], road, atol=1e-6)
+
+
+def test_faithfulness_ranks_the_patch_map_above_its_inverse(patch_model_and_data):
+    model, x, labels, boxes = patch_model_and_data
+    x, targets = x[:8], labels[:8].tolist()
+    good = sal.cam_maps(model, "features.6", x, targets)
+    scores = sal.faithfulness(model, x, good, targets)
+    worse = sal.faithfulness(model, x, 1 - good, targets)
+    assert np.mean(scores["road"]) > np.mean(worse["road"])
+    assert np.mean(scores["confidence_change"]) > np.mean(worse["confidence_change"])
+
+
+def test_two_models_each_column_equals_its_single_model_run(tmp_path):
+    """simple-cnn (16 px) then lenet (32 px) on digits (8 px): each column equals that model's
+    own run (its images made from the source pixels, not from the first model's size), its
+    probabilities equal eval's, and each column names its own layer."""
+    from safetensors.torch import load_file
+
+    from interpret_fixtures import cached_checkpoint
+
+    small, lenet = cached_checkpoint("digits"), cached_checkpoint("digits-lenet")
+    common = ["-i", "0-3", "--device", "cpu", "--precision", "fp32", "--format", "json"]
+    both = invoke(["saliency", small, lenet, *common, "--save", str(tmp_path / "both.st"), "-o", str(tmp_path / "both.png")])
+    assert both.exit_code == 0, both.output
+    doc = json.loads(both.stdout)
+    layers = [m["layer"] for m in doc["models"]]
+    assert layers[0] != layers[1]  # simple-cnn's and lenet's own last conv activations
+    saved = load_file(str(tmp_path / "both.st"))
+    for k, spec in enumerate((small, lenet)):
+        alone = invoke(["saliency", spec, *common, "--save", str(tmp_path / f"{k}.st")])
+        assert alone.exit_code == 0, alone.output
+        torch.testing.assert_close(saved[f"maps.{k}"], load_file(str(tmp_path / f"{k}.st"))["maps"])
+        own = [r for r in doc["images"] if r["model"] == doc["models"][k]["label"]]
+        assert [r["prob"] for r in own] == [r["prob"] for r in json.loads(alone.stdout)["images"]]
+        assert {r["layer"] for r in own} == {layers[k]}
+        evaluated = invoke(["eval", spec, "--device", "cpu", "--precision", "fp32", "-o", str(tmp_path / f"p{k}.csv"), "-q"])
+        assert evaluated.exit_code == 0, evaluated.output
+        import csv
+
+        csv_rows = list(csv.DictReader(open(tmp_path / f"p{k}.csv")))[:4]
+        np.testing.assert_allclose([r["prob"] for r in own], [float(r["prob"]) for r in csv_rows], atol=1e-6)
+
+
+def test_mistakes_come_worst_first_and_per_class(checkpoint, tmp_path):
+    """--mistakes orders by the CSV's loss (most confident mistake first); --per-class keeps
+    the worst mistake of each true class."""
+    csv_text = ("index,path,label,label_name,pred,pred_name,prob,loss\n"
+                "3,,0,top-left,1,top-right,0.6,0.9\n"
+                "5,,2,bottom-left,0,top-left,0.9,2.5\n"
+                "7,,2,bottom-left,2,bottom-left,0.99,0.01\n"
+                "8,,0,top-left,3,bottom-right,0.8,1.7\n"
+                "9,,2,bottom-left,1,top-right,0.7,1.1\n")
+    args = ["saliency", checkpoint, "--mistakes", "-", "--format", "json", "--device", "cpu", "-m", "gradient"]
+    result = invoke(args, input=csv_text)
+    assert result.exit_code == 0, result.output
+    assert [r["index"] for r in json.loads(result.stdout)["images"]] == [5, 8, 9, 3]
+    result = invoke(args + ["--per-class"], input=csv_text)
+    assert result.exit_code == 0, result.output
+    assert [r["index"] for r in json.loads(result.stdout)["images"]] == [5, 8]
+    result = invoke(args + ["--per-class", "-n", "1"], input=csv_text)
+    assert [r["index"] for r in json.loads(result.stdout)["images"]] == [5]
+    result = invoke(["saliency", checkpoint, "--per-class", "-i", "0"])
+    assert result.exit_code == 1 and "--mistakes" in result.stderr
+
+
+def test_cli_faithfulness_and_of_in_json(checkpoint):
+    base = ["saliency", checkpoint, "-i", "0-3", "--format", "json", "--device", "cpu", "--precision", "fp32"]
+    result = invoke(base + ["-m", "gradient", "--faithfulness"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["of"] == "score" and doc["values"].startswith("|∂logit/∂input|")
+    assert all(isinstance(r["road"], float) and isinstance(r["confidence_change"], float) for r in doc["images"])
+    (summary,) = doc["faithfulness"]
+    assert summary["road"] == pytest.approx(np.mean([r["road"] for r in doc["images"]]))
+    result = invoke(base + ["-m", "gradcam", "--of", "loss"])
+    assert result.exit_code == 1 and "--of applies to the gradient methods" in result.stderr

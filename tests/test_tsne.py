@@ -255,6 +255,20 @@ def test_checkpoint_features_separate_better_than_raw_pixels(cli, digits_checkpo
     assert f["summary"]["knn_mixing_pixels"] == pytest.approx(p["summary"]["knn_mixing_overall"])
     assert f["summary"]["knn_accuracy_pixels"] == pytest.approx(p["summary"]["knn_accuracy_features"])
     assert "knn_mixing_pixels" not in p["summary"]
+    # Each pixel number names the size it was measured at: digits are stored 1×8×8, as this model reads them.
+    assert p["summary"]["pixels_shape"] == f["summary"]["pixels_shape"] == "1×8×8"
+
+
+def test_the_pixel_baseline_names_the_models_input_size(cli):
+    """A 16-px model's pixel baseline is measured on 16×16 upscaled digits, not the stored 8×8:
+    the two pixel numbers differ and say why."""
+    from interpret_fixtures import cached_checkpoint
+
+    args = ["-n", "200", "--format", "json", "-q"]
+    feats = cli("tsne", "--checkpoint", cached_checkpoint("digits"), *args)
+    pixels = cli("tsne", *args)
+    assert feats.exit_code == 0, feats.stderr
+    assert feats.json()["summary"]["pixels_shape"] == "1×16×16" and pixels.json()["summary"]["pixels_shape"] == "1×8×8"
 
 
 def test_bad_inputs(cli, tmp_path, digits_checkpoint):

@@ -1,7 +1,7 @@
 """Runs as things to compare: their labels, and their training histories read back.
 
 A run's label is what a person calls it when comparing it with its siblings: `lenet
-relu-out`, `lenet bn+aug`, `simple-cnn lr=0.01`. `train --label` sets it; otherwise it is
+relu-out`, `lenet bn+aug=flip,crop:4`, `simple-cnn lr=0.01`. `train --label` sets it; otherwise it is
 derived from the architecture and the options that differ from their defaults, so the
 runs of a sweep get different names without anyone typing them. It is stored in the
 checkpoint and shown in figure titles, legends, multi-model tables and the predictions CSV.
@@ -44,7 +44,7 @@ _SHORT = {"weight_decay": "wd", "batch_size": "bs", "label_smoothing": "ls", "cl
 
 def derive_label(config: dict) -> str:
     """A short name for a run from its training options: the architecture, then what differs
-    from the defaults (`lenet relu-out`, `lenet bn+aug`, `lenet sgd+lr=0.1`)."""
+    from the defaults (`lenet relu-out`, `lenet bn+aug=flip,crop:4`, `lenet sgd+lr=0.1`)."""
     parts = []
     for name, default, text in _LABEL_PARTS:
         value = config.get(name, default)
@@ -59,8 +59,8 @@ def derive_label(config: dict) -> str:
         else:
             parts.append(f"{_SHORT.get(name, name)}={_number(value)}")
     augment = str(config.get("augment", "auto")).strip().lower()
-    if augment not in ("auto", ""):
-        parts.insert(min(len(parts), 2), "no-aug" if augment == "none" else "aug")
+    if augment not in ("auto", ""):  # named: two differently augmented runs get two labels
+        parts.insert(min(len(parts), 2), "no-aug" if augment == "none" else f"aug={augment}")
     arch = str(config.get("arch") or "model")
     return f"{arch} {'+'.join(parts)}" if parts else arch
 

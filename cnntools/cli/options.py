@@ -144,7 +144,8 @@ Augment = Annotated[
     typer.Option(
         "--augment", metavar="SPEC",
         help="Batched augmentation, e.g. flip,crop:4,jitter:0.4,rotate:15,rrc:0.08; none; "
-        "auto: rotate:10,crop:1 for digits/mnist, none elsewhere.",
+        "auto: rotate:10,crop:1 for digit-like data (digits/mnist, one channel or at most 28 px), none elsewhere; "
+        "a flip warns when class names suggest an orientation (left/right, deg...).",
     ),
 ]
 
@@ -195,6 +196,7 @@ Save = Annotated[
     typer.Option("--save", rich_help_panel=PANEL_OUTPUT, metavar="FILE", help="Write the raw tensors as safetensors (- for stdout)."),
 ]
 PerClass = Annotated[bool, typer.Option("--per-class/--no-per-class", help="Show the per-class table.")]
+PerClassWorst = Annotated[bool, typer.Option("--per-class/--no-per-class", help="One image per true class: its worst mistake.")]
 Layer = Annotated[
     Optional[str],
     typer.Option("--layer", "-l", metavar="LAYER", autocompletion=complete_layer,
@@ -213,7 +215,7 @@ VOCABULARY = {
     "--device": [Device], "--precision": [Precision], "--threads": [Threads], "--seed": [Seed], "--batch-size": [BatchSize],
     "--data": [Data], "--data-dir": [DataDir], "--split": [Split], "--download": [Download],
     "--output": [Output], "--indices": [Indices], "--num": [Num], "--top-k": [TopK], "--image": [Images],
-    "--save": [Save], "--per-class": [PerClass], "--layer": [Layer, Layers],
+    "--save": [Save], "--per-class": [PerClass, PerClassWorst], "--layer": [Layer, Layers],
 }
 
 # Spellings earlier versions (and their README) taught, per command: old → current. They keep

@@ -36,14 +36,49 @@ OPS = {
 # Datasets of handwritten digits: small shifts and rotations are what their writers vary;
 # flips are not (a mirrored 2 is no 2).
 DIGIT_DATASETS = ("digits", "mnist")
+DIGIT_AUGMENT = "rotate:10,crop:1"
+# Digit-like data: one channel, or at most this many pixels a side (MNIST's 28), whatever its name.
+SMALL_SIDE = 28
+# Class names that say a mirror image is another class (deg135_left / deg135_right, mirrored).
+_ORIENTATION_WORDS = ("left", "right", "mirror", "flipped", "clockwise", "cw", "ccw")
 
 
-def resolve_augment(spec: str, data: str) -> str:
-    """`auto` → `rotate:10,crop:1` for digit datasets, none elsewhere; other values as given."""
+def resolve_augment(spec: str, data: str, channels: int | None = None, size: int | None = None) -> str:
+    """What `--augment SPEC` applies to the data set `data` whose images have `channels` and
+    `size` pixels a side (None: unknown): other values as given; `auto` → `DIGIT_AUGMENT` for
+    digit-like data (a known digits dataset, one channel, or at most `SMALL_SIDE` pixels a side),
+    none elsewhere. `auto` never proposes a flip. `train` and `dataset-stats --augment-preview`
+    both call it (through `augment_for`), so the preview shows what training does."""
     if (spec or "").strip().lower() != "auto":
         return spec
     base = data.split(":", 1)[0].strip().lower()
-    return "rotate:10,crop:1" if base in DIGIT_DATASETS else "none"
+    digit_like = base in DIGIT_DATASETS or channels == 1 or (size is not None and size <= SMALL_SIDE)
+    return DIGIT_AUGMENT if digit_like else "none"
+
+
+def augment_for(spec: str, data: str, imageset) -> tuple[str, str | None]:
+    """`resolve_augment` on a loaded data set (an `ImageSet`: its channels, size and class
+    names), and a warning when the result flips images of classes whose names suggest an
+    orientation (`left`/`right`, `mirrored`, `deg…`): a flip would change their labels."""
+    _, channels, height, width = imageset.images.shape
+    resolved = resolve_augment(spec, data, channels, max(height, width))
+    return resolved, orientation_warning(resolved, imageset.classes)
+
+
+def orientation_warning(spec: str, classes) -> str | None:
+    """A warning when `spec` flips images and class names suggest orientation, else None."""
+    import re
+
+    ops = {part.split(":", 1)[0].strip().lower() for part in (spec or "").split(",")}
+    if not ops & {"flip", "vflip"}:
+        return None
+    words = re.compile(r"(?:^|[^a-z])(" + "|".join(_ORIENTATION_WORDS) + r"|deg\d*|\d+deg)(?:[^a-z]|$)")
+    hits = [c for c in map(str, classes) if words.search(c.lower())]
+    if not hits:
+        return None
+    shown = ", ".join(hits[:4]) + (" ..." if len(hits) > 4 else "")
+    return (f"--augment {spec} flips images, but class names suggest an orientation ({shown}): a flip may "
+            "turn one class into another; leave flip out (e.g. --augment crop:4)")
 
 
 # ---------------------------------------------------------------------------- functional ops

@@ -1,4 +1,6 @@
-"""Classification metrics from logits and labels (scikit-learn's definitions)."""
+"""Classification metrics from logits and labels: scikit-learn computes the ones it defines
+(precision/recall/F1, the confusion matrix, top-k accuracy); the logits come from torch-side
+batches (`cnntools.inference.batches`)."""
 
 from __future__ import annotations
 
@@ -8,40 +10,36 @@ import torch.nn.functional as F
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str], top_k: tuple[int, ...] = (5,)) -> dict:
     """Accuracy, cross-entropy loss, top-k accuracy, per-class accuracy and
-    precision/recall/F1 (scikit-learn's definitions, zero where undefined), and statistics
-    of the raw outputs.
+    precision/recall/F1 (scikit-learn's `precision_recall_fscore_support`, zero where
+    undefined; `top_k_accuracy_score`), and statistics of the raw outputs.
 
     Per class c: precision = TP/(TP+FP), recall = TP/(TP+FN) (= the class's accuracy),
-    F1 = 2PR/(P+R); macro = unweighted mean over classes, weighted = mean weighted by support.
+    F1 = 2PR/(P+R); macro = unweighted mean over the classes present in the labels or the
+    predictions, weighted = mean weighted by support.
     """
+    import numpy as np
+    from sklearn.metrics import precision_recall_fscore_support
+
     logits = logits.float()
     labels = labels.long()
     n, k = logits.shape
-    pred = logits.argmax(1)
+    y_true, y_pred = labels.numpy(), logits.argmax(1).numpy()
     num_classes = max(k, len(classes))
-    cm = torch.bincount(labels * num_classes + pred, minlength=num_classes * num_classes).view(num_classes, num_classes).double()
-    tp = cm.diag()
-    support = cm.sum(1)
-    predicted = cm.sum(0)
-    precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), torch.zeros_like(tp))
-    recall = torch.where(support > 0, tp / support.clamp(min=1), torch.zeros_like(tp))
-    denom = precision + recall
-    f1 = torch.where(denom > 0, 2 * precision * recall / denom.clamp(min=1e-300), torch.zeros_like(tp))
-    weights = support / max(1.0, float(support.sum()))
-    # sklearn averages over the labels present in y_true or y_pred.
-    present = (support > 0) | (predicted > 0)
-    m = max(1, int(present.sum()))
+    if n:
+        scores = {avg: precision_recall_fscore_support(y_true, y_pred, average=avg, zero_division=0)[:3]
+                  for avg in ("macro", "weighted")}
+        precision, recall, f1, support = precision_recall_fscore_support(
+            y_true, y_pred, labels=np.arange(num_classes), zero_division=0)
+    else:
+        scores = {avg: (0.0, 0.0, 0.0) for avg in ("macro", "weighted")}
+        precision = recall = f1 = support = np.zeros(num_classes)
     result = {
         "count": n,
-        "accuracy": float((pred == labels).double().mean()) if n else 0.0,
+        "accuracy": float((y_pred == y_true).mean()) if n else 0.0,
         "loss": float(F.cross_entropy(logits, labels)) if n else 0.0,
         "top_k": {},
-        "precision_macro": float(precision[present].sum() / m),
-        "recall_macro": float(recall[present].sum() / m),
-        "f1_macro": float(f1[present].sum() / m),
-        "precision_weighted": float((precision * weights).sum()),
-        "recall_weighted": float((recall * weights).sum()),
-        "f1_weighted": float((f1 * weights).sum()),
+        **{f"{name}_{avg}": float(value) for avg, values in scores.items()
+           for name, value in zip(("precision", "recall", "f1"), values)},
         "per_class": [
             {
                 "class": classes[c] if c < len(classes) else str(c),
@@ -57,9 +55,23 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: 
     }
     for kk in top_k:
         if 1 <= kk <= k:
-            hits = (logits.topk(kk, dim=1).indices == labels[:, None]).any(1)
-            result["top_k"][str(kk)] = float(hits.double().mean()) if n else 0.0
+            result["top_k"][str(kk)] = top_k_accuracy(logits, labels, kk) if n else 0.0
     return result
+
+
+def top_k_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    """Share of images whose label is among the `k` highest logits: scikit-learn's
+    `top_k_accuracy_score` (two classes: on the second class's probability, as it expects)."""
+    import numpy as np
+    from sklearn.metrics import top_k_accuracy_score
+
+    classes = logits.shape[1]
+    if k >= classes:
+        return 1.0
+    scores = logits.double().numpy()
+    if classes == 2:
+        scores = torch.softmax(logits.double(), dim=1)[:, 1].numpy()
+    return float(top_k_accuracy_score(labels.numpy(), scores, k=k, labels=np.arange(classes)))
 
 
 def logit_stats(logits: torch.Tensor) -> dict:

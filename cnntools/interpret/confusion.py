@@ -1,5 +1,5 @@
-"""Confusion-matrix arithmetic: counts, normalisation (scikit-learn's semantics), the most
-confused class pairs, and reading `eval`'s predictions CSV."""
+"""Confusion matrices (scikit-learn's `confusion_matrix`: counts and normalisation), the most
+confused class pairs, the mistakes worst first, and reading `eval`'s predictions CSV."""
 
 from __future__ import annotations
 
@@ -24,29 +24,32 @@ def confusion_counts(labels, preds, num_classes: int) -> np.ndarray:
     bad = (labels < 0) | (labels >= num_classes) | (preds < 0) | (preds >= num_classes)
     if bad.any():
         raise CnnError(f"class indices must lie in 0..{num_classes - 1}")
-    flat = np.bincount(labels * num_classes + preds, minlength=num_classes * num_classes)
-    return flat.reshape(num_classes, num_classes)
+    if labels.size == 0:
+        return np.zeros((num_classes, num_classes), dtype=np.int64)
+    from sklearn.metrics import confusion_matrix
+
+    return confusion_matrix(labels, preds, labels=np.arange(num_classes)).astype(np.int64)
 
 
 def normalize(cm: np.ndarray, mode: str = "none") -> np.ndarray:
-    """Normalise like `sklearn.metrics.confusion_matrix(normalize=...)`.
+    """`cm` normalised by `sklearn.metrics.confusion_matrix(normalize=...)` itself (each
+    non-empty cell given as one sample weighted by its count).
 
     `true`: each row sums to 1 (recall on the diagonal); `pred`: each column sums to 1
     (precision on the diagonal); `all`: the whole matrix sums to 1. Empty rows/columns give 0.
     """
     if mode in (None, "none"):
         return cm
-    cm = cm.astype(np.float64)
-    with np.errstate(all="ignore"):
-        if mode == "true":
-            out = cm / cm.sum(axis=1, keepdims=True)
-        elif mode == "pred":
-            out = cm / cm.sum(axis=0, keepdims=True)
-        elif mode == "all":
-            out = cm / cm.sum()
-        else:
-            raise CnnError(f"unknown normalisation '{mode}': use none, true, pred or all")
-    return np.nan_to_num(out)
+    if mode not in NORMALIZE:
+        raise CnnError(f"unknown normalisation '{mode}': use none, true, pred or all")
+    cm = np.asarray(cm)
+    t, p = np.nonzero(cm)
+    if t.size == 0:
+        return np.zeros(cm.shape, dtype=np.float64)
+    from sklearn.metrics import confusion_matrix
+
+    return confusion_matrix(t, p, labels=np.arange(cm.shape[0]), sample_weight=cm[t, p].astype(np.float64),
+                            normalize=mode)
 
 
 def most_confused(cm: np.ndarray, k: int) -> list[tuple[int, int, int]]:
@@ -63,6 +66,32 @@ def most_confused(cm: np.ndarray, k: int) -> list[tuple[int, int, int]]:
     return pairs
 
 
+def top_losses(label, pred, loss=None, prob=None, per_class: bool = False) -> np.ndarray:
+    """Row positions of the mistakes, worst first: highest loss first (the most confident
+    mistakes, fastai's `top_losses`), ties (and files without a loss column) by the predicted
+    class's probability, then in file order. `per_class`: only the worst mistake of each true
+    class, the classes in that same order. `confusion --most-confused` lists its examples by
+    this rule too."""
+    label, pred = np.asarray(label), np.asarray(pred)
+    rows = np.flatnonzero(label != pred)
+    zeros = np.zeros(len(label))
+    loss = zeros if loss is None else np.nan_to_num(np.asarray(loss, dtype=np.float64), nan=-np.inf)
+    prob = zeros if prob is None else np.nan_to_num(np.asarray(prob, dtype=np.float64), nan=-np.inf)
+    # lexsort: the last key is the primary one; stable, so equal keys keep file order.
+    rows = rows[np.lexsort((rows, -prob[rows], -loss[rows]))]
+    if per_class:
+        _, first = np.unique(label[rows], return_index=True)
+        rows = rows[np.sort(first)]
+    return rows
+
+
+def pair_examples(label, pred, t: int, p: int, n: int, loss=None, prob=None) -> np.ndarray:
+    """Row positions of up to `n` images of class `t` predicted as `p`, worst first (`top_losses`)."""
+    rows = top_losses(label, pred, loss, prob)
+    rows = rows[(np.asarray(label)[rows] == t) & (np.asarray(pred)[rows] == p)]
+    return rows[:n]
+
+
 @dataclass
 class Predictions:
     """Predictions as `eval --predictions` writes them."""
@@ -73,13 +102,14 @@ class Predictions:
     classes: list[str]
     paths: list[str] | None = None
     prob: np.ndarray | None = None
+    loss: np.ndarray | None = None  # cross-entropy of each row, from the `loss` column
     model: str | None = None  # the model's label, from the `model` column
     data: str | None = None  # dataset:split, from the `data` column
 
     @property
     def mistakes(self) -> np.ndarray:
-        """Row positions where prediction and label differ."""
-        return np.flatnonzero(self.label != self.pred)
+        """Row positions where prediction and label differ, worst first (`top_losses`)."""
+        return top_losses(self.label, self.pred, self.loss, self.prob)
 
 
 def read_predictions(text: str, source: str = "predictions") -> Predictions:
@@ -100,7 +130,7 @@ def _read_predictions(reader: csv.DictReader, source: str) -> Predictions:
         raise CnnError(
             f"{source}: not a predictions CSV (needs columns label and pred, as `cnntools eval --predictions` writes)"
         )
-    index, labels, preds, paths, probs = [], [], [], [], []
+    index, labels, preds, paths, probs, losses = [], [], [], [], [], []
     names: dict[int, str] = {}
     models, datas = set(), set()
     for line_no, row in enumerate(reader, start=2):
@@ -109,8 +139,10 @@ def _read_predictions(reader: csv.DictReader, source: str) -> Predictions:
             index.append(int(row["index"]) if row.get("index") not in (None, "") else line_no - 2)
             if row.get("prob") not in (None, ""):
                 probs.append(float(row["prob"]))
+            if row.get("loss") not in (None, ""):
+                losses.append(float(row["loss"]))
         except (TypeError, ValueError):
-            raise CnnError(f"{source}, line {line_no}: label, pred, index and prob must be numbers") from None
+            raise CnnError(f"{source}, line {line_no}: label, pred, index, prob and loss must be numbers") from None
         labels.append(label)
         preds.append(pred)
         paths.append(row.get("path") or "")
@@ -142,6 +174,7 @@ def _read_predictions(reader: csv.DictReader, source: str) -> Predictions:
         classes=classes,
         paths=paths if any(paths) else None,
         prob=np.asarray(probs, dtype=np.float64) if len(probs) == len(labels) else None,
+        loss=np.asarray(losses, dtype=np.float64) if len(losses) == len(labels) else None,
         model=models.pop() if models else None,
         data=datas.pop() if len(datas) == 1 else None,
     )

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from cnntools.core.errors import CnnError
+from cnntools.interpret import confusion as cmath
 from cnntools.output import files
 
 
@@ -99,7 +100,8 @@ def _model_report(spec, device, precision, split, data, data_dir, download, batc
     probs = F.softmax(logits.float(), dim=1)
     preds = logits.argmax(1)
     counts, confusion = _confusion(labels, preds, lm.classes, most_confused)
-    worst = top_loss_order(losses, labels, preds)[:top_losses]
+    # The same order as `saliency --mistakes` and `confusion --most-confused` (one rule).
+    worst = cmath.top_losses(labels.numpy(), preds.numpy(), losses.numpy(), probs.max(1).values.numpy())[:top_losses]
     mistakes = [_mistake(int(i), imageset, lm.classes, labels, preds, probs, losses) for i in worst]
     card = _card(spec, lm, raw)
     report = ModelReport(
@@ -129,14 +131,6 @@ def _model_report(spec, device, precision, split, data, data_dir, download, batc
     return report
 
 
-def top_loss_order(losses: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor) -> list[int]:
-    """Indices of the mistakes, highest loss first (the most confident mistakes; equal losses
-    by index): fastai's `plot_top_losses` order, restricted to wrong predictions."""
-    wrong = torch.nonzero(preds != labels).flatten()
-    order = sorted(wrong.tolist(), key=lambda i: (-float(losses[i]), i))
-    return order
-
-
 def _mistake(i, imageset, classes, labels, preds, probs, losses) -> dict:
     paths = imageset.paths
     return {
@@ -155,8 +149,6 @@ def _mistake(i, imageset, classes, labels, preds, probs, losses) -> dict:
 def _confusion(labels, preds, classes, k) -> tuple[Any, dict]:
     """Counts and the most confused pairs, as `cnntools confusion` computes them."""
     import numpy as np
-
-    from cnntools.interpret import confusion as cmath
 
     y, p = labels.numpy().astype(np.int64), preds.numpy().astype(np.int64)
     counts = cmath.confusion_counts(y, p, len(classes))

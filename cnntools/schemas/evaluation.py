@@ -80,7 +80,7 @@ DECLARED: dict[str, dict] = {
             ("most_confused[].pred_name", "string", "predicted class"),
             ("most_confused[].count", "integer", "images"),
             ("most_confused[].share_of_true", "number", "share of the true class's images"),
-            ("most_confused[].examples", "array", "dataset indices of examples"),
+            ("most_confused[].examples", "array", "dataset indices of examples, worst first (highest loss, as saliency --mistakes)"),
             ("most_confused[].paths?", "array", "their files (image folders)"),
         ],
     },

@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from cnntools.checkpoint import clean_state_dict, save_checkpoint, unwrap_model
-from cnntools.data.augment import resolve_augment
 from cnntools.training.config import DEFAULT_LR
 from cnntools.training.rng_state import decorrelate_ranks, rng_state, set_rng_state
 
@@ -47,8 +46,8 @@ class Checkpointing:
             mean=list(self.mean),
             std=list(self.std),
             data=DataRecipe(self.cfg.data, self.cfg.data_dir, self.cfg.val_split, self.cfg.seed),
-            train_config={**asdict(self.cfg), "lr": self.cfg.resolved_lr(), "precision_used": self.precision,
-                          "world_size": self.world_size},
+            train_config={**asdict(self.cfg), "lr": self.cfg.resolved_lr(), "augment_resolved": self.augment_spec,
+                          "precision_used": self.precision, "world_size": self.world_size},
             metrics={**(kept or {}), "updates": pos.updates, "epochs_completed": pos.epoch,
                      "kept": self.cfg.keep if self.val_loader is not None else "last"},
             history=self.history,
@@ -61,12 +60,12 @@ class Checkpointing:
     def _label_options(self) -> dict:
         """The options a derived label reads, with values that equal what the defaults resolve
         to put back as defaults: a run replayed from --print-config's TOML or from a
-        checkpoint (where lr and augment are written out) keeps the original run's label."""
+        checkpoint (where lr and augment are written out) keeps the original run's label.
+        Another augmentation is named by what it resolved to."""
         options = asdict(self.cfg)
         if self.cfg.resolved_lr() == DEFAULT_LR.get(self.cfg.opt):
             options["lr"] = None
-        if self.cfg.augment == resolve_augment("auto", self.cfg.data):
-            options["augment"] = "auto"
+        options["augment"] = "auto" if self.augment_spec == self.augment_default else self.augment_spec
         return options
 
     def kept_record(self) -> dict | None:

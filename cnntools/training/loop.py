@@ -31,7 +31,7 @@ from cnntools.inference import memory
 from cnntools.core import runtime
 from cnntools.checkpoint import clean_state_dict, unwrap_model
 from cnntools.training.collectives import broadcast_buffers, check_global_batch, reduce_sum, wrap_model
-from cnntools.data.augment import resolve_augment
+from cnntools.data.augment import augment_for, resolve_augment
 from cnntools.data.imageset import CHUNK_BYTES, chunk_rows
 from cnntools.inference.batches import wants_channels_last
 from cnntools.core.errors import CnnError, UsageError
@@ -109,7 +109,15 @@ class Trainer(Checkpointing):
         self.model = wrap_model(model, self.device, world_size)
 
         self.mean, self.std = normalization(cfg.normalize, train_set)
-        self.augment = parse_augment(resolve_augment(cfg.augment, cfg.data))
+        # The same resolver as dataset-stats --augment-preview, on this data set's images; the
+        # checkpoint records what it resolved to (train_config.augment_resolved).
+        self.augment_spec, warning = augment_for(cfg.augment, cfg.data, train_set)
+        self.augment_default = resolve_augment("auto", cfg.data, self.in_channels, max(train_set.images.shape[-2:]))
+        if warning and self.is_main:
+            from cnntools.output import emitter
+
+            emitter.warn(warning)
+        self.augment = parse_augment(self.augment_spec)
         self.train_loader = BatchLoader(
             train_set, batch_size=per_rank, shuffle=True, seed=cfg.seed, device=self.device,
             augment=self.augment, mean=self.mean, std=self.std, drop_last=False, rank=rank, world_size=world_size,

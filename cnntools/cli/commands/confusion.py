@@ -51,6 +51,11 @@ def _from_checkpoint(source, data, data_dir, split, download, batch_size, device
     logits = predict(lm.model, imageset.images, lm.preprocessing, batch_size=batch_size, device=dev, precision=prec, arch=lm.meta.arch_name)
     labels = imageset.labels
     preds = logits.argmax(1).numpy().astype(np.int64)
+    # The loss and probability `eval` writes: examples are listed worst first (cmath.top_losses).
+    import torch
+
+    loss = torch.nn.functional.cross_entropy(logits.float(), torch.as_tensor(labels).long(), reduction="none")
+    prob = torch.softmax(logits.float(), dim=1).amax(1)
     return (
         np.asarray(labels, dtype=np.int64),
         preds,
@@ -58,6 +63,7 @@ def _from_checkpoint(source, data, data_dir, split, download, batch_size, device
         list(range(len(imageset))),
         imageset.paths,
         f"{lm.label} on {imageset.spec}:{imageset.split}",
+        (loss.double().numpy(), prob.double().numpy()),
     )
 
 
@@ -67,7 +73,7 @@ def _from_predictions(text, source):
     table = read_predictions(text, source)
     # Name what the predictions are of: the model's label and the data the eval ran on.
     origin = " on ".join(x for x in (table.model, table.data) if x) or source
-    return table.label, table.pred, table.classes, table.index, table.paths, origin
+    return table.label, table.pred, table.classes, table.index, table.paths, origin, (table.loss, table.prob)
 
 
 # -o/--output in this command's --help (the shared option's help is generic).
@@ -80,7 +86,7 @@ def main(
         typer.Option("--normalize", help="none (counts), true (rows sum to 1), pred (columns sum to 1), all."),
     ] = "none",
     most_confused: Annotated[int, typer.Option("--most-confused", metavar="N", min=0, help="List the N most confused (true, predicted) pairs.")] = 5,
-    examples: Annotated[int, typer.Option("--examples", min=0, help="Example image indices listed per confused pair.")] = 5,
+    examples: Annotated[int, typer.Option("--examples", min=0, help="Example image indices listed per confused pair, worst first (highest loss, as saliency --mistakes).")] = 5,
     plot: options.Output = None,
     data: options.Data = None,
     data_dir: options.DataDir = None,
@@ -124,7 +130,7 @@ def main(
     if source == "-":
         raw = files.read_bytes("-")
         if _is_model_file(raw):
-            labels, preds, classes, index, paths, origin = _from_checkpoint(
+            labels, preds, classes, index, paths, origin, (loss, prob) = _from_checkpoint(
                 raw, data, data_dir, split, download, batch_size, device, precision, seed, trust_code
             )
         else:
@@ -132,13 +138,13 @@ def main(
                 text = raw.decode("utf-8-sig")
             except UnicodeDecodeError:
                 raise CnnError("stdin: neither a predictions CSV nor a safetensors checkpoint") from None
-            labels, preds, classes, index, paths, origin = _from_predictions(text, "stdin")
+            labels, preds, classes, index, paths, origin, (loss, prob) = _from_predictions(text, "stdin")
     elif is_model:
-        labels, preds, classes, index, paths, origin = _from_checkpoint(
+        labels, preds, classes, index, paths, origin, (loss, prob) = _from_checkpoint(
             source, data, data_dir, split, download, batch_size, device, precision, seed, trust_code
         )
     else:
-        labels, preds, classes, index, paths, origin = _from_predictions(files.read_text(source), source)
+        labels, preds, classes, index, paths, origin, (loss, prob) = _from_predictions(files.read_text(source), source)
 
     k = len(classes)
     counts = cmath.confusion_counts(labels, preds, k)
@@ -147,7 +153,7 @@ def main(
     row_totals = counts.sum(axis=1)
     pairs = []
     for t, p, count in cmath.most_confused(counts, most_confused):
-        where = np.flatnonzero((labels == t) & (preds == p))[:examples]
+        where = cmath.pair_examples(labels, preds, t, p, examples, loss, prob)
         pair = {
             "true": t,
             "true_name": classes[t],

@@ -61,8 +61,9 @@ def main(
     augment: Annotated[
         str, typer.Option(
             "--augment", metavar="SPEC",
-            help="Augmentation for the preview: flip, crop:P, jitter:J, rotate:D, rrc:S, comma-separated; "
-            "auto = what train uses by default (rotate:10,crop:1 for digit datasets), else flip,crop:4,jitter:0.4.",
+            help="Augmentation for the preview, exactly as train --augment applies it to this data: flip, crop:P, "
+            "jitter:J, rotate:D, rrc:S, comma-separated; auto = rotate:10,crop:1 for digit-like data (a digits "
+            "dataset, one channel or at most 28 px), none (nothing to preview) elsewhere.",
         ),
     ] = "auto",
     preview_images: Annotated[int, typer.Option("--preview-images", min=1, max=32, help="Originals in the preview.")] = 6,
@@ -90,16 +91,21 @@ def main(
     from cnntools.data import load_splits, parse_augment
     from cnntools.data.describe import describe
 
-    from cnntools.data.augment import resolve_augment
+    from cnntools.data.augment import augment_for
 
-    if augment.strip().lower() == "auto":
-        # Show what training would do; where it would not augment, show the CIFAR-style default.
-        augment = resolve_augment(augment, data)
-        augment = "flip,crop:4,jitter:0.4" if augment == "none" else augment
-    aug = parse_augment(augment) if augment_preview else None
-    if augment_preview and aug is None:
-        raise UsageError("--augment-preview needs an --augment spec other than none (e.g. flip,crop:4)")
+    if augment_preview:
+        parse_augment(augment if augment.strip().lower() != "auto" else "none")  # a bad spec fails before loading
     splits = load_splits(data, None, data_dir, download, val_split, seed, _parse_size(image_size))
+    aug = None
+    if augment_preview:
+        # Exactly what `train --augment` would apply to this data set (the same resolver).
+        resolved, warning = augment_for(augment, data, splits["train"] if "train" in splits else next(iter(splits.values())))
+        if warning:
+            output.warn(warning)
+        aug = parse_augment(resolved)
+        if aug is None:
+            raise UsageError(f"--augment {augment} resolves to none on {data}: train would not augment it; "
+                           "name a spec to preview (e.g. --augment crop:4, or flip,crop:4 where a mirror image keeps its class)")
     doc = describe(data, splits)
     doc["data_dir"] = data_dir
     doc["val_split"] = val_split

@@ -191,8 +191,9 @@ def _evaluate(lm, label, data, data_dir, split, download, batch_size, top_k, pre
                 "label_name": lm.classes[int(labels[i])],
                 "pred": int(pred[i]),
                 "pred_name": lm.classes[int(pred[i])],
-                "prob": round(float(conf[i]), 6),
-                "loss": round(float(losses[i]), 6),
+                # Full precision, like the logits and the --image top-k CSV (docs/commands/eval.md).
+                "prob": float(conf[i]),
+                "loss": float(losses[i]),
             }
             if with_logits:
                 row.update(zip(names, values[i]))

@@ -17,9 +17,15 @@ from cnntools.checkpoint.runs import distinct_labels, shown_labels
 # so that --help and shell completion need no torch import.
 MethodChoice = Literal[
     "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam", "scorecam", "ablationcam",
+    "fullgrad", "shapleycam", "finercam", "kpcacam",
     "gradient", "smoothgrad", "guided-backprop",
 ]
-METHOD_HELP = "CAM methods of pytorch-grad-cam, or gradient (|d loss/d input|), smoothgrad, guided-backprop."
+# -o/--output in this command's --help (the shared option's help is generic).
+OUTPUT_HELP = "Write the maps over the images (PNG, SVG or PDF by extension); - for stdout."
+METHOD_HELP = ("CAM methods of pytorch-grad-cam: gradcam, gradcam++, xgradcam, hirescam, layercam, eigencam, "
+               "scorecam, ablationcam, fullgrad (reads every bias, not --layer), shapleycam, finercam (the target "
+               "against its 3 most similar classes), kpcacam; or gradient (|d score/d input|, see --of), smoothgrad, "
+               "guided-backprop.")
 
 
 def _model_name(spec: str) -> str:
@@ -28,53 +34,95 @@ def _model_name(spec: str) -> str:
     return spec if spec.startswith("torchvision:") or spec == "-" else Path(spec).stem
 
 
-def _select_images(lm, indices, image_files, mistakes, n, data, data_dir, split, download=False):
-    """uint8 images (raw, before fitting to any model), labels (-1 unknown) and names."""
-    import torch
-
-    from cnntools.output import files
+def _pick(first, indices, image_files, mistakes, per_class, n, data, data_dir, split, download):
+    """Which images to explain: (names, dataset indices or None, file paths or None, the raw
+    uint8 images of --image files or None). Mistakes come worst first (`top_losses`)."""
     from cnntools.interpret import confusion as cmath
     from cnntools.interpret.inputs import check_indices, parse_int_list, read_image_files
+    from cnntools.output import files
 
-    chosen = [x is not None and x != [] for x in (indices, image_files, mistakes)]
-    if sum(chosen) > 1:
+    if sum(x is not None and x != [] for x in (indices, image_files, mistakes)) > 1:
         raise UsageError("choose images one way: --indices, --image or --mistakes")
+    if per_class and not mistakes:
+        raise UsageError("--per-class picks the worst mistake of each true class: give --mistakes FILE")
     if image_files:
-        images = read_image_files(image_files)
-        return images, [-1] * len(image_files), [_model_name(p) for p in image_files], None
-    from cnntools.data import load_for_model
-
-    imageset = load_for_model(lm.meta.data, split, lm.preprocessing, lm.classes, data=data, data_dir=data_dir,
-                              download=download, name=lm.source)
-    where = f"{imageset.spec} {imageset.split}"
+        return [_model_name(p) for p in image_files], None, list(image_files), read_image_files(image_files)
+    size = len(_dataset(first, first, data, data_dir, split, download))
+    where = _where(first, data, split)
     if mistakes:
         table = cmath.read_predictions(files.read_text(mistakes), files.display_name(mistakes))
-        rows = table.mistakes[:n]
+        rows = cmath.top_losses(table.label, table.pred, table.loss, table.prob, per_class=per_class)[:n]
         if rows.size == 0:
             raise CnnError(f"{mistakes}: the predictions contain no mistakes")
         picked = [table.index[i] for i in rows]
     elif indices:
-        picked = parse_int_list(indices, size=len(imageset), where=where)
+        picked = parse_int_list(indices, size=size, where=where)
     else:
-        picked = list(range(min(n, len(imageset))))
-    check_indices(picked, len(imageset), where)
-    idx = torch.tensor(picked, dtype=torch.long)
-    names = [f"#{i}" for i in picked]
-    return imageset.images[idx], imageset.labels[idx].tolist(), names, picked
+        picked = list(range(min(n, size)))
+    check_indices(picked, size, where)
+    return [f"#{i}" for i in picked], picked, None, None
 
 
-# -o/--output in this command's --help (the shared option's help is generic).
-OUTPUT_HELP = "Write the maps over the images (PNG, SVG or PDF by extension); - for stdout."
+def _dataset(first, lm, data, data_dir, split, download):
+    """The split as `lm`'s own preprocessing makes it from the source pixels (the first model's
+    data recipe, `lm`'s size and classes): what `eval` would run `lm` on."""
+    from cnntools.data import load_for_model
+
+    return load_for_model(first.meta.data, split, lm.preprocessing, lm.classes, data=data, data_dir=data_dir,
+                          download=download, name=lm.source)
+
+
+def _subjects(loaded, names, layer_names, batches, picked, raw, data, data_dir, split, download):
+    """One `Subject` per model: its images from the source pixels, labels in its own classes."""
+    import torch
+
+    from cnntools.inference.memory import gathered_bytes
+    from cnntools.interpret.saliency import Subject
+
+    subjects = []
+    for lm, name, layer_name, batch in zip(loaded, names, layer_names, batches):
+        count = len(picked) if picked is not None else len(raw)
+        runtime.check_allocation(gathered_bytes(count, *lm.preprocessing.shape, itemsize=5),
+                                 f"{lm.source}: {count:,} images at {lm.preprocessing.size}×{lm.preprocessing.size}")
+        if picked is None:
+            images, labels = raw, [-1] * len(raw)
+        else:
+            imageset = _dataset(loaded[0], lm, data, data_dir, split, download)
+            idx = torch.tensor(picked, dtype=torch.long)
+            images, labels = imageset.images[idx], imageset.labels[idx].tolist()
+        subjects.append(Subject(lm.model, lm.preprocessing, list(lm.classes), images, labels, layer_name, name, batch,
+                                lm.meta.arch_name))
+    return subjects
+
+
+def _list_layers(spec, dev, fmt, trust_code) -> None:
+    """--list-layers: the architecture alone, no weight file needed."""
+    from cnntools.checkpoint.model_loading import load_architecture
+    from cnntools.inference.memory import fit_batch
+    from cnntools.interpret.activations import layer_rows
+
+    net, in_channels, size = load_architecture(spec, dev, trust_code=trust_code)
+    fit_batch(net, (in_channels, size, size), 1, dev, _model_name(spec))  # layer_rows runs one image
+    rows = layer_rows(net, in_channels, size)
+    output.emit({"model": spec, "input_shape": [in_channels, size, size], "layers": rows}, fmt,
+                schema="saliency.layers", rows=rows, columns=["layer", "type", "output_shape", "params"],
+                title=f"Layers of {_model_name(spec)}")
+
 
 def main(
     models: Annotated[list[str], typer.Argument(metavar="MODEL", autocompletion=complete_model, help="Checkpoint(s) or torchvision:NAME; several give one column each.")],
-    method: Annotated[MethodChoice, typer.Option("--method", "-m", help=METHOD_HELP)] = "gradcam",
+    method: Annotated[MethodChoice, typer.Option("--method", "-m", metavar="METHOD", help=METHOD_HELP)] = "gradcam",
     layer: options.Layer = "auto",
     target: Annotated[
         str, typer.Option("--target", metavar="CLASS", autocompletion=complete_target,
                           help="Class to explain: pred, true, a class index or name; several separated by "
                           "commas (3,5 or pred,true) give one column each for the same image.")
     ] = "pred",
+    of: Annotated[
+        Literal["score", "loss"],
+        typer.Option("--of", help="Gradient methods: differentiate the target's class score (Simonyan et al., "
+                     "captum's Saliency) or the cross-entropy loss against it (the course notebook's choice)."),
+    ] = "score",
     reduce: Annotated[
         Literal["max", "mean", "abs-mean"],
         typer.Option("--reduce", help="Gradient methods: channels to one map by max of |g| (Simonyan), |mean of g| "
@@ -84,9 +132,14 @@ def main(
         bool, typer.Option("--overlay/--no-overlay", help="Blend the map over the image, or draw it alone (nearest "
                            "neighbour, hot colour map) to see its pixel structure.")
     ] = True,
+    faithful: Annotated[
+        bool, typer.Option("--faithfulness", help="Score every map with pytorch-grad-cam's confidence change and "
+                           "ROAD metrics (higher = more faithful), to rank methods on the same images.")
+    ] = False,
     indices: options.Indices = None,
     image: options.Images = None,
-    mistakes: Annotated[Optional[str], typer.Option("--mistakes", metavar="FILE", help="Predictions CSV from `eval -o` (- for stdin): explain its mistakes.")] = None,
+    mistakes: Annotated[Optional[str], typer.Option("--mistakes", metavar="FILE", help="Predictions CSV from `eval -o` (- for stdin): explain its mistakes, highest loss first.")] = None,
+    per_class: options.PerClassWorst = False,
     n: options.Num = 8,
     list_layers: Annotated[bool, typer.Option("--list-layers", help="Print the model's layers with output shapes and exit.")] = False,
     out: options.Output = None,
@@ -111,15 +164,20 @@ def main(
     Each image is explained for its predicted class (--target pred), its true class or a
     chosen class. All images go through the model together: one forward and one backward pass
     per batch. The grid (-o) has one row per image: the image with its label, then one overlay
-    per model titled with the prediction and its probability. Images come from -i (dataset
-    indices, default the first -n), --image (files or folders) or --mistakes (eval's
-    predictions CSV). --layer auto explains the activation of the last conv layer (a residual
-    block's output); --list-layers names the others. Gradient maps are drawn in their own
-    units (|d loss/d input|; float64, as a confident model's loss gradient is far below fp32's
-    range) on one colour scale per image, shared across its row; CAM maps are pytorch-grad-cam's,
-    scaled to 0-1 per map. --save writes the maps as drawn (N×H×W per model). --precision bf16
-    or fp16 runs the forward passes under autocast (the backward then runs in the forward's
-    dtypes): CAM maps barely change, input gradient maps get visibly noisier, so use fp32 for
+    per model titled with the prediction and its probability; each model sees the images as
+    its own preprocessing makes them from the source pixels, and each column names its own
+    layer. Images come from -i (dataset indices, default the first -n), --image (files or
+    folders) or --mistakes (eval's predictions CSV, highest loss first: the most confident
+    mistakes; --per-class keeps the worst of each true class). --layer auto explains the
+    activation of the last conv layer (a residual block's output); --list-layers names the
+    others. The gradient methods differentiate the target's class score (--of score, as
+    Simonyan et al. and captum's Saliency: maps differ between targets) or the loss (--of
+    loss: for a confident model nearly the same map whatever the target). Gradient maps are
+    drawn in their own units (float64) on one colour scale per image, shared across its row;
+    CAM maps are pytorch-grad-cam's, scaled to 0-1 per map. --faithfulness adds, per map,
+    pytorch-grad-cam's confidence change (image × map) and ROAD scores. --save writes the maps
+    as drawn (N×H×W per model). --precision bf16 or fp16 runs the forward passes under
+    autocast: CAM maps barely change, input gradient maps get visibly noisier, so use fp32 for
     the finest gradient maps. auto picks reduced precision only where the hardware runs it
     natively.
 
@@ -127,175 +185,145 @@ def main(
     Examples:
       cnntools saliency model.safetensors -i 0-7 -o gradcam.png
       cnntools saliency model.safetensors --method gradient --target 3 -i 0,5 -o grad.png
-      cnntools saliency model.safetensors -m gradient --target 3,5 --reduce mean --no-overlay -i 0 -o two.png
+      cnntools saliency model.safetensors -m gradient --target 5,9 --no-overlay -i 0 -o two.png
+      cnntools saliency model.safetensors -m gradient --of loss -i 0-3 -o loss.png
       cnntools eval model.safetensors -o pred.csv
-      cnntools saliency model.safetensors --mistakes pred.csv -n 8 -o mistakes.png
-      cnntools saliency a.safetensors b.safetensors -i 0-3 -o compare.png --save maps.safetensors
+      cnntools saliency model.safetensors --mistakes pred.csv --per-class -o worst.png
+      cnntools saliency a.safetensors b.safetensors -i 0-3 --faithfulness -o compare.png --save maps.safetensors
     """
     output.configure(quiet=quiet, debug=debug)
     runtime.use_threads(threads)
     models, image = options.split_image_files(models, image)
     image = options.expand_image_paths(image) if image else image
+    _check(models, method, n, out, save_maps, mistakes, of, reduce)
+
+    from cnntools.checkpoint import load_model
+    from cnntools.core.runtime import resolve_device, resolve_precision, seed_everything
+    from cnntools.inference.memory import fit_model_batch
+    from cnntools.interpret.activations import example_input, resolve_layer_name
+    from cnntools.interpret.saliency import explain, explanation_rows, uses_layer
+
+    seed_everything(seed)
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    if list_layers:
+        return _list_layers(models[0], dev, fmt, trust_code)
+    loaded = [load_model(spec, dev, trust_code=trust_code, download=download) for spec in models]
+    # Before the first forward pass (the layer probe below): maps need the backward pass too.
+    batches = [fit_model_batch(lm, batch_size, training=True) for lm in loaded]
+    # Resolve every model's layer first: a wrong --layer fails before any work is announced.
+    layer_names = [resolve_layer_name(lm.model, layer, example_input(lm)) if uses_layer(method) else None for lm in loaded]
+    target_specs = _target_specs(target, loaded[0].classes)
+    names, picked, paths, raw = _pick(loaded[0], indices, image, mistakes, per_class, n, data, data_dir, split, download)
+    labels_of = distinct_labels([lm.label for lm in loaded], [_model_name(spec) for spec in models])
+    short = shown_labels([lm.label for lm in loaded], [_model_name(spec) for spec in models])
+    subjects = _subjects(loaded, labels_of, layer_names, batches, picked, raw, data, data_dir, split, download)
+    output.info(f"Explaining {len(names)} image(s) with {method} on {len(loaded)} model(s)")
+    columns = explain(subjects, method, target_specs, reduce=reduce, of=of, precision=prec, seed=seed, device=dev,
+                      score=faithful)
+    for col in columns:
+        _warn_flat(col.maps, names, col.targets, col.subject.classes, col.subject.name, method, col.subject.layer)
+    rows = explanation_rows(columns, names, picked, paths)
+    headers = [h for h in short.labels for _ in target_specs]
+    if out:
+        _draw(columns, headers, names, method, alpha, overlay, reduce, of, target, None if image else _where(loaded[0], data, split),
+              short, out)
+    if save_maps:
+        _save(columns, models, names, picked, method, target_specs, reduce, of, save_maps)
+    _emit(columns, models, labels_of, layer_names, rows, method, target, reduce, of, faithful, fmt)
+
+
+def _check(models, method, n, out, save_maps, mistakes, of, reduce) -> None:
+    from cnntools.interpret.saliency import GRADIENT_METHODS, METHODS
+    from cnntools.output.files import check_output, figure_format
+
     if n < 1:
         raise UsageError(f"-n must be at least 1, got {n}")
     if not models:
         raise UsageError("name a model: a checkpoint (FILE.safetensors) or torchvision:NAME, before --image")
-    from cnntools.interpret.saliency import METHODS
-
     if method not in METHODS:
         raise UsageError(f"unknown --method '{method}': use one of {', '.join(METHODS)}")
-    from cnntools.output.files import check_output, figure_format
-
+    if reduce != "max" and method not in GRADIENT_METHODS:
+        raise UsageError(f"--reduce applies to the gradient methods ({', '.join(GRADIENT_METHODS)}); {method} maps have one channel")
+    if of != "score" and method not in GRADIENT_METHODS:
+        raise UsageError(f"--of applies to the gradient methods ({', '.join(GRADIENT_METHODS)}); {method} explains the class score")
     if out:
         figure_format(out)
     check_output(save_maps)
     if sum(m == "-" for m in models) + (mistakes == "-") > 1:
         raise UsageError("only one input can come from stdin ('-')")
 
+
+def _draw(columns, headers, names, method, alpha, overlay, reduce, of, target, where, short, out) -> None:
+    from cnntools.interpret.saliency import map_quantity
+    from cnntools.output.plots import save_figure
+
+    layers = {col.subject.layer for col in columns}
+    shared = layers.pop() if len(layers) == 1 else None  # else each column names its own
+    title = _figure_title(method, shared, reduce, target, len(names), where, len(columns), of)
+    if short.shared:
+        title += f"\n{short.note('all models: ')}"
+    if shared is None and any(col.subject.layer for col in columns):
+        headers = [f"{h}\n@ {col.subject.layer}" for h, col in zip(headers, columns)]
+    labels = columns[0].subject.labels
+    save_figure(_grid(columns, headers, names, labels, method, alpha, overlay, title, map_quantity(method, reduce, of)), out)
+    output.info(f"Wrote {out}")
+
+
+def _save(columns, models, names, picked, method, target_specs, reduce, of, path) -> None:
     import torch
+    from safetensors.torch import save
 
-    from cnntools.checkpoint import load_model
-    from cnntools.inference.memory import fit_batch, fit_model_batch, gathered_bytes
-    from cnntools.interpret.activations import example_input, layer_rows, resolve_layer_name
-    from cnntools.interpret.inputs import resolve_targets
-    from cnntools.interpret.saliency import GRADIENT_METHODS, map_quantity, saliency_maps, uses_layer
-    from cnntools.inference.batches import predict
-    from cnntools.core.runtime import resolve_device, resolve_precision, seed_everything
+    from cnntools.interpret.saliency import map_quantity
+    from cnntools.output import files
 
-    seed_everything(seed)
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
-    if list_layers:  # the architecture alone: no weight file needed
-        from cnntools.checkpoint.model_loading import load_architecture
+    tensors = {}
+    for k, col in enumerate(columns):
+        key = "maps" if len(columns) == 1 else f"maps.{k}"  # column k: model k // targets, target k % targets
+        tensors[key] = col.maps.contiguous()
+        tensors[key.replace("maps", "targets")] = torch.tensor(col.targets, dtype=torch.long)
+    if picked:
+        tensors["indices"] = torch.tensor(picked, dtype=torch.long)
+    specs = [spec for spec in models for _ in target_specs]
+    meta = {"method": method, "models": ",".join(specs), "layers": ",".join(str(c.subject.layer) for c in columns),
+            "targets": ",".join(c.target_spec for c in columns), "reduce": reduce, "of": of, "images": ",".join(names),
+            "values": map_quantity(method, reduce, of)}
+    files.write_bytes(path, save(tensors, metadata=meta))
+    output.info(f"Wrote {path}")
 
-        net, in_channels, size = load_architecture(models[0], dev, trust_code=trust_code)
-        fit_batch(net, (in_channels, size, size), 1, dev, _model_name(models[0]))  # layer_rows runs one image
-        rows = layer_rows(net, in_channels, size)
-        columns = ["layer", "type", "output_shape", "params"]
-        output.emit({"model": models[0], "input_shape": [in_channels, size, size], "layers": rows},
-                    fmt, schema="saliency.layers", rows=rows, columns=columns, title=f"Layers of {_model_name(models[0])}")
-        return
-    loaded = [load_model(spec, dev, trust_code=trust_code, download=download) for spec in models]
-    first = loaded[0]
-    # Before the first forward pass (the layer probe below): maps need the backward pass too.
-    batches = [fit_model_batch(lm, batch_size, training=True) for lm in loaded]
 
-    # Resolve every model's layer first: a wrong --layer fails before any work is announced.
-    layer_names = [resolve_layer_name(lm.model, layer, example_input(lm)) if uses_layer(method) else None for lm in loaded]
-    if reduce != "max" and method not in GRADIENT_METHODS:
-        raise UsageError(f"--reduce applies to the gradient methods ({', '.join(GRADIENT_METHODS)}); {method} maps have one channel")
-    target_specs = _target_specs(target, first.classes)
-    raw, labels, names, picked = _select_images(first, indices, image, mistakes, n, data, data_dir, split, download)
-    where = None if image else _where(first, data, split)
-    output.info(f"Explaining {len(names)} image(s) with {method} on {len(loaded)} model(s)")
-    model_names = distinct_labels([lm.label for lm in loaded], [_model_name(spec) for spec in models])
-    short = shown_labels([lm.label for lm in loaded], [_model_name(spec) for spec in models])
+def _emit(columns, models, labels_of, layer_names, rows, method, target, reduce, of, faithful, fmt) -> None:
+    from cnntools.interpret.saliency import FAITHFULNESS, GRADIENT_METHODS, map_quantity
 
-    results = []  # one dict per (model, target) column
-    for spec, lm, layer_name, model_name, batch, header in zip(models, loaded, layer_names, model_names, batches, short.labels):
-        # All chosen images at the model's size at once: uint8 to draw, float32 to run.
-        size = lm.preprocessing.size
-        runtime.check_allocation(gathered_bytes(len(raw), *lm.preprocessing.shape, itemsize=5),
-                                 f"{lm.source}: {len(raw):,} images at {size}×{size}")
-        shown = lm.preprocessing.fit(raw)
-        probs = torch.softmax(predict(lm.model, raw, lm.preprocessing, batch_size=batch, precision=prec,
-                                      arch=lm.meta.arch_name), dim=1)
-        x = lm.preprocessing(raw, dev)
-        preds = probs.argmax(1).tolist()
-        # Labels are indices into the first model's classes; map them by name for the others.
-        index = {name: k for k, name in enumerate(lm.classes)}
-        model_labels = [index.get(first.classes[lab], -1) if lab >= 0 else -1 for lab in labels]
-        for target_spec in target_specs:
-            targets = resolve_targets(target_spec, preds, None if min(model_labels) < 0 else model_labels, lm.classes)
-            maps = []
-            for start in range(0, x.shape[0], batch):
-                maps.append(
-                    saliency_maps(
-                        lm.model,
-                        x[start : start + batch],
-                        targets[start : start + batch],
-                        method=method,
-                        layer=layer_name,
-                        batch_size=batch,
-                        seed=seed,
-                        reduce=reduce,
-                        precision=prec,
-                    )
-                )
-            maps = torch.cat(maps)
-            _warn_flat(maps, names, targets, lm.classes, model_name, method, layer_name)
-            results.append(
-                {"spec": spec, "name": model_name, "header": header, "lm": lm, "shown": shown, "layer": layer_name, "target_spec": target_spec,
-                 "probs": probs, "preds": preds, "targets": targets, "maps": maps, "labels": model_labels}
-            )
-
-    rows = []
-    for i, image_name in enumerate(names):
-        for r in results:
-            classes = r["lm"].classes
-            peak = int(r["maps"][i].argmax())
-            width = r["maps"].shape[2]
-            label = r["labels"][i]
-            rows.append(
-                {
-                    "image": image_name,
-                    "index": picked[i] if picked else None,
-                    "path": image[i] if image else None,
-                    "model": r["name"],
-                    "target_spec": r["target_spec"],
-                    "label": label if label >= 0 else None,
-                    "label_name": classes[label] if 0 <= label < len(classes) else None,
-                    "pred": r["preds"][i],
-                    "pred_name": classes[r["preds"][i]],
-                    "prob": r["probs"][i, r["preds"][i]].item(),
-                    "target": r["targets"][i],
-                    "target_name": classes[r["targets"][i]],
-                    "target_prob": r["probs"][i, r["targets"][i]].item(),
-                    "peak_row": peak // width,
-                    "peak_col": peak % width,
-                    "peak_value": float(r["maps"][i].max()),
-                }
-            )
-
-    if out:
-        from cnntools.output.plots import save_figure
-
-        title = _figure_title(method, results[0]["layer"], reduce, target, len(names), where, len(results))
-        if short.shared:
-            title += f"\n{short.note('all models: ')}"
-        save_figure(_grid(results, names, labels, method, alpha, overlay, title, map_quantity(method, reduce)), out)
-        output.info(f"Wrote {out}")
-    if save_maps:
-        from safetensors.torch import save
-
-        from cnntools.output import files
-
-        tensors = {}
-        for k, r in enumerate(results):
-            key = "maps" if len(results) == 1 else f"maps.{k}"  # column k: model k // targets, target k % targets
-            tensors[key] = r["maps"].contiguous()
-            tensors[key.replace("maps", "targets")] = torch.tensor(r["targets"], dtype=torch.long)
-        if picked:
-            tensors["indices"] = torch.tensor(picked, dtype=torch.long)
-        meta = {"method": method, "models": ",".join(r["spec"] for r in results), "layers": ",".join(str(r["layer"]) for r in results),
-                "targets": ",".join(r["target_spec"] for r in results), "reduce": reduce, "images": ",".join(names),
-                "values": map_quantity(method, reduce)}
-        files.write_bytes(save_maps, save(tensors, metadata=meta))
-        output.info(f"Wrote {save_maps}")
-
+    gradient = method in GRADIENT_METHODS
     doc = {
         "method": method,
         "target": target,
-        "reduce": reduce if method in GRADIENT_METHODS else None,
-        "values": map_quantity(method, reduce),
+        "reduce": reduce if gradient else None,
+        "of": of if gradient else "score",
+        "values": map_quantity(method, reduce, of),
         "models": [{"model": spec, "label": name, "layer": layer_name}
-                   for spec, name, layer_name in zip(models, model_names, layer_names)],
+                   for spec, name, layer_name in zip(models, labels_of, layer_names)],
         "images": rows,
     }
-    columns = ["image", "model", "label_name", "pred_name", "prob", "target_name", "target_prob", "peak_row", "peak_col",
-               "peak_value"]
-    title = f"Saliency ({method}" + (f", layer {results[0]['layer']}" if results[0]["layer"] else "") + ")"
-    output.emit(doc, fmt, schema="saliency", rows=rows, columns=columns if fmt == "table" else None, title=title)
+    if faithful:
+        doc["faithfulness"] = _faithfulness_summary(columns)
+    columns_shown = ["image", "model", "label_name", "pred_name", "prob", "target_name", "target_prob", "peak_row",
+                     "peak_col", "peak_value"] + (list(FAITHFULNESS) if faithful else [])
+    if len(set(layer_names)) == 1:
+        where = f", layer {layer_names[0]}" if layer_names[0] else ""
+    else:  # each model at its own layer
+        where = ", " + ", ".join(f"{name} @ {layer_name}" for name, layer_name in zip(labels_of, layer_names))
+    title = f"Saliency ({method}{where})"
+    output.emit(doc, fmt, schema="saliency", rows=rows, columns=columns_shown if fmt == "table" else None, title=title)
+
+
+def _faithfulness_summary(columns) -> list[dict]:
+    """Mean faithfulness of each column's maps: one number per model, target and metric."""
+    from cnntools.interpret.saliency import FAITHFULNESS
+
+    return [{"model": col.subject.name, "layer": col.subject.layer, "target_spec": col.target_spec,
+             **{name: sum(col.scores[name]) / len(col.scores[name]) for name in FAITHFULNESS}} for col in columns]
 
 
 def _target_specs(target: str, classes) -> list[str]:
@@ -326,10 +354,11 @@ def _warn_flat(maps, names, targets, classes, model_name, method, layer_name) ->
     output.warn(f"{model_name}: the {method} map of {shown} for class {classes[targets[flat[0]]]} is all zero: {cause}")
 
 
-def _figure_title(method, layer, reduce, target, n, where, columns: int = 1) -> str:
+def _figure_title(method, layer, reduce, target, n, where, columns: int = 1, of: str = "score") -> str:
     from cnntools.interpret.saliency import GRADIENT_METHODS
 
-    how = method + (f" @ {layer}" if layer else "") + (f", {reduce} over channels" if method in GRADIENT_METHODS else "")
+    gradient = method in GRADIENT_METHODS
+    how = method + (f" of the {of}" if gradient else "") + (f" @ {layer}" if layer else "") + (f", {reduce} over channels" if gradient else "")
     images = f"{n} image{'s' if n != 1 else ''}" + (f" of {where}" if where else "")
     title = f"Saliency: {how}; target {target}; {images}"
     if method in GRADIENT_METHODS and n > 1:  # raw values: say which maps share a colour scale
@@ -343,12 +372,12 @@ def _row_scales(results, n: int) -> list[float]:
     compare on one scale while images of very different gradient size stay readable."""
     scales = []
     for i in range(n):
-        top = max(float(r["maps"][i].max()) for r in results)
+        top = max(float(col.maps[i].max()) for col in results)
         scales.append(top if top > 0 else 1.0)
     return scales
 
 
-def _grid(results, names, labels, method, alpha, overlay=True, title=None, quantity=""):
+def _grid(results, headers, names, labels, method, alpha, overlay=True, title=None, quantity=""):
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
@@ -363,29 +392,29 @@ def _grid(results, names, labels, method, alpha, overlay=True, title=None, quant
     right = 1.25 if per_row else 0.9  # inches kept free for the colour bars and their labels
     fig = new_figure((m + 1) * tile + right + 0.1, n * (tile + 0.45) + 1.1)
     axes = fig.subplots(n, m + 1, squeeze=False)
-    classes = results[0]["lm"].classes
+    classes = results[0].subject.classes
     tops = _row_scales(results, n) if per_row else [1.0] * n
     cmap = "jet" if overlay else "hot"
     for i in range(n):
         label = labels[i]
         label_text = f"\nlabel: {classes[label]}" if 0 <= label < len(classes) else ""
-        show_image(axes[i, 0], results[0]["shown"][i], f"{names[i]}{label_text}", fontsize=9)
+        show_image(axes[i, 0], results[0].shown[i], f"{names[i]}{label_text}", fontsize=9)
         for j, r in enumerate(results):
-            cls = r["lm"].classes
-            pred, tgt = r["preds"][i], r["targets"][i]
-            prob = r["probs"][i, pred].item()
-            text = f"pred: {cls[pred]} ({prob:.0%})\nmap for: {cls[tgt]} ({r['probs'][i, tgt].item():.0%})"
-            own_label = r["labels"][i]
+            cls = r.subject.classes
+            pred, tgt = r.preds[i], r.targets[i]
+            prob = r.probs[i, pred].item()
+            text = f"pred: {cls[pred]} ({prob:.0%})\nmap for: {cls[tgt]} ({r.probs[i, tgt].item():.0%})"
+            own_label = r.subject.labels[i]
             color = "black" if own_label < 0 or own_label == pred else "firebrick"
-            heat = r["maps"][i]  # float64 kept: a confident model's values are below float32's range
+            heat = r.maps[i]  # float64 kept: a confident model's values are below float32's range
             if overlay:
-                show_overlay(axes[i, j + 1], r["shown"][i], heat, alpha=alpha, vmax=tops[i])
+                show_overlay(axes[i, j + 1], r.shown[i], heat, alpha=alpha, vmax=tops[i])
             else:
                 show_map(axes[i, j + 1], heat, cmap=cmap, vmax=tops[i])
             axes[i, j + 1].set_title(text, fontsize=8.5, color=color)
-    several_targets = len({r["target_spec"] for r in results}) > 1
+    several_targets = len({r.target_spec for r in results}) > 1
     for j, r in enumerate(results):
-        header = r.get("header", r["name"]) + (f"\ntarget {r['target_spec']}" if several_targets else "")
+        header = headers[j] + (f"\ntarget {r.target_spec}" if several_targets else "")
         axes[0, j + 1].annotate(header, xy=(0.5, 1.0), xytext=(0, 34), xycoords="axes fraction",
                                 textcoords="offset points", ha="center", va="bottom", fontsize=10, weight="bold")
     axes[0, 0].annotate("image", xy=(0.5, 1.0), xytext=(0, 34), xycoords="axes fraction",

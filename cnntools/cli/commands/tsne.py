@@ -120,7 +120,7 @@ def main(
         idx = _subset(images.labels.numpy(), n, seed, lib)
         _check_sample(images, idx)
         features = _pixels(images, idx)
-        what = "raw pixels"
+        what = f"raw pixels ({_shape(images)}, as stored)"
     else:
         from cnntools.checkpoint import load_model
 
@@ -152,10 +152,13 @@ def main(
     summary = result.summary()
     if checkpoint is not None:
         # The same images' raw pixels, measured the same way: did training separate the classes?
+        # At the model's input size, which need not be the data's own: `tsne` without a
+        # checkpoint measures the stored size, so the two numbers name their sizes.
         pixels = _pixels(images, idx)
         baseline = lib.knn_separation(pixels, labels, len(classes), result.k)
         summary["knn_accuracy_pixels"] = baseline["knn_accuracy"]
         summary["knn_mixing_pixels"] = baseline["knn_mixing_overall"]
+    summary["pixels_shape"] = _shape(images)
     result.timings["total_s"] = time.perf_counter() - started
 
     if embedding is not None:
@@ -177,7 +180,7 @@ def main(
             f"k-NN mixing {s['knn_mixing_overall']:.3f}, trustworthiness {s['trustworthiness']:.3f}"
         )
         if "knn_mixing_pixels" in s:
-            subtitle += f"\nraw pixels of the same images: {k}-NN accuracy {s['knn_accuracy_pixels']:.3f}, k-NN mixing {s['knn_mixing_pixels']:.3f}"
+            subtitle += f"\nraw pixels of the same images at the model's input ({s['pixels_shape']}): {k}-NN accuracy {s['knn_accuracy_pixels']:.3f}, k-NN mixing {s['knn_mixing_pixels']:.3f}"
         plots.save_figure(plots.scatter_by_class(result.embedding, labels, classes, title, subtitle), plot, dpi=120)
 
     pairs = result.pairs()
@@ -217,6 +220,11 @@ def main(
         output.emit(doc, fmt, schema="tsne", rows=matrix, columns=["class"] + list(classes))
     else:
         output.emit(doc, fmt, schema="tsne", rows=pairs, columns=columns, render_table=render)
+
+
+def _shape(images) -> str:
+    """C×H×W of the images as loaded (for a checkpoint: fitted to the model's input)."""
+    return "×".join(str(d) for d in images.images.shape[1:])
 
 
 def _check_sample(images, idx) -> None:
