@@ -236,7 +236,7 @@ def test_preview_applies_what_train_applies(tmp_path, cli):
     # Colour photos: auto would not augment, so there is nothing to preview (train agrees).
     colour = _image_folder(tmp_path / "colour", ["deg135_left", "deg135_right"], 32, "RGB")
     nothing = cli("dataset-stats", "--data", colour, "--augment-preview", str(tmp_path / "q.png"))
-    assert nothing.exit_code == 1 and "resolves to none" in nothing.stderr
+    assert nothing.exit_code == 2 and "resolves to none" in nothing.stderr
     flipped = cli("dataset-stats", "--data", colour, "--augment-preview", str(tmp_path / "r.png"), "--augment", "flip,crop:4")
     assert flipped.exit_code == 0 and "orientation" in flipped.stderr
     model2 = tmp_path / "m2.safetensors"

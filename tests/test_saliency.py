@@ -552,7 +552,7 @@ def test_mistakes_come_worst_first_and_per_class(checkpoint, tmp_path):
     result = invoke(args + ["--per-class", "-n", "1"], input=csv_text)
     assert [r["index"] for r in json.loads(result.stdout)["images"]] == [5]
     result = invoke(["saliency", checkpoint, "--per-class", "-i", "0"])
-    assert result.exit_code == 1 and "--mistakes" in result.stderr
+    assert result.exit_code == 2 and "--mistakes" in result.stderr
 
 
 def test_cli_faithfulness_and_of_in_json(checkpoint):
@@ -565,4 +565,4 @@ def test_cli_faithfulness_and_of_in_json(checkpoint):
     (summary,) = doc["faithfulness"]
     assert summary["road"] == pytest.approx(np.mean([r["road"] for r in doc["images"]]))
     result = invoke(base + ["-m", "gradcam", "--of", "loss"])
-    assert result.exit_code == 1 and "--of applies to the gradient methods" in result.stderr
+    assert result.exit_code == 2 and "--of applies to the gradient methods" in result.stderr
