@@ -229,6 +229,9 @@ def main(
         return
     if target == "-":
         output.claim_stdout()
+    from cnntools.data.folders import shared_walks
+
+    ctx.with_resource(shared_walks())  # one walk of a data folder for every split this run opens
 
     if rank is None:
         _train(cfg, resumed, resume, target, fmt, history, plot, tensorboard=tensorboard)
