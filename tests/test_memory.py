@@ -185,6 +185,12 @@ def test_shape_rules_give_what_the_meta_kernels_give():
                     out = functional_call(model, weights, (x,))
                     if training:
                         out.sum().backward()
+    meta = torch.device("meta")
+    x, half = torch.empty(2, 3, 4, 4, device=meta), torch.empty(2, 3, 4, 4, device=meta, dtype=torch.float16)
+    ints = torch.empty(2, 3, device=meta, dtype=torch.int64)
+    with Compare():  # promotion corners: a 0-d float64, mixed precision, broadcasting, integers
+        x * torch.tensor(2.0, dtype=torch.float64, device=meta), x + half, x + torch.empty(3, 1, 1, device=meta)
+        ints / ints, ints + ints, torch.relu(half), x.clone().add_(1.0)
     assert not differ, differ
     # Every rule was checked at least once.
     assert {f"aten.{n}.default" for n in ("convolution", "convolution_backward", "relu", "relu_", "threshold_backward",

@@ -14,7 +14,7 @@ channels_last, forward and backward.
 
 from __future__ import annotations
 
-# Elementwise ops: the broadcast shape and the promoted dtype (all of them floating here).
+# Elementwise ops: the broadcast shape and the promoted dtype (floating inputs only).
 ELEMENTWISE = frozenset({
     "relu", "add", "sub", "mul", "div", "sigmoid", "tanh", "hardtanh", "leaky_relu", "silu", "gelu",
     "hardswish", "hardsigmoid", "elu", "clamp_min", "threshold_backward", "sigmoid_backward",
@@ -118,8 +118,11 @@ def _promoted(dtypes):
 def _elementwise(tensors):
     """TensorIterator's output: the strides of the first input of the full shape when all of
     them agree (the common case: activation, residual add), else contiguous."""
+    if not all(t.is_floating_point() for t in tensors):
+        return NotImplemented  # integer and bool promotion (div of ints gives floats): the meta kernel knows
     shape = _broadcast(t.shape for t in tensors)
-    dtype = _promoted(t.dtype for t in tensors)
+    # A 0-d tensor (a wrapped scalar) does not raise the dtype within its category.
+    dtype = _promoted(t.dtype for t in tensors if t.dim()) or _promoted(t.dtype for t in tensors)
     full = [t for t in tensors if tuple(t.shape) == shape]
     if full and all(t.stride() == full[0].stride() for t in full) and _dense_strides(full[0]) is not None \
             and all(t.dim() == 0 or tuple(t.shape) == shape for t in tensors):
