@@ -271,4 +271,3 @@ def check_weights(model_on_meta, what: str) -> None:
 def gathered_bytes(rows: int, *shape: int, itemsize: int = 4) -> int:
     """Bytes of a rows×shape array (the size of a sample or feature matrix before it is made)."""
     return rows * math.prod(shape) * itemsize
-
