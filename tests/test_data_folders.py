@@ -187,3 +187,40 @@ def test_image_files_of_several_sizes_decode_as_the_store_does(tmp_path):
     for path, image in zip(paths, images):
         expected = read_image(path, "RGB", (40, 30))
         assert torch.equal(image, torch.from_numpy(expected.copy()).permute(2, 0, 1))
+
+
+def test_one_walk_and_one_stat_per_file_for_every_split_a_run_opens(cli, tmp_path, monkeypatch):
+    """`train --test-each-epoch` on a folder opens it for train/val and again for test: one walk
+    (each class folder listed once) and at most one stat of each image file in the whole run,
+    the store key included (issue 29: 111,000 stats and two walks for 20,000 images)."""
+    root = tmp_path / "pets"
+    make_split_folder(root, np.random.default_rng(0))
+    images = {os.path.realpath(p) for p in root.rglob("*") if p.suffix in (".png", ".jpg", ".gif")}
+    class_dirs = {os.path.realpath(p) for p in root.glob("*/*") if p.is_dir()}
+    stats, listings = {}, {}
+    real_stat, real_scandir = os.stat, os.scandir
+
+    def counting_stat(path, *args, **kwargs):
+        key = os.path.realpath(path) if isinstance(path, (str, os.PathLike)) else None
+        if key in images:
+            stats[key] = stats.get(key, 0) + 1
+        return real_stat(path, *args, **kwargs)
+
+    def counting_scandir(path="."):
+        key = os.path.realpath(path)
+        if key in class_dirs:
+            listings[key] = listings.get(key, 0) + 1
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "stat", counting_stat)
+    monkeypatch.setattr(os, "scandir", counting_scandir)
+    result = cli("train", "--data", str(root), "--arch", "mlp", "--epochs", "1", "--batch-size", "4",
+                 "--test-each-epoch", "-o", str(tmp_path / "m.safetensors"), "-q")
+    assert result.exit_code == 0, result.stderr
+    assert set(listings) == class_dirs and set(listings.values()) == {1}, listings
+    assert set(stats) == images and max(stats.values()) == 1, stats
+    # Outside a run, each open walks afresh: a file changed between two opens is seen.
+    stats.clear()
+    load_split(str(root), "test")
+    load_split(str(root), "test")
+    assert set(stats.values()) == {2}

@@ -37,6 +37,33 @@ def test_digits_split_is_fixed_stratified_and_matches_sklearn():
     assert int(train.images.max()) == 255
 
 
+def test_shipped_digits_are_sklearns_bit_for_bit_and_load_without_sklearn():
+    """digits.npz holds load_digits()'s images and labels exactly; the splits are the ones the
+    scikit-learn path gave (same indices, same bytes); reading them imports neither
+    scikit-learn nor scipy (1-4 s, issue 29)."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from cnntools.data import synthetic
+
+    bunch = load_digits()
+    with np.load(synthetic.DIGITS_FILE) as stored:
+        assert np.array_equal(stored["counts"].astype(np.float64), bunch.images)
+        assert np.array_equal(stored["labels"].astype(np.int64), bunch.target)
+    scaled = ((bunch.images.astype(np.int64) * 255 + 8) // 16).astype(np.uint8)[:, None]
+    train_idx, test_idx = stratified_split(bunch.target, synthetic.DIGITS_TEST_FRACTION, synthetic.DIGITS_SPLIT_SEED)
+    for split, idx in (("train", train_idx), ("test", test_idx)):
+        got = load_split("digits", split)
+        assert np.array_equal(got.images.numpy(), scaled[idx])
+        assert np.array_equal(got.labels.numpy(), bunch.target[idx])
+    probe = ("import sys; from cnntools.data import load_split; load_split('digits', 'train'); load_split('digits', 'test'); "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'scipy')))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stdout[:300]
+
+
 def test_val_split_is_stratified_seeded_and_disjoint():
     train = load_split("digits", "train", val_split=0.25, seed=3)
     val = load_split("digits", "val", val_split=0.25, seed=3)

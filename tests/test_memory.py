@@ -126,6 +126,109 @@ def test_a_model_that_reads_values_has_no_estimate():
     assert memory.fit_batch(ReadsValues(), (3, 8, 8), 64, torch.device("cpu"), "m") == 64
 
 
+def _odd_model():
+    """Every shape rule the built-in architectures do not reach: strides, dilation, groups,
+    ceil_mode, in-place and other activations, a non-square adaptive pool."""
+    nn = torch.nn
+    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1, ceil_mode=True),
+                         nn.AvgPool2d(2, ceil_mode=True), nn.Conv2d(8, 6, 3, padding=2, dilation=2, groups=2),
+                         nn.Hardswish(), nn.GELU(), nn.SiLU(), nn.Tanh(), nn.AdaptiveAvgPool2d((2, 3)), nn.Flatten(),
+                         nn.Linear(36, 5), nn.LeakyReLU())
+
+
+def _meta_cases():
+    from cnntools.models import ARCHITECTURES, _load_families
+
+    _load_families()
+    for arch in ARCHITECTURES:
+        channels, size = (1, 28) if arch == "mlp" else (3, 64)
+        yield arch, create_model(arch, channels, size, 10), (3, channels, size, size)
+    yield "lenet+batchnorm", create_model("lenet", 3, 32, 10, batchnorm=True), (3, 3, 32, 32)
+    yield "odd", _odd_model(), (3, 3, 37, 29)
+
+
+def test_shape_rules_give_what_the_meta_kernels_give():
+    """The rules that keep torch._dynamo and sympy out (cnntools.inference.meta_shapes) give the
+    same shapes, dtypes, strides and bytes as torch's own meta kernels, on every built-in
+    architecture and the odd layers, forward and backward, NCHW and channels_last."""
+    from torch.func import functional_call
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    from cnntools.inference import meta_shapes
+
+    answered, differ = set(), {}
+
+    def describe(out):
+        return [(tuple(t.shape), t.dtype, t.stride(), t.untyped_storage().nbytes()) if isinstance(t, torch.Tensor) else t
+                for t in tree_flatten(out)[0]]
+
+    class Compare(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            real = func(*args, **(kwargs or {}))
+            ours = meta_shapes.output(func, args, kwargs or {})
+            if ours is not NotImplemented:
+                answered.add(str(func))
+                if describe(ours) != describe(real):
+                    differ[str(func)] = (describe(real), describe(ours))
+            return real
+
+    for name, model, shape in _meta_cases():
+        for training in (False, True):
+            model.train(training)
+            for fmt in (torch.contiguous_format, torch.channels_last):
+                weights = {n: torch.empty_like(p, device="meta").contiguous(memory_format=fmt if p.dim() == 4 else torch.contiguous_format)
+                           .requires_grad_(training) for n, p in model.named_parameters()}
+                weights.update({n: torch.empty_like(b, device="meta") for n, b in model.named_buffers()})
+                x = torch.empty(shape, device="meta").contiguous(memory_format=fmt)
+                with (torch.enable_grad() if training else torch.no_grad()), Compare():
+                    out = functional_call(model, weights, (x,))
+                    if training:
+                        out.sum().backward()
+    meta = torch.device("meta")
+    x, half = torch.empty(2, 3, 4, 4, device=meta), torch.empty(2, 3, 4, 4, device=meta, dtype=torch.float16)
+    ints = torch.empty(2, 3, device=meta, dtype=torch.int64)
+    with Compare():  # promotion corners: a 0-d float64, mixed precision, broadcasting, integers
+        x * torch.tensor(2.0, dtype=torch.float64, device=meta), x + half, x + torch.empty(3, 1, 1, device=meta)
+        ints / ints, ints + ints, torch.relu(half), x.clone().add_(1.0)
+    assert not differ, differ
+    # Every rule was checked at least once.
+    assert {f"aten.{n}.default" for n in ("convolution", "convolution_backward", "relu", "relu_", "threshold_backward",
+                                           "avg_pool2d", "_adaptive_avg_pool2d", "native_batch_norm")} <= answered
+    assert set(meta_shapes.RULES) <= answered, set(meta_shapes.RULES) - answered
+
+
+def test_the_memory_check_imports_neither_dynamo_nor_sympy():
+    """torch._dynamo and sympy cost 2-5 s to import; checking a model, forward and training,
+    must not pull them in (issue 29). Building resnet18 imports torchvision, which imports
+    torch._dynamo itself, so the architectures checked are those whose build does not."""
+    script = textwrap.dedent("""
+        import sys, torch
+        from cnntools.inference import memory
+        from cnntools.models import ARCHITECTURES, _load_families, create_model
+        heavy = lambda: sorted(m for m in sys.modules if m == "sympy" or m.startswith("torch._dynamo"))[:3]
+        _load_families()
+        checked = []
+        for arch in sorted(ARCHITECTURES, key=lambda a: a.startswith(("resnet", "vgg"))):  # torchvision's last
+            c, s = (1, 28) if arch == "mlp" else (3, 64)
+            for bn in (False, True):
+                model = create_model(arch, c, s, 10, batchnorm=bn) if arch == "lenet" else create_model(arch, c, s, 10)
+                if heavy():
+                    break
+                assert memory.forward_peak_bytes(model, (4, c, s, s)) > 0
+                assert memory.forward_peak_bytes(model, (4, c, s, s), training=True) > 0
+                memory.fit_batch(model, (c, s, s), 64, torch.device("cpu"), arch)
+                memory.check_training(model, (c, s, s), 64, torch.device("cpu"), arch)
+                assert not heavy(), (arch, heavy())
+                checked.append(arch)
+        print(" ".join(sorted(set(checked))))
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert {"lenet", "simple-cnn", "compact-cnn", "mlp"} <= set(proc.stdout.split()), proc.stdout
+
+
 # ---------------------------------------------------------------------------- hostile checkpoints
 
 

@@ -139,6 +139,14 @@ def test_list_archs_cli(cli):
     assert cli("train", "--arch", "help").stdout == table.stdout  # the other spelling people try
 
 
+def test_stored_catalog_is_what_the_real_models_give():
+    """`train --list-archs` prints stored rows (cnntools.models.catalog) so it imports no torch;
+    they must be the rows the real models give (rewrite them with `python -m cnntools.models.catalog`)."""
+    from cnntools.models import catalog
+
+    assert catalog.ROWS == list_architectures(), "run: python -m cnntools.models.catalog"
+
+
 def test_list_architectures_counts_at_other_inputs():
     rows = {r["arch"]: r for r in list_architectures(in_channels=1, image_size=28, num_classes=10)}
     assert rows["mlp"]["parameters"] == 784 * 128 + 128 + 1290

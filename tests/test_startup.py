@@ -40,6 +40,9 @@ CASES = {
     "complete-commands": ([], {**COMPLETE, "_TYPER_COMPLETE_ARGS": "cnntools rf"}),
     "complete-options": ([], {**COMPLETE, "_TYPER_COMPLETE_ARGS": "cnntools conv-calc --"}),
     "source-bash": ([], {"_CNNTOOLS_COMPLETE": "source_bash"}),
+    # Stored parameter counts (cnntools.models.catalog): building the models took 5-7 s (issue 29).
+    "list-archs": (["train", "--list-archs"], {}),
+    "list-archs-json": (["train", "--list-archs", "--format", "json"], {}),
 }
 
 
@@ -74,3 +77,18 @@ def test_the_wrapper_would_see_a_heavy_import():
     proc, modules = run_wrapped(["rf-calc", "--arch", "lenet", "-q"], {})
     assert proc.returncode == 0, proc.stderr
     assert "torch" in modules
+
+
+def test_info_imports_no_heavy_library(tmp_path):
+    """`info` reads the safetensors header and the metadata: no tensor, so no torch (issue 29)."""
+    from cnntools.checkpoint import save_checkpoint
+    from cnntools.models import create_model
+    from test_checkpoint import _meta
+
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(str(path), create_model("lenet", 1, 32, 10), _meta("lenet", 1, 32))
+    for args in (["info", str(path)], ["info", str(path), "--format", "json"]):
+        proc, modules = run_wrapped(args, {})
+        assert proc.returncode == 0, proc.stderr
+        assert "lenet" in proc.stdout
+        assert not modules & set(HEAVY), f"{args} imported {sorted(modules & set(HEAVY))}"

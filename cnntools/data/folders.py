@@ -41,10 +41,6 @@ def _visible_dirs(path: Path) -> list[Path]:
         raise CnnError(f"{path}: cannot list the folder ({error.strerror})") from None
 
 
-def _image_files(folder: Path, extensions: set[str]) -> tuple[list[Path], list[tuple[Path, str]]]:
-    return files.walk_files(folder, lambda name: os.path.splitext(name)[1].lower() in extensions)
-
-
 def _layout(root: Path) -> dict[str, Path]:
     """split name → folder holding that split's class folders."""
     by_name = {p.name.lower(): p for p in _visible_dirs(root)}
@@ -76,24 +72,24 @@ def _size_request(image_size) -> tuple[int, int] | None:
     return (int(h), int(w))
 
 
-class FolderSource:
-    """Image class folders, decoded once into a store on disk (all splits at once) and mapped."""
+class FolderWalk:
+    """One walk of a folder: its layout, the image files of each split with their class, the
+    size and mtime of each from the walk's own stat (the store key needs no other), the file
+    headers once read and the splits once loaded at each size."""
 
-    decodes_files = True  # its images come from decoding files at a size it is asked for
-
-    def __init__(self, root: Path, image_size=None) -> None:
+    def __init__(self, root: Path) -> None:
         self.root = root
-        self.spec = str(root)
-        self.request = _size_request(image_size)
         self.layout = _layout(root)
         exts = image_extensions()
         self.files: dict[str, list[tuple[Path, str]]] = {}
         self.skipped: list[tuple[Path, str]] = []  # FIFOs, devices, dead links: never opened
+        self.stats: dict[Path, os.stat_result] = {}
         class_names: set[str] = set()
         for split, folder in self.layout.items():
             entries = []
             for class_dir in _visible_dirs(folder):
-                found, skipped = _image_files(class_dir, exts)
+                found, skipped = files.walk_files(class_dir, lambda name: os.path.splitext(name)[1].lower() in exts,
+                                                  self.stats)
                 for path, reason in skipped:
                     warn(f"{path}: {reason}; skipped")
                 self.skipped.extend(skipped)
@@ -104,7 +100,7 @@ class FolderSource:
                 entries.extend((f, class_dir.name) for f in found)
             if entries:
                 self.files[split] = entries
-        self.files, class_names = count_once(self.files, self.layout, class_names)
+        self.files, class_names = count_once(self.files, self.layout, class_names, self.stats)
         if not self.files:
             raise CnnError(
                 f"{root}: no images found; expected class folders (root/CLASS/*.png, *.jpg ...) "
@@ -115,8 +111,52 @@ class FolderSource:
             raise CnnError(
                 f"{root}: only one class ({self.classes[0]}) found; a classifier needs at least two class folders"
             )
-        self._loaded: dict[str, ImageSet] | None = None
-        self._header_cache: list[tuple] | None = None
+        self.headers: list[tuple] | None = None
+        self.loaded: dict[tuple[int, int] | None, dict[str, ImageSet]] = {}
+
+
+# Walks shared by every source opened inside `shared_walks()`, by real path; None outside.
+_shared: dict[str, FolderWalk] | None = None
+
+
+@contextlib.contextmanager
+def shared_walks():
+    """Inside, every source opened on one folder shares one walk of it (and the splits it
+    loaded): `train --test-each-epoch` opens the folder for train and again for test. Outside,
+    each source walks the folder afresh, so files changed between two opens are seen."""
+    global _shared
+    if _shared is not None:
+        yield
+        return
+    _shared = {}
+    try:
+        yield
+    finally:
+        _shared = None
+
+
+def folder_walk(root: Path) -> FolderWalk:
+    """The walk of `root`: the shared one inside `shared_walks()`, else a new one."""
+    if _shared is None:
+        return FolderWalk(root)
+    key = os.path.realpath(root)
+    if key not in _shared:
+        _shared[key] = FolderWalk(root)
+    return _shared[key]
+
+
+class FolderSource:
+    """Image class folders, decoded once into a store on disk (all splits at once) and mapped."""
+
+    decodes_files = True  # its images come from decoding files at a size it is asked for
+
+    def __init__(self, root: Path, image_size=None) -> None:
+        self.root = root
+        self.spec = str(root)
+        self.request = _size_request(image_size)
+        self.walk = folder_walk(root)
+        self.layout, self.files, self.skipped, self.classes = (self.walk.layout, self.walk.files, self.walk.skipped,
+                                                               self.walk.classes)
 
     def splits(self) -> list[str]:
         return [s for s in ("train", "val", "test") if s in self.files]
@@ -135,13 +175,13 @@ class FolderSource:
 
     def at_size(self, image_size) -> "FolderSource":
         """This folder decoded at `image_size` instead (the file headers already read are kept)."""
-        self.request, self._loaded = _size_request(image_size), None
+        self.request = _size_request(image_size)
         return self
 
     def load(self, split: str) -> ImageSet:
-        if self._loaded is None:
-            self._loaded = self._load_all()
-        return self._loaded[split]
+        if self.request not in self.walk.loaded:
+            self.walk.loaded[self.request] = self._load_all()
+        return self.walk.loaded[self.request][split]
 
     # ------------------------------------------------------------------ decoding into the store
 
@@ -150,16 +190,10 @@ class FolderSource:
         return text[len(prefix):] if text.startswith(prefix) else str(path.relative_to(self.root))  # (pathlib's is slow)
 
     def _listing(self) -> list[tuple[str, int, int]]:
-        listing = []
-        for split in self.splits():
-            for path, _ in self.files[split]:
-                try:
-                    st = os.stat(path)
-                except OSError:
-                    listing.append((self._relative(path), -1, -1))
-                    continue
-                listing.append((self._relative(path), st.st_size, st.st_mtime_ns))
-        return listing
+        """(relative path, size, mtime_ns) of every file, from the walk's stat of it."""
+        stats = self.walk.stats
+        return [(self._relative(path), stats[path].st_size, stats[path].st_mtime_ns)
+                for split in self.splits() for path, _ in self.files[split]]
 
     def _load_all(self) -> dict[str, ImageSet]:
         listing = self._listing()
@@ -201,7 +235,7 @@ class FolderSource:
     def _headers(self) -> list[tuple]:
         """(size (w, h), mode, None) or (None, None, reason) of every file, from its header
         only; read once, on threads."""
-        if self._header_cache is None:
+        if self.walk.headers is None:
             from cnntools.data.images import displayed_size, pil
 
             Image = pil()  # the decompression-bomb limit, set before the worker threads start
@@ -218,10 +252,10 @@ class FolderSource:
             # the pool's own overhead does not outweigh the work.
             groups = [all_files[i:i + _GROUP] for i in range(0, len(all_files), _GROUP)]
             with ThreadPoolExecutor(decode_workers()) as pool:
-                self._header_cache = [h for found in pool.map(lambda g: [header(p) for _, p, _ in g], groups) for h in found]
-            if not any(h[0] is not None for h in self._header_cache):
+                self.walk.headers = [h for found in pool.map(lambda g: [header(p) for _, p, _ in g], groups) for h in found]
+            if not any(h[0] is not None for h in self.walk.headers):
                 raise CnnError(f"{self.root}: none of the {len(all_files)} image files could be decoded")
-        return self._header_cache
+        return self.walk.headers
 
     @staticmethod
     def _common_size(good: list[tuple]) -> tuple[int, int, str]:
@@ -323,17 +357,19 @@ class FolderSource:
         return meta
 
 
-def count_once(files: dict[str, list[tuple[Path, str]]], layout: dict[str, Path],
-               class_names: set[str]) -> tuple[dict[str, list[tuple[Path, str]]], set[str]]:
+def count_once(files: dict[str, list[tuple[Path, str]]], layout: dict[str, Path], class_names: set[str],
+               stats: dict | None = None) -> tuple[dict[str, list[tuple[Path, str]]], set[str]]:
     """(files, class names) with every real file once: a file reached by two paths (a link to
     a folder, a loop back to the root) is kept under its own class, the class folder it
     really lies in, and where the paths disagree on the class a warning names both. Keyed
-    by the real file's (st_dev, st_ino); a class left with no file of its own is dropped."""
+    by the real file's (st_dev, st_ino); a class left with no file of its own is dropped.
+    `stats`: the walk's own stat of each path (links followed), so no file is stat'ed twice."""
     seen: dict[tuple[int, int], list[tuple[str, int]]] = {}
+    stats = stats or {}
     for split, entries in files.items():
         for i, (path, _) in enumerate(entries):
             try:
-                st = os.stat(path)
+                st = stats.get(path) or os.stat(path)
             except OSError:
                 continue  # vanished since the walk: the decoder reports it
             seen.setdefault((st.st_dev, st.st_ino), []).append((split, i))

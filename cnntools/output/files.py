@@ -98,9 +98,11 @@ def read_text(path: str | os.PathLike, limit: int = READ_LIMIT) -> str:
         raise CnnError(f"{display_name(path)}: not UTF-8 text") from None
 
 
-def walk_files(root: str | os.PathLike, wanted=lambda name: True) -> tuple[list[Path], list[tuple[Path, str]]]:
+def walk_files(root: str | os.PathLike, wanted=lambda name: True,
+               stats: dict | None = None) -> tuple[list[Path], list[tuple[Path, str]]]:
     """(files, skipped) under `root`: the regular files whose name `wanted` accepts, and the
-    wanted names that are not readable files, each with its reason.
+    wanted names that are not readable files, each with its reason; `stats`, when given,
+    gets each listed file's stat result (the one stat the walk made of it).
 
     Hidden names (a leading dot) are left out. Links to folders are followed, but each real
     folder (by device and inode) is entered once, so `l -> .` or two links to one another
@@ -145,6 +147,8 @@ def walk_files(root: str | os.PathLike, wanted=lambda name: True) -> tuple[list[
             elif (st.st_dev, st.st_ino) not in seen_files:
                 seen_files.add((st.st_dev, st.st_ino))
                 files.append(path)
+                if stats is not None:
+                    stats[path] = st
         pending.extend(reversed(subfolders))
     return files, skipped
 

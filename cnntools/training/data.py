@@ -42,8 +42,11 @@ def load_test_split(cfg: TrainConfig, like):
     """The test split for `--test-each-epoch`, at the size and channels of the train set `like`."""
     from cnntools.data import load_split
 
+    # A folder's test split decoded at the train set's size: the store (and, inside
+    # `shared_walks`, the walk and the loaded splits) the train split came from.
+    size = cfg.image_size or (int(like.image_size[0]), int(like.image_size[1]))
     try:
-        test_set = load_split(cfg.data, "test", cfg.data_dir, cfg.download, 0.0, cfg.seed, cfg.image_size)
+        test_set = load_split(cfg.data, "test", cfg.data_dir, cfg.download, 0.0, cfg.seed, size)
     except CnnError as error:
         raise CnnError(f"--test-each-epoch: {error}") from None
     if len(test_set) == 0:

@@ -34,6 +34,7 @@ BENCHMARKS = {
     "memory": ("bench_memory.py", False),
     "store": ("bench_store.py", False),
     "time_to_accuracy": ("bench_time_to_accuracy.py", False),
+    "commands": ("bench_commands.py", False),
 }
 
 

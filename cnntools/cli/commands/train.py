@@ -234,6 +234,9 @@ def main(
         return
     if target == "-":
         output.claim_stdout()
+    from cnntools.data.folders import shared_walks
+
+    ctx.with_resource(shared_walks())  # one walk of a data folder for every split this run opens
 
     if rank is None:
         _train(cfg, resumed, resume, target, fmt, history, plot, tensorboard=tensorboard)
@@ -411,9 +414,9 @@ def _same_file(a: str, b: str) -> bool:
 
 
 def _list_archs(fmt: str) -> None:
-    from cnntools.models import list_architectures
+    from cnntools.models.catalog import ROWS  # stored counts: building the models takes seconds
 
-    rows = list_architectures()
+    rows = [dict(row) for row in ROWS]
     columns = ["arch", "parameters", "input", "min_size", "pretrained", "description"]
     if fmt == "jsonl":
         for row in rows:
