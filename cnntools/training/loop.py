@@ -35,6 +35,7 @@ from cnntools.data.augment import resolve_augment
 from cnntools.data.imageset import CHUNK_BYTES, chunk_rows
 from cnntools.inference.batches import wants_channels_last
 from cnntools.core.errors import CnnError
+from cnntools.training.bf16_guard import guard_small_convs
 from cnntools.training.checkpointing import Checkpointing, Position
 from cnntools.training.config import TrainConfig, validate_config
 from cnntools.training.control import NonFiniteLoss, TrainingInterrupted, gradient_sum, install_stop_signals, restore_signals
@@ -104,6 +105,7 @@ class Trainer(Checkpointing):
                               optimizer_states(cfg))
         if get_architecture(cfg.arch).builder is None:  # code cnntools did not write: check it fits the data
             check_outputs(model, cfg.arch, self.in_channels, self.image_size, len(self.classes))
+        guard_small_convs(model, shape, self.device, self.precision)  # NaN gradients of oneDNN's bf16 kernels
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = wrap_model(model, self.device, world_size)
