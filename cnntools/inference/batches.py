@@ -22,10 +22,19 @@ from cnntools.data.imageset import CHUNK_BYTES, chunk_rows
 from cnntools.inference.preprocessing import Preprocessing
 
 
-def wants_channels_last(device, precision: str, arch: str) -> bool:
-    """channels_last pays on CUDA and with bf16 on CPUs that run it natively; not for the MLP."""
+def wants_channels_last(device, precision: str, arch: str, training: bool = False) -> bool:
+    """The memory format that runs the model fastest: channels_last on CUDA; on the CPU, for
+    training channels_last in fp32 and NCHW in bf16, for inference channels_last in bf16
+    (where it was measured to pay; not re-measured since); NCHW for the MLP.
+
+    Training measured with tests/benchmarks/bench_layout.py (a bare training step both ways):
+    in fp32 channels_last was 1.29-1.32x NCHW on an AVX-512 Xeon (simple-cnn 32 px, compact-cnn
+    128 px) and 1.15-1.23x on an AVX2 EPYC (issue 29); in bf16 on the AVX-512 Xeon 0.52x.
+    """
     if arch == "mlp":
         return False
+    if device.type == "cpu" and training:
+        return precision == "fp32"
     return device.type == "cuda" or (device.type == "cpu" and precision == "bf16")
 
 

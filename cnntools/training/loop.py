@@ -79,7 +79,7 @@ class Trainer(Checkpointing):
         self.output = output
         self.device = device if device is not None else runtime.resolve_device(cfg.device)
         self.precision = runtime.resolve_precision(cfg.precision, self.device)
-        self.channels_last = wants_channels_last(self.device, self.precision, cfg.arch)
+        self.channels_last = wants_channels_last(self.device, self.precision, cfg.arch, training=True)
         self.train_set, self.val_set = train_set, val_set
         self.image_size = int(train_set.image_size[0])
         self.in_channels = train_set.channels
