@@ -22,19 +22,24 @@ from cnntools.data.imageset import CHUNK_BYTES, chunk_rows
 from cnntools.inference.preprocessing import Preprocessing
 
 
-def wants_channels_last(device, precision: str, arch: str, training: bool = False) -> bool:
+BF16_CHANNELS_LAST_FROM = 64  # image side from which CPU bf16 training pays for channels_last
+
+
+def wants_channels_last(device, precision: str, arch: str, training: bool = False, image_size: int = 0) -> bool:
     """The memory format that runs the model fastest: channels_last on CUDA; on the CPU, for
-    training channels_last in fp32 and NCHW in bf16, for inference channels_last in bf16
-    (where it was measured to pay; not re-measured since); NCHW for the MLP.
+    training channels_last in fp32, and in bf16 from BF16_CHANNELS_LAST_FROM px (NCHW below);
+    for inference channels_last in bf16 (where it was measured to pay; not re-measured
+    since); NCHW for the MLP.
 
     Training measured with tests/benchmarks/bench_layout.py (a bare training step both ways):
     in fp32 channels_last was 1.29-1.32x NCHW on an AVX-512 Xeon (simple-cnn 32 px, compact-cnn
-    128 px) and 1.15-1.23x on an AVX2 EPYC (issue 29); in bf16 on the AVX-512 Xeon 0.52x.
+    128 px) and 1.15-1.23x on an AVX2 EPYC (issue 29); in bf16 on the AVX-512 Xeon 0.52x for
+    simple-cnn at 32 px but 1.41x for compact-cnn at 128 px.
     """
     if arch == "mlp":
         return False
     if device.type == "cpu" and training:
-        return precision == "fp32"
+        return precision == "fp32" or (precision == "bf16" and image_size >= BF16_CHANNELS_LAST_FROM)
     return device.type == "cuda" or (device.type == "cpu" and precision == "bf16")
 
 
