@@ -32,9 +32,10 @@ def wants_channels_last(device, precision: str, arch: str, training: bool = Fals
     since); NCHW for the MLP.
 
     Training measured with tests/benchmarks/bench_layout.py (a bare training step both ways):
-    in fp32 channels_last was 1.29-1.32x NCHW on an AVX-512 Xeon (simple-cnn 32 px, compact-cnn
-    128 px) and 1.15-1.23x on an AVX2 EPYC (issue 29); in bf16 on the AVX-512 Xeon 0.52x for
-    simple-cnn at 32 px but 1.41x for compact-cnn at 128 px.
+    in fp32 channels_last was 1.21-1.41x NCHW on an AVX-512 Xeon (simple-cnn and resnet18 at
+    32 px, compact-cnn at 128 px) and 1.15-1.23x on an AVX2 EPYC (issue 29); in bf16 on the
+    Xeon 0.52-0.66x for simple-cnn at 32 px (three runs of four), 0.97x for resnet18 at 32 px,
+    1.41-1.76x for compact-cnn at 128 px (docs/performance.md).
     """
     if arch == "mlp":
         return False
