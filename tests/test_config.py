@@ -92,3 +92,16 @@ def test_config_errors_are_one_line(cli, tmp_path):
     good.write_text("epochs = 2\n")
     both = cli("train", "--config", good, "--resume", ckpt)
     assert both.exit_code == 1 and "leave --config out" in both.stderr
+
+
+def test_the_mnist_recipe_is_a_config_train_takes(cli):
+    """examples/mnist-fast.toml (docs/performance.md): every key a train option, the recipe's values kept."""
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parents[1] / "examples" / "mnist-fast.toml"
+    result = cli("train", "--config", str(recipe), "--print-config")
+    assert result.exit_code == 0, result.stderr
+    text = result.stdout
+    for line in ('arch = "twoconv-bn"', "epochs = 5", "batch-size = 64", 'opt = "sgd"', "nesterov = true",
+                 'schedule = "onecycle"', 'augment = "crop:2"', "label-smoothing = 0.1", "val-split = 0.0"):
+        assert line in text, line

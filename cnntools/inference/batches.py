@@ -22,10 +22,25 @@ from cnntools.data.imageset import CHUNK_BYTES, chunk_rows
 from cnntools.inference.preprocessing import Preprocessing
 
 
-def wants_channels_last(device, precision: str, arch: str) -> bool:
-    """channels_last pays on CUDA and with bf16 on CPUs that run it natively; not for the MLP."""
+BF16_CHANNELS_LAST_FROM = 64  # image side from which CPU bf16 training pays for channels_last
+
+
+def wants_channels_last(device, precision: str, arch: str, training: bool = False, image_size: int = 0) -> bool:
+    """The memory format that runs the model fastest: channels_last on CUDA; on the CPU, for
+    training channels_last in fp32, and in bf16 from BF16_CHANNELS_LAST_FROM px (NCHW below);
+    for inference channels_last in bf16 (where it was measured to pay; not re-measured
+    since); NCHW for the MLP.
+
+    Training measured with tests/benchmarks/bench_layout.py (a bare training step both ways):
+    in fp32 channels_last was 1.21-1.41x NCHW on an AVX-512 Xeon (simple-cnn and resnet18 at
+    32 px, compact-cnn at 128 px) and 1.15-1.23x on an AVX2 EPYC (issue 29); in bf16 on the
+    Xeon 0.52-0.66x for simple-cnn at 32 px (three runs of four), 0.97x for resnet18 at 32 px,
+    1.41-1.76x for compact-cnn at 128 px (docs/performance.md).
+    """
     if arch == "mlp":
         return False
+    if device.type == "cpu" and training:
+        return precision == "fp32" or (precision == "bf16" and image_size >= BF16_CHANNELS_LAST_FROM)
     return device.type == "cuda" or (device.type == "cpu" and precision == "bf16")
 
 

@@ -215,7 +215,7 @@ def _load_families() -> None:
     if _loaded:
         return
     _loaded = True
-    from cnntools.models import lenet, simple, resnet, compact, vgg, mlp  # noqa: F401,I001 - registration order = listing order
+    from cnntools.models import lenet, simple, resnet, compact, vgg, mlp, twoconv  # noqa: F401,I001 - registration order = listing order
 
 
 def list_architectures(in_channels: int = 3, image_size: int = 32, num_classes: int = 10) -> list[dict]:

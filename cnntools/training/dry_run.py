@@ -6,6 +6,13 @@ device; the run's wall time is extrapolated from them:
 
     start-up + epochs × (updates per epoch × seconds per update + validation batches × seconds per batch)
 
+The timing keeps to a budget (TIME_BUDGET seconds, `time_within`): fast steps are timed a
+few times at the full batch; a step too slow for that is timed on sub-batches of growing
+size and scaled to the batch, so a dry run answers in seconds whatever the model and image
+size. The report gives the range of the timed steps and the load average: on a shared
+machine the figure holds for the load it was measured under. A run estimated at more than
+an hour comes with cheaper runs and their estimates (`cheaper_runs`).
+
 Memory: parameters, gradients and optimizer state are counted exactly; activations are the
 measured peak of the timed steps on CUDA, and on the CPU the peak of one training step
 traced on the meta device (`cnntools.inference.memory`, the estimate `train` checks a step against);
@@ -26,10 +33,11 @@ from cnntools.inference.memory import forward_peak_bytes
 # Optimizer state per parameter, in parameter-sized tensors.
 STATE_PER_PARAMETER = {"adam": 2, "adamw": 2, "sgd": 1}
 
-WARMUP_STEPS = 2  # the first steps pay for allocator growth and kernel selection
-TIMED_STEPS = 5
-TIMED_SECONDS = 10.0  # stop timing early on slow models
-EVAL_BATCHES = 3
+TIME_BUDGET = 15.0  # seconds of timing: with set-up and import the answer comes within 30 s
+TIMED_STEPS = 5  # full steps timed when they are fast enough
+GROWTH = 2  # a slow model is timed on sub-batches of 2, 4, 8, ... images
+HOUR = 3600.0
+clock = time.perf_counter  # tests replace it
 
 
 def _sync(device) -> None:
@@ -45,6 +53,51 @@ def _step(trainer, x, y) -> None:
     trainer.scaler.scale(loss).backward()
     trainer.scaler.step(trainer.optimizer)
     trainer.scaler.update()
+
+
+def time_within(run, full: int, budget: float, device, steps: int = TIMED_STEPS, smallest: int = 2) -> dict:
+    """Seconds per call of `run(k)` (a step on `k` images) at `full` images, measured within
+    about `budget` seconds.
+
+    The first call of all and the first at each larger size pay for kernel selection and
+    allocator growth: the first is never counted, the others only when no second one fits.
+    A model too slow for `steps` full calls within the budget is timed on sub-batches growing
+    by GROWTH from `smallest` images, as far as the budget allows, and its time extrapolated
+    to `full` images along the line through the last two sizes (a call's fixed part and its
+    cost per image), or in proportion to the images when only one size was timed. Returns the mean and the min-max per call, the calls timed and the
+    images per timed call.
+    """
+    deadline = clock() + budget
+    k = min(full, smallest)
+    run(k)  # the first call of all pays for kernel selection and set-up: never counted
+    _sync(device)
+    times: list[float] = []
+    skip, previous = 0, None  # calls to leave out at this size (its warm-up); the last size's (k, mean)
+    while True:
+        start = clock()
+        run(k)
+        _sync(device)
+        times.append(clock() - start)
+        left = deadline - clock()
+        if k < full:
+            bigger = min(full, k * GROWTH)
+            if 2 * times[-1] * bigger / k <= left:  # a warm-up and a timed call at the next size fit
+                kept = times[skip:] or times
+                previous, k, times, skip = (k, sum(kept) / len(kept)), bigger, [], 1
+                continue
+            if len(times) < 3 and times[-1] <= left:
+                continue
+            break
+        if len(times) > steps or times[-1] > left:
+            break
+    kept = times[skip:] or times
+    mean = sum(kept) / len(kept)
+    scale = 1.0
+    if k < full:
+        # Two sizes give the fixed part of a call and its cost per image; one size: proportional (an upper bound).
+        per_image = (mean - previous[1]) / (k - previous[0]) if previous else 0.0
+        scale = (mean + per_image * (full - k)) / mean if per_image > 0 else full / k
+    return {"mean": mean * scale, "min": min(kept) * scale, "max": max(kept) * scale, "timed": len(kept), "images": k}
 
 
 def _batches(loader, count: int) -> tuple[list, float]:
@@ -74,11 +127,13 @@ def _peak_rss_bytes() -> int | None:
         return None
 
 
-def estimate(trainer, setup_seconds: float = 0.0) -> dict:
+def estimate(trainer, setup_seconds: float = 0.0, time_budget: float | None = None) -> dict:
     """The dry run's report for a freshly built `Trainer` (its model and optimizer are spent);
-    `setup_seconds`: what loading the data and building the trainer took, which the run pays too."""
+    `setup_seconds`: what loading the data and building the trainer took, which the run pays too;
+    `time_budget`: seconds the timing may take (TIME_BUDGET)."""
     from cnntools.models import count_parameters
 
+    started = clock()
     cfg, device = trainer.cfg, trainer.device
     model = unwrap_model(trainer.model)
     params = list(model.parameters())
@@ -87,23 +142,23 @@ def estimate(trainer, setup_seconds: float = 0.0) -> dict:
     state_bytes = grad_bytes * STATE_PER_PARAMETER.get(cfg.opt, 0) if cfg.opt != "sgd" or cfg.momentum else 0
     data_bytes = sum(s.images.numel() * s.images.element_size() for s in (trainer.train_set, trainer.val_set) if s is not None)
 
-    batches, load_seconds = _batches(trainer.train_loader, WARMUP_STEPS + TIMED_STEPS)
+    budget = TIME_BUDGET if time_budget is None else time_budget
+    batches, load_seconds = _batches(trainer.train_loader, 3)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
     trainer.model.train()
-    for x, y in batches[:WARMUP_STEPS]:
-        _step(trainer, x, y)
-    _sync(device)
-    timed, start = 0, time.perf_counter()
-    for x, y in batches[WARMUP_STEPS:] or batches:
-        _step(trainer, x, y)
-        timed += 1
-        if time.perf_counter() - start > TIMED_SECONDS:
-            break
-    _sync(device)
+    turn = iter(range(1 << 30))
+
+    def train_step(k: int) -> None:
+        x, y = batches[next(turn) % len(batches)]
+        _step(trainer, x[:k], y[:k])
+
+    # Training gets most of the budget; evaluation (a forward only) the rest.
+    has_eval = trainer.val_loader is not None or trainer.test_loader is not None
+    steps = time_within(train_step, len(batches[0][1]), budget * (0.75 if has_eval else 1.0), device)
     # The loop makes each batch and then steps on it: an update costs both.
-    step_seconds = (time.perf_counter() - start) / max(1, timed) + load_seconds
+    step_seconds = steps["mean"] + load_seconds
     if device.type == "cuda":
         activation_bytes = max(0, torch.cuda.max_memory_allocated(device) - base - grad_bytes - state_bytes)
         activation_how = "measured peak"
@@ -124,22 +179,21 @@ def estimate(trainer, setup_seconds: float = 0.0) -> dict:
         val_batches += len(trainer.test_loader)
     loader = trainer.val_loader or trainer.test_loader
     if loader is not None:
-        sample, eval_load_seconds = _batches(loader, EVAL_BATCHES)
+        sample, eval_load_seconds = _batches(loader, 2)
         model.eval()
-        _sync(device)
-        start = time.perf_counter()
-        with torch.inference_mode():
-            for x, _ in sample:
-                with runtime.autocast(device, trainer.precision):
-                    model(x)
-        _sync(device)
-        eval_seconds = (time.perf_counter() - start) / max(1, len(sample)) + eval_load_seconds
+
+        def eval_batch(k: int) -> None:
+            with torch.inference_mode(), runtime.autocast(device, trainer.precision):
+                model(sample[0][0][:k])
+
+        evals = time_within(eval_batch, len(sample[0][1]), max(1.0, budget - (clock() - started)), device, steps=3, smallest=1)
+        eval_seconds = evals["mean"] + eval_load_seconds
     epoch_seconds = trainer.steps_per_epoch * step_seconds + val_batches * eval_seconds
     total = {
         "parameters": param_bytes, "gradients": grad_bytes, "optimizer_state": state_bytes,
         "activations": activation_bytes, "dataset": data_bytes,
     }
-    return {
+    report = {
         "arch": cfg.arch,
         "parameters": count_parameters(model),
         "trainable_parameters": count_parameters(model, trainable_only=True),
@@ -158,13 +212,106 @@ def estimate(trainer, setup_seconds: float = 0.0) -> dict:
         "memory_bytes": {**total, "total": sum(total.values())},
         "activations_estimate": activation_how,
         "peak_rss_bytes": _peak_rss_bytes(),
-        "timed_steps": timed,
+        "timed_steps": steps["timed"],
+        "timed_images_per_step": steps["images"],
         "seconds_per_step": step_seconds,
+        "seconds_per_step_range": [steps["min"] + load_seconds, steps["max"] + load_seconds],
+        "load_average": _load_average(),
+        "timing_seconds": clock() - started,
         "seconds_per_val_batch": eval_seconds,
         "estimated_epoch_seconds": epoch_seconds,
         "setup_seconds": setup_seconds,
         "estimated_seconds": setup_seconds + epoch_seconds * cfg.epochs,
     }
+    report["cheaper_runs"] = cheaper_runs(trainer, report)
+    return report
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (None where unknown): the figure holds for this load."""
+    import os
+
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def multiply_adds(model, shape: tuple[int, ...]) -> int:
+    """Multiply-adds of the convolutions and linear layers for one input of `shape` (C, H, W),
+    counted in one pass on the model's device (on the meta device no arithmetic is done)."""
+    from torch import nn
+
+    total = 0
+
+    def count(layer, _args, out) -> None:
+        nonlocal total
+        if isinstance(layer, nn.Conv2d):
+            total += out.numel() * layer.in_channels // layer.groups * layer.kernel_size[0] * layer.kernel_size[1]
+        else:
+            total += out.numel() * layer.in_features
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *shape, device=runtime.module_device(model)))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total
+
+
+def _work(cfg, arch: str, channels: int, size: int, classes: int) -> int | None:
+    """multiply_adds of `arch` built for `size`, or None where it cannot be built or traced."""
+    from cnntools.models import create_model
+
+    try:
+        with torch.device("meta"):
+            model = create_model(arch, channels, size, classes, batchnorm=cfg.batchnorm if arch == cfg.arch else False,
+                                 arch_args=cfg.arch_args if arch == cfg.arch else None)
+        return multiply_adds(model, (channels, size, size))
+    except Exception:  # a user's model that reads values, an arch that refuses the size: no suggestion
+        return None
+
+
+SMALLER_ARCHS = ("resnet18-imagenet", "compact-cnn", "simple-cnn")
+PHOTO_SIZE = 64  # resnet18-imagenet's stem (stride 4) pays from this input size on
+
+
+def cheaper_runs(trainer, report: dict, limit: float = HOUR) -> list[dict]:
+    """When the estimated run takes more than `limit` seconds: cheaper runs with their own
+    estimates — a smaller --image-size, a smaller architecture (resnet18-imagenet for
+    photo-sized inputs), fewer --epochs. Estimates scale the measured epoch by the ratio of
+    multiply-adds (the cost of a step on a CPU or a busy GPU), so they carry the same load."""
+    from cnntools.models import get_architecture
+
+    if report["estimated_seconds"] <= limit:
+        return []
+    cfg, size, channels, classes = trainer.cfg, trainer.image_size, trainer.in_channels, len(trainer.classes)
+    setup, epoch = report["setup_seconds"], report["estimated_epoch_seconds"]
+    base = _work(cfg, cfg.arch, channels, size, classes)
+    runs = []
+
+    def add(change: str, work: int | None, epochs: int = cfg.epochs) -> None:
+        if base and work and work < base:
+            runs.append({"change": change, "estimated_seconds": setup + epochs * epoch * work / base})
+
+    floor = max(16, get_architecture(cfg.arch).min_size)
+    smaller = size // 2
+    while smaller >= floor:  # the largest smaller size that fits the limit, else the smallest tried
+        work = _work(cfg, cfg.arch, channels, smaller, classes)
+        if work is None or base is None or smaller // 2 < floor or setup + cfg.epochs * epoch * work / base <= limit:
+            add(f"--image-size {smaller}", work)
+            break
+        smaller //= 2
+    for name in SMALLER_ARCHS:
+        if name == cfg.arch or size < get_architecture(name).min_size or (name == "resnet18-imagenet" and size < PHOTO_SIZE):
+            continue
+        add(f"--arch {name}", _work(cfg, name, channels, size, classes))
+    fitting = int((limit - setup) // epoch) if epoch > 0 else 0
+    if 1 <= fitting < cfg.epochs:
+        runs.append({"change": f"--epochs {fitting}", "estimated_seconds": setup + fitting * epoch})
+    return runs
 
 
 def human_bytes(n: int | None) -> str:
@@ -191,15 +338,27 @@ def table_rows(report: dict) -> list[dict]:
                    f"{human_bytes(mem['gradients'])}, optimizer {human_bytes(mem['optimizer_state'])}, activations "
                    f"{human_bytes(mem['activations'])} ({report['activations_estimate']}), data {human_bytes(mem['dataset'])}"),
         ("peak process memory", human_bytes(report["peak_rss_bytes"])),
-        ("time per step", f"{report['seconds_per_step'] * 1000:.1f} ms (mean of {report['timed_steps']} timed steps)"),
+        ("time per step", _step_text(report)),
         ("evaluation per epoch", f"{report['seconds_per_val_batch'] * report['val_batches_per_epoch'] * 1000:.1f} ms "
                                  f"({report['val_batches_per_epoch']} batch{'es' if report['val_batches_per_epoch'] != 1 else ''}: "
                                  "validation, --val-every, --test-each-epoch)"),
         ("setup", f"{report['setup_seconds']:.1f} s (start-up, data and model)"),
         ("estimated epoch", _duration(report["estimated_epoch_seconds"])),
-        ("estimated run", _duration(report["estimated_seconds"])),
+        ("estimated run", _duration(report["estimated_seconds"]) + " at the machine's current load"),
     ]
+    rows += [("cheaper run", f"{run['change']}: {_duration(run['estimated_seconds'])}") for run in report["cheaper_runs"]]
     return [{"item": k, "value": v} for k, v in rows]
+
+
+def _step_text(report: dict) -> str:
+    """The measured step time, its range, what was timed and the load it holds for."""
+    low, high = (v * 1000 for v in report["seconds_per_step_range"])
+    timed = f"{report['timed_steps']} timed step{'s' if report['timed_steps'] != 1 else ''}"
+    if report["timed_images_per_step"] < report["batch_size"]:
+        timed += f" of {report['timed_images_per_step']} images, scaled to {report['batch_size']}"
+    load = report["load_average"]
+    holds = f"holds for the current load ({load:.1f} on {runtime.usable_cores()} cores)" if load is not None else "holds for the current load"
+    return f"{report['seconds_per_step'] * 1000:.1f} ms, {low:.1f}-{high:.1f} ms (mean and range of {timed}; {holds})"
 
 
 def _duration(seconds: float) -> str:

@@ -35,6 +35,7 @@ from cnntools.data.augment import augment_for, resolve_augment
 from cnntools.data.imageset import CHUNK_BYTES, chunk_rows
 from cnntools.inference.batches import wants_channels_last
 from cnntools.core.errors import CnnError, UsageError
+from cnntools.training.bf16_guard import guard_small_convs
 from cnntools.training.checkpointing import Checkpointing, Position
 from cnntools.training.config import TrainConfig, validate_config
 from cnntools.training.control import NonFiniteLoss, TrainingInterrupted, gradient_sum, install_stop_signals, restore_signals
@@ -78,9 +79,9 @@ class Trainer(Checkpointing):
         self.output = output
         self.device = device if device is not None else runtime.resolve_device(cfg.device)
         self.precision = runtime.resolve_precision(cfg.precision, self.device)
-        self.channels_last = wants_channels_last(self.device, self.precision, cfg.arch)
         self.train_set, self.val_set = train_set, val_set
         self.image_size = int(train_set.image_size[0])
+        self.channels_last = wants_channels_last(self.device, self.precision, cfg.arch, training=True, image_size=self.image_size)
         self.in_channels = train_set.channels
         self.classes = list(train_set.classes)
         check_global_batch(cfg.batch_size, world_size)
@@ -104,6 +105,7 @@ class Trainer(Checkpointing):
                               optimizer_states(cfg))
         if get_architecture(cfg.arch).builder is None:  # code cnntools did not write: check it fits the data
             check_outputs(model, cfg.arch, self.in_channels, self.image_size, len(self.classes))
+        guard_small_convs(model, shape, self.device, self.precision)  # NaN gradients of oneDNN's bf16 kernels
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = wrap_model(model, self.device, world_size)
