@@ -1,7 +1,8 @@
 """Layers by name, their output shapes, and statistics of captured activations.
 
 Activations themselves are captured by `cnntools.inference.batches` (`capture_activations`, and
-`forward_batches(..., layers=...)`, which runs a model with it).
+`forward_batches(..., layers=...)`, which runs a model with it); every hook goes through
+`cnntools.inference.hooks.Hooks`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from cnntools.core.errors import CnnError
+from cnntools.inference.hooks import Hooks
 from cnntools.models.layers import get_layer, named_layers
 
 
@@ -32,7 +34,6 @@ def forward_order(model: nn.Module, example: torch.Tensor | None) -> list[tuple[
     if example is not None:
         order: list[str] = []
         leaves = {id(m) for m in layers.values() if not any(True for _ in m.children())}
-        handles = []
 
         def hook_for(name: str):
             def hook(module, inputs):
@@ -42,17 +43,15 @@ def forward_order(model: nn.Module, example: torch.Tensor | None) -> list[tuple[
             return hook
 
         try:
-            for name, module in layers.items():
-                if id(module) in leaves:
-                    handles.append(module.register_forward_pre_hook(hook_for(name)))
-            with torch.no_grad():
-                model(example)
+            with Hooks() as hooks:
+                for name, module in layers.items():
+                    if id(module) in leaves:
+                        hooks.forward_pre(module, hook_for(name))
+                with torch.no_grad():
+                    model(example)
             return [(name, layers[name]) for name in order]
         except Exception:  # noqa: BLE001 - a model that cannot run the probe: registration order
             pass
-        finally:
-            for handle in handles:
-                handle.remove()
     return list(layers.items())
 
 
@@ -114,7 +113,6 @@ def layer_table(model: nn.Module, example: torch.Tensor) -> list[dict]:
     """
     layers = named_layers(model)
     shapes: dict[str, list[int]] = {}
-    handles = []
 
     def hook_for(name: str):
         def hook(module, inputs, output):
@@ -125,14 +123,11 @@ def layer_table(model: nn.Module, example: torch.Tensor) -> list[dict]:
 
         return hook
 
-    try:
+    with Hooks() as hooks:
         for name, module in layers.items():
-            handles.append(module.register_forward_hook(hook_for(name)))
+            hooks.forward(module, hook_for(name))
         with torch.inference_mode():
             model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
     rows = []
     for name, module in layers.items():
         own = sum(p.numel() for p in module.parameters(recurse=False))

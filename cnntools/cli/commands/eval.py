@@ -149,6 +149,7 @@ def _evaluate(lm, label, data, data_dir, split, download, batch_size, top_k, pre
     from cnntools.data import load_for_model
     from cnntools.inference.batches import predict
     from cnntools.inference.metrics import classification_metrics
+    from cnntools.output.progress import progress_bar
 
     if not data and not lm.meta.data.spec:
         raise output.CnnError(f"{lm.source} records no dataset; name one with --data, or use --image FILE")
@@ -156,14 +157,10 @@ def _evaluate(lm, label, data, data_dir, split, download, batch_size, top_k, pre
                               download=download, name=lm.source)
     if len(imageset) == 0:
         raise output.CnnError(f"the {split} split of {imageset.spec} is empty")
-    progress = _progress(f"{lm.source}", len(imageset))
     start = time.perf_counter()
-    try:
+    with progress_bar(lm.source, len(imageset), elapsed=True) as bar:
         logits = predict(lm.model, imageset.images, lm.preprocessing, batch_size=batch_size, precision=precision,
-                         arch=lm.meta.arch_name, progress=(lambda n: progress.update(progress.task_ids[0], completed=n)) if progress else None)
-    finally:
-        if progress is not None:
-            progress.stop()
+                         arch=lm.meta.arch_name, progress=bar)
     seconds = time.perf_counter() - start
     labels = imageset.labels
     metrics = classification_metrics(logits, labels, lm.classes, top_k=(top_k,))
@@ -205,18 +202,6 @@ def _evaluate(lm, label, data, data_dir, split, download, batch_size, top_k, pre
         "images_per_s": round(len(imageset) / max(seconds, 1e-9), 1),
         **metrics,
     }
-
-
-def _progress(label: str, total: int):
-    console = output.err_console()
-    if console is None or not console.is_terminal:
-        return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True)
-    bar.add_task("eval", total=total)
-    bar.start()
-    return bar
 
 
 def _summary_row(result: dict) -> dict:

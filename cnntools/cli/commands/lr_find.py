@@ -94,13 +94,13 @@ def main(
     trainer = Trainer(cfg, train_set, None, output=None)
     output.info(f"Range test of {arch} on {data} ({len(train_set)} train images, {trainer.steps_per_epoch} batches of "
                 f"{batch_size} per epoch): {opt}, lr {start_lr:g} to {end_lr:g} over {steps} steps")
-    progress = _Progress.create(steps)
-    try:
-        result = lr_find.range_test(trainer, start_lr, end_lr, steps, diverge=diverge,
-                                    on_step=progress.update if progress else None)
-    finally:
-        if progress is not None:
-            progress.stop()
+    from cnntools.output.progress import progress_bar
+
+    with progress_bar("lr-find", steps, stats=True) as bar:
+        def on_step(step: int, steps: int, record: dict) -> None:
+            bar.update(step, stats=f"lr {record['lr']:.2e}  loss {record['smoothed_loss']:.4f}")
+
+        result = lr_find.range_test(trainer, start_lr, end_lr, steps, diverge=diverge, on_step=on_step if bar.shown else None)
     records, suggestions = result["records"], result["suggestions"]
     last = records[-1]["lr"] if records else start_lr
     output.info(f"{len(records)} steps, {'stopped at divergence' if result['stopped'] == 'diverged' else 'the full sweep'} "
@@ -132,27 +132,3 @@ def _json(doc: dict) -> str:
     import json
 
     return json.dumps(output.to_jsonable(doc), indent=2) + "\n"
-
-
-class _Progress:
-    def __init__(self, bar, task):
-        self.bar, self.task = bar, task
-
-    @classmethod
-    def create(cls, steps: int):
-        console = output.err_console()
-        if console is None or not console.is_terminal:
-            return None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-        bar = Progress(TextColumn("lr-find"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-                       console=console, transient=True)
-        task = bar.add_task("lr-find", total=steps, stats="")
-        bar.start()
-        return cls(bar, task)
-
-    def update(self, step: int, steps: int, record: dict) -> None:
-        self.bar.update(self.task, completed=step, stats=f"lr {record['lr']:.2e}  loss {record['smoothed_loss']:.4f}")
-
-    def stop(self) -> None:
-        self.bar.stop()
