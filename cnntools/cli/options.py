@@ -7,7 +7,8 @@ spellings of earlier versions working.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Optional
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Optional
 
 import typer
 
@@ -205,6 +206,57 @@ Layers = Annotated[
     typer.Option("--layer", "-l", metavar="LAYER", autocompletion=complete_layer,
                  help="Layer name (see --list-layers), or a keyword the command names; repeatable."),
 ]
+
+# ---------------------------------------------------------------------------- the run context
+
+
+@dataclass
+class Run:
+    """What a model-running command's shared options come to (made by `start_run`).
+
+    `device` and `precision` stay None until `ready()`: a command checks its own options
+    first, so a wrong flag answers before torch is imported.
+    """
+
+    device_spec: str = "auto"
+    precision_spec: str = "auto"
+    seed: int = 0
+    device: Any = None  # a torch.device, after ready()
+    precision: Optional[str] = None  # fp32, bf16 or fp16, after ready()
+    seeded: bool = False
+
+    def seed_all(self) -> "Run":
+        """Seed Python, NumPy and torch with --seed (once)."""
+        if not self.seeded:
+            from cnntools.core import runtime
+
+            runtime.seed_everything(self.seed)
+            self.seeded = True
+        return self
+
+    def ready(self) -> "Run":
+        """Seed (see `seed_all`), then resolve --device and --precision (imports torch)."""
+        from cnntools.core import runtime
+
+        self.seed_all()
+        if self.device is None:
+            self.device = runtime.resolve_device(self.device_spec)
+            self.precision = runtime.resolve_precision(self.precision_spec, self.device)
+        return self
+
+
+def start_run(*, quiet: bool, debug: bool, threads: Optional[int] = None, device: str = "auto",
+              precision: str = "auto", seed: int = 0) -> Run:
+    """The opening every model-running command shares: stderr chatter and tracebacks as
+    --quiet/--debug say, torch's and the decoders' threads as --threads says; returns the Run
+    whose `ready()` seeds and resolves the device and precision."""
+    from cnntools.core import runtime
+    from cnntools.output import emitter as output
+
+    output.configure(quiet=quiet, debug=debug)
+    runtime.use_threads(threads)
+    return Run(device_spec=device, precision_spec=precision, seed=seed)
+
 
 # Every shared option by its long name: the one vocabulary (README "Options"). A test walks
 # the command tree and checks each command's option against these definitions.

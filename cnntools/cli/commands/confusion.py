@@ -8,7 +8,6 @@ import typer
 
 from cnntools.cli import options
 from cnntools.output import emitter as output
-from cnntools.core import runtime
 from cnntools.core.errors import CnnError
 
 
@@ -27,28 +26,27 @@ def _sniff(path: str) -> bytes:
         return b""  # the CSV reader reports what is wrong with the file
 
 
-def _from_checkpoint(source, data, data_dir, split, download, batch_size, device, precision, seed, trust_code=False):
+def _from_checkpoint(source, data, data_dir, split, download, batch_size, run, trust_code=False):
     import numpy as np
 
     from cnntools.checkpoint import load_model
     from cnntools.data import load_for_model
     from cnntools.inference.batches import predict
-    from cnntools.core.runtime import resolve_device, resolve_precision, seed_everything
-
-    seed_everything(seed)
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
-    if isinstance(source, bytes):  # a checkpoint that arrived on stdin
-        lm = load_model("-", dev, data=source, trust_code=trust_code)
-    else:
-        lm = load_model(source, dev, trust_code=trust_code)
     from cnntools.inference.memory import fit_model_batch
+    from cnntools.output.progress import progress_bar
 
+    run.ready()
+    if isinstance(source, bytes):  # a checkpoint that arrived on stdin
+        lm = load_model("-", run.device, data=source, trust_code=trust_code)
+    else:
+        lm = load_model(source, run.device, trust_code=trust_code)
     batch_size = fit_model_batch(lm, batch_size)
     imageset = load_for_model(lm.meta.data, split, lm.preprocessing, lm.classes, data=data, data_dir=data_dir,
                               download=download, name=lm.source)
     output.info(f"Running {lm.label} on {imageset.spec}:{imageset.split} ({len(imageset)} images)")
-    logits = predict(lm.model, imageset.images, lm.preprocessing, batch_size=batch_size, device=dev, precision=prec, arch=lm.meta.arch_name)
+    with progress_bar(lm.source, len(imageset), elapsed=True) as bar:
+        logits = predict(lm.model, imageset.images, lm.preprocessing, batch_size=batch_size, device=run.device,
+                         precision=run.precision, arch=lm.meta.arch_name, progress=bar)
     labels = imageset.labels
     preds = logits.argmax(1).numpy().astype(np.int64)
     return (
@@ -106,77 +104,57 @@ def main(
       cnntools eval model.safetensors -o - | cnntools confusion - --normalize true
       cnntools confusion predictions.csv --most-confused 10 --format json
     """
-    output.configure(quiet=quiet, debug=debug)
-    runtime.use_threads(threads)
-    import numpy as np
-
+    run = options.start_run(quiet=quiet, debug=debug, threads=threads, device=device, precision=precision, seed=seed)
+    from cnntools.interpret.confusion import confusion_report
     from cnntools.output import files
-    from cnntools.interpret import confusion as cmath
 
     if plot:
         files.figure_format(plot)
+    labels, preds, classes, index, paths, origin = _predictions(source, data, data_dir, split, download, batch_size, run,
+                                                               trust_code)
+    report = confusion_report(labels, preds, classes, source=origin, index=index, paths=paths, normalize_over=normalize,
+                              top=most_confused, examples=examples)
+    if plot:
+        _plot(report, plot)
+    _render(report, fmt)
+
+
+def _predictions(source, data, data_dir, split, download, batch_size, run, trust_code):
+    """(labels, preds, classes, dataset indices, paths, origin) from a checkpoint (run on the
+    split) or from a predictions CSV; `-` is sniffed to tell them apart."""
+    from cnntools.output import files
+
     is_model = source.startswith(("torchvision:", "timm:")) or source.lower().endswith((".safetensors", ".pt", ".pth", ".pkl", ".ckpt")) or (
         source != "-" and _is_model_file(_sniff(source))
     )
     if source == "-":
         raw = files.read_bytes("-")
         if _is_model_file(raw):
-            labels, preds, classes, index, paths, origin = _from_checkpoint(
-                raw, data, data_dir, split, download, batch_size, device, precision, seed, trust_code
-            )
-        else:
-            try:
-                text = raw.decode("utf-8-sig")
-            except UnicodeDecodeError:
-                raise CnnError("stdin: neither a predictions CSV nor a safetensors checkpoint") from None
-            labels, preds, classes, index, paths, origin = _from_predictions(text, "stdin")
-    elif is_model:
-        labels, preds, classes, index, paths, origin = _from_checkpoint(
-            source, data, data_dir, split, download, batch_size, device, precision, seed, trust_code
-        )
-    else:
-        labels, preds, classes, index, paths, origin = _from_predictions(files.read_text(source), source)
+            return _from_checkpoint(raw, data, data_dir, split, download, batch_size, run, trust_code)
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise CnnError("stdin: neither a predictions CSV nor a safetensors checkpoint") from None
+        return _from_predictions(text, "stdin")
+    if is_model:
+        return _from_checkpoint(source, data, data_dir, split, download, batch_size, run, trust_code)
+    return _from_predictions(files.read_text(source), source)
 
-    k = len(classes)
-    counts = cmath.confusion_counts(labels, preds, k)
-    matrix = cmath.normalize(counts, normalize)
-    total = int(counts.sum())
-    row_totals = counts.sum(axis=1)
-    pairs = []
-    for t, p, count in cmath.most_confused(counts, most_confused):
-        where = np.flatnonzero((labels == t) & (preds == p))[:examples]
-        pair = {
-            "true": t,
-            "true_name": classes[t],
-            "pred": p,
-            "pred_name": classes[p],
-            "count": count,
-            "share_of_true": count / row_totals[t] if row_totals[t] else 0.0,
-            "examples": [int(index[i]) for i in where],
-        }
-        if paths:
-            pair["paths"] = [paths[i] for i in where]
-        pairs.append(pair)
 
-    if plot:
-        from cnntools.output.plots import confusion_heatmap, save_figure
+def _plot(report: dict, path: str) -> None:
+    from cnntools.output.plots import confusion_heatmap, save_figure
 
-        accuracy = float(np.trace(counts) / total) if total else 0.0
-        title = (f"Confusion matrix: {origin}\n{total} images, accuracy {accuracy:.1%}"
-                 + (f", normalised over {normalize}" if normalize != "none" else ", counts"))
-        save_figure(confusion_heatmap(matrix, classes, title=title, normalized=normalize != "none"), plot)
-        output.info(f"Wrote {plot}")
+    normalize, total = report["normalize"], report["total"]
+    title = (f"Confusion matrix: {report['source']}\n{total} images, accuracy {report['accuracy']:.1%}"
+             + (f", normalised over {normalize}" if normalize != "none" else ", counts"))
+    save_figure(confusion_heatmap(report["matrix"], report["classes"], title=title, normalized=normalize != "none"), path)
+    output.info(f"Wrote {path}")
 
-    doc = {
-        "source": origin,
-        "classes": classes,
-        "normalize": normalize,
-        "total": total,
-        "accuracy": float(np.trace(counts) / total) if total else 0.0,
-        "counts": counts.tolist(),
-        "matrix": matrix.tolist(),
-        "most_confused": pairs,
-    }
+
+def _render(report: dict, fmt: str) -> None:
+    classes, matrix, normalize, pairs = report["classes"], report["matrix"], report["normalize"], report["most_confused"]
+    total, origin = report["total"], report["source"]
+    doc = {**report, "counts": report["counts"].tolist(), "matrix": matrix.tolist()}
     rows = []
     for i, name in enumerate(classes):
         row = {"true": name}
