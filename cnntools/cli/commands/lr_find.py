@@ -66,11 +66,8 @@ def main(
       cnntools lr-find --arch resnet18 --data cifar10 --batch-size 64 --steps 300 --sweep sweep.csv
       cnntools train --lr "$(cnntools lr-find --format json -q | jq .suggestions.valley)"
     """
-    output.configure(quiet=quiet, debug=debug)
+    options.start_run(quiet=quiet, debug=debug, threads=threads)  # train's Trainer seeds and resolves the device
     from cnntools.output import files
-    from cnntools.core import runtime
-
-    runtime.use_threads(threads)
 
     if start_lr >= end_lr:
         raise output.CnnError("--start-lr must be below --end-lr")

@@ -129,8 +129,7 @@ def main(
       cnntools saliency model.safetensors --mistakes pred.csv -n 8 -o mistakes.png
       cnntools saliency a.safetensors b.safetensors -i 0-3 -o compare.png --save maps.safetensors
     """
-    output.configure(quiet=quiet, debug=debug)
-    runtime.use_threads(threads)
+    run = options.start_run(quiet=quiet, debug=debug, threads=threads, device=device, precision=precision, seed=seed)
     models, image = options.split_image_files(models, image)
     image = options.expand_image_paths(image) if image else image
     if n < 1:
@@ -157,11 +156,9 @@ def main(
     from cnntools.interpret.inputs import resolve_targets
     from cnntools.interpret.saliency import GRADIENT_METHODS, map_quantity, saliency_maps, uses_layer
     from cnntools.inference.batches import predict
-    from cnntools.core.runtime import resolve_device, resolve_precision, seed_everything
 
-    seed_everything(seed)
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
+    run.ready()
+    dev, prec = run.device, run.precision
     if list_layers:  # the architecture alone: no weight file needed
         from cnntools.checkpoint.model_loading import load_architecture
 

@@ -160,8 +160,7 @@ def main(
     """
     from cnntools.training import distributed
 
-    output.configure(quiet=quiet, debug=debug)
-    runtime.use_threads(threads)
+    options.start_run(quiet=quiet, debug=debug, threads=threads)  # the Trainer seeds and resolves the device
     rank = distributed.environment()
     if rank is not None and not rank.is_main:
         output.configure(quiet=True, debug=debug)  # rank 0 speaks for the job
