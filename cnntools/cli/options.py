@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, Optional
 import typer
 
 from cnntools.cli.completion import complete_arch, complete_data, complete_device, complete_layer
+from cnntools.training import config_files
 
 # Help headings of the shared options (cli._Command groups options under them).
 PANEL_DATA = "Data"
@@ -159,6 +160,18 @@ ClassWeights = Annotated[
 ]
 
 LabelSmoothing = Annotated[float, typer.Option("--label-smoothing", help="Label smoothing of the cross-entropy (0..1).")]
+
+
+# A run written down as TOML (train and lr-find read and write the same files).
+ConfigFile = Annotated[
+    Optional[str],
+    typer.Option("--config", callback=config_files.load_config, is_eager=True, metavar="FILE",
+                 help="Read the options from FILE.toml (one key per option, e.g. batch-size = 64), or replay the "
+                 "options stored in a checkpoint (FILE.safetensors); options given on the command line win."),
+]
+PrintConfig = Annotated[
+    bool, typer.Option("--print-config", help="Write the fully resolved options as TOML to stdout and exit (for --config).")
+]
 
 
 # ---------------------------------------------------------------------------- inputs and outputs

@@ -13,6 +13,7 @@ SWEEP_COLUMNS = ["step", "lr", "loss", "smoothed_loss"]
 
 
 def main(
+    ctx: typer.Context,
     arch: options.Arch = "simple-cnn",
     batchnorm: options.Batchnorm = False,
     output_activation: options.OutputActivation = "none",
@@ -46,6 +47,8 @@ def main(
         Optional[str], typer.Option("--sweep", help="Also write every step (step, lr, loss, smoothed_loss) to FILE (.csv or .json).")
     ] = None,
     fmt: options.Format = "table",
+    config_file: options.ConfigFile = None,
+    print_config: options.PrintConfig = False,
     quiet: options.Quiet = False,
     debug: options.Debug = False,
 ) -> None:
@@ -58,6 +61,8 @@ def main(
     of the loss per unit of log learning rate) and valley (two thirds down the longest
     falling stretch, fastai's default and the steadier of the two). Writes no checkpoint.
     The table shows the suggestions; JSON has them and every step; CSV is every step.
+    --config reads train's TOML files (keys only train takes, such as epochs, are skipped)
+    or a checkpoint's stored options; --print-config writes this sweep's options as TOML.
 
     \b
     Examples:
@@ -65,8 +70,15 @@ def main(
       cnntools lr-find --arch lenet --opt sgd --momentum 0.9 -o lr.png
       cnntools lr-find --arch resnet18 --data cifar10 --batch-size 64 --steps 300 --sweep sweep.csv
       cnntools train --lr "$(cnntools lr-find --format json -q | jq .suggestions.valley)"
+      cnntools train --arch lenet --print-config > run.toml && cnntools lr-find --config run.toml
     """
     options.start_run(quiet=quiet, debug=debug, threads=threads)  # train's Trainer seeds and resolves the device
+    if print_config:
+        from cnntools.data.augment import resolve_augment
+        from cnntools.training import config_files
+
+        config_files.print_config(ctx, {"augment": resolve_augment(augment, data)})
+        return
     from cnntools.output import files
 
     if start_lr >= end_lr:
@@ -77,22 +89,15 @@ def main(
         raise output.CnnError(f"{sweep}: --sweep writes .csv or .json files")
     files.check_output(sweep)
 
-    from cnntools.training import lr_find
-    from cnntools.training import TrainConfig, Trainer, load_training_data
+    from cnntools.output.progress import progress_bar
+    from cnntools.training import TrainConfig, Trainer, load_training_data, lr_find
+    from cnntools.training.config import train_options
 
-    cfg = TrainConfig(
-        arch=arch, batchnorm=batchnorm, output_activation=output_activation, pretrained=pretrained, data=data,
-        data_dir=data_dir, val_split=val_split, download=download, image_size=image_size, epochs=1,
-        batch_size=batch_size, opt=opt, lr=start_lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
-        augment=augment, normalize=normalize, class_weights=class_weights, label_smoothing=label_smoothing,
-        seed=seed, device=device, precision=precision,
-    )
+    cfg = TrainConfig(**{**train_options(ctx.params), "epochs": 1, "lr": start_lr})
     train_set, _, _ = load_training_data(cfg)  # the validation carve-out stays out of the sweep, as in train
     trainer = Trainer(cfg, train_set, None, output=None)
     output.info(f"Range test of {arch} on {data} ({len(train_set)} train images, {trainer.steps_per_epoch} batches of "
                 f"{batch_size} per epoch): {opt}, lr {start_lr:g} to {end_lr:g} over {steps} steps")
-    from cnntools.output.progress import progress_bar
-
     with progress_bar("lr-find", steps, stats=True) as bar:
         def on_step(step: int, steps: int, record: dict) -> None:
             bar.update(step, stats=f"lr {record['lr']:.2e}  loss {record['smoothed_loss']:.4f}")
@@ -115,6 +120,11 @@ def main(
         files.write_text(sweep, text)
     if plot is not None:
         lr_find.plot(result, plot, f"{arch} on {data}, {opt}, batch {batch_size}")
+    _render(doc, fmt)
+
+
+def _render(doc: dict, fmt: str) -> None:
+    records, suggestions = doc["sweep"], doc["suggestions"]
     by_lr = {r["lr"]: r for r in records}
     rows = [{"method": name, "lr": lr, "smoothed_loss": by_lr[lr]["smoothed_loss"], "step": by_lr[lr]["step"]}
             for name, lr in suggestions.items()]

@@ -110,15 +110,8 @@ def main(
         typer.Option("--tensorboard", metavar="DIR", help="Also log to TensorBoard in DIR: scalars per epoch and per --print-every "
                      "window, the model graph, a grid of training images (needs the tensorboard extra)."),
     ] = None,
-    config_file: Annotated[
-        Optional[str],
-        typer.Option("--config", callback=config.load_config, is_eager=True, metavar="FILE",
-                     help="Read the options from FILE.toml (one key per option, e.g. batch-size = 64), or replay the "
-                     "options stored in a checkpoint (FILE.safetensors); options given on the command line win."),
-    ] = None,
-    print_config: Annotated[
-        bool, typer.Option("--print-config", help="Write the fully resolved options as TOML to stdout and exit (for --config).")
-    ] = False,
+    config_file: options.ConfigFile = None,
+    print_config: options.PrintConfig = False,
     dry_run: Annotated[
         bool,
         typer.Option("--dry-run", help="Resolve data, model and options, time a few steps and validation batches, print the "
@@ -194,17 +187,9 @@ def main(
         history_kind(history)
     if plot is not None:
         files.figure_format(plot)
-    from cnntools.models.user_code import parse_arch_args
+    from cnntools.training.config import train_options
 
-    given = {
-        "arch": arch, "arch_args": parse_arch_args(arch_args), "batchnorm": batchnorm, "output_activation": output_activation, "pretrained": pretrained,
-        "data": data, "data_dir": data_dir, "val_split": val_split, "download": download, "image_size": image_size,
-        "epochs": epochs, "batch_size": batch_size, "opt": opt, "lr": lr, "momentum": momentum,
-        "weight_decay": weight_decay, "nesterov": nesterov, "schedule": schedule, "warmup": warmup,
-        "step_size": step_size, "gamma": gamma, "augment": augment, "normalize": normalize,
-        "class_weights": class_weights, "label_smoothing": label_smoothing, "keep": keep, "early_stop": early_stop,
-        "print_every": print_every, "val_every": val_every, "test_each_epoch": test_each_epoch, "label": label, "seed": seed, "device": device, "precision": precision, "deterministic": deterministic,
-    }
+    given = train_options(ctx.params)
     resumed = None
     if resume is not None:
         cfg, resumed = _resume_config(ctx, resume, given, trust_code)
@@ -352,16 +337,13 @@ def _command_line(ctx, skip: tuple[str, ...]) -> list[str]:
 
 def _print_config(ctx) -> None:
     """The run's options after file and flags, with what train works out itself filled in."""
-    from cnntools import __version__
     from cnntools.data.augment import resolve_augment
     from cnntools.training import DEFAULT_LR
 
     p = ctx.params
-    resolve = {"lr": p["lr"] if p["lr"] is not None else DEFAULT_LR[p["opt"]],
-               "augment": resolve_augment(p["augment"], p["data"]),
-               "output": p["out"] or "model.safetensors"}
-    header = f"cnntools {__version__} train options; run them with: cnntools train --config FILE.toml"
-    output.data_stream().write(config.render_toml(config.resolved_settings(ctx, resolve), header))
+    config.print_config(ctx, {"lr": p["lr"] if p["lr"] is not None else DEFAULT_LR[p["opt"]],
+                              "augment": resolve_augment(p["augment"], p["data"]),
+                              "output": p["out"] or "model.safetensors"})
 
 
 def _open_tensorboard(logdir: str, trainer):
