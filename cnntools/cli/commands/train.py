@@ -9,7 +9,6 @@ import typer
 from cnntools.training import config_files as config
 from cnntools.cli import options
 from cnntools.output import emitter as output
-from cnntools.core import runtime
 from cnntools.cli.commands.train_records import RecordPrinter, history_kind, write_history
 from cnntools.cli.completion import complete_model
 
@@ -171,24 +170,11 @@ def main(
         raise output.CnnError("--resume continues a run with its stored options; leave --config out")
 
     from cnntools.output import files
+    from cnntools.training import TrainConfig, validate_config
     from cnntools.training.collectives import check_global_batch
-    from cnntools.training import TrainConfig, load_training_data, validate_config
-
-    if nproc is not None:
-        if rank is not None:
-            raise output.CnnError("--nproc starts its own processes; under torchrun leave it out")
-        if nproc < 1:
-            raise output.CnnError("--nproc must be at least 1")
-    if dist_timeout <= 0:
-        raise output.CnnError("--dist-timeout must be positive")
-    if (nproc is not None or rank is not None) and resume == "-":
-        raise output.CnnError("every process of a distributed run reads the checkpoint: --resume takes a file here, not -")
-    if history is not None:
-        history_kind(history)
-    if plot is not None:
-        files.figure_format(plot)
     from cnntools.training.config import train_options
 
+    _check_outputs_and_launch(nproc, rank, dist_timeout, resume, history, plot)
     given = train_options(ctx.params)
     resumed = None
     if resume is not None:
@@ -216,7 +202,14 @@ def main(
 
     if rank is None:
         _train(cfg, resumed, resume, target, fmt, history, plot, tensorboard=tensorboard)
-        return
+    else:
+        _train_rank(rank, dist_timeout, cfg, resumed, resume, target, fmt, history, plot, tensorboard)
+
+
+def _train_rank(rank, dist_timeout, cfg, resumed, resume, target, fmt, history, plot, tensorboard) -> None:
+    """This process's part of a distributed run (torchrun or --nproc started it)."""
+    from cnntools.training import distributed, load_training_data
+
     try:
         with distributed.peer_failures(dist_timeout):
             if cfg.download:  # one process per machine fetches the files; the others wait for them
@@ -230,6 +223,25 @@ def main(
                    device_used=device_used, backend=backend, tensorboard=tensorboard)
     finally:
         distributed.stop()
+
+
+def _check_outputs_and_launch(nproc, rank, dist_timeout, resume, history, plot) -> None:
+    """The checks of --nproc, --dist-timeout, --resume under a distributed run, --history and --plot."""
+    from cnntools.output import files
+
+    if nproc is not None:
+        if rank is not None:
+            raise output.CnnError("--nproc starts its own processes; under torchrun leave it out")
+        if nproc < 1:
+            raise output.CnnError("--nproc must be at least 1")
+    if dist_timeout <= 0:
+        raise output.CnnError("--dist-timeout must be positive")
+    if (nproc is not None or rank is not None) and resume == "-":
+        raise output.CnnError("every process of a distributed run reads the checkpoint: --resume takes a file here, not -")
+    if history is not None:
+        history_kind(history)
+    if plot is not None:
+        files.figure_format(plot)
 
 
 def _train(cfg, resumed, resume, target, fmt, history, plot, data_sets=None, rank=None, device_used=None, backend=None,
