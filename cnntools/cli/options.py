@@ -271,6 +271,76 @@ def start_run(*, quiet: bool, debug: bool, threads: Optional[int] = None, device
     return Run(device_spec=device, precision_spec=precision, seed=seed)
 
 
+# ---------------------------------------------------------------------------- the "runs a model" bundle
+
+# The options every command that runs a model over a dataset takes, in --help order, with their
+# usual defaults; `model_run_options` adds them to a command (the way sqlite-utils'
+# `output_options` decorator adds its options), so they are declared here once.
+MODEL_RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "data": (Data, None), "data_dir": (DataDir, None), "split": (Split, "test"), "download": (Download, False),
+    "batch_size": (BatchSize, 256), "device": (Device, "auto"), "threads": (Threads, None),
+    "precision": (Precision, "auto"), "seed": (Seed, 0), "fmt": (Format, "table"), "quiet": (Quiet, False),
+    "trust_code": (TrustCode, False), "debug": (Debug, False),
+}
+
+
+@dataclass
+class ModelRunOptions:
+    """The values of MODEL_RUN_OPTIONS for one invocation; `start()` is the opening every such
+    command shares (see `start_run`)."""
+
+    data: Optional[str]
+    data_dir: Optional[str]
+    split: str
+    download: bool
+    batch_size: int
+    device: str
+    threads: Optional[int]
+    precision: str
+    seed: int
+    fmt: str
+    quiet: bool
+    trust_code: bool
+    debug: bool
+
+    def start(self) -> Run:
+        return start_run(quiet=self.quiet, debug=self.debug, threads=self.threads, device=self.device,
+                         precision=self.precision, seed=self.seed)
+
+
+def model_run_options(**defaults):
+    """Decorator: the command takes MODEL_RUN_OPTIONS (after its own options; `defaults`
+    overrides their defaults, e.g. batch_size=1) and receives their values as one argument
+    `opts: ModelRunOptions`. Typer reads the command's signature, so the decorator gives the
+    wrapper one with the shared parameters in place of `opts`."""
+    import functools
+    import inspect
+    import typing
+
+    unknown = set(defaults) - set(MODEL_RUN_OPTIONS)
+    if unknown:
+        raise TypeError(f"not a model-run option: {sorted(unknown)}")
+
+    def decorate(func):
+        hints = typing.get_type_hints(func, include_extras=True)
+        own = [p.replace(annotation=hints.get(p.name, p.annotation))
+               for p in inspect.signature(func).parameters.values() if p.name != "opts"]
+        shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=alias,
+                                    default=defaults.get(name, default))
+                  for name, (alias, default) in MODEL_RUN_OPTIONS.items()]
+
+        @functools.wraps(func)
+        def command(*args, **kwargs):
+            values = {name: kwargs.pop(name, defaults.get(name, default)) for name, (_, default) in MODEL_RUN_OPTIONS.items()}
+            return func(*args, opts=ModelRunOptions(**values), **kwargs)
+
+        command.__signature__ = inspect.Signature(own + shared, return_annotation=None)
+        command.__annotations__ = {p.name: p.annotation for p in own + shared} | {"return": None}
+        return command
+
+    return decorate
+
+
 # Every shared option by its long name: the one vocabulary (README "Options"). A test walks
 # the command tree and checks each command's option against these definitions.
 VOCABULARY = {

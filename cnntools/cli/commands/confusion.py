@@ -26,7 +26,7 @@ def _sniff(path: str) -> bytes:
         return b""  # the CSV reader reports what is wrong with the file
 
 
-def _from_checkpoint(source, data, data_dir, split, download, batch_size, run, trust_code=False):
+def _from_checkpoint(source, opts, run):
     import numpy as np
 
     from cnntools.checkpoint import load_model
@@ -37,12 +37,12 @@ def _from_checkpoint(source, data, data_dir, split, download, batch_size, run, t
 
     run.ready()
     if isinstance(source, bytes):  # a checkpoint that arrived on stdin
-        lm = load_model("-", run.device, data=source, trust_code=trust_code)
+        lm = load_model("-", run.device, data=source, trust_code=opts.trust_code)
     else:
-        lm = load_model(source, run.device, trust_code=trust_code)
-    batch_size = fit_model_batch(lm, batch_size)
-    imageset = load_for_model(lm.meta.data, split, lm.preprocessing, lm.classes, data=data, data_dir=data_dir,
-                              download=download, name=lm.source)
+        lm = load_model(source, run.device, trust_code=opts.trust_code)
+    batch_size = fit_model_batch(lm, opts.batch_size)
+    imageset = load_for_model(lm.meta.data, opts.split, lm.preprocessing, lm.classes, data=opts.data,
+                              data_dir=opts.data_dir, download=opts.download, name=lm.source)
     output.info(f"Running {lm.label} on {imageset.spec}:{imageset.split} ({len(imageset)} images)")
     with progress_bar(lm.source, len(imageset), elapsed=True) as bar:
         logits = predict(lm.model, imageset.images, lm.preprocessing, batch_size=batch_size, device=run.device,
@@ -68,6 +68,7 @@ def _from_predictions(text, source):
     return table.label, table.pred, table.classes, table.index, table.paths, origin
 
 
+@options.model_run_options()
 def main(
     source: Annotated[str, typer.Argument(metavar="SOURCE", help="Checkpoint (.safetensors, torchvision:NAME) or predictions CSV; - for stdin.")],
     normalize: Annotated[
@@ -77,19 +78,7 @@ def main(
     most_confused: Annotated[int, typer.Option("--most-confused", metavar="N", min=0, help="List the N most confused (true, predicted) pairs.")] = 5,
     examples: Annotated[int, typer.Option("--examples", min=0, help="Example image indices listed per confused pair.")] = 5,
     plot: options.Output = None,
-    data: options.Data = None,
-    data_dir: options.DataDir = None,
-    split: options.Split = "test",
-    download: options.Download = False,
-    batch_size: options.BatchSize = 256,
-    device: options.Device = "auto",
-    threads: options.Threads = None,
-    precision: options.Precision = "auto",
-    seed: options.Seed = 0,
-    fmt: options.Format = "table",
-    quiet: options.Quiet = False,
-    trust_code: options.TrustCode = False,
-    debug: options.Debug = False,
+    opts: options.ModelRunOptions = None,
 ) -> None:
     """Confusion matrix of a checkpoint on a split, or of a predictions CSV, with the most confused pairs.
 
@@ -104,22 +93,21 @@ def main(
       cnntools eval model.safetensors -o - | cnntools confusion - --normalize true
       cnntools confusion predictions.csv --most-confused 10 --format json
     """
-    run = options.start_run(quiet=quiet, debug=debug, threads=threads, device=device, precision=precision, seed=seed)
+    run = opts.start()
     from cnntools.interpret.confusion import confusion_report
     from cnntools.output import files
 
     if plot:
         files.figure_format(plot)
-    labels, preds, classes, index, paths, origin = _predictions(source, data, data_dir, split, download, batch_size, run,
-                                                               trust_code)
+    labels, preds, classes, index, paths, origin = _predictions(source, opts, run)
     report = confusion_report(labels, preds, classes, source=origin, index=index, paths=paths, normalize_over=normalize,
                               top=most_confused, examples=examples)
     if plot:
         _plot(report, plot)
-    _render(report, fmt)
+    _render(report, opts.fmt)
 
 
-def _predictions(source, data, data_dir, split, download, batch_size, run, trust_code):
+def _predictions(source, opts, run):
     """(labels, preds, classes, dataset indices, paths, origin) from a checkpoint (run on the
     split) or from a predictions CSV; `-` is sniffed to tell them apart."""
     from cnntools.output import files
@@ -130,14 +118,14 @@ def _predictions(source, data, data_dir, split, download, batch_size, run, trust
     if source == "-":
         raw = files.read_bytes("-")
         if _is_model_file(raw):
-            return _from_checkpoint(raw, data, data_dir, split, download, batch_size, run, trust_code)
+            return _from_checkpoint(raw, opts, run)
         try:
             text = raw.decode("utf-8-sig")
         except UnicodeDecodeError:
             raise CnnError("stdin: neither a predictions CSV nor a safetensors checkpoint") from None
         return _from_predictions(text, "stdin")
     if is_model:
-        return _from_checkpoint(source, data, data_dir, split, download, batch_size, run, trust_code)
+        return _from_checkpoint(source, opts, run)
     return _from_predictions(files.read_text(source), source)
 
 

@@ -14,13 +14,9 @@ from cnntools.checkpoint.runs import distinct_labels, shown_labels
 LOGITS_PLOT_IMAGES = 16  # --logits-plot panels at most (a folder could hold thousands)
 
 
+@options.model_run_options()
 def main(
     models: Annotated[List[str], typer.Argument(help="Checkpoints (FILE.safetensors, - for stdin) or torchvision:NAME.", show_default=False, metavar="MODEL", autocompletion=complete_model)],
-    data: options.Data = None,
-    data_dir: options.DataDir = None,
-    split: options.Split = "test",
-    download: options.Download = False,
-    batch_size: options.BatchSize = 256,
     top_k: options.TopK = 5,
     per_class: options.PerClass = True,
     predictions: options.Output = None,
@@ -39,14 +35,7 @@ def main(
     ] = None,
     indices: options.Indices = None,
     image: options.Images = None,
-    device: options.Device = "auto",
-    threads: options.Threads = None,
-    precision: options.Precision = "auto",
-    seed: options.Seed = 0,
-    fmt: options.Format = "table",
-    quiet: options.Quiet = False,
-    trust_code: options.TrustCode = False,
-    debug: options.Debug = False,
+    opts: options.ModelRunOptions = None,
 ) -> None:
     """Metrics of one or more models on a dataset split, or their top classes for image files.
 
@@ -71,31 +60,31 @@ def main(
       cnntools eval torchvision:vgg16 --image bird.jpg dog.jpg --top-k 3
       cnntools eval model.safetensors --image photos/ -o predictions.csv   # a folder, recursively
     """
-    run = options.start_run(quiet=quiet, debug=debug, threads=threads, device=device, precision=precision, seed=seed)
+    run = opts.start()
     models, image = options.split_image_files(models, image)
-    _check(models, batch_size, top_k, (logits_hist, logits_plot), logits, predictions, indices, image)
+    _check(models, opts.batch_size, top_k, (logits_hist, logits_plot), logits, predictions, indices, image)
     from cnntools.checkpoint import load_model
     from cnntools.inference.evaluation import PREDICTION_COLUMNS, logit_columns
     from cnntools.inference.memory import fit_model_batch
     from cnntools.output import files
 
     run.ready()
-    loaded = [load_model(m, run.device, trust_code=trust_code, download=download) for m in models]
+    loaded = [load_model(m, run.device, trust_code=opts.trust_code, download=opts.download) for m in models]
     labels = distinct_labels([lm.label for lm in loaded], [lm.source for lm in loaded])
     # Before the first forward pass: a batch the memory cannot hold is made smaller, an image it cannot hold refused.
-    batches = [fit_model_batch(lm, 1 if image else batch_size) for lm in loaded]
+    batches = [fit_model_batch(lm, 1 if image else opts.batch_size) for lm in loaded]
     # Figures and tables name the models without what all their labels share (said once).
     short = shown_labels([lm.label for lm in loaded], [lm.source for lm in loaded])
 
     if image:
-        shown = _images(loaded, labels, image, top_k, fmt, predictions, batch_size, run.precision)
+        shown = _images(loaded, labels, image, top_k, opts.fmt, predictions, opts.batch_size, run.precision)
         if logits_plot:
             _logits_plot(loaded, short, shown, logits_plot, run.precision)
         return
 
     results, all_rows, hist = [], [], {}
     for lm, label, batch in zip(loaded, labels, batches):
-        results.append(_evaluate(lm, label, data, data_dir, split, download, batch, top_k, run.precision,
+        results.append(_evaluate(lm, label, opts.data, opts.data_dir, opts.split, opts.download, batch, top_k, run.precision,
                                  all_rows if predictions else None, hist, logits))
     if predictions:
         columns = PREDICTION_COLUMNS + (logit_columns(loaded[0].classes) if logits else [])
@@ -103,9 +92,9 @@ def main(
     if logits_hist:
         _logits_hist(results, hist, short, labels, logits_hist, log_count)
     if logits_plot:
-        shown = _dataset_images(loaded[0], indices or "0-2", data, data_dir, split, download)
+        shown = _dataset_images(loaded[0], indices or "0-2", opts.data, opts.data_dir, opts.split, opts.download)
         _logits_plot(loaded, short, shown, logits_plot, run.precision)
-    _report(results, fmt, per_class, short)
+    _report(results, opts.fmt, per_class, short)
 
 
 def _check(models, batch_size, top_k, figures, logits, predictions, indices, image) -> None:

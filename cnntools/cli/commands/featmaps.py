@@ -12,6 +12,7 @@ from cnntools.cli.completion import complete_model
 from cnntools.core.errors import CnnError
 
 
+@options.model_run_options(batch_size=1)
 def main(
     model: Annotated[str, typer.Argument(metavar="MODEL", autocompletion=complete_model, help="Checkpoint (.safetensors, - for stdin) or torchvision:NAME.")],
     layer: options.Layers = None,
@@ -23,19 +24,7 @@ def main(
     channels: options.Channels = None,
     overlay: Annotated[bool, typer.Option("--overlay", help="Draw each channel over the image, resized to the image's size.")] = False,
     save: options.Save = None,
-    data: options.Data = None,
-    data_dir: options.DataDir = None,
-    split: options.Split = "test",
-    download: options.Download = False,
-    batch_size: options.BatchSize = 1,
-    device: options.Device = "auto",
-    threads: options.Threads = None,
-    precision: options.Precision = "auto",
-    seed: options.Seed = 0,
-    fmt: options.Format = "table",
-    quiet: options.Quiet = False,
-    trust_code: options.TrustCode = False,
-    debug: options.Debug = False,
+    opts: options.ModelRunOptions = None,
 ) -> None:
     """Activations (feature maps) of named layers for one image, as a grid per layer.
 
@@ -56,7 +45,7 @@ def main(
       cnntools featmaps model.safetensors -l features.0 -l features.3 --overlay -o over.png
       cnntools featmaps model.safetensors --image cat.png --save acts.safetensors --format json
     """
-    run = options.start_run(quiet=quiet, debug=debug, threads=threads, device=device, precision=precision, seed=seed)
+    run = opts.start()
     from cnntools.output.files import check_output, figure_format
 
     if out:
@@ -68,8 +57,8 @@ def main(
 
     run.ready()
     if list_layers:  # the architecture alone: no weight file needed
-        return _list_layers(model, run.device, trust_code, fmt)
-    lm = load_model(model, run.device, trust_code=trust_code, download=download)
+        return _list_layers(model, run.device, opts.trust_code, opts.fmt)
+    lm = load_model(model, run.device, trust_code=opts.trust_code, download=opts.download)
     fit_model_batch(lm, 1)  # before the probe that names the layers
     wanted = None
     if channels is not None:
@@ -78,8 +67,8 @@ def main(
         wanted = parse_int_list(channels, "--channels")
     if image and index is not None:
         raise CnnError("choose the image one way: -i (a dataset index) or --image")
-    raw, label, name = _the_image(lm, image, index, data, data_dir, split, download)
-    maps = feature_maps(lm, raw, layer, channels=wanted, max_channels=max_channels, batch_size=batch_size,
+    raw, label, name = _the_image(lm, image, index, opts.data, opts.data_dir, opts.split, opts.download)
+    maps = feature_maps(lm, raw, layer, channels=wanted, max_channels=max_channels, batch_size=opts.batch_size,
                         precision=run.precision)
     probs, pred, acts, layers_doc = maps["probs"], maps["pred"], maps["activations"], maps["layers"]
     if out:
@@ -103,7 +92,7 @@ def main(
         "prob": probs[pred].item(),
         "layers": layers_doc,
     }
-    output.emit(doc, fmt, schema="featmaps", rows=layers_doc, columns=["layer", "type", "shape", "min", "max", "mean", "std", "zero_fraction"],
+    output.emit(doc, opts.fmt, schema="featmaps", rows=layers_doc, columns=["layer", "type", "shape", "min", "max", "mean", "std", "zero_fraction"],
                 title=f"Activations for {name} (pred {lm.classes[pred]}, {probs[pred]:.1%})")
 
 

@@ -12,6 +12,7 @@ from cnntools.cli.completion import complete_model
 from cnntools.core.errors import CnnError
 
 
+@options.model_run_options()
 def main(
     model: Annotated[str, typer.Argument(metavar="MODEL", autocompletion=complete_model, help="Checkpoint (.safetensors, - for stdin) or torchvision:NAME.")],
     layer: options.Layer = "first",
@@ -23,19 +24,7 @@ def main(
     score: Annotated[Literal["mean", "max"], typer.Option("--score", help="Image score: mean or max of the filter's post-ReLU feature map.")] = "mean",
     crop_rf: Annotated[bool, typer.Option("--crop-rf", help="Show the receptive-field patch around the strongest unit instead of the whole image.")] = False,
     top_output: Annotated[Optional[str], typer.Option("--top-output", metavar="FILE", help="Write the grid of top images here (PNG, SVG or PDF).")] = None,
-    data: options.Data = None,
-    data_dir: options.DataDir = None,
-    split: options.Split = "test",
-    download: options.Download = False,
-    batch_size: options.BatchSize = 256,
-    device: options.Device = "auto",
-    threads: options.Threads = None,
-    precision: options.Precision = "auto",
-    seed: options.Seed = 0,
-    fmt: options.Format = "table",
-    quiet: options.Quiet = False,
-    trust_code: options.TrustCode = False,
-    debug: options.Debug = False,
+    opts: options.ModelRunOptions = None,
 ) -> None:
     """Kernel weights as an image grid, and the images that activate chosen filters most.
 
@@ -53,7 +42,7 @@ def main(
       cnntools filters model.safetensors --top-k 9 --filter 0,5,10 --top-output top.png --format json
       cnntools filters model.safetensors -l last --top-k 8 -f 0-3 --score max --crop-rf --top-output rf.png
     """
-    run = options.start_run(quiet=quiet, debug=debug, threads=threads, device=device, precision=precision, seed=seed)
+    run = opts.start()
     from cnntools.output.files import figure_format
 
     if top_k < 0:
@@ -68,8 +57,8 @@ def main(
     from cnntools.interpret.inputs import parse_int_list
 
     run.ready()
-    lm = load_model(model, run.device, trust_code=trust_code)
-    batch_size = fit_model_batch(lm, batch_size if top_k > 0 else 1)  # before the layer probe's forward pass
+    lm = load_model(model, run.device, trust_code=opts.trust_code)
+    batch_size = fit_model_batch(lm, opts.batch_size if top_k > 0 else 1)  # before the layer probe's forward pass
     layer, module = pick_conv_layer(lm.model, layer, example_input(lm))
     weight = module.weight.detach().cpu()
     doc = {"model": model, "layer": layer, "weight_shape": list(weight.shape), "scale": scale}
@@ -85,21 +74,19 @@ def main(
         output.info(f"Wrote {out}")
     doc["filters"] = rows = kernel_stats(weight)
     if top_k > 0:
-        _top(lm, doc, layer, chosen, top_k, score, crop_rf, top_output, data, data_dir, split, download, batch_size,
-             run.precision, fmt)
+        _top(lm, doc, layer, chosen, top_k, score, crop_rf, top_output, opts, batch_size, run.precision)
         return
-    output.emit(doc, fmt, schema="filters", rows=rows, title=f"Filters of {layer} (weights {'×'.join(map(str, weight.shape))})")
+    output.emit(doc, opts.fmt, schema="filters", rows=rows, title=f"Filters of {layer} (weights {'×'.join(map(str, weight.shape))})")
 
 
-def _top(lm, doc, layer, chosen, top_k, score, crop_rf, top_output, data, data_dir, split, download, batch_size,
-         precision, fmt) -> None:
+def _top(lm, doc, layer, chosen, top_k, score, crop_rf, top_output, opts, batch_size, precision) -> None:
     """--top-k: rank the split's images for the chosen filters, draw and report them."""
     from cnntools.data import load_for_model
     from cnntools.interpret.filters import top_images
     from cnntools.output.progress import progress_bar
 
-    imageset = load_for_model(lm.meta.data, split, lm.preprocessing, lm.classes, data=data, data_dir=data_dir,
-                              download=download, name=lm.source)
+    imageset = load_for_model(lm.meta.data, opts.split, lm.preprocessing, lm.classes, data=opts.data,
+                              data_dir=opts.data_dir, download=opts.download, name=lm.source)
     output.info(f"Ranking {len(imageset)} images of {imageset.spec} {imageset.split} for filters {chosen} of {layer}")
     with progress_bar(lm.source, len(imageset), elapsed=True) as bar:
         top, boxes = top_images(lm, imageset, layer, chosen, k=top_k, score=score, crop_rf=crop_rf,
@@ -118,7 +105,7 @@ def _top(lm, doc, layer, chosen, top_k, score, crop_rf, top_output, data, data_d
         {"filter": e["filter"], "rank": r + 1, "index": i, "label": lab, "score": s}
         for e in top for r, (i, s, lab) in enumerate(zip(e["indices"], e["scores"], e["labels"]))
     ]
-    output.emit(doc, fmt, schema="filters", rows=table_rows, title=f"Top {top_k} images per filter of {layer} ({score} of post-ReLU map)")
+    output.emit(doc, opts.fmt, schema="filters", rows=table_rows, title=f"Top {top_k} images per filter of {layer} ({score} of post-ReLU map)")
 
 
 def _kernel_figure(weight, layer, scale, shown, label):

@@ -16,16 +16,13 @@ from cnntools.core.errors import CnnError
 MethodChoice = Literal["auto", "sklearn", "opentsne"]
 
 
+@options.model_run_options()
 def main(
     checkpoint: Annotated[
         Optional[str],
         typer.Option("--checkpoint", "-c", metavar="CHECKPOINT", autocompletion=complete_model, help="Embed this model's features (FILE.safetensors, - or torchvision:NAME) instead of raw pixels."),
     ] = None,
     layer: options.Layer = None,
-    data: options.Data = None,
-    data_dir: options.DataDir = None,
-    split: options.Split = "test",
-    download: options.Download = False,
     n: options.Num = None,
     pca: Annotated[
         Optional[int], typer.Option("--pca", help="PCA components before t-SNE (default 50 when the dimension is larger; 0 = off).")
@@ -44,15 +41,7 @@ def main(
     embedding: Annotated[
         Optional[str], typer.Option("--embedding", help="Write the 2-D points as CSV (index,label,label_name,x,y); - for stdout.")
     ] = None,
-    batch_size: options.BatchSize = 256,
-    device: options.Device = "auto",
-    threads: options.Threads = None,
-    precision: options.Precision = "auto",
-    seed: options.Seed = 0,
-    fmt: options.Format = "table",
-    quiet: options.Quiet = False,
-    trust_code: options.TrustCode = False,
-    debug: options.Debug = False,
+    opts: options.ModelRunOptions = None,
 ) -> None:
     """t-SNE of raw pixels or a checkpoint's layer features: plot, centroid distances, overlapping pairs.
 
@@ -83,7 +72,7 @@ def main(
       cnntools tsne --centroids --format csv > centroids.csv
       cnntools tsne --checkpoint model.safetensors --format json | jq .summary
     """
-    run = options.start_run(quiet=quiet, debug=debug, threads=threads, device=device, precision=precision, seed=seed)
+    run = opts.start()
     _check(plot, embedding, n, k, top_pairs, layer, checkpoint)
     import time
 
@@ -92,11 +81,11 @@ def main(
 
     run.seed_all()
     started = time.perf_counter()
-    lm, images, batch_size = _load(checkpoint, data, data_dir, split, download, batch_size, seed, run, trust_code)
+    lm, images, batch_size = _load(checkpoint, opts, run)
     points = min(len(images), n or lib.DEFAULT_POINTS)
     with progress_bar(f"features of {lm.source}", points, elapsed=True) if lm else contextlib.nullcontext() as bar:
         try:
-            out = lib.embed_split(images, lm=lm, checkpoint=checkpoint, layer=layer, n=n, seed=seed, method=method,
+            out = lib.embed_split(images, lm=lm, checkpoint=checkpoint, layer=layer, n=n, seed=opts.seed, method=method,
                                   perplexity=perplexity, pca=pca, k=k, batch_size=batch_size, precision=run.precision,
                                   progress=bar, on_start=_say_start)
         except lib.TsneInputError as error:
@@ -106,7 +95,7 @@ def main(
         _write_embedding(out, embedding)
     if plot is not None:
         _plot(out, plot, k)
-    _render(out, n, top_pairs, centroids, plot, embedding, fmt)
+    _render(out, n, top_pairs, centroids, plot, embedding, opts.fmt)
 
 
 def _check(plot, embedding, n, k, top_pairs, layer, checkpoint) -> None:
@@ -125,21 +114,22 @@ def _check(plot, embedding, n, k, top_pairs, layer, checkpoint) -> None:
         raise CnnError("--layer needs --checkpoint (raw pixels have no layers)")
 
 
-def _load(checkpoint, data, data_dir, split, download, batch_size, seed, run, trust_code):
+def _load(checkpoint, opts, run):
     """(the loaded model or None, the split's ImageSet, the batch size that fits)."""
     if checkpoint is None:
         from cnntools.data import load_split
 
-        return None, load_split(data or "digits", split, data_dir=data_dir, download=download, seed=seed), batch_size
+        images = load_split(opts.data or "digits", opts.split, data_dir=opts.data_dir, download=opts.download, seed=opts.seed)
+        return None, images, opts.batch_size
     from cnntools.checkpoint import load_model
     from cnntools.data import load_for_model
     from cnntools.inference.memory import fit_model_batch
 
     run.ready()
-    lm = load_model(checkpoint, run.device, trust_code=trust_code)
-    batch_size = fit_model_batch(lm, batch_size)  # before the first forward pass
-    return lm, load_for_model(lm.meta.data, split, lm.preprocessing, lm.classes, data=data, data_dir=data_dir,
-                              download=download, name=lm.source), batch_size
+    lm = load_model(checkpoint, run.device, trust_code=opts.trust_code)
+    batch_size = fit_model_batch(lm, opts.batch_size)  # before the first forward pass
+    return lm, load_for_model(lm.meta.data, opts.split, lm.preprocessing, lm.classes, data=opts.data,
+                              data_dir=opts.data_dir, download=opts.download, name=lm.source), batch_size
 
 
 def _say_start(what: str, points: int, dims: int, classes: int) -> None:
