@@ -52,6 +52,26 @@ def test_most_confused_against_brute_force():
     assert cmath.most_confused(np.eye(3, dtype=int) * 5, 3) == []
 
 
+def test_confusion_report_matches_sklearn_and_lists_the_pairs_examples():
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 4, 200)
+    preds = np.where(rng.random(200) < 0.5, labels, rng.integers(0, 4, 200))
+    index = list(range(1000, 1200))
+    paths = [f"img/{i}.png" for i in index]
+    report = cmath.confusion_report(labels, preds, ["a", "b", "c", "d"], source="s", index=index, paths=paths,
+                                    normalize_over="true", top=3, examples=2)
+    np.testing.assert_array_equal(report["counts"], sk_confusion(labels, preds, labels=range(4)))
+    np.testing.assert_allclose(report["matrix"], sk_confusion(labels, preds, labels=range(4), normalize="true"))
+    assert report["accuracy"] == pytest.approx(float(np.mean(labels == preds)))
+    assert report["total"] == 200 and len(report["most_confused"]) == 3
+    for pair in report["most_confused"]:
+        wrong = np.flatnonzero((labels == pair["true"]) & (preds == pair["pred"]))
+        assert pair["count"] == len(wrong)
+        assert pair["share_of_true"] == pytest.approx(len(wrong) / np.sum(labels == pair["true"]))
+        assert pair["examples"] == [index[i] for i in wrong[:2]]
+        assert pair["paths"] == [paths[i] for i in wrong[:2]]
+
+
 def _predictions_csv(n=120, k=4, seed=0):
     rng = np.random.default_rng(seed)
     names = ["cat", "dog", "bird", "deer"][:k]

@@ -111,6 +111,32 @@ def test_eval_json_equals_scikit_learn_on_its_own_predictions(cli, trained, tmp_
     assert torch.equal(logits.argmax(1), torch.as_tensor(p))
 
 
+def test_evaluate_and_prediction_rows_are_the_library_face_of_eval(trained):
+    from cnntools.checkpoint import load_model
+    from cnntools.data import load_for_model
+    from cnntools.inference.evaluation import PREDICTION_COLUMNS, evaluate, prediction_rows
+
+    lm = load_model(str(trained[0]))
+    test = load_for_model(lm.meta.data, "test", lm.preprocessing, lm.classes)
+    seen = []
+    result = evaluate(lm, test, batch_size=100, top_k=2, precision="fp32", progress=seen.append)
+    assert seen == [100, 200, 300, 359] and result.images == 359
+    plain = lm.model(lm.preprocessing(test.images, torch.device("cpu"))).detach()
+    torch.testing.assert_close(result.logits, plain, atol=1e-4, rtol=1e-4)
+    ref = _sklearn(result.logits, test.labels, 2)
+    assert result.metrics["accuracy"] == pytest.approx(ref["accuracy"]) and "count" not in result.metrics
+    assert result.metrics["top_k"]["2"] == pytest.approx(ref["top_k"])
+    rows = prediction_rows("m", "digits:test", result.logits, test.labels, lm.classes, with_logits=True)
+    assert list(rows[0])[: len(PREDICTION_COLUMNS)] == PREDICTION_COLUMNS and len(rows) == 359
+    losses = torch.nn.functional.cross_entropy(result.logits, test.labels, reduction="none")
+    probs = torch.softmax(result.logits, 1)
+    for i in (0, 17, 358):
+        assert rows[i]["pred"] == int(result.logits[i].argmax()) and rows[i]["label"] == int(test.labels[i])
+        assert rows[i]["loss"] == pytest.approx(float(losses[i]), abs=1e-6)
+        assert rows[i]["prob"] == pytest.approx(float(probs[i].max()), abs=1e-6)
+        assert [rows[i][f"logit_{c}"] for c in lm.classes] == result.logits[i].tolist()
+
+
 def test_predictions_to_stdout_move_tables_to_stderr(cli, trained):
     result = cli("eval", trained[0], "-o", "-")
     assert result.exit_code == 0, result.stderr

@@ -190,3 +190,31 @@ def test_totals_match_torchvisions_published_operation_counts(name):
     totals = act.model_totals(model, 3, 224)
     assert round(totals["macs"] / 1e9, 3) == weights.meta["_ops"]
     assert totals["parameters"] == totals["trainable"] == weights.meta["num_params"]
+
+
+def test_feature_maps_is_the_library_face_of_the_command():
+    from types import SimpleNamespace
+
+    model = net()
+    prep = Preprocessing((0.5, 0.4, 0.3), (0.2, 0.25, 0.3), 16, 3)
+    lm = SimpleNamespace(model=model, preprocessing=prep, meta=SimpleNamespace(arch_name="net"), source="net")
+    raw = torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8)
+    got = act.feature_maps(lm, raw, max_channels=3, precision="fp32")
+    x = prep(raw)
+    with torch.no_grad():
+        first = model[1](model[0](x).clone())
+        second = model[3](model[2](first))
+        probs = torch.softmax(model(x), 1)[0]
+    # Default layers: each conv's activation (the ReLU after it, past the BatchNorm).
+    assert [e["layer"] for e in got["layers"]] == ["1", "3.2"]
+    torch.testing.assert_close(got["activations"]["1"], first[0])
+    torch.testing.assert_close(got["activations"]["3.2"], second[0])
+    torch.testing.assert_close(got["probs"], probs)
+    assert got["pred"] == int(probs.argmax())
+    entry = got["layers"][1]
+    assert entry["channels"] == second[0].flatten(1).mean(1).argsort(descending=True)[:3].tolist()
+    assert entry["max"] == pytest.approx(second.max().item()) and entry["chosen"] == "most active"
+    given = act.feature_maps(lm, raw, ["0", "5"], channels=[2, 0], precision="fp32")
+    assert given["layers"][0]["channels"] == [2, 0] and "channels" not in given["layers"][1]
+    with pytest.raises(Exception, match="--channels 9"):
+        act.feature_maps(lm, raw, ["0"], channels=[9], precision="fp32")

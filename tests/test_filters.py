@@ -54,6 +54,34 @@ def test_batched_ranking_equals_brute_force(score, layer):
             assert fmap[r, c] == fmap.max()
 
 
+def test_top_images_and_layer_choice_are_the_library_face_of_the_command():
+    from types import SimpleNamespace
+
+    model = net()
+    raw = torch.randint(0, 256, (23, 3, 12, 12), dtype=torch.uint8)
+    prep = Preprocessing((0.5,) * 3, (0.25,) * 3, 12, 3)
+    lm = SimpleNamespace(model=model, preprocessing=prep, meta=SimpleNamespace(arch_name="net"))
+    imageset = SimpleNamespace(images=raw, labels=torch.arange(23) % 2, classes=["even", "odd"], paths=None)
+    assert flt.pick_conv_layer(model, "first")[0] == "0" and flt.pick_conv_layer(model, "last")[0] == "3"
+    with pytest.raises(Exception, match="not a Conv2d"):
+        flt.pick_conv_layer(model, "2")
+    seen = []
+    top, boxes = flt.top_images(lm, imageset, "3", [1, 6], k=4, score="max", crop_rf=True, batch_size=10,
+                                precision="fp32", progress=seen.append)
+    assert seen == [10, 20, 23]
+    with torch.no_grad():
+        maps = torch.relu(model(prep(raw)))
+    for entry in top:
+        scores = maps[:, entry["filter"]].flatten(1).amax(1)
+        expected = sorted(range(23), key=lambda i: (-scores[i].item(), i))[:4]
+        assert entry["indices"] == expected
+        assert entry["labels"] == [["even", "odd"][i % 2] for i in expected]
+        torch.testing.assert_close(torch.tensor(entry["scores"]), scores[expected])
+    assert boxes.shape == (2, 4, 4) and top[0]["rf_boxes"] == boxes[0].tolist()
+    rows = flt.kernel_stats(model[0].weight.detach())
+    assert rows[2]["norm"] == pytest.approx(model[0].weight[2].norm().item())
+
+
 def test_kernel_tiles_rgb_and_grey():
     w = torch.randn(6, 3, 5, 5)
     tiles, rgb = flt.kernel_tiles(w, "shared")

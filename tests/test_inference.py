@@ -246,3 +246,26 @@ def test_a_model_with_a_resize_rule_fits_dataset_images_once():
     # Images fitted already (eval --image fits each file as it reads it) are not fitted again.
     torch.testing.assert_close(predict(model, preprocessing.fit(native.images), preprocessing.for_fitted()),
                                expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_one_resize_routine_matches_torchvision_resize_and_center_crop():
+    """Preprocessing's resize-and-crop (named models) and the plain resize (datasets) are one
+    routine; its crop equals torchvision's Resize(shorter side) + CenterCrop on the same floats."""
+    import torch.nn.functional as F
+    from torchvision.transforms.v2 import functional as TF
+
+    from cnntools.data.imageset import resize_uint8
+    from cnntools.inference.preprocessing import _resize_crop
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (3, 3, 40, 57), dtype=torch.uint8, generator=g)
+    for mode in ("bilinear", "bicubic"):
+        got = _resize_crop(images, 24, 20, mode)
+        interp = TF.InterpolationMode.BILINEAR if mode == "bilinear" else TF.InterpolationMode.BICUBIC
+        ref = TF.center_crop(TF.resize(images.float(), [24], interpolation=interp, antialias=True), [20, 20])
+        assert got.shape == (3, 3, 20, 20) and got.dtype == torch.uint8
+        torch.testing.assert_close(got, ref.round().clamp(0, 255).to(torch.uint8), atol=0, rtol=0)
+    plain = resize_uint8(images, 16)
+    ref = F.interpolate(images.float(), size=(16, 16), mode="bilinear", align_corners=False, antialias=True)
+    torch.testing.assert_close(plain, ref.round().clamp(0, 255).to(torch.uint8), atol=0, rtol=0)
+    assert resize_uint8(images, (40, 57)) is images and resize_uint8(images[:0], 8, crop=4).shape == (0, 3, 4, 4)

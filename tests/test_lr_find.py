@@ -71,3 +71,30 @@ def test_divergence_stops_the_sweep_and_bad_options_are_refused(cli, tmp_path):
         refused = cli("lr-find", flag, bad)
         assert refused.exit_code == 2 and flag in refused.stderr, (flag, refused.stderr)
     assert "figures" in cli("lr-find", "-o", tmp_path / "x.txt").stderr
+
+
+def test_config_file_is_shared_with_train(cli, tmp_path):
+    """train --print-config's TOML drives lr-find (train-only keys skipped), the sweep equals
+    the one the same flags give, and lr-find --print-config round-trips."""
+    import tomllib
+
+    run_toml = tmp_path / "run.toml"
+    printed = cli("train", *FAST, "--seed", "4", "--weight-decay", "0.01", "--epochs", "3", "--schedule", "cosine",
+                  "--print-config")
+    assert printed.exit_code == 0, printed.stderr
+    run_toml.write_text(printed.stdout)
+    sweep = ["--steps", "12", "--format", "json", "-q"]
+    from_file = cli("lr-find", "--config", run_toml, *sweep)
+    direct = cli("lr-find", *FAST, "--seed", "4", "--weight-decay", "0.01", *sweep)
+    assert from_file.exit_code == 0 and direct.exit_code == 0, from_file.stderr
+    assert from_file.json()["sweep"] == direct.json()["sweep"]
+    mine = cli("lr-find", "--config", run_toml, "--steps", "12", "--print-config")
+    doc = tomllib.loads(mine.stdout)
+    assert doc["seed"] == 4 and doc["weight-decay"] == 0.01 and doc["steps"] == 12 and doc["image-size"] == 8
+    assert "epochs" not in doc and "schedule" not in doc and "lr-find options" in mine.stdout
+    (tmp_path / "sweep.toml").write_text(mine.stdout)
+    again = cli("lr-find", "--config", tmp_path / "sweep.toml", "--print-config")
+    assert again.stdout == mine.stdout
+    (tmp_path / "typo.toml").write_text("wieght-decay = 0.1\n")
+    bad = cli("lr-find", "--config", tmp_path / "typo.toml")
+    assert bad.exit_code == 2 and "unknown config key 'wieght-decay'" in bad.stderr

@@ -55,3 +55,26 @@ def test_epoch_table_fits_80_columns_and_final_line_counts_epochs(cli, tmp_path)
     assert lines[0].split() == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "img/s"]
     assert len(lines) == 3 and all(len(line) <= 80 for line in lines)
     assert "in 2 epochs;" in result.stderr
+
+
+def test_one_bar_helper_draws_on_a_terminal_and_nothing_elsewhere(capsys):
+    from cnntools.output import emitter as output
+    from cnntools.output.progress import progress_bar, start_bar
+
+    console = Console(file=io.StringIO(), force_terminal=True, width=100)
+    bar = start_bar("eval [model]", 10, stats=True, rate="images", console=console)
+    bar(4)
+    bar.update(advance=2, stats="loss 0.5")
+    assert bar.progress.tasks[0].completed == 6
+    bar.stop()
+    drawn = console.file.getvalue()
+    assert "eval [model]" in drawn and "6/10" in drawn and "loss 0.5" in drawn
+    # Off a terminal (pytest captures stderr) and under --quiet: a silent bar with the same API.
+    for quiet in (False, True):
+        output.configure(quiet=quiet)
+        with progress_bar("decode", 3, remaining=True) as silent:
+            silent(3)
+            silent.update(advance=1, stats="x")
+            assert not silent.shown
+    output.configure(quiet=False)
+    assert capsys.readouterr().err == ""

@@ -284,3 +284,37 @@ def test_bad_inputs(cli, tmp_path, digits_checkpoint):
     result = cli("tsne", "-n", "5000", "--format", "json")
     assert result.exit_code == 0, result.stderr
     assert result.json()["summary"]["points"] == 359 and "fewer than -n 5000" in result.stderr
+
+
+def test_embed_split_is_the_library_face_of_the_command(digits_checkpoint):
+    """embed_split on a model's features: the features are the classifier's input for the
+    sampled images (a plain forward with a hook), and the pixel baseline is the same images'
+    pixels measured by knn_separation."""
+    import torch
+
+    from cnntools.checkpoint import load_model
+    from cnntools.data import load_for_model
+
+    lm = load_model(digits_checkpoint)
+    images = load_for_model(lm.meta.data, "test", lm.preprocessing, lm.classes)
+    seen = []
+    out = lib.embed_split(images, lm=lm, checkpoint="c", n=120, seed=3, k=5, precision="fp32", batch_size=50,
+                          progress=seen.append, perplexity=10)
+    idx = lib.stratified_subset(images.labels.numpy(), 120, 3)
+    assert np.array_equal(out.indices, idx) and seen == [50, 100, 120]
+    assert out.source == {"split": "test", "seed": 3, "kind": "features", "data": images.spec, "checkpoint": "c",
+                          "arch": lm.meta.arch_name, "layer": out.source["layer"], "hook": "input"}
+    last_linear = [m for m in lm.model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    kept = []
+    handle = last_linear.register_forward_pre_hook(lambda _m, args: kept.append(args[0].detach()))
+    try:
+        lm.model(lm.preprocessing(images.images[torch.as_tensor(idx)], torch.device("cpu")))
+    finally:
+        handle.remove()
+    assert out.result.input_dim == kept[0].shape[1]
+    pixels = images.images[torch.as_tensor(idx)].reshape(len(idx), -1).numpy() / np.float32(255)
+    baseline = lib.knn_separation(pixels.astype(np.float32), out.labels, len(out.classes), 5)
+    assert out.summary["knn_accuracy_pixels"] == pytest.approx(baseline["knn_accuracy"])
+    features = kept[0].numpy()
+    assert out.result.knn_accuracy_features == pytest.approx(
+        lib.knn_accuracy(lib.nearest_neighbors(features, 5), out.labels, len(out.classes)), abs=0.02)

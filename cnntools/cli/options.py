@@ -7,11 +7,13 @@ spellings of earlier versions working.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Optional
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Optional
 
 import typer
 
 from cnntools.cli.completion import complete_arch, complete_data, complete_device, complete_layer
+from cnntools.training import config_files
 
 # Help headings of the shared options (cli._Command groups options under them).
 PANEL_DATA = "Data"
@@ -161,6 +163,18 @@ ClassWeights = Annotated[
 LabelSmoothing = Annotated[float, typer.Option("--label-smoothing", help="Label smoothing of the cross-entropy (0..1).")]
 
 
+# A run written down as TOML (train and lr-find read and write the same files).
+ConfigFile = Annotated[
+    Optional[str],
+    typer.Option("--config", callback=config_files.load_config, is_eager=True, metavar="FILE",
+                 help="Read the options from FILE.toml (one key per option, e.g. batch-size = 64), or replay the "
+                 "options stored in a checkpoint (FILE.safetensors); options given on the command line win."),
+]
+PrintConfig = Annotated[
+    bool, typer.Option("--print-config", help="Write the fully resolved options as TOML to stdout and exit (for --config).")
+]
+
+
 # ---------------------------------------------------------------------------- inputs and outputs
 Output = Annotated[
     Optional[str],
@@ -207,6 +221,127 @@ Layers = Annotated[
     typer.Option("--layer", "-l", metavar="LAYER", autocompletion=complete_layer,
                  help="Layer name (see --list-layers), or a keyword the command names; repeatable."),
 ]
+
+# ---------------------------------------------------------------------------- the run context
+
+
+@dataclass
+class Run:
+    """What a model-running command's shared options come to (made by `start_run`).
+
+    `device` and `precision` stay None until `ready()`: a command checks its own options
+    first, so a wrong flag answers before torch is imported.
+    """
+
+    device_spec: str = "auto"
+    precision_spec: str = "auto"
+    seed: int = 0
+    device: Any = None  # a torch.device, after ready()
+    precision: Optional[str] = None  # fp32, bf16 or fp16, after ready()
+    seeded: bool = False
+
+    def seed_all(self) -> "Run":
+        """Seed Python, NumPy and torch with --seed (once)."""
+        if not self.seeded:
+            from cnntools.core import runtime
+
+            runtime.seed_everything(self.seed)
+            self.seeded = True
+        return self
+
+    def ready(self) -> "Run":
+        """Seed (see `seed_all`), then resolve --device and --precision (imports torch)."""
+        from cnntools.core import runtime
+
+        self.seed_all()
+        if self.device is None:
+            self.device = runtime.resolve_device(self.device_spec)
+            self.precision = runtime.resolve_precision(self.precision_spec, self.device)
+        return self
+
+
+def start_run(*, quiet: bool, debug: bool, threads: Optional[int] = None, device: str = "auto",
+              precision: str = "auto", seed: int = 0) -> Run:
+    """The opening every model-running command shares: stderr chatter and tracebacks as
+    --quiet/--debug say, torch's and the decoders' threads as --threads says; returns the Run
+    whose `ready()` seeds and resolves the device and precision."""
+    from cnntools.core import runtime
+    from cnntools.output import emitter as output
+
+    output.configure(quiet=quiet, debug=debug)
+    runtime.use_threads(threads)
+    return Run(device_spec=device, precision_spec=precision, seed=seed)
+
+
+# ---------------------------------------------------------------------------- the "runs a model" bundle
+
+# The options every command that runs a model over a dataset takes, in --help order, with their
+# usual defaults; `model_run_options` adds them to a command (the way sqlite-utils'
+# `output_options` decorator adds its options), so they are declared here once.
+MODEL_RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "data": (Data, None), "data_dir": (DataDir, None), "split": (Split, "test"), "download": (Download, False),
+    "batch_size": (BatchSize, 256), "device": (Device, "auto"), "threads": (Threads, None),
+    "precision": (Precision, "auto"), "seed": (Seed, 0), "fmt": (Format, "table"), "quiet": (Quiet, False),
+    "trust_code": (TrustCode, False), "debug": (Debug, False),
+}
+
+
+@dataclass
+class ModelRunOptions:
+    """The values of MODEL_RUN_OPTIONS for one invocation; `start()` is the opening every such
+    command shares (see `start_run`)."""
+
+    data: Optional[str]
+    data_dir: Optional[str]
+    split: str
+    download: bool
+    batch_size: int
+    device: str
+    threads: Optional[int]
+    precision: str
+    seed: int
+    fmt: str
+    quiet: bool
+    trust_code: bool
+    debug: bool
+
+    def start(self) -> Run:
+        return start_run(quiet=self.quiet, debug=self.debug, threads=self.threads, device=self.device,
+                         precision=self.precision, seed=self.seed)
+
+
+def model_run_options(**defaults):
+    """Decorator: the command takes MODEL_RUN_OPTIONS (after its own options; `defaults`
+    overrides their defaults, e.g. batch_size=1) and receives their values as one argument
+    `opts: ModelRunOptions`. Typer reads the command's signature, so the decorator gives the
+    wrapper one with the shared parameters in place of `opts`."""
+    import functools
+    import inspect
+    import typing
+
+    unknown = set(defaults) - set(MODEL_RUN_OPTIONS)
+    if unknown:
+        raise TypeError(f"not a model-run option: {sorted(unknown)}")
+
+    def decorate(func):
+        hints = typing.get_type_hints(func, include_extras=True)
+        own = [p.replace(annotation=hints.get(p.name, p.annotation))
+               for p in inspect.signature(func).parameters.values() if p.name != "opts"]
+        shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=alias,
+                                    default=defaults.get(name, default))
+                  for name, (alias, default) in MODEL_RUN_OPTIONS.items()]
+
+        @functools.wraps(func)
+        def command(*args, **kwargs):
+            values = {name: kwargs.pop(name, defaults.get(name, default)) for name, (_, default) in MODEL_RUN_OPTIONS.items()}
+            return func(*args, opts=ModelRunOptions(**values), **kwargs)
+
+        command.__signature__ = inspect.Signature(own + shared, return_annotation=None)
+        command.__annotations__ = {p.name: p.annotation for p in own + shared} | {"return": None}
+        return command
+
+    return decorate
+
 
 # Every shared option by its long name: the one vocabulary (README "Options"). A test walks
 # the command tree and checks each command's option against these definitions.

@@ -263,17 +263,25 @@ def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
     raise ValueError(f"cannot convert {have} channels to {channels} (only 1 and 3 are supported)")
 
 
-def resize_uint8(images: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
-    """Bilinear, antialiased resize of a uint8 batch, in chunks so memory stays bounded."""
+def resize_uint8(images: torch.Tensor, size: int | tuple[int, int], *, mode: str = "bilinear",
+                 crop: int | None = None) -> torch.Tensor:
+    """Antialiased resize of a uint8 batch to `size` (bilinear, or bicubic), in chunks so memory
+    stays bounded; with `crop`, then the centre crop×crop of it (torchvision's Resize and
+    CenterCrop, the way pretrained models' preprocessing is written down). The one resize
+    routine: datasets fitted to a model and a named model's preprocessing both use it."""
     target = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
-    if tuple(images.shape[2:]) == target:
+    if tuple(images.shape[2:]) == target and crop is None:
         return images
+    top, left = ((target[0] - crop) // 2, (target[1] - crop) // 2) if crop is not None else (0, 0)
+    out_hw = (crop, crop) if crop is not None else target
+    mode = mode if mode in ("bilinear", "bicubic") else "bilinear"
     out = []
     for _, chunk in iter_chunks(images, CHUNK_BYTES // 4):
-        resized = F.interpolate(chunk.float(), size=target, mode="bilinear", align_corners=False, antialias=True)
+        resized = F.interpolate(chunk.float(), size=target, mode=mode, align_corners=False, antialias=True)
+        resized = resized[:, :, top : top + out_hw[0], left : left + out_hw[1]]
         out.append(resized.round_().clamp_(0, 255).to(torch.uint8))
     if not out:
-        return images.new_empty((0, images.shape[1], *target))
+        return images.new_empty((0, images.shape[1], *out_hw))
     return torch.cat(out)
 
 

@@ -29,22 +29,9 @@ def ordered_map(pool, fn: Callable, items: Iterable, window: int) -> Iterator:
 
 @contextlib.contextmanager
 def decode_progress(total: int, label: str = "Decoding"):
-    """A rich bar on stderr with images/s (nothing under --quiet or off a terminal); yields
-    `advance(done)`."""
-    from cnntools.output import emitter as output
+    """A bar on stderr with images/s and the time left (nothing under --quiet or off a
+    terminal); yields `advance(done)`."""
+    from cnntools.output.progress import progress_bar
 
-    console = output.err_console()
-    if console is None or not console.is_terminal:
-        yield lambda done: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
-    from rich.text import Text
-
-    class Rate(ProgressColumn):
-        def render(self, task):
-            return Text(f"{task.speed:,.0f} images/s" if task.speed else "")
-
-    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), Rate(), TimeRemainingColumn(),
-                  console=console, transient=True) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda done: bar.update(task, completed=done)
+    with progress_bar(label, total, rate="images", remaining=True) as bar:
+        yield bar

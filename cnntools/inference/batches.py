@@ -5,7 +5,8 @@
 device, the chosen precision under autocast, channels_last where it pays, optional hooked
 layers) and `predict` collects the logits. eval, confusion, saliency (its prediction pass),
 featmaps, filters and tsne all go through here, so a precision or memory-format choice made
-here holds everywhere. `capture_activations` is the one forward-hook helper.
+here holds everywhere. Layers are captured with `capture_activations` (the hook holder of
+`cnntools.inference.hooks`).
 """
 
 from __future__ import annotations
@@ -47,33 +48,13 @@ def wants_channels_last(device, precision: str, arch: str, training: bool = Fals
 @contextlib.contextmanager
 def capture_activations(model, names: Sequence[str], clone: bool = True, inputs: bool = False) -> Iterator[dict]:
     """Record the named layers' outputs (with `inputs`: their first inputs) during the forward
-    passes inside the block; the dict holds the last pass's tensors.
-
-    Outputs are cloned by default so that a following in-place op (ReLU(inplace=True)) cannot
-    overwrite what was recorded. The hooks are removed when the block exits, errors included
-    (leaked hooks are the most reported memory problem of hook-based tools).
+    passes inside the block; the dict holds the last pass's tensors (`Hooks.record`: cloned by
+    default). The hooks are removed when the block exits, errors included.
     """
-    from cnntools.models.layers import get_layer
+    from cnntools.inference.hooks import Hooks
 
-    store: dict[str, torch.Tensor] = {}
-    handles = []
-
-    def keep(name: str, value) -> None:
-        if isinstance(value, (tuple, list)):
-            value = value[0]
-        store[name] = value.detach().clone() if clone else value
-
-    try:
-        for name in names:
-            layer = get_layer(model, name)
-            if inputs:
-                handles.append(layer.register_forward_pre_hook(lambda _m, args, name=name: keep(name, args)))
-            else:
-                handles.append(layer.register_forward_hook(lambda _m, _args, out, name=name: keep(name, out)))
-        yield store
-    finally:
-        for handle in handles:
-            handle.remove()
+    with Hooks() as hooks:
+        yield hooks.record(model, names, inputs=inputs, clone=clone)
 
 
 @dataclass

@@ -82,17 +82,11 @@ def _fit_channels(images, channels, convert_channels):
 
 def _resize_crop(images: torch.Tensor, resize: int, crop: int, interpolation: str = "bilinear") -> torch.Tensor:
     """torchvision's ImageNet preprocessing on uint8 tensors: shorter side to `resize`, centre crop."""
-    import torch.nn.functional as F
+    from cnntools.data.imageset import resize_uint8
 
     h, w = images.shape[2:]
     if h <= w:
         nh, nw = resize, max(1, round(w * resize / h))
     else:
         nh, nw = max(1, round(h * resize / w)), resize
-    out = []
-    for chunk in images.split(256):
-        mode = interpolation if interpolation in ("bilinear", "bicubic") else "bilinear"
-        x = F.interpolate(chunk.float(), size=(nh, nw), mode=mode, align_corners=False, antialias=True)
-        top, left = (nh - crop) // 2, (nw - crop) // 2
-        out.append(x[:, :, top : top + crop, left : left + crop].round_().clamp_(0, 255).to(torch.uint8))
-    return torch.cat(out) if out else images.new_empty((0, images.shape[1], crop, crop))
+    return resize_uint8(images, (nh, nw), mode=interpolation, crop=crop)

@@ -1,7 +1,8 @@
 """Layers by name, their output shapes, and statistics of captured activations.
 
 Activations themselves are captured by `cnntools.inference.batches` (`capture_activations`, and
-`forward_batches(..., layers=...)`, which runs a model with it).
+`forward_batches(..., layers=...)`, which runs a model with it); every hook goes through
+`cnntools.inference.hooks.Hooks`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnntools.core.errors import CnnError
+from cnntools.core.errors import CnnError, UsageError
+from cnntools.inference.hooks import Hooks
 from cnntools.models.layers import get_layer, named_layers
 
 
@@ -32,7 +34,6 @@ def forward_order(model: nn.Module, example: torch.Tensor | None) -> list[tuple[
     if example is not None:
         order: list[str] = []
         leaves = {id(m) for m in layers.values() if not any(True for _ in m.children())}
-        handles = []
 
         def hook_for(name: str):
             def hook(module, inputs):
@@ -42,17 +43,15 @@ def forward_order(model: nn.Module, example: torch.Tensor | None) -> list[tuple[
             return hook
 
         try:
-            for name, module in layers.items():
-                if id(module) in leaves:
-                    handles.append(module.register_forward_pre_hook(hook_for(name)))
-            with torch.no_grad():
-                model(example)
+            with Hooks() as hooks:
+                for name, module in layers.items():
+                    if id(module) in leaves:
+                        hooks.forward_pre(module, hook_for(name))
+                with torch.no_grad():
+                    model(example)
             return [(name, layers[name]) for name in order]
         except Exception:  # noqa: BLE001 - a model that cannot run the probe: registration order
             pass
-        finally:
-            for handle in handles:
-                handle.remove()
     return list(layers.items())
 
 
@@ -116,7 +115,6 @@ def layer_table(model: nn.Module, example: torch.Tensor) -> list[dict]:
     """
     layers = named_layers(model)
     shapes: dict[str, list[int]] = {}
-    handles = []
 
     def hook_for(name: str):
         def hook(module, inputs, output):
@@ -127,13 +125,10 @@ def layer_table(model: nn.Module, example: torch.Tensor) -> list[dict]:
 
         return hook
 
-    try:
+    with Hooks() as hooks:
         for name, module in layers.items():
-            handles.append(module.register_forward_hook(hook_for(name)))
-        macs = _count_macs(model, example)
-    finally:
-        for handle in handles:
-            handle.remove()
+            hooks.forward(module, hook_for(name))
+        macs = _count_macs(model, example)  # the one forward pass: the hooks record the shapes
     rows = []
     for name, module in layers.items():
         own = sum(p.numel() for p in module.parameters(recurse=False))
@@ -229,3 +224,45 @@ def activation_layer_names(model: nn.Module, example: torch.Tensor | None = None
                 break
         names.append(chosen)
     return names
+
+
+def feature_maps(lm, raw: torch.Tensor, layers=None, *, channels=None, max_channels: int = 16,
+                 batch_size: int = 1, precision: str = "fp32") -> dict:
+    """One image through the loaded model `lm` with `layers` captured (default: each conv
+    layer's activation, `activation_layer_names`), in one forward pass at `precision`.
+
+    `raw` is the uint8 1×C×H×W image. Returns {"probs": the softmax (float32, CPU), "pred":
+    the predicted class, "activations": name -> float32 CPU tensor of the image, "layers": one
+    entry per layer with its type, `activation_stats` and for feature maps the channels to
+    draw (`channels` given, else the `max_channels` most active by mean)}.
+    """
+    from cnntools.inference.batches import forward_batches
+    from cnntools.inference.memory import fit_model_batch
+
+    names = list(layers) if layers else activation_layer_names(lm.model, example_input(lm))
+    if not names:
+        raise CnnError("the model has no Conv2d layer; name layers with --layer (see --list-layers)")
+    for n in names:
+        get_layer(lm.model, n)
+    fit_model_batch(lm, 1, keep=tuple(names))  # every captured map is held until drawn
+    # One image: one forward pass, whatever batch_size says.
+    (batch,) = forward_batches(lm.model, raw, lm.preprocessing, batch_size=batch_size, precision=precision,
+                               arch=lm.meta.arch_name, layers=names)
+    probs = torch.softmax(batch.logits.float(), dim=1)[0].cpu()
+    acts = {n: a[0].float().cpu() for n, a in batch.activations.items()}
+    entries = []
+    for n in names:
+        a = acts[n]
+        entry = {"layer": n, "type": type(get_layer(lm.model, n)).__name__, **activation_stats(a)}
+        if a.dim() == 3:
+            if channels is not None:
+                bad = [c for c in channels if not 0 <= c < a.shape[0]]
+                if bad:
+                    raise UsageError(f"--channels {bad[0]}: layer {n} has {a.shape[0]} channels (0..{a.shape[0] - 1})")
+                entry["channels"] = list(channels)
+            else:
+                order = a.flatten(1).mean(1).argsort(descending=True)
+                entry["channels"] = order[:max_channels].tolist()
+            entry["chosen"] = "given" if channels is not None else "most active"
+        entries.append(entry)
+    return {"probs": probs, "pred": int(probs.argmax()), "activations": acts, "layers": entries}

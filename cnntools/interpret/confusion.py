@@ -92,6 +92,45 @@ def pair_examples(label, pred, t: int, p: int, n: int, loss=None, prob=None) -> 
     return rows[:n]
 
 
+def confusion_report(labels, preds, classes: list[str], *, source: str = "", index=None, paths=None,
+                     normalize_over: str = "none", top: int = 5, examples: int = 5, loss=None, prob=None) -> dict:
+    """Everything `cnntools confusion` reports, as data: the counts and the normalised matrix
+    (NumPy arrays), the total and accuracy, and the `top` most confused (true, predicted) pairs
+    with up to `examples` image indices each (`index[i]`: the dataset index of prediction i;
+    `paths`, when given, their files), worst first by `loss` and `prob` when given (`top_losses`)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    preds = np.asarray(preds, dtype=np.int64)
+    index = list(range(len(labels))) if index is None else index
+    counts = confusion_counts(labels, preds, len(classes))
+    total = int(counts.sum())
+    row_totals = counts.sum(axis=1)
+    pairs = []
+    for t, p, count in most_confused(counts, top):
+        where = pair_examples(labels, preds, t, p, examples, loss, prob)
+        pair = {
+            "true": t,
+            "true_name": classes[t],
+            "pred": p,
+            "pred_name": classes[p],
+            "count": count,
+            "share_of_true": count / row_totals[t] if row_totals[t] else 0.0,
+            "examples": [int(index[i]) for i in where],
+        }
+        if paths:
+            pair["paths"] = [paths[i] for i in where]
+        pairs.append(pair)
+    return {
+        "source": source,
+        "classes": list(classes),
+        "normalize": normalize_over,
+        "total": total,
+        "accuracy": float(np.trace(counts) / total) if total else 0.0,
+        "counts": counts,
+        "matrix": normalize(counts, normalize_over),
+        "most_confused": pairs,
+    }
+
+
 @dataclass
 class Predictions:
     """Predictions as `eval --predictions` writes them."""

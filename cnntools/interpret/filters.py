@@ -159,3 +159,63 @@ def receptive_field_boxes(
                 cache[(row, col)] = [rows.min().item(), cols.min().item(), rows.max().item() + 1, cols.max().item() + 1]
         boxes.append(cache[(row, col)])
     return torch.tensor(boxes, dtype=torch.long).reshape(-1, 4)
+
+
+def pick_conv_layer(model: nn.Module, layer: str, example: torch.Tensor | None = None) -> tuple[str, nn.Conv2d]:
+    """`first` or `last` (the first or last Conv2d the forward pass calls) or a layer name,
+    checked to be a Conv2d: (its name, the module)."""
+    from cnntools.interpret.activations import conv_layer_names
+
+    convs = conv_layer_names(model, example)
+    if layer in ("first", "last"):
+        if not convs:
+            raise CnnError("the model has no Conv2d layer")
+        layer = convs[0] if layer == "first" else convs[-1]
+    module = get_layer(model, layer)
+    if not isinstance(module, nn.Conv2d):
+        raise CnnError(f"layer '{layer}' is a {type(module).__name__}, not a Conv2d; conv layers: {', '.join(convs)}")
+    return layer, module
+
+
+def kernel_stats(weight: torch.Tensor) -> list[dict]:
+    """One row per filter of a conv weight F×C×kH×kW: its L2 norm, mean, min and max."""
+    return [
+        {"filter": f, "norm": weight[f].norm().item(), "mean": weight[f].mean().item(),
+         "min": weight[f].min().item(), "max": weight[f].max().item()}
+        for f in range(weight.shape[0])
+    ]
+
+
+def top_images(lm, imageset, layer: str, filters: Sequence[int], *, k: int = 9, score: str = "mean",
+               crop_rf: bool = False, batch_size: int = 256, precision: str = "fp32", progress=None) -> tuple[list[dict], torch.Tensor | None]:
+    """The `k` images of `imageset` that activate each of `filters` of the loaded model `lm`'s
+    `layer` most (`top_activating` over one `forward_batches` pass; `progress(n)` after each
+    batch). Returns one entry per filter (dataset indices, scores, class names, paths where the
+    images have them, the strongest unit's position, with `crop_rf` its receptive-field box)
+    and the boxes (F×k×4, or None)."""
+    from cnntools.inference.batches import forward_batches
+
+    def activations():
+        for batch in forward_batches(lm.model, imageset.images, lm.preprocessing, batch_size=batch_size,
+                                     precision=precision, arch=lm.meta.arch_name, layers=[layer]):
+            yield batch.activations[layer]
+            if progress is not None:
+                progress(batch.start + batch.size)
+
+    ranked = top_activating(layer, activations(), filters, k=k, score=score)
+    top = []
+    for j, f in enumerate(filters):
+        entry = {"filter": f, "indices": ranked["top"][j].tolist(), "scores": ranked["top_scores"][j].tolist(),
+                 "labels": [imageset.classes[int(imageset.labels[i])] for i in ranked["top"][j]]}
+        if imageset.paths:
+            entry["paths"] = [imageset.paths[i] for i in ranked["top"][j]]
+        if ranked["argmax"] is not None:
+            entry["peak_units"] = ranked["argmax"][j].tolist()
+        top.append(entry)
+    boxes = None
+    if crop_rf and ranked["argmax"] is not None:
+        units = ranked["argmax"].reshape(-1, 2)
+        boxes = receptive_field_boxes(lm.model, layer, lm.preprocessing.shape, units).reshape(len(filters), -1, 4)
+        for j, entry in enumerate(top):
+            entry["rf_boxes"] = boxes[j].tolist()
+    return top, boxes

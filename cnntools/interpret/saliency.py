@@ -22,6 +22,7 @@ from torch import nn
 
 from cnntools.models.layers import get_layer
 from cnntools.core.errors import CnnError
+from cnntools.inference.hooks import Hooks
 
 
 def _cam_classes() -> dict[str, type]:
@@ -151,13 +152,13 @@ def _gradients_from(model: nn.Module, layer: nn.Module):
         return out.detach().float().requires_grad_(True).clone() if isinstance(out, torch.Tensor) else None
 
     frozen = [p for p in model.parameters() if p.requires_grad]
-    handle = layer.register_forward_hook(reroot)
     try:
         for p in frozen:
             p.requires_grad_(False)
-        yield
+        with Hooks() as hooks:
+            hooks.forward(layer, reroot)
+            yield
     finally:
-        handle.remove()
         for p in frozen:
             p.requires_grad_(True)
 
@@ -350,12 +351,10 @@ def _guided_relus(model: nn.Module):
     def hook(module, grad_input, grad_output):
         return tuple(g.clamp_min(0) if g is not None else None for g in grad_input)
 
-    handles = [m.register_full_backward_hook(hook) for m in relus]
-    try:
+    with Hooks() as hooks:
+        for module in relus:
+            hooks.backward(module, hook)
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def guided_backprop_maps(model: nn.Module, x: torch.Tensor, targets: Sequence[int], reduce: str = "max",
@@ -404,12 +403,9 @@ def _at_precision(model: nn.Module, device, precision: str):
     if precision == "fp32":
         yield
         return
-    handle = model.register_forward_hook(lambda _m, _args, out: out.float() if isinstance(out, torch.Tensor) else None)
-    try:
-        with runtime.autocast(device, precision):
-            yield
-    finally:
-        handle.remove()
+    with Hooks() as hooks, runtime.autocast(device, precision):
+        hooks.forward(model, lambda _m, _args, out: out.float() if isinstance(out, torch.Tensor) else None)
+        yield
 
 
 def _maps(model, x, targets, method, layer, batch_size, seed, reduce, of) -> torch.Tensor:

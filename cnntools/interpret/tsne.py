@@ -414,14 +414,14 @@ def stratified_subset(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
 
 
 def layer_features(model, preprocessing, images, layer: str | None = None, batch_size: int = 256,
-                   precision: str = "fp32", arch: str = ""):
+                   precision: str = "fp32", arch: str = "", progress=None):
     """Activations of one module of `model` for uint8 `images`, flattened to an N×D float32
     array (one `inference.forward_batches` pass at `precision`).
 
     `layer` None takes the input of the last `nn.Linear` (the features the classifier sees);
     a module name takes that module's output. `preprocessing` (an `inference.Preprocessing`)
     turns the images into the model's input. Returns (features, layer name, "input" or
-    "output").
+    "output"). `progress(n)` is called after each batch with the number of images done.
     """
     import torch
 
@@ -448,6 +448,103 @@ def layer_features(model, preprocessing, images, layer: str | None = None, batch
             runtime.check_allocation(3 * len(images) * rows.shape[1] * 4,
                                      f"the features of {len(images):,} images ({rows.shape[1]:,} values each from '{layer}')")
         captured.append(rows)
+        if progress is not None:
+            progress(batch.start + batch.size)
     if not captured:
         raise TsneInputError("no images to extract features from")
     return torch.cat(captured).numpy(), layer, kind
+
+
+DEFAULT_POINTS = 2000
+
+
+def subset_indices(labels: np.ndarray, n: int | None, seed: int = 0) -> np.ndarray:
+    """The sample `tsne` embeds: a stratified subset of `n` (default DEFAULT_POINTS) labels, all
+    of them when there are fewer (said on stderr when `n` asked for more)."""
+    if n is None:
+        n = DEFAULT_POINTS
+    elif n > len(labels):
+        from cnntools.output import emitter as output
+
+        output.info(f"the split has {len(labels)} images, fewer than -n {n}: using all of them")
+    return stratified_subset(labels, n, seed)
+
+
+def check_sample(images, idx) -> None:
+    """Refuse a sample whose pixels cannot be held as float32 rows (what `sample_pixels`
+    makes), before any of it is made."""
+    from cnntools.inference.memory import gathered_bytes
+
+    shape = images.images.shape[1:]
+    runtime.check_allocation(gathered_bytes(len(idx), *shape, itemsize=4),
+                             f"a t-SNE sample of {len(idx):,} {'×'.join(map(str, shape))} images")
+
+
+def sample_pixels(images, idx) -> np.ndarray:
+    """The chosen images' raw pixels as float32 rows in [0, 1] (as a model sees them, before
+    normalisation), filled piece by piece: no uint8 or unscaled copy of the whole sample."""
+    from cnntools.data.imageset import chunk_rows
+
+    shape = images.images.shape[1:]
+    dims = int(np.prod(shape))
+    rows = np.empty((len(idx), dims), dtype=np.float32)
+    step = chunk_rows(dims * 4)
+    for a in range(0, len(idx), step):
+        piece = images.images[idx[a:a + step]].reshape(-1, dims).numpy()
+        np.divide(piece, np.float32(255.0), out=rows[a:a + len(piece)], casting="unsafe")
+    return rows
+
+
+@dataclass
+class SplitEmbedding:
+    """`embed_split`'s answer: the t-SNE result of the sample, the dataset indices it holds, its
+    labels and class names, the summary (with the raw-pixel baseline for a model's features),
+    what was embedded (`source`: kind, data and for features checkpoint, arch, layer, hook) and
+    a short description of it (`what`)."""
+
+    result: TsneResult
+    indices: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+    summary: dict
+    source: dict
+    what: str
+
+
+def embed_split(images, *, lm=None, checkpoint: str | None = None, layer: str | None = None, n: int | None = None,
+                seed: int = 0, method: str = "auto", perplexity: float = 30.0, pca: int | None = None, k: int = 10,
+                batch_size: int = 256, precision: str = "fp32", progress=None, on_start=None) -> SplitEmbedding:
+    """t-SNE of a seeded stratified sample of the ImageSet `images`: of its raw pixels, or with a
+    loaded model `lm` of that model's `layer` features (see `layer_features`), then the
+    separation measures of `analyse` (and for features the same images' pixels measured the
+    same way: did training separate the classes?). `on_start(what, points, dims, classes)` is
+    called before the embedding starts (the command says it on stderr)."""
+    idx = subset_indices(images.labels.numpy(), n, seed)
+    check_sample(images, idx)
+    source: dict = {"split": images.split, "seed": seed, "kind": "pixels", "data": images.spec}
+    # C×H×W of the pixels measured: the stored size without a checkpoint, the model's input
+    # size with one, so the two "raw pixels" numbers name their sizes.
+    shape = "×".join(str(d) for d in images.images.shape[1:])
+    if lm is None:
+        features, what = sample_pixels(images, idx), f"raw pixels ({shape}, as stored)"
+    else:
+        from cnntools.data.imageset import IndexedRows
+
+        features, layer_name, hook = layer_features(
+            lm.model, lm.preprocessing, IndexedRows(images.images, idx), layer=layer, batch_size=batch_size,
+            precision=precision, arch=lm.meta.arch_name, progress=progress,
+        )
+        source.update(kind="features", checkpoint=checkpoint, arch=lm.meta.arch_name, layer=layer_name, hook=hook)
+        what = f"{lm.meta.arch_name} {layer_name} {'input' if hook == 'input' else 'output'}"
+    labels = images.labels.numpy()[idx].astype(np.int64)
+    classes = [str(c) for c in images.classes]
+    if on_start is not None:
+        on_start(what, len(idx), features.shape[1], len(classes))
+    result = analyse(features, labels, classes, method=method, perplexity=perplexity, pca=pca, k=k, seed=seed)
+    summary = result.summary()
+    if lm is not None:
+        baseline = knn_separation(sample_pixels(images, idx), labels, len(classes), result.k)
+        summary["knn_accuracy_pixels"] = baseline["knn_accuracy"]
+        summary["knn_mixing_pixels"] = baseline["knn_mixing_overall"]
+    summary["pixels_shape"] = shape
+    return SplitEmbedding(result, idx, labels, classes, summary, source, what)

@@ -1,4 +1,5 @@
-"""train's progress line on stderr: what a run is doing and how long the whole of it has left.
+"""Progress bars on stderr: the one helper every bar is made with (`progress_bar`, `start_bar`),
+and train's line built on it, which says what a run is doing and how long the whole of it has left.
 
     epoch 3/20 ━━━━━━━━━━━━━━       12/41  612 img/s  loss 0.4321  acc 0.8765  lr 0.001  left 0:03:12
 
@@ -10,6 +11,7 @@ come.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 
@@ -28,6 +30,87 @@ def format_duration(seconds: float) -> str:
     return f"{days}d {text}" if days else text
 
 
+class Bar:
+    """One rich progress bar on stderr, or nothing at all (`Bar()`: under --quiet, off a terminal).
+
+    `update(completed=N)` / `update(advance=N)` move it, `stats=` sets the text after the count;
+    calling it, `bar(done)`, is `update(completed=done)`, so a bar serves as the `progress(n)`
+    callback of `inference.batches.predict`.
+    """
+
+    def __init__(self, progress=None, task=None):
+        self.progress, self.task = progress, task
+
+    @property
+    def shown(self) -> bool:
+        """Whether a bar is drawn (callers skip work that only feeds it, like formatting stats)."""
+        return self.progress is not None
+
+    def update(self, completed: int | None = None, *, advance: int | None = None, stats: str | None = None) -> None:
+        if self.progress is None:
+            return
+        fields = {} if stats is None else {"stats": stats}
+        self.progress.update(self.task, completed=completed, advance=advance, **fields)
+
+    def __call__(self, done: int) -> None:
+        self.update(completed=done)
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def start_bar(label: str, total: int, *, completed: int = 0, rate: str | None = None, elapsed: bool = False,
+              remaining: bool = False, stats: bool = False, bar_width: int = 40, console=None) -> Bar:
+    """A started bar `label ━━━━  done/total` on stderr, the bar gone once stopped; a silent
+    `Bar()` under --quiet or when stderr is not a terminal (a redirected stderr would collect
+    every redraw).
+
+    rate: a unit ("images") to show the speed in; elapsed/remaining: the time columns;
+    stats: a text column set by `update(stats=...)`; console: draw there instead (tests).
+    """
+    if console is None:
+        from cnntools.output import emitter as output
+
+        console = output.err_console()
+        if console is None or not console.is_terminal:
+            return Bar()
+    from rich.markup import escape
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    columns = [TextColumn(escape(label)), BarColumn(bar_width=bar_width), MofNCompleteColumn()]
+    if rate:
+        from rich.text import Text
+
+        class Rate(ProgressColumn):
+            def render(self, task):
+                return Text(f"{task.speed:,.0f} {rate}/s" if task.speed else "")
+
+        columns.append(Rate())
+    if elapsed:
+        columns.append(TimeElapsedColumn())
+    if remaining:
+        columns.append(TimeRemainingColumn())
+    if stats:
+        columns.append(TextColumn("{task.fields[stats]}"))
+    progress = Progress(*columns, console=console, transient=True)
+    task = progress.add_task(label, total=total, completed=completed, stats="")
+    progress.start()
+    return Bar(progress, task)
+
+
+@contextlib.contextmanager
+def progress_bar(label: str, total: int, **columns):
+    """`start_bar` as a context manager: yields the Bar and stops it however the block ends."""
+    bar = start_bar(label, total, **columns)
+    try:
+        yield bar
+    finally:
+        bar.stop()
+
+
 class TrainProgress:
     """The per-epoch bar of a run of `epochs` epochs of `steps_per_epoch` updates each.
 
@@ -40,8 +123,7 @@ class TrainProgress:
         self.console = console
         self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
         self.clock = clock
-        self.bar = None
-        self.task = None
+        self.bar: Bar | None = None
         self.run_start: float | None = None
         self.run_steps = 0  # updates made by this process since it started (a resumed run counts from there)
         self.epoch = 0
@@ -56,24 +138,14 @@ class TrainProgress:
         return cls(console, epochs, steps_per_epoch) if console is not None and console.is_terminal else None
 
     def start(self, epoch: int, total: int, done: int = 0) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
         self.stop()
         now = self.clock()
         if self.run_start is None:
             self.run_start = now
         self.epoch, self.epoch_start, self.epoch_images = epoch, now, 0
         self.position = done
-        self.bar = Progress(
-            TextColumn(f"epoch {epoch}/{self.epochs}"),
-            BarColumn(bar_width=20),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[stats]}"),
-            console=self.console,
-            transient=True,
-        )
-        self.bar.start()
-        self.task = self.bar.add_task("train", total=total, completed=done, stats="")
+        self.bar = start_bar(f"epoch {epoch}/{self.epochs}", total, completed=done, stats=True, bar_width=20,
+                             console=self.console)
         self.running: dict = {}
 
     def advance(self, images: int, running: dict | None = None) -> None:
@@ -84,7 +156,7 @@ class TrainProgress:
         self.epoch_images += images
         if running:
             self.running = running
-        self.bar.update(self.task, advance=1, stats=self.stats())
+        self.bar.update(advance=1, stats=self.stats())
 
     def stats(self) -> str:
         now = self.clock()

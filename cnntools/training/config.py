@@ -76,6 +76,19 @@ class TrainConfig:
         return cls(**config)
 
 
+def train_options(params: dict) -> dict:
+    """The TrainConfig fields among a command's option values (Click's `ctx.params`, by
+    parameter name): `train` and `lr-find` declare the training options once in their
+    signatures (`cli.options`), and this picks them up by name instead of a keyword per field.
+    --arch-args arrives as text and is parsed."""
+    values = {f.name: params[f.name] for f in fields(TrainConfig) if f.name in params}
+    if "arch_args" in values and not isinstance(values["arch_args"], dict):
+        from cnntools.models.user_code import parse_arch_args
+
+        values["arch_args"] = parse_arch_args(values["arch_args"])
+    return values
+
+
 def validate_config(cfg: TrainConfig) -> None:
     """One clear error for an impossible combination of options."""
     if cfg.opt not in OPTIMIZERS:

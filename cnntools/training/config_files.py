@@ -1,5 +1,7 @@
 """Train runs written down as TOML: `train --config FILE.toml`, `--print-config`, and the
-replay of a checkpoint's stored options (`train --config model.safetensors`).
+replay of a checkpoint's stored options (`train --config model.safetensors`). `lr-find` reads
+and writes the same files: a key that only `train` takes (epochs, schedule, --history ...)
+is skipped there, so one file describes the run and its learning-rate sweep.
 
 A config file holds one key per `train` option, named like the flag (`batch-size = 64`;
 `batch_size` is accepted too). It feeds Click's `default_map`, so an option given on the
@@ -22,13 +24,18 @@ NOT_SETTINGS = frozenset({"config", "print-config", "dry-run", "list-archs", "re
 
 CHECKPOINT_SUFFIX = ".safetensors"
 
+# Per command, options that name what it writes rather than describe the run (lr-find's -o is a
+# figure, train's a checkpoint): kept out of that command's config files.
+OUTPUTS = {"lr-find": frozenset({"output", "format", "sweep"})}
+
 
 def setting_params(command) -> dict[str, Any]:
     """{TOML key: Click parameter} of the command's settings, keyed by the long flag's name."""
     params = {}
+    skip = NOT_SETTINGS | OUTPUTS.get(command.name, frozenset())
     for param in command.params:
         key = max(param.opts, key=len).lstrip("-")
-        if param.param_type_name == "option" and key not in NOT_SETTINGS:
+        if param.param_type_name == "option" and key not in skip:
             params[key] = param
     return params
 
@@ -41,6 +48,7 @@ def read_values(path: str, ctx) -> dict[str, Any]:
     from cnntools.core.errors import CnnError
 
     params = setting_params(ctx.command)
+    train_only = _train_settings(ctx) - set(params)
     if path.endswith(CHECKPOINT_SUFFIX):
         raw, source = _checkpoint_options(path), "checkpoint"
         # A checkpoint stores more than the flags (precision_used, channels, ...): keep the flags.
@@ -52,11 +60,21 @@ def read_values(path: str, ctx) -> dict[str, Any]:
     values = {}
     for key, value in raw.items():
         param = params.get(str(key).replace("_", "-"))
+        if param is None and str(key).replace("_", "-") in train_only:
+            continue  # a train setting the sweep has no use for
         if param is None:
             known = ", ".join(sorted(params))
-            raise CnnError(f"{path}: unknown {source} key '{key}' (train options: {known})")
+            raise CnnError(f"{path}: unknown {source} key '{key}' ({ctx.command.name or 'train'} options: {known})")
         values[param.name] = _check_value(ctx, path, key, param, value)
     return values
+
+
+def _train_settings(ctx) -> set[str]:
+    """The TOML keys of `train` when `ctx` is another command of the same app (lr-find), else none."""
+    if ctx.command.name == "train" or ctx.parent is None:
+        return set()
+    train = ctx.parent.command.get_command(ctx.parent, "train")
+    return set(setting_params(train)) if train is not None else set()
 
 
 def _toml_values(path: str) -> dict:
@@ -123,6 +141,16 @@ def resolved_settings(ctx, resolve: dict[str, Any] | None = None) -> dict[str, A
     for name, value in (resolve or {}).items():
         settings[name.replace("_", "-")] = value
     return settings
+
+
+def print_config(ctx, resolve: dict[str, Any] | None = None) -> None:
+    """--print-config: this invocation's settings as TOML on stdout, for `--config`."""
+    from cnntools import __version__
+    from cnntools.output import emitter as output
+
+    name = ctx.command.name or "train"
+    header = f"cnntools {__version__} {name} options; run them with: cnntools {name} --config FILE.toml"
+    output.data_stream().write(render_toml(resolved_settings(ctx, resolve), header))
 
 
 def render_toml(settings: dict[str, Any], header: str) -> str:

@@ -8,7 +8,6 @@ import typer
 
 from cnntools.cli import options
 from cnntools.output import emitter as output
-from cnntools.core import runtime
 from cnntools.core.errors import CnnError
 
 
@@ -27,28 +26,27 @@ def _sniff(path: str) -> bytes:
         return b""  # the CSV reader reports what is wrong with the file
 
 
-def _from_checkpoint(source, data, data_dir, split, download, batch_size, device, precision, seed, trust_code=False):
+def _from_checkpoint(source, opts, run):
     import numpy as np
 
     from cnntools.checkpoint import load_model
     from cnntools.data import load_for_model
     from cnntools.inference.batches import predict
-    from cnntools.core.runtime import resolve_device, resolve_precision, seed_everything
-
-    seed_everything(seed)
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
-    if isinstance(source, bytes):  # a checkpoint that arrived on stdin
-        lm = load_model("-", dev, data=source, trust_code=trust_code)
-    else:
-        lm = load_model(source, dev, trust_code=trust_code)
     from cnntools.inference.memory import fit_model_batch
+    from cnntools.output.progress import progress_bar
 
-    batch_size = fit_model_batch(lm, batch_size)
-    imageset = load_for_model(lm.meta.data, split, lm.preprocessing, lm.classes, data=data, data_dir=data_dir,
-                              download=download, name=lm.source)
+    run.ready()
+    if isinstance(source, bytes):  # a checkpoint that arrived on stdin
+        lm = load_model("-", run.device, data=source, trust_code=opts.trust_code)
+    else:
+        lm = load_model(source, run.device, trust_code=opts.trust_code)
+    batch_size = fit_model_batch(lm, opts.batch_size)
+    imageset = load_for_model(lm.meta.data, opts.split, lm.preprocessing, lm.classes, data=opts.data,
+                              data_dir=opts.data_dir, download=opts.download, name=lm.source)
     output.info(f"Running {lm.label} on {imageset.spec}:{imageset.split} ({len(imageset)} images)")
-    logits = predict(lm.model, imageset.images, lm.preprocessing, batch_size=batch_size, device=dev, precision=prec, arch=lm.meta.arch_name)
+    with progress_bar(lm.source, len(imageset), elapsed=True) as bar:
+        logits = predict(lm.model, imageset.images, lm.preprocessing, batch_size=batch_size, device=run.device,
+                         precision=run.precision, arch=lm.meta.arch_name, progress=bar)
     labels = imageset.labels
     preds = logits.argmax(1).numpy().astype(np.int64)
     # The loss and probability `eval` writes: examples are listed worst first (cmath.top_losses).
@@ -79,6 +77,8 @@ def _from_predictions(text, source):
 # -o/--output in this command's --help (the shared option's help is generic).
 OUTPUT_HELP = "Write the confusion-matrix heatmap (PNG, SVG or PDF by extension); - for stdout."
 
+
+@options.model_run_options()
 def main(
     source: Annotated[str, typer.Argument(metavar="SOURCE", help="Checkpoint (.safetensors, torchvision:NAME) or predictions CSV; - for stdin.")],
     normalize: Annotated[
@@ -88,19 +88,7 @@ def main(
     most_confused: Annotated[int, typer.Option("--most-confused", metavar="N", min=0, help="List the N most confused (true, predicted) pairs.")] = 5,
     examples: Annotated[int, typer.Option("--examples", min=0, help="Example image indices listed per confused pair, worst first (highest loss, as saliency --mistakes).")] = 5,
     plot: options.Output = None,
-    data: options.Data = None,
-    data_dir: options.DataDir = None,
-    split: options.Split = "test",
-    download: options.Download = False,
-    batch_size: options.BatchSize = 256,
-    device: options.Device = "auto",
-    threads: options.Threads = None,
-    precision: options.Precision = "auto",
-    seed: options.Seed = 0,
-    fmt: options.Format = "table",
-    quiet: options.Quiet = False,
-    trust_code: options.TrustCode = False,
-    debug: options.Debug = False,
+    opts: options.ModelRunOptions = None,
 ) -> None:
     """Confusion matrix of a checkpoint on a split, or of a predictions CSV, with the most confused pairs.
 
@@ -115,77 +103,56 @@ def main(
       cnntools eval model.safetensors -o - | cnntools confusion - --normalize true
       cnntools confusion predictions.csv --most-confused 10 --format json
     """
-    output.configure(quiet=quiet, debug=debug)
-    runtime.use_threads(threads)
-    import numpy as np
-
+    run = opts.start()
+    from cnntools.interpret.confusion import confusion_report
     from cnntools.output import files
-    from cnntools.interpret import confusion as cmath
 
     if plot:
         files.figure_format(plot)
+    labels, preds, classes, index, paths, origin, (loss, prob) = _predictions(source, opts, run)
+    report = confusion_report(labels, preds, classes, source=origin, index=index, paths=paths, normalize_over=normalize,
+                              top=most_confused, examples=examples, loss=loss, prob=prob)
+    if plot:
+        _plot(report, plot)
+    _render(report, opts.fmt)
+
+
+def _predictions(source, opts, run):
+    """(labels, preds, classes, dataset indices, paths, origin, (loss, prob)) from a checkpoint
+    (run on the split) or from a predictions CSV; `-` is sniffed to tell them apart."""
+    from cnntools.output import files
+
     is_model = source.startswith(("torchvision:", "timm:")) or source.lower().endswith((".safetensors", ".pt", ".pth", ".pkl", ".ckpt")) or (
         source != "-" and _is_model_file(_sniff(source))
     )
     if source == "-":
         raw = files.read_bytes("-")
         if _is_model_file(raw):
-            labels, preds, classes, index, paths, origin, (loss, prob) = _from_checkpoint(
-                raw, data, data_dir, split, download, batch_size, device, precision, seed, trust_code
-            )
-        else:
-            try:
-                text = raw.decode("utf-8-sig")
-            except UnicodeDecodeError:
-                raise CnnError("stdin: neither a predictions CSV nor a safetensors checkpoint") from None
-            labels, preds, classes, index, paths, origin, (loss, prob) = _from_predictions(text, "stdin")
-    elif is_model:
-        labels, preds, classes, index, paths, origin, (loss, prob) = _from_checkpoint(
-            source, data, data_dir, split, download, batch_size, device, precision, seed, trust_code
-        )
-    else:
-        labels, preds, classes, index, paths, origin, (loss, prob) = _from_predictions(files.read_text(source), source)
+            return _from_checkpoint(raw, opts, run)
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise CnnError("stdin: neither a predictions CSV nor a safetensors checkpoint") from None
+        return _from_predictions(text, "stdin")
+    if is_model:
+        return _from_checkpoint(source, opts, run)
+    return _from_predictions(files.read_text(source), source)
 
-    k = len(classes)
-    counts = cmath.confusion_counts(labels, preds, k)
-    matrix = cmath.normalize(counts, normalize)
-    total = int(counts.sum())
-    row_totals = counts.sum(axis=1)
-    pairs = []
-    for t, p, count in cmath.most_confused(counts, most_confused):
-        where = cmath.pair_examples(labels, preds, t, p, examples, loss, prob)
-        pair = {
-            "true": t,
-            "true_name": classes[t],
-            "pred": p,
-            "pred_name": classes[p],
-            "count": count,
-            "share_of_true": count / row_totals[t] if row_totals[t] else 0.0,
-            "examples": [int(index[i]) for i in where],
-        }
-        if paths:
-            pair["paths"] = [paths[i] for i in where]
-        pairs.append(pair)
 
-    if plot:
-        from cnntools.output.plots import confusion_heatmap, save_figure
+def _plot(report: dict, path: str) -> None:
+    from cnntools.output.plots import confusion_heatmap, save_figure
 
-        accuracy = float(np.trace(counts) / total) if total else 0.0
-        title = (f"Confusion matrix: {origin}\n{total} images, accuracy {accuracy:.1%}"
-                 + (f", normalised over {normalize}" if normalize != "none" else ", counts"))
-        save_figure(confusion_heatmap(matrix, classes, title=title, normalized=normalize != "none"), plot)
-        output.info(f"Wrote {plot}")
+    normalize, total = report["normalize"], report["total"]
+    title = (f"Confusion matrix: {report['source']}\n{total} images, accuracy {report['accuracy']:.1%}"
+             + (f", normalised over {normalize}" if normalize != "none" else ", counts"))
+    save_figure(confusion_heatmap(report["matrix"], report["classes"], title=title, normalized=normalize != "none"), path)
+    output.info(f"Wrote {path}")
 
-    doc = {
-        "source": origin,
-        "classes": classes,
-        "normalize": normalize,
-        "total": total,
-        "accuracy": float(np.trace(counts) / total) if total else 0.0,
-        "counts": counts.tolist(),
-        "matrix": matrix.tolist(),
-        "most_confused": pairs,
-    }
+
+def _render(report: dict, fmt: str) -> None:
+    classes, matrix, normalize, pairs = report["classes"], report["matrix"], report["normalize"], report["most_confused"]
+    total, origin = report["total"], report["source"]
+    doc = {**report, "counts": report["counts"].tolist(), "matrix": matrix.tolist()}
     rows = []
     for i, name in enumerate(classes):
         row = {"true": name}

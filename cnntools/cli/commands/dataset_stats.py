@@ -24,7 +24,6 @@ from typing import Annotated, Optional
 import typer
 
 from cnntools.cli import options
-from cnntools.core import runtime
 from cnntools.core.errors import UsageError
 
 
@@ -77,8 +76,7 @@ def main(
     """Sizes, class counts, imbalance, exact per-channel mean/std (population std over all training pixels, float64), sample grids."""
     from cnntools.output import emitter as output
 
-    output.configure(quiet=quiet, debug=debug)
-    runtime.use_threads(threads)
+    options.start_run(quiet=quiet, debug=debug, threads=threads)
     from cnntools.output import files
 
     if grid:
@@ -86,12 +84,9 @@ def main(
     if augment_preview:
         files.figure_format(augment_preview)
 
-    import torch
-
     from cnntools.data import load_splits, parse_augment
-    from cnntools.data.describe import describe
-
     from cnntools.data.augment import augment_for
+    from cnntools.data.describe import describe
 
     if augment_preview:
         parse_augment(augment if augment.strip().lower() != "auto" else "none")  # a bad spec fails before loading
@@ -125,17 +120,7 @@ def main(
             plots.save_figure(fig, grid, dpi=110)
             doc["grid"] = grid
         if augment_preview:
-            gen = torch.Generator().manual_seed(seed)
-            pick = torch.randperm(len(source), generator=gen)[:preview_images]
-            originals = source.images[pick]
-            batch = originals.float().div(255).repeat_interleave(versions, dim=0)
-            augmented = aug(batch, gen).view(len(pick), versions, *originals.shape[1:])
-            fig = plots.augment_preview_grid(
-                list(originals), [list(a) for a in augmented],
-                row_labels=[source.classes[int(source.labels[i])] for i in pick],
-                title=f"{data}: augment {aug.spec}",
-            )
-            plots.save_figure(fig, augment_preview, dpi=110)
+            _augment_preview(source, aug, data, seed, preview_images, versions, augment_preview)
             doc["augment_preview"] = augment_preview
             doc["augment"] = aug.spec
 
@@ -152,6 +137,25 @@ def main(
 
 
 main.__doc__ = __doc__
+
+
+def _augment_preview(source, aug, data: str, seed: int, images: int, versions: int, path: str) -> None:
+    """--augment-preview: seeded originals beside `versions` augmented copies each."""
+    import torch
+
+    from cnntools.output import plots
+
+    gen = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(source), generator=gen)[:images]
+    originals = source.images[pick]
+    batch = originals.float().div(255).repeat_interleave(versions, dim=0)
+    augmented = aug(batch, gen).view(len(pick), versions, *originals.shape[1:])
+    fig = plots.augment_preview_grid(
+        list(originals), [list(a) for a in augmented],
+        row_labels=[source.classes[int(source.labels[i])] for i in pick],
+        title=f"{data}: augment {aug.spec}",
+    )
+    plots.save_figure(fig, path, dpi=110)
 
 
 def _render_tables(doc: dict, rows: list[dict], split_names: list[str]) -> None:

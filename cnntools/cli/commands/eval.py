@@ -8,7 +8,6 @@ import typer
 
 from cnntools.cli import options
 from cnntools.output import emitter as output
-from cnntools.core import runtime
 from cnntools.cli.completion import complete_model
 from cnntools.checkpoint.runs import distinct_labels, shown_labels
 
@@ -18,13 +17,10 @@ LOGITS_PLOT_IMAGES = 16  # --logits-plot panels at most (a folder could hold tho
 # -o/--output in this command's --help (the shared option's help is generic).
 OUTPUT_HELP = "Write the predictions CSV, one row per image; - for stdout."
 
+
+@options.model_run_options()
 def main(
     models: Annotated[List[str], typer.Argument(help="Checkpoints (FILE.safetensors, - for stdin) or torchvision:NAME.", show_default=False, metavar="MODEL", autocompletion=complete_model)],
-    data: options.Data = None,
-    data_dir: options.DataDir = None,
-    split: options.Split = "test",
-    download: options.Download = False,
-    batch_size: options.BatchSize = 256,
     top_k: options.TopK = 5,
     per_class: options.PerClass = True,
     predictions: options.Output = None,
@@ -43,14 +39,7 @@ def main(
     ] = None,
     indices: options.Indices = None,
     image: options.Images = None,
-    device: options.Device = "auto",
-    threads: options.Threads = None,
-    precision: options.Precision = "auto",
-    seed: options.Seed = 0,
-    fmt: options.Format = "table",
-    quiet: options.Quiet = False,
-    trust_code: options.TrustCode = False,
-    debug: options.Debug = False,
+    opts: options.ModelRunOptions = None,
 ) -> None:
     """Metrics of one or more models on a dataset split, or their top classes for image files.
 
@@ -75,19 +64,54 @@ def main(
       cnntools eval torchvision:vgg16 --image bird.jpg dog.jpg --top-k 3
       cnntools eval model.safetensors --image photos/ -o predictions.csv   # a folder, recursively
     """
-    output.configure(quiet=quiet, debug=debug)
-    runtime.use_threads(threads)
+    run = opts.start()
     models, image = options.split_image_files(models, image)
+    _check(models, opts.batch_size, top_k, (logits_hist, logits_plot), logits, predictions, indices, image)
+    from cnntools.checkpoint import load_model
+    from cnntools.inference.evaluation import PREDICTION_COLUMNS, logit_columns
+    from cnntools.inference.memory import fit_model_batch
+    from cnntools.output import files
+
+    run.ready()
+    loaded = [load_model(m, run.device, trust_code=opts.trust_code, download=opts.download) for m in models]
+    labels = distinct_labels([lm.label for lm in loaded], [lm.source for lm in loaded])
+    # Before the first forward pass: a batch the memory cannot hold is made smaller, an image it cannot hold refused.
+    batches = [fit_model_batch(lm, 1 if image else opts.batch_size) for lm in loaded]
+    # Figures and tables name the models without what all their labels share (said once).
+    short = shown_labels([lm.label for lm in loaded], [lm.source for lm in loaded])
+
+    if image:
+        shown = _images(loaded, labels, image, top_k, opts.fmt, predictions, opts.batch_size, run.precision)
+        if logits_plot:
+            _logits_plot(loaded, short, shown, logits_plot, run.precision)
+        return
+
+    results, all_rows, hist = [], [], {}
+    for lm, label, batch in zip(loaded, labels, batches):
+        results.append(_evaluate(lm, label, opts.data, opts.data_dir, opts.split, opts.download, batch, top_k, run.precision,
+                                 all_rows if predictions else None, hist, logits))
+    if predictions:
+        columns = PREDICTION_COLUMNS + (logit_columns(loaded[0].classes) if logits else [])
+        files.write_text(predictions, output.csv_text(all_rows, columns))
+    if logits_hist:
+        _logits_hist(results, hist, short, labels, logits_hist, log_count)
+    if logits_plot:
+        shown = _dataset_images(loaded[0], indices or "0-2", opts.data, opts.data_dir, opts.split, opts.download)
+        _logits_plot(loaded, short, shown, logits_plot, run.precision)
+    _report(results, opts.fmt, per_class, short)
+
+
+def _check(models, batch_size, top_k, figures, logits, predictions, indices, image) -> None:
+    """The option checks that need no model (and no torch)."""
+    from cnntools.output import files
+
     if not models:
         raise output.CnnError("name a model: a checkpoint (FILE.safetensors) or torchvision:NAME, before --image")
-    from cnntools.output import files
-    from cnntools.checkpoint import load_model
-
     if batch_size < 1 or top_k < 1:
         raise output.CnnError("--batch-size and --top-k must be at least 1")
     if sum(1 for m in models if m == "-") > 1:
         raise output.CnnError("only one model can come from stdin (-)")
-    for figure in (logits_hist, logits_plot):
+    for figure in figures:
         if figure:
             files.figure_format(figure)
     if logits and not predictions:
@@ -97,61 +121,12 @@ def main(
     files.check_output(predictions)
     if predictions == "-":
         output.claim_stdout()
-    runtime.seed_everything(seed)
-    dev = runtime.resolve_device(device)
-    prec = runtime.resolve_precision(precision, dev)
-    loaded = [load_model(m, dev, trust_code=trust_code, download=download) for m in models]
-    labels = distinct_labels([lm.label for lm in loaded], [lm.source for lm in loaded])
-    from cnntools.inference.memory import fit_model_batch
-
-    # Before the first forward pass: a batch the memory cannot hold is made smaller, an image it cannot hold refused.
-    batches = [fit_model_batch(lm, 1 if image else batch_size) for lm in loaded]
-    # Figures and tables name the models without what all their labels share (said once).
-    short = shown_labels([lm.label for lm in loaded], [lm.source for lm in loaded])
-
-    if image:
-        shown = _images(loaded, labels, image, top_k, fmt, predictions, batch_size, prec)
-        if logits_plot:
-            _logits_plot(loaded, short, shown, logits_plot, prec)
-        return
-
-    results, all_rows, hist = [], [], {}
-    for lm, label, batch in zip(loaded, labels, batches):
-        results.append(_evaluate(lm, label, data, data_dir, split, download, batch, top_k, prec,
-                                 all_rows if predictions else None, hist, logits))
-    if predictions:
-        columns = PREDICTION_COLUMNS + (_logit_columns(loaded[0].classes) if logits else [])
-        files.write_text(predictions, output.csv_text(all_rows, columns))
-    if logits_hist:
-        from cnntools.output.plots import logits_histogram, save_figure
-
-        first = results[0]
-        title = f"Raw outputs on {first['data']}:{first['split']} ({first['images']} images)"
-        if short.shared:
-            title += f"\n{short.note('all models: ')}"
-        hist = {name: hist[label] for name, label in zip(short.labels, labels)}
-        save_figure(logits_histogram(hist, title=title, log_count=log_count), logits_hist)
-    if logits_plot:
-        shown = _dataset_images(loaded[0], indices or "0-2", data, data_dir, split, download)
-        _logits_plot(loaded, short, shown, logits_plot, prec)
-    _report(results, fmt, per_class, short)
-
-
-PREDICTION_COLUMNS = ["model", "data", "index", "path", "label", "label_name", "pred", "pred_name", "prob", "loss"]
-
-
-def _logit_columns(classes) -> list[str]:
-    return [f"logit_{name}" for name in classes]
 
 
 def _evaluate(lm, label, data, data_dir, split, download, batch_size, top_k, precision, pred_rows, hist, with_logits) -> dict:
-    import time
-
-    import torch.nn.functional as F
-
     from cnntools.data import load_for_model
-    from cnntools.inference.batches import predict
-    from cnntools.inference.metrics import classification_metrics
+    from cnntools.inference.evaluation import evaluate, prediction_rows
+    from cnntools.output.progress import progress_bar
 
     if not data and not lm.meta.data.spec:
         raise output.CnnError(f"{lm.source} records no dataset; name one with --data, or use --image FILE")
@@ -159,68 +134,34 @@ def _evaluate(lm, label, data, data_dir, split, download, batch_size, top_k, pre
                               download=download, name=lm.source)
     if len(imageset) == 0:
         raise output.CnnError(f"the {split} split of {imageset.spec} is empty")
-    progress = _progress(f"{lm.source}", len(imageset))
-    start = time.perf_counter()
-    try:
-        logits = predict(lm.model, imageset.images, lm.preprocessing, batch_size=batch_size, precision=precision,
-                         arch=lm.meta.arch_name, progress=(lambda n: progress.update(progress.task_ids[0], completed=n)) if progress else None)
-    finally:
-        if progress is not None:
-            progress.stop()
-    seconds = time.perf_counter() - start
-    labels = imageset.labels
-    metrics = classification_metrics(logits, labels, lm.classes, top_k=(top_k,))
-    metrics.pop("count")  # the same number as "images"
-    hist[label] = logits.flatten().numpy()
-    where = f"{imageset.spec}:{split}"
+    with progress_bar(lm.source, len(imageset), elapsed=True) as bar:
+        result = evaluate(lm, imageset, batch_size=batch_size, top_k=top_k, precision=precision, progress=bar)
+    hist[label] = result.logits.flatten().numpy()
     if pred_rows is not None:
-        probs = F.softmax(logits, dim=1)
-        pred = logits.argmax(1)
-        losses = F.cross_entropy(logits, labels, reduction="none")
-        conf = probs.gather(1, pred[:, None])[:, 0]
-        paths = imageset.paths
-        names = _logit_columns(lm.classes) if with_logits else []
-        values = logits.tolist() if with_logits else None
-        for i in range(len(imageset)):
-            row = {
-                "model": label,
-                "data": where,
-                "index": i,
-                "path": paths[i] if paths else "",
-                "label": int(labels[i]),
-                "label_name": lm.classes[int(labels[i])],
-                "pred": int(pred[i]),
-                "pred_name": lm.classes[int(pred[i])],
-                # Full precision, like the logits and the --image top-k CSV (docs/commands/eval.md).
-                "prob": float(conf[i]),
-                "loss": float(losses[i]),
-            }
-            if with_logits:
-                row.update(zip(names, values[i]))
-            pred_rows.append(row)
+        pred_rows.extend(prediction_rows(label, f"{imageset.spec}:{split}", result.logits, imageset.labels, lm.classes,
+                                         imageset.paths, with_logits))
     return {
         "model": lm.source,
         "label": label,
         "arch": lm.meta.arch_name,
         "data": data or lm.meta.data.spec or imageset.spec,
         "split": split,
-        "images": len(imageset),
-        "seconds": round(seconds, 3),
-        "images_per_s": round(len(imageset) / max(seconds, 1e-9), 1),
-        **metrics,
+        "images": result.images,
+        "seconds": round(result.seconds, 3),
+        "images_per_s": round(result.images / max(result.seconds, 1e-9), 1),
+        **result.metrics,
     }
 
 
-def _progress(label: str, total: int):
-    console = output.err_console()
-    if console is None or not console.is_terminal:
-        return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+def _logits_hist(results, hist, short, labels, path, log_count) -> None:
+    from cnntools.output.plots import logits_histogram, save_figure
 
-    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True)
-    bar.add_task("eval", total=total)
-    bar.start()
-    return bar
+    first = results[0]
+    title = f"Raw outputs on {first['data']}:{first['split']} ({first['images']} images)"
+    if short.shared:
+        title += f"\n{short.note('all models: ')}"
+    hist = {name: hist[label] for name, label in zip(short.labels, labels)}
+    save_figure(logits_histogram(hist, title=title, log_count=log_count), path)
 
 
 def _summary_row(result: dict) -> dict:

@@ -8,7 +8,6 @@ import typer
 
 from cnntools.cli import options
 from cnntools.output import emitter as output
-from cnntools.core import runtime
 from cnntools.cli.completion import complete_model
 from cnntools.core.errors import CnnError, UsageError
 
@@ -16,6 +15,8 @@ from cnntools.core.errors import CnnError, UsageError
 # -o/--output in this command's --help (the shared option's help is generic).
 OUTPUT_HELP = "Write the feature-map grids (PNG, SVG or PDF by extension); - for stdout."
 
+
+@options.model_run_options(batch_size=1)
 def main(
     model: Annotated[str, typer.Argument(metavar="MODEL", autocompletion=complete_model, help="Checkpoint (.safetensors, - for stdin) or torchvision:NAME.")],
     layer: options.Layers = None,
@@ -27,19 +28,7 @@ def main(
     channels: options.Channels = None,
     overlay: Annotated[bool, typer.Option("--overlay", help="Draw each channel over the image, resized to the image's size.")] = False,
     save: options.Save = None,
-    data: options.Data = None,
-    data_dir: options.DataDir = None,
-    split: options.Split = "test",
-    download: options.Download = False,
-    batch_size: options.BatchSize = 1,
-    device: options.Device = "auto",
-    threads: options.Threads = None,
-    precision: options.Precision = "auto",
-    seed: options.Seed = 0,
-    fmt: options.Format = "table",
-    quiet: options.Quiet = False,
-    trust_code: options.TrustCode = False,
-    debug: options.Debug = False,
+    opts: options.ModelRunOptions = None,
 ) -> None:
     """Activations (feature maps) of named layers for one image, as a grid per layer.
 
@@ -60,105 +49,32 @@ def main(
       cnntools featmaps model.safetensors -l features.0 -l features.3 --overlay -o over.png
       cnntools featmaps model.safetensors --image cat.png --save acts.safetensors --format json
     """
-    output.configure(quiet=quiet, debug=debug)
-    runtime.use_threads(threads)
+    run = opts.start()
     from cnntools.output.files import check_output, figure_format
 
     if out:
         figure_format(out)
     check_output(save)
-
-    import torch
-
-    from cnntools.output import files
     from cnntools.checkpoint import load_model
-    from cnntools.inference.batches import forward_batches
-    from cnntools.inference.memory import fit_batch, fit_model_batch
-    from cnntools.interpret.activations import activation_layer_names, activation_stats, example_input, layer_rows
-    from cnntools.models.layers import get_layer
-    from cnntools.core.runtime import resolve_device, resolve_precision, seed_everything
+    from cnntools.inference.memory import fit_model_batch
+    from cnntools.interpret.activations import feature_maps
 
-    seed_everything(seed)
-    dev = resolve_device(device)
+    run.ready()
     if list_layers:  # the architecture alone: no weight file needed
-        from cnntools.checkpoint.model_loading import load_architecture
-
-        net, in_channels, size = load_architecture(model, dev, trust_code=trust_code)
-        fit_batch(net, (in_channels, size, size), 1, dev, files.display_name(model))  # layer_rows runs one image
-        from cnntools.interpret.activations import model_totals
-
-        rows, totals = layer_rows(net, in_channels, size), model_totals(net, in_channels, size)
-        columns = ["layer", "type", "output_shape", "params", "macs"]
-        shown = rows + [{"layer": "total", "params": totals["parameters"], "macs": totals["macs"]}]
-        output.emit({"model": model, "input_shape": [in_channels, size, size], "layers": rows, "totals": totals}, fmt,
-                    schema="featmaps.layers", rows=rows, columns=columns,
-                    render_table=lambda: output.print_table(shown, columns, title=(
-                        f"Layers of {model} (input {in_channels}×{size}×{size}): {totals['parameters']:,} parameters "
-                        f"({totals['trainable']:,} trainable), {totals['macs']:,} multiply-adds per image")))
-        return
-    lm = load_model(model, dev, trust_code=trust_code, download=download)
+        return _list_layers(model, run.device, opts.trust_code, opts.fmt)
+    lm = load_model(model, run.device, trust_code=opts.trust_code, download=opts.download)
     fit_model_batch(lm, 1)  # before the probe that names the layers
     wanted = None
     if channels is not None:
         from cnntools.interpret.inputs import parse_int_list
 
         wanted = parse_int_list(channels, "--channels")
-
     if image and index is not None:
         raise UsageError("choose the image one way: -i (a dataset index) or --image")
-    if image:
-        from cnntools.interpret.inputs import read_image_files
-
-        image = options.expand_image_paths(image)
-        if len(image) != 1:
-            raise UsageError(f"featmaps shows one image; --image names {len(image)} ({', '.join(image[:3])}{', ...' if len(image) > 3 else ''})")
-        raw = read_image_files(image)
-        label, name = None, image[0]
-    else:
-        from cnntools.interpret.inputs import check_indices, parse_int_list
-
-        chosen = parse_int_list(index, "-i") if index is not None else [0]
-        if len(chosen) != 1:
-            raise UsageError(f"featmaps shows one image; -i names {len(chosen)}")
-        index = chosen[0]
-        from cnntools.data import load_for_model
-
-        imageset = load_for_model(lm.meta.data, split, lm.preprocessing, lm.classes, data=data, data_dir=data_dir,
-                                  download=download, name=lm.source)
-        check_indices([index], len(imageset), f"{imageset.spec} {imageset.split}")
-        raw = imageset.images[index : index + 1]
-        label, name = int(imageset.labels[index]), f"{imageset.spec}:{imageset.split} #{index}"
-    names = list(layer) if layer else activation_layer_names(lm.model, example_input(lm))
-    if not names:
-        raise CnnError("the model has no Conv2d layer; name layers with --layer (see --list-layers)")
-    for n in names:
-        get_layer(lm.model, n)
-    fit_model_batch(lm, 1, keep=tuple(names))  # every captured map is held until drawn
-    # One image: one forward pass, whatever --batch-size says.
-    (batch,) = forward_batches(lm.model, raw, lm.preprocessing, batch_size=batch_size, precision=resolve_precision(precision, dev),
-                               arch=lm.meta.arch_name, layers=names)
-    logits, captured = batch.logits, batch.activations
-    probs = torch.softmax(logits.float(), dim=1)[0].cpu()
-    acts = {n: a[0].float().cpu() for n, a in captured.items()}
-    pred = int(probs.argmax())
-
-    layers_doc = []
-    for n in names:
-        a = acts[n]
-        stats = activation_stats(a)
-        entry = {"layer": n, "type": type(get_layer(lm.model, n)).__name__, **stats}
-        if a.dim() == 3:
-            if wanted is not None:
-                bad = [c for c in wanted if not 0 <= c < a.shape[0]]
-                if bad:
-                    raise UsageError(f"--channels {bad[0]}: layer {n} has {a.shape[0]} channels (0..{a.shape[0] - 1})")
-                entry["channels"] = list(wanted)
-            else:
-                order = a.flatten(1).mean(1).argsort(descending=True)
-                entry["channels"] = order[:max_channels].tolist()
-            entry["chosen"] = "given" if wanted is not None else "most active"
-        layers_doc.append(entry)
-
+    raw, label, name = _the_image(lm, image, index, opts.data, opts.data_dir, opts.split, opts.download)
+    maps = feature_maps(lm, raw, layer, channels=wanted, max_channels=max_channels, batch_size=opts.batch_size,
+                        precision=run.precision)
+    probs, pred, acts, layers_doc = maps["probs"], maps["pred"], maps["activations"], maps["layers"]
     if out:
         from cnntools.output.plots import save_figure
 
@@ -168,15 +84,7 @@ def main(
         save_figure(_figure(acts, layers_doc, shown, overlay, title), out)
         output.info(f"Wrote {out}")
     if save:
-        from safetensors.torch import save as st_save
-
-        from cnntools.output import files
-
-        tensors = {n: a.contiguous() for n, a in acts.items()}
-        tensors["__input__"] = lm.preprocessing(raw)[0].cpu().contiguous()
-        files.write_bytes(save, st_save(tensors, metadata={"model": model, "image": name, "layers": ",".join(names)}))
-        output.info(f"Wrote {save}")
-
+        _save(save, acts, [e["layer"] for e in layers_doc], lm, raw, model, name)
     doc = {
         "model": model,
         "label_of_model": lm.label,
@@ -188,8 +96,62 @@ def main(
         "prob": probs[pred].item(),
         "layers": layers_doc,
     }
-    output.emit(doc, fmt, schema="featmaps", rows=layers_doc, columns=["layer", "type", "shape", "min", "max", "mean", "std", "zero_fraction"],
+    output.emit(doc, opts.fmt, schema="featmaps", rows=layers_doc, columns=["layer", "type", "shape", "min", "max", "mean", "std", "zero_fraction"],
                 title=f"Activations for {name} (pred {lm.classes[pred]}, {probs[pred]:.1%})")
+
+
+def _list_layers(model: str, device, trust_code: bool, fmt: str) -> None:
+    """--list-layers: every layer with its output shape and multiply-adds, and the totals, from
+    the architecture alone."""
+    from cnntools.checkpoint.model_loading import load_architecture
+    from cnntools.inference.memory import fit_batch
+    from cnntools.interpret.activations import layer_rows, model_totals
+    from cnntools.output import files
+
+    net, in_channels, size = load_architecture(model, device, trust_code=trust_code)
+    fit_batch(net, (in_channels, size, size), 1, device, files.display_name(model))  # layer_rows runs one image
+    rows, totals = layer_rows(net, in_channels, size), model_totals(net, in_channels, size)
+    columns = ["layer", "type", "output_shape", "params", "macs"]
+    shown = rows + [{"layer": "total", "params": totals["parameters"], "macs": totals["macs"]}]
+    output.emit({"model": model, "input_shape": [in_channels, size, size], "layers": rows, "totals": totals}, fmt,
+                schema="featmaps.layers", rows=rows, columns=columns,
+                render_table=lambda: output.print_table(shown, columns, title=(
+                    f"Layers of {model} (input {in_channels}×{size}×{size}): {totals['parameters']:,} parameters "
+                    f"({totals['trainable']:,} trainable), {totals['macs']:,} multiply-adds per image")))
+
+
+def _the_image(lm, image, index, data, data_dir, split, download):
+    """(uint8 1×C×H×W, its label or None, its name): the one --image file, or the dataset image -i."""
+    if image:
+        from cnntools.interpret.inputs import read_image_files
+
+        image = options.expand_image_paths(image)
+        if len(image) != 1:
+            raise UsageError(f"featmaps shows one image; --image names {len(image)} ({', '.join(image[:3])}{', ...' if len(image) > 3 else ''})")
+        return read_image_files(image), None, image[0]
+    from cnntools.data import load_for_model
+    from cnntools.interpret.inputs import check_indices, parse_int_list
+
+    chosen = parse_int_list(index, "-i") if index is not None else [0]
+    if len(chosen) != 1:
+        raise UsageError(f"featmaps shows one image; -i names {len(chosen)}")
+    index = chosen[0]
+    imageset = load_for_model(lm.meta.data, split, lm.preprocessing, lm.classes, data=data, data_dir=data_dir,
+                              download=download, name=lm.source)
+    check_indices([index], len(imageset), f"{imageset.spec} {imageset.split}")
+    return imageset.images[index : index + 1], int(imageset.labels[index]), f"{imageset.spec}:{imageset.split} #{index}"
+
+
+def _save(path: str, acts: dict, names: list[str], lm, raw, model: str, name: str) -> None:
+    """--save: the raw activations (and the preprocessed input) as safetensors."""
+    from safetensors.torch import save as st_save
+
+    from cnntools.output import files
+
+    tensors = {n: a.contiguous() for n, a in acts.items()}
+    tensors["__input__"] = lm.preprocessing(raw)[0].cpu().contiguous()
+    files.write_bytes(path, st_save(tensors, metadata={"model": model, "image": name, "layers": ",".join(names)}))
+    output.info(f"Wrote {path}")
 
 
 def _figure(acts, layers_doc, shown, overlay, title):

@@ -8,14 +8,15 @@ import typer
 
 from cnntools.cli import options
 from cnntools.output import emitter as output
-from cnntools.core import runtime
 from cnntools.cli.completion import complete_model
-from cnntools.core.errors import CnnError, UsageError
+from cnntools.core.errors import UsageError
 
 
 # -o/--output in this command's --help (the shared option's help is generic).
 OUTPUT_HELP = "Write the kernel grid (PNG, SVG or PDF by extension); - for stdout."
 
+
+@options.model_run_options()
 def main(
     model: Annotated[str, typer.Argument(metavar="MODEL", autocompletion=complete_model, help="Checkpoint (.safetensors, - for stdin) or torchvision:NAME.")],
     layer: options.Layer = "first",
@@ -27,19 +28,7 @@ def main(
     score: Annotated[Literal["mean", "max"], typer.Option("--score", help="Image score: mean or max of the filter's post-ReLU feature map.")] = "mean",
     crop_rf: Annotated[bool, typer.Option("--crop-rf", help="Show the receptive-field patch around the strongest unit instead of the whole image.")] = False,
     top_output: Annotated[Optional[str], typer.Option("--top-output", metavar="FILE", help="Write the grid of top images here (PNG, SVG or PDF).")] = None,
-    data: options.Data = None,
-    data_dir: options.DataDir = None,
-    split: options.Split = "test",
-    download: options.Download = False,
-    batch_size: options.BatchSize = 256,
-    device: options.Device = "auto",
-    threads: options.Threads = None,
-    precision: options.Precision = "auto",
-    seed: options.Seed = 0,
-    fmt: options.Format = "table",
-    quiet: options.Quiet = False,
-    trust_code: options.TrustCode = False,
-    debug: options.Debug = False,
+    opts: options.ModelRunOptions = None,
 ) -> None:
     """Kernel weights as an image grid, and the images that activate chosen filters most.
 
@@ -57,8 +46,7 @@ def main(
       cnntools filters model.safetensors --top-k 9 --filter 0,5,10 --top-output top.png --format json
       cnntools filters model.safetensors -l last --top-k 8 -f 0-3 --score max --crop-rf --top-output rf.png
     """
-    output.configure(quiet=quiet, debug=debug)
-    runtime.use_threads(threads)
+    run = opts.start()
     from cnntools.output.files import figure_format
 
     if top_k < 0:
@@ -66,37 +54,21 @@ def main(
     for path in (out, top_output):
         if path:
             figure_format(path)
-
-    from torch import nn
-
     from cnntools.checkpoint import load_model
-    from cnntools.interpret.activations import conv_layer_names, example_input
-    from cnntools.models.layers import get_layer
-    from cnntools.inference.batches import forward_batches
-    from cnntools.interpret.filters import receptive_field_boxes, top_activating
-    from cnntools.interpret.inputs import parse_int_list
-    from cnntools.core.runtime import resolve_device, resolve_precision, seed_everything
-
-    seed_everything(seed)
-    dev = resolve_device(device)
-    lm = load_model(model, dev, trust_code=trust_code)
     from cnntools.inference.memory import fit_model_batch
+    from cnntools.interpret.activations import example_input
+    from cnntools.interpret.filters import kernel_stats, pick_conv_layer
+    from cnntools.interpret.inputs import parse_int_list
 
-    batch_size = fit_model_batch(lm, batch_size if top_k > 0 else 1)  # before the layer probe's forward pass
-    convs = conv_layer_names(lm.model, example_input(lm))
-    if layer in ("first", "last"):
-        if not convs:
-            raise CnnError("the model has no Conv2d layer")
-        layer = convs[0] if layer == "first" else convs[-1]
-    module = get_layer(lm.model, layer)
-    if not isinstance(module, nn.Conv2d):
-        raise CnnError(f"layer '{layer}' is a {type(module).__name__}, not a Conv2d; conv layers: {', '.join(convs)}")
+    run.ready()
+    lm = load_model(model, run.device, trust_code=opts.trust_code)
+    batch_size = fit_model_batch(lm, opts.batch_size if top_k > 0 else 1)  # before the layer probe's forward pass
+    layer, module = pick_conv_layer(lm.model, layer, example_input(lm))
     weight = module.weight.detach().cpu()
     doc = {"model": model, "layer": layer, "weight_shape": list(weight.shape), "scale": scale}
     # Checked before any figure is written: a failed command leaves no file behind. Checked against
     # the layer's filters while parsing: `--filter 0-999999999` is refused, not expanded.
     chosen = parse_int_list(filter_, "--filter", weight.shape[0], f"layer '{layer}'", "filters") if filter_ else list(range(min(4, weight.shape[0])))
-
     if out:
         from cnntools.output.plots import save_figure
 
@@ -104,53 +76,40 @@ def main(
         shown = chosen if filter_ is not None else list(range(min(max_filters, weight.shape[0])))
         save_figure(_kernel_figure(weight, layer, scale, shown, lm.label), out)
         output.info(f"Wrote {out}")
-
-    rows = [
-        {"filter": f, "norm": weight[f].norm().item(), "mean": weight[f].mean().item(),
-         "min": weight[f].min().item(), "max": weight[f].max().item()}
-        for f in range(weight.shape[0])
-    ]
-    doc["filters"] = rows
+    doc["filters"] = rows = kernel_stats(weight)
     if top_k > 0:
-        from cnntools.data import load_for_model
-
-        imageset = load_for_model(lm.meta.data, split, lm.preprocessing, lm.classes, data=data, data_dir=data_dir,
-                                  download=download, name=lm.source)
-        output.info(f"Ranking {len(imageset)} images of {imageset.spec} {imageset.split} for filters {chosen} of {layer}")
-        batches = forward_batches(lm.model, imageset.images, lm.preprocessing, batch_size=batch_size,
-                                  precision=resolve_precision(precision, dev), arch=lm.meta.arch_name, layers=[layer])
-        ranked = top_activating(layer, (batch.activations[layer] for batch in batches), chosen, k=top_k, score=score)
-        top = []
-        for j, f in enumerate(chosen):
-            entry = {"filter": f, "indices": ranked["top"][j].tolist(), "scores": ranked["top_scores"][j].tolist(),
-                     "labels": [imageset.classes[int(imageset.labels[i])] for i in ranked["top"][j]]}
-            if imageset.paths:
-                entry["paths"] = [imageset.paths[i] for i in ranked["top"][j]]
-            if ranked["argmax"] is not None:
-                entry["peak_units"] = ranked["argmax"][j].tolist()
-            top.append(entry)
-            if not ranked["top_scores"][j].max() > 0:
-                output.warn(f"filter {f} of {layer} never activates on {imageset.spec} {imageset.split} "
-                            "(a dead ReLU unit): its ranking is arbitrary")
-        boxes = None
-        if crop_rf and ranked["argmax"] is not None:
-            units = ranked["argmax"].reshape(-1, 2)
-            boxes = receptive_field_boxes(lm.model, layer, lm.preprocessing.shape, units).reshape(len(chosen), -1, 4)
-            for j, entry in enumerate(top):
-                entry["rf_boxes"] = boxes[j].tolist()
-        doc.update({"score": score, "split": f"{imageset.spec}:{imageset.split}", "top": top})
-        if top_output:
-            from cnntools.output.plots import save_figure
-
-            save_figure(_top_figure(imageset, lm.preprocessing.fit, top, layer, score, boxes), top_output)
-            output.info(f"Wrote {top_output}")
-        table_rows = [
-            {"filter": e["filter"], "rank": r + 1, "index": i, "label": lab, "score": s}
-            for e in top for r, (i, s, lab) in enumerate(zip(e["indices"], e["scores"], e["labels"]))
-        ]
-        output.emit(doc, fmt, schema="filters", rows=table_rows, title=f"Top {top_k} images per filter of {layer} ({score} of post-ReLU map)")
+        _top(lm, doc, layer, chosen, top_k, score, crop_rf, top_output, opts, batch_size, run.precision)
         return
-    output.emit(doc, fmt, schema="filters", rows=rows, title=f"Filters of {layer} (weights {'×'.join(map(str, weight.shape))})")
+    output.emit(doc, opts.fmt, schema="filters", rows=rows, title=f"Filters of {layer} (weights {'×'.join(map(str, weight.shape))})")
+
+
+def _top(lm, doc, layer, chosen, top_k, score, crop_rf, top_output, opts, batch_size, precision) -> None:
+    """--top-k: rank the split's images for the chosen filters, draw and report them."""
+    from cnntools.data import load_for_model
+    from cnntools.interpret.filters import top_images
+    from cnntools.output.progress import progress_bar
+
+    imageset = load_for_model(lm.meta.data, opts.split, lm.preprocessing, lm.classes, data=opts.data,
+                              data_dir=opts.data_dir, download=opts.download, name=lm.source)
+    output.info(f"Ranking {len(imageset)} images of {imageset.spec} {imageset.split} for filters {chosen} of {layer}")
+    with progress_bar(lm.source, len(imageset), elapsed=True) as bar:
+        top, boxes = top_images(lm, imageset, layer, chosen, k=top_k, score=score, crop_rf=crop_rf,
+                                batch_size=batch_size, precision=precision, progress=bar)
+    for entry in top:
+        if not max(entry["scores"]) > 0:
+            output.warn(f"filter {entry['filter']} of {layer} never activates on {imageset.spec} {imageset.split} "
+                        "(a dead ReLU unit): its ranking is arbitrary")
+    doc.update({"score": score, "split": f"{imageset.spec}:{imageset.split}", "top": top})
+    if top_output:
+        from cnntools.output.plots import save_figure
+
+        save_figure(_top_figure(imageset, lm.preprocessing.fit, top, layer, score, boxes), top_output)
+        output.info(f"Wrote {top_output}")
+    table_rows = [
+        {"filter": e["filter"], "rank": r + 1, "index": i, "label": lab, "score": s}
+        for e in top for r, (i, s, lab) in enumerate(zip(e["indices"], e["scores"], e["labels"]))
+    ]
+    output.emit(doc, opts.fmt, schema="filters", rows=table_rows, title=f"Top {top_k} images per filter of {layer} ({score} of post-ReLU map)")
 
 
 def _kernel_figure(weight, layer, scale, shown, label):

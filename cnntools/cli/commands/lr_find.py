@@ -16,6 +16,7 @@ SWEEP_COLUMNS = ["step", "lr", "loss", "smoothed_loss"]
 OUTPUT_HELP = "Write the loss-against-learning-rate plot (PNG, SVG or PDF by extension); - for stdout."
 
 def main(
+    ctx: typer.Context,
     arch: options.Arch = "simple-cnn",
     batchnorm: options.Batchnorm = False,
     output_activation: options.OutputActivation = "none",
@@ -49,6 +50,8 @@ def main(
         Optional[str], typer.Option("--sweep", metavar="FILE", help="Also write every step (step, lr, loss, smoothed_loss) to FILE (.csv or .json).")
     ] = None,
     fmt: options.Format = "table",
+    config_file: options.ConfigFile = None,
+    print_config: options.PrintConfig = False,
     quiet: options.Quiet = False,
     debug: options.Debug = False,
 ) -> None:
@@ -61,6 +64,8 @@ def main(
     of the loss per unit of log learning rate) and valley (two thirds down the longest
     falling stretch, fastai's default and the steadier of the two). Writes no checkpoint.
     The table shows the suggestions; JSON has them and every step; CSV is every step.
+    --config reads train's TOML files (keys only train takes, such as epochs, are skipped)
+    or a checkpoint's stored options; --print-config writes this sweep's options as TOML.
 
     \b
     Examples:
@@ -68,12 +73,16 @@ def main(
       cnntools lr-find --arch lenet --opt sgd --momentum 0.9 -o lr.png
       cnntools lr-find --arch resnet18 --data cifar10 --batch-size 64 --steps 300 --sweep sweep.csv
       cnntools train --lr "$(cnntools lr-find --format json -q | jq .suggestions.valley)"
+      cnntools train --arch lenet --print-config > run.toml && cnntools lr-find --config run.toml
     """
-    output.configure(quiet=quiet, debug=debug)
-    from cnntools.output import files
-    from cnntools.core import runtime
+    options.start_run(quiet=quiet, debug=debug, threads=threads)  # train's Trainer seeds and resolves the device
+    if print_config:
+        from cnntools.data.augment import resolve_augment
+        from cnntools.training import config_files
 
-    runtime.use_threads(threads)
+        config_files.print_config(ctx, {"augment": resolve_augment(augment, data)})
+        return
+    from cnntools.output import files
 
     if start_lr >= end_lr:
         raise output.CnnError("--start-lr must be below --end-lr")
@@ -83,27 +92,20 @@ def main(
         raise output.CnnError(f"{sweep}: --sweep writes .csv or .json files")
     files.check_output(sweep)
 
-    from cnntools.training import lr_find
-    from cnntools.training import TrainConfig, Trainer, load_training_data
+    from cnntools.output.progress import progress_bar
+    from cnntools.training import TrainConfig, Trainer, load_training_data, lr_find
+    from cnntools.training.config import train_options
 
-    cfg = TrainConfig(
-        arch=arch, batchnorm=batchnorm, output_activation=output_activation, pretrained=pretrained, data=data,
-        data_dir=data_dir, val_split=val_split, download=download, image_size=image_size, epochs=1,
-        batch_size=batch_size, opt=opt, lr=start_lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
-        augment=augment, normalize=normalize, class_weights=class_weights, label_smoothing=label_smoothing,
-        seed=seed, device=device, precision=precision,
-    )
+    cfg = TrainConfig(**{**train_options(ctx.params), "epochs": 1, "lr": start_lr})
     train_set, _, _ = load_training_data(cfg)  # the validation carve-out stays out of the sweep, as in train
     trainer = Trainer(cfg, train_set, None, output=None)
     output.info(f"Range test of {arch} on {data} ({len(train_set)} train images, {trainer.steps_per_epoch} batches of "
                 f"{batch_size} per epoch): {opt}, lr {start_lr:g} to {end_lr:g} over {steps} steps")
-    progress = _Progress.create(steps)
-    try:
-        result = lr_find.range_test(trainer, start_lr, end_lr, steps, diverge=diverge,
-                                    on_step=progress.update if progress else None)
-    finally:
-        if progress is not None:
-            progress.stop()
+    with progress_bar("lr-find", steps, stats=True) as bar:
+        def on_step(step: int, steps: int, record: dict) -> None:
+            bar.update(step, stats=f"lr {record['lr']:.2e}  loss {record['smoothed_loss']:.4f}")
+
+        result = lr_find.range_test(trainer, start_lr, end_lr, steps, diverge=diverge, on_step=on_step if bar.shown else None)
     records, suggestions = result["records"], result["suggestions"]
     last = records[-1]["lr"] if records else start_lr
     output.info(f"{len(records)} steps, {'stopped at divergence' if result['stopped'] == 'diverged' else 'the full sweep'} "
@@ -121,6 +123,11 @@ def main(
         files.write_text(sweep, text)
     if plot is not None:
         lr_find.plot(result, plot, f"{arch} on {data}, {opt}, batch {batch_size}")
+    _render(doc, fmt)
+
+
+def _render(doc: dict, fmt: str) -> None:
+    records, suggestions = doc["sweep"], doc["suggestions"]
     by_lr = {r["lr"]: r for r in records}
     rows = [{"method": name, "lr": lr, "smoothed_loss": by_lr[lr]["smoothed_loss"], "step": by_lr[lr]["step"]}
             for name, lr in suggestions.items()]
@@ -135,27 +142,3 @@ def _json(doc: dict) -> str:
     import json
 
     return json.dumps(output.to_jsonable(doc), indent=2) + "\n"
-
-
-class _Progress:
-    def __init__(self, bar, task):
-        self.bar, self.task = bar, task
-
-    @classmethod
-    def create(cls, steps: int):
-        console = output.err_console()
-        if console is None or not console.is_terminal:
-            return None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-        bar = Progress(TextColumn("lr-find"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-                       console=console, transient=True)
-        task = bar.add_task("lr-find", total=steps, stats="")
-        bar.start()
-        return cls(bar, task)
-
-    def update(self, step: int, steps: int, record: dict) -> None:
-        self.bar.update(self.task, completed=step, stats=f"lr {record['lr']:.2e}  loss {record['smoothed_loss']:.4f}")
-
-    def stop(self) -> None:
-        self.bar.stop()

@@ -191,21 +191,18 @@ def main(
       cnntools saliency model.safetensors --mistakes pred.csv --per-class -o worst.png
       cnntools saliency a.safetensors b.safetensors -i 0-3 --faithfulness -o compare.png --save maps.safetensors
     """
-    output.configure(quiet=quiet, debug=debug)
-    runtime.use_threads(threads)
+    run = options.start_run(quiet=quiet, debug=debug, threads=threads, device=device, precision=precision, seed=seed)
     models, image = options.split_image_files(models, image)
     image = options.expand_image_paths(image) if image else image
     _check(models, method, n, out, save_maps, mistakes, of, reduce)
 
     from cnntools.checkpoint import load_model
-    from cnntools.core.runtime import resolve_device, resolve_precision, seed_everything
     from cnntools.inference.memory import fit_model_batch
     from cnntools.interpret.activations import example_input, resolve_layer_name
     from cnntools.interpret.saliency import explain, explanation_rows, uses_layer
 
-    seed_everything(seed)
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
+    run.ready()
+    dev, prec = run.device, run.precision
     if list_layers:
         return _list_layers(models[0], dev, fmt, trust_code)
     loaded = [load_model(spec, dev, trust_code=trust_code, download=download) for spec in models]

@@ -9,7 +9,6 @@ import typer
 from cnntools.training import config_files as config
 from cnntools.cli import options
 from cnntools.output import emitter as output
-from cnntools.core import runtime
 from cnntools.cli.commands.train_records import RecordPrinter, history_kind, write_history
 from cnntools.cli.completion import complete_model
 
@@ -115,15 +114,8 @@ def main(
         typer.Option("--tensorboard", metavar="DIR", help="Also log to TensorBoard in DIR: scalars per epoch and per --print-every "
                      "window, the model graph, a grid of training images (needs the tensorboard extra)."),
     ] = None,
-    config_file: Annotated[
-        Optional[str],
-        typer.Option("--config", callback=config.load_config, is_eager=True, metavar="FILE",
-                     help="Read the options from FILE.toml (one key per option, e.g. batch-size = 64), or replay the "
-                     "options stored in a checkpoint (FILE.safetensors); options given on the command line win."),
-    ] = None,
-    print_config: Annotated[
-        bool, typer.Option("--print-config", help="Write the fully resolved options as TOML to stdout and exit (for --config).")
-    ] = False,
+    config_file: options.ConfigFile = None,
+    print_config: options.PrintConfig = False,
     dry_run: Annotated[
         bool,
         typer.Option("--dry-run", help="Resolve data, model and options, time a few steps and validation batches, print the "
@@ -165,8 +157,7 @@ def main(
     """
     from cnntools.training import distributed
 
-    output.configure(quiet=quiet, debug=debug)
-    runtime.use_threads(threads)
+    options.start_run(quiet=quiet, debug=debug, threads=threads)  # the Trainer seeds and resolves the device
     rank = distributed.environment()
     if rank is not None and not rank.is_main:
         output.configure(quiet=True, debug=debug)  # rank 0 speaks for the job
@@ -184,33 +175,12 @@ def main(
         raise output.CnnError("--resume continues a run with its stored options; leave --config out")
 
     from cnntools.output import files
+    from cnntools.training import TrainConfig, validate_config
     from cnntools.training.collectives import check_global_batch
-    from cnntools.training import TrainConfig, load_training_data, validate_config
+    from cnntools.training.config import train_options
 
-    if nproc is not None:
-        if rank is not None:
-            raise output.CnnError("--nproc starts its own processes; under torchrun leave it out")
-        if nproc < 1:
-            raise output.CnnError("--nproc must be at least 1")
-    if dist_timeout <= 0:
-        raise output.CnnError("--dist-timeout must be positive")
-    if (nproc is not None or rank is not None) and resume == "-":
-        raise output.CnnError("every process of a distributed run reads the checkpoint: --resume takes a file here, not -")
-    if history is not None:
-        history_kind(history)
-    if plot is not None:
-        files.figure_format(plot)
-    from cnntools.models.user_code import parse_arch_args
-
-    given = {
-        "arch": arch, "arch_args": parse_arch_args(arch_args), "batchnorm": batchnorm, "output_activation": output_activation, "pretrained": pretrained,
-        "data": data, "data_dir": data_dir, "val_split": val_split, "download": download, "image_size": image_size,
-        "epochs": epochs, "batch_size": batch_size, "opt": opt, "lr": lr, "momentum": momentum,
-        "weight_decay": weight_decay, "nesterov": nesterov, "schedule": schedule, "warmup": warmup,
-        "step_size": step_size, "gamma": gamma, "augment": augment, "normalize": normalize,
-        "class_weights": class_weights, "label_smoothing": label_smoothing, "keep": keep, "early_stop": early_stop,
-        "print_every": print_every, "val_every": val_every, "test_each_epoch": test_each_epoch, "label": label, "seed": seed, "device": device, "precision": precision, "deterministic": deterministic,
-    }
+    _check_outputs_and_launch(nproc, rank, dist_timeout, resume, history, plot)
+    given = train_options(ctx.params)
     resumed = None
     if resume is not None:
         cfg, resumed = _resume_config(ctx, resume, given, trust_code)
@@ -240,7 +210,14 @@ def main(
 
     if rank is None:
         _train(cfg, resumed, resume, target, fmt, history, plot, tensorboard=tensorboard)
-        return
+    else:
+        _train_rank(rank, dist_timeout, cfg, resumed, resume, target, fmt, history, plot, tensorboard)
+
+
+def _train_rank(rank, dist_timeout, cfg, resumed, resume, target, fmt, history, plot, tensorboard) -> None:
+    """This process's part of a distributed run (torchrun or --nproc started it)."""
+    from cnntools.training import distributed, load_training_data
+
     try:
         with distributed.peer_failures(dist_timeout):
             if cfg.download:  # one process per machine fetches the files; the others wait for them
@@ -254,6 +231,25 @@ def main(
                    device_used=device_used, backend=backend, tensorboard=tensorboard)
     finally:
         distributed.stop()
+
+
+def _check_outputs_and_launch(nproc, rank, dist_timeout, resume, history, plot) -> None:
+    """The checks of --nproc, --dist-timeout, --resume under a distributed run, --history and --plot."""
+    from cnntools.output import files
+
+    if nproc is not None:
+        if rank is not None:
+            raise output.CnnError("--nproc starts its own processes; under torchrun leave it out")
+        if nproc < 1:
+            raise output.CnnError("--nproc must be at least 1")
+    if dist_timeout <= 0:
+        raise output.CnnError("--dist-timeout must be positive")
+    if (nproc is not None or rank is not None) and resume == "-":
+        raise output.CnnError("every process of a distributed run reads the checkpoint: --resume takes a file here, not -")
+    if history is not None:
+        history_kind(history)
+    if plot is not None:
+        files.figure_format(plot)
 
 
 def _train(cfg, resumed, resume, target, fmt, history, plot, data_sets=None, rank=None, device_used=None, backend=None,
@@ -361,16 +357,13 @@ def _command_line(ctx, skip: tuple[str, ...]) -> list[str]:
 
 def _print_config(ctx) -> None:
     """The run's options after file and flags, with what train works out itself filled in."""
-    from cnntools import __version__
     from cnntools.data.augment import resolve_augment
     from cnntools.training import DEFAULT_LR
 
     p = ctx.params
-    resolve = {"lr": p["lr"] if p["lr"] is not None else DEFAULT_LR[p["opt"]],
-               "augment": resolve_augment(p["augment"], p["data"]),
-               "output": p["out"] or "model.safetensors"}
-    header = f"cnntools {__version__} train options; run them with: cnntools train --config FILE.toml"
-    output.data_stream().write(config.render_toml(config.resolved_settings(ctx, resolve), header))
+    config.print_config(ctx, {"lr": p["lr"] if p["lr"] is not None else DEFAULT_LR[p["opt"]],
+                              "augment": resolve_augment(p["augment"], p["data"]),
+                              "output": p["out"] or "model.safetensors"})
 
 
 def _open_tensorboard(logdir: str, trainer):

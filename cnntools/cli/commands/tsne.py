@@ -2,32 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from typing import Annotated, Literal, Optional
 
 import typer
 
 from cnntools.cli import options
 from cnntools.output import emitter as output
-from cnntools.core import runtime
 from cnntools.cli.completion import complete_model
+from cnntools.core.errors import CnnError, UsageError
 
 MethodChoice = Literal["auto", "sklearn", "opentsne"]
-DEFAULT_POINTS = 2000
 
 
 # -o/--output in this command's --help (the shared option's help is generic).
 OUTPUT_HELP = "Write the scatter plot (PNG, SVG or PDF by extension); - for stdout."
 
+
+@options.model_run_options()
 def main(
     checkpoint: Annotated[
         Optional[str],
         typer.Option("--checkpoint", "-c", metavar="CHECKPOINT", autocompletion=complete_model, help="Embed this model's features (FILE.safetensors, - or torchvision:NAME) instead of raw pixels."),
     ] = None,
     layer: options.Layer = None,
-    data: options.Data = None,
-    data_dir: options.DataDir = None,
-    split: options.Split = "test",
-    download: options.Download = False,
     n: options.Num = None,
     pca: Annotated[
         Optional[int], typer.Option("--pca", help="PCA components before t-SNE (default 50 when the dimension is larger; 0 = off).")
@@ -44,17 +43,9 @@ def main(
     ] = False,
     plot: options.Output = None,
     embedding: Annotated[
-        Optional[str], typer.Option("--embedding", metavar="FILE", help="Write the 2-D points as CSV (index,label,label_name,x,y); - for stdout.")
+        Optional[str], typer.Option("--embedding", help="Write the 2-D points as CSV (index,label,label_name,x,y); - for stdout.")
     ] = None,
-    batch_size: options.BatchSize = 256,
-    device: options.Device = "auto",
-    threads: options.Threads = None,
-    precision: options.Precision = "auto",
-    seed: options.Seed = 0,
-    fmt: options.Format = "table",
-    quiet: options.Quiet = False,
-    trust_code: options.TrustCode = False,
-    debug: options.Debug = False,
+    opts: options.ModelRunOptions = None,
 ) -> None:
     """t-SNE of raw pixels or a checkpoint's layer features: plot, centroid distances, overlapping pairs.
 
@@ -85,10 +76,33 @@ def main(
       cnntools tsne --centroids --format csv > centroids.csv
       cnntools tsne --checkpoint model.safetensors --format json | jq .summary
     """
-    output.configure(quiet=quiet, debug=debug)
-    runtime.use_threads(threads)
-    from cnntools.core.errors import CnnError, UsageError
+    run = opts.start()
+    _check(plot, embedding, n, k, top_pairs, layer, checkpoint)
+    import time
 
+    from cnntools.interpret import tsne as lib
+    from cnntools.output.progress import progress_bar
+
+    run.seed_all()
+    started = time.perf_counter()
+    lm, images, batch_size = _load(checkpoint, opts, run)
+    points = min(len(images), n or lib.DEFAULT_POINTS)
+    with progress_bar(f"features of {lm.source}", points, elapsed=True) if lm else contextlib.nullcontext() as bar:
+        try:
+            out = lib.embed_split(images, lm=lm, checkpoint=checkpoint, layer=layer, n=n, seed=opts.seed, method=method,
+                                  perplexity=perplexity, pca=pca, k=k, batch_size=batch_size, precision=run.precision,
+                                  progress=bar, on_start=_say_start)
+        except lib.TsneInputError as error:
+            raise (UsageError if isinstance(error, UsageError) else CnnError)(str(error)) from None
+    out.result.timings["total_s"] = time.perf_counter() - started
+    if embedding is not None:
+        _write_embedding(out, embedding)
+    if plot is not None:
+        _plot(out, plot, k)
+    _render(out, n, top_pairs, centroids, plot, embedding, opts.fmt)
+
+
+def _check(plot, embedding, n, k, top_pairs, layer, checkpoint) -> None:
     from cnntools.output.files import check_output, figure_format
 
     if plot is not None:
@@ -103,91 +117,61 @@ def main(
     if layer is not None and checkpoint is None:
         raise UsageError("--layer needs --checkpoint (raw pixels have no layers)")
 
-    import time
 
-    import numpy as np
-
-    from cnntools.interpret import tsne as lib
-
-    runtime.seed_everything(seed)
-    started = time.perf_counter()
-    source: dict = {"split": split, "seed": seed}
+def _load(checkpoint, opts, run):
+    """(the loaded model or None, the split's ImageSet, the batch size that fits)."""
     if checkpoint is None:
         from cnntools.data import load_split
 
-        images = load_split(data or "digits", split, data_dir=data_dir, download=download, seed=seed)
-        source.update(kind="pixels", data=images.spec)
-        idx = _subset(images.labels.numpy(), n, seed, lib)
-        _check_sample(images, idx)
-        features = _pixels(images, idx)
-        what = f"raw pixels ({_shape(images)}, as stored)"
-    else:
-        from cnntools.checkpoint import load_model
+        images = load_split(opts.data or "digits", opts.split, data_dir=opts.data_dir, download=opts.download, seed=opts.seed)
+        return None, images, opts.batch_size
+    from cnntools.checkpoint import load_model
+    from cnntools.data import load_for_model
+    from cnntools.inference.memory import fit_model_batch
 
-        dev = runtime.resolve_device(device)
-        lm = load_model(checkpoint, dev, trust_code=trust_code)
-        from cnntools.data import load_for_model
-        from cnntools.data.imageset import IndexedRows
-        from cnntools.inference.memory import fit_model_batch
+    run.ready()
+    lm = load_model(checkpoint, run.device, trust_code=opts.trust_code)
+    batch_size = fit_model_batch(lm, opts.batch_size)  # before the first forward pass
+    return lm, load_for_model(lm.meta.data, opts.split, lm.preprocessing, lm.classes, data=opts.data,
+                              data_dir=opts.data_dir, download=opts.download, name=lm.source), batch_size
 
-        batch_size = fit_model_batch(lm, batch_size)  # before the first forward pass
-        images = load_for_model(lm.meta.data, split, lm.preprocessing, lm.classes, data=data, data_dir=data_dir,
-                                download=download, name=lm.source)
-        idx = _subset(images.labels.numpy(), n, seed, lib)
-        _check_sample(images, idx)
-        features, layer_name, hook = lib.layer_features(
-            lm.model, lm.preprocessing, IndexedRows(images.images, idx), layer=layer, batch_size=batch_size,
-            precision=runtime.resolve_precision(precision, dev), arch=lm.meta.arch_name,
-        )
-        source.update(kind="features", data=images.spec, checkpoint=checkpoint, arch=lm.meta.arch_name,
-                      layer=layer_name, hook=hook)
-        what = f"{lm.meta.arch_name} {layer_name} {'input' if hook == 'input' else 'output'}"
-    labels = images.labels.numpy()[idx].astype(np.int64)
-    classes = [str(c) for c in images.classes]
-    output.info(f"t-SNE of {what}: {len(idx)} points × {features.shape[1]} dims, {len(classes)} classes")
-    try:
-        result = lib.analyse(features, labels, classes, method=method, perplexity=perplexity, pca=pca, k=k, seed=seed)
-    except lib.TsneInputError as error:
-        raise (UsageError if isinstance(error, UsageError) else CnnError)(str(error)) from None
-    summary = result.summary()
-    if checkpoint is not None:
-        # The same images' raw pixels, measured the same way: did training separate the classes?
-        # At the model's input size, which need not be the data's own: `tsne` without a
-        # checkpoint measures the stored size, so the two numbers name their sizes.
-        pixels = _pixels(images, idx)
-        baseline = lib.knn_separation(pixels, labels, len(classes), result.k)
-        summary["knn_accuracy_pixels"] = baseline["knn_accuracy"]
-        summary["knn_mixing_pixels"] = baseline["knn_mixing_overall"]
-    summary["pixels_shape"] = _shape(images)
-    result.timings["total_s"] = time.perf_counter() - started
 
-    if embedding is not None:
-        from cnntools.output import files
+def _say_start(what: str, points: int, dims: int, classes: int) -> None:
+    output.info(f"t-SNE of {what}: {points} points × {dims} dims, {classes} classes")
 
-        rows = [
-            {"index": int(i), "label": int(l), "label_name": classes[l], "x": float(p[0]), "y": float(p[1])}
-            for i, l, p in zip(idx, labels, result.embedding)
-        ]
-        files.write_text(embedding, output.csv_text(rows, ["index", "label", "label_name", "x", "y"]))
-    if plot is not None:
-        from cnntools.output import plots
 
-        s = summary
-        title = f"t-SNE of {what} — {source['data']} {split}, {s['points']} points"
-        pca_text = f"PCA {s['pca_components']} → " if s["pca_components"] else ""
-        subtitle = (
-            f"{pca_text}{s['method']}, perplexity {s['perplexity']:g} | {k}-NN accuracy {s['knn_accuracy_features']:.3f}, "
-            f"k-NN mixing {s['knn_mixing_overall']:.3f}, trustworthiness {s['trustworthiness']:.3f}"
-        )
-        if "knn_mixing_pixels" in s:
-            subtitle += f"\nraw pixels of the same images at the model's input ({s['pixels_shape']}): {k}-NN accuracy {s['knn_accuracy_pixels']:.3f}, k-NN mixing {s['knn_mixing_pixels']:.3f}"
-        plots.save_figure(plots.scatter_by_class(result.embedding, labels, classes, title, subtitle), plot, dpi=120)
+def _write_embedding(out, path: str) -> None:
+    from cnntools.output import files
 
+    rows = [
+        {"index": int(i), "label": int(l), "label_name": out.classes[l], "x": float(p[0]), "y": float(p[1])}
+        for i, l, p in zip(out.indices, out.labels, out.result.embedding)
+    ]
+    files.write_text(path, output.csv_text(rows, ["index", "label", "label_name", "x", "y"]))
+
+
+def _plot(out, path: str, k: int) -> None:
+    from cnntools.output import plots
+
+    s = out.summary
+    title = f"t-SNE of {out.what} — {out.source['data']} {out.source['split']}, {s['points']} points"
+    pca_text = f"PCA {s['pca_components']} → " if s["pca_components"] else ""
+    subtitle = (
+        f"{pca_text}{s['method']}, perplexity {s['perplexity']:g} | {k}-NN accuracy {s['knn_accuracy_features']:.3f}, "
+        f"k-NN mixing {s['knn_mixing_overall']:.3f}, trustworthiness {s['trustworthiness']:.3f}"
+    )
+    if "knn_mixing_pixels" in s:
+        subtitle += f"\nraw pixels of the same images at the model's input ({s['pixels_shape']}): {k}-NN accuracy {s['knn_accuracy_pixels']:.3f}, k-NN mixing {s['knn_mixing_pixels']:.3f}"
+    plots.save_figure(plots.scatter_by_class(out.result.embedding, out.labels, out.classes, title, subtitle), path, dpi=120)
+
+
+def _render(out, n, top_pairs, centroids, plot, embedding, fmt) -> None:
+    result, summary, classes, source = out.result, out.summary, out.classes, out.source
     pairs = result.pairs()
     doc = {
         "source": source,
         "n_requested": n,
-        "indices": idx.tolist(),
+        "indices": out.indices.tolist(),
         "classes": classes,
         "class_counts": result.class_counts(),
         "summary": summary,
@@ -209,7 +193,7 @@ def main(
 
     def render() -> None:
         output.print_table([{"measure": key, "value": value} for key, value in summary.items()], ["measure", "value"],
-                           title=f"t-SNE of {what} ({source['data']} {split})")
+                           title=f"t-SNE of {out.what} ({source['data']} {source['split']})")
         output.print_table(pairs[:top_pairs], columns, title=f"Most overlapping class pairs (k-NN mixing, k={result.k})",
                            headers=headers)
         if centroids:
@@ -220,41 +204,3 @@ def main(
         output.emit(doc, fmt, schema="tsne", rows=matrix, columns=["class"] + list(classes))
     else:
         output.emit(doc, fmt, schema="tsne", rows=pairs, columns=columns, render_table=render)
-
-
-def _shape(images) -> str:
-    """C×H×W of the images as loaded (for a checkpoint: fitted to the model's input)."""
-    return "×".join(str(d) for d in images.images.shape[1:])
-
-
-def _check_sample(images, idx) -> None:
-    """Refuse a sample whose pixels cannot be held as float32 rows (what `_pixels` makes),
-    before any of it is made."""
-    from cnntools.inference.memory import gathered_bytes
-
-    runtime.check_allocation(gathered_bytes(len(idx), *images.images.shape[1:], itemsize=4),
-                             f"a t-SNE sample of {len(idx):,} {'×'.join(map(str, images.images.shape[1:]))} images")
-
-
-def _pixels(images, idx):
-    """The chosen images' raw pixels as float32 rows in [0, 1] (as the model sees them, before
-    normalisation), filled piece by piece: no uint8 or unscaled copy of the whole sample."""
-    import numpy as np
-
-    from cnntools.data.imageset import chunk_rows
-
-    dims = int(np.prod(images.images.shape[1:]))
-    rows = np.empty((len(idx), dims), dtype=np.float32)
-    step = chunk_rows(dims * 4)
-    for a in range(0, len(idx), step):
-        piece = images.images[idx[a:a + step]].reshape(-1, dims).numpy()
-        np.divide(piece, np.float32(255.0), out=rows[a:a + len(piece)], casting="unsafe")
-    return rows
-
-
-def _subset(labels, n, seed, lib):
-    if n is None:
-        n = DEFAULT_POINTS
-    elif n > len(labels):
-        output.info(f"the split has {len(labels)} images, fewer than -n {n}: using all of them")
-    return lib.stratified_subset(labels, n, seed)
