@@ -173,7 +173,7 @@ def test_featmaps_channels_by_number_and_layers_without_weights(cli, digits_chec
     (batch,) = forward_batches(lm.model, test.images[:1], lm.preprocessing, layers=["features.1"])
     assert batch.activations["features.1"].shape[1] > 5
     bad = cli("featmaps", digits_checkpoint, "-l", "features.1", "--channels", "999", "--device", "cpu")
-    assert bad.exit_code == 1 and "999" in bad.stderr
+    assert bad.exit_code == 2 and "999" in bad.stderr
     # --list-layers reads the architecture only: a checkpoint whose weights are damaged still lists.
     layers = cli("featmaps", digits_checkpoint, "--list-layers", "--format", "json", "--device", "cpu").json()["layers"]
     assert any(r["layer"] == "features.1" for r in layers)

@@ -229,7 +229,7 @@ def _free_port() -> int:
 )
 def test_nproc_usage_errors_before_anything_starts(cli, args, env, message):
     result = cli("train", *args, "--epochs", "1", env=env)
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # usage errors
     assert result.stderr.startswith("Error: ") and message in result.stderr
 
 

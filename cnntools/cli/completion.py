@@ -11,7 +11,7 @@ import os
 
 # Kept in step with the architecture and dataset registries (tests/test_completion.py checks
 # it); spelled out here so a Tab press imports neither torch nor the registries.
-ARCH_NAMES = ("lenet", "simple-cnn", "resnet18", "resnet18-imagenet", "compact-cnn", "vgg16", "mlp")
+ARCH_NAMES = ("lenet", "simple-cnn", "resnet18", "resnet18-imagenet", "compact-cnn", "vgg16", "mlp", "twoconv-bn")
 MODEL_PREFIXES = ("torchvision:", "timm:")
 DATA_NAMES = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "fake", "fake-patch")
 DEVICES = ("auto", "cpu", "cuda", "mps")

@@ -46,7 +46,12 @@ def forward_peak_bytes(model, input_shape: tuple[int, ...], training: bool = Fal
     tracker = _LiveTensors(device)
     kept: list = []
     modules = dict(model.named_modules())
-    handles = [modules[name].register_forward_hook(lambda _m, _i, out: kept.append(out)) for name in keep if name in modules]
+    from cnntools.inference.hooks import Hooks
+
+    hooks = Hooks()
+    for name in keep:
+        if name in modules:
+            hooks.forward(modules[name], lambda _m, _i, out: kept.append(out))
     try:
         params = {name: torch.empty_like(p, device="meta").requires_grad_(training and p.requires_grad)
                   for name, p in model.named_parameters()}
@@ -67,8 +72,7 @@ def forward_peak_bytes(model, input_shape: tuple[int, ...], training: bool = Fal
     except Exception:  # noqa: BLE001 - any model that cannot be traced this way: no estimate
         return None
     finally:
-        for handle in handles:
-            handle.remove()
+        hooks.remove()
         kept.clear()
     return tracker.peak
 

@@ -23,16 +23,19 @@ def input_sizes(model: nn.Module, shape: tuple[int, ...], device) -> dict[nn.Mod
     def record(conv, args) -> None:  # returns None: a pre-hook's return value would replace the input
         sizes.setdefault(conv, tuple(args[0].shape[-2:]))
 
-    hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    from cnntools.inference.hooks import Hooks
+
     was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, *shape, device=device))
-    finally:
-        model.train(was_training)
-        for hook in hooks:
-            hook.remove()
+    with Hooks() as hooks:
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                hooks.forward_pre(m, record)
+        try:
+            model.eval()
+            with torch.no_grad():
+                model(torch.zeros(1, *shape, device=device))
+        finally:
+            model.train(was_training)
     return sizes
 
 

@@ -251,13 +251,13 @@ def multiply_adds(model, shape: tuple[int, ...]) -> int:
         else:
             total += out.numel() * layer.in_features
 
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, *shape, device=runtime.module_device(model)))
-    finally:
-        for hook in hooks:
-            hook.remove()
+    from cnntools.inference.hooks import Hooks
+
+    with Hooks() as hooks, torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                hooks.forward(m, count)
+        model.eval()(torch.zeros(1, *shape, device=runtime.module_device(model)))
     return total
 
 

@@ -48,7 +48,7 @@ def _pick(first, indices, image_files, mistakes, per_class, n, data, data_dir, s
     if image_files:
         return [_model_name(p) for p in image_files], None, list(image_files), read_image_files(image_files)
     size = len(_dataset(first, first, data, data_dir, split, download))
-    where = _where(first, data, split)
+    where = _where(first, data, split).replace(":", " ", 1)  # as every command names a split in messages
     if mistakes:
         table = cmath.read_predictions(files.read_text(mistakes), files.display_name(mistakes))
         rows = cmath.top_losses(table.label, table.pred, table.loss, table.prob, per_class=per_class)[:n]

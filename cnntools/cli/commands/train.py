@@ -11,6 +11,7 @@ from cnntools.cli import options
 from cnntools.output import emitter as output
 from cnntools.cli.commands.train_records import RecordPrinter, history_kind, write_history
 from cnntools.cli.completion import complete_model
+from cnntools.core.errors import UsageError
 
 
 # --help headings, as timm's train script groups its arguments (the shared options carry
@@ -239,13 +240,13 @@ def _check_outputs_and_launch(nproc, rank, dist_timeout, resume, history, plot) 
 
     if nproc is not None:
         if rank is not None:
-            raise output.CnnError("--nproc starts its own processes; under torchrun leave it out")
+            raise UsageError("--nproc starts its own processes; under torchrun leave it out")
         if nproc < 1:
-            raise output.CnnError("--nproc must be at least 1")
+            raise UsageError("--nproc must be at least 1")
     if dist_timeout <= 0:
         raise output.CnnError("--dist-timeout must be positive")
     if (nproc is not None or rank is not None) and resume == "-":
-        raise output.CnnError("every process of a distributed run reads the checkpoint: --resume takes a file here, not -")
+        raise UsageError("every process of a distributed run reads the checkpoint: --resume takes a file here, not -")
     if history is not None:
         history_kind(history)
     if plot is not None:

@@ -43,7 +43,7 @@ def main(
     ] = False,
     plot: options.Output = None,
     embedding: Annotated[
-        Optional[str], typer.Option("--embedding", help="Write the 2-D points as CSV (index,label,label_name,x,y); - for stdout.")
+        Optional[str], typer.Option("--embedding", metavar="FILE", help="Write the 2-D points as CSV (index,label,label_name,x,y); - for stdout.")
     ] = None,
     opts: options.ModelRunOptions = None,
 ) -> None:
