@@ -25,7 +25,7 @@ from cnntools.output import files
 from cnntools.data import cache
 from cnntools.data.images import image_extensions
 from cnntools.data.imageset import ImageSet, chunk_rows, mapped_tensor
-from cnntools.data.progress import decode_progress, decode_workers, ordered_map
+from cnntools.data.parallel import decode_progress, decode_workers, ordered_map
 from cnntools.core.errors import CnnError
 from cnntools.output.emitter import info, warn
 
