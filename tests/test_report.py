@@ -208,9 +208,9 @@ def test_report_opens_in_headless_chromium_with_every_image_and_evals_numbers(cl
 
 def test_refusals(cli, trained, tmp_path):
     result = cli("report", trained, "-o", tmp_path / "run.png")
-    assert result.exit_code == 1 and "HTML" in result.stderr and not (tmp_path / "run.png").exists()
+    assert result.exit_code == 2 and "HTML" in result.stderr and not (tmp_path / "run.png").exists()
     result = cli("report", trained, "--method", "nope")
-    assert result.exit_code == 1 and "unknown saliency method" in result.stderr
+    assert result.exit_code == 2 and "unknown saliency method" in result.stderr
     result = cli("report", "-", "-", "--format", "json")
     assert result.exit_code == 1 and "stdin" in result.stderr
 

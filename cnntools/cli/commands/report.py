@@ -8,14 +8,14 @@ import typer
 
 from cnntools.cli import options
 from cnntools.cli.completion import complete_model
-from cnntools.core import runtime
-from cnntools.core.errors import CnnError
+from cnntools.core.errors import UsageError
 from cnntools.output import emitter as output
 
 OUTPUT_HELP = "Write the HTML page (inline images and styles, no script); - for stdout."
 COLUMNS = ["label", "arch", "parameters", "macs", "data", "images", "accuracy", "loss", "f1_macro", "kept_epoch", "mistakes"]
 
 
+@options.model_run_options()
 def main(
     models: Annotated[
         list[str], typer.Argument(metavar="MODEL", autocompletion=complete_model, show_default=False,
@@ -26,19 +26,7 @@ def main(
     method: Annotated[str, typer.Option("--method", "-m", help="Saliency method of the top losses (any of `saliency --method`).")] = "gradcam",
     most_confused: Annotated[int, typer.Option("--most-confused", metavar="N", min=0, help="Most confused (true, predicted) pairs listed.")] = 5,
     top_k: options.TopK = 5,
-    data: options.Data = None,
-    data_dir: options.DataDir = None,
-    split: options.Split = "test",
-    download: options.Download = False,
-    batch_size: options.BatchSize = 256,
-    device: options.Device = "auto",
-    threads: options.Threads = None,
-    precision: options.Precision = "auto",
-    seed: options.Seed = 0,
-    fmt: options.Format = "table",
-    quiet: options.Quiet = False,
-    trust_code: options.TrustCode = False,
-    debug: options.Debug = False,
+    opts: options.ModelRunOptions = None,
 ) -> None:
     """One page per run: model card, curves, metrics, confusion, top losses with saliency.
 
@@ -61,28 +49,27 @@ def main(
       cnntools report model.safetensors -n 24 --method gradient -o run.html
       cnntools report model.safetensors --format json | jq .models[0].top_losses[0]
     """
-    output.configure(quiet=quiet, debug=debug)
-    runtime.use_threads(threads)
+    run = opts.start()
     from cnntools.output import files
 
     files.check_output(out)
     if out and out != files.STDIO and not out.lower().endswith((".html", ".htm")):
-        raise CnnError(f"-o {out}: the report is an HTML page; name it FILE.html")
+        raise UsageError(f"-o {out}: the report is an HTML page; name it FILE.html")
     if out == files.STDIO:
         output.claim_stdout()
-    if top_k < 1 or batch_size < 1 or (num is not None and num < 0):
-        raise CnnError("--top-k and --batch-size must be at least 1, --num at least 0")
+    if top_k < 1 or opts.batch_size < 1 or (num is not None and num < 0):
+        raise UsageError("--top-k and --batch-size must be at least 1, --num at least 0")
     from cnntools.interpret.saliency import METHODS
 
     if method not in METHODS:
-        raise CnnError(f"unknown saliency method '{method}': use one of {', '.join(METHODS)}")
+        raise UsageError(f"unknown saliency method '{method}': use one of {', '.join(METHODS)}")
     from cnntools.interpret.report import build_report, comparison_rows
 
-    runtime.seed_everything(seed)
-    dev = runtime.resolve_device(device)
-    reports = build_report(models, dev, runtime.resolve_precision(precision, dev), split=split, data=data,
-                           data_dir=data_dir, download=download, batch_size=batch_size, top_k=top_k, top_losses=12 if num is None else num,
-                           most_confused=most_confused, method=method, trust_code=trust_code)
+    run.ready()
+    reports = build_report(models, run.device, run.precision, split=opts.split, data=opts.data, data_dir=opts.data_dir,
+                           download=opts.download, batch_size=opts.batch_size, top_k=top_k,
+                           top_losses=12 if num is None else num, most_confused=most_confused, method=method,
+                           trust_code=opts.trust_code)
     rows = comparison_rows(reports)
     if out:
         from cnntools import __version__
@@ -90,7 +77,7 @@ def main(
 
         files.write_text(out, page(reports, rows, __version__))
         output.info(f"Wrote {out}")
-    doc = {"split": split, "output": out, "models": [r.doc for r in reports], "comparison": rows}
+    doc = {"split": opts.split, "output": out, "models": [r.doc for r in reports], "comparison": rows}
     flat = [output.flatten(r) for r in rows]
-    output.emit(doc, fmt, schema="report", rows=flat, columns=COLUMNS + [c for c in flat[0] if c.startswith("top_k.")],
-                title=f"Report on the {split} split")
+    output.emit(doc, opts.fmt, schema="report", rows=flat, columns=COLUMNS + [c for c in flat[0] if c.startswith("top_k.")],
+                title=f"Report on the {opts.split} split")
