@@ -133,3 +133,12 @@ def test_info_never_imports_torch(trained):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["checkpoints"][0]["parameters"] > 0
     assert not modules & set(HEAVY), sorted(modules & set(HEAVY))
+
+
+def test_the_card_names_the_augmentation_auto_resolved_to():
+    from cnntools.checkpoint.summary import _training
+
+    cfg = {"opt": "adam", "lr": 0.001, "batch_size": 32, "epochs": 5, "augment": "auto", "augment_resolved": "rotate:10,crop:1"}
+    assert "augment rotate:10,crop:1 (auto)" in _training(cfg)
+    assert _training({**cfg, "augment": "flip,crop:4", "augment_resolved": "flip,crop:4"}).endswith("augment flip,crop:4")
+    assert "augment none (auto)" in _training({**cfg, "augment_resolved": "none"})

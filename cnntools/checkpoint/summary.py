@@ -190,6 +190,11 @@ def _training(cfg: dict) -> str | None:
     for key in ("schedule", "augment", "label_smoothing", "weight_decay"):
         if cfg.get(key) not in (None, 0, "none", ""):
             parts.append(f"{key.replace('_', ' ')} {cfg[key]}")
+    resolved = cfg.get("augment_resolved")
+    if resolved and resolved != cfg.get("augment"):  # what `auto` became on this data
+        parts = [f"augment {resolved} ({cfg.get('augment')})" if part.startswith("augment ") else part for part in parts]
+        if not any(part.startswith("augment ") for part in parts):
+            parts.append(f"augment {resolved}")
     if cfg.get("precision_used"):
         parts.append(f"precision {cfg['precision_used']}")
     return ", ".join(parts)
