@@ -109,6 +109,7 @@ def _list_layers(spec, dev, fmt, trust_code) -> None:
                 title=f"Layers of {_model_name(spec)}")
 
 
+@options.model_run_options(batch_size=64)
 def main(
     models: Annotated[list[str], typer.Argument(metavar="MODEL", autocompletion=complete_model, help="Checkpoint(s) or torchvision:NAME; several give one column each.")],
     method: Annotated[MethodChoice, typer.Option("--method", "-m", metavar="METHOD", help=METHOD_HELP)] = "gradcam",
@@ -145,19 +146,7 @@ def main(
     out: options.Output = None,
     save_maps: options.Save = None,
     alpha: Annotated[float, typer.Option("--alpha", min=0.0, max=1.0, help="Opacity of the heatmap over the image.")] = 0.5,
-    data: options.Data = None,
-    data_dir: options.DataDir = None,
-    split: options.Split = "test",
-    download: options.Download = False,
-    batch_size: options.BatchSize = 64,
-    device: options.Device = "auto",
-    threads: options.Threads = None,
-    precision: options.Precision = "auto",
-    seed: options.Seed = 0,
-    fmt: options.Format = "table",
-    quiet: options.Quiet = False,
-    trust_code: options.TrustCode = False,
-    debug: options.Debug = False,
+    opts: options.ModelRunOptions = None,
 ) -> None:
     """Grad-CAM family and gradient saliency maps, several models side by side.
 
@@ -191,7 +180,7 @@ def main(
       cnntools saliency model.safetensors --mistakes pred.csv --per-class -o worst.png
       cnntools saliency a.safetensors b.safetensors -i 0-3 --faithfulness -o compare.png --save maps.safetensors
     """
-    run = options.start_run(quiet=quiet, debug=debug, threads=threads, device=device, precision=precision, seed=seed)
+    run = opts.start()
     models, image = options.split_image_files(models, image)
     image = options.expand_image_paths(image) if image else image
     _check(models, method, n, out, save_maps, mistakes, of, reduce)
@@ -204,30 +193,30 @@ def main(
     run.ready()
     dev, prec = run.device, run.precision
     if list_layers:
-        return _list_layers(models[0], dev, fmt, trust_code)
-    loaded = [load_model(spec, dev, trust_code=trust_code, download=download) for spec in models]
+        return _list_layers(models[0], dev, opts.fmt, opts.trust_code)
+    loaded = [load_model(spec, dev, trust_code=opts.trust_code, download=opts.download) for spec in models]
     # Before the first forward pass (the layer probe below): maps need the backward pass too.
-    batches = [fit_model_batch(lm, batch_size, training=True) for lm in loaded]
+    batches = [fit_model_batch(lm, opts.batch_size, training=True) for lm in loaded]
     # Resolve every model's layer first: a wrong --layer fails before any work is announced.
     layer_names = [resolve_layer_name(lm.model, layer, example_input(lm)) if uses_layer(method) else None for lm in loaded]
     target_specs = _target_specs(target, loaded[0].classes)
-    names, picked, paths, raw = _pick(loaded[0], indices, image, mistakes, per_class, n, data, data_dir, split, download)
+    names, picked, paths, raw = _pick(loaded[0], indices, image, mistakes, per_class, n, opts.data, opts.data_dir, opts.split, opts.download)
     labels_of = distinct_labels([lm.label for lm in loaded], [_model_name(spec) for spec in models])
     short = shown_labels([lm.label for lm in loaded], [_model_name(spec) for spec in models])
-    subjects = _subjects(loaded, labels_of, layer_names, batches, picked, raw, data, data_dir, split, download)
+    subjects = _subjects(loaded, labels_of, layer_names, batches, picked, raw, opts.data, opts.data_dir, opts.split, opts.download)
     output.info(f"Explaining {len(names)} image(s) with {method} on {len(loaded)} model(s)")
-    columns = explain(subjects, method, target_specs, reduce=reduce, of=of, precision=prec, seed=seed, device=dev,
+    columns = explain(subjects, method, target_specs, reduce=reduce, of=of, precision=prec, seed=opts.seed, device=dev,
                       score=faithful)
     for col in columns:
         _warn_flat(col.maps, names, col.targets, col.subject.classes, col.subject.name, method, col.subject.layer)
     rows = explanation_rows(columns, names, picked, paths)
     headers = [h for h in short.labels for _ in target_specs]
     if out:
-        _draw(columns, headers, names, method, alpha, overlay, reduce, of, target, None if image else _where(loaded[0], data, split),
+        _draw(columns, headers, names, method, alpha, overlay, reduce, of, target, None if image else _where(loaded[0], opts.data, opts.split),
               short, out)
     if save_maps:
         _save(columns, models, names, picked, method, target_specs, reduce, of, save_maps)
-    _emit(columns, models, labels_of, layer_names, rows, method, target, reduce, of, faithful, fmt)
+    _emit(columns, models, labels_of, layer_names, rows, method, target, reduce, of, faithful, opts.fmt)
 
 
 def _check(models, method, n, out, save_maps, mistakes, of, reduce) -> None:
