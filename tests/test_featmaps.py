@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from cnntools.cli.app import app
 from cnntools.inference.batches import capture_activations, forward_batches
 from cnntools.interpret import activations as act
+from cnntools.models.counting import model_totals
 from cnntools.inference.preprocessing import Preprocessing
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -147,7 +148,7 @@ def test_macs_per_layer_and_totals_match_hand_counts():
     expected = {r["layer"]: _hand_macs(leaves[r["layer"]], r["output_shape"]) for r in rows}
     assert {r["layer"]: r["macs"] for r in rows} == expected
     assert expected["0"] == 8 * 8 * 8 * 4 * 9 and expected["2"] == 8 * 8 * 8 * 2 * 9 and expected["6"] == 288 * 7
-    totals = act.model_totals(model, 4, 16)
+    totals = model_totals(model, 4, 16)
     assert totals == {
         "parameters": sum(p.numel() for p in model.parameters()),
         "trainable": sum(p.numel() for p in model.parameters()) - model[0].weight.numel(),
@@ -187,7 +188,7 @@ def test_totals_match_torchvisions_published_operation_counts(name):
 
     weights = torchvision.models.get_model_weights(name).DEFAULT
     model = torchvision.models.get_model(name, weights=None).eval()
-    totals = act.model_totals(model, 3, 224)
+    totals = model_totals(model, 3, 224)
     assert round(totals["macs"] / 1e9, 3) == weights.meta["_ops"]
     assert totals["parameters"] == totals["trainable"] == weights.meta["num_params"]
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from cnntools.core.errors import CnnError, UsageError
 from cnntools.inference.hooks import Hooks
+from cnntools.models.counting import count_macs
 from cnntools.models.layers import get_layer, named_layers
 
 
@@ -128,7 +129,7 @@ def layer_table(model: nn.Module, example: torch.Tensor) -> list[dict]:
     with Hooks() as hooks:
         for name, module in layers.items():
             hooks.forward(module, hook_for(name))
-        macs = _count_macs(model, example)  # the one forward pass: the hooks record the shapes
+        macs = count_macs(model, example)  # the one forward pass: the hooks record the shapes
     rows = []
     for name, module in layers.items():
         own = sum(p.numel() for p in module.parameters(recurse=False))
@@ -143,36 +144,6 @@ def layer_table(model: nn.Module, example: torch.Tensor) -> list[dict]:
             }
         )
     return rows
-
-
-def _count_macs(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
-    """Run `model(example)` once under FlopCounterMode: module name → MACs ("" = the whole model).
-
-    FlopCounterMode names modules after the root's class ("SimpleCNN.features.0"); its
-    "Global" entry is everything the pass computed, functional calls included.
-    """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False, depth=None)
-    with torch.no_grad(), counter:  # not inference_mode: the counter's module tracker needs autograd hooks
-        model(example)
-    root = type(model).__name__
-    out = {"": counter.get_total_flops() // 2}
-    for key, ops in counter.get_flop_counts().items():
-        if key.startswith(root + "."):
-            out[key[len(root) + 1:]] = sum(ops.values()) // 2
-    return out
-
-
-def model_totals(model: nn.Module, in_channels: int, image_size: int) -> dict:
-    """Parameters (all and trainable) and multiply-accumulates for one image of the input size."""
-    device = next(model.parameters()).device
-    macs = _count_macs(model, torch.zeros(1, in_channels, image_size, image_size, device=device))[""]
-    return {
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "macs": macs,
-    }
 
 
 def activation_stats(t: torch.Tensor) -> dict:

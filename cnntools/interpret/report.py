@@ -189,7 +189,8 @@ def _peaks(maps: torch.Tensor) -> list[list[int]]:
 
 def _card(spec: str, lm, raw: bytes | None) -> dict:
     """The model card: `info`'s header summary plus what only the built model tells (MACs)."""
-    from cnntools.interpret.activations import layer_rows, model_totals
+    from cnntools.interpret.activations import layer_rows
+    from cnntools.models.counting import model_totals
 
     shape = lm.preprocessing.shape
     totals = model_totals(lm.model, shape[0], shape[-1])

@@ -238,27 +238,11 @@ def _load_average() -> float | None:
 
 
 def multiply_adds(model, shape: tuple[int, ...]) -> int:
-    """Multiply-adds of the convolutions and linear layers for one input of `shape` (C, H, W),
-    counted in one pass on the model's device (on the meta device no arithmetic is done)."""
-    from torch import nn
+    """Multiply-adds of one input of `shape` (C, H, W) in eval mode, on the model's device (on
+    the meta device no arithmetic is done): `models.counting.count_macs`, as featmaps counts."""
+    from cnntools.models.counting import count_macs
 
-    total = 0
-
-    def count(layer, _args, out) -> None:
-        nonlocal total
-        if isinstance(layer, nn.Conv2d):
-            total += out.numel() * layer.in_channels // layer.groups * layer.kernel_size[0] * layer.kernel_size[1]
-        else:
-            total += out.numel() * layer.in_features
-
-    from cnntools.inference.hooks import Hooks
-
-    with Hooks() as hooks, torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                hooks.forward(m, count)
-        model.eval()(torch.zeros(1, *shape, device=runtime.module_device(model)))
-    return total
+    return count_macs(model.eval(), torch.zeros(1, *shape, device=runtime.module_device(model)))[""]
 
 
 def _work(cfg, arch: str, channels: int, size: int, classes: int) -> int | None:

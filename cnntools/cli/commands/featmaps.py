@@ -105,7 +105,8 @@ def _list_layers(model: str, device, trust_code: bool, fmt: str) -> None:
     the architecture alone."""
     from cnntools.checkpoint.model_loading import load_architecture
     from cnntools.inference.memory import fit_batch
-    from cnntools.interpret.activations import layer_rows, model_totals
+    from cnntools.interpret.activations import layer_rows
+    from cnntools.models.counting import model_totals
     from cnntools.output import files
 
     net, in_channels, size = load_architecture(model, device, trust_code=trust_code)
