@@ -37,24 +37,13 @@ from cnntools.data import store as store_mod
 from cnntools.data.store import DATA_START, StoreCorrupted, StoreDamaged, StoreWriter, open_store
 
 ROOT = Path(__file__).parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+from test_data_store import _folder as make_folder, cache  # noqa: E402,F401  (the cache fixture too)
 
 
 def _folder(root: Path, n_per_class: int = 10, size=(40, 30), classes=("cat", "dog")) -> Path:
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(classes):
-        (root / name).mkdir(parents=True)
-        for i in range(n_per_class):
-            pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-            pixels[..., c] = 200
-            Image.fromarray(pixels).save(root / name / f"{i}.png")
-    return root
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("CNNTOOLS_CACHE", str(folder))
-    return folder
+    """test_data_store's class folder, in PNG: lossless, so a flipped byte is a flipped pixel."""
+    return make_folder(root, n_per_class, size, fmt="png", classes=classes)
 
 
 @pytest.fixture
