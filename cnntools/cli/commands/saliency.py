@@ -48,7 +48,7 @@ def _pick(first, indices, image_files, mistakes, per_class, n, data, data_dir, s
     if image_files:
         return [_model_name(p) for p in image_files], None, list(image_files), read_image_files(image_files)
     size = len(_dataset(first, first, data, data_dir, split, download))
-    where = _where(first, data, split).replace(":", " ", 1)  # as every command names a split in messages
+    where = f"{_data_name(first, data)} {split}"  # as every command names a split in its messages
     if mistakes:
         table = cmath.read_predictions(files.read_text(mistakes), files.display_name(mistakes))
         rows = cmath.top_losses(table.label, table.pred, table.loss, table.prob, per_class=per_class)[:n]
@@ -322,8 +322,12 @@ def _target_specs(target: str, classes) -> list[str]:
     return parts
 
 
+def _data_name(lm, data) -> str:
+    return data or lm.meta.data.spec or "data"
+
+
 def _where(lm, data, split) -> str:
-    return f"{data or lm.meta.data.spec or 'data'}:{split}"
+    return f"{_data_name(lm, data)}:{split}"
 
 
 def _warn_flat(maps, names, targets, classes, model_name, method, layer_name) -> None:
