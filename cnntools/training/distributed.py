@@ -18,7 +18,7 @@ import signal
 from dataclasses import dataclass
 
 from cnntools.core.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, CnnError
-from cnntools.core.job import LAUNCHED_ENV, launched_by_nproc, rank_name, record_error  # noqa: F401  (part of this module's face)
+from cnntools.core.job import LAUNCHED_ENV
 from cnntools.output.emitter import first_line
 
 
