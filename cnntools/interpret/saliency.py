@@ -1,5 +1,6 @@
-"""Saliency maps: the Grad-CAM family (pytorch-grad-cam), vanilla gradient, SmoothGrad and
-guided backpropagation, all computed for a whole batch at once, and their faithfulness scores.
+"""Saliency maps: the Grad-CAM family (six methods computed by `cams`, the others by
+pytorch-grad-cam), vanilla gradient, SmoothGrad and guided backpropagation, all computed for a
+whole batch at once, and their faithfulness scores.
 
 Every method returns a tensor N×H×W (the input's spatial size) in its own units, which
 `map_quantity` names: the gradient methods give raw gradient magnitudes of the quantity `of`
@@ -146,10 +147,16 @@ def _gradients_from(model: nn.Module, layer: nn.Module):
     the layer are work thrown away, and for a batch they are most of the backward pass. The
     layer's output is re-rooted as a fresh tensor that requires grad (a clone, so in-place
     operations after the layer stay legal) and the parameters are frozen for the duration.
+    Yields the list of the re-rooted outputs, one per call of the layer.
     """
+    outputs = []
+
     def reroot(module, args, out):
         # float32: pytorch-grad-cam turns activations and gradients into NumPy (no bfloat16).
-        return out.detach().float().requires_grad_(True).clone() if isinstance(out, torch.Tensor) else None
+        if not isinstance(out, torch.Tensor):
+            return None
+        outputs.append(out.detach().float().requires_grad_(True).clone())
+        return outputs[-1]
 
     frozen = [p for p in model.parameters() if p.requires_grad]
     try:
@@ -157,7 +164,7 @@ def _gradients_from(model: nn.Module, layer: nn.Module):
             p.requires_grad_(False)
         with Hooks() as hooks:
             hooks.forward(layer, reroot)
-            yield
+            yield outputs
     finally:
         for p in frozen:
             p.requires_grad_(True)
@@ -173,25 +180,72 @@ def cam_maps(
 ) -> torch.Tensor:
     """Class activation maps of `method` at `layer` for the batch `x` and one target class per image.
 
-    One pytorch-grad-cam call for the whole batch: one forward and one backward pass
-    (ScoreCAM and AblationCAM add their own batched forward passes), in channels_last memory
-    format (the model is left in it). FullGrad ignores `layer` (it reads every bias);
-    FinerCAM explains the target against its most similar classes (`finer_targets`).
-    Returns N×H×W, each map scaled to [0, 1] by pytorch-grad-cam.
+    One forward and one backward pass for the whole batch (ScoreCAM and AblationCAM add their
+    own batched forward passes), in channels_last memory format (the model is left in it).
+    gradcam, gradcam++, xgradcam, hirescam, layercam and eigencam are computed here
+    (`cnntools.interpret.cams`, pytorch-grad-cam's maps without importing it); the others run
+    pytorch-grad-cam. FullGrad ignores `layer` (it reads every bias); FinerCAM explains the
+    target against its most similar classes (`finer_targets`).
+    Returns N×H×W float32 on the CPU, each map scaled to [0, 1] as pytorch-grad-cam does.
     """
-    classes = _cam_classes()
-    if method not in classes:
-        raise CnnError(f"unknown CAM method '{method}': use one of {', '.join(CAM_METHODS)}")
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    from cnntools.interpret.cams import NATIVE_CAMS
 
+    if method not in CAM_METHODS:
+        raise CnnError(f"unknown CAM method '{method}': use one of {', '.join(CAM_METHODS)}")
     target_layer = get_layer(model, layer) if uses_layer(method) else None
-    kwargs = {"batch_size": batch_size} if method == "ablationcam" else {}
     inputs = x.detach()
     if inputs.dim() == 4:
         # channels_last runs CNN convolutions and pooling about twice as fast on CPU; the
         # model stays converted (no result depends on the memory format).
         model.to(memory_format=torch.channels_last)
         inputs = inputs.contiguous(memory_format=torch.channels_last)
+    if method in NATIVE_CAMS:
+        return _native_cam_maps(model, target_layer, layer, inputs, targets, method)
+    return _grad_cam_maps(model, target_layer, layer, inputs, targets, method, batch_size)
+
+
+def _no_2d_maps(method: str, layer: str | None) -> CnnError:
+    return CnnError(
+        f"{method} needs a layer with 2-D feature maps (N x C x H x W) and layer '{layer}' has none; "
+        "pick a conv layer (see --list-layers), or use --method gradient, which needs no layer"
+    )
+
+
+def _no_map(method: str, layer: str | None) -> CnnError:
+    return CnnError(f"{method} produced no map for layer '{layer}'; pick a convolutional layer (see --list-layers)")
+
+
+def _native_cam_maps(model, target_layer, layer, inputs, targets, method) -> torch.Tensor:
+    """`cam_maps` for `cams.NATIVE_CAMS`: pytorch-grad-cam's pipeline (the summed target logits,
+    one backward to the layer's output, `cams.cam_maps_from`) without pytorch-grad-cam."""
+    from cnntools.interpret import cams
+
+    model.eval()  # as pytorch-grad-cam's BaseCAM does
+    needs_grad = method in cams.NEEDS_GRADIENTS
+    with _relu_not_inplace(model), torch.enable_grad() if needs_grad else torch.no_grad(), \
+            _gradients_from(model, target_layer) as outputs:
+        logits = model(inputs)
+        if not outputs:  # the layer never ran, or returned no tensor
+            raise _no_map(method, layer)
+        acts = outputs[0]  # the first call of a layer used twice, as pytorch-grad-cam reads it
+        if acts.dim() != 4:
+            raise _no_2d_maps(method, layer)
+        grads = None
+        if needs_grad:
+            # ClassifierOutputTarget per image, summed over the batch: each image's map reads
+            # the gradient of its own target logit.
+            index = torch.as_tensor([int(t) for t in targets], dtype=torch.long, device=logits.device)
+            score = logits.float().gather(1, index[:, None]).sum()
+            (grads,) = torch.autograd.grad(score, acts, allow_unused=True)
+            grads = torch.zeros_like(acts) if grads is None else grads
+    return cams.cam_maps_from(method, acts.detach(), grads, tuple(inputs.shape[-2:])).cpu().contiguous()
+
+
+def _grad_cam_maps(model, target_layer, layer, inputs, targets, method, batch_size) -> torch.Tensor:
+    """`cam_maps` by pytorch-grad-cam's own classes (the methods `cams` does not compute)."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    kwargs = {"batch_size": batch_size} if method == "ablationcam" else {}
     if method == "finercam":
         cam_targets = finer_targets(model, inputs, targets)
     else:
@@ -201,7 +255,8 @@ def cam_maps(
     cut = _gradients_from(model, target_layer) if method not in _FULL_GRAPH_CAMS else contextlib.nullcontext()
     maps = None  # pytorch-grad-cam's __exit__ swallows IndexError: notice it instead of a NameError
     with _relu_not_inplace(model), _no_tqdm(), torch.enable_grad(), cut:
-        with classes[method](model=model, target_layers=[target_layer] if target_layer is not None else [], **kwargs) as cam:
+        with _cam_classes()[method](model=model, target_layers=[target_layer] if target_layer is not None else [],
+                                    **kwargs) as cam:
             if method == "scorecam":
                 cam.batch_size = batch_size
             try:
@@ -209,12 +264,9 @@ def cam_maps(
             except ValueError as error:  # pytorch-grad-cam on a layer without 2-D maps (a Linear)
                 if "shape" not in str(error).lower():
                     raise
-                raise CnnError(
-                    f"{method} needs a layer with 2-D feature maps (N x C x H x W) and layer '{layer}' has none; "
-                    "pick a conv layer (see --list-layers), or use --method gradient, which needs no layer"
-                ) from None
+                raise _no_2d_maps(method, layer) from None
     if maps is None:
-        raise CnnError(f"{method} produced no map for layer '{layer}'; pick a convolutional layer (see --list-layers)")
+        raise _no_map(method, layer)
     return torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))
 
 

@@ -22,9 +22,10 @@ MethodChoice = Literal[
 ]
 # -o/--output in this command's --help (the shared option's help is generic).
 OUTPUT_HELP = "Write the maps over the images (PNG, SVG or PDF by extension); - for stdout."
-METHOD_HELP = ("CAM methods of pytorch-grad-cam: gradcam, gradcam++, xgradcam, hirescam, layercam, eigencam, "
-               "scorecam, ablationcam, fullgrad (reads every bias, not --layer), shapleycam, finercam (the target "
-               "against its 3 most similar classes), kpcacam; or gradient (|d score/d input|, see --of), smoothgrad, "
+METHOD_HELP = ("CAM methods as pytorch-grad-cam defines them: gradcam, gradcam++, xgradcam, hirescam, layercam, "
+               "eigencam (computed by cnntools, tested equal to pytorch-grad-cam's maps), scorecam, ablationcam, "
+               "fullgrad (reads every bias, not --layer), shapleycam, finercam (the target against its 3 most similar "
+               "classes), kpcacam (these run pytorch-grad-cam); or gradient (|d score/d input|, see --of), smoothgrad, "
                "guided-backprop.")
 
 
