@@ -413,7 +413,10 @@ def _grid(results, headers, names, labels, method, alpha, overlay=True, title=No
     if title:
         fig.suptitle(title, fontsize=11)
     width = fig.get_figwidth()
-    fig.tight_layout(rect=(0, 0, 1 - right / width, 1))
+    # tight_layout does not see the column headers (annotations 34 pt above the first row's
+    # titles) nor leave room under the title for them: keep that band free at the top.
+    band = 0.3 + (0.17 if several_targets else 0.0) + (0.3 if title else 0.0)
+    fig.tight_layout(rect=(0, 0, 1 - right / width, 1 - band / fig.get_figheight()))
     bar_x, bar_w = 1 - (right - 0.1) / width, 0.14 / width
     if per_row:
         # One bar per image, beside its row, in the units of the maps (scientific offset on top).
