@@ -274,6 +274,42 @@ def main() -> None:
         raise SystemExit(128 + signals.received())
 
 
+def run() -> None:
+    """The process entry point (console script, `python -m cnntools`): `main`, then a quick exit.
+
+    Tearing down an interpreter that imported torch (its modules' and objects' finalizers) takes
+    a large share of a short command's time (`tests/benchmarks/bench_commands.py`). Once the
+    command has returned, the atexit handlers ran (temporary folders, logging, worker pools) and
+    the standard streams are flushed, nothing is left for that teardown to do, so the process
+    ends there with the command's status. Threads still running, or a stream that cannot be
+    flushed (its error is then reported as usual), fall back to Python's own exit.
+    """
+    try:
+        main()
+        code = 0
+    except SystemExit as done:
+        if done.code is not None and not isinstance(done.code, int):
+            raise  # a message to print: Python's own exit prints it
+        code = done.code or 0
+    _exit_now(code)
+
+
+def _exit_now(code: int) -> None:
+    import atexit
+    import threading
+
+    if threading.active_count() > 1:
+        raise SystemExit(code)
+    atexit._run_exitfuncs()
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+    except (OSError, ValueError):
+        raise SystemExit(code) from None  # the normal exit flushes again and reports the error
+    os._exit(code)
+
+
 def _run() -> None:
     # Die quietly on a closed pipe (`cnntools ... | head`), like any Unix filter.
     if hasattr(signal, "SIGPIPE"):

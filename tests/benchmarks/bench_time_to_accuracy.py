@@ -117,20 +117,27 @@ def mnist_recipe(folder: str | None, repeats: int) -> None:
     with tempfile.TemporaryDirectory(prefix="cnntools-mnist-") as tmp:
         subset = Path(tmp) / "train10k"
         first_images(root / "train", subset, MNIST_TRAIN)
+        mark = Path(tmp) / "mark"
+        # A cache of its own: the first run decodes the 10,000 PNGs into the image store (what
+        # a user's first run pays), the later ones open the store.
+        env = {**env, "CNNTOOLS_CACHE": str(Path(tmp) / "cache"), "CNNTOOLS_BENCH_MARK": str(mark)}
         for seed in range(repeats):
             start = time.time()
-            subprocess.run([sys.executable, "-m", "cnntools", "train", "-q", "--config", str(RECIPE), "--data", str(subset),
+            subprocess.run([sys.executable, "-c", WRAPPER, "train", "-q", "--config", str(RECIPE), "--data", str(subset),
                             "--seed", str(seed), "-o", "m.safetensors"], cwd=tmp, check=True, env=env, stdout=subprocess.DEVNULL)
             wall = time.time() - start
+            before = float(mark.read_text()) - start
             result = subprocess.run([sys.executable, "-m", "cnntools", "eval", "m.safetensors", "--data", str(root / "test"), "--split", "train",
                                      "--format", "json"], cwd=tmp, check=True, env=env, capture_output=True, text=True)
             acc = json.loads(result.stdout)["models"][0]["accuracy"]
             walls.append(wall)
             accs.append(acc)
-            emit({"benchmark": "time_to_accuracy_mnist", "seed": seed, "train_wall_s": round(wall, 2), "test_accuracy": acc})
+            emit({"benchmark": "time_to_accuracy_mnist", "seed": seed, "image_store": "built" if seed == 0 else "reused",
+                  "train_wall_s": round(wall, 2), "before_first_step_s": round(before, 2), "test_accuracy": acc})
     mean_acc = statistics.fmean(accs)
     emit({"benchmark": "time_to_accuracy_mnist", "summary": True, "recipe": str(RECIPE.relative_to(ROOT)),
-          "train_images": MNIST_TRAIN, "train_wall_s": round(statistics.median(walls), 2), "mean_test_accuracy": mean_acc,
+          "train_images": MNIST_TRAIN, "train_wall_s": round(statistics.median(walls), 2),
+          "train_wall_range_s": [round(min(walls), 2), round(max(walls), 2)], "mean_test_accuracy": round(mean_acc, 5),
           "meets_target": mean_acc >= MNIST_ACC and statistics.median(walls) <= MNIST_WALL,
           "targets": {"mean_test_accuracy": MNIST_ACC, "train_wall_s": MNIST_WALL}, "repeats": repeats, **machine()})
 
