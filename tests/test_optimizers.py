@@ -76,9 +76,12 @@ def run_steps(models_and_opts, steps: int, start: int = 0, schedulers=()) -> Non
             scheduler.step()
 
 
+@pytest.mark.parametrize("foreach", [None, True], ids=["default", "foreach"])
 @pytest.mark.parametrize("name,ours,theirs,options", CASES, ids=IDS)
-def test_twenty_steps_match_torch_optim(name, ours, theirs, options):
-    a, opt_a, b, opt_b = pair(ours, theirs, options)
+def test_twenty_steps_match_torch_optim(name, ours, theirs, options, foreach):
+    """Tensor by tensor (the default on the CPU, torch's too) and with foreach kernels (CUDA's
+    default), each against torch.optim doing the same."""
+    a, opt_a, b, opt_b = pair(ours, theirs, {**options, "foreach": foreach})
     assert isinstance(opt_a, torch.optim.Optimizer)
     assert opt_a.defaults == opt_b.defaults  # the same keys and values as torch's own
     run_steps([(a, opt_a), (b, opt_b)], 20)
