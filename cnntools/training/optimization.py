@@ -56,13 +56,17 @@ def optimizer_states(cfg: TrainConfig) -> int:
 
 
 def build_optimizer(model, cfg: TrainConfig):
+    """SGD, Adam or AdamW from cnntools.training.optimizers: torch.optim's update math and
+    state dicts without torch.optim's torch.compile hooks (which import torch._dynamo)."""
+    from cnntools.training import optimizers
+
     lr = cfg.resolved_lr()
     params = model.parameters()
     if cfg.opt == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+        return optimizers.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
     if cfg.opt == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+        return optimizers.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
+    return optimizers.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
 
 
 def build_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):

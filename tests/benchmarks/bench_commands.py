@@ -308,6 +308,9 @@ def main() -> None:
         parser.error(f"unknown case(s) {', '.join(sorted(only - set(CASES)))}: use {', '.join(CASES)}")
 
     work = Path(tempfile.mkdtemp(prefix="bench-commands-"))
+    # `python -m cnntools` puts the working directory first on sys.path: run from a checkout,
+    # every case (--baseline's too) would import that checkout's cnntools, not PYTHONPATH's.
+    os.chdir(work)
     # Children use compiled bytecode, as an installed package does (PYTHONDONTWRITEBYTECODE
     # would make every run compile cnntools' modules again: 0.2 s of --list-archs' 0.6 s).
     env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
