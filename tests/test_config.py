@@ -102,6 +102,6 @@ def test_the_mnist_recipe_is_a_config_train_takes(cli):
     result = cli("train", "--config", str(recipe), "--print-config")
     assert result.exit_code == 0, result.stderr
     text = result.stdout
-    for line in ('arch = "twoconv-bn"', "epochs = 5", "batch-size = 64", 'opt = "sgd"', "nesterov = true",
-                 'schedule = "onecycle"', 'augment = "crop:2"', "label-smoothing = 0.1", "val-split = 0.0"):
+    for line in ('arch = "twoconv-bn"', "epochs = 7", "batch-size = 64", "lr = 0.1", 'opt = "sgd"', "nesterov = true",
+                 'schedule = "onecycle"', 'augment = "rotate:10,crop:2"', "label-smoothing = 0.1", "val-split = 0.0"):
         assert line in text, line

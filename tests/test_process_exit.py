@@ -68,3 +68,11 @@ def test_a_live_thread_is_waited_for(tmp_path):
     """)
     assert proc.returncode == 0, proc.stderr
     assert marker.read_text() == "done"
+
+
+def test_a_profiler_still_reports(tmp_path):
+    """`python -m cProfile -m cnntools ...` prints its table at interpreter exit."""
+    proc = subprocess.run([sys.executable, "-m", "cProfile", "-s", "tottime", "-m", "cnntools", "conv-calc", "--in", "32",
+                           "-k", "5"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "function calls" in proc.stdout

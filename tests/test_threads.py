@@ -91,14 +91,15 @@ def test_threads_option_sets_torchs_threads(cli):
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity")
 def test_one_allowed_core_gives_one_thread_and_a_passive_openmp():
     code = ("from cnntools.core import runtime; runtime.prepare_threads(); import torch, os; runtime.use_threads(); "
-            "print(torch.get_num_threads(), os.environ['OMP_WAIT_POLICY'])")
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "CNNTOOLS_THREADS", "OMP_WAIT_POLICY")}
+            "print(torch.get_num_threads(), os.environ['OMP_WAIT_POLICY'], os.environ['GOMP_SPINCOUNT'])")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_NUM_THREADS", "CNNTOOLS_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")]))
     first = sorted(os.sched_getaffinity(0))[0]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
                          preexec_fn=lambda: os.sched_setaffinity(0, {first}))
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["1", "PASSIVE"]
+    assert out.stdout.split() == ["1", "PASSIVE", "100000"]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc and /proc")
@@ -130,3 +131,13 @@ def test_large_blocks_go_back_to_the_system_once_commands_set_threads():
                                        check=True).stdout) for mode in ("on", "off")}
     assert kept["on"] < 2, kept  # every block returned
     assert kept["off"] > 10, kept  # the default keeps them: the probe can tell the difference
+
+
+def test_a_wait_policy_of_the_users_keeps_its_spin():
+    code = "from cnntools.core import runtime; runtime.prepare_threads(); import os; print(os.environ.get('GOMP_SPINCOUNT'))"
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")]))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["None"]

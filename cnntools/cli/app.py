@@ -281,8 +281,9 @@ def run() -> None:
     a large share of a short command's time (`tests/benchmarks/bench_commands.py`). Once the
     command has returned, the atexit handlers ran (temporary folders, logging, worker pools) and
     the standard streams are flushed, nothing is left for that teardown to do, so the process
-    ends there with the command's status. Threads still running, or a stream that cannot be
-    flushed (its error is then reported as usual), fall back to Python's own exit.
+    ends there with the command's status. Threads still running, a profiler or tracer (cProfile,
+    coverage, a debugger: they report at exit), or a stream that cannot be flushed (its error is
+    then reported as usual) fall back to Python's own exit.
     """
     try:
         main()
@@ -298,7 +299,8 @@ def _exit_now(code: int) -> None:
     import atexit
     import threading
 
-    if threading.active_count() > 1:
+    # A profiler, coverage or debugger reports at interpreter exit; live threads are joined there.
+    if threading.active_count() > 1 or sys.getprofile() is not None or sys.gettrace() is not None:
         raise SystemExit(code)
     atexit._run_exitfuncs()
     try:

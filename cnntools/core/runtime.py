@@ -116,12 +116,18 @@ def prepare_threads() -> None:
 
     OpenMP threads that finish a parallel region spin for a while before they sleep; with
     other busy processes on the same cores that spinning steals the time the working thread
-    needs, and small models run several times slower. PASSIVE makes them sleep at once.
-    A value the user set is kept.
+    needs, and small models run several times slower. PASSIVE makes them sleep; a short spin
+    first (GNU OpenMP's GOMP_SPINCOUNT, 100,000 rounds: tens of microseconds, against its
+    default 300,000) catches the next operator of the same step without a wake-up, which a
+    small model's step is made of: the README's digits training ran its epochs in 6.8 s instead
+    of 10.9 s with PASSIVE alone at idle, and 3.8 s instead of 5.8 s (5 epochs) beside two busy
+    processes. Values the user set are kept (an OMP_WAIT_POLICY of their own keeps its spin).
     """
     global _user_omp
     _user_omp = os.environ.get("OMP_NUM_THREADS")
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        os.environ.setdefault("GOMP_SPINCOUNT", "100000")
 
 
 def use_threads(threads: int | None = None) -> int:
