@@ -152,7 +152,8 @@ BARE = textwrap.dedent("""
 """)
 
 # The README's quick start (`cnntools train`, then `cnntools eval model.safetensors`) as a
-# plain PyTorch loop: the same data tensors (cnntools' own splits, saved by the benchmark), the
+# plain PyTorch loop: the same data tensors (cnntools' own splits at the model's size, uint8,
+# saved by the benchmark; the loop's resize to that size leaves them as they are), the
 # same model, optimiser (Adam 1e-3, batch 32, 20 epochs), augmentation (rotate ±10°, then a
 # random 1-px shifted crop, per image), precision (bf16 autocast where cnntools picks it), a
 # validation pass per epoch keeping the best weights, the test accuracy, the weights saved.
@@ -261,9 +262,10 @@ def checkpoint(work: Path, env: dict) -> tuple[Path, Path, dict]:
     return model, indices, {"size": meta.image_size, "mean": meta.mean[0], "std": meta.std[0]}
 
 
-def quickstart_data(work: Path, seed: int) -> tuple[Path, str]:
+def quickstart_data(work: Path, seed: int, size: int) -> tuple[Path, str]:
     """cnntools' own digits splits for `--seed SEED` (train with its 10% validation carved out,
-    val, test) as uint8 arrays for the plain loop, and the precision `--precision auto` picks here."""
+    val, test) at the model's size, as the uint8 tensors `train` and `eval` run on, for the plain
+    loop; and the precision `--precision auto` picks here."""
     import numpy as np
     import torch
 
@@ -273,13 +275,14 @@ def quickstart_data(work: Path, seed: int) -> tuple[Path, str]:
     splits = load_splits("digits", ["train", "val", "test"], None, False, 0.1, seed, None)
     arrays = {}
     for name, split in splits.items():
+        split = split.resized(size)
         arrays[name + "_x"], arrays[name + "_y"] = split.images.numpy(), split.labels.numpy()
     path = work / f"quickstart-{seed}.npz"
     np.savez(path, **arrays)
     return path, resolve_precision("auto", torch.device("cpu"))
 
 
-def quickstart_round(work: Path, env: dict, cnn: list, plain: list, seed: int) -> dict:
+def quickstart_round(work: Path, env: dict, cnn: list, plain: list, seed: int, size: int) -> dict:
     """One README quick start (`train`, then `eval`) and one plain loop with the same seed (the
     validation split and the initial weights): walls and test accuracies."""
     model = work / "qs.safetensors"
@@ -289,7 +292,7 @@ def quickstart_round(work: Path, env: dict, cnn: list, plain: list, seed: int) -
     cnn_wall = time.perf_counter() - start
     cnn_acc = json.loads(result.stdout)["models"][0]["accuracy"]
     start = time.perf_counter()
-    data, precision = quickstart_data(work, seed)
+    data, precision = quickstart_data(work, seed, size)
     result = subprocess.run([*plain[:2], str(data), *plain[2:5], precision, str(seed), *plain[5:]], env=env, check=True,
                             capture_output=True, text=True)
     plain_wall = time.perf_counter() - start
@@ -373,7 +376,7 @@ def main() -> None:
         for name, (argv, case_env, hist) in cases.items():
             times[name].append(run(argv, case_env, hist))
         if plain:
-            rounds.append(quickstart_round(work, env, cnn, plain, seed))
+            rounds.append(quickstart_round(work, env, cnn, plain, seed, prep["size"]))
 
     torch_s = statistics.median(times["import torch"])
     with open("/proc/loadavg") as handle:
