@@ -2,7 +2,8 @@
 
 Trained here with a plain loop over ready tensors for a few seconds, then written with
 `cnntools.checkpoint.save_checkpoint`, so the tests depend only on the data, models and
-checkpoint layers.
+checkpoint layers. `short_digits_run` is the other kind: a real `Trainer` run whose file
+carries its history and options (info, report).
 """
 
 from __future__ import annotations
@@ -81,3 +82,19 @@ def cached_checkpoint(kind: str) -> str:
             raise ValueError(kind)
         _CACHE[kind] = str(path)
     return _CACHE[kind]
+
+
+def short_digits_run(path):
+    """A real 3-epoch `Trainer` run on digits at 8×8, fp32 on the CPU, written to `path` (its
+    file records the history and options): returns (history, trainer)."""
+    from cnntools.output import emitter as output
+    from cnntools.training import TrainConfig, Trainer, load_training_data
+
+    output.configure(quiet=True)
+    try:
+        cfg = TrainConfig(image_size=8, precision="fp32", device="cpu", epochs=3, lr=0.01)
+        train, val, _ = load_training_data(cfg)
+        trainer = Trainer(cfg, train, val, output=str(path))
+        return trainer.run(), trainer
+    finally:
+        output.configure()

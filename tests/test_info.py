@@ -14,22 +14,15 @@ from cnntools.checkpoint import read_checkpoint, save_checkpoint
 from cnntools.output import emitter as output
 from cnntools.models import create_model
 from test_checkpoint import _meta
+from interpret_fixtures import short_digits_run
 from test_startup import HEAVY, run_wrapped
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, one_torch_thread):
     """A real 3-epoch run (digits at 8x8) with its trainer's history."""
-    from cnntools.output import emitter as output
-    from cnntools.training import TrainConfig, Trainer, load_training_data
-
     path = tmp_path_factory.mktemp("info") / "run.safetensors"
-    output.configure(quiet=True)
-    cfg = TrainConfig(image_size=8, precision="fp32", device="cpu", epochs=3, lr=0.01)
-    train, val, _ = load_training_data(cfg)
-    trainer = Trainer(cfg, train, val, output=str(path))
-    history = trainer.run()
-    output.configure()
+    history, trainer = short_digits_run(path)
     return path, history, trainer
 
 

@@ -16,7 +16,7 @@ from html.parser import HTMLParser
 import pytest
 
 from cnntools.output.emitter import format_cell
-from interpret_fixtures import cached_checkpoint
+from interpret_fixtures import cached_checkpoint, short_digits_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 _RUN_ONLY = {"seconds", "images_per_s", "model", "label", "arch", "data", "split"}  # eval's record, not metrics
@@ -25,15 +25,8 @@ _RUN_ONLY = {"seconds", "images_per_s", "model", "label", "arch", "data", "split
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, one_torch_thread):
     """A real 3-epoch train run on digits at 8×8: the file records its history and options."""
-    from cnntools.output import emitter as output
-    from cnntools.training import TrainConfig, Trainer, load_training_data
-
     path = tmp_path_factory.mktemp("report") / "run.safetensors"
-    output.configure(quiet=True)
-    cfg = TrainConfig(image_size=8, precision="fp32", device="cpu", epochs=3, lr=0.01)
-    train, val, _ = load_training_data(cfg)
-    Trainer(cfg, train, val, output=str(path)).run()
-    output.configure()
+    short_digits_run(path)
     return str(path)
 
 

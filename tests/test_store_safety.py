@@ -385,13 +385,9 @@ def _plant(path: Path, kind: str, outside: Path) -> None:
             os.chdir(here)
 
 
-KINDS = ["symlink to a new file", "symlink to an existing file", "symlink to a folder", "fifo", "character device",
-         "block device", "socket"]
-
-
-@pytest.mark.parametrize("where", ["lock", "store"])
-@pytest.mark.parametrize("kind", KINDS)
-def test_nodes_planted_at_the_store_or_lock_are_never_followed_or_opened(tmp_path, cache, capsys, deadline, kind, where):
+def _store_and_lock_removed(tmp_path, cache):
+    """A folder whose store was built, then removed with its lock: (root, reference images and
+    labels, the store's path, the lock's path) for a test to plant something where they were."""
     root = _folder(tmp_path / "f")
     reference, labels = _reference(root, 16)
     load_split(str(root), "train", image_size=16)
@@ -399,6 +395,17 @@ def test_nodes_planted_at_the_store_or_lock_are_never_followed_or_opened(tmp_pat
     lock = path.with_name(path.name + ".lock")
     path.unlink()
     lock.unlink()
+    return root, reference, labels, path, lock
+
+
+KINDS = ["symlink to a new file", "symlink to an existing file", "symlink to a folder", "fifo", "character device",
+         "block device", "socket"]
+
+
+@pytest.mark.parametrize("where", ["lock", "store"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_nodes_planted_at_the_store_or_lock_are_never_followed_or_opened(tmp_path, cache, capsys, deadline, kind, where):
+    root, reference, labels, path, lock = _store_and_lock_removed(tmp_path, cache)
     target = lock if where == "lock" else path
     outside = tmp_path / "outside"
     _plant(target, kind, outside)
@@ -422,13 +429,7 @@ def test_nodes_planted_at_the_store_or_lock_are_never_followed_or_opened(tmp_pat
 
 @pytest.mark.parametrize("where", ["lock", "store"])
 def test_a_folder_where_the_store_or_lock_belongs_sends_the_store_elsewhere(tmp_path, cache, scratch, capsys, where):
-    root = _folder(tmp_path / "f")
-    reference, _ = _reference(root, 16)
-    load_split(str(root), "train", image_size=16)
-    path = _store(cache)
-    lock = path.with_name(path.name + ".lock")
-    path.unlink()
-    lock.unlink()
+    root, reference, _, path, lock = _store_and_lock_removed(tmp_path, cache)
     (lock if where == "lock" else path).mkdir()
     capsys.readouterr()
     again = load_split(str(root), "train", image_size=16)
