@@ -43,15 +43,15 @@ def pair(ours_cls, torch_cls, options):
     return a, ours_cls(a.parameters(), **options), b, torch_cls(b.parameters(), **options)
 
 
-def set_gradients(models, step: int) -> None:
-    """The same random gradients on every model; the last bias has none for the first 3 steps
-    (its state starts later: the mixed first-step path)."""
+def set_gradients(models, step: int, late: bool = True) -> None:
+    """The same random gradients on every model; with `late` the last bias has none for the
+    first 3 steps (its state starts later: the mixed first-step path)."""
     gen = torch.Generator().manual_seed(1000 + step)
     grads = [torch.randn(p.shape, generator=gen) for p in models[0].parameters()]
     for model in models:
         params = list(model.parameters())
         for i, (p, g) in enumerate(zip(params, grads)):
-            p.grad = None if (i == len(params) - 1 and step < 3) else g.clone()
+            p.grad = None if (late and i == len(params) - 1 and step < 3) else g.clone()
 
 
 def assert_same(a: nn.Module, opt_a, b: nn.Module, opt_b) -> None:
@@ -76,11 +76,11 @@ def run_steps(models_and_opts, steps: int, start: int = 0, schedulers=()) -> Non
             scheduler.step()
 
 
-@pytest.mark.parametrize("foreach", [None, True], ids=["default", "foreach"])
+@pytest.mark.parametrize("foreach", [None, True, False], ids=["default", "foreach", "for-loop"])
 @pytest.mark.parametrize("name,ours,theirs,options", CASES, ids=IDS)
 def test_twenty_steps_match_torch_optim(name, ours, theirs, options, foreach):
-    """Tensor by tensor (the default on the CPU, torch's too) and with foreach kernels (CUDA's
-    default), each against torch.optim doing the same."""
+    """The default (fused kernels on the CPU), foreach kernels (CUDA's default) and tensor by
+    tensor (torch.optim's CPU default), each against torch.optim's default doing the same."""
     a, opt_a, b, opt_b = pair(ours, theirs, {**options, "foreach": foreach})
     assert isinstance(opt_a, torch.optim.Optimizer)
     assert opt_a.defaults == opt_b.defaults  # the same keys and values as torch's own
@@ -88,6 +88,56 @@ def test_twenty_steps_match_torch_optim(name, ours, theirs, options, foreach):
     assert_same(a, opt_a, b, opt_b)
     moved = [not torch.equal(p, q) for p, q in zip(a.parameters(), small_net().parameters())]
     assert all(moved), "every parameter took steps"
+
+
+FUSED_ON_CPU = optimizers._fused_on_cpu()
+
+
+@pytest.mark.skipif(not FUSED_ON_CPU, reason="this torch has no fused CPU kernels (torch < 2.4)")
+@pytest.mark.parametrize("name,ours,theirs,options", CASES, ids=IDS)
+def test_the_cpu_default_is_torchs_fused_kernel(name, ours, theirs, options):
+    """On the CPU the default step is torch.optim's `fused=True` step, bit for bit (torch's
+    fused SGD has no path for a momentum that starts late, so every gradient is there)."""
+    a = small_net()
+    b = copy.deepcopy(a)
+    opt_a, opt_b = ours(a.parameters(), **options), theirs(b.parameters(), **options, fused=True)  # ours: no kernel asked for
+    assert optimizers._kernel(opt_a.param_groups[0], torch.device("cpu")) == "fused"
+    for step in range(20):
+        set_gradients([a, b], step, late=False)
+        opt_a.step()
+        opt_b.step()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+
+
+@pytest.mark.parametrize("foreach", [None, True, False], ids=["default", "foreach", "for-loop"])
+@pytest.mark.parametrize("ours,options", [(optimizers.SGD, {"lr": 0.1, "momentum": 0.9, "nesterov": True}),
+                                          (optimizers.Adam, {"lr": 1e-2}), (optimizers.AdamW, {"lr": 1e-2})],
+                         ids=["sgd", "adam", "adamw"])
+def test_gradients_and_states_in_another_layout(ours, options, foreach):
+    """A channels_last parameter with contiguous gradients (set by hand; backward matches the
+    parameter's strides) and with its optimizer state stored contiguous (a resume file's
+    layout): every kernel updates it as the same parameter in the plain layout. The fused
+    kernels walk raw memory, so without the realignment the update lands on the wrong entries."""
+    torch.manual_seed(0)
+    start = torch.randn(8, 3, 3, 3)
+    cl = start.clone().contiguous(memory_format=torch.channels_last).requires_grad_()
+    plain = start.clone().requires_grad_()
+    opt_cl = ours([cl], **options, foreach=foreach)
+    opt_plain = ours([plain], **options, foreach=False)
+    gen = torch.Generator().manual_seed(1)
+    for step in range(6):
+        if step == 3:  # the state as a resume file gives it back: contiguous
+            for state in opt_cl.state.values():
+                for key, value in state.items():
+                    if value.dim() == 4:
+                        state[key] = value.contiguous()
+        grad = torch.randn(start.shape, generator=gen)
+        cl.grad, plain.grad = grad.clone(), grad.clone()
+        opt_cl.step()
+        opt_plain.step()
+    torch.testing.assert_close(cl, plain, **TIGHT)
+    assert cl.is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize("schedule", ["onecycle", "lambda"])

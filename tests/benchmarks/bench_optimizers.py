@@ -4,7 +4,9 @@ Issue 29: cnntools carries its own SGD/Adam/AdamW so that training never imports
 torch._dynamo; this checks the step is not slower. simple-cnn on 1x28x28 inputs, batch 64,
 fp32 on the CPU: forward, backward and step (`full`), and the optimizer step alone with
 fixed gradients (`step`), for each optimizer, ours and torch's interleaved; one JSON line
-per optimizer and case with the ratio ours / torch of steps per second (target ≥ 0.95).
+per optimizer and case with the ratio ours / torch of steps per second (target ≥ 0.95):
+against torch.optim's default (tensor by tensor on the CPU) and, where this torch has
+them, its `fused=True` CPU kernels, which ours use by default.
 
     python tests/benchmarks/bench_optimizers.py [--steps 100] [--repeats 5] [--threads 1]
 """
@@ -32,9 +34,12 @@ def cases(kind: str, steps: int) -> dict:
     base = create_model("simple-cnn", in_channels=1, image_size=28, num_classes=10)
     x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
     out = {}
-    for name, cls in (("ours", ours_cls), ("torch", torch_cls)):
+    variants = [("ours", ours_cls, {}), ("torch", torch_cls, {})]
+    if optimizers._fused_on_cpu():
+        variants.append(("torch fused", torch_cls, {"fused": True}))
+    for name, cls, extra in variants:
         model = copy.deepcopy(base)
-        opt = cls(model.parameters(), **options)
+        opt = cls(model.parameters(), **options, **extra)
 
         def full(model=model, opt=opt) -> int:
             for _ in range(steps):
@@ -67,8 +72,10 @@ def main() -> None:
     for kind in args.optimizers.split(","):
         rates = interleaved(cases(kind, args.steps), args.repeats)
         for part in ("full", "step"):
-            emit(ratio_record("optimizers", rates, f"{part} ours", f"{part} torch", 0.95, optimizer=kind,
-                              steps=args.steps))
+            for reference in ("torch", "torch fused"):
+                if f"{part} {reference}" in rates:
+                    emit(ratio_record("optimizers", rates, f"{part} ours", f"{part} {reference}", 0.95, optimizer=kind,
+                                      steps=args.steps))
     emit({"benchmark": "optimizers", "machine": machine()})
 
 
