@@ -26,6 +26,8 @@ capturable or differentiable.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch.optim import Optimizer
 
@@ -45,6 +47,7 @@ def _scalar_dtype() -> torch.dtype:
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
+@functools.cache
 def _fused_on_cpu() -> bool:
     """Whether this torch has the optimizers' fused kernels for the CPU (2.4 and later)."""
     from torch.utils import _foreach_utils
@@ -190,14 +193,15 @@ def _sgd_fused(params: list, grads: list, bufs: list, group: dict) -> None:
     first_step = momentum != 0 and all(buf is None for buf in bufs)
     if first_step:
         bufs[:] = [torch.empty_like(g) for g in grads]  # the kernel copies the gradient in
-    late = [i for i, buf in enumerate(bufs) if momentum != 0 and buf is None]
+    late = [i for i, buf in enumerate(bufs) if buf is None] if momentum != 0 else []
     if late:
         late_bufs = [None] * len(late)
         _sgd_tensor_by_tensor([params[i] for i in late], [grads[i] for i in late], late_bufs, group)
         for i, buf in zip(late, late_bufs):
             bufs[i] = buf
-    rest = [i for i in range(len(params)) if i not in late]
-    torch._fused_sgd_([params[i] for i in rest], [grads[i] for i in rest], [bufs[i] for i in rest] if momentum != 0 else [],
+        rest = [i for i in range(len(params)) if i not in late]
+        params, grads, bufs = [params[i] for i in rest], [grads[i] for i in rest], [bufs[i] for i in rest]
+    torch._fused_sgd_(params, grads, bufs if momentum != 0 else [],
                       weight_decay=group["weight_decay"], momentum=momentum, lr=group["lr"],
                       dampening=group["dampening"], nesterov=group["nesterov"], maximize=False,
                       is_first_step=first_step, grad_scale=None, found_inf=None)
