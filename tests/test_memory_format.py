@@ -19,11 +19,12 @@ def _trainer(precision: str, arch: str = "simple-cnn", size: int = 16) -> Traine
     return Trainer(cfg, data, None, output=None)
 
 
-@pytest.mark.parametrize("precision, size, channels_last", [("fp32", 16, True), ("bf16", 16, False), ("bf16", 64, True)])
-def test_training_layout_follows_the_precision_and_size(precision, size, channels_last):
+@pytest.mark.parametrize("precision, size", [("fp32", 16), ("bf16", 16), ("bf16", 64)])
+def test_cpu_training_runs_channels_last(precision, size):
+    """Faster than NCHW at idle for every model, precision and size measured (bench_layout.py)."""
     trainer = _trainer(precision, size=size)
-    assert trainer.channels_last is channels_last
-    layout = torch.channels_last if channels_last else torch.contiguous_format
+    assert trainer.channels_last is True
+    layout = torch.channels_last
     conv = next(p for p in trainer.model.parameters() if p.dim() == 4)
     assert conv.is_contiguous(memory_format=layout)
     x, _ = next(iter(trainer.train_loader))

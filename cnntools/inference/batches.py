@@ -23,25 +23,24 @@ from cnntools.data.imageset import CHUNK_BYTES, chunk_rows
 from cnntools.inference.preprocessing import Preprocessing
 
 
-BF16_CHANNELS_LAST_FROM = 64  # image side from which CPU bf16 training pays for channels_last
 
 
-def wants_channels_last(device, precision: str, arch: str, training: bool = False, image_size: int = 0) -> bool:
-    """The memory format that runs the model fastest: channels_last on CUDA; on the CPU, for
-    training channels_last in fp32, and in bf16 from BF16_CHANNELS_LAST_FROM px (NCHW below);
-    for inference channels_last in bf16 (where it was measured to pay; not re-measured
-    since); NCHW for the MLP.
+def wants_channels_last(device, precision: str, arch: str, training: bool = False) -> bool:
+    """The memory format that runs the model fastest: channels_last on CUDA; on the CPU,
+    channels_last for training, and for inference in bf16 (where it was measured to pay; not
+    re-measured since); NCHW for the MLP.
 
-    Training measured with tests/benchmarks/bench_layout.py (a bare training step both ways):
-    in fp32 channels_last was 1.21-1.41x NCHW on an AVX-512 Xeon (simple-cnn and resnet18 at
-    32 px, compact-cnn at 128 px) and 1.15-1.23x on an AVX2 EPYC (issue 29); in bf16 on the
-    Xeon 0.52-0.66x for simple-cnn at 32 px (three runs of four), 0.97x for resnet18 at 32 px,
-    1.41-1.76x for compact-cnn at 128 px (docs/performance.md).
+    Training measured with tests/benchmarks/bench_layout.py (a bare training step both ways,
+    idle AVX-512/AVX512-BF16 Xeon): channels_last / NCHW in fp32 1.32x (simple-cnn 32 px),
+    1.04x (resnet18 32 px), 1.26x (compact-cnn 128 px), and 1.15-1.23x on an AVX2 EPYC (issue
+    29); in bf16 1.24x (simple-cnn 16 px, the README quick start), 1.23-1.31x (simple-cnn 32
+    px), 1.00x (resnet18 32 px), 1.12x (compact-cnn 128 px). An earlier run under a load of
+    11-17 had NCHW ahead for bf16 below 64 px; at idle it never is (docs/performance.md).
     """
     if arch == "mlp":
         return False
     if device.type == "cpu" and training:
-        return precision == "fp32" or (precision == "bf16" and image_size >= BF16_CHANNELS_LAST_FROM)
+        return True
     return device.type == "cuda" or (device.type == "cpu" and precision == "bf16")
 
 

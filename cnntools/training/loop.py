@@ -81,7 +81,7 @@ class Trainer(Checkpointing):
         self.precision = runtime.resolve_precision(cfg.precision, self.device)
         self.train_set, self.val_set = train_set, val_set
         self.image_size = int(train_set.image_size[0])
-        self.channels_last = wants_channels_last(self.device, self.precision, cfg.arch, training=True, image_size=self.image_size)
+        self.channels_last = wants_channels_last(self.device, self.precision, cfg.arch, training=True)
         self.in_channels = train_set.channels
         self.classes = list(train_set.classes)
         check_global_batch(cfg.batch_size, world_size)

@@ -18,7 +18,10 @@ import argparse
 
 from common import add_threads_option, emit, interleaved, machine, median, ratio_record, set_threads
 
-CASES = {"simple-cnn": (32, 128), "resnet18": (32, 64), "compact-cnn": (128, 32)}
+# case: (architecture, image size, batch); the three, and the README quick start's run
+# (simple-cnn on digits: 16 px, batch 32).
+CASES = {"simple-cnn": ("simple-cnn", 32, 128), "resnet18": ("resnet18", 32, 64), "compact-cnn": ("compact-cnn", 128, 32),
+         "quickstart": ("simple-cnn", 16, 32)}
 TARGET = 0.95
 
 
@@ -78,8 +81,8 @@ def main() -> None:
     from cnntools.core import runtime
 
     set_threads(args.threads)
-    for arch in args.cases.split(","):
-        size, batch = CASES[arch]
+    for case in args.cases.split(","):
+        arch, size, batch = CASES[case]
         for precision in args.precisions.split(","):
             if precision == "bf16" and not runtime.cpu_has_native_bf16():
                 continue  # emulated bf16 is several times slower: auto never picks it there
@@ -100,7 +103,7 @@ def main() -> None:
             cases = {"nchw": run(steps["nchw"], x), "channels_last": run(steps["channels_last"], x), "cnntools": run(step, x_trainer)}
             rates = interleaved(cases, args.repeats)
             best = max(("nchw", "channels_last"), key=lambda name: median(rates[name]))
-            extra = {"arch": arch, "image_size": size, "batch_size": batch, "precision": precision,
+            extra = {"case": case, "arch": arch, "image_size": size, "batch_size": batch, "precision": precision,
                      "cnntools_channels_last": trainer.channels_last, "best_bare": best, **machine()}
             emit(ratio_record("cpu_layout", rates, "channels_last", "nchw", 1.0, **extra))
             emit(ratio_record("cpu_layout", rates, "cnntools", best, TARGET, **extra))
