@@ -226,7 +226,7 @@ PLAIN_QUICKSTART = textwrap.dedent("""
         if acc > best_acc:
             best, best_acc = copy.deepcopy(model.state_dict()), acc
     model.load_state_dict(best)
-    save_file(best, out)
+    save_file({k: v.contiguous() for k, v in best.items()}, out)
     print(f"accuracy {accuracy(xte, yte):.6f}")
 """)
 
