@@ -32,7 +32,8 @@ HELP_PANELS = {
 }
 
 # Options that may differ from the stored run when resuming; the rest must match it.
-RESUMABLE_OVERRIDES = ("label", "epochs", "early_stop", "print_every", "device", "precision", "data_dir", "download", "deterministic")
+RESUMABLE_OVERRIDES = ("label", "epochs", "early_stop", "print_every", "device", "precision", "threads", "data_dir", "download",
+                       "deterministic")
 
 
 def main(
