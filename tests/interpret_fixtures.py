@@ -12,6 +12,27 @@ import torch
 import torch.nn.functional as F
 
 
+# The methods cnntools computes itself (cnntools.interpret.cams) and the pytorch-grad-cam class
+# each is checked against.
+PYTORCH_GRAD_CAM_CLASS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "xgradcam": "XGradCAM",
+                          "hirescam": "HiResCAM", "layercam": "LayerCAM", "eigencam": "EigenCAM"}
+
+
+def reference_maps(model, layer: str, x: torch.Tensor, targets, method: str) -> torch.Tensor:
+    """pytorch-grad-cam's maps: its class on the plain model (whole backward pass, input and
+    weights requiring grad), the way its README calls it."""
+    import numpy as np
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from cnntools.interpret import saliency as sal
+
+    cam_class = getattr(pytorch_grad_cam, PYTORCH_GRAD_CAM_CLASS[method])
+    with sal._relu_not_inplace(model), cam_class(model=model, target_layers=[sal.get_layer(model, layer)]) as cam:
+        maps = cam(input_tensor=x.clone().requires_grad_(True), targets=[ClassifierOutputTarget(t) for t in targets])
+    return torch.from_numpy(np.asarray(maps, dtype=np.float32))
+
+
 def train_checkpoint(path, data: str, arch: str, image_size: int, channels: int, steps: int, seed: int = 0,
                      batch_size: int = 64, lr: float = 2e-3):
     """Train `arch` on `data`'s train split for `steps` Adam steps and save it at `path`."""

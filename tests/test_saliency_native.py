@@ -18,26 +18,13 @@ from cnntools.interpret import cams
 from cnntools.interpret import saliency as sal
 
 sys.path.insert(0, str(Path(__file__).parent))
+from interpret_fixtures import PYTORCH_GRAD_CAM_CLASS, reference_maps  # noqa: E402
 
-REFERENCE = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "xgradcam": "XGradCAM", "hirescam": "HiResCAM",
-             "layercam": "LayerCAM", "eigencam": "EigenCAM"}
 # Largest difference allowed on the 0-1 maps. gradcam++ and xgradcam sum gradient × activation
 # ratios over every position in float32, in another order than NumPy's pairwise sums, and the
 # channels' weighted sum cancels: on an 8×8 layer the two differ by up to ~3e-5, each as far
 # from a float64 computation as the other (ours measured no farther).
 ATOL = {"gradcam++": 1e-4, "xgradcam": 1e-4}
-
-
-def reference_maps(model, layer, x, targets, method):
-    """pytorch-grad-cam's maps: its class on the plain model (whole backward pass, input and
-    weights requiring grad), the way its README calls it."""
-    import pytorch_grad_cam
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    cam_class = getattr(pytorch_grad_cam, REFERENCE[method])
-    with sal._relu_not_inplace(model), cam_class(model=model, target_layers=[sal.get_layer(model, layer)]) as cam:
-        maps = cam(input_tensor=x.clone().requires_grad_(True), targets=[ClassifierOutputTarget(t) for t in targets])
-    return torch.from_numpy(np.asarray(maps, dtype=np.float32))
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +41,7 @@ def digits_model_and_images():
 
 
 def test_native_methods_are_the_six_named_in_the_library():
-    assert cams.NATIVE_CAMS == sal.CAM_METHODS[:6] == tuple(REFERENCE)
+    assert cams.NATIVE_CAMS == sal.CAM_METHODS[:6] == tuple(PYTORCH_GRAD_CAM_CLASS)
 
 
 @pytest.mark.parametrize("method", cams.NATIVE_CAMS)
