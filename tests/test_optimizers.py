@@ -140,6 +140,22 @@ def test_gradients_and_states_in_another_layout(ours, options, foreach):
     assert cl.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_strides_of_size_one_dimensions_cost_no_copy():
+    """A gradient whose strides differ from its parameter's only where a dimension has size 1
+    (pytorch/pytorch#106951: bmm's gradient of a (2, 1, 100) weight) lies in the same order in
+    memory: it is used as it is, and the fused step equals the tensor-by-tensor one."""
+    param = torch.randn(2, 1, 100)
+    grad = torch.randn(2, 1, 100).as_strided((2, 1, 100), (100, 1, 1))
+    assert grad.stride() != param.stride() and optimizers._strided_like(grad, param) is grad
+    a, b = param.clone().requires_grad_(), param.clone().requires_grad_()
+    opt_a, opt_b = optimizers.Adam([a], lr=1e-2), optimizers.Adam([b], lr=1e-2, foreach=False)
+    for _ in range(3):
+        a.grad, b.grad = grad.clone(), grad.clone()
+        opt_a.step()
+        opt_b.step()
+    torch.testing.assert_close(a, b, **TIGHT)
+
+
 @pytest.mark.parametrize("schedule", ["onecycle", "lambda"])
 @pytest.mark.parametrize("name,ours,theirs,options", [CASES[IDS.index(i)] for i in (
     "sgd-lr0.1-m0.9-nTrue-wd0.0005", "sgd-lr0.1-m0.0-nFalse-wd0.0",

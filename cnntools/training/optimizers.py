@@ -86,8 +86,11 @@ def _strided_like(tensor: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     """`tensor` with `param`'s strides, copied only where they differ. The fused kernels walk
     each tensor's memory in the parameter's order, so a gradient or state in another layout (a
     channels_last model's Adam state loaded from a file, which stores it contiguous) would be
-    read out of place. Backward gives gradients the parameter's strides already."""
-    return tensor if tensor.stride() == param.stride() else torch.empty_like(param).copy_(tensor)
+    read out of place. Backward gives gradients the parameter's strides already (torch's
+    own fused=True does not check this on the CPU and updates the wrong entries). Strides of
+    size-1 dimensions do not move anything, so they may differ (pytorch/pytorch#106951)."""
+    same = all(a == b for a, b, n in zip(tensor.stride(), param.stride(), param.shape) if n > 1)
+    return tensor if same else torch.empty_like(param).copy_(tensor)
 
 
 class _NoDynamoOptimizer(Optimizer):
