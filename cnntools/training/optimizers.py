@@ -89,8 +89,10 @@ def _strided_like(tensor: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     read out of place. Backward gives gradients the parameter's strides already (torch's
     own fused=True does not check this on the CPU and updates the wrong entries). Strides of
     size-1 dimensions do not move anything, so they may differ (pytorch/pytorch#106951)."""
-    same = all(a == b for a, b, n in zip(tensor.stride(), param.stride(), param.shape) if n > 1)
-    return tensor if same else torch.empty_like(param).copy_(tensor)
+    strides = tensor.stride()
+    if strides == param.stride() or all(a == b for a, b, n in zip(strides, param.stride(), param.shape) if n > 1):
+        return tensor
+    return torch.empty_like(param).copy_(tensor)
 
 
 class _NoDynamoOptimizer(Optimizer):

@@ -35,6 +35,8 @@ BENCHMARKS = {
     "store": ("bench_store.py", False),
     "time_to_accuracy": ("bench_time_to_accuracy.py", False),
     "commands": ("bench_commands.py", False),
+    "layout": ("bench_layout.py", True),
+    "optimizers": ("bench_optimizers.py", True),
 }
 
 
