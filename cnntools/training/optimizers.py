@@ -71,15 +71,12 @@ def _kernel(group: dict, device: torch.device) -> str:
     return "foreach" if device.type in ("cuda", "xpu") else "for-loop"
 
 
-def _by_device_and_dtype(*lists: list) -> list[tuple[list, ...]]:
-    """The parallel `lists` split by their first list's (device, dtype), as foreach kernels want."""
-    groups: dict = {}
-    for items in zip(*lists):
-        key = (items[0].device, items[0].dtype)
-        bucket = groups.setdefault(key, tuple([] for _ in lists))
-        for out, item in zip(bucket, items):
-            out.append(item)
-    return list(groups.values())
+def _by_device_and_dtype(*lists: list) -> list[list[list]]:
+    """The parallel `lists` split by their first list's (device, dtype), as foreach and fused
+    kernels want: torch.optim's own grouping (in C++; entries of the later lists may be None)."""
+    from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
+
+    return [grouped for grouped, _ in _group_tensors_by_device_and_dtype(list(lists)).values()]
 
 
 def _strided_like(tensor: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
@@ -158,15 +155,15 @@ class SGD(_NoDynamoOptimizer):
         bufs = [self.state[p].get("momentum_buffer") for p in params] if momentum != 0 else [None] * len(params)
         bufs = [buf if buf is None else _strided_like(buf, p) for buf, p in zip(bufs, params)]
         grads = [_strided_like(p.grad, p) for p in params]
-        for device_params, grads, device_bufs in _by_device_and_dtype(params, grads, bufs):
+        for device_params, device_grads, device_bufs in _by_device_and_dtype(params, grads, bufs):
             kernel = _kernel(group, device_params[0].device)
             if kernel == "fused":
-                _sgd_fused(device_params, grads, device_bufs, group)
+                _sgd_fused(device_params, device_grads, device_bufs, group)
             elif kernel == "foreach":
-                torch._foreach_add_(device_params, _sgd_directions(device_params, grads, device_bufs, group),
+                torch._foreach_add_(device_params, _sgd_directions(device_params, device_grads, device_bufs, group),
                                     alpha=-group["lr"])
             else:
-                _sgd_tensor_by_tensor(device_params, grads, device_bufs, group)
+                _sgd_tensor_by_tensor(device_params, device_grads, device_bufs, group)
             if momentum != 0:
                 for p, buf in zip(device_params, device_bufs):
                     self.state[p]["momentum_buffer"] = buf
@@ -269,7 +266,8 @@ class Adam(_NoDynamoOptimizer):
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             else:  # after a load_state_dict, in the file's layout
                 state["exp_avg"], state["exp_avg_sq"] = _strided_like(state["exp_avg"], p), _strided_like(state["exp_avg_sq"], p)
-        lists = ([_strided_like(p.grad, p) for p in params], *([self.state[p][key] for p in params] for key in ("exp_avg", "exp_avg_sq", "step")))
+        grads = [_strided_like(p.grad, p) for p in params]
+        lists = (grads, *([self.state[p][key] for p in params] for key in ("exp_avg", "exp_avg_sq", "step")))
         updates = {"fused": _adam_fused, "foreach": _adam_foreach, "for-loop": _adam_tensor_by_tensor}
         for device_params, grads, exp_avgs, exp_avg_sqs, steps in _by_device_and_dtype(params, *lists):
             updates[_kernel(group, device_params[0].device)](device_params, grads, exp_avgs, exp_avg_sqs, steps, group)
