@@ -88,13 +88,19 @@ def test_threads_option_sets_torchs_threads(cli):
         torch.set_num_threads(before)
 
 
+def _child_env(*without: str) -> dict:
+    """This process's environment without the named variables, with this checkout first on
+    PYTHONPATH: for a child that sets up its threads or heap from scratch."""
+    env = {k: v for k, v in os.environ.items() if k not in without}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")]))
+    return env
+
+
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity")
 def test_one_allowed_core_gives_one_thread_and_a_passive_openmp():
     code = ("from cnntools.core import runtime; runtime.prepare_threads(); import torch, os; runtime.use_threads(); "
             "print(torch.get_num_threads(), os.environ['OMP_WAIT_POLICY'], os.environ['GOMP_SPINCOUNT'])")
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("OMP_NUM_THREADS", "CNNTOOLS_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")]))
+    env = _child_env("OMP_NUM_THREADS", "CNNTOOLS_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
     first = sorted(os.sched_getaffinity(0))[0]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
                          preexec_fn=lambda: os.sched_setaffinity(0, {first}))
@@ -126,7 +132,7 @@ def test_large_blocks_go_back_to_the_system_once_commands_set_threads():
             x = torch.ones(mb * 2**20, dtype=torch.uint8); del x
         print((anon() - base) / 2**20)
     ''')
-    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    env = _child_env("MALLOC_MMAP_THRESHOLD_")
     kept = {mode: float(subprocess.run([sys.executable, "-c", probe, mode], capture_output=True, text=True, env=env,
                                        check=True).stdout) for mode in ("on", "off")}
     assert kept["on"] < 2, kept  # every block returned
@@ -160,8 +166,7 @@ def test_freed_heap_memory_under_the_trim_threshold_stays_for_the_next_step():
         libc.free(block)
         print((held - libc.mallinfo2().arena) / 2**20)
     ''')
-    env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")]))
+    env = _child_env("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
     given_back = {mode: float(subprocess.run([sys.executable, "-c", probe, mode], capture_output=True, text=True, env=env,
                                              check=True, timeout=120).stdout) for mode in ("on", "off")}
     assert given_back["on"] == 0, given_back  # kept for the next step
@@ -170,9 +175,7 @@ def test_freed_heap_memory_under_the_trim_threshold_stays_for_the_next_step():
 
 def test_a_wait_policy_of_the_users_keeps_its_spin():
     code = "from cnntools.core import runtime; runtime.prepare_threads(); import os; print(os.environ.get('GOMP_SPINCOUNT'))"
-    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
-    env["OMP_WAIT_POLICY"] = "ACTIVE"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")]))
+    env = {**_child_env("GOMP_SPINCOUNT"), "OMP_WAIT_POLICY": "ACTIVE"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["None"]
