@@ -23,8 +23,6 @@ from cnntools.data.imageset import CHUNK_BYTES, chunk_rows
 from cnntools.inference.preprocessing import Preprocessing
 
 
-
-
 def wants_channels_last(device, precision: str, arch: str, training: bool = False) -> bool:
     """The memory format that runs the model fastest: channels_last on CUDA; on the CPU,
     channels_last for training, and for inference in bf16 (where it was measured to pay; not
